@@ -1,0 +1,234 @@
+"""X.509 chain checks shared by every evidence kind (NVIDIA device and RIM chains, AMD, Intel).
+
+Trust comes only from a pinned root passed in by the caller. A chain may end with a copy of that
+root (NVIDIA device chains do) or with a certificate the root issued directly; either way the
+last signature is checked with the *pinned* root's key, never with a key the device sent.
+Validity is judged at the time given, never at the host clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from attest.errors import ChainError, InputError
+from attest.timeutil import require_aware
+
+#: A PEM chain file larger than this is not a certificate chain (NVIDIA's are under 5 KiB).
+MAX_PEM_CHAIN_BYTES = 64 * 1024
+#: No chain we accept is longer; a longer one is refused before any parsing work.
+MAX_CHAIN_CERTS = 10
+#: One DER certificate larger than this is refused (real ones are under 2 KiB).
+MAX_CERT_BYTES = 16 * 1024
+
+_PEM_BEGIN = b"-----BEGIN CERTIFICATE-----"
+
+
+def load_pem_chain(
+    data: bytes, *, max_certs: int = MAX_CHAIN_CERTS
+) -> tuple[x509.Certificate, ...]:
+    """Parse a PEM bundle (leaf first, as devices send it), bounded in size and count."""
+    if len(data) > MAX_PEM_CHAIN_BYTES:
+        raise InputError(
+            f"certificate chain is {len(data)} bytes; the limit is {MAX_PEM_CHAIN_BYTES}"
+        )
+    count = data.count(_PEM_BEGIN)
+    if count == 0:
+        raise InputError("no PEM certificate found in the chain")
+    if count > max_certs:
+        raise InputError(f"certificate chain holds {count} certificates; the limit is {max_certs}")
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError as exc:
+        raise InputError(f"malformed PEM certificate chain: {exc}") from exc
+    return tuple(certs)
+
+
+def load_certificate(data: bytes) -> x509.Certificate:
+    """Parse one certificate given as PEM or DER."""
+    if len(data) > MAX_CERT_BYTES * 2:
+        raise InputError(f"certificate is {len(data)} bytes; the limit is {MAX_CERT_BYTES * 2}")
+    try:
+        if _PEM_BEGIN in data:
+            return x509.load_pem_x509_certificate(data)
+        return x509.load_der_x509_certificate(data)
+    except ValueError as exc:
+        raise InputError(f"malformed certificate: {exc}") from exc
+
+
+def describe(cert: x509.Certificate) -> str:
+    """A short, stable name for a certificate in messages: its subject CN, else the full DN."""
+    cns = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    if cns:
+        value = cns[0].value
+        return value if isinstance(value, str) else value.decode("utf-8", "replace")
+    return cert.subject.rfc4514_string()
+
+
+@dataclass(frozen=True)
+class VerifiedChain:
+    """A chain that led to the pinned root; valid for every time in [valid_from, valid_until]."""
+
+    certs: tuple[x509.Certificate, ...]
+    root: x509.Certificate
+    valid_from: datetime
+    valid_until: datetime
+
+    @property
+    def leaf(self) -> x509.Certificate:
+        return self.certs[0]
+
+
+def _check_validity(cert: x509.Certificate, at: datetime, what: str) -> None:
+    if at < cert.not_valid_before_utc:
+        raise ChainError(
+            f"{what}: '{describe(cert)}' is not valid before {cert.not_valid_before_utc.isoformat()}"
+            f" (verification time {at.isoformat()})",
+            reason="not_yet_valid",
+        )
+    if at > cert.not_valid_after_utc:
+        raise ChainError(
+            f"{what}: '{describe(cert)}' expired at {cert.not_valid_after_utc.isoformat()}"
+            f" (verification time {at.isoformat()})",
+            reason="expired",
+        )
+
+
+def _check_signed_by(child: x509.Certificate, issuer: x509.Certificate, what: str) -> None:
+    if child.issuer != issuer.subject:
+        raise ChainError(
+            f"{what}: issuer of '{describe(child)}' is not '{describe(issuer)}'",
+            reason="issuer_mismatch",
+        )
+    try:
+        child.verify_directly_issued_by(issuer)
+    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise ChainError(
+            f"{what}: signature on '{describe(child)}' does not verify with '{describe(issuer)}'",
+            reason="bad_signature",
+        ) from exc
+
+
+def _check_is_ca(cert: x509.Certificate, below: int, what: str) -> None:
+    """``below`` = number of CA certificates between this one and the leaf."""
+    try:
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        raise ChainError(
+            f"{what}: issuer '{describe(cert)}' has no basicConstraints", reason="not_ca"
+        ) from None
+    if not bc.ca:
+        raise ChainError(f"{what}: issuer '{describe(cert)}' is not a CA", reason="not_ca")
+    if bc.path_length is not None and below > bc.path_length:
+        raise ChainError(
+            f"{what}: '{describe(cert)}' allows {bc.path_length} CAs below it, chain has {below}",
+            reason="path_length",
+        )
+    try:
+        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return
+    if not ku.key_cert_sign:
+        raise ChainError(
+            f"{what}: issuer '{describe(cert)}' may not sign certificates", reason="not_ca"
+        )
+
+
+def verify_chain(
+    certs: Sequence[x509.Certificate],
+    *,
+    root: x509.Certificate,
+    at: datetime,
+    expected_length: int | None = None,
+    what: str = "certificate chain",
+) -> VerifiedChain:
+    """Check ``certs`` (leaf first) against the pinned ``root`` as of ``at``; raise ChainError.
+
+    Checks, in order: length; every certificate (and the root) valid at ``at``; each link's
+    issuer name and signature; every issuer is a CA allowed to sign at that depth; the top of the
+    chain is the pinned root byte for byte, or was issued by it.
+    """
+    at = require_aware(at)
+    chain = tuple(certs)
+    if not chain:
+        raise ChainError(f"{what}: empty", reason="length")
+    if len(chain) > MAX_CHAIN_CERTS:
+        raise ChainError(
+            f"{what}: {len(chain)} certificates; the limit is {MAX_CHAIN_CERTS}", reason="length"
+        )
+    if expected_length is not None and len(chain) != expected_length:
+        raise ChainError(
+            f"{what}: expected exactly {expected_length} certificates, got {len(chain)}",
+            reason="length",
+        )
+    for cert in (*chain, root):
+        _check_validity(cert, at, what)
+    for i in range(len(chain) - 1):
+        _check_signed_by(chain[i], chain[i + 1], what)
+        _check_is_ca(chain[i + 1], i, what)
+    top = chain[-1]
+    root_der = root.public_bytes(Encoding.DER)
+    if top.public_bytes(Encoding.DER) != root_der:
+        _check_signed_by(top, root, what)
+        _check_is_ca(root, len(chain) - 1, what)
+    valid_from = max(c.not_valid_before_utc for c in (*chain, root))
+    valid_until = min(c.not_valid_after_utc for c in (*chain, root))
+    return VerifiedChain(certs=chain, root=root, valid_from=valid_from, valid_until=valid_until)
+
+
+class ChainCache:
+    """Remembers chains that verified, keyed by their exact bytes and the pinned root.
+
+    A hit is only used when the new verification time lies inside the window in which every
+    certificate of the chain is valid, so a cached answer is always the answer a full check would
+    give. Failures are never cached. Bounded (LRU) and thread-safe.
+    """
+
+    def __init__(self, max_entries: int = 1024) -> None:
+        self._max = max_entries
+        self._entries: OrderedDict[bytes, VerifiedChain] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(
+        certs: Sequence[x509.Certificate], root: x509.Certificate, expected_length: int | None
+    ) -> bytes:
+        h = hashlib.sha256(str(expected_length).encode())
+        for cert in (*certs, root):
+            der = cert.public_bytes(Encoding.DER)
+            h.update(len(der).to_bytes(4, "big"))
+            h.update(der)
+        return h.digest()
+
+    def verify(
+        self,
+        certs: Sequence[x509.Certificate],
+        *,
+        root: x509.Certificate,
+        at: datetime,
+        expected_length: int | None = None,
+        what: str = "certificate chain",
+    ) -> VerifiedChain:
+        at = require_aware(at)
+        key = self._key(certs, root, expected_length)
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is not None:
+                self._entries.move_to_end(key)
+        if hit is not None and hit.valid_from <= at <= hit.valid_until:
+            return hit
+        result = verify_chain(certs, root=root, at=at, expected_length=expected_length, what=what)
+        with self._lock:
+            self._entries[key] = result
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
+        return result

@@ -1,0 +1,1 @@
+"""Pure cryptographic formats: sealed weights, key wrapping, token-stream records."""
