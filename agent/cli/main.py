@@ -30,6 +30,19 @@ EXIT_USAGE = 2
 GROUPS: dict[str, tuple[str, str]] = {
     "gpu": ("agent.cli.gpu", "inspect and verify NVIDIA GPU / NVSwitch attestation evidence"),
     "rim": ("agent.cli.rim", "verify an NVIDIA reference integrity manifest (RIM) on its own"),
+    "snp": ("agent.cli.snp", "inspect and verify AMD SEV-SNP attestation reports"),
+    "tdx": ("agent.cli.tdx", "inspect and verify Intel TDX quotes"),
+    "policy": ("agent.cli.policy", "check and explain appraisal policies"),
+    "ear": ("agent.cli.ear", "verify and print signed attestation results (EAR)"),
+    "seal": ("agent.cli.seal", "seal a safetensors model directory for attested enclaves only"),
+    "unseal": ("agent.cli.unseal", "inspect or open sealed shards (needs the data key)"),
+    "broker": ("agent.cli.broker", "run the gRPC key broker / attestation service"),
+    "agent": ("agent.cli.agent", "run the in-enclave agent"),
+    "client": ("agent.cli.client", "talk to an attested enclave over encrypted streams"),
+    "audit": ("agent.cli.audit", "verify and replay an attestation log offline"),
+    "log": ("agent.cli.log", "inspect attestation log checkpoints and proofs"),
+    "demo": ("agent.cli.demo", "run the end-to-end demo on emulated CC hardware"),
+    "threats": ("agent.cli.threats", "render the threat model"),
 }
 
 
