@@ -1,0 +1,409 @@
+"""Attestation results as EAR (draft-ietf-rats-ear) JWTs, signed with ES256 or EdDSA.
+
+Why EAR: it is the IETF RATS format for "what the verifier concluded", with per-component
+submodules (``cpu0``, ``gpu0``, ...) and the AR4SI trustworthiness vector, so relying parties
+that already speak it (Veraison, Trustee) can read our results. Why not NVIDIA's token format:
+NVIDIA's local verifier signs its tokens with HS256 and the literal key ``secret``.
+
+Rules this module enforces:
+
+* Signing keys are asymmetric (P-256 -> ES256, Ed25519 -> EdDSA). ``none`` and every HMAC
+  algorithm are refused on verification.
+* Verification pins the verifier's public key. A key carried in the token header (``jwk``,
+  ``x5c``, ``kid``) is never used to decide validity.
+* Tokens are bounded in size and parsed strictly (duplicate JSON keys refused).
+* lessee's own profile additionally requires ``exp``, ``eat_nonce``, the attested enclave key
+  and the policy digest; foreign profiles (e.g. Veraison's) are verified for signature and shape.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
+
+from attest.errors import InputError, ParseError, VerificationError
+from attest.timeutil import require_aware
+
+#: lessee's EAR profile. Results under it carry the enclave key, nonce, policy digest and expiry.
+LESSEE_PROFILE = "tag:github.com,2026:lessee/ear/v1"
+VERAISON_PROFILE = "tag:github.com,2023:veraison/ear"
+#: An EAR for one CPU + 8 GPUs with NVIDIA claims is ~10 KiB; 256 KiB leaves room, bounds work.
+MAX_TOKEN_BYTES = 256 * 1024
+#: Clock skew tolerated between the broker that issued a result and the party checking it.
+MAX_CLOCK_SKEW_SECONDS = 60
+
+TRUST_CLAIMS = (
+    "instance-identity",
+    "configuration",
+    "executables",
+    "file-system",
+    "hardware",
+    "runtime-opaque",
+    "storage-opaque",
+    "sourced-data",
+)
+
+
+class EarError(VerificationError):
+    """A result token failed verification (signature, algorithm, expiry, nonce, profile)."""
+
+
+class Status(StrEnum):
+    """AR4SI trust tiers, in increasing order of badness."""
+
+    NONE = "none"
+    AFFIRMING = "affirming"
+    WARNING = "warning"
+    CONTRAINDICATED = "contraindicated"
+
+    @property
+    def rank(self) -> int:
+        return _RANK[self]
+
+    @staticmethod
+    def worst(statuses: list[Status]) -> Status:
+        """The overall status of several submodules: the worst one wins."""
+        return max(statuses, key=lambda s: s.rank, default=Status.NONE)
+
+
+_RANK = {Status.AFFIRMING: 0, Status.NONE: 1, Status.WARNING: 2, Status.CONTRAINDICATED: 3}
+
+#: AR4SI claim values: 2 = affirming, 32 = warning, 96 = contraindicated, 0 = no claim.
+AFFIRMING_VALUE = 2
+WARNING_VALUE = 32
+CONTRAINDICATED_VALUE = 96
+
+
+def tier_of(value: int) -> Status:
+    """Map an AR4SI trustworthiness claim value (-128..127) to its tier."""
+    if -1 <= value <= 1:
+        return Status.NONE
+    if 2 <= value <= 31:
+        return Status.AFFIRMING
+    if 32 <= value <= 95 or -32 <= value <= -2:
+        return Status.WARNING
+    return Status.CONTRAINDICATED
+
+
+@dataclass(frozen=True)
+class Submodule:
+    """One appraised component (``cpu0``, ``gpu0``, ``switch0``)."""
+
+    status: Status
+    trust_vector: Mapping[str, int] = field(default_factory=dict)
+    policy_id: str | None = None
+    #: Extra claims, e.g. ``x-nvidia-*`` claims for GPUs (kept verbatim).
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"ear.status": self.status.value}
+        if self.trust_vector:
+            out["ear.trustworthiness-vector"] = dict(self.trust_vector)
+        if self.policy_id is not None:
+            out["ear.appraisal-policy-id"] = self.policy_id
+        out.update(self.extra)
+        return out
+
+
+@dataclass(frozen=True)
+class AttestationResult:
+    """The claims of an EAR. ``issued_at``/``expires_at`` are POSIX seconds."""
+
+    submods: Mapping[str, Submodule]
+    issued_at: int
+    verifier_build: str
+    verifier_developer: str = "lessee"
+    profile: str = LESSEE_PROFILE
+    expires_at: int | None = None
+    nonce: bytes | None = None
+    #: The enclave public key this result attests (suite-tagged encoding, see sealing/).
+    enclave_key: bytes | None = None
+    policy_digest: str | None = None
+    result_id: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def status(self) -> Status:
+        return Status.worst([s.status for s in self.submods.values()])
+
+    def to_claims(self) -> dict[str, Any]:
+        claims: dict[str, Any] = {
+            "eat_profile": self.profile,
+            "iat": self.issued_at,
+            "ear.verifier-id": {"developer": self.verifier_developer, "build": self.verifier_build},
+            "submods": {name: sub.to_json() for name, sub in self.submods.items()},
+        }
+        if self.expires_at is not None:
+            claims["exp"] = self.expires_at
+        if self.nonce is not None:
+            claims["eat_nonce"] = _b64u(self.nonce)
+        if self.enclave_key is not None:
+            claims["ear.lessee.enclave-key"] = _b64u(self.enclave_key)
+        if self.policy_digest is not None:
+            claims["ear.lessee.policy-digest"] = self.policy_digest
+        if self.result_id is not None:
+            claims["jti"] = self.result_id
+        claims.update(self.extra)
+        return claims
+
+
+SigningKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+VerifyingKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
+
+
+def _b64u(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64u(text: str, what: str) -> bytes:
+    if not isinstance(text, str) or any(c in text for c in "=+/ \n"):
+        raise ParseError(f"{what} is not unpadded base64url", field=what)
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise ParseError(f"{what} is not base64url", field=what) from exc
+
+
+def _alg_for(key: SigningKey | VerifyingKey) -> str:
+    if isinstance(key, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
+        return "EdDSA"
+    if isinstance(key.curve, ec.SECP256R1):
+        return "ES256"
+    raise InputError(f"unsupported EAR key curve {key.curve.name}; use P-256 or Ed25519")
+
+
+def _canonical_json(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
+
+
+def issue_ear(result: AttestationResult, key: SigningKey, *, kid: str | None = None) -> str:
+    """Sign ``result`` as a compact JWS. ``kid`` only helps the reader pick its pinned key."""
+    alg = _alg_for(key)
+    header: dict[str, str] = {"alg": alg, "typ": "JWT"}
+    if kid is not None:
+        header["kid"] = kid
+    signing_input = (
+        _b64u(_canonical_json(header)) + "." + _b64u(_canonical_json(result.to_claims()))
+    ).encode("ascii")
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        sig = key.sign(signing_input)
+    else:
+        r, s = decode_dss_signature(key.sign(signing_input, ec.ECDSA(hashes.SHA256())))
+        sig = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    return signing_input.decode("ascii") + "." + _b64u(sig)
+
+
+def _strict_object(text: bytes, what: str) -> dict[str, Any]:
+    def no_dupes(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in pairs:
+            if k in out:
+                raise ParseError(f"duplicate key {k!r} in {what}", field=what)
+            out[k] = v
+        return out
+
+    try:
+        value = json.loads(text.decode("utf-8"), object_pairs_hook=no_dupes)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ParseError(f"{what} is not JSON", field=what) from exc
+    if not isinstance(value, dict):
+        raise ParseError(f"{what} is not a JSON object", field=what)
+    return value
+
+
+def _verify_signature(alg: str, key: VerifyingKey, signing_input: bytes, sig: bytes) -> None:
+    try:
+        if alg == "EdDSA" and isinstance(key, ed25519.Ed25519PublicKey):
+            key.verify(sig, signing_input)
+            return
+        if alg == "ES256" and isinstance(key, ec.EllipticCurvePublicKey):
+            if len(sig) != 64:
+                raise EarError("ES256 signature must be 64 bytes", reason="ear_signature")
+            der = encode_dss_signature(
+                int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")
+            )
+            key.verify(der, signing_input, ec.ECDSA(hashes.SHA256()))
+            return
+    except InvalidSignature as exc:
+        raise EarError(
+            "attestation result signature does not verify", reason="ear_signature"
+        ) from exc
+    raise EarError(f"token algorithm {alg} does not match the pinned key", reason="ear_algorithm")
+
+
+def _parse_submods(raw: Any) -> dict[str, Submodule]:
+    if not isinstance(raw, dict) or not raw:
+        raise ParseError("EAR needs a non-empty 'submods' object", field="submods")
+    out: dict[str, Submodule] = {}
+    for name, body in raw.items():
+        if not isinstance(body, dict):
+            raise ParseError(f"submodule {name!r} is not an object", field="submods")
+        try:
+            status = Status(str(body.get("ear.status")))
+        except ValueError:
+            raise ParseError(
+                f"submodule {name!r} has no valid ear.status", field="submods"
+            ) from None
+        tv = body.get("ear.trustworthiness-vector", {})
+        if not isinstance(tv, dict) or any(
+            k not in TRUST_CLAIMS
+            or not isinstance(v, int)
+            or isinstance(v, bool)
+            or not -128 <= v <= 127
+            for k, v in tv.items()
+        ):
+            raise ParseError(
+                f"submodule {name!r} has a malformed trustworthiness vector", field="submods"
+            )
+        policy_id = body.get("ear.appraisal-policy-id")
+        if policy_id is not None and not isinstance(policy_id, str):
+            raise ParseError(f"submodule {name!r}: policy id is not a string", field="submods")
+        extra = {
+            k: v
+            for k, v in body.items()
+            if k not in ("ear.status", "ear.trustworthiness-vector", "ear.appraisal-policy-id")
+        }
+        out[name] = Submodule(status=status, trust_vector=tv, policy_id=policy_id, extra=extra)
+    return out
+
+
+def _int_claim(claims: Mapping[str, Any], name: str, required: bool) -> int | None:
+    value = claims.get(name)
+    if value is None:
+        if required:
+            raise ParseError(f"EAR lacks '{name}'", field=name)
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ParseError(f"EAR '{name}' is not a non-negative integer", field=name)
+    return value
+
+
+def verify_ear(
+    token: str,
+    key: VerifyingKey,
+    *,
+    at: datetime,
+    expected_nonce: bytes | None = None,
+    expected_enclave_key: bytes | None = None,
+    require_lessee_profile: bool = True,
+) -> AttestationResult:
+    """Verify ``token`` with the pinned ``key`` as of ``at`` and return its claims.
+
+    Raises ``ParseError`` for a malformed token and ``EarError`` for a failed check.
+    """
+    at = require_aware(at)
+    if len(token) > MAX_TOKEN_BYTES:
+        raise ParseError(f"token larger than {MAX_TOKEN_BYTES} bytes")
+    parts = token.strip().split(".")
+    if len(parts) != 3:
+        raise ParseError("not a compact JWS (need header.payload.signature)")
+    header = _strict_object(_unb64u(parts[0], "header"), "header")
+    alg = header.get("alg")
+    if alg not in ("ES256", "EdDSA"):
+        raise EarError(
+            f"token algorithm {alg!r} is not allowed (ES256, EdDSA only)", reason="ear_algorithm"
+        )
+    if "crit" in header:
+        raise EarError(
+            "token has critical header parameters we do not understand", reason="ear_crit"
+        )
+    _verify_signature(
+        alg, key, f"{parts[0]}.{parts[1]}".encode("ascii"), _unb64u(parts[2], "signature")
+    )
+    claims = _strict_object(_unb64u(parts[1], "payload"), "payload")
+
+    profile = claims.get("eat_profile")
+    if not isinstance(profile, str):
+        raise ParseError("EAR lacks 'eat_profile'", field="eat_profile")
+    lessee = profile == LESSEE_PROFILE
+    if require_lessee_profile and not lessee:
+        raise EarError(f"unexpected EAR profile {profile!r}", reason="ear_profile")
+    issued_at = _int_claim(claims, "iat", required=True)
+    expires_at = _int_claim(claims, "exp", required=lessee)
+    assert issued_at is not None
+    now = int(at.timestamp())
+    if issued_at > now + MAX_CLOCK_SKEW_SECONDS:
+        raise EarError("attestation result issued in the future", reason="ear_not_yet_valid")
+    if expires_at is not None and now > expires_at + MAX_CLOCK_SKEW_SECONDS:
+        raise EarError("attestation result has expired", reason="ear_expired")
+    vid = claims.get("ear.verifier-id")
+    if (
+        not isinstance(vid, dict)
+        or not isinstance(vid.get("build"), str)
+        or not isinstance(vid.get("developer"), str)
+    ):
+        raise ParseError("EAR lacks a valid 'ear.verifier-id'", field="ear.verifier-id")
+    nonce = _unb64u(claims["eat_nonce"], "eat_nonce") if "eat_nonce" in claims else None
+    enclave_key = (
+        _unb64u(claims["ear.lessee.enclave-key"], "ear.lessee.enclave-key")
+        if "ear.lessee.enclave-key" in claims
+        else None
+    )
+    policy_digest = claims.get("ear.lessee.policy-digest")
+    result_id = claims.get("jti")
+    if lessee and (
+        nonce is None
+        or enclave_key is None
+        or not isinstance(policy_digest, str)
+        or not isinstance(result_id, str)
+    ):
+        raise ParseError(
+            "lessee EAR needs eat_nonce, ear.lessee.enclave-key, ear.lessee.policy-digest and jti"
+        )
+    if expected_nonce is not None and nonce != expected_nonce:
+        raise EarError("attestation result is for another nonce", reason="ear_nonce")
+    if expected_enclave_key is not None and enclave_key != expected_enclave_key:
+        raise EarError("attestation result attests another enclave key", reason="ear_key")
+    known = {
+        "eat_profile",
+        "iat",
+        "exp",
+        "ear.verifier-id",
+        "submods",
+        "eat_nonce",
+        "ear.lessee.enclave-key",
+        "ear.lessee.policy-digest",
+        "jti",
+    }
+    return AttestationResult(
+        submods=_parse_submods(claims.get("submods")),
+        issued_at=issued_at,
+        expires_at=expires_at,
+        verifier_build=vid["build"],
+        verifier_developer=vid["developer"],
+        profile=profile,
+        nonce=nonce,
+        enclave_key=enclave_key,
+        policy_digest=policy_digest if isinstance(policy_digest, str) else None,
+        result_id=result_id if isinstance(result_id, str) else None,
+        extra={k: v for k, v in claims.items() if k not in known},
+    )
+
+
+def public_key_from_jwk(jwk: Mapping[str, Any]) -> VerifyingKey:
+    """Load a pinned verifier key given as a JWK (EC P-256 or OKP Ed25519)."""
+    kty = jwk.get("kty")
+    if kty == "EC" and jwk.get("crv") == "P-256":
+        x = int.from_bytes(_unb64u(str(jwk.get("x")), "x"), "big")
+        y = int.from_bytes(_unb64u(str(jwk.get("y")), "y"), "big")
+        try:
+            return ec.EllipticCurvePublicNumbers(x, y, ec.SECP256R1()).public_key()
+        except ValueError as exc:
+            raise InputError("JWK point is not on P-256") from exc
+    if kty == "OKP" and jwk.get("crv") == "Ed25519":
+        return ed25519.Ed25519PublicKey.from_public_bytes(_unb64u(str(jwk.get("x")), "x"))
+    raise InputError("unsupported JWK: need EC P-256 or OKP Ed25519")

@@ -1,0 +1,151 @@
+"""EAR results: real Veraison tokens verify with their published key; our own round-trip and
+every tampering / algorithm-confusion attempt fails."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+from attest.ear import (
+    LESSEE_PROFILE,
+    AttestationResult,
+    EarError,
+    Status,
+    Submodule,
+    issue_ear,
+    public_key_from_jwk,
+    tier_of,
+    verify_ear,
+)
+from attest.errors import ParseError
+from tests.conftest import AUDIT
+
+VECTORS = json.loads((AUDIT / "ear/veraison_ear_jwts.json").read_text())
+NOW = datetime(2026, 11, 28, tzinfo=UTC)
+
+
+def _b64u(d: bytes) -> str:
+    return base64.urlsafe_b64encode(d).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize("name", ["testJWT", "testJWT_JWK"])
+def test_veraison_tokens_verify_with_published_key(name: str) -> None:
+    key = public_key_from_jwk(VECTORS["testPKey_jwk"])
+    res = verify_ear(VECTORS[name], key, at=NOW, require_lessee_profile=False)
+    assert res.submods["test"].status is Status.AFFIRMING
+    assert res.submods["test"].trust_vector["executables"] == 3
+    assert res.verifier_build == "rrtrap-v1.0.0"
+
+
+def test_trustee_token_only_verifies_with_its_own_key() -> None:
+    token = VECTORS["testRealmJWT"]
+    header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
+    # The embedded key is never trusted on its own: the Veraison key must not verify it...
+    with pytest.raises(EarError):
+        verify_ear(
+            token,
+            public_key_from_jwk(VECTORS["testPKey_jwk"]),
+            at=NOW,
+            require_lessee_profile=False,
+        )
+    # ...and it verifies only once the caller has pinned that key deliberately.
+    res = verify_ear(
+        token,
+        public_key_from_jwk(header["jwk"]),
+        at=datetime.fromtimestamp(1752059139 + 10, tz=UTC),
+        require_lessee_profile=False,
+    )
+    assert res.submods["cpu0"].status is Status.AFFIRMING
+
+
+def _result(**kw: object) -> AttestationResult:
+    base: dict[str, object] = dict(
+        submods={
+            "cpu0": Submodule(Status.AFFIRMING, {"hardware": 2, "executables": 2}, "sha256:ab"),
+            "gpu0": Submodule(
+                Status.WARNING, {"hardware": 32}, extra={"x-nvidia-gpu-arch-check": True}
+            ),
+        },
+        issued_at=int(NOW.timestamp()),
+        expires_at=int(NOW.timestamp()) + 300,
+        verifier_build="lessee 0.1.0",
+        nonce=b"\x01" * 32,
+        enclave_key=b"\x02" * 40,
+        policy_digest="sha256:" + "00" * 32,
+        result_id="r-1",
+    )
+    base.update(kw)
+    return AttestationResult(**base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "key", [ec.generate_private_key(ec.SECP256R1()), ed25519.Ed25519PrivateKey.generate()]
+)
+def test_round_trip(key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey) -> None:
+    token = issue_ear(_result(), key)
+    res = verify_ear(
+        token,
+        key.public_key(),
+        at=NOW,
+        expected_nonce=b"\x01" * 32,
+        expected_enclave_key=b"\x02" * 40,
+    )
+    assert res.status is Status.WARNING
+    assert res.submods["gpu0"].extra["x-nvidia-gpu-arch-check"] is True
+    assert res.profile == LESSEE_PROFILE
+
+
+def test_expired_wrong_nonce_wrong_key_and_other_signer() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    token = issue_ear(_result(), key)
+    with pytest.raises(EarError, match="expired"):
+        verify_ear(token, key.public_key(), at=datetime(2026, 11, 29, tzinfo=UTC))
+    with pytest.raises(EarError) as e:
+        verify_ear(token, key.public_key(), at=NOW, expected_nonce=b"\x09" * 32)
+    assert e.value.reason == "ear_nonce"
+    with pytest.raises(EarError) as e:
+        verify_ear(token, key.public_key(), at=NOW, expected_enclave_key=b"\x03" * 40)
+    assert e.value.reason == "ear_key"
+    with pytest.raises(EarError):
+        verify_ear(token, ec.generate_private_key(ec.SECP256R1()).public_key(), at=NOW)
+    with pytest.raises(EarError):  # EdDSA key pinned, ES256 token: algorithm confusion refused
+        verify_ear(token, ed25519.Ed25519PrivateKey.generate().public_key(), at=NOW)
+
+
+def test_none_and_hmac_refused_and_payload_tamper() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    token = issue_ear(_result(), key)
+    h, p, s = token.split(".")
+    for alg in ("none", "HS256"):
+        forged = _b64u(json.dumps({"alg": alg}).encode()) + "." + p + "." + s
+        with pytest.raises(EarError) as e:
+            verify_ear(forged, key.public_key(), at=NOW)
+        assert e.value.reason == "ear_algorithm"
+    claims = json.loads(base64.urlsafe_b64decode(p + "=="))
+    claims["submods"]["gpu0"]["ear.status"] = "affirming"
+    with pytest.raises(EarError):
+        verify_ear(h + "." + _b64u(json.dumps(claims).encode()) + "." + s, key.public_key(), at=NOW)
+
+
+def test_malformed_tokens() -> None:
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    for bad in ["", "a.b", "a.b.c.d", "!!.??.$$", "x" * 300_000]:
+        with pytest.raises((ParseError, EarError)):
+            verify_ear(bad, key, at=NOW)
+
+
+def test_lessee_profile_requires_binding_claims() -> None:
+    key = ed25519.Ed25519PrivateKey.generate()
+    token = issue_ear(_result(nonce=None), key)
+    with pytest.raises(ParseError):
+        verify_ear(token, key.public_key(), at=NOW)
+
+
+def test_tiers() -> None:
+    assert tier_of(2) is Status.AFFIRMING and tier_of(32) is Status.WARNING
+    assert tier_of(96) is Status.CONTRAINDICATED and tier_of(0) is Status.NONE
+    assert Status.worst([Status.AFFIRMING, Status.CONTRAINDICATED]) is Status.CONTRAINDICATED
