@@ -1,0 +1,231 @@
+"""The appraisal policy: one strict document per deployment or model.
+
+Design rules (docs/policy.md):
+
+* Strict pydantic models, unknown fields forbidden, frozen: a typo in a policy is an error, not a
+  silently ignored check.
+* A field left out takes the *safe* default. Where no safe default exists (which measurements
+  are yours), the field is required: a policy that does not say which VM images it accepts does
+  not load. Turning a check off is an explicit field whose name starts with ``unsafe_``, and
+  ``Policy.unsafe_settings()`` lists every one that is on, so tools can print them loudly.
+* The policy is identified by the SHA-256 of its canonical JSON (``Policy.digest``); results
+  and log entries carry that digest, and the document itself is kept for replay.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+
+from attest.errors import InputError
+
+#: A policy document is small; refuse anything that cannot be one before parsing it.
+MAX_POLICY_BYTES = 256 * 1024
+
+Hex48 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{96}$")]
+Hex32 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+Sha256Fingerprint = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+Version = Annotated[
+    str, StringConstraints(pattern=r"^[0-9A-Fa-f]+(\.[0-9A-Fa-f]+)*$", max_length=32)
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class CpuTee(StrEnum):
+    SNP = "snp"
+    TDX = "tdx"
+
+
+class MissingRevocation(StrEnum):
+    """What absent revocation data means: rejection (default) or a warning."""
+
+    REJECT = "reject"
+    WARN = "warn"
+
+
+class TdxTcbStatus(StrEnum):
+    UP_TO_DATE = "UpToDate"
+    SW_HARDENING_NEEDED = "SWHardeningNeeded"
+    CONFIGURATION_NEEDED = "ConfigurationNeeded"
+    CONFIGURATION_AND_SW_HARDENING_NEEDED = "ConfigurationAndSWHardeningNeeded"
+    OUT_OF_DATE = "OutOfDate"
+    OUT_OF_DATE_CONFIGURATION_NEEDED = "OutOfDateConfigurationNeeded"
+    REVOKED = "Revoked"
+
+
+class SnpMinimumTcb(_Strict):
+    """Minimum SVNs of the reported TCB. Zero means 'any'; set them from AMD's bulletins."""
+
+    bootloader: int = Field(default=0, ge=0, le=255)
+    tee: int = Field(default=0, ge=0, le=255)
+    snp: int = Field(default=0, ge=0, le=255)
+    microcode: int = Field(default=0, ge=0, le=255)
+    fmc: int = Field(default=0, ge=0, le=255)
+
+
+class SnpPolicy(_Strict):
+    #: Launch measurements (SHA-384, hex) of the VM images you accept. Required: only you know.
+    allowed_measurements: tuple[Hex48, ...] | None = None
+    unsafe_any_measurement: bool = False
+    allowed_vmpls: tuple[int, ...] = (0,)
+    allowed_signing_keys: tuple[Literal["vcek", "vlek"], ...] = (
+        "vcek",
+        "vlek",
+    )
+    minimum_tcb: SnpMinimumTcb = Field(default_factory=SnpMinimumTcb)
+    allow_smt: bool = True
+    unsafe_allow_debug: bool = False
+    unsafe_allow_migration_agent: bool = False
+    #: Accepted AMD product lines; the ARK of each is pinned by hash in attest/roots.
+    products: tuple[Literal["Milan", "Genoa", "Turin"], ...] = (
+        "Milan",
+        "Genoa",
+        "Turin",
+    )
+
+    @model_validator(mode="after")
+    def _measurements_named(self) -> SnpPolicy:
+        if self.allowed_measurements is None and not self.unsafe_any_measurement:
+            raise ValueError(
+                "snp.allowed_measurements is required (or set snp.unsafe_any_measurement: true)"
+            )
+        return self
+
+
+class RtmrRule(_Strict):
+    index: int = Field(ge=0, le=3)
+    allowed: tuple[Hex48, ...]
+
+
+class TdxPolicy(_Strict):
+    allowed_mrtd: tuple[Hex48, ...] | None = None
+    unsafe_any_mrtd: bool = False
+    rtmrs: tuple[RtmrRule, ...] = ()
+    accepted_tcb_statuses: tuple[TdxTcbStatus, ...] = (TdxTcbStatus.UP_TO_DATE,)
+    unsafe_allow_debug: bool = False
+
+    @model_validator(mode="after")
+    def _mrtd_named(self) -> TdxPolicy:
+        if self.allowed_mrtd is None and not self.unsafe_any_mrtd:
+            raise ValueError("tdx.allowed_mrtd is required (or set tdx.unsafe_any_mrtd: true)")
+        return self
+
+
+class GpuPolicy(_Strict):
+    architectures: tuple[Literal["HOPPER", "BLACKWELL"], ...] = (
+        "HOPPER",
+        "BLACKWELL",
+    )
+    #: Minimum versions; None means "any version whose signed RIMs match" (RIM match is on).
+    minimum_driver_version: Version | None = None
+    minimum_vbios_version: Version | None = None
+    #: Exact number of GPUs expected (None: at least one).
+    count: int | None = Field(default=None, ge=1, le=64)
+    unsafe_skip_rim_match: bool = False
+    unsafe_allow_cc_off: bool = False
+    unsafe_allow_devtools: bool = False
+    allowed_ocsp_statuses: tuple[Literal["good", "certificate_hold"], ...] = ("good",)
+    ppcie_topology_required: bool = False
+    switch_count: int | None = Field(default=None, ge=0, le=64)
+
+
+class Freshness(_Strict):
+    #: How long a broker nonce stays usable.
+    nonce_ttl_seconds: int = Field(default=120, ge=1, le=3600)
+    #: How long an issued attestation result authorises key release.
+    result_ttl_seconds: int = Field(default=300, ge=1, le=86400)
+    #: Oldest TDX/SNP collateral accepted (seconds since its issue date).
+    max_collateral_age_seconds: int = Field(default=30 * 86400, ge=60)
+
+
+class Roots(_Strict):
+    """Extra roots to trust, by SHA-256 of the DER certificate. Vendor roots are always pinned.
+
+    Emulation roots (see ``lessee demo``) are only trusted when listed here; no default policy
+    lists them.
+    """
+
+    extra_trusted_sha256: tuple[Sha256Fingerprint, ...] = ()
+
+
+class Policy(_Strict):
+    """One deployment's appraisal policy."""
+
+    version: Literal[1] = 1
+    name: str = Field(min_length=1, max_length=128)
+    cpu_tees: tuple[CpuTee, ...] = Field(min_length=1)
+    snp: SnpPolicy | None = None
+    tdx: TdxPolicy | None = None
+    gpu: GpuPolicy = Field(default_factory=GpuPolicy)
+    freshness: Freshness = Field(default_factory=Freshness)
+    roots: Roots = Field(default_factory=Roots)
+    missing_revocation: MissingRevocation = MissingRevocation.REJECT
+    #: Sealed-model manifests this policy releases keys for (SHA-256 hex), if pinned.
+    model_manifest_digests: tuple[Hex32, ...] = ()
+
+    @model_validator(mode="after")
+    def _tee_sections_present(self) -> Policy:
+        if CpuTee.SNP in self.cpu_tees and self.snp is None:
+            raise ValueError("cpu_tees lists 'snp' but the 'snp' section is missing")
+        if CpuTee.TDX in self.cpu_tees and self.tdx is None:
+            raise ValueError("cpu_tees lists 'tdx' but the 'tdx' section is missing")
+        return self
+
+    @property
+    def digest(self) -> str:
+        """``sha256:<hex>`` of the canonical JSON of the whole policy (defaults included)."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+    def unsafe_settings(self) -> list[str]:
+        """Every ``unsafe_*`` switch that is on, as dotted paths (printed loudly by tools)."""
+        out: list[str] = []
+
+        def walk(prefix: str, model: BaseModel) -> None:
+            for name in type(model).model_fields:
+                value = getattr(model, name)
+                if name.startswith("unsafe_") and value is True:
+                    out.append(prefix + name)
+                elif isinstance(value, BaseModel):
+                    walk(f"{prefix}{name}.", value)
+
+        walk("", self)
+        if self.missing_revocation is MissingRevocation.WARN:
+            out.append("missing_revocation=warn")
+        if self.roots.extra_trusted_sha256:
+            out.append("roots.extra_trusted_sha256")
+        return out
+
+
+def load_policy(data: bytes | str) -> Policy:
+    """Parse a policy document (JSON); InputError names every problem in one message."""
+    raw = data.encode() if isinstance(data, str) else data
+    if len(raw) > MAX_POLICY_BYTES:
+        raise InputError(f"policy is {len(raw)} bytes; the limit is {MAX_POLICY_BYTES}")
+    try:
+        obj: Any = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"policy is not valid JSON: {exc}") from exc
+    try:
+        return (
+            Policy.model_validate(obj, strict=False) if False else Policy.model_validate_json(raw)
+        )
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()
+        )
+        raise InputError(f"invalid policy: {problems}") from None

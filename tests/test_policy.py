@@ -1,0 +1,165 @@
+"""The lessee policy model and NVIDIA's relying-party policy files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from attest.errors import InputError
+from attest.nvidia.rp_policy import evaluate_device, evaluate_overall, load_nvidia_policy
+from attest.policy import Policy, load_policy
+from tests.conftest import NVIDIA
+
+MEAS = "ab" * 48
+
+
+def _policy(**kw: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "name": "prod",
+        "cpu_tees": ["snp"],
+        "snp": {"allowed_measurements": [MEAS]},
+    }
+    base.update(kw)
+    return base
+
+
+def test_safe_defaults() -> None:
+    p = load_policy(json.dumps(_policy()))
+    assert p.snp is not None
+    assert not p.snp.unsafe_allow_debug and p.snp.allowed_vmpls == (0,)
+    assert p.gpu.allowed_ocsp_statuses == ("good",)
+    assert not p.gpu.unsafe_skip_rim_match and not p.gpu.unsafe_allow_devtools
+    assert p.missing_revocation.value == "reject"
+    assert p.roots.extra_trusted_sha256 == ()
+    assert p.unsafe_settings() == []
+    assert p.digest.startswith("sha256:") and len(p.digest) == 71
+
+
+@pytest.mark.parametrize(
+    "doc,needle",
+    [
+        (_policy(bogus=1), "bogus"),
+        (_policy(snp={}), "allowed_measurements is required"),
+        (_policy(cpu_tees=["tdx"]), "'tdx' section is missing"),
+        (_policy(cpu_tees=[]), "cpu_tees"),
+        (_policy(snp={"allowed_measurements": ["zz"]}), "allowed_measurements"),
+        (_policy(gpu={"allowed_ocsp_statuses": ["revoked"]}), "allowed_ocsp_statuses"),
+        (
+            _policy(snp={"allowed_measurements": [MEAS], "unsafe_allow_debug": "yes"}),
+            "unsafe_allow_debug",
+        ),
+    ],
+)
+def test_strict_errors_name_the_field(doc: dict[str, object], needle: str) -> None:
+    with pytest.raises(InputError, match=needle):
+        load_policy(json.dumps(doc))
+
+
+def test_unsafe_switches_are_listed() -> None:
+    p = load_policy(
+        json.dumps(
+            _policy(
+                snp={"unsafe_any_measurement": True, "unsafe_allow_debug": True},
+                gpu={"unsafe_skip_rim_match": True},
+                missing_revocation="warn",
+            )
+        )
+    )
+    assert p.unsafe_settings() == [
+        "snp.unsafe_any_measurement",
+        "snp.unsafe_allow_debug",
+        "gpu.unsafe_skip_rim_match",
+        "missing_revocation=warn",
+    ]
+
+
+def test_digest_changes_with_content_and_policy_is_frozen() -> None:
+    a = load_policy(json.dumps(_policy()))
+    b = load_policy(json.dumps(_policy(name="other")))
+    assert a.digest != b.digest
+    assert a.digest == load_policy(json.dumps(_policy())).digest
+    with pytest.raises(ValidationError):
+        a.name = "x"  # type: ignore[misc]
+    assert isinstance(a, Policy)
+
+
+def test_non_json_and_oversized() -> None:
+    with pytest.raises(InputError):
+        load_policy(b"{")
+    with pytest.raises(InputError):
+        load_policy(b" " * 300_000)
+
+
+GRANULAR = json.loads(
+    (NVIDIA / "sdk_claims_examples/gpu_detached_granular_claims_local.json").read_text()
+)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (NVIDIA / "policies").glob("*.json")))
+def test_all_shipped_nvidia_policies_load_or_are_refused_clearly(name: str) -> None:
+    data = (NVIDIA / "policies" / name).read_bytes()
+    version = json.loads(data)["version"]
+    if version in ("3.0", "4.0"):
+        pol = load_nvidia_policy(data)
+        assert pol.kind == ("switch" if "Switch" in name else "gpu")
+    else:
+        with pytest.raises(InputError, match="not supported"):
+            load_nvidia_policy(data)
+
+
+def test_v4_policy_passes_nvidia_example_claims() -> None:
+    pol = load_nvidia_policy(
+        (NVIDIA / "policies/local_NVGPULocalv4PolicyExample.json").read_bytes()
+    )
+    assert evaluate_device(pol, "gpu0", GRANULAR) == []
+    assert evaluate_overall(pol, all_devices_passed=True) == []
+    assert [f.field for f in evaluate_overall(pol, all_devices_passed=False)] == [
+        "x-nvidia-overall-att-result"
+    ]
+
+
+def test_v4_policy_reports_every_failed_claim() -> None:
+    pol = load_nvidia_policy(
+        (NVIDIA / "policies/local_NVGPULocalv4PolicyExample.json").read_bytes()
+    )
+    bad = dict(GRANULAR)
+    bad["measres"] = "fail"
+    bad["x-nvidia-gpu-driver-rim-cert-chain"] = dict(
+        bad["x-nvidia-gpu-driver-rim-cert-chain"], **{"x-nvidia-cert-ocsp-status": "revoked"}
+    )
+    del bad["x-nvidia-gpu-arch-check"]
+    found = {(f.field, f.actual) for f in evaluate_device(pol, "gpu0", bad)}
+    assert found == {
+        ("measres", "fail"),
+        ("x-nvidia-gpu-driver-rim-cert-chain.x-nvidia-cert-ocsp-status", "revoked"),
+        ("x-nvidia-gpu-arch-check", None),
+    }
+
+
+def test_v3_policy_names_translate_to_claims_3() -> None:
+    pol = load_nvidia_policy(
+        (NVIDIA / "policies/remote_v3_NVGPURemotePolicyExample.json").read_bytes()
+    )
+    assert evaluate_device(pol, "gpu0", GRANULAR) == []
+    bad = dict(GRANULAR)
+    bad["x-nvidia-gpu-vbios-rim-cert-chain"] = {"x-nvidia-cert-status": "expired"}
+    assert [f.field for f in evaluate_device(pol, "gpu0", bad)] == [
+        "x-nvidia-gpu-vbios-rim-cert-validated"
+    ]
+
+
+def test_nvidia_policy_strictness() -> None:
+    with pytest.raises(InputError):
+        load_nvidia_policy(
+            b'{"version":"4.0","authorization-rules":{"type":"HS256","detached-claims":{"measres":"success"}}}'
+        )
+    with pytest.raises(InputError):
+        load_nvidia_policy(
+            b'{"version":"4.0","authorization-rules":{"type":"JWT","detached-claims":{}}}'
+        )
+    with pytest.raises(InputError):
+        load_nvidia_policy(
+            b'{"version":"4.0","authorization-rules":{"type":"JWT","detached-claims":{"measres":[1]}}}'
+        )
