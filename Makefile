@@ -27,6 +27,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	PY=$(PY) scripts/gen_proto.sh --check
 
 fmt: install
 	$(VENV)/bin/ruff format .
