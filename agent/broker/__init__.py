@@ -1,0 +1,1 @@
+"""The key broker: nonce and key stores, appraisal service, key release, gRPC servicers."""

@@ -1,0 +1,130 @@
+"""Broker state on real SQLite: single-use nonces under concurrency and across a hard kill."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from agent.broker.keywrap import KeyWrapper, UnwrapError, load_or_create_master_key
+from agent.broker.store import ModelRecord, NonceError, ResultRecord, SqliteBrokerStore
+from attest.errors import InputError
+
+NOW = 1_800_000_000.0
+
+
+def test_nonce_single_use_and_reasons(tmp_path: Path) -> None:
+    s = SqliteBrokerStore(tmp_path / "b.db")
+    s.issue_nonce(b"n1", model_id="m", now=NOW, expires_at=NOW + 60)
+    assert s.consume_nonce(b"n1", now=NOW + 1) == "m"
+    with pytest.raises(NonceError) as e:
+        s.consume_nonce(b"n1", now=NOW + 2)
+    assert e.value.reason == "nonce_used"
+    with pytest.raises(NonceError) as e:
+        s.consume_nonce(b"zz", now=NOW)
+    assert e.value.reason == "nonce_unknown"
+    s.issue_nonce(b"n2", model_id="m", now=NOW, expires_at=NOW + 60)
+    with pytest.raises(NonceError) as e:
+        s.consume_nonce(b"n2", now=NOW + 61)
+    assert e.value.reason == "nonce_expired"
+
+
+def test_concurrent_consumers_exactly_one_wins(tmp_path: Path) -> None:
+    s = SqliteBrokerStore(tmp_path / "b.db")
+    for i in range(20):
+        s.issue_nonce(bytes([i]) * 16, model_id="m", now=NOW, expires_at=NOW + 60)
+    wins: list[bytes] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        for i in range(20):
+            try:
+                s.consume_nonce(bytes([i]) * 16, now=NOW + 1)
+            except NonceError:
+                continue
+            with lock:
+                wins.append(bytes([i]))
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(wins) == [bytes([i]) for i in range(20)]
+
+
+def test_consumed_nonce_survives_sigkill(tmp_path: Path) -> None:
+    db = tmp_path / "b.db"
+    s = SqliteBrokerStore(db)
+    for i in range(200):
+        s.issue_nonce(i.to_bytes(4, "big"), model_id="m", now=NOW, expires_at=NOW + 600)
+    s.close()
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from agent.broker.store import SqliteBrokerStore
+        s = SqliteBrokerStore({str(db)!r})
+        for i in range(200):
+            s.consume_nonce(i.to_bytes(4, "big"), now={NOW + 1})
+            print(i, flush=True)
+        import time; time.sleep(30)
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parents[2],
+    )
+    assert proc.stdout is not None
+    acked = -1
+    for line in proc.stdout:
+        acked = int(line)
+        if acked == 120:
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    s2 = SqliteBrokerStore(db)
+    for i in range(acked + 1):  # every acknowledged consumption is durable
+        with pytest.raises(NonceError) as e:
+            s2.consume_nonce(i.to_bytes(4, "big"), now=NOW + 2)
+        assert e.value.reason == "nonce_used"
+    assert s2.consume_nonce((199).to_bytes(4, "big"), now=NOW + 2) == "m"
+
+
+def test_models_results_releases(tmp_path: Path) -> None:
+    s = SqliteBrokerStore(tmp_path / "b.db")
+    m = ModelRecord("m", 3, "k1", b"w" * 61, "{}", "sha256:00", b"d" * 32)
+    s.put_model(m)
+    assert s.get_model("m") == m
+    assert s.get_model("other") is None
+    r = ResultRecord("r1", "m", b"k" * 32, b"n" * 32, "affirming", NOW, NOW + 300)
+    s.put_result(r)
+    assert s.get_result("r1") == r
+    s.record_release(result_id="r1", model_id="m", released_at=NOW)
+    assert s.count_releases("r1") == 1
+
+
+def test_keywrap_binds_ids_and_master_key(tmp_path: Path) -> None:
+    key = load_or_create_master_key(tmp_path / "master.key")
+    assert (tmp_path / "master.key").stat().st_mode & 0o777 == 0o600
+    assert load_or_create_master_key(tmp_path / "master.key") == key
+    w = KeyWrapper(key)
+    blob = w.wrap(b"\x07" * 32, key_id="k1", model_id="m")
+    assert w.unwrap(blob, key_id="k1", model_id="m") == b"\x07" * 32
+    assert b"\x07" * 32 not in blob
+    for kw in ({"key_id": "k2", "model_id": "m"}, {"key_id": "k1", "model_id": "other"}):
+        with pytest.raises(UnwrapError):
+            w.unwrap(blob, **kw)
+    with pytest.raises(UnwrapError):
+        KeyWrapper(b"\x01" * 32).unwrap(blob, key_id="k1", model_id="m")
+    (tmp_path / "loose.key").write_bytes(b"\0" * 32)
+    (tmp_path / "loose.key").chmod(0o644)
+    with pytest.raises(InputError):
+        load_or_create_master_key(tmp_path / "loose.key")
