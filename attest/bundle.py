@@ -1,0 +1,197 @@
+"""The evidence bundle: everything one enclave presents in one attestation session.
+
+The same structure travels in the gRPC ``EvidenceBundle`` message (agent/rpc/convert.py maps
+it) and as a JSON file for ``lessee appraise --evidence-bundle`` and for the log's archive.
+JSON form (bytes as standard base64)::
+
+    {"version": 1,
+     "cpu": {"snp": {"report": B64, "certificates": [B64, ...]}}      # or {"tdx": {"quote": B64, "collateral_json": B64}}
+     "gpus": [{"arch": "HOPPER", "report": B64, "certificate_chain_pem": B64,
+               "ocsp_responses": [B64...], "rims": [B64...]}],
+     "switches": [...same shape...],
+     "cc_mode_on": true, "devtools_on": false}
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from attest.errors import InputError
+
+#: A bundle with 8 GPUs, 4 switches, their chains, RIMs and OCSP responses is ~1 MiB.
+MAX_BUNDLE_BYTES = 8 * 1024 * 1024
+MAX_DEVICES = 64
+MAX_ITEMS_PER_LIST = 16
+#: One piece of evidence or collateral (a RIM is ~20 KiB, a TDX collateral JSON ~20 KiB).
+MAX_ITEM_BYTES = 512 * 1024
+
+
+@dataclass(frozen=True)
+class DeviceEvidenceIn:
+    arch: str
+    report: bytes
+    certificate_chain_pem: bytes
+    ocsp_responses: tuple[bytes, ...] = ()
+    rims: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True)
+class SnpEvidenceIn:
+    report: bytes
+    certificates: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True)
+class TdxEvidenceIn:
+    quote: bytes
+    collateral_json: bytes = b""
+
+
+@dataclass(frozen=True)
+class EvidenceBundle:
+    cpu: SnpEvidenceIn | TdxEvidenceIn | None
+    gpus: tuple[DeviceEvidenceIn, ...] = ()
+    switches: tuple[DeviceEvidenceIn, ...] = ()
+    cc_mode_on: bool = False
+    devtools_on: bool = True
+
+    def to_json(self) -> bytes:
+        def dev(d: DeviceEvidenceIn) -> dict[str, Any]:
+            return {
+                "arch": d.arch,
+                "report": _b64(d.report),
+                "certificate_chain_pem": _b64(d.certificate_chain_pem),
+                "ocsp_responses": [_b64(x) for x in d.ocsp_responses],
+                "rims": [_b64(x) for x in d.rims],
+            }
+
+        cpu: dict[str, Any] | None
+        if isinstance(self.cpu, SnpEvidenceIn):
+            cpu = {
+                "snp": {
+                    "report": _b64(self.cpu.report),
+                    "certificates": [_b64(c) for c in self.cpu.certificates],
+                }
+            }
+        elif isinstance(self.cpu, TdxEvidenceIn):
+            cpu = {
+                "tdx": {
+                    "quote": _b64(self.cpu.quote),
+                    "collateral_json": _b64(self.cpu.collateral_json),
+                }
+            }
+        else:
+            cpu = None
+        doc = {
+            "version": 1,
+            "cpu": cpu,
+            "gpus": [dev(d) for d in self.gpus],
+            "switches": [dev(d) for d in self.switches],
+            "cc_mode_on": self.cc_mode_on,
+            "devtools_on": self.devtools_on,
+        }
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _bytes(obj: dict[str, Any], key: str, where: str, *, required: bool = True) -> bytes:
+    value = obj.get(key)
+    if value is None and not required:
+        return b""
+    if not isinstance(value, str):
+        raise InputError(f"evidence bundle: {where}.{key} must be a base64 string")
+    if len(value) > MAX_ITEM_BYTES * 4 // 3 + 4:
+        raise InputError(f"evidence bundle: {where}.{key} is larger than {MAX_ITEM_BYTES} bytes")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InputError(f"evidence bundle: {where}.{key} is not base64") from exc
+
+
+def _list(obj: dict[str, Any], key: str, where: str) -> tuple[bytes, ...]:
+    value = obj.get(key, [])
+    if not isinstance(value, list) or len(value) > MAX_ITEMS_PER_LIST:
+        raise InputError(
+            f"evidence bundle: {where}.{key} must be a list of at most {MAX_ITEMS_PER_LIST}"
+        )
+    return tuple(_bytes({"x": v}, "x", f"{where}.{key}[{i}]") for i, v in enumerate(value))
+
+
+def _only(obj: Any, allowed: set[str], where: str) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise InputError(f"evidence bundle: {where} must be an object")
+    unknown = set(obj) - allowed
+    if unknown:
+        raise InputError(
+            f"evidence bundle: unknown field(s) in {where}: {', '.join(sorted(unknown))}"
+        )
+    return obj
+
+
+def _device(obj: Any, where: str) -> DeviceEvidenceIn:
+    d = _only(obj, {"arch", "report", "certificate_chain_pem", "ocsp_responses", "rims"}, where)
+    arch = d.get("arch")
+    if not isinstance(arch, str) or not 0 < len(arch) <= 32:
+        raise InputError(f"evidence bundle: {where}.arch must be a short string")
+    return DeviceEvidenceIn(
+        arch=arch,
+        report=_bytes(d, "report", where),
+        certificate_chain_pem=_bytes(d, "certificate_chain_pem", where),
+        ocsp_responses=_list(d, "ocsp_responses", where),
+        rims=_list(d, "rims", where),
+    )
+
+
+def load_bundle(data: bytes) -> EvidenceBundle:
+    """Parse the JSON form strictly (unknown fields, wrong types and oversize are errors)."""
+    if len(data) > MAX_BUNDLE_BYTES:
+        raise InputError(f"evidence bundle is larger than {MAX_BUNDLE_BYTES} bytes")
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"evidence bundle is not JSON: {exc}") from exc
+    top = _only(doc, {"version", "cpu", "gpus", "switches", "cc_mode_on", "devtools_on"}, "bundle")
+    if top.get("version") != 1:
+        raise InputError("evidence bundle: version must be 1")
+    cpu: SnpEvidenceIn | TdxEvidenceIn | None = None
+    if top.get("cpu") is not None:
+        c = _only(top["cpu"], {"snp", "tdx"}, "cpu")
+        if len(c) != 1:
+            raise InputError("evidence bundle: cpu must hold exactly one of snp, tdx")
+        if "snp" in c:
+            s = _only(c["snp"], {"report", "certificates"}, "cpu.snp")
+            cpu = SnpEvidenceIn(
+                report=_bytes(s, "report", "cpu.snp"),
+                certificates=_list(s, "certificates", "cpu.snp"),
+            )
+        else:
+            t = _only(c["tdx"], {"quote", "collateral_json"}, "cpu.tdx")
+            cpu = TdxEvidenceIn(
+                quote=_bytes(t, "quote", "cpu.tdx"),
+                collateral_json=_bytes(t, "collateral_json", "cpu.tdx", required=False),
+            )
+    devices = []
+    for key in ("gpus", "switches"):
+        items = top.get(key, [])
+        if not isinstance(items, list) or len(items) > MAX_DEVICES:
+            raise InputError(f"evidence bundle: {key} must be a list of at most {MAX_DEVICES}")
+        devices.append(tuple(_device(x, f"{key}[{i}]") for i, x in enumerate(items)))
+    # Absent NVML flags are read as the unsafe state, so a bundle that omits them is refused.
+    cc_mode_on = top.get("cc_mode_on", False)
+    devtools_on = top.get("devtools_on", True)
+    if not isinstance(cc_mode_on, bool) or not isinstance(devtools_on, bool):
+        raise InputError("evidence bundle: cc_mode_on and devtools_on must be true or false")
+    return EvidenceBundle(
+        cpu=cpu,
+        gpus=devices[0],
+        switches=devices[1],
+        cc_mode_on=cc_mode_on,
+        devtools_on=devtools_on,
+    )

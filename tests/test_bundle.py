@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from attest.bundle import (
+    DeviceEvidenceIn,
+    EvidenceBundle,
+    SnpEvidenceIn,
+    TdxEvidenceIn,
+    load_bundle,
+)
+from attest.errors import InputError
+from tests.conftest import CPU, NVIDIA
+
+
+def _real_bundle() -> EvidenceBundle:
+    report = bytes.fromhex((NVIDIA / "hopper/hopperAttestationReport.txt").read_text().strip())
+    return EvidenceBundle(
+        cpu=SnpEvidenceIn(
+            report=(CPU / "snp/go-sev-guest/attestation.bin").read_bytes(),
+            certificates=((CPU / "snp/go-sev-guest/vcek.testcer").read_bytes(),),
+        ),
+        gpus=(
+            DeviceEvidenceIn(
+                "HOPPER", report, (NVIDIA / "hopper/hopperCertChain.txt").read_bytes()
+            ),
+        ),
+        cc_mode_on=True,
+        devtools_on=False,
+    )
+
+
+def test_round_trip_real_evidence() -> None:
+    b = _real_bundle()
+    assert load_bundle(b.to_json()) == b
+    t = EvidenceBundle(
+        cpu=TdxEvidenceIn(
+            quote=(CPU / "tdx/dcap-qvl/tdx_quote").read_bytes(), collateral_json=b"{}"
+        )
+    )
+    assert load_bundle(t.to_json()) == t
+
+
+def test_missing_nvml_flags_read_as_unsafe() -> None:
+    doc = json.loads(_real_bundle().to_json())
+    del doc["cc_mode_on"], doc["devtools_on"]
+    b = load_bundle(json.dumps(doc).encode())
+    assert b.cc_mode_on is False and b.devtools_on is True
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda d: d.update(version=2),
+        lambda d: d.update(extra=1),
+        lambda d: d["gpus"][0].update(report="!!"),
+        lambda d: d["gpus"][0].update(arch=5),
+        lambda d: d.update(cpu={"snp": d["cpu"]["snp"], "tdx": {"quote": ""}}),
+        lambda d: d.update(gpus=[d["gpus"][0]] * 65),
+        lambda d: d.update(cc_mode_on="yes"),
+        lambda d: d["cpu"]["snp"].update(certificates=["AA=="] * 17),
+    ],
+)
+def test_strict(mutate) -> None:  # type: ignore[no-untyped-def]
+    doc = json.loads(_real_bundle().to_json())
+    mutate(doc)
+    with pytest.raises(InputError):
+        load_bundle(json.dumps(doc).encode())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_bytes_only_input_errors(data: bytes) -> None:
+    try:
+        load_bundle(data)
+    except InputError:
+        pass
