@@ -1,0 +1,1 @@
+"""Evidence collection inside the enclave: real hardware (NVML, configfs-tsm) or emulated."""
