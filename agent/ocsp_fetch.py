@@ -1,0 +1,250 @@
+"""Online OCSP for ``--revocation online``: ask NVIDIA's responder, remember the answers.
+
+:class:`OnlineOcsp` implements :class:`attest.revocation.OcspSource`. For each (certificate,
+issuer) it POSTs the request NVIDIA's own verifier sends (``attest.revocation.build_ocsp_request``:
+SHA-384 CertID, critical 32-byte random nonce) as ``application/ocsp-request`` to
+``https://ocsp.ndis.nvidia.com/`` (nvtrust ``BaseSettings.OCSP_URL``) with a 10 s timeout
+(nvtrust ``MAX_OCSP_TIME_DELAY``), reads at most ``MAX_OCSP_RESPONSE_BYTES``, and checks that
+the answer echoes the nonce before keeping it.
+
+The cache (a dict, or a directory for reuse across processes) holds raw responses keyed by the
+URL and the certificate's CertID, and an entry is used only while
+:func:`attest.revocation.check_ocsp_response` still accepts it at the current time (so until its
+nextUpdate). The cache is never trusted: whatever it returns is verified again by the caller, like
+any other OCSP response. Responses are public data (no secret is stored or logged).
+
+Errors: no network, DNS failure, refused connection or timeout -> ``RevocationError`` with reason
+``ocsp_unreachable``; an HTTP error status or a redirect -> ``ocsp_http_error``; an oversized or
+non-OCSP body -> ``ocsp_bad_response``; a fresh answer without our nonce -> ``ocsp_nonce_mismatch``.
+``check_chain_revocation`` reports each of these as a ``missing`` check naming the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import secrets
+import tempfile
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import OrderedDict
+from collections.abc import Callable, MutableMapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO
+
+from cryptography import x509
+
+from attest.errors import InputError, RevocationError
+from attest.revocation.ocsp import (
+    MAX_OCSP_RESPONSE_BYTES,
+    NVIDIA_OCSP_NONCE_BYTES,
+    build_ocsp_request,
+    cert_id_key,
+    check_ocsp_response,
+)
+
+#: nvtrust ``verifier/config.py`` ``BaseSettings.OCSP_URL`` (overridable there by NV_OCSP_URL).
+DEFAULT_OCSP_URL = "https://ocsp.ndis.nvidia.com/"
+#: nvtrust ``BaseSettings.MAX_OCSP_TIME_DELAY``: 10 seconds per OCSP call.
+DEFAULT_TIMEOUT_S = 10.0
+#: In-memory cache entries kept when the caller gives no cache (3 per GPU chain, 3 per RIM chain).
+MAX_MEMORY_CACHE_ENTRIES = 1024
+#: Cached responses on disk are named ``<sha256 hex>`` + this suffix.
+CACHE_FILE_SUFFIX = ".ocsp.der"
+_OCSP_RESPONSE_TYPE = "application/ocsp-response"
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """An OCSP POST answered with a redirect is an error, not something to follow as a GET."""
+
+    def redirect_request(  # noqa: PLR0917 - the stdlib signature
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: http.client.HTTPMessage,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        return None
+
+
+class _MemoryStore:
+    def __init__(self, mapping: MutableMapping[str, bytes] | None) -> None:
+        self._map: MutableMapping[str, bytes] = OrderedDict() if mapping is None else mapping
+        self._bounded = mapping is None
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            return self._map.get(key)
+
+    def put(self, key: str, der: bytes) -> None:
+        with self._lock:
+            self._map[key] = der
+            if self._bounded and isinstance(self._map, OrderedDict):
+                self._map.move_to_end(key)
+                while len(self._map) > MAX_MEMORY_CACHE_ENTRIES:
+                    self._map.popitem(last=False)
+
+    def drop(self, key: str) -> None:
+        with self._lock:
+            self._map.pop(key, None)
+
+
+class _DiskStore:
+    """One file per response; written atomically so concurrent processes never see half a file."""
+
+    def __init__(self, directory: Path) -> None:
+        self._dir = directory
+        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def _path(self, key: str) -> Path:
+        return self._dir / f"{key}{CACHE_FILE_SUFFIX}"
+
+    def get(self, key: str) -> bytes | None:
+        path = self._path(key)
+        try:
+            with path.open("rb") as f:
+                data = f.read(MAX_OCSP_RESPONSE_BYTES + 1)
+        except FileNotFoundError:
+            return None
+        return None if len(data) > MAX_OCSP_RESPONSE_BYTES else data
+
+    def put(self, key: str, der: bytes) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self._dir, prefix=".tmp-", suffix=CACHE_FILE_SUFFIX)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(der)
+            os.replace(tmp, self._path(key))
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def drop(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+
+class OnlineOcsp:
+    """Fetches OCSP responses over HTTP(S), with a timeout, a size bound and a cache.
+
+    ``cache``: None (a bounded in-memory cache private to this object), a dict-like mapping you
+    own (shared between objects), or a directory path (shared between processes).
+    ``allow_http`` permits a plain-http URL (the test responder on loopback; OCSP answers are
+    signed, but the question still reveals which GPU is asking). ``clock`` and ``nonce_source``
+    exist for tests; the defaults are the system clock and ``secrets.token_bytes``.
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_OCSP_URL,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        cache: MutableMapping[str, bytes] | str | os.PathLike[str] | None = None,
+        *,
+        allow_http: bool = False,
+        require_nonce: bool = True,
+        clock: Callable[[], datetime] = _utcnow,
+        nonce_source: Callable[[int], bytes] = secrets.token_bytes,
+    ) -> None:
+        scheme = urllib.parse.urlsplit(url).scheme.lower()
+        if scheme != "https" and not (scheme == "http" and allow_http):
+            raise InputError(f"OCSP URL must be https:// (got {url!r})")
+        if not 0 < timeout <= 300:
+            raise InputError(f"OCSP timeout must be in (0, 300] seconds, got {timeout}")
+        self.url = url
+        self.timeout = timeout
+        self.require_nonce = require_nonce
+        self._clock = clock
+        self._nonce = nonce_source
+        self._store: _MemoryStore | _DiskStore
+        if isinstance(cache, str | os.PathLike):
+            self._store = _DiskStore(Path(cache))
+        else:
+            self._store = _MemoryStore(cache)
+        self._opener = urllib.request.build_opener(_NoRedirect())
+        #: Counters for tests and the benchmark: network round trips and cache answers.
+        self.fetches = 0
+        self.cache_hits = 0
+
+    def _key(self, cert: x509.Certificate, issuer: x509.Certificate) -> str:
+        alg, name_hash, key_hash, serial = cert_id_key(cert, issuer, "sha384")
+        h = hashlib.sha256(b"lessee-ocsp-fetch-v1\0" + self.url.encode() + b"\0" + alg.encode())
+        h.update(name_hash + key_hash + serial.to_bytes(20, "big", signed=False))
+        return h.hexdigest()
+
+    def _still_usable(
+        self, der: bytes, cert: x509.Certificate, issuer: x509.Certificate, now: datetime
+    ) -> bool:
+        check = check_ocsp_response(der, cert=cert, issuer=issuer, at=now, allow_hold=True)
+        return check.status != "invalid"
+
+    def response_for(self, cert: x509.Certificate, issuer: x509.Certificate) -> bytes | None:
+        """The cached answer while it is still fresh and valid, else a new one from the network."""
+        key = self._key(cert, issuer)
+        now = self._clock()
+        cached = self._store.get(key)
+        if cached is not None:
+            if self._still_usable(cached, cert, issuer, now):
+                self.cache_hits += 1
+                return cached
+            self._store.drop(key)
+        nonce = self._nonce(NVIDIA_OCSP_NONCE_BYTES)
+        body = self._post(build_ocsp_request(cert, issuer, nonce=nonce))
+        self.fetches += 1
+        check = check_ocsp_response(
+            body,
+            cert=cert,
+            issuer=issuer,
+            at=now,
+            allow_hold=True,
+            expected_nonce=nonce if self.require_nonce else None,
+        )
+        if check.code in ("nonce_missing", "nonce_mismatch"):
+            raise RevocationError(
+                f"OCSP responder {self.url}: {check.detail}", reason="ocsp_nonce_mismatch"
+            )
+        if check.status != "invalid":
+            self._store.put(key, body)
+        # An invalid answer is still returned: the caller's check reports why, per certificate.
+        return body
+
+    def _post(self, request_der: bytes) -> bytes:
+        req = urllib.request.Request(  # noqa: S310 - scheme checked in __init__
+            self.url,
+            data=request_der,
+            method="POST",
+            headers={"Content-Type": "application/ocsp-request", "Accept": _OCSP_RESPONSE_TYPE},
+        )
+        try:
+            with self._opener.open(req, timeout=self.timeout) as resp:
+                content_type = resp.headers.get("Content-Type", "")
+                body: bytes = resp.read(MAX_OCSP_RESPONSE_BYTES + 1)
+        except urllib.error.HTTPError as exc:
+            raise RevocationError(
+                f"OCSP responder {self.url} answered HTTP {exc.code}", reason="ocsp_http_error"
+            ) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            why = getattr(exc, "reason", None) or exc
+            raise RevocationError(
+                f"OCSP responder {self.url} unreachable ({why})", reason="ocsp_unreachable"
+            ) from None
+        if len(body) > MAX_OCSP_RESPONSE_BYTES:
+            raise RevocationError(
+                f"OCSP responder {self.url} sent more than {MAX_OCSP_RESPONSE_BYTES} bytes",
+                reason="ocsp_bad_response",
+            )
+        media = content_type.split(";", 1)[0].strip().lower()
+        if media and media != _OCSP_RESPONSE_TYPE:
+            raise RevocationError(
+                f"OCSP responder {self.url} sent {media!r}, not {_OCSP_RESPONSE_TYPE}",
+                reason="ocsp_bad_response",
+            )
+        return body
