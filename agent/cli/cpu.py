@@ -93,7 +93,9 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="SNP: VCEK/VLEK certificate (DER or PEM) and ASK/ARK chain (PEM); repeatable",
     )
     ver.add_argument(
-        "--collateral", metavar="FILE", help="TDX: collateral JSON (TCB info, QE identity, CRLs)"
+        "--collateral",
+        metavar="FILE",
+        help="TDX: collateral JSON (TCB info, QE identity, CRLs); SNP: AMD CRL (DER or PEM)",
     )
     ver.add_argument("--at", metavar="ISO-8601", help="verification time (default: now)")
     ver.add_argument(

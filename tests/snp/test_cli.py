@@ -1,0 +1,118 @@
+"""``lessee cpu inspect|verify`` on SNP reports through the real entry point, exit codes included."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agent.cli.main import main
+from tests.snp.helpers import GSG, VIRTEE, flip, gsg_report
+
+AT = ["--at", "2026-11-28T00:00:00Z"]
+GSG_ARGS = [
+    str(GSG / "attestation.bin"),
+    "--certs",
+    str(GSG / "vcek.testcer"),
+    "--certs",
+    str(GSG / "ask_ark_milan.pem"),
+]
+VIRTEE_ARGS = [str(VIRTEE / "report_milan.hex"), "--certs", str(VIRTEE / "vcek_milan.der")]
+
+
+def test_verify_clean_report_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["cpu", "verify", *VIRTEE_ARGS, *AT]) == 0
+    out = capsys.readouterr().out
+    assert "verdict: OK" in out
+    assert "chain: SEV-VCEK -> SEV-Milan -> ARK-Milan (pinned)" in out
+    assert "reported_tcb: bootloader=3 tee=0 snp=8 microcode=115" in out
+    assert "debug: no" in out
+
+
+def test_verify_debug_report_exits_1_and_says_why(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["cpu", "verify", *GSG_ARGS, *AT]) == 1
+    captured = capsys.readouterr()
+    assert "verdict: rejected (debug_policy)" in captured.out
+    assert "OK" not in captured.out
+    assert "DEBUG policy set" in captured.err
+    assert "signature and chain verified" in captured.err
+
+
+def test_verify_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["cpu", "verify", *GSG_ARGS, *AT, "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["verdict"] == "rejected" and doc["reasons"] == ["debug_policy"]
+    assert doc["product"] == "Milan" and doc["signing_key"] == "vcek"
+    assert doc["report"]["policy"]["debug"] is True
+    assert doc["reported_tcb"]["snp"] == 5
+    assert doc["chip_id_checked"] is True and doc["revocation_checked"] is False
+
+
+def test_verify_report_data(capsys: pytest.CaptureFixture[str]) -> None:
+    good = "0102030405" + "00" * 59
+    assert main(["cpu", "verify", *GSG_ARGS, *AT, "--report-data", good, "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["report_data_checked"] is True
+    assert main(["cpu", "verify", *GSG_ARGS, *AT, "--report-data", "00" * 64]) == 1
+    assert "REPORT_DATA does not equal" in capsys.readouterr().err
+    assert main(["cpu", "verify", *GSG_ARGS, *AT, "--report-data", "zz"]) == 2
+    assert main(["cpu", "verify", *GSG_ARGS, *AT, "--report-data", "00" * 32]) == 2
+
+
+def test_verify_wrong_chain_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    args = [*VIRTEE_ARGS, "--certs", str(GSG / "ask_ark_genoa.pem"), *AT]
+    assert main(["cpu", "verify", *args]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("lessee: rejected:") and "ARK-Genoa" in err
+    assert err.count("\n") == 1
+
+
+def test_verify_before_vcek_validity_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["cpu", "verify", *GSG_ARGS, "--at", "2022-01-01"]) == 1
+    assert "not valid before" in capsys.readouterr().err
+
+
+def test_verify_without_vcek_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["cpu", "verify", str(GSG / "attestation.bin"), *AT]) == 1
+    assert "no VCEK certificate" in capsys.readouterr().err
+
+
+def test_tampered_report_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "r.bin"
+    bad.write_bytes(flip(gsg_report(), 0x90))
+    args = [str(bad), *GSG_ARGS[1:], *AT]
+    assert main(["cpu", "verify", *args]) == 1
+    assert "does not verify" in capsys.readouterr().err
+
+
+def test_malformed_report_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "r.bin"
+    bad.write_bytes(flip(gsg_report(), 0x190))  # a reserved byte
+    assert main(["cpu", "verify", str(bad), *GSG_ARGS[1:], *AT]) == 2
+    err = capsys.readouterr().err
+    assert "reserved [0x188..0x19f], offset 400" in err
+    bad.write_bytes(gsg_report()[:1000])
+    assert main(["cpu", "inspect", str(bad)]) == 2
+
+
+def test_malformed_certificate_exits_2(tmp_path: Path) -> None:
+    cert = tmp_path / "vcek.der"
+    cert.write_bytes(b"\x30\x03\x02\x01\x00")
+    assert main(["cpu", "verify", str(GSG / "attestation.bin"), "--certs", str(cert), *AT]) == 2
+
+
+def test_crl_collateral_is_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    crl = tmp_path / "crl.der"
+    crl.write_bytes(b"not a crl")
+    assert main(["cpu", "verify", *VIRTEE_ARGS, *AT, "--collateral", str(crl)]) == 2
+    assert "malformed CRL" in capsys.readouterr().err
+
+
+def test_inspect(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["cpu", "inspect", str(GSG / "attestation.bin")]) == 0
+    out = capsys.readouterr().out
+    assert "debug: YES" in out and "policy: 0xb0000 [SMT,DEBUG]" in out
+    assert main(["cpu", "inspect", str(VIRTEE / "report_milan.hex"), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["report"]["policy"]["debug"] is False
+    assert doc["report"]["tcb"]["reported"] == "0300000000000873"  # v2: product not known yet
