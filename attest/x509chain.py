@@ -32,6 +32,25 @@ MAX_CERT_BYTES = 16 * 1024
 _PEM_BEGIN = b"-----BEGIN CERTIFICATE-----"
 
 
+#: What cryptography raises for a certificate it cannot decode (names and extensions are
+#: decoded lazily, so these can surface long after loading unless decoded up front).
+_DECODE_ERRORS = (
+    ValueError,
+    x509.InvalidVersion,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+)
+
+
+def _decode_eagerly(cert: x509.Certificate) -> x509.Certificate:
+    """Decode every lazily parsed field now, so a malformed certificate fails at load time
+    with an InputError instead of deep inside a chain check."""
+    _ = (cert.subject, cert.issuer, cert.not_valid_before_utc, cert.not_valid_after_utc)
+    _ = (cert.serial_number, cert.signature_hash_algorithm, list(cert.extensions))
+    cert.public_key()
+    return cert
+
+
 def load_pem_chain(
     data: bytes, *, max_certs: int = MAX_CHAIN_CERTS
 ) -> tuple[x509.Certificate, ...]:
@@ -46,10 +65,9 @@ def load_pem_chain(
     if count > max_certs:
         raise InputError(f"certificate chain holds {count} certificates; the limit is {max_certs}")
     try:
-        certs = x509.load_pem_x509_certificates(data)
-    except ValueError as exc:
+        return tuple(_decode_eagerly(c) for c in x509.load_pem_x509_certificates(data))
+    except (*_DECODE_ERRORS, UnsupportedAlgorithm) as exc:
         raise InputError(f"malformed PEM certificate chain: {exc}") from exc
-    return tuple(certs)
 
 
 def load_certificate(data: bytes) -> x509.Certificate:
@@ -58,9 +76,9 @@ def load_certificate(data: bytes) -> x509.Certificate:
         raise InputError(f"certificate is {len(data)} bytes; the limit is {MAX_CERT_BYTES * 2}")
     try:
         if _PEM_BEGIN in data:
-            return x509.load_pem_x509_certificate(data)
-        return x509.load_der_x509_certificate(data)
-    except ValueError as exc:
+            return _decode_eagerly(x509.load_pem_x509_certificate(data))
+        return _decode_eagerly(x509.load_der_x509_certificate(data))
+    except (*_DECODE_ERRORS, UnsupportedAlgorithm) as exc:
         raise InputError(f"malformed certificate: {exc}") from exc
 
 

@@ -3,10 +3,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from attest import roots
 from attest.errors import ChainError, InputError
-from attest.x509chain import ChainCache, load_pem_chain, verify_chain
+from attest.x509chain import ChainCache, load_certificate, load_pem_chain, verify_chain
 from tests.conftest import NVIDIA, TODAY
 
 
@@ -67,3 +70,20 @@ def test_pem_bounds() -> None:
         load_pem_chain(b"not a pem")
     with pytest.raises(InputError):
         load_pem_chain(b"-----BEGIN CERTIFICATE-----\n" * 11)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_mutated_der_certificates_only_raise_input_errors(data: st.DataObject) -> None:
+    der = bytearray(_hopper()[1].public_bytes(Encoding.DER))
+    pos = data.draw(st.integers(0, len(der) - 1))
+    der[pos] = data.draw(st.integers(0, 255))
+    try:
+        cert = load_certificate(bytes(der))
+    except InputError:
+        return
+    # Whatever loads must be fully decoded: chain checks then fail only with typed errors.
+    try:
+        verify_chain((cert, *_hopper()[2:]), root=roots.nvidia_device_root(), at=TODAY)
+    except ChainError:
+        pass
