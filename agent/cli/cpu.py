@@ -18,6 +18,9 @@ from attest.errors import InputError
 #: Largest CPU evidence file read (TDX quotes with embedded chains are under 10 KiB).
 MAX_CPU_EVIDENCE_BYTES = 1 << 20
 SNP_REPORT_SIZE = 1184
+_CAPTURE_HELP = (
+    "TDX: the file is a capture buffer; zero bytes after the quote are allowed (refused by default)"
+)
 
 
 class _FormatModule(Protocol):
@@ -73,6 +76,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     ins = sub.add_parser("inspect", help="print the parsed report or quote")
     ins.add_argument("evidence", metavar="EVIDENCE", help="SNP report or TDX quote (binary or hex)")
     ins.add_argument("--json", action="store_true", help="machine-readable output")
+    ins.add_argument("--capture-buffer", action="store_true", help=_CAPTURE_HELP)
     ins.set_defaults(func=_inspect)
 
     ver = sub.add_parser(
@@ -102,4 +106,5 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--report-data", metavar="HEX", help="expected 64-byte report data (the session binding)"
     )
     ver.add_argument("--json", action="store_true", help="machine-readable output")
+    ver.add_argument("--capture-buffer", action="store_true", help=_CAPTURE_HELP)
     ver.set_defaults(func=_verify)
