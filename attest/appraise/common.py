@@ -1,0 +1,79 @@
+"""Shared appraisal types: one ``DeviceAppraisal`` per submodule, AR4SI trust vectors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from attest.ear import (
+    AFFIRMING_VALUE,
+    CONTRAINDICATED_VALUE,
+    WARNING_VALUE,
+    Status,
+    Submodule,
+)
+from attest.findings import Finding, Severity
+
+
+@dataclass(frozen=True)
+class DeviceAppraisal:
+    """The verdict on one device (``cpu0``, ``gpu3``, ``switch1``)."""
+
+    name: str
+    findings: tuple[Finding, ...]
+    #: AR4SI claim name -> category of the checks feeding it (see ``trust_vector``).
+    categories: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Facts worth carrying in the result (e.g. NVIDIA claims, the SNP measurement).
+    claims: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def status(self) -> Status:
+        if any(f.severity is Severity.REJECT for f in self.findings):
+            return Status.CONTRAINDICATED
+        if self.findings:
+            return Status.WARNING
+        return Status.AFFIRMING
+
+    def trust_vector(self) -> dict[str, int]:
+        """Each AR4SI claim is affirming unless a finding in one of its fields says otherwise."""
+        out: dict[str, int] = {}
+        for claim, prefixes in self.categories.items():
+            hits = [f for f in self.findings if f.field.startswith(prefixes)]
+            if any(f.severity is Severity.REJECT for f in hits):
+                out[claim] = CONTRAINDICATED_VALUE
+            elif hits:
+                out[claim] = WARNING_VALUE
+            else:
+                out[claim] = AFFIRMING_VALUE
+        return out
+
+    def submodule(self, policy_id: str) -> Submodule:
+        extra: dict[str, Any] = dict(self.claims)
+        if self.findings:
+            extra["ear.lessee.findings"] = [f.to_json() for f in self.findings]
+        return Submodule(self.status, self.trust_vector(), policy_id, extra)
+
+
+class FindingCollector:
+    """Collects findings for one device; ``expect`` reads like the check it performs."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.findings: list[Finding] = []
+
+    def expect(
+        self,
+        ok: bool,
+        field: str,
+        expected: Any,
+        actual: Any,
+        *,
+        severity: Severity = Severity.REJECT,
+        detail: str = "",
+    ) -> None:
+        if not ok:
+            self.findings.append(Finding(self.device, field, expected, actual, severity, detail))
+
+    def extend(self, findings: Iterable[Finding]) -> None:
+        self.findings.extend(findings)
