@@ -1,0 +1,213 @@
+"""Response keys and the record layer of the token stream.
+
+Keys (as OHTTP derives response keys, RFC 9458 §4.4, with the request secret in place of the HPKE
+exporter secret, which cryptography's single-shot HPKE does not expose)::
+
+    salt       = enc || response_nonce
+    prk        = HKDF-Extract(salt, request_secret)                      (SHA-256)
+    key        = HKDF-Expand(prk, "lessee token-stream v1 response key", 32)
+    base_nonce = HKDF-Expand(prk, "lessee token-stream v1 response nonce", 12)
+
+The enclave draws ``response_nonce`` fresh for every response. A request replayed to the
+enclave therefore yields new keys, and those keys are still behind the request secret, which only
+the client (and the enclave) ever held: the replaying relay gets ciphertext it cannot read, and
+the original client, whose state has moved on or ended, refuses it.
+
+Records (AES-256-GCM, nonce = base_nonce XOR seq, as in RFC 9180's per-message nonces and in
+chunked OHTTP)::
+
+    record    = flags u8 | ciphertext [record_size + 16]
+    flags     = 0x00 (more records follow) or 0x01 (final record)
+    aad       = version u8 = 1 | flags u8
+    plaintext = type u8 | length u16 | payload [length] | zero padding to record_size
+
+Every record of a stream therefore has the same size, whatever its type or payload: the relay
+sees only the count, the timing and the final flag (which it would learn anyway when the stream
+ends). The record type (token part, token end, cover, clean end, abort) is encrypted, so the
+relay cannot tell cover records from tokens, or a clean end from an abort.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import struct
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+
+from attest.errors import ParseError
+from sealing.hpke_suite import AEAD_TAG_LEN, Rng
+from sealing.stream.errors import StreamError
+
+VERSION = 1
+RESPONSE_NONCE_LEN = 32  # max(Nk, Nn) for AES-256-GCM, as RFC 9458 §4.4 chooses
+KEY_LEN = 32
+NONCE_LEN = 12
+KEY_LABEL = b"lessee token-stream v1 response key"
+NONCE_LABEL = b"lessee token-stream v1 response nonce"
+#: The response head: version u8 | response_nonce [32]. Sent once, before the first record.
+HEAD_LEN = 1 + RESPONSE_NONCE_LEN
+
+FLAG_MORE = 0x00
+FLAG_FINAL = 0x01
+#: Framing inside each record plaintext: type u8 + length u16.
+FRAME_LEN = 3
+#: Clear bytes and tag added to each record plaintext on the wire.
+RECORD_OVERHEAD = 1 + AEAD_TAG_LEN
+
+#: Records one stream key may protect. RFC 8446 §5.5 caps AES-GCM at 2^24.5 full-size records per
+#: key for a 2^-57 confidentiality margin; our records are far smaller, so 2^24 keeps a wider
+#: margin. It also bounds the counter far below the 96-bit nonce space, and no generation comes
+#: near it (``MAX_NEW_TOKENS`` is 2^20). One slot is reserved for the final record.
+MAX_RECORDS_PER_STREAM = 1 << 24
+
+
+class RecordType(enum.IntEnum):
+    """Encrypted record type. Never renumber; a new type needs a new protocol version."""
+
+    #: A full-capacity slice of a token that continues in the next record.
+    TOKEN_PART = 0x01
+    #: The last (or only) slice of a token: the client emits the token.
+    TOKEN_END = 0x02
+    #: No content; sent for timing cover. Payload length 0.
+    COVER = 0x03
+    #: Final record, clean close. Payload length 0; flags FINAL.
+    END = 0x04
+    #: Final record, the enclave gave up. Payload: reason code u16; flags FINAL.
+    ABORT = 0x05
+
+
+FINAL_TYPES = frozenset({RecordType.END, RecordType.ABORT})
+
+
+@dataclass(frozen=True)
+class ResponseKeys:
+    """The AEAD key and base nonce of one response. Never printed."""
+
+    key: bytes = field(repr=False)
+    base_nonce: bytes = field(repr=False)
+
+
+def derive_response_keys(request_secret: bytes, enc: bytes, response_nonce: bytes) -> ResponseKeys:
+    """Derive the response keys (see the module docstring for the exact construction)."""
+    if len(response_nonce) != RESPONSE_NONCE_LEN:
+        raise ValueError("response nonce must be 32 bytes")
+    prk = hmac.new(enc + response_nonce, request_secret, hashlib.sha256).digest()
+    key = HKDFExpand(hashes.SHA256(), KEY_LEN, KEY_LABEL).derive(prk)
+    base_nonce = HKDFExpand(hashes.SHA256(), NONCE_LEN, NONCE_LABEL).derive(prk)
+    return ResponseKeys(key, base_nonce)
+
+
+def new_response_nonce(rng: Rng) -> bytes:
+    """Draw the enclave's response nonce from ``rng``."""
+    nonce = rng(RESPONSE_NONCE_LEN)
+    if len(nonce) != RESPONSE_NONCE_LEN:
+        raise ValueError("rng returned the wrong number of bytes")
+    return nonce
+
+
+def encode_head(response_nonce: bytes) -> bytes:
+    """``version || response_nonce``."""
+    return bytes([VERSION]) + response_nonce
+
+
+def decode_head(head: bytes) -> bytes:
+    """Strictly decode a response head; returns the response nonce."""
+    head = bytes(head)
+    if len(head) != HEAD_LEN:
+        raise ParseError(f"response head is {len(head)} bytes, want {HEAD_LEN}", field="head")
+    if head[0] != VERSION:
+        raise ParseError(f"unsupported response version {head[0]}", offset=0, field="version")
+    return head[1:]
+
+
+def record_len(record_size: int) -> int:
+    """Bytes on the wire of every record of a stream with this record plaintext size."""
+    return record_size + RECORD_OVERHEAD
+
+
+_AAD = {FLAG_MORE: bytes([VERSION, FLAG_MORE]), FLAG_FINAL: bytes([VERSION, FLAG_FINAL])}
+_FRAME = struct.Struct(">BH")
+
+
+class _RecordCipher:
+    """Shared state of sealer and opener: the AEAD, the base nonce as an integer, the size."""
+
+    __slots__ = ("_aead", "_base", "capacity", "record_size", "wire_len")
+
+    def __init__(self, keys: ResponseKeys, record_size: int) -> None:
+        self._aead = AESGCM(keys.key)
+        self._base = int.from_bytes(keys.base_nonce, "big")
+        self.record_size = record_size
+        self.capacity = record_size - FRAME_LEN
+        self.wire_len = record_len(record_size)
+
+    def _nonce(self, seq: int) -> bytes:
+        return (self._base ^ seq).to_bytes(NONCE_LEN, "big")
+
+
+class RecordSealer(_RecordCipher):
+    """Seals records for sequence numbers the caller tracks (the session enforces order)."""
+
+    __slots__ = ()
+
+    def seal(self, seq: int, rtype: RecordType, payload: bytes) -> bytes:
+        """One record: frame, pad to ``record_size``, encrypt under the seq-th nonce."""
+        if len(payload) > self.capacity:
+            raise ValueError("payload exceeds the record capacity")
+        flags = FLAG_FINAL if rtype in FINAL_TYPES else FLAG_MORE
+        plain = _FRAME.pack(rtype, len(payload)) + payload
+        plain += bytes(self.record_size - len(plain))
+        return bytes([flags]) + self._aead.encrypt(self._nonce(seq), plain, _AAD[flags])
+
+
+class RecordOpener(_RecordCipher):
+    """Opens records; every failure is the opaque :class:`StreamError`."""
+
+    __slots__ = ()
+
+    def open(self, seq: int, record: bytes) -> tuple[RecordType, bytes]:
+        """Authenticate and unframe the seq-th record: (type, payload).
+
+        Checked: exact length, known flags, AEAD under this seq's nonce with the flags in the
+        AAD, known type consistent with the final flag, length within capacity, padding zero,
+        and the per-type payload rule (cover and end empty, abort exactly 2 bytes, a token part
+        full, a token end non-empty).
+        """
+        if len(record) != self.wire_len:
+            raise StreamError()
+        flags = record[0]
+        aad = _AAD.get(flags)
+        if aad is None:
+            raise StreamError()
+        try:
+            plain = self._aead.decrypt(self._nonce(seq), record[1:], aad)
+        except InvalidTag:
+            raise StreamError() from None
+        raw_type, length = _FRAME.unpack_from(plain)
+        try:
+            rtype = RecordType(raw_type)
+        except ValueError:
+            raise StreamError() from None
+        if (rtype in FINAL_TYPES) != (flags == FLAG_FINAL) or length > self.capacity:
+            raise StreamError()
+        end = FRAME_LEN + length
+        if any(plain[end:]):
+            raise StreamError()
+        if not _LENGTH_RULES[rtype](length, self.capacity):
+            raise StreamError()
+        return rtype, plain[FRAME_LEN:end]
+
+
+_LENGTH_RULES = {
+    RecordType.TOKEN_PART: lambda n, cap: n == cap,
+    RecordType.TOKEN_END: lambda n, cap: n >= 1,
+    RecordType.COVER: lambda n, cap: n == 0,
+    RecordType.END: lambda n, cap: n == 0,
+    RecordType.ABORT: lambda n, cap: n == 2,
+}
