@@ -1,0 +1,269 @@
+"""Verify a parsed RIM: signer chain to the pinned RIM root, then XML-DSig, as of a given time.
+
+Order and reasons (``VerificationError.reason``):
+
+1. the signer chain (KeyInfo certificates minus a trailing root copy) leads to the pinned
+   "NVIDIA CoRIM signing Root CA" and every certificate is valid at ``at``
+   (``rim_chain_<x509chain reason>``, e.g. ``rim_chain_expired``);
+2. the signer is an end-entity P-384 key allowed to sign (``rim_signer``);
+3. signxml checks the enveloped signature with that signer only — pinned to ECDSA-SHA384,
+   SHA-384 digests, exactly one Reference, Signature a child of the root (``rim_signature``);
+4. the identity and measurements are read again from the bytes signxml says are signed and must
+   equal what the parser read (``rim_signature_wrapping``), so no field of a ``VerifiedRim`` comes
+   from outside the signature.
+
+The caller runs revocation (OCSP) on ``VerifiedRim.chain``. ``RimVerifier`` remembers verified
+RIMs by their exact bytes and reuses an answer only for a time inside the window in which the
+whole chain is valid, so a hit is always what a full check would say.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec
+from lxml import etree
+from signxml.algorithms import DigestAlgorithm, SignatureMethod
+from signxml.exceptions import SignXMLException
+from signxml.verifier import SignatureConfiguration, XMLVerifier
+
+from attest import roots
+from attest.errors import ChainError, VerificationError
+from attest.nvidia.rim_parse import (
+    DS_NS,
+    Rim,
+    RimBody,
+    RimParseError,
+    hardened_parser,
+    parse_rim,
+    read_body,
+)
+from attest.timeutil import require_aware
+from attest.x509chain import ChainCache, VerifiedChain, describe, verify_chain
+
+#: Verified RIMs remembered by one ``RimVerifier`` (a fleet uses a handful of driver/VBIOS pairs).
+DEFAULT_RIM_CACHE_ENTRIES = 256
+
+#: The only algorithms a NVIDIA RIM signature may use.
+_SIGNATURE_METHODS = frozenset({SignatureMethod.ECDSA_SHA384})
+_DIGEST_ALGORITHMS = frozenset({DigestAlgorithm.SHA384})
+
+
+def _signature_config(at: datetime) -> SignatureConfiguration:
+    """signxml's expectations: our algorithms, one reference, Signature a child of the root."""
+    return SignatureConfiguration(
+        require_x509=True,
+        location="./",
+        expect_references=1,
+        signature_methods=_SIGNATURE_METHODS,
+        digest_algorithms=_DIGEST_ALGORITHMS,
+        ignore_ambiguous_key_info=False,
+        verification_time=at,
+    )
+
+
+class RimVerificationError(VerificationError):
+    """A RIM failed a signature, signer or content check. ``reason`` starts with ``rim_``."""
+
+
+class RimChainError(ChainError):
+    """The RIM signer chain did not lead to the pinned RIM root at the verification time.
+
+    ``reason`` is ``rim_chain_`` + the x509chain reason; ``chain_reason`` keeps the latter.
+    """
+
+    def __init__(self, message: str, *, chain_reason: str):
+        self.chain_reason = chain_reason
+        super().__init__(message, reason=f"rim_chain_{chain_reason}")
+
+
+@dataclass(frozen=True)
+class VerifiedRim:
+    """A RIM whose signature, signer chain and content all checked out as of some time.
+
+    Valid for every time in [``chain.valid_from``, ``chain.valid_until``]; revocation of
+    ``chain`` is still the caller's to check.
+    """
+
+    rim: Rim
+    chain: VerifiedChain
+
+    @property
+    def signer(self) -> x509.Certificate:
+        return self.chain.leaf
+
+    @property
+    def valid_from(self) -> datetime:
+        return self.chain.valid_from
+
+    @property
+    def valid_until(self) -> datetime:
+        return self.chain.valid_until
+
+
+def _check_signer(cert: x509.Certificate) -> None:
+    key = cert.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
+        raise RimVerificationError(
+            f"RIM signer '{describe(cert)}' does not hold a P-384 key", reason="rim_signer"
+        )
+    try:
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        if bc.ca:
+            raise RimVerificationError(
+                f"RIM signer '{describe(cert)}' is a CA certificate", reason="rim_signer"
+            )
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return
+    if not ku.digital_signature:
+        raise RimVerificationError(
+            f"RIM signer '{describe(cert)}' may not make signatures", reason="rim_signer"
+        )
+
+
+def _same_content(rim: Rim, body: RimBody) -> bool:
+    return (
+        rim.body == body
+        and rim.tag_id == body.tag_id
+        and rim.name == body.name
+        and rim.version == body.version
+        and rim.product == body.product
+        and rim.manufacturer == body.manufacturer
+        and rim.manufacturer_id == body.manufacturer_id
+        and rim.platform_model == body.platform_model
+        and rim.firmware_manufacturer == body.firmware_manufacturer
+        and rim.firmware_manufacturer_id == body.firmware_manufacturer_id
+        and rim.edition == body.edition
+        and rim.revision == body.revision
+        and rim.swid_version == body.swid_version
+        and rim.tag_version == body.tag_version
+        and rim.entity_name == body.entity_name
+        and rim.measurements == body.measurements
+    )
+
+
+def _check_signature(rim: Rim, signer: x509.Certificate, at: datetime) -> None:
+    config = _signature_config(at)
+    try:
+        result = XMLVerifier().verify(
+            rim.raw, x509_cert=signer, parser=hardened_parser(), expect_config=config
+        )
+    except (
+        SignXMLException,
+        etree.LxmlError,
+        InvalidSignature,
+        UnsupportedAlgorithm,
+        ValueError,
+        TypeError,
+    ) as exc:
+        raise RimVerificationError(
+            f"RIM XML signature does not verify with signer '{describe(signer)}' "
+            f"({type(exc).__name__})",
+            reason="rim_signature",
+        ) from exc
+    if isinstance(result, list):  # expect_references=1 returns one result; kept as a guard
+        raise RimVerificationError(
+            "RIM signature has more than one reference", reason="rim_signature"
+        )
+    signed = result.signed_xml
+    if signed is None or not isinstance(signed.tag, str):
+        raise RimVerificationError(
+            "the signed content is not an XML element", reason="rim_signature_wrapping"
+        )
+    if signed.find(f".//{{{DS_NS}}}Signature") is not None:
+        raise RimVerificationError(
+            "the signed content still holds a signature", reason="rim_signature_wrapping"
+        )
+    try:
+        body = read_body(signed)
+    except RimParseError as exc:
+        raise RimVerificationError(
+            f"the signed content is not a valid RIM: {exc}", reason="rim_signature_wrapping"
+        ) from exc
+    if not _same_content(rim, body):
+        raise RimVerificationError(
+            "the RIM's fields differ from the content its signature covers",
+            reason="rim_signature_wrapping",
+        )
+
+
+def verify_rim(
+    rim: Rim,
+    *,
+    at: datetime,
+    root: x509.Certificate | None = None,
+    chain_cache: ChainCache | None = None,
+) -> VerifiedRim:
+    """Verify ``rim`` as of ``at`` against ``root`` (default: the pinned NVIDIA RIM root)."""
+    at = require_aware(at)
+    trust = root if root is not None else roots.nvidia_rim_root()
+    what = f"RIM signer chain of {rim.name} {rim.version}"
+    try:
+        if chain_cache is not None:
+            chain = chain_cache.verify(rim.signer_chain, root=trust, at=at, what=what)
+        else:
+            chain = verify_chain(rim.signer_chain, root=trust, at=at, what=what)
+    except ChainError as exc:
+        raise RimChainError(str(exc), chain_reason=exc.reason) from exc
+    _check_signer(chain.leaf)
+    _check_signature(rim, chain.leaf, at)
+    return VerifiedRim(rim=rim, chain=chain)
+
+
+class RimVerifier:
+    """``verify_rim`` with memory: a RIM seen before is answered from its exact bytes.
+
+    A hit needs the same bytes and a time inside the remembered chain window; failures are not
+    remembered. Bounded (LRU) and thread-safe.
+    """
+
+    def __init__(
+        self,
+        *,
+        root: x509.Certificate | None = None,
+        chain_cache: ChainCache | None = None,
+        max_entries: int = DEFAULT_RIM_CACHE_ENTRIES,
+    ) -> None:
+        self._root = root if root is not None else roots.nvidia_rim_root()
+        self._chain_cache = chain_cache
+        self._max = max_entries
+        self._entries: OrderedDict[bytes, VerifiedRim] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _lookup(self, raw: bytes, at: datetime) -> VerifiedRim | None:
+        with self._lock:
+            hit = self._entries.get(raw)
+            if hit is not None:
+                self._entries.move_to_end(raw)
+        if hit is not None and hit.valid_from <= at <= hit.valid_until:
+            return hit
+        return None
+
+    def verify(self, rim: Rim | bytes, *, at: datetime) -> VerifiedRim:
+        """Verify a parsed RIM or raw RIM bytes (parsed here) as of ``at``."""
+        at = require_aware(at)
+        raw = rim if isinstance(rim, bytes) else rim.raw
+        hit = self._lookup(raw, at)
+        if hit is not None and (isinstance(rim, bytes) or hit.rim == rim):
+            return hit
+        parsed = parse_rim(rim) if isinstance(rim, bytes) else rim
+        result = verify_rim(parsed, at=at, root=self._root, chain_cache=self._chain_cache)
+        with self._lock:
+            self._entries[raw] = result
+            self._entries.move_to_end(raw)
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
+        return result
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
