@@ -1,0 +1,257 @@
+"""The audit bundle: one file holding a whole log for offline audit (docs/formats/audit-bundle.md).
+
+A ZIP archive (so any unzip tool can look inside) written with the STORED method only, fixed
+timestamps and a fixed member order, so the same log state always exports to the same bytes:
+
+    lessee-audit-bundle.json     manifest: format, version, origin, tree size, log vkey
+    entries.bin                  every entry, in log order: u64 index || 32-byte leaf hash ||
+                                 u32 length || canonical entry bytes (all big-endian)
+    checkpoints/NNNNNNNNNNNNNNNNNNNN.note   every signed checkpoint, sorted by tree size
+    blobs/<sha256 hex>           evidence, collateral and policy documents, content-addressed
+
+The reader is strict about the container (member names, no duplicates, no compression, sizes
+bounded, framing exact) and raises ``BundleError`` (an ``InputError``: exit 2) when it cannot
+be read. It does *not* judge the contents: an index out of place, a leaf hash that does not
+match its entry, a blob whose bytes do not match its name are all left for the auditor
+(``agent.audit.verify``) to report as findings that name the entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import struct
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+from attest.errors import ParseError
+from attest.log.entry import MAX_BLOB_SIZE, MAX_ENTRY_BYTES
+from attest.log.note import MAX_NOTE_BYTES
+
+BUNDLE_FORMAT = "lessee-audit-bundle"
+BUNDLE_VERSION = 1
+MANIFEST_NAME = "lessee-audit-bundle.json"
+ENTRIES_NAME = "entries.bin"
+#: Every member's timestamp (the earliest ZIP can express): exports are reproducible.
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+RECORD_HEADER = struct.Struct(">Q32sI")
+#: Largest manifest accepted (it is a handful of short fields).
+MAX_MANIFEST_BYTES = 64 * 1024
+#: Most members (entries.bin holds all entries, so members are checkpoints and blobs).
+MAX_MEMBERS = 1_000_000
+#: Largest entries.bin: bounds what the auditor holds in memory at once.
+MAX_ENTRIES_FILE_BYTES = 4 * 1024 * 1024 * 1024
+
+_CHECKPOINT_RE = re.compile(r"^checkpoints/(\d{20})\.note$")
+_BLOB_RE = re.compile(r"^blobs/([0-9a-f]{64})$")
+
+
+class BundleError(ParseError):
+    """The bundle file cannot be read as an audit bundle."""
+
+
+@dataclass(frozen=True)
+class EntryRecord:
+    """One framed entry as found in ``entries.bin``: ``position`` is its place in the file."""
+
+    position: int
+    index: int
+    leaf_hash: bytes
+    data: bytes
+
+
+def encode_record(index: int, leaf_hash: bytes, data: bytes) -> bytes:
+    return RECORD_HEADER.pack(index, leaf_hash, len(data)) + data
+
+
+def parse_entries(data: bytes) -> tuple[EntryRecord, ...]:
+    """Split ``entries.bin`` into records; exact framing, bounded lengths, no trailing bytes."""
+    out: list[EntryRecord] = []
+    off = 0
+    while off < len(data):
+        if len(data) - off < RECORD_HEADER.size:
+            raise BundleError("truncated entry record header", offset=off, field=ENTRIES_NAME)
+        index, leaf, length = RECORD_HEADER.unpack_from(data, off)
+        if length > MAX_ENTRY_BYTES:
+            raise BundleError(
+                f"entry record longer than {MAX_ENTRY_BYTES}", offset=off, field=ENTRIES_NAME
+            )
+        start = off + RECORD_HEADER.size
+        if len(data) - start < length:
+            raise BundleError("truncated entry record", offset=off, field=ENTRIES_NAME)
+        out.append(EntryRecord(len(out), index, leaf, data[start : start + length]))
+        off = start + length
+    return tuple(out)
+
+
+def _zipinfo(name: str) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=ZIP_EPOCH)
+    info.compress_type = zipfile.ZIP_STORED
+    info.external_attr = 0o644 << 16
+    return info
+
+
+class BundleWriter:
+    """Writes a bundle member by member (entries streamed, so large logs need little memory)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._zip = zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
+        self._entries: IO[bytes] | None = None
+
+    def write_manifest(self, *, origin: str, tree_size: int, log_vkey: str) -> None:
+        manifest = {
+            "format": BUNDLE_FORMAT,
+            "version": BUNDLE_VERSION,
+            "origin": origin,
+            "tree_size": tree_size,
+            "log_vkey": log_vkey,
+        }
+        body = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+        self._zip.writestr(_zipinfo(MANIFEST_NAME), body)
+
+    def write_entries(self, records: Iterable[tuple[int, bytes, bytes]]) -> None:
+        with self._zip.open(_zipinfo(ENTRIES_NAME), "w", force_zip64=True) as out:
+            for index, leaf, data in records:
+                out.write(encode_record(index, leaf, data))
+
+    def write_checkpoint(self, seq: int, note: bytes) -> None:
+        self._zip.writestr(_zipinfo(f"checkpoints/{seq:020d}.note"), note)
+
+    def write_blob(self, sha256: bytes, data: bytes) -> None:
+        self._zip.writestr(_zipinfo(f"blobs/{sha256.hex()}"), data)
+
+    def close(self) -> None:
+        self._zip.close()
+
+
+@dataclass(frozen=True)
+class Manifest:
+    origin: str
+    tree_size: int
+    log_vkey: str
+
+
+class Bundle:
+    """An open bundle: manifest, entry records and checkpoints in memory; blobs read on demand."""
+
+    def __init__(self, path: str | Path) -> None:
+        try:
+            self._zip = zipfile.ZipFile(path, "r")
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            raise BundleError(f"{path}: not a readable ZIP audit bundle ({exc})") from exc
+        try:
+            self._load()
+        except BaseException:
+            self._zip.close()
+            raise
+
+    def _load(self) -> None:
+        infos = self._zip.infolist()
+        if len(infos) > MAX_MEMBERS:
+            raise BundleError(f"more than {MAX_MEMBERS} members")
+        names: set[str] = set()
+        self._blobs: dict[bytes, zipfile.ZipInfo] = {}
+        checkpoint_infos: list[tuple[str, zipfile.ZipInfo]] = []
+        for info in infos:
+            name = info.filename
+            if name in names:
+                raise BundleError(f"duplicate member {name!r}")
+            names.add(name)
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise BundleError(f"member {name!r} is compressed; bundles use STORED only")
+            if info.flag_bits & 0x1:
+                raise BundleError(f"member {name!r} is encrypted")
+            if name in (MANIFEST_NAME, ENTRIES_NAME):
+                continue
+            if m := _CHECKPOINT_RE.match(name):
+                if info.file_size > MAX_NOTE_BYTES:
+                    raise BundleError(f"checkpoint {name!r} larger than {MAX_NOTE_BYTES}")
+                checkpoint_infos.append((name, info))
+            elif m := _BLOB_RE.match(name):
+                if info.file_size > MAX_BLOB_SIZE:
+                    raise BundleError(f"blob {name!r} larger than {MAX_BLOB_SIZE}")
+                self._blobs[bytes.fromhex(m.group(1))] = info
+            else:
+                raise BundleError(f"unexpected member {name!r}")
+        for required in (MANIFEST_NAME, ENTRIES_NAME):
+            if required not in names:
+                raise BundleError(f"missing member {required!r}")
+        self.manifest = self._parse_manifest(self._read(MANIFEST_NAME, MAX_MANIFEST_BYTES))
+        self.records = parse_entries(self._read(ENTRIES_NAME, MAX_ENTRIES_FILE_BYTES))
+        checkpoint_infos.sort()
+        self.checkpoints: tuple[tuple[str, bytes], ...] = tuple(
+            (name, self._read(name, MAX_NOTE_BYTES)) for name, _ in checkpoint_infos
+        )
+
+    def _read(self, name: str, limit: int) -> bytes:
+        info = self._zip.getinfo(name)
+        if info.file_size > limit:
+            raise BundleError(f"member {name!r} larger than {limit} bytes")
+        try:
+            with self._zip.open(info) as f:
+                data = f.read(limit + 1)
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            raise BundleError(f"member {name!r} cannot be read ({exc})") from exc
+        if len(data) > limit:
+            raise BundleError(f"member {name!r} larger than {limit} bytes")
+        return data
+
+    @staticmethod
+    def _parse_manifest(data: bytes) -> Manifest:
+        try:
+            obj: Any = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise BundleError("manifest is not JSON", field=MANIFEST_NAME) from exc
+        keys = {"format", "version", "origin", "tree_size", "log_vkey"}
+        if not isinstance(obj, dict) or set(obj) != keys:
+            raise BundleError(f"manifest must have exactly {sorted(keys)}", field=MANIFEST_NAME)
+        if obj["format"] != BUNDLE_FORMAT or obj["version"] != BUNDLE_VERSION:
+            raise BundleError(
+                f"not a {BUNDLE_FORMAT} version {BUNDLE_VERSION} bundle", field=MANIFEST_NAME
+            )
+        if not isinstance(obj["origin"], str) or not isinstance(obj["log_vkey"], str):
+            raise BundleError("manifest origin and log_vkey must be strings", field=MANIFEST_NAME)
+        if type(obj["tree_size"]) is not int or obj["tree_size"] < 0:
+            raise BundleError("manifest tree_size must be a natural number", field=MANIFEST_NAME)
+        return Manifest(obj["origin"], obj["tree_size"], obj["log_vkey"])
+
+    def blob_digests(self) -> frozenset[bytes]:
+        """The digests the blob members are *named* by (their bytes are checked on read)."""
+        return frozenset(self._blobs)
+
+    def blob_sha256(self, name_digest: bytes) -> tuple[bytes, int]:
+        """SHA-256 and size of the bytes stored under ``blobs/<name_digest>``, streamed."""
+        info = self._blobs[name_digest]
+        h = hashlib.sha256()
+        size = 0
+        try:
+            with self._zip.open(info) as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+                    size += len(chunk)
+        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+            raise BundleError(f"blob {name_digest.hex()} cannot be read ({exc})") from exc
+        return h.digest(), size
+
+    def read_blob(self, name_digest: bytes) -> bytes:
+        """The bytes stored under ``blobs/<name_digest>`` (the caller checks them)."""
+        return self._read(self._blobs[name_digest].filename, MAX_BLOB_SIZE)
+
+    def close(self) -> None:
+        self._zip.close()
+
+    def __enter__(self) -> Bundle:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,424 @@
+"""Durable storage of the attestation log in SQLite, with group commit.
+
+Why it is built this way:
+
+* **One transaction per batch, not per entry.** A background writer thread takes every append
+  waiting in its queue (up to ``max_batch``), writes their blobs and entries, signs one
+  checkpoint for the new tree size, and commits once. With ``synchronous=FULL`` a commit costs
+  an fsync; sharing it across a batch is what keeps throughput from collapsing under load.
+  Callers block until *their* batch is durable, then get their index, the signed checkpoint
+  and an inclusion proof against it.
+* **Crash safety comes from SQLite's atomic commit.** Entries, blobs and the checkpoint that
+  covers them are in the same WAL transaction, so after a crash either all of a batch is there
+  or none of it is, and no caller was told "done" before the commit returned. On open, the
+  store checks that the entries are contiguous, that the newest checkpoint's size equals the
+  number of entries, that its root is the root of the stored leaf hashes, and that it carries
+  the log key's valid signature; anything else is an ``LogIntegrityError``.
+* **The tree lives in memory** (``attest.log.merkle.MerkleTree``, ~2 hashes per entry) and is
+  rebuilt from the stored leaf hashes at start-up; proofs and roots then cost O(log n).
+* The log's signing key is passed in; it is never written to the database. The database holds
+  the log's *public* key and origin, and refuses to be reopened with a different key or origin.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from agent.audit.bundle import BundleWriter
+from attest.errors import InputError, LesseeError, VerificationError
+from attest.log.checkpoint import format_checkpoint, verify_checkpoint
+from attest.log.entry import LogEntry
+from attest.log.merkle import MerkleTree, leaf_hash
+from attest.log.note import NoteSigner, sign_note
+
+#: Version of the database layout, stored in ``meta``; a newer layout is refused.
+SCHEMA_VERSION = 1
+#: Most appends committed in one transaction: bounds one commit's latency and memory.
+DEFAULT_MAX_BATCH = 1024
+#: How often a blocked appender checks that the writer thread is still running.
+WRITER_CHECK_SECONDS = 0.5
+#: Most entries returned by one ``entries()`` call (the gRPC layer pages on top of this).
+MAX_ENTRIES_PER_READ = 1000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS entries (
+    idx INTEGER PRIMARY KEY, leaf_hash BLOB NOT NULL, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS blobs (sha256 BLOB PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checkpoints (
+    size INTEGER PRIMARY KEY, root BLOB NOT NULL, note BLOB NOT NULL);
+"""
+
+
+class LogStoreError(LesseeError):
+    """The store could not do what was asked (closed, or a commit failed)."""
+
+
+class LogIntegrityError(VerificationError):
+    """The database does not hold a consistent log (see the module docstring)."""
+
+
+class BlobMissingError(InputError):
+    """An entry references a blob that was neither supplied nor already stored."""
+
+
+@dataclass(frozen=True)
+class AppendReceipt:
+    """What an appender gets once its entry is durable."""
+
+    index: int
+    leaf_hash: bytes
+    tree_size: int
+    checkpoint: bytes
+    inclusion_proof: tuple[bytes, ...]
+
+
+@dataclass
+class _Request:
+    entry: LogEntry
+    blobs: dict[bytes, bytes]
+    done: threading.Event = field(default_factory=threading.Event)
+    index: int = -1
+    tree_size: int = 0
+    checkpoint: bytes = b""
+    error: LesseeError | None = None
+
+
+_STOP = object()
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+class LogStore:
+    """An append-only, signed, durable log. Thread-safe; use as a context manager."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        signer: NoteSigner,
+        *,
+        origin: str | None = None,
+        max_batch: int = DEFAULT_MAX_BATCH,
+    ) -> None:
+        if max_batch < 1:
+            raise InputError("max_batch must be at least 1")
+        self._path = Path(path)
+        self._signer = signer
+        self._verifier = signer.verifier()
+        self.origin = origin or signer.name
+        self._max_batch = max_batch
+        self._db = _connect(self._path)
+        self._reader = _connect(self._path)
+        self._read_lock = threading.Lock()
+        self._tree_lock = threading.Lock()
+        self._queue: queue.SimpleQueue[_Request | object] = queue.SimpleQueue()
+        self._closed = False
+        try:
+            self._open()
+        except BaseException:
+            self._db.close()
+            self._reader.close()
+            raise
+        self._writer = threading.Thread(target=self._run, name="logstore-writer", daemon=True)
+        self._writer.start()
+
+    # ---- opening -------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        db = self._db
+        db.executescript(_SCHEMA)
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        vkey = self._verifier.vkey().encode()
+        if not meta:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                "INSERT INTO meta VALUES (?, ?)",
+                [
+                    ("schema", str(SCHEMA_VERSION).encode()),
+                    ("origin", self.origin.encode()),
+                    ("vkey", vkey),
+                ],
+            )
+            db.execute("COMMIT")
+        else:
+            if meta.get("schema") != str(SCHEMA_VERSION).encode():
+                raise LogIntegrityError("unsupported log database schema", reason="store_schema")
+            if meta.get("origin") != self.origin.encode() or meta.get("vkey") != vkey:
+                raise LogIntegrityError(
+                    "log database belongs to another origin or log key", reason="store_identity"
+                )
+        hashes: list[bytes] = []
+        for expected, (idx, h) in enumerate(
+            db.execute("SELECT idx, leaf_hash FROM entries ORDER BY idx")
+        ):
+            if idx != expected:
+                raise LogIntegrityError(f"entry {expected} is missing", reason="store_gap")
+            hashes.append(h)
+        self._tree = MerkleTree(hashes)
+        row = db.execute(
+            "SELECT size, root, note FROM checkpoints ORDER BY size DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            if self._tree.size:
+                raise LogIntegrityError("entries without a checkpoint", reason="store_checkpoint")
+            self._checkpoint, self._size = self._sign(0), 0
+            db.execute(
+                "INSERT INTO checkpoints VALUES (0, ?, ?)", (self._tree.root(0), self._checkpoint)
+            )
+            return
+        size, root, note = row
+        if size != self._tree.size or root != self._tree.root():
+            raise LogIntegrityError(
+                f"newest checkpoint (size {size}) does not match the {self._tree.size} stored entries",
+                reason="store_checkpoint",
+            )
+        cp = verify_checkpoint(note, self._verifier, expected_origin=self.origin).checkpoint
+        if cp.size != size or cp.root_hash != root:
+            raise LogIntegrityError(
+                "checkpoint note disagrees with its row", reason="store_checkpoint"
+            )
+        self._checkpoint, self._size = note, size
+
+    def _sign(self, size: int) -> bytes:
+        cp = format_checkpoint(self.origin, size, self._tree.root(size))
+        return sign_note(cp.text, [self._signer])
+
+    # ---- appending -----------------------------------------------------------------------
+
+    def append(self, entry: LogEntry, blobs: Iterable[bytes] = ()) -> AppendReceipt:
+        """Append ``entry`` with the blobs it references; block until durable.
+
+        Every supplied blob must be referenced by the entry with the same size; every
+        reference must be supplied or already stored. Supplying a blob twice is harmless.
+        """
+        by_digest: dict[bytes, bytes] = {}
+        refs = {r.sha256: r for r in entry.blob_refs()}
+        for data in blobs:
+            digest = hashlib.sha256(data).digest()
+            ref = refs.get(digest)
+            if ref is None:
+                raise InputError(f"blob {digest.hex()} is not referenced by the entry")
+            if ref.size != len(data):
+                raise InputError(f"blob {digest.hex()} size differs from its reference")
+            by_digest[digest] = data
+        if self._closed:
+            raise LogStoreError("log store is closed")
+        req = _Request(entry, by_digest)
+        self._queue.put(req)
+        # The writer answers every request it takes; if it has exited (closed meanwhile), a
+        # request queued after its final drain would wait forever, so check it is alive.
+        while not req.done.wait(WRITER_CHECK_SECONDS):
+            if not self._writer.is_alive():
+                raise LogStoreError("log store is closed")
+        if req.error is not None:
+            raise req.error
+        with self._tree_lock:
+            proof = self._tree.inclusion_proof(req.index, req.tree_size)
+        return AppendReceipt(
+            index=req.index,
+            leaf_hash=self._tree.leaf(req.index),
+            tree_size=req.tree_size,
+            checkpoint=req.checkpoint,
+            inclusion_proof=tuple(proof),
+        )
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is _STOP:
+                break
+            batch = [first]
+            while len(batch) < self._max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                    break
+                batch.append(item)
+            self._commit([r for r in batch if isinstance(r, _Request)])
+        # Anything queued after the stop marker is refused, never silently dropped.
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _Request):
+                item.error = LogStoreError("log store is closed")
+                item.done.set()
+
+    def _commit(self, batch: Sequence[_Request]) -> None:
+        db = self._db
+        base = self._tree.size
+        accepted: list[_Request] = []
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for req in batch:
+                missing = [
+                    r
+                    for r in req.entry.blob_refs()
+                    if r.sha256 not in req.blobs
+                    and db.execute("SELECT 1 FROM blobs WHERE sha256 = ?", (r.sha256,)).fetchone()
+                    is None
+                ]
+                if missing:
+                    req.error = BlobMissingError(
+                        f"blob for role {missing[0].role!r} ({missing[0].sha256.hex()}) not supplied"
+                    )
+                    continue
+                db.executemany("INSERT OR IGNORE INTO blobs VALUES (?, ?)", list(req.blobs.items()))
+                leaf = leaf_hash(req.entry.raw)
+                with self._tree_lock:
+                    req.index = self._tree.append(leaf)
+                db.execute("INSERT INTO entries VALUES (?, ?, ?)", (req.index, leaf, req.entry.raw))
+                accepted.append(req)
+            if accepted:
+                size = self._tree.size
+                note = self._sign(size)
+                db.execute(
+                    "INSERT INTO checkpoints VALUES (?, ?, ?)", (size, self._tree.root(size), note)
+                )
+            db.execute("COMMIT")
+        except Exception as exc:  # the writer thread must survive anything one batch does
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            with self._tree_lock:
+                self._tree.truncate(base)
+            for req in accepted:
+                req.error = LogStoreError(f"append not committed: {type(exc).__name__}")
+            accepted = []
+        else:
+            if accepted:
+                self._checkpoint, self._size = note, size
+                for req in accepted:
+                    req.tree_size, req.checkpoint = size, note
+        for req in batch:
+            req.done.set()
+
+    # ---- reading -------------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """Entries covered by the newest signed checkpoint (every acknowledged entry)."""
+        return self._size
+
+    def latest_checkpoint(self) -> bytes:
+        """The newest signed checkpoint note."""
+        return self._checkpoint
+
+    def checkpoints(self) -> list[bytes]:
+        """Every checkpoint this log signed, oldest first."""
+        with self._read_lock:
+            return [
+                r[0] for r in self._reader.execute("SELECT note FROM checkpoints ORDER BY size")
+            ]
+
+    def entries(self, start: int, end: int) -> list[bytes]:
+        """Entries ``[start, end)`` (canonical bytes); at most ``MAX_ENTRIES_PER_READ``."""
+        size = self.size
+        if not 0 <= start <= end <= size:
+            raise InputError(f"range [{start}, {end}) is outside the log (size {size})")
+        if end - start > MAX_ENTRIES_PER_READ:
+            raise InputError(f"at most {MAX_ENTRIES_PER_READ} entries per read")
+        with self._read_lock:
+            rows = self._reader.execute(
+                "SELECT data FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx", (start, end)
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def blob(self, sha256: bytes) -> bytes:
+        with self._read_lock:
+            row = self._reader.execute(
+                "SELECT data FROM blobs WHERE sha256 = ?", (sha256,)
+            ).fetchone()
+        if row is None:
+            raise InputError(f"no blob {sha256.hex()}")
+        return bytes(row[0])
+
+    def inclusion_proof(self, index: int, tree_size: int | None = None) -> list[bytes]:
+        size = self.size if tree_size is None else tree_size
+        if size > self.size:
+            raise InputError(f"tree size {size} is beyond the signed log ({self.size})")
+        with self._tree_lock:
+            return self._tree.inclusion_proof(index, size)
+
+    def consistency_proof(self, size1: int, size2: int | None = None) -> list[bytes]:
+        size = self.size if size2 is None else size2
+        if size > self.size:
+            raise InputError(f"tree size {size} is beyond the signed log ({self.size})")
+        with self._tree_lock:
+            return self._tree.consistency_proof(size1, size)
+
+    def export_bundle(self, path: str | Path) -> int:
+        """Write the whole log (entries, checkpoints, blobs) as one audit bundle; return its size.
+
+        Reads in one SQLite read transaction, so the bundle is a consistent snapshot even
+        while appends continue.
+        """
+        with self._read_lock:
+            r = self._reader
+            r.execute("BEGIN")
+            try:
+                size = r.execute("SELECT MAX(size) FROM checkpoints").fetchone()[0]
+                writer = BundleWriter(path)
+                try:
+                    writer.write_manifest(
+                        origin=self.origin, tree_size=size, log_vkey=self._verifier.vkey()
+                    )
+                    writer.write_entries(
+                        r.execute(
+                            "SELECT idx, leaf_hash, data FROM entries WHERE idx < ? ORDER BY idx",
+                            (size,),
+                        )
+                    )
+                    for seq, (note,) in enumerate(
+                        r.execute(
+                            "SELECT note FROM checkpoints WHERE size <= ? ORDER BY size", (size,)
+                        )
+                    ):
+                        writer.write_checkpoint(seq, note)
+                    for digest, data in r.execute("SELECT sha256, data FROM blobs ORDER BY sha256"):
+                        writer.write_blob(digest, data)
+                finally:
+                    writer.close()
+            finally:
+                r.execute("COMMIT")
+        return int(size)
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        self._writer.join()
+        self._db.close()
+        with self._read_lock:
+            self._reader.close()
+
+    def __enter__(self) -> LogStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

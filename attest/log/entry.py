@@ -1,0 +1,377 @@
+"""One log entry: what the broker decided, when, on which evidence, under which policy.
+
+Encoding: canonical JSON, version 1 (see docs/log.md §"Entry encoding" for the choice).
+
+* UTF-8, no insignificant whitespace, object keys sorted, no floats, integers below 2**53,
+  no duplicate keys: the RFC 8785 (JCS) rules for the subset of JSON we use. Every string we
+  write is restricted to printable ASCII, where JCS and Python's ``json.dumps(sort_keys=True,
+  separators=(",", ":"))`` agree byte for byte, so any JCS implementation reproduces the bytes.
+* Decoding is strict by construction: parse (rejecting duplicate keys, NaN, floats), validate
+  every field against the schema for its ``kind``, re-encode, and require the same bytes.
+  Anything that is not the one canonical spelling of a valid entry is refused, so an entry's
+  leaf hash identifies its meaning exactly.
+* ``"v": 1`` comes first in every entry's meaning: a decoder refuses versions it does not know
+  rather than guessing.
+
+Bytes (nonce, binding, digests) are lowercase hex; times are RFC 3339 UTC with exactly six
+fractional digits. Evidence, collateral and the policy document are *not* inline: an entry
+holds a ``BlobRef`` (role, media type, SHA-256, size) per item, and the store keeps the bytes
+beside the log, content-addressed, so the leaf stays small and the blobs deduplicate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from attest.errors import ParseError
+from attest.timeutil import require_aware
+
+ENTRY_VERSION = 1
+#: Largest encoded entry. Entries hold digests, not blobs; the result JWT dominates.
+MAX_ENTRY_BYTES = 256 * 1024
+#: Largest signed result (an EAR JWT with a few submodules is a few kB).
+MAX_RESULT_CHARS = 128 * 1024
+#: Most evidence or collateral references in one entry (8 GPUs, 4 NVSwitches, CPU, each
+#: with a chain, RIMs, OCSP responses and CRLs stays well under this).
+MAX_BLOB_REFS = 256
+#: Largest blob an entry may reference (CRLs are the biggest collateral, a few MB).
+MAX_BLOB_SIZE = 64 * 1024 * 1024
+#: Longest role, model id or verifier version.
+MAX_LABEL_CHARS = 128
+#: RFC 6838 caps each media-type name part at 127 characters.
+MAX_MEDIA_TYPE_CHARS = 255
+#: Nonces and bindings: at least 128 bits (unguessable), at most 64 bytes (report_data size).
+MIN_NONCE_BYTES, MAX_NONCE_BYTES = 16, 64
+MIN_BINDING_BYTES, MAX_BINDING_BYTES = 32, 64
+SHA256_SIZE = 32
+#: JSON integers above this lose precision in JavaScript and in JCS; sizes never need more.
+MAX_JSON_INT = (1 << 53) - 1
+
+_ROLE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+_MEDIA_RE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*$")
+_PRINTABLE_RE = re.compile(r"^[\x20-\x7e]+$")
+_JWS_RE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
+_HEX_RE = re.compile(r"^(?:[0-9a-f]{2})+$")
+_TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+class EntryError(ParseError):
+    """Bytes or values that are not a valid, canonical log entry."""
+
+
+class EntryKind(StrEnum):
+    ATTEST = "attest"
+    RELEASE = "release"
+
+
+def _label(value: object, name: str, pattern: re.Pattern[str], limit: int) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= limit or not pattern.match(value):
+        raise EntryError(
+            f"{name} must be 1-{limit} characters matching {pattern.pattern}", field=name
+        )
+    return value
+
+
+def _hex(value: object, name: str, lo: int, hi: int) -> bytes:
+    if not isinstance(value, str) or not _HEX_RE.match(value) or not lo * 2 <= len(value) <= hi * 2:
+        raise EntryError(f"{name} must be {lo}-{hi} bytes of lowercase hex", field=name)
+    return bytes.fromhex(value)
+
+
+def _int(value: object, name: str, hi: int) -> int:
+    if type(value) is not int or not 0 <= value <= hi:
+        raise EntryError(f"{name} must be an integer in [0, {hi}]", field=name)
+    return value
+
+
+def format_time(at: datetime) -> str:
+    return require_aware(at).strftime(_TIME_FORMAT)
+
+
+def _parse_time(value: object) -> datetime:
+    if not isinstance(value, str) or not _TIME_RE.match(value):
+        raise EntryError("time must be YYYY-MM-DDTHH:MM:SS.ffffffZ", field="time")
+    try:
+        return datetime.strptime(value, _TIME_FORMAT).replace(tzinfo=UTC)
+    except ValueError as exc:
+        raise EntryError("time is not a valid date and time", field="time") from exc
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    """A blob kept beside the log: its role in the entry, media type, SHA-256 and size."""
+
+    role: str
+    media_type: str
+    sha256: bytes
+    size: int
+
+    def __post_init__(self) -> None:
+        _label(self.role, "role", _ROLE_RE, MAX_LABEL_CHARS)
+        _label(self.media_type, "media_type", _MEDIA_RE, MAX_MEDIA_TYPE_CHARS)
+        if len(self.sha256) != SHA256_SIZE:
+            raise EntryError("blob digest must be 32 bytes", field="sha256")
+        _int(self.size, "size", MAX_BLOB_SIZE)
+
+    @classmethod
+    def of(cls, role: str, media_type: str, data: bytes) -> BlobRef:
+        """The reference for ``data``."""
+        return cls(role, media_type, hashlib.sha256(data).digest(), len(data))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "media_type": self.media_type,
+            "role": self.role,
+            "sha256": self.sha256.hex(),
+            "size": self.size,
+        }
+
+    @classmethod
+    def from_json(cls, obj: object, where: str) -> BlobRef:
+        if not isinstance(obj, dict) or set(obj) != {"media_type", "role", "sha256", "size"}:
+            raise EntryError(
+                "blob reference must have exactly media_type, role, sha256, size", field=where
+            )
+        return cls(
+            role=obj["role"],
+            media_type=obj["media_type"],
+            sha256=_hex(obj["sha256"], f"{where}.sha256", SHA256_SIZE, SHA256_SIZE),
+            size=obj["size"],
+        )
+
+
+_COMMON_KEYS = {"v", "kind", "time", "nonce", "binding", "policy", "verifier", "result"}
+_KEYS = {
+    EntryKind.ATTEST: _COMMON_KEYS | {"evidence", "collateral"},
+    EntryKind.RELEASE: _COMMON_KEYS | {"model_id", "recipient_key_sha256"},
+}
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """A decoded (or freshly built) entry; ``raw`` is its canonical encoding, the leaf data.
+
+    ``attest``: the appraisal of one evidence set; ``evidence`` (at least one item) and
+    ``collateral`` reference the bytes that were appraised. ``release``: a data key sealed to
+    ``recipient_key_sha256`` for ``model_id`` on the strength of ``result``.
+    """
+
+    kind: EntryKind
+    time: datetime
+    nonce: bytes
+    binding: bytes
+    policy: BlobRef
+    verifier: str
+    result: str
+    evidence: tuple[BlobRef, ...] = ()
+    collateral: tuple[BlobRef, ...] = ()
+    model_id: str | None = None
+    recipient_key_sha256: bytes | None = None
+    raw: bytes = field(default=b"", repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kind, EntryKind):
+            raise EntryError("kind must be attest or release", field="kind")
+        object.__setattr__(self, "time", require_aware(self.time, name="time"))
+        if not MIN_NONCE_BYTES <= len(self.nonce) <= MAX_NONCE_BYTES:
+            raise EntryError(
+                f"nonce must be {MIN_NONCE_BYTES}-{MAX_NONCE_BYTES} bytes", field="nonce"
+            )
+        if not MIN_BINDING_BYTES <= len(self.binding) <= MAX_BINDING_BYTES:
+            raise EntryError(
+                f"binding must be {MIN_BINDING_BYTES}-{MAX_BINDING_BYTES} bytes", field="binding"
+            )
+        _label(self.verifier, "verifier", _PRINTABLE_RE, MAX_LABEL_CHARS)
+        if len(self.result) > MAX_RESULT_CHARS or not _JWS_RE.match(self.result):
+            raise EntryError("result must be a compact JWS (an EAR JWT)", field="result")
+        refs = self.blob_refs()
+        if len(self.evidence) > MAX_BLOB_REFS or len(self.collateral) > MAX_BLOB_REFS:
+            raise EntryError(f"more than {MAX_BLOB_REFS} evidence or collateral references")
+        roles = [r.role for r in refs]
+        if len(set(roles)) != len(roles):
+            raise EntryError("two blob references share a role", field="role")
+        if self.kind is EntryKind.ATTEST:
+            if not self.evidence:
+                raise EntryError(
+                    "an attest entry references at least one evidence blob", field="evidence"
+                )
+            if self.model_id is not None or self.recipient_key_sha256 is not None:
+                raise EntryError("an attest entry has no model_id or recipient key")
+        else:
+            if self.evidence or self.collateral:
+                raise EntryError("a release entry carries no evidence or collateral")
+            if self.model_id is None or self.recipient_key_sha256 is None:
+                raise EntryError("a release entry needs model_id and recipient_key_sha256")
+            _label(self.model_id, "model_id", _PRINTABLE_RE, MAX_LABEL_CHARS)
+            if len(self.recipient_key_sha256) != SHA256_SIZE:
+                raise EntryError(
+                    "recipient key digest must be 32 bytes", field="recipient_key_sha256"
+                )
+        encoded = _canonical(self._to_json())
+        if len(encoded) > MAX_ENTRY_BYTES:
+            raise EntryError(f"entry larger than {MAX_ENTRY_BYTES} bytes")
+        if self.raw and self.raw != encoded:
+            raise EntryError("entry bytes are not the canonical encoding of their content")
+        object.__setattr__(self, "raw", encoded)
+
+    def blob_refs(self) -> tuple[BlobRef, ...]:
+        """Every blob this entry depends on: the policy, then evidence, then collateral."""
+        return (self.policy, *self.evidence, *self.collateral)
+
+    def _to_json(self) -> dict[str, Any]:
+        obj: dict[str, Any] = {
+            "v": ENTRY_VERSION,
+            "kind": self.kind.value,
+            "time": format_time(self.time),
+            "nonce": self.nonce.hex(),
+            "binding": self.binding.hex(),
+            "policy": self.policy.to_json(),
+            "verifier": self.verifier,
+            "result": self.result,
+        }
+        if self.kind is EntryKind.ATTEST:
+            obj["evidence"] = [r.to_json() for r in self.evidence]
+            obj["collateral"] = [r.to_json() for r in self.collateral]
+        else:
+            obj["model_id"] = self.model_id
+            key = self.recipient_key_sha256
+            obj["recipient_key_sha256"] = key.hex() if key is not None else ""
+        return obj
+
+
+def _canonical(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise EntryError(f"duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+def _no_float(text: str) -> Any:
+    raise EntryError("floats are not allowed in entries")
+
+
+def _no_constant(text: str) -> Any:
+    raise EntryError(f"{text} is not JSON")
+
+
+def _refs(value: object, name: str) -> tuple[BlobRef, ...]:
+    if not isinstance(value, list) or len(value) > MAX_BLOB_REFS:
+        raise EntryError(f"{name} must be a list of at most {MAX_BLOB_REFS} references", field=name)
+    return tuple(BlobRef.from_json(v, f"{name}[{i}]") for i, v in enumerate(value))
+
+
+def decode_entry(data: bytes) -> LogEntry:
+    """Decode an entry, refusing anything that is not the canonical encoding of a valid one."""
+    if len(data) > MAX_ENTRY_BYTES:
+        raise EntryError(f"entry larger than {MAX_ENTRY_BYTES} bytes")
+    try:
+        text = data.decode("ascii")
+        obj = json.loads(
+            text,
+            object_pairs_hook=_no_duplicates,
+            parse_float=_no_float,
+            parse_constant=_no_constant,
+        )
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        if isinstance(exc, EntryError):
+            raise
+        raise EntryError("entry is not ASCII JSON") from exc
+    if not isinstance(obj, dict):
+        raise EntryError("entry is not a JSON object")
+    if obj.get("v") != ENTRY_VERSION or type(obj.get("v")) is not int:
+        raise EntryError(f"unsupported entry version {obj.get('v')!r}", field="v")
+    try:
+        kind = EntryKind(str(obj.get("kind")))
+    except ValueError as exc:
+        raise EntryError("kind must be attest or release", field="kind") from exc
+    if set(obj) != _KEYS[kind]:
+        extra = sorted(set(obj) - _KEYS[kind])
+        missing = sorted(_KEYS[kind] - set(obj))
+        raise EntryError(f"{kind.value} entry keys wrong (extra {extra}, missing {missing})")
+    common: dict[str, Any] = {
+        "kind": kind,
+        "time": _parse_time(obj["time"]),
+        "nonce": _hex(obj["nonce"], "nonce", MIN_NONCE_BYTES, MAX_NONCE_BYTES),
+        "binding": _hex(obj["binding"], "binding", MIN_BINDING_BYTES, MAX_BINDING_BYTES),
+        "policy": BlobRef.from_json(obj["policy"], "policy"),
+        "verifier": obj["verifier"],
+        "result": obj["result"] if isinstance(obj["result"], str) else "",
+        "raw": data,
+    }
+    if kind is EntryKind.ATTEST:
+        return LogEntry(
+            **common,
+            evidence=_refs(obj["evidence"], "evidence"),
+            collateral=_refs(obj["collateral"], "collateral"),
+        )
+    return LogEntry(
+        **common,
+        model_id=obj["model_id"] if isinstance(obj["model_id"], str) else "",
+        recipient_key_sha256=_hex(
+            obj["recipient_key_sha256"], "recipient_key_sha256", SHA256_SIZE, SHA256_SIZE
+        ),
+    )
+
+
+def attest_entry(
+    *,
+    at: datetime,
+    nonce: bytes,
+    binding: bytes,
+    policy: BlobRef,
+    verifier: str,
+    result: str,
+    evidence: Sequence[BlobRef],
+    collateral: Sequence[BlobRef] = (),
+) -> LogEntry:
+    """Build the entry for one appraisal."""
+    return LogEntry(
+        kind=EntryKind.ATTEST,
+        time=at,
+        nonce=nonce,
+        binding=binding,
+        policy=policy,
+        verifier=verifier,
+        result=result,
+        evidence=tuple(evidence),
+        collateral=tuple(collateral),
+    )
+
+
+def release_entry(
+    *,
+    at: datetime,
+    nonce: bytes,
+    binding: bytes,
+    policy: BlobRef,
+    verifier: str,
+    result: str,
+    model_id: str,
+    recipient_key_sha256: bytes,
+) -> LogEntry:
+    """Build the entry for one key release."""
+    return LogEntry(
+        kind=EntryKind.RELEASE,
+        time=at,
+        nonce=nonce,
+        binding=binding,
+        policy=policy,
+        verifier=verifier,
+        result=result,
+        model_id=model_id,
+        recipient_key_sha256=recipient_key_sha256,
+    )

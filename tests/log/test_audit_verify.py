@@ -1,0 +1,351 @@
+"""``lessee audit verify`` on exported bundles: clean, tampered in each way, unreadable."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agent.audit.bundle import (
+    ENTRIES_NAME,
+    BundleError,
+    EntryRecord,
+    encode_record,
+    parse_entries,
+)
+from agent.audit.verify import verify_bundle_file
+from agent.cli.main import main
+from agent.logstore import LogStore
+from attest.errors import LesseeError
+from attest.log.checkpoint import format_checkpoint
+from attest.log.merkle import leaf_hash
+from attest.log.note import sign_note
+from tests.log.helpers import LOG_SIGNER, OTHER_SIGNER, evidence_bytes, make_entry
+
+N = 10
+Members = dict[str, bytes]
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("audit")
+    with LogStore(d / "log.db", LOG_SIGNER) as store:
+        for i in range(N):
+            store.append(*make_entry(i))  # sequential: one checkpoint per entry
+        store.export_bundle(d / "clean.zip")
+    (d / "log.vkey").write_text(LOG_SIGNER.verifier().vkey() + "\n")
+    return d
+
+
+def _members(path: Path) -> Members:
+    with zipfile.ZipFile(path) as z:
+        return {i.filename: z.read(i) for i in z.infolist()}
+
+
+def _write(path: Path, members: Members) -> Path:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as z:
+        for name, data in members.items():
+            z.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
+    return path
+
+
+def _records(m: Members) -> list[EntryRecord]:
+    return list(parse_entries(m[ENTRIES_NAME]))
+
+
+def _set_records(m: Members, recs: list[EntryRecord]) -> None:
+    m[ENTRIES_NAME] = b"".join(encode_record(r.index, r.leaf_hash, r.data) for r in recs)
+
+
+def _audit(
+    clean: Path, bundle: Path, *extra: str, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, dict[str, object]]:
+    rc = main(
+        ["audit", "verify", str(bundle), "--log-key", str(clean / "log.vkey"), "--json", *extra]
+    )
+    out = capsys.readouterr().out
+    return rc, (json.loads(out) if out.strip() else {})
+
+
+def _codes(report: dict[str, object]) -> set[tuple[str, object]]:
+    findings = report["findings"]
+    assert isinstance(findings, list)
+    return {
+        (f["code"], f["entry"] if f["entry"] is not None else f["checkpoint"]) for f in findings
+    }
+
+
+def _tamper(clean: Path, name: str, change: Callable[[Members], None]) -> Path:
+    m = _members(clean / "clean.zip")
+    change(m)
+    return _write(clean / f"{name}.zip", m)
+
+
+def test_clean_bundle_passes(clean: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, report = _audit(clean, clean / "clean.zip", capsys=capsys)
+    assert rc == 0 and report["ok"] is True and report["findings"] == []
+    assert report["entries"] == N and report["tree_size"] == N
+    assert report["checkpoints_verified"] == N + 1
+    rc = main(["audit", "verify", str(clean / "clean.zip"), "--log-key", str(clean / "log.vkey")])
+    assert rc == 0 and capsys.readouterr().out.startswith("OK: 10 entries")
+
+
+def test_edited_entry(clean: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def change(m: Members) -> None:
+        recs = _records(m)
+        r = recs[4]
+        recs[4] = EntryRecord(
+            r.position, r.index, r.leaf_hash, r.data.replace(b"lessee 0.1.0", b"lessee 0.1.1")
+        )
+        _set_records(m, recs)
+
+    rc, report = _audit(clean, _tamper(clean, "edited", change), capsys=capsys)
+    codes = _codes(report)
+    assert rc == 1
+    assert ("entry_modified", 4) in codes
+    assert {c for c, _ in codes} == {"entry_modified", "checkpoint_root_mismatch"}
+
+
+def test_edited_entry_and_its_leaf_hash(clean: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A careful forger also rewrites the recorded leaf hash: the signed roots still name it."""
+
+    def change(m: Members) -> None:
+        recs = _records(m)
+        r = recs[4]
+        data = r.data.replace(b"lessee 0.1.0", b"lessee 0.1.1")
+        recs[4] = EntryRecord(r.position, r.index, leaf_hash(data), data)
+        _set_records(m, recs)
+
+    rc, report = _audit(clean, _tamper(clean, "edited2", change), capsys=capsys)
+    assert rc == 1
+    findings = report["findings"]
+    assert isinstance(findings, list)
+    first = next(f for f in findings if f["code"] == "checkpoint_root_mismatch")
+    assert "entries 4..4" in first["message"]  # the first bad checkpoint pins it to entry 4
+    assert "checkpoint_inconsistent" in {f["code"] for f in findings}
+
+
+def test_deleted_entry(clean: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def change(m: Members) -> None:
+        recs = _records(m)
+        del recs[3]
+        _set_records(m, recs)
+
+    rc, report = _audit(clean, _tamper(clean, "deleted", change), capsys=capsys)
+    codes = _codes(report)
+    assert rc == 1 and ("entry_missing", 3) in codes
+    assert not any(c == "entry_out_of_place" for c, _ in codes)  # later entries are not blamed
+
+
+def test_deleted_last_entry(clean: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def change(m: Members) -> None:
+        recs = _records(m)
+        del recs[-1]
+        _set_records(m, recs)
+
+    rc, report = _audit(clean, _tamper(clean, "truncated", change), capsys=capsys)
+    assert rc == 1
+    assert "checkpoint_beyond_entries" in {c for c, _ in _codes(report)}
+
+
+def test_reordered_entries(clean: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def change(m: Members) -> None:
+        recs = _records(m)
+        recs[2], recs[5] = recs[5], recs[2]
+        _set_records(m, recs)
+
+    rc, report = _audit(clean, _tamper(clean, "reordered", change), capsys=capsys)
+    codes = _codes(report)
+    assert rc == 1
+    assert ("entry_out_of_place", 2) in codes and ("entry_out_of_place", 5) in codes
+
+
+def test_reordered_contents_only(clean: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def change(m: Members) -> None:
+        recs = _records(m)
+        a, b = recs[2], recs[5]
+        recs[2] = EntryRecord(a.position, a.index, a.leaf_hash, b.data)
+        recs[5] = EntryRecord(b.position, b.index, b.leaf_hash, a.data)
+        _set_records(m, recs)
+
+    rc, report = _audit(clean, _tamper(clean, "swapped", change), capsys=capsys)
+    codes = _codes(report)
+    assert rc == 1 and ("entry_modified", 2) in codes and ("entry_modified", 5) in codes
+
+
+def _forged(size: int, root: bytes, signer: object = LOG_SIGNER) -> bytes:
+    cp = format_checkpoint(LOG_SIGNER.name, size, root)
+    return sign_note(cp.text, [signer])  # type: ignore[list-item]
+
+
+def test_forked_checkpoint(clean: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The log itself signed a second, different root for size 5."""
+
+    def change(m: Members) -> None:
+        m["checkpoints/00000000000000000099.note"] = _forged(5, hashlib.sha256(b"fork").digest())
+
+    rc, report = _audit(clean, _tamper(clean, "fork", change), capsys=capsys)
+    codes = _codes(report)
+    assert rc == 1
+    assert ("checkpoint_fork", "00000000000000000099.note") in codes
+    assert ("checkpoint_root_mismatch", "00000000000000000099.note") in codes
+
+
+def test_previous_checkpoint(
+    clean: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    good = _members(clean / "clean.zip")["checkpoints/00000000000000000004.note"]
+    (tmp_path / "good.note").write_bytes(good)
+    rc, report = _audit(
+        clean,
+        clean / "clean.zip",
+        "--previous-checkpoint",
+        str(tmp_path / "good.note"),
+        capsys=capsys,
+    )
+    assert rc == 0, report
+    # A checkpoint a client saw, from a history the log later rewrote.
+    (tmp_path / "fork.note").write_bytes(_forged(4, hashlib.sha256(b"old history").digest()))
+    (tmp_path / "ahead.note").write_bytes(_forged(N + 5, hashlib.sha256(b"future").digest()))
+    (tmp_path / "alien.note").write_bytes(_forged(4, hashlib.sha256(b"x").digest(), OTHER_SIGNER))
+    rc, report = _audit(
+        clean,
+        clean / "clean.zip",
+        "--previous-checkpoint",
+        str(tmp_path / "fork.note"),
+        "--previous-checkpoint",
+        str(tmp_path / "ahead.note"),
+        "--previous-checkpoint",
+        str(tmp_path / "alien.note"),
+        capsys=capsys,
+    )
+    codes = _codes(report)
+    assert rc == 1
+    assert ("previous_checkpoint_inconsistent", str(tmp_path / "fork.note")) in codes
+    assert ("previous_checkpoint_ahead", str(tmp_path / "ahead.note")) in codes
+    assert ("previous_checkpoint_signature", str(tmp_path / "alien.note")) in codes
+
+
+def test_replaced_blob(clean: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    digest = hashlib.sha256(evidence_bytes(6)).hexdigest()
+
+    def change(m: Members) -> None:
+        m[f"blobs/{digest}"] = evidence_bytes(6).replace(b"SNP", b"snp")
+
+    rc, report = _audit(clean, _tamper(clean, "blob", change), capsys=capsys)
+    assert rc == 1 and _codes(report) == {("blob_digest_mismatch", 6)}
+
+
+def test_missing_and_extra_blob(clean: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    digest = hashlib.sha256(evidence_bytes(8)).hexdigest()
+
+    def change(m: Members) -> None:
+        del m[f"blobs/{digest}"]
+        m[f"blobs/{hashlib.sha256(b'stray').hexdigest()}"] = b"stray"
+
+    rc, report = _audit(clean, _tamper(clean, "noblob", change), capsys=capsys)
+    codes = _codes(report)
+    assert rc == 1 and ("blob_missing", 8) in codes
+    assert "blob_unreferenced" in {c for c, _ in codes}
+
+
+def test_bad_checkpoint_signature(clean: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    name = "checkpoints/00000000000000000007.note"
+
+    def change(m: Members) -> None:
+        note = bytearray(m[name])
+        note[-10] = ord("A") if note[-10] != ord("A") else ord("B")
+        m[name] = bytes(note)
+
+    rc, report = _audit(clean, _tamper(clean, "badsig", change), capsys=capsys)
+    assert rc == 1 and _codes(report) == {("checkpoint_signature", "00000000000000000007.note")}
+
+
+def test_wrong_log_key(clean: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    (tmp_path / "other.vkey").write_text(OTHER_SIGNER.verifier().vkey())
+    rc = main(
+        ["audit", "verify", str(clean / "clean.zip"), "--log-key", str(tmp_path / "other.vkey")]
+    )
+    out = capsys.readouterr().out
+    assert rc == 1 and "no_checkpoint" in out and "REJECTED" in out
+
+
+def test_unreadable_inputs_exit_2(
+    clean: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "junk.zip").write_bytes(b"not a zip")
+    key = str(clean / "log.vkey")
+    assert main(["audit", "verify", str(tmp_path / "junk.zip"), "--log-key", key]) == 2
+    assert main(["audit", "verify", str(tmp_path / "missing.zip"), "--log-key", key]) == 2
+    (tmp_path / "bad.vkey").write_text("not a key\n")
+    assert (
+        main(["audit", "verify", str(clean / "clean.zip"), "--log-key", str(tmp_path / "bad.vkey")])
+        == 2
+    )
+    m = _members(clean / "clean.zip")
+    with zipfile.ZipFile(tmp_path / "deflated.zip", "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for name, data in m.items():
+            z.writestr(name, data)
+    assert main(["audit", "verify", str(tmp_path / "deflated.zip"), "--log-key", key]) == 2
+    m2 = dict(m)
+    m2["../evil"] = b"x"
+    assert main(["audit", "verify", str(_write(tmp_path / "evil.zip", m2)), "--log-key", key]) == 2
+    m3 = dict(m)
+    m3[ENTRIES_NAME] = m3[ENTRIES_NAME][:-1]
+    assert main(["audit", "verify", str(_write(tmp_path / "trunc.zip", m3)), "--log-key", key]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("lessee: error:") == 6
+
+
+ENTRIES_BIN = b"".join(encode_record(i, leaf_hash(b"e%d" % i), b"e%d" % i) for i in range(3))
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=200))
+def test_entries_framing_random_bytes(data: bytes) -> None:
+    try:
+        recs = parse_entries(data)
+    except BundleError:
+        return
+    assert b"".join(encode_record(r.index, r.leaf_hash, r.data) for r in recs) == data
+
+
+@settings(max_examples=200, deadline=None)
+@given(cut=st.integers(1, len(ENTRIES_BIN) - 1))
+def test_entries_framing_truncation(cut: int) -> None:
+    try:
+        recs = parse_entries(ENTRIES_BIN[:cut])
+    except BundleError:
+        return
+    # Cutting exactly at a record boundary leaves whole records only.
+    assert sum(struct.calcsize(">Q32sI") + len(r.data) for r in recs) == cut
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(pos=st.integers(0, 10_000), bit=st.integers(0, 7))
+def test_bundle_bit_flips_never_pass_silently(clean: Path, pos: int, bit: int) -> None:
+    """Any flipped bit in the bundle file is unreadable (exit 2) or a finding (exit 1)."""
+    raw = bytearray((clean / "clean.zip").read_bytes())
+    pos %= len(raw)
+    raw[pos] ^= 1 << bit
+    path = clean / f"flip-{pos}-{bit}.zip"
+    path.write_bytes(bytes(raw))
+    try:
+        result = verify_bundle_file(path, LOG_SIGNER.verifier())
+        if result.ok:
+            # Only flips in ZIP metadata no reader uses (timestamps, "version made by") may pass:
+            # every member must still hold exactly the exported bytes.
+            assert _members(path) == _members(clean / "clean.zip")
+    except LesseeError:
+        pass
+    finally:
+        path.unlink()

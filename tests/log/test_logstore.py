@@ -1,0 +1,155 @@
+"""SQLite log store: group commit, receipts, proofs, reopen checks, export (real SQLite)."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from agent.logstore import (
+    BlobMissingError,
+    LogIntegrityError,
+    LogStore,
+    LogStoreError,
+)
+from attest.errors import InputError
+from attest.log import merkle
+from attest.log.checkpoint import verify_checkpoint
+from attest.log.merkle import EMPTY_ROOT, leaf_hash
+from tests.log.helpers import LOG_SIGNER, OTHER_SIGNER, POLICY, make_entry
+
+
+def _fill(store: LogStore, n: int, start: int = 0) -> None:
+    for i in range(start, start + n):
+        store.append(*make_entry(i))
+
+
+def test_empty_log_has_signed_empty_checkpoint(tmp_path: Path) -> None:
+    with LogStore(tmp_path / "log.db", LOG_SIGNER) as store:
+        cp = verify_checkpoint(store.latest_checkpoint(), LOG_SIGNER.verifier()).checkpoint
+        assert (cp.origin, cp.size, cp.root_hash) == (LOG_SIGNER.name, 0, EMPTY_ROOT)
+        assert store.size == 0
+
+
+def test_receipt_proves_inclusion(tmp_path: Path) -> None:
+    with LogStore(tmp_path / "log.db", LOG_SIGNER) as store:
+        _fill(store, 5)
+        entry, blobs = make_entry(5)
+        r = store.append(entry, blobs)
+        assert r.index == 5 and r.tree_size == 6
+        cp = verify_checkpoint(r.checkpoint, LOG_SIGNER.verifier()).checkpoint
+        assert r.leaf_hash == leaf_hash(entry.raw)
+        merkle.verify_inclusion(
+            r.index, cp.size, r.leaf_hash, list(r.inclusion_proof), cp.root_hash
+        )
+        # Read API.
+        assert store.entries(5, 6) == [entry.raw]
+        assert store.blob(hashlib.sha256(POLICY).digest()) == POLICY
+        old = verify_checkpoint(store.checkpoints()[3], LOG_SIGNER.verifier()).checkpoint
+        assert old.size == 3
+        merkle.verify_consistency(3, 6, store.consistency_proof(3), old.root_hash, cp.root_hash)
+        merkle.verify_inclusion(
+            1, 3, leaf_hash(make_entry(1)[0].raw), store.inclusion_proof(1, 3), old.root_hash
+        )
+        with pytest.raises(InputError):
+            store.entries(0, 7)
+        with pytest.raises(InputError):
+            store.inclusion_proof(0, 7)
+        with pytest.raises(InputError):
+            store.blob(bytes(32))
+
+
+def test_group_commit_under_concurrency(tmp_path: Path) -> None:
+    threads, per_thread = 8, 40
+    receipts: list[int] = []
+    lock = threading.Lock()
+    with LogStore(tmp_path / "log.db", LOG_SIGNER) as store:
+
+        def work(k: int) -> None:
+            for j in range(per_thread):
+                r = store.append(*make_entry(k * 1000 + j))
+                cp = verify_checkpoint(r.checkpoint, LOG_SIGNER.verifier()).checkpoint
+                merkle.verify_inclusion(
+                    r.index, r.tree_size, r.leaf_hash, list(r.inclusion_proof), cp.root_hash
+                )
+                with lock:
+                    receipts.append(r.index)
+
+        ts = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        n = threads * per_thread
+        assert sorted(receipts) == list(range(n))
+        # Group commit: far fewer checkpoints (= transactions) than entries.
+        assert len(store.checkpoints()) - 1 < n
+
+
+def test_baseline_one_transaction_per_entry(tmp_path: Path) -> None:
+    with LogStore(tmp_path / "log.db", LOG_SIGNER, max_batch=1) as store:
+        _fill(store, 4)
+        assert len(store.checkpoints()) == 5  # empty + one per entry
+
+
+def test_blob_rules(tmp_path: Path) -> None:
+    with LogStore(tmp_path / "log.db", LOG_SIGNER) as store:
+        entry, blobs = make_entry(0)
+        with pytest.raises(BlobMissingError):
+            store.append(entry, blobs[:1])  # evidence not supplied, not stored
+        with pytest.raises(InputError):
+            store.append(entry, [*blobs, b"stray"])
+        with pytest.raises(InputError):
+            store.append(entry, [POLICY + b" "])
+        assert store.size == 0
+        store.append(entry, blobs)
+        entry2, _ = make_entry(1)
+        store.append(entry2)  # the policy is already stored: no need to resend it
+        assert store.size == 2
+
+
+def test_reopen_checks_identity_and_integrity(tmp_path: Path) -> None:
+    db = tmp_path / "log.db"
+    with LogStore(db, LOG_SIGNER) as store:
+        _fill(store, 6)
+        head = store.latest_checkpoint()
+    with LogStore(db, LOG_SIGNER) as store:
+        assert store.size == 6 and store.latest_checkpoint() == head
+        _fill(store, 1, start=6)
+    with pytest.raises(LogIntegrityError):
+        LogStore(db, OTHER_SIGNER)
+    with pytest.raises(LogIntegrityError):
+        LogStore(db, LOG_SIGNER, origin="another.origin/log")
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE entries SET leaf_hash = ? WHERE idx = 3", (bytes(32),))
+    conn.commit()
+    with pytest.raises(LogIntegrityError) as exc:
+        LogStore(db, LOG_SIGNER)
+    assert exc.value.reason == "store_checkpoint"
+    conn.execute("DELETE FROM entries WHERE idx = 2")
+    conn.commit()
+    conn.close()
+    with pytest.raises(LogIntegrityError) as exc:
+        LogStore(db, LOG_SIGNER)
+    assert exc.value.reason == "store_gap"
+
+
+def test_closed_store_refuses(tmp_path: Path) -> None:
+    store = LogStore(tmp_path / "log.db", LOG_SIGNER)
+    store.close()
+    store.close()  # idempotent
+    with pytest.raises(LogStoreError):
+        store.append(*make_entry(0))
+
+
+def test_export_is_deterministic(tmp_path: Path) -> None:
+    with LogStore(tmp_path / "log.db", LOG_SIGNER) as store:
+        _fill(store, 7)
+        assert store.export_bundle(tmp_path / "a.zip") == 7
+        assert store.export_bundle(tmp_path / "b.zip") == 7
+    assert (tmp_path / "a.zip").read_bytes() == (tmp_path / "b.zip").read_bytes()
+    # The signing key never reaches the database file.
+    assert LOG_SIGNER.seed not in (tmp_path / "log.db").read_bytes()
