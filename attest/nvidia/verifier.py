@@ -1,0 +1,801 @@
+"""The NVIDIA GPU / NVSwitch evidence pipeline: evidence + time + collateral in, results out.
+
+For every device, in order (each step recorded, a failure never hides the later ones that can
+still run):
+
+1. architecture: declared (evidence JSON) and certified (leaf certificate) agree;
+2. parse the report strictly (``spdm``, ``opaque``); a parse failure ends this device;
+3. device chain: exactly 5 certificates to the pinned NVIDIA Device Identity CA, at ``at``;
+4. OCSP on the three middle certificates (NVIDIA's rule) per ``revocation_mode``;
+5. report signature with the leaf key;
+6. requester nonce == ``expected_nonce`` (no expected nonce: a warning, never a pass);
+7. FWID binding (absence in old reports is recorded as ``absent-in-report``);
+8. versions NVML declared next to the evidence (JSON) equal the signed ones;
+9. RIMs chosen by NVIDIA's naming rules from the signed opaque fields: fetched from
+   ``rim_source``, parsed, signer chain + XML-DSig at ``at`` (``attest.nvidia.rim``), OCSP on the
+   RIM chain, colloquialVersion == the report's version;
+10. golden vs runtime measurements (driver + VBIOS for GPUs, BIOS for NVSwitches), every
+    mismatched index reported.
+
+Then, for a protected-PCIe set (any NVSwitch, or any GPU in PPCIe mode), the topology
+(``attest.nvidia.topology``), and for every set: no device given twice.
+
+A device is ``affirming`` when nothing failed and nothing was left unchecked, ``warning`` when
+nothing failed but something was explicitly not checked (``revocation_mode=skip``, no expected
+nonce, a certificate hold the caller allowed), ``contraindicated`` otherwise. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Collection, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import StrEnum
+from typing import Generic, Literal, TypeVar
+
+from cryptography import x509
+
+from attest.errors import ChainError, InputError, VerificationError
+from attest.nvidia.claims import (
+    NOT_CHECKED_CHAIN,
+    ChainClaim,
+    DeviceChecks,
+    Failure,
+    RimChecks,
+    device_claims,
+)
+from attest.nvidia.device import (
+    DeviceCheckError,
+    FwidError,
+    check_nonce,
+    compare_fwid,
+    leaf_fwid,
+    resolve_arch,
+    verify_device_chain,
+    verify_signature,
+)
+from attest.nvidia.evidence import Arch, DeviceEvidence
+from attest.nvidia.opaque import DeviceKind, DeviceReport, FeatureFlag, ReportCache
+from attest.nvidia.rim import (
+    NVDEC_RIM_INDEX,
+    MeasurementComparison,
+    Rim,
+    RimChainError,
+    RimParseError,
+    RimSelectionError,
+    RimSource,
+    RimVerifier,
+    VerifiedRim,
+    compare_measurements,
+    driver_rim_id,
+    switch_bios_rim_id,
+    vbios_rim_id,
+)
+from attest.nvidia.spdm import ReportParseError
+from attest.nvidia.topology import TopologyResult, check_topology
+from attest.revocation.ocsp import (
+    OcspCache,
+    OcspCheck,
+    OcspSource,
+    RevocationMode,
+    check_chain_revocation,
+    nvidia_device_ocsp_indices,
+    nvidia_rim_ocsp_indices,
+)
+from attest.timeutil import require_aware
+from attest.x509chain import ChainCache, VerifiedChain, describe
+
+
+class Status(StrEnum):
+    """Per-device and overall verdicts (EAR trustworthiness tiers, by name)."""
+
+    AFFIRMING = "affirming"
+    WARNING = "warning"
+    CONTRAINDICATED = "contraindicated"
+
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class _Memo(Generic[K, V]):
+    """A bounded map for results that depend only on their key (oldest out first)."""
+
+    def __init__(self, max_entries: int) -> None:
+        self._max = max_entries
+        self._entries: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        return self._entries.get(key)  # oldest-first eviction; no reordering on a hit
+
+    def put(self, key: K, value: V) -> None:
+        with self._lock:
+            self._entries[key] = value
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
+
+
+class _ByIdentity(Generic[V]):
+    """Results remembered per *object* (the same chain tuple, the same verified chain).
+
+    A front for the byte-keyed caches: lookups cost one dict probe on ``id(obj)`` instead of
+    hashing certificates. The object itself is kept, so its id cannot be reused while the entry
+    lives, and a hit requires the very same object. Bounded (oldest out first), thread-safe.
+    """
+
+    def __init__(self, max_entries: int) -> None:
+        self._max = max_entries
+        self._entries: dict[int, tuple[object, V]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, obj: object) -> V | None:
+        entry = self._entries.get(id(obj))
+        return entry[1] if entry is not None and entry[0] is obj else None
+
+    def put(self, obj: object, value: V) -> None:
+        with self._lock:
+            self._entries[id(obj)] = (obj, value)
+            while len(self._entries) > self._max:
+                del self._entries[next(iter(self._entries))]
+
+
+class VerifierCaches:
+    """Everything worth remembering between verifications, each keyed by exact bytes.
+
+    * ``chains``: verified X.509 chains (device and RIM), valid for their validity window;
+      ``device_chains`` puts a memo keyed by the certificate objects in front of it (saves
+      re-serialising five certificates to build the byte key);
+    * ``rims``: verified RIMs (XML-DSig + signer chain), by their exact bytes and window;
+    * ``reports``: parsed reports, by their exact bytes;
+    * ``ocsp``: verified OCSP verdicts, by response bytes, question and freshness window;
+    * ``comparisons``: golden-vs-runtime results, by (report bytes, RIM bytes, skipped indexes)
+      (deterministic, so a hit is exactly what a fresh comparison gives);
+    * ``skipped``: the "skipped" OCSP verdicts of ``--revocation skip``, by certificates.
+
+    Failures are never cached. With all warm, re-verifying a report costs about one P-384
+    signature check (bench/bench_gpu.py measures the ratio).
+    """
+
+    def __init__(self, max_entries: int = 256) -> None:
+        self.chains = ChainCache(max_entries)
+        self.rims = RimVerifier(chain_cache=self.chains, max_entries=max_entries)
+        self.reports = ReportCache(max_entries)
+        self.ocsp = OcspCache(max_entries * 4)
+        self.device_chains: _Memo[tuple[x509.Certificate, ...], VerifiedChain] = _Memo(max_entries)
+        self.comparisons: _Memo[
+            tuple[bytes, bytes, bytes, frozenset[int]], MeasurementComparison
+        ] = _Memo(max_entries)
+        #: chain tuple -> (the leaf's FWID, the BROM's name for ``hwmodel``)
+        self.leaves: _ByIdentity[tuple[bytes | None, str | None]] = _ByIdentity(max_entries)
+        self.skipped: _ByIdentity[tuple[OcspCheck, ...]] = _ByIdentity(max_entries)
+
+    def device_chain(self, chain: tuple[x509.Certificate, ...], at: datetime) -> VerifiedChain:
+        hit = self.device_chains.get(chain)
+        if hit is not None and hit.valid_from <= at <= hit.valid_until:
+            return hit
+        verified = verify_device_chain(chain, at=at, cache=self.chains)
+        self.device_chains.put(chain, verified)
+        return verified
+
+
+@dataclass(frozen=True)
+class DeviceResult:
+    """One device's verdict: NVIDIA-named claims, every failure, every warning."""
+
+    index: int
+    arch: str | None
+    kind: DeviceKind | None
+    status: Status
+    claims: Mapping[str, object]
+    failures: tuple[Failure, ...]
+    warnings: tuple[str, ...]
+    #: RIM indexes (not block indexes) whose golden values the report does not satisfy
+    mismatched_rim_indexes: tuple[int, ...] = ()
+    ocsp: tuple[OcspCheck, ...] = field(default=(), repr=False)
+
+    #: Submodule name: ``gpu0``, ``switch1`` (numbered per kind), ``device3`` if the kind is unknown.
+    name: str = ""
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "index": self.index,
+            "name": self.name,
+            "arch": self.arch,
+            "status": self.status.value,
+            "claims": dict(self.claims),
+            "failures": [f.to_json() for f in self.failures],
+            "warnings": list(self.warnings),
+            "mismatched_rim_indexes": list(self.mismatched_rim_indexes),
+        }
+
+
+@dataclass(frozen=True)
+class EvidenceSetResult:
+    """The verdict on a whole evidence set. ``status`` is the worst device / set verdict."""
+
+    devices: tuple[DeviceResult, ...]
+    topology: TopologyResult | None
+    failures: tuple[Failure, ...]
+    warnings: tuple[str, ...]
+    status: Status
+    at: datetime
+
+    @property
+    def ok(self) -> bool:
+        """True only when every check passed (no warning either)."""
+        return self.status is Status.AFFIRMING
+
+    def to_json(self) -> dict[str, object]:
+        topo: dict[str, object] | None = None
+        if self.topology is not None:
+            topo = {
+                "ok": self.topology.ok,
+                "switch_pdis": list(self.topology.switch_pdis),
+                "gpu_pdis": list(self.topology.gpu_pdis),
+                "failures": [f.to_json() for f in self.topology.failures],
+            }
+        return {
+            "status": self.status.value,
+            "x-nvidia-overall-att-result": self.status is not Status.CONTRAINDICATED,
+            "verification_time": self.at.isoformat(),
+            "devices": [d.to_json() for d in self.devices],
+            "topology": topo,
+            "failures": [f.to_json() for f in self.failures],
+            "warnings": list(self.warnings),
+        }
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+#: Worst first: the status a chain claim shows when its certificates disagree.
+_OCSP_ORDER = ("revoked", "invalid", "unknown", "missing", "skipped", "certificate_hold", "good")
+
+
+def _chain_status(exc: ChainError) -> str:
+    reason = getattr(exc, "chain_reason", exc.reason)
+    if reason in ("expired", "not_yet_valid"):
+        return reason
+    return "invalid"
+
+
+class _Device:
+    """Mutable scratch space for one device while its checks run."""
+
+    def __init__(
+        self, evidence: DeviceEvidence, revocation_mode: RevocationMode, caches: VerifierCaches
+    ) -> None:
+        self.evidence = evidence
+        self.mode = revocation_mode
+        self.caches = caches
+        self.failures: list[Failure] = []
+        self.warnings: list[str] = []
+        self.ocsp: list[OcspCheck] = []
+        self.mismatched: tuple[int, ...] = ()
+
+    def fail(self, fieldname: str, expected: object, actual: object, detail: str = "") -> None:
+        self.failures.append(Failure(fieldname, expected, actual, detail))
+
+    def revocation(
+        self,
+        what: str,
+        anchor: object,
+        certs: Sequence[x509.Certificate],
+        indices: Sequence[int],
+        *,
+        source: OcspSource | None,
+        at: datetime,
+        allow_hold: bool,
+        claim: str,
+    ) -> tuple[str, str | None]:
+        """Run OCSP on ``certs[indices]``; record failures/warnings; return (status, reason)."""
+        # ``anchor``: the verified chain object these certificates come from (identity memo)
+        skipped = self.caches.skipped.get(anchor) if self.mode is RevocationMode.SKIP else None
+        if skipped is not None:
+            checks = skipped
+        else:
+            checks = check_chain_revocation(
+                certs,
+                indices=indices,
+                mode=self.mode,
+                source=source,
+                at=at,
+                allow_hold=allow_hold,
+                cache=self.caches.ocsp,
+            )
+            if self.mode is RevocationMode.SKIP:
+                self.caches.skipped.put(anchor, checks)
+        self.ocsp.extend(checks)
+        if self.mode is RevocationMode.SKIP:
+            self.warnings.append(f"{what}: revocation NOT checked (--revocation skip)")
+        for c in checks:
+            if c.ok and c.status == "certificate_hold":
+                self.warnings.append(f"{what}: '{c.subject}' is on hold (allowed by policy)")
+            elif not c.ok and c.status != "skipped":
+                self.fail(claim, "good", c.status, f"{c.subject}: {c.detail}")
+        worst = min((c.status for c in checks), key=_OCSP_ORDER.index, default="good")
+        reason = next((c.revocation_reason for c in checks if c.revocation_reason), None)
+        return worst, reason
+
+
+@dataclass(frozen=True)
+class _Context:
+    """The inputs every device shares."""
+
+    at: datetime
+    expected_nonce: bytes | None
+    rim_source: RimSource | None
+    mode: RevocationMode
+    ocsp_source: OcspSource | None
+    allow_hold: bool
+    caches: VerifierCaches
+
+
+def _rim_stage(
+    dev: _Device,
+    ctx: _Context,
+    *,
+    label: str,
+    claim_prefix: str,
+    rim_id: str,
+    expected_kind: Literal["driver", "vbios"],
+    report_version: str | None,
+) -> tuple[RimChecks, VerifiedRim | None]:
+    """Fetch, parse, verify, revocation-check and version-check one RIM."""
+    rim_source, at, caches = ctx.rim_source, ctx.at, ctx.caches
+    try:
+        data = rim_source.rim_bytes(rim_id) if rim_source is not None else None
+    except (RimSelectionError, InputError) as exc:
+        dev.fail(f"{claim_prefix}-rim-fetched", rim_id, None, str(exc))
+        return RimChecks(rim_id=rim_id), None
+    if data is None:
+        dev.fail(f"{claim_prefix}-rim-fetched", rim_id, None, f"no {label} RIM available")
+        return RimChecks(rim_id=rim_id), None
+    try:
+        verified = caches.rims.verify(data, at=at)
+    except RimParseError as exc:
+        dev.fail(f"{claim_prefix}-rim-schema-validated", True, False, f"{rim_id}: {exc}")
+        return RimChecks(rim_id=rim_id, fetched=True), None
+    except RimChainError as exc:
+        status = _chain_status(exc)
+        dev.fail(f"{claim_prefix}-rim-cert-chain", "valid", status, f"{rim_id}: {exc}")
+        chain = ChainClaim(status=status, ocsp_status="not-checked")
+        return RimChecks(rim_id=rim_id, fetched=True, schema_validated=True, cert_chain=chain), None
+    except VerificationError as exc:
+        dev.fail(f"{claim_prefix}-rim-signature-verified", True, False, f"{rim_id}: {exc}")
+        chain = ChainClaim(status="valid", ocsp_status="not-checked")
+        return RimChecks(rim_id=rim_id, fetched=True, schema_validated=True, cert_chain=chain), None
+    rim = verified.rim
+    certs = (*verified.chain.certs, verified.chain.root)
+    ocsp_status, reason = dev.revocation(
+        f"{label} RIM signer chain",
+        verified.chain,
+        certs,
+        nvidia_rim_ocsp_indices(len(certs)),
+        source=ctx.ocsp_source,
+        at=at,
+        allow_hold=ctx.allow_hold,
+        claim=f"{claim_prefix}-rim-cert-chain.x-nvidia-cert-ocsp-status",
+    )
+    chain_claim = ChainClaim(
+        status="valid",
+        ocsp_status=ocsp_status,
+        expiration=verified.valid_until,
+        revocation_reason=reason,
+    )
+    if rim.kind != expected_kind:
+        dev.fail(
+            f"{claim_prefix}-rim-fetched", expected_kind, rim.kind, f"{rim_id} is the wrong kind"
+        )
+    version_ok = report_version is not None and rim.version_matches(report_version)
+    if not version_ok:
+        dev.fail(
+            f"{claim_prefix}-rim-version-match",
+            report_version,
+            rim.version,
+            f"{rim_id}: the RIM's colloquialVersion is not the version in the report",
+        )
+    available = bool(rim.active_measurements)
+    if not available:
+        dev.fail(f"{claim_prefix}-rim-measurements-available", True, False, f"{rim_id}")
+    return (
+        RimChecks(
+            rim_id=rim_id,
+            fetched=True,
+            schema_validated=True,
+            signature_verified=True,
+            cert_chain=chain_claim,
+            version_match=version_ok and rim.kind == expected_kind,
+            measurements_available=available,
+        ),
+        verified,
+    )
+
+
+def _compare_single(
+    runtime: Mapping[int, bytes], rim: Rim, skip: Collection[int]
+) -> tuple[list[int], list[tuple[int, tuple[bytes, ...], bytes | None, str]]]:
+    """NVIDIA's rules for one RIM (NVSwitch BIOS): active entries, block = index + 1."""
+    matched: list[int] = []
+    mismatched: list[tuple[int, tuple[bytes, ...], bytes | None, str]] = []
+    for entry in rim.measurements:
+        if not entry.active or entry.index in skip:
+            continue
+        actual = runtime.get(entry.index + 1)
+        if actual is None:
+            mismatched.append((entry.index, entry.alternatives, None, "missing"))
+        elif len(actual) != entry.size:
+            mismatched.append((entry.index, entry.alternatives, actual, "size"))
+        elif actual in entry.alternatives:
+            matched.append(entry.index)
+        else:
+            mismatched.append((entry.index, entry.alternatives, actual, "value"))
+    return matched, mismatched
+
+
+def _mismatch_failure(
+    dev: _Device,
+    *,
+    index: int,
+    source: str,
+    expected: tuple[bytes, ...],
+    actual: bytes | None,
+    why: str,
+) -> None:
+    dev.fail(
+        f"measurement[{index}]",
+        [v.hex() for v in expected],
+        actual.hex() if actual is not None else None,
+        f"RIM index {index} = report block {index + 1} ({source} RIM): {why}",
+    )
+
+
+def _measurements(
+    dev: _Device,
+    report: DeviceReport,
+    driver: VerifiedRim | None,
+    vbios: VerifiedRim | None,
+) -> tuple[bool, bool]:
+    """Compare; return (measurements match, no driver/VBIOS index conflict)."""
+    skip = {NVDEC_RIM_INDEX} if report.opaque.decoded.get("NVDEC0_STATUS") == "disabled" else set()
+    if report.kind is DeviceKind.SWITCH:
+        if vbios is None:
+            dev.fail("measres", "success", "fail", "no verified BIOS RIM to compare with")
+            return False, False
+        matched, mismatched = _compare_single(report.measurements, vbios.rim, ())
+        for index, expected, actual, why in mismatched:
+            _mismatch_failure(
+                dev, index=index, source="BIOS", expected=expected, actual=actual, why=why
+            )
+        dev.mismatched = tuple(m[0] for m in mismatched)
+        ok = bool(matched) and not mismatched
+        if not matched and not mismatched:
+            dev.fail("measres", "success", "fail", "the BIOS RIM has no active measurement")
+        return ok, True
+    if driver is None or vbios is None:
+        dev.fail(
+            "measres", "success", "fail", "no verified driver and VBIOS RIM pair to compare with"
+        )
+        return False, False
+    if driver.rim.kind != "driver" or vbios.rim.kind != "vbios":
+        return False, False  # already recorded by the RIM stage
+    key = (report.raw, driver.rim.raw, vbios.rim.raw, frozenset(skip))
+    comparison = dev.caches.comparisons.get(key)
+    if comparison is None:
+        comparison = compare_measurements(
+            report.measurements, driver=driver.rim, vbios=vbios.rim, skip_rim_indexes=skip
+        )
+        dev.caches.comparisons.put(key, comparison)
+    for m in comparison.mismatches:
+        _mismatch_failure(
+            dev,
+            index=m.rim_index,
+            source=m.source,
+            expected=m.expected,
+            actual=m.actual,
+            why=m.reason,
+        )
+    for index in comparison.conflicts:
+        dev.fail(
+            "x-nvidia-gpu-vbios-index-no-conflict",
+            "one RIM per index",
+            f"RIM index {index}",
+            "both the driver and the VBIOS RIM have an active entry for this index",
+        )
+    if comparison.golden_count == 0:
+        dev.fail("measres", "success", "fail", "the RIMs hold no active measurement")
+    dev.mismatched = comparison.mismatched_indexes
+    return comparison.ok, not comparison.conflicts
+
+
+def _verify_one(
+    evidence: DeviceEvidence, ctx: _Context
+) -> tuple[DeviceResult, DeviceReport | None]:
+    at, expected_nonce, caches = ctx.at, ctx.expected_nonce, ctx.caches
+    dev = _Device(evidence, ctx.mode, caches)
+    kind: DeviceKind | None = evidence.arch.kind if evidence.arch is not None else None
+    arch: Arch | None = evidence.arch
+    prefix_guess = "x-nvidia-switch" if kind is DeviceKind.SWITCH else "x-nvidia-gpu"
+    arch_ok = False
+    try:
+        arch = resolve_arch(evidence)
+        kind = arch.kind
+        arch_ok = True
+    except DeviceCheckError as exc:
+        dev.fail(f"{prefix_guess}-arch-check", True, False, str(exc))
+    p = "x-nvidia-switch" if kind is DeviceKind.SWITCH else "x-nvidia-gpu"
+
+    def finish(
+        checks: DeviceChecks | None, report: DeviceReport | None
+    ) -> tuple[DeviceResult, DeviceReport | None]:
+        claims = device_claims(checks) if checks is not None else {}
+        if dev.failures:
+            status = Status.CONTRAINDICATED
+        elif dev.warnings:
+            status = Status.WARNING
+        else:
+            status = Status.AFFIRMING
+        result = DeviceResult(
+            index=evidence.index,
+            arch=arch.value if arch is not None else None,
+            kind=kind,
+            status=status,
+            claims=claims,
+            failures=tuple(dev.failures),
+            warnings=tuple(dev.warnings),
+            mismatched_rim_indexes=dev.mismatched,
+            ocsp=tuple(dev.ocsp),
+        )
+        return result, report
+
+    if kind is None:
+        return finish(None, None)
+
+    # 2. parse
+    try:
+        report = caches.reports.parse(evidence.report_bytes, kind)
+    except ReportParseError as exc:
+        dev.fail(f"{p}-attestation-report-parsed", True, False, str(exc))
+        return finish(DeviceChecks(kind=kind, arch_check=arch_ok), None)
+    opaque = report.opaque
+
+    # 3. + 4. device chain and its revocation
+    chain: VerifiedChain | None = None
+    chain_claim = NOT_CHECKED_CHAIN
+    try:
+        chain = caches.device_chain(evidence.chain, at)
+    except ChainError as exc:
+        status = _chain_status(exc)
+        dev.fail(f"{p}-attestation-report-cert-chain", "valid", status, str(exc))
+        chain_claim = ChainClaim(status=status, ocsp_status="not-checked")
+    if chain is not None:
+        ocsp_status, reason = dev.revocation(
+            "device chain",
+            chain,
+            chain.certs,
+            nvidia_device_ocsp_indices(len(chain.certs)),
+            source=ctx.ocsp_source,
+            at=at,
+            allow_hold=ctx.allow_hold,
+            claim=f"{p}-attestation-report-cert-chain.x-nvidia-cert-ocsp-status",
+        )
+        chain_claim = ChainClaim(
+            status="valid",
+            ocsp_status=ocsp_status,
+            expiration=chain.valid_until,
+            revocation_reason=reason,
+        )
+    leaf = evidence.chain[0]
+
+    # 5. signature (with the leaf as given; a chain failure above already rejects the device)
+    signature_ok = False
+    try:
+        verify_signature(report, leaf)
+        signature_ok = True
+    except DeviceCheckError as exc:
+        dev.fail(f"{p}-attestation-report-signature-verified", True, False, str(exc))
+
+    # 6. nonce
+    nonce_ok = False
+    if expected_nonce is None:
+        dev.warnings.append(
+            "nonce NOT checked: no expected nonce given, so a replayed report is not excluded"
+        )
+    else:
+        try:
+            check_nonce(report, expected_nonce)
+            nonce_ok = True
+        except DeviceCheckError:
+            dev.fail(
+                f"{p}-attestation-report-nonce-match", expected_nonce.hex(), report.nonce.hex()
+            )
+    if evidence.nonce_hint is not None and evidence.nonce_hint != report.nonce:
+        dev.fail(
+            "evidence.nonce",
+            report.nonce.hex(),
+            evidence.nonce_hint.hex(),
+            "the evidence container names another nonce than the signed report",
+        )
+
+    # 7. FWID (the leaf's FWID and name remembered per leaf; extraction failures are not)
+    brom = evidence.chain[1] if len(evidence.chain) > 1 else None
+    facts = caches.leaves.get((leaf, brom))
+    hwmodel = facts[1] if facts is not None else (describe(brom) if brom is not None else None)
+    try:
+        if facts is None:
+            facts = (leaf_fwid(leaf), hwmodel)
+            caches.leaves.put(evidence.chain, facts)
+        fwid = compare_fwid(report, facts[0]).value
+    except FwidError as exc:
+        fwid = "mismatch" if exc.reason == "fwid_mismatch" else "invalid"
+        dev.fail(f"{p}-attestation-report-cert-chain-fwid-match", True, False, str(exc))
+
+    # 8. declared versions (NVML's, next to the evidence) vs signed ones
+    if evidence.declared_driver_version is not None and (
+        evidence.declared_driver_version.strip() != (opaque.driver_version or "")
+    ):
+        dev.fail("evidence.driver_version", opaque.driver_version, evidence.declared_driver_version)
+    if evidence.declared_vbios_version is not None and (
+        evidence.declared_vbios_version.strip().lower() != (opaque.vbios_version or "").lower()
+    ):
+        dev.fail("evidence.vbios_version", opaque.vbios_version, evidence.declared_vbios_version)
+
+    # 9. RIMs
+    driver_checks, vbios_checks = RimChecks(), RimChecks()
+    driver_rim: VerifiedRim | None = None
+    vbios_rim: VerifiedRim | None = None
+    try:
+        if kind is DeviceKind.GPU:
+            driver_id = driver_rim_id(
+                arch=arch.value if arch else "",
+                chip_info=opaque.chip_info,
+                driver_version=opaque.driver_version or "",
+            )
+            driver_checks, driver_rim = _rim_stage(
+                dev,
+                ctx,
+                label="driver",
+                claim_prefix=f"{p}-driver",
+                rim_id=driver_id,
+                expected_kind="driver",
+                report_version=opaque.driver_version,
+            )
+            vbios_id = vbios_rim_id(
+                project=opaque.project or "",
+                project_sku=opaque.project_sku or "",
+                chip_sku=opaque.chip_sku or "",
+                vbios_version=opaque.vbios_version or "",
+            )
+            prefix = f"{p}-vbios"
+            label = "VBIOS"
+        else:
+            vbios_id = switch_bios_rim_id(bios_version=opaque.vbios_version or "")
+            prefix = f"{p}-bios"
+            label = "switch BIOS"
+        vbios_checks, vbios_rim = _rim_stage(
+            dev,
+            ctx,
+            label=label,
+            claim_prefix=prefix,
+            rim_id=vbios_id,
+            expected_kind="vbios",
+            report_version=opaque.vbios_version,
+        )
+    except RimSelectionError as exc:
+        dev.fail(f"{p}-rim-fetched", "a RIM id from the report's fields", None, str(exc))
+
+    # 10. measurements
+    measures_ok, no_conflict = _measurements(dev, report, driver_rim, vbios_rim)
+
+    checks = DeviceChecks(
+        kind=kind,
+        arch_check=arch_ok,
+        parsed=True,
+        nonce_match=nonce_ok,
+        signature_verified=signature_ok,
+        cert_chain=chain_claim,
+        fwid=fwid,
+        driver_version=opaque.driver_version,
+        vbios_version=opaque.vbios_version,
+        driver_rim=driver_checks,
+        vbios_rim=vbios_checks,
+        index_no_conflict=no_conflict,
+        measurements_match=measures_ok,
+        nonce=report.nonce.hex(),
+        hwmodel=hwmodel,
+        ueid=str(leaf.serial_number),
+        oemid=driver_rim.rim.firmware_manufacturer_id if driver_rim is not None else None,
+        revocation_mode=ctx.mode.value,
+    )
+    return finish(checks, report)
+
+
+def verify_gpu_evidence(
+    evidence_list: Sequence[DeviceEvidence],
+    *,
+    at: datetime,
+    expected_nonce: bytes | None,
+    rim_source: RimSource | None,
+    revocation_mode: RevocationMode | str,
+    ocsp_source: OcspSource | None,
+    allow_hold: bool = False,
+    caches: VerifierCaches | None = None,
+) -> EvidenceSetResult:
+    """Verify every device of an evidence set as of ``at``; never raises on bad evidence.
+
+    Caller errors (naive ``at``, unknown revocation mode, an empty set) raise ``InputError``.
+    """
+    at = require_aware(at)
+    try:
+        mode = RevocationMode(revocation_mode)
+    except ValueError:
+        raise InputError(f"unknown revocation mode {revocation_mode!r}") from None
+    if not evidence_list:
+        raise InputError("no device evidence given")
+    caches = caches if caches is not None else VerifierCaches()
+
+    ctx = _Context(
+        at=at,
+        expected_nonce=expected_nonce,
+        rim_source=rim_source,
+        mode=mode,
+        ocsp_source=ocsp_source,
+        allow_hold=allow_hold,
+        caches=caches,
+    )
+    devices: list[DeviceResult] = []
+    reports: list[tuple[DeviceResult, DeviceReport | None]] = []
+    for ev in evidence_list:
+        result, report = _verify_one(ev, ctx)
+        prefix = result.kind.value if result.kind is not None else "device"
+        number = sum(1 for d in devices if d.name.startswith(prefix))
+        result = replace(result, name=f"{prefix}{number}")
+        devices.append(result)
+        reports.append((result, report))
+
+    failures: list[Failure] = []
+    warnings: list[str] = []
+    # the same device twice would let one GPU stand in for two
+    seen: dict[x509.Certificate, int] = {}
+    for ev in evidence_list:
+        leaf = ev.chain[0]
+        if leaf in seen:
+            failures.append(
+                Failure(
+                    f"device{ev.index}.leaf_certificate",
+                    "a device given once",
+                    f"same leaf as device{seen[leaf]}",
+                )
+            )
+        seen.setdefault(leaf, ev.index)
+
+    topology: TopologyResult | None = None
+    parsed = [(r, rep) for r, rep in reports if rep is not None]
+    gpus = [rep.opaque for _, rep in parsed if rep.kind is DeviceKind.GPU]
+    switches = [rep.opaque for _, rep in parsed if rep.kind is DeviceKind.SWITCH]
+    if switches or any(g.feature_flag is FeatureFlag.PPCIE for g in gpus):
+        unparsed = len(parsed) != len(reports)
+        topology = check_topology(gpus, switches)
+        failures.extend(topology.failures)
+        if unparsed:
+            failures.append(
+                Failure("topology", "every report parsed", "some did not", "topology incomplete")
+            )
+
+    if failures or any(d.status is Status.CONTRAINDICATED for d in devices):
+        status = Status.CONTRAINDICATED
+    elif warnings or any(d.status is Status.WARNING for d in devices):
+        status = Status.WARNING
+    else:
+        status = Status.AFFIRMING
+    return EvidenceSetResult(
+        devices=tuple(devices),
+        topology=topology,
+        failures=tuple(failures),
+        warnings=tuple(warnings),
+        status=status,
+        at=at,
+    )
