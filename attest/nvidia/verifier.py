@@ -160,9 +160,18 @@ class VerifierCaches:
     signature check (bench/bench_gpu.py measures the ratio).
     """
 
-    def __init__(self, max_entries: int = 256) -> None:
+    def __init__(
+        self,
+        max_entries: int = 256,
+        *,
+        device_root: x509.Certificate | None = None,
+        rim_root: x509.Certificate | None = None,
+    ) -> None:
+        # Roots default to NVIDIA's pinned ones; a caller whose policy names other roots (the
+        # demo's emulation roots) builds caches for them. Cached verdicts are per root set.
+        self.device_root = device_root
         self.chains = ChainCache(max_entries)
-        self.rims = RimVerifier(chain_cache=self.chains, max_entries=max_entries)
+        self.rims = RimVerifier(root=rim_root, chain_cache=self.chains, max_entries=max_entries)
         self.reports = ReportCache(max_entries)
         self.ocsp = OcspCache(max_entries * 4)
         self.device_chains: _Memo[tuple[x509.Certificate, ...], VerifiedChain] = _Memo(max_entries)
@@ -177,7 +186,7 @@ class VerifierCaches:
         hit = self.device_chains.get(chain)
         if hit is not None and hit.valid_from <= at <= hit.valid_until:
             return hit
-        verified = verify_device_chain(chain, at=at, cache=self.chains)
+        verified = verify_device_chain(chain, at=at, cache=self.chains, root=self.device_root)
         self.device_chains.put(chain, verified)
         return verified
 

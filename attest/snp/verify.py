@@ -532,11 +532,14 @@ def verify_snp_report(
     crl: bytes | None = None,
     report_data: bytes | None = None,
     cache: ChainCache | None = None,
+    extra_arks: Sequence[x509.Certificate] = (),
 ) -> VerifiedSnpReport:
     """Run checks 1-11 (module docstring) as of ``at``; raise on the first failure.
 
     ``certs``: the VCEK or VLEK, optionally its ASK/ASVK and the ARK (load them with
     ``load_amd_certificates``). Every supplied certificate must take part in the chain.
+    ``extra_arks``: roots trusted besides AMD's pinned ARKs (the caller's policy named them,
+    e.g. lessee's per-installation emulation root); a supplied ARK equal to one is used.
     """
     at = require_aware(at)
     # 1. Parse; an unsigned report proves nothing.
@@ -585,8 +588,12 @@ def verify_snp_report(
 
     # 4. Roots: the pinned ARK of this product; supplied ARKs must be it.
     ark_pin = ARK_SHA256[product]
+    extra = {_sha256_der(c): c for c in extra_arks}
+    supplied_extra = None
     for cert, _ in by_role[CertRole.ARK]:
-        if _sha256_der(cert) != ark_pin:
+        if _sha256_der(cert) in extra:
+            supplied_extra = extra[_sha256_der(cert)]
+        elif _sha256_der(cert) != ark_pin:
             raise ChainError(
                 f"supplied root '{describe(cert)}' is not the pinned ARK for {product.value}",
                 reason="untrusted_root",
@@ -600,7 +607,7 @@ def verify_snp_report(
         )
     if by_role[inter_role]:
         intermediate = by_role[inter_role][0][0]
-        ark = pinned_ark(product)
+        ark = supplied_extra if supplied_extra is not None else pinned_ark(product)
     else:
         intermediate, ark = pinned_chain(product, kind)
 
