@@ -1,0 +1,326 @@
+"""The key broker's logic, independent of gRPC: challenge, attest, release, register.
+
+Flow (docs/architecture.md §3):
+
+1. ``challenge`` issues a single-use 32-byte nonce for a model, valid for the policy's TTL.
+2. ``attest`` consumes the nonce (durably, before any other work, so it can never be used
+   twice), derives the session binding from (nonce, enclave key, label), appraises the evidence
+   bundle against the model's policy, signs an EAR for the enclave key, records the decision and
+   appends a log entry (evidence, policy and collateral archived by digest) whose inclusion
+   proof it returns.
+3. ``release_key`` accepts only an EAR this broker signed, unexpired, ``affirming``, issued for
+   this model under the model's current policy, and not used for a release before; it seals the
+   model's data key to the attested enclave key with HPKE and logs the release.
+
+Time comes from an injected clock, randomness from ``secrets``; nothing here logs key material.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from agent.broker.keywrap import KeyWrapper
+from agent.broker.store import BrokerStore, ModelRecord, NonceError, ResultRecord
+from agent.logstore import AppendReceipt, LogStore
+from attest.appraise.common import DeviceAppraisal
+from attest.binding import DEFAULT_PROTOCOL_LABEL, SessionBinding, derive_binding
+from attest.bundle import EvidenceBundle
+from attest.ear import AttestationResult, SigningKey, Status, issue_ear, verify_ear
+from attest.errors import InputError, LesseeError, VerificationError
+from attest.findings import Finding
+from attest.log.entry import BlobRef, attest_entry, release_entry
+from attest.policy import Policy, load_policy
+from sealing.hpke_suite import HpkePublicKey
+from sealing.keyrelease import DATA_KEY_BYTES, seal_data_key
+
+NONCE_BYTES = 32
+MAX_MODEL_ID_CHARS = 128
+VERIFIER_BUILD = "lessee 0.1.0"
+
+
+class UnknownModelError(InputError):
+    """No model with that id is registered."""
+
+
+class ReleaseRefusedError(VerificationError):
+    """The broker will not release a key for this result (reason says why)."""
+
+
+@dataclass(frozen=True)
+class Appraisal:
+    """What an appraiser returns: one verdict per device plus collateral to archive."""
+
+    devices: tuple[DeviceAppraisal, ...]
+    #: (role, media type, bytes) of every piece of collateral the verdict depended on.
+    collateral: tuple[tuple[str, str, bytes], ...] = ()
+    #: Findings that are not about one device (e.g. evidence missing for a required TEE).
+    findings: tuple[Finding, ...] = ()
+
+    @property
+    def status(self) -> Status:
+        statuses = [d.status for d in self.devices]
+        if any(f.severity.value == "reject" for f in self.findings):
+            statuses.append(Status.CONTRAINDICATED)
+        elif self.findings:
+            statuses.append(Status.WARNING)
+        return Status.worst(statuses) if statuses else Status.CONTRAINDICATED
+
+    def all_findings(self) -> list[Finding]:
+        return [*self.findings, *(f for d in self.devices for f in d.findings)]
+
+
+Appraiser = Callable[[EvidenceBundle, SessionBinding, Policy, datetime], Appraisal]
+
+
+@dataclass(frozen=True)
+class Challenge:
+    nonce: bytes
+    expires_at: datetime
+    protocol_label: str
+
+
+@dataclass(frozen=True)
+class AttestOutcome:
+    result: str
+    status: Status
+    findings: tuple[Finding, ...]
+    receipt: AppendReceipt
+
+
+@dataclass(frozen=True)
+class ReleaseOutcome:
+    sealed_key: bytes
+    suite: str
+    key_id: str
+    model_version: int
+    manifest_digest: bytes
+    receipt: AppendReceipt
+
+
+@dataclass
+class Broker:
+    store: BrokerStore
+    wrapper: KeyWrapper
+    log: LogStore
+    result_key: SigningKey
+    appraiser: Appraiser
+    clock: Callable[[], datetime]
+    protocol_label: str = DEFAULT_PROTOCOL_LABEL
+    verifier_build: str = VERIFIER_BUILD
+    _policies: dict[str, Policy] = field(default_factory=dict, repr=False)
+
+    # ---- admin ---------------------------------------------------------------------------
+
+    def register_model(
+        self,
+        *,
+        model_id: str,
+        model_version: int,
+        data_key: bytes,
+        policy_json: str,
+        manifest_digest: bytes,
+    ) -> ModelRecord:
+        """Store a sealed model's data key (wrapped) and the policy that guards it."""
+        _check_model_id(model_id)
+        if len(data_key) != DATA_KEY_BYTES:
+            raise InputError(f"data key must be {DATA_KEY_BYTES} bytes")
+        if len(manifest_digest) != 32:
+            raise InputError("manifest digest must be 32 bytes (SHA-256)")
+        if not 0 <= model_version < 2**32:
+            raise InputError("model version must fit in 32 bits")
+        policy = load_policy(policy_json)
+        key_id = f"{model_id}/v{model_version}/{secrets.token_hex(8)}"
+        record = ModelRecord(
+            model_id=model_id,
+            model_version=model_version,
+            key_id=key_id,
+            wrapped_key=self.wrapper.wrap(data_key, key_id=key_id, model_id=model_id),
+            policy_json=policy_json,
+            policy_digest=policy.digest,
+            manifest_digest=manifest_digest,
+        )
+        self.store.put_model(record)
+        self._policies.pop(model_id, None)
+        return record
+
+    def _model(self, model_id: str) -> tuple[ModelRecord, Policy]:
+        _check_model_id(model_id)
+        model = self.store.get_model(model_id)
+        if model is None:
+            raise UnknownModelError(f"unknown model {model_id!r}")
+        policy = self._policies.get(model_id)
+        if policy is None or policy.digest != model.policy_digest:
+            policy = load_policy(model.policy_json)
+            self._policies[model_id] = policy
+        return model, policy
+
+    # ---- enclave-facing --------------------------------------------------------------------
+
+    def challenge(self, model_id: str) -> Challenge:
+        _, policy = self._model(model_id)
+        now = self.clock()
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        expires = now + timedelta(seconds=policy.freshness.nonce_ttl_seconds)
+        self.store.issue_nonce(
+            nonce, model_id=model_id, now=now.timestamp(), expires_at=expires.timestamp()
+        )
+        return Challenge(nonce=nonce, expires_at=expires, protocol_label=self.protocol_label)
+
+    def attest(
+        self, *, nonce: bytes, enclave_public_key: bytes, model_id: str, bundle: EvidenceBundle
+    ) -> AttestOutcome:
+        model, policy = self._model(model_id)
+        HpkePublicKey.decode(enclave_public_key)  # a key we could never seal to is refused
+        now = self.clock()
+        issued_for = self.store.consume_nonce(nonce, now=now.timestamp())
+        if issued_for != model_id:
+            raise NonceError("nonce was issued for another model", reason="nonce_model")
+        binding = derive_binding(nonce, enclave_public_key, self.protocol_label)
+        appraisal = self.appraiser(bundle, binding, policy, now)
+        result_id = secrets.token_hex(16)
+        expires = now + timedelta(seconds=policy.freshness.result_ttl_seconds)
+        result = AttestationResult(
+            submods={d.name: d.submodule(policy.digest) for d in appraisal.devices},
+            issued_at=int(now.timestamp()),
+            expires_at=int(expires.timestamp()),
+            verifier_build=self.verifier_build,
+            nonce=nonce,
+            enclave_key=enclave_public_key,
+            policy_digest=policy.digest,
+            result_id=result_id,
+            extra={"ear.lessee.model-id": model_id}
+            | (
+                {"ear.lessee.findings": [f.to_json() for f in appraisal.findings]}
+                if appraisal.findings
+                else {}
+            ),
+        )
+        token = issue_ear(result, self.result_key)
+        status = appraisal.status
+        if status is not result.status and appraisal.findings:
+            status = Status.worst([status, result.status])
+        self.store.put_result(
+            ResultRecord(
+                result_id=result_id,
+                model_id=model_id,
+                enclave_key_digest=hashlib.sha256(enclave_public_key).digest(),
+                nonce=nonce,
+                status=status.value,
+                issued_at=now.timestamp(),
+                expires_at=expires.timestamp(),
+            )
+        )
+        policy_bytes = model.policy_json.encode()
+        bundle_bytes = bundle.to_json()
+        collateral = [
+            (BlobRef.of(role, media, data), data) for role, media, data in appraisal.collateral
+        ]
+        entry = attest_entry(
+            at=now,
+            nonce=nonce,
+            binding=binding.report_data,
+            policy=BlobRef.of("policy", "application/json", policy_bytes),
+            verifier=self.verifier_build,
+            result=token,
+            evidence=[BlobRef.of("evidence-bundle", "application/json", bundle_bytes)],
+            collateral=[ref for ref, _ in collateral],
+        )
+        receipt = self.log.append(entry, [policy_bytes, bundle_bytes, *(d for _, d in collateral)])
+        return AttestOutcome(token, status, tuple(appraisal.all_findings()), receipt)
+
+    def release_key(self, *, result: str, model_id: str) -> ReleaseOutcome:
+        model, policy = self._model(model_id)
+        now = self.clock()
+        claims = verify_ear(result, self.result_key.public_key(), at=now)
+        record = self.store.get_result(claims.result_id or "")
+        if record is None:
+            raise ReleaseRefusedError(
+                "result was not issued by this broker", reason="unknown_result"
+            )
+        if record.model_id != model_id or claims.extra.get("ear.lessee.model-id") != model_id:
+            raise ReleaseRefusedError(
+                "result was issued for another model", reason="model_mismatch"
+            )
+        if claims.status is not Status.AFFIRMING or record.status != Status.AFFIRMING.value:
+            raise ReleaseRefusedError(
+                f"result status is {claims.status.value}, not affirming", reason="not_affirming"
+            )
+        if claims.policy_digest != model.policy_digest:
+            raise ReleaseRefusedError(
+                "the model's policy changed since this result; attest again",
+                reason="policy_changed",
+            )
+        if (
+            policy.model_manifest_digests
+            and model.manifest_digest.hex() not in policy.model_manifest_digests
+        ):
+            raise ReleaseRefusedError(
+                "the registered manifest is not pinned by the policy", reason="manifest_pin"
+            )
+        if self.store.count_releases(record.result_id):
+            raise ReleaseRefusedError(
+                "this result was already used for a release", reason="result_used"
+            )
+        enclave_key = claims.enclave_key or b""
+        if hashlib.sha256(enclave_key).digest() != record.enclave_key_digest:
+            raise ReleaseRefusedError("result names another enclave key", reason="key_mismatch")
+        recipient = HpkePublicKey.decode(enclave_key)
+        data_key = self.wrapper.unwrap(model.wrapped_key, key_id=model.key_id, model_id=model_id)
+        sealed = seal_data_key(
+            recipient,
+            data_key,
+            model_id=model_id,
+            model_version=model.model_version,
+            key_id=model.key_id,
+            result_id=record.result_id,
+        )
+        del data_key
+        nonce = claims.nonce or b""
+        binding = derive_binding(nonce, enclave_key, self.protocol_label)
+        policy_bytes = model.policy_json.encode()
+        entry = release_entry(
+            at=now,
+            nonce=nonce,
+            binding=binding.report_data,
+            policy=BlobRef.of("policy", "application/json", policy_bytes),
+            verifier=self.verifier_build,
+            result=result,
+            model_id=model_id,
+            recipient_key_sha256=record.enclave_key_digest,
+        )
+        receipt = self.log.append(entry, [policy_bytes])
+        self.store.record_release(
+            result_id=record.result_id, model_id=model_id, released_at=now.timestamp()
+        )
+        return ReleaseOutcome(
+            sealed_key=sealed,
+            suite=recipient.suite.name,
+            key_id=model.key_id,
+            model_version=model.model_version,
+            manifest_digest=model.manifest_digest,
+            receipt=receipt,
+        )
+
+
+def _check_model_id(model_id: str) -> None:
+    if not 0 < len(model_id) <= MAX_MODEL_ID_CHARS or not model_id.isprintable() or "/" in model_id:
+        raise InputError(
+            f"model id must be 1..{MAX_MODEL_ID_CHARS} printable characters without '/'"
+        )
+
+
+__all__ = [
+    "Appraisal",
+    "Appraiser",
+    "AttestOutcome",
+    "Broker",
+    "Challenge",
+    "LesseeError",
+    "ReleaseOutcome",
+    "ReleaseRefusedError",
+    "UnknownModelError",
+]
