@@ -1,0 +1,53 @@
+"""Reading key files for the CLI: PEM private/public keys and JWKs, with clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+from attest.ear import SigningKey, VerifyingKey, public_key_from_jwk
+from attest.errors import InputError
+
+MAX_KEY_FILE_BYTES = 64 * 1024
+
+
+def _read(path: str) -> bytes:
+    p = Path(path)
+    if p.stat().st_size > MAX_KEY_FILE_BYTES:
+        raise InputError(f"{path}: too large for a key file")
+    return p.read_bytes()
+
+
+def load_signing_key(path: str) -> SigningKey:
+    """A P-256 or Ed25519 private key in PEM (PKCS#8 or SEC1)."""
+    try:
+        key = serialization.load_pem_private_key(_read(path), password=None)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{path}: not an unencrypted PEM private key") from exc
+    if isinstance(key, ed25519.Ed25519PrivateKey) or (
+        isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1)
+    ):
+        return key
+    raise InputError(f"{path}: the result signing key must be P-256 (ES256) or Ed25519 (EdDSA)")
+
+
+def load_verifying_key(path: str) -> VerifyingKey:
+    """A P-256 or Ed25519 public key: PEM (SubjectPublicKeyInfo) or a JWK JSON object."""
+    data = _read(path)
+    if data.lstrip().startswith(b"{"):
+        try:
+            return public_key_from_jwk(json.loads(data))
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}: not a JWK") from exc
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{path}: not a PEM public key or JWK") from exc
+    if isinstance(key, ed25519.Ed25519PublicKey) or (
+        isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1)
+    ):
+        return key
+    raise InputError(f"{path}: the verifier key must be P-256 or Ed25519")

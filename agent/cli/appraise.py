@@ -1,0 +1,134 @@
+"""``lessee appraise``: appraise an evidence bundle against a policy and print the signed EAR.
+
+The session binding is recomputed from the broker nonce and the enclave public key the bundle
+was made for, exactly as the broker does; every device must carry it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from agent.cli._keys import load_signing_key
+from attest.appraise.composite import AppraisalContext, appraise_bundle
+from attest.binding import DEFAULT_PROTOCOL_LABEL, derive_binding
+from attest.bundle import load_bundle
+from attest.ear import AttestationResult, Status, issue_ear
+from attest.errors import InputError
+from attest.policy import load_policy
+from attest.timeutil import parse_iso8601
+
+#: The largest policy/bundle file read (the parsers bound them again).
+MAX_FILE_BYTES = 16 * 1024 * 1024
+
+
+def _read(path: str) -> bytes:
+    p = Path(path)
+    if p.stat().st_size > MAX_FILE_BYTES:
+        raise InputError(f"{path}: larger than {MAX_FILE_BYTES} bytes")
+    return p.read_bytes()
+
+
+def _hex(text: str, what: str) -> bytes:
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise InputError(f"{what} must be hex") from None
+
+
+def _run(args: argparse.Namespace) -> int:
+    policy = load_policy(_read(args.policy))
+    bundle = load_bundle(_read(args.evidence_bundle))
+    key = load_signing_key(args.key)
+    at = parse_iso8601(args.at) if args.at else datetime.now(UTC)
+    nonce = _hex(args.nonce, "--nonce")
+    enclave_key = (
+        _read(args.enclave_key)
+        if not args.enclave_key_hex
+        else _hex(args.enclave_key, "--enclave-key")
+    )
+    binding = derive_binding(nonce, enclave_key, args.protocol_label)
+    rims = tuple(_read(str(p)) for d in args.rim for p in sorted(Path(d).glob("*")) if p.is_file())
+    devices, findings = appraise_bundle(
+        bundle, binding, policy, at, context=AppraisalContext(rims=rims)
+    )
+    result = AttestationResult(
+        submods={d.name: d.submodule(policy.digest) for d in devices},
+        issued_at=int(at.timestamp()),
+        expires_at=int((at + timedelta(seconds=policy.freshness.result_ttl_seconds)).timestamp()),
+        verifier_build="lessee 0.1.0 (cli)",
+        nonce=nonce,
+        enclave_key=enclave_key,
+        policy_digest=policy.digest,
+        result_id=secrets.token_hex(16),
+        extra={"ear.lessee.findings": [f.to_json() for f in findings]} if findings else {},
+    )
+    status = Status.worst([result.status, *([Status.CONTRAINDICATED] if findings else [])])
+    print(issue_ear(result, key))
+    for name in policy.unsafe_settings():
+        print(f"lessee: WARNING: policy turns off a check: {name}", file=sys.stderr)
+    for d in devices:
+        print(f"{d.name}: {d.status.value}", file=sys.stderr)
+        for f in d.findings:
+            print(f"  {f.severity.value}: {f}", file=sys.stderr)
+    for f in findings:
+        print(f"enclave: {f.severity.value}: {f}", file=sys.stderr)
+    if args.json_report:
+        Path(args.json_report).write_text(
+            json.dumps(
+                {
+                    "status": status.value,
+                    "devices": [
+                        {
+                            "name": d.name,
+                            "status": d.status.value,
+                            "findings": [f.to_json() for f in d.findings],
+                        }
+                        for d in devices
+                    ],
+                    "findings": [f.to_json() for f in findings],
+                    "policy_digest": policy.digest,
+                },
+                indent=1,
+            )
+        )
+    print(f"overall: {status.value}", file=sys.stderr)
+    return 0 if status is Status.AFFIRMING else 1
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Verify every device of an evidence bundle (CPU TEE, GPUs, NVSwitches) as of a time, "
+        "appraise it against a policy under the session binding, and print the signed EAR on "
+        "stdout (findings on stderr). Exit 0 affirming, 1 otherwise, 2 bad input."
+    )
+    parser.add_argument("--policy", required=True, metavar="FILE", help="lessee policy (JSON)")
+    parser.add_argument(
+        "--evidence-bundle", required=True, metavar="FILE", help="evidence bundle (JSON)"
+    )
+    parser.add_argument(
+        "--key", required=True, metavar="FILE", help="result signing key (PEM, P-256 or Ed25519)"
+    )
+    parser.add_argument(
+        "--nonce", required=True, metavar="HEX", help="the broker nonce of the session"
+    )
+    parser.add_argument(
+        "--enclave-key",
+        required=True,
+        metavar="FILE",
+        help="enclave public key (file, or hex with --enclave-key-hex)",
+    )
+    parser.add_argument("--enclave-key-hex", action="store_true", help="--enclave-key is hex text")
+    parser.add_argument("--protocol-label", default=DEFAULT_PROTOCOL_LABEL, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--rim", action="append", default=[], metavar="DIR", help="extra RIM folder (repeatable)"
+    )
+    parser.add_argument("--at", metavar="ISO-8601", help="appraisal time (default: now)")
+    parser.add_argument(
+        "--json-report", metavar="FILE", help="also write a machine-readable report"
+    )
+    parser.set_defaults(func=_run)

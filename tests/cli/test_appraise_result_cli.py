@@ -1,0 +1,184 @@
+"""``lessee appraise`` and ``lessee result verify`` on real evidence, end to end in-process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from agent.cli.main import main
+from attest.bundle import DeviceEvidenceIn, EvidenceBundle, SnpEvidenceIn
+from attest.snp.report import parse_report
+from tests.conftest import CPU, NVIDIA
+
+SNP = bytes.fromhex((CPU / "snp/go-sev-guest/attestation.bin").read_bytes().hex())
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, str]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "k.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    (tmp_path / "pub.pem").write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    report = parse_report(SNP)
+    bundle = EvidenceBundle(
+        cpu=SnpEvidenceIn(
+            SNP,
+            (
+                (CPU / "snp/go-sev-guest/vcek.testcer").read_bytes(),
+                (CPU / "snp/go-sev-guest/ask_ark_milan.pem").read_bytes(),
+            ),
+        ),
+        gpus=(
+            DeviceEvidenceIn(
+                "HOPPER",
+                bytes.fromhex((NVIDIA / "hopper_legacy/attestationReport.txt").read_text().strip()),
+                (NVIDIA / "hopper_legacy/gpuAkCertChain.txt").read_bytes(),
+            ),
+        ),
+        cc_mode_on=True,
+        devtools_on=False,
+    )
+    (tmp_path / "bundle.json").write_bytes(bundle.to_json())
+    (tmp_path / "policy.json").write_text(
+        json.dumps(
+            {
+                "name": "t",
+                "cpu_tees": ["snp"],
+                "snp": {"allowed_measurements": [report.measurement.hex()]},
+            }
+        )
+    )
+    (tmp_path / "enclave.key").write_bytes(b"\x02" + b"\x07" * 32)
+    return {
+        k: str(tmp_path / v)
+        for k, v in {
+            "key": "k.pem",
+            "pub": "pub.pem",
+            "bundle": "bundle.json",
+            "policy": "policy.json",
+            "ek": "enclave.key",
+            "dir": ".",
+        }.items()
+    }
+
+
+def test_appraise_prints_a_verifiable_contraindicated_ear(
+    files: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc = main(
+        [
+            "appraise",
+            "--policy",
+            files["policy"],
+            "--evidence-bundle",
+            files["bundle"],
+            "--key",
+            files["key"],
+            "--nonce",
+            "00" * 32,
+            "--enclave-key",
+            files["ek"],
+            "--rim",
+            str(NVIDIA / "rims/test_no_gpu"),
+            "--at",
+            "2024-06-01T00:00:00Z",
+        ]
+    )
+    out, err = capsys.readouterr()
+    assert rc == 1  # wrong session binding and a DEBUG guest: never affirming
+    assert "snp.policy.debug" in err and "snp.report_data" in err
+    token = out.strip()
+    Path(files["dir"], "t.jwt").write_text(token)
+    rc = main(
+        [
+            "result",
+            "verify",
+            str(Path(files["dir"], "t.jwt")),
+            "--verifier-key",
+            files["pub"],
+            "--at",
+            "2024-06-01T00:01:00Z",
+            "--json",
+        ]
+    )
+    out, err = capsys.readouterr()
+    assert rc == 1 and "contraindicated" in err
+    claims = json.loads(out)
+    assert claims["submods"]["cpu0"]["ear.status"] == "contraindicated"
+    assert claims["eat_nonce"] == "A" * 43  # base64url of 32 zero bytes
+
+
+def test_result_verify_refuses_other_key_and_bad_input(
+    files: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(
+        [
+            "appraise",
+            "--policy",
+            files["policy"],
+            "--evidence-bundle",
+            files["bundle"],
+            "--key",
+            files["key"],
+            "--nonce",
+            "00" * 32,
+            "--enclave-key",
+            files["ek"],
+            "--at",
+            "2024-06-01T00:00:00Z",
+        ]
+    )
+    token = capsys.readouterr().out.strip()
+    other = ec.generate_private_key(ec.SECP256R1()).public_key()
+    Path(files["dir"], "other.pem").write_bytes(
+        other.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    assert (
+        main(
+            [
+                "result",
+                "verify",
+                token,
+                "--verifier-key",
+                str(Path(files["dir"], "other.pem")),
+                "--at",
+                "2024-06-01T00:01:00Z",
+            ]
+        )
+        == 1
+    )
+    assert "signature" in capsys.readouterr().err
+    assert main(["result", "verify", "not-a-token", "--verifier-key", files["pub"]]) == 2
+    assert (
+        main(
+            [
+                "appraise",
+                "--policy",
+                files["bundle"],
+                "--evidence-bundle",
+                files["bundle"],
+                "--key",
+                files["key"],
+                "--nonce",
+                "00",
+                "--enclave-key",
+                files["ek"],
+            ]
+        )
+        == 2
+    )
