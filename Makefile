@@ -4,17 +4,21 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint bench fmt
+.PHONY: install demo verify-sample test lint bench fmt
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,torch]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
 demo: install
+	$(VENV)/bin/lessee demo
+
+# The real-evidence check: NVIDIA's Hopper sample with its RIMs, as of their validity date.
+verify-sample: install
 	$(VENV)/bin/lessee gpu verify tests/assets/nvidia/hopper_legacy/attestationReport.txt \
 	  --certs tests/assets/nvidia/hopper_legacy/gpuAkCertChain.txt \
 	  --nonce 4cff7f5380ead8fad8ec2c531c110aca4302a88f603792801a8ca29ee151af2e \

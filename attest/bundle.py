@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from attest.errors import InputError
+from attest.jsonutil import load_json
 
 #: A bundle with 8 GPUs, 4 switches, their chains, RIMs and OCSP responses is ~1 MiB.
 MAX_BUNDLE_BYTES = 8 * 1024 * 1024
@@ -153,10 +154,7 @@ def load_bundle(data: bytes) -> EvidenceBundle:
     """Parse the JSON form strictly (unknown fields, wrong types and oversize are errors)."""
     if len(data) > MAX_BUNDLE_BYTES:
         raise InputError(f"evidence bundle is larger than {MAX_BUNDLE_BYTES} bytes")
-    try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"evidence bundle is not JSON: {exc}") from exc
+    doc = load_json(data, what="evidence bundle")
     top = _only(doc, {"version", "cpu", "gpus", "switches", "cc_mode_on", "devtools_on"}, "bundle")
     if top.get("version") != 1:
         raise InputError("evidence bundle: version must be 1")

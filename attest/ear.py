@@ -173,9 +173,12 @@ def _unb64u(text: str, what: str) -> bytes:
     if not isinstance(text, str) or any(c in text for c in "=+/ \n"):
         raise ParseError(f"{what} is not unpadded base64url", field=what)
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError) as exc:
         raise ParseError(f"{what} is not base64url", field=what) from exc
+    if _b64u(data) != text:  # spare bits set: another string for the same bytes
+        raise ParseError(f"{what} is not canonical base64url", field=what)
+    return data
 
 
 def _alg_for(key: SigningKey | VerifyingKey) -> str:
@@ -308,6 +311,8 @@ def verify_ear(
     at = require_aware(at)
     if len(token) > MAX_TOKEN_BYTES:
         raise ParseError(f"token larger than {MAX_TOKEN_BYTES} bytes")
+    if not token.isascii():
+        raise ParseError("token is not ASCII (a compact JWS is base64url text)")
     parts = token.strip().split(".")
     if len(parts) != 3:
         raise ParseError("not a compact JWS (need header.payload.signature)")

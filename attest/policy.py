@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from attest.errors import InputError
+from attest.jsonutil import load_json
 
 #: A policy document is small; refuse anything that cannot be one before parsing it.
 MAX_POLICY_BYTES = 256 * 1024
@@ -216,14 +217,9 @@ def load_policy(data: bytes | str) -> Policy:
     raw = data.encode() if isinstance(data, str) else data
     if len(raw) > MAX_POLICY_BYTES:
         raise InputError(f"policy is {len(raw)} bytes; the limit is {MAX_POLICY_BYTES}")
+    load_json(raw, what="policy")  # depth, duplicate keys, digit limits: typed errors first
     try:
-        obj: Any = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"policy is not valid JSON: {exc}") from exc
-    try:
-        return (
-            Policy.model_validate(obj, strict=False) if False else Policy.model_validate_json(raw)
-        )
+        return Policy.model_validate_json(raw)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()

@@ -36,6 +36,7 @@ _PEM_BEGIN = b"-----BEGIN CERTIFICATE-----"
 #: decoded lazily, so these can surface long after loading unless decoded up front).
 _DECODE_ERRORS = (
     ValueError,
+    TypeError,  # a name attribute re-tagged (e.g. as BIT STRING) surfaces as TypeError
     x509.InvalidVersion,
     x509.DuplicateExtension,
     x509.UnsupportedGeneralNameType,
@@ -174,8 +175,33 @@ def verify_chain(
     issuer name and signature; every issuer is a CA allowed to sign at that depth; the top of the
     chain is the pinned root byte for byte, or was issued by it.
     """
+    return _verify_chain(
+        tuple(certs), root=root, at=at, expected_length=expected_length, what=what, links=None
+    )
+
+
+def _der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(Encoding.DER)
+
+
+def _verify_chain(
+    chain: tuple[x509.Certificate, ...],
+    *,
+    root: x509.Certificate,
+    at: datetime,
+    expected_length: int | None,
+    what: str,
+    links: _LinkCache | None,
+    ders: tuple[bytes, ...] | None = None,
+) -> VerifiedChain:
+    """``verify_chain``, optionally answering link signatures from ``links``.
+
+    ``ders`` (the DER of every certificate of ``chain`` and then of ``root``), when the caller
+    already has them, saves serialising the certificates again for the link keys. Only the
+    signature and issuer-name check of a link is ever taken from the cache; lengths, validity at
+    ``at``, CA and path-length rules and the pinned-root comparison run every time.
+    """
     at = require_aware(at)
-    chain = tuple(certs)
     if not chain:
         raise ChainError(f"{what}: empty", reason="length")
     if len(chain) > MAX_CHAIN_CERTS:
@@ -189,17 +215,88 @@ def verify_chain(
         )
     for cert in (*chain, root):
         _check_validity(cert, at, what)
+    if ders is None:
+        ders = tuple(_der(c) for c in (*chain, root))
+
+    def signed_by(child: int, issuer: int) -> None:
+        issuer_cert = root if issuer == len(chain) else chain[issuer]
+        if links is None:
+            _check_signed_by(chain[child], issuer_cert, what)
+        else:
+            links.check(
+                chain[child],
+                issuer_cert,
+                child_der=ders[child],
+                issuer_der=ders[issuer],
+                at=at,
+                what=what,
+            )
+
     for i in range(len(chain) - 1):
-        _check_signed_by(chain[i], chain[i + 1], what)
+        signed_by(i, i + 1)
         _check_is_ca(chain[i + 1], i, what)
-    top = chain[-1]
-    root_der = root.public_bytes(Encoding.DER)
-    if top.public_bytes(Encoding.DER) != root_der:
-        _check_signed_by(top, root, what)
+    if ders[len(chain) - 1] != ders[len(chain)]:
+        signed_by(len(chain) - 1, len(chain))
         _check_is_ca(root, len(chain) - 1, what)
     valid_from = max(c.not_valid_before_utc for c in (*chain, root))
     valid_until = min(c.not_valid_after_utc for c in (*chain, root))
     return VerifiedChain(certs=chain, root=root, valid_from=valid_from, valid_until=valid_until)
+
+
+class _LinkCache:
+    """Links (child DER, issuer DER) whose issuer name and signature checked out.
+
+    Chains that share upper certificates (NVIDIA's driver and VBIOS RIM chains share the L3 and
+    the CA; every GPU of a model shares the Identity and Provisioner links) then pay for each
+    shared signature once. A link is remembered with the window in which both certificates are
+    valid and answered only inside it; a failed link is never remembered. The key is the pair of
+    exact DER encodings, so a hit is the very same signature over the very same bytes.
+    """
+
+    def __init__(self, max_entries: int) -> None:
+        self._max = max_entries
+        self._entries: OrderedDict[tuple[bytes, bytes], tuple[datetime, datetime]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def check(
+        self,
+        child: x509.Certificate,
+        issuer: x509.Certificate,
+        *,
+        child_der: bytes,
+        issuer_der: bytes,
+        at: datetime,
+        what: str,
+    ) -> None:
+        key = (child_der, issuer_der)
+        with self._lock:
+            window = self._entries.get(key)
+            if window is not None and window[0] <= at <= window[1]:
+                self._entries.move_to_end(key)
+                self.hits += 1
+                return
+            self.misses += 1
+        _check_signed_by(child, issuer, what)
+        window = (
+            max(child.not_valid_before_utc, issuer.not_valid_before_utc),
+            min(child.not_valid_after_utc, issuer.not_valid_after_utc),
+        )
+        with self._lock:
+            self._entries[key] = window
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+
+#: Links remembered per whole chain remembered: a chain has at most MAX_CHAIN_CERTS links, but
+#: chains share most of theirs, so a few per chain is plenty.
+LINKS_PER_CHAIN_ENTRY = 4
 
 
 class ChainCache:
@@ -208,20 +305,35 @@ class ChainCache:
     A hit is only used when the new verification time lies inside the window in which every
     certificate of the chain is valid, so a cached answer is always the answer a full check would
     give. Failures are never cached. Bounded (LRU) and thread-safe.
+
+    Below the whole-chain entries sits a per-link cache (child DER, issuer DER) -> validity
+    window, so a chain seen for the first time still skips the signatures of links already
+    verified in another chain (``link_hits`` / ``link_misses`` count them). Every other check of
+    ``verify_chain`` still runs for such a chain.
     """
 
     def __init__(self, max_entries: int = 1024) -> None:
         self._max = max_entries
         self._entries: OrderedDict[bytes, VerifiedChain] = OrderedDict()
         self._lock = threading.Lock()
+        self._links = _LinkCache(max_entries * LINKS_PER_CHAIN_ENTRY)
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def link_hits(self) -> int:
+        """Link signatures answered from the link cache."""
+        return self._links.hits
+
+    @property
+    def link_misses(self) -> int:
+        """Link signatures checked for real (then remembered if they verified)."""
+        return self._links.misses
 
     @staticmethod
-    def _key(
-        certs: Sequence[x509.Certificate], root: x509.Certificate, expected_length: int | None
-    ) -> bytes:
+    def _key(ders: Sequence[bytes], expected_length: int | None) -> bytes:
         h = hashlib.sha256(str(expected_length).encode())
-        for cert in (*certs, root):
-            der = cert.public_bytes(Encoding.DER)
+        for der in ders:
             h.update(len(der).to_bytes(4, "big"))
             h.update(der)
         return h.digest()
@@ -236,14 +348,26 @@ class ChainCache:
         what: str = "certificate chain",
     ) -> VerifiedChain:
         at = require_aware(at)
-        key = self._key(certs, root, expected_length)
+        chain = tuple(certs)
+        ders = tuple(_der(c) for c in (*chain, root))
+        key = self._key(ders, expected_length)
         with self._lock:
             hit = self._entries.get(key)
             if hit is not None:
                 self._entries.move_to_end(key)
-        if hit is not None and hit.valid_from <= at <= hit.valid_until:
-            return hit
-        result = verify_chain(certs, root=root, at=at, expected_length=expected_length, what=what)
+            if hit is not None and hit.valid_from <= at <= hit.valid_until:
+                self.hits += 1
+                return hit
+            self.misses += 1
+        result = _verify_chain(
+            chain,
+            root=root,
+            at=at,
+            expected_length=expected_length,
+            what=what,
+            links=self._links,
+            ders=ders,
+        )
         with self._lock:
             self._entries[key] = result
             self._entries.move_to_end(key)

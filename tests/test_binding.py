@@ -15,6 +15,7 @@ KEY = b"\x01" * 32
 
 def test_known_answer() -> None:
     b = derive_binding(NONCE, KEY)
+
     # Recomputed by hand from the documented encoding (docs/binding.md).
     def lp(x: bytes) -> bytes:
         return len(x).to_bytes(4, "big") + x

@@ -1,16 +1,27 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attest import roots
 from attest.errors import ChainError, InputError
-from attest.x509chain import ChainCache, load_certificate, load_pem_chain, verify_chain
-from tests.conftest import NVIDIA, TODAY
+from attest.x509chain import (
+    ChainCache,
+    VerifiedChain,
+    _LinkCache,
+    load_certificate,
+    load_pem_chain,
+    verify_chain,
+)
+from tests.conftest import NVIDIA, RIM_ERA, TODAY
 
 
 def _hopper() -> tuple:  # type: ignore[type-arg]
@@ -87,3 +98,155 @@ def test_mutated_der_certificates_only_raise_input_errors(data: st.DataObject) -
         verify_chain((cert, *_hopper()[2:]), root=roots.nvidia_device_root(), at=TODAY)
     except ChainError:
         pass
+
+
+# ---------------------------------------------------------------------------------------------
+# per-link cache inside ChainCache
+
+
+def _rim_chains() -> tuple[tuple, tuple]:  # type: ignore[type-arg]
+    from attest.nvidia.rim import parse_rim
+
+    rims = NVIDIA / "rims" / "test_no_gpu"
+    driver = parse_rim((rims / "Driver_RIM_test_no_gpu.swidtag").read_bytes())
+    vbios = parse_rim((rims / "1010_0200_882_96005E0001_test_no_gpu.swidtag").read_bytes())
+    return driver.signer_chain, vbios.signer_chain
+
+
+def _ders(*certs: x509.Certificate) -> dict[str, bytes]:
+    child, issuer = certs
+    return {
+        "child_der": child.public_bytes(Encoding.DER),
+        "issuer_der": issuer.public_bytes(Encoding.DER),
+    }
+
+
+def test_rim_chains_share_their_upper_links_once() -> None:
+    """Driver and VBIOS RIM chains share L3 -> CA and CA -> root: the second pays one signature."""
+    driver, vbios = _rim_chains()
+    cache = ChainCache()
+    cache.verify(driver, root=roots.nvidia_rim_root(), at=RIM_ERA)
+    assert (cache.link_hits, cache.link_misses) == (0, 3)
+    second = cache.verify(vbios, root=roots.nvidia_rim_root(), at=RIM_ERA)
+    assert (cache.link_hits, cache.link_misses) == (2, 4)
+    assert second == verify_chain(vbios, root=roots.nvidia_rim_root(), at=RIM_ERA)
+    assert (cache.hits, cache.misses) == (0, 2)  # two different chains: no whole-chain hit
+
+
+def test_device_chains_of_two_gpus_share_identity_and_provisioner_links() -> None:
+    hopper = _hopper()
+    legacy = load_pem_chain((NVIDIA / "hopper_legacy/gpuAkCertChain.txt").read_bytes())
+    cache = ChainCache()
+    cache.verify(hopper, root=roots.nvidia_device_root(), at=TODAY, expected_length=5)
+    cache.verify(legacy, root=roots.nvidia_device_root(), at=TODAY, expected_length=5)
+    # 4 links each; ICA -> Identity and Identity -> root copy are the same bytes
+    assert (cache.link_hits, cache.link_misses) == (2, 6)
+    cache.verify(legacy, root=roots.nvidia_device_root(), at=TODAY, expected_length=5)
+    assert cache.hits == 1 and cache.link_misses == 6  # whole-chain hit: no link looked at
+
+
+def test_link_hit_only_inside_both_certificates_validity_window() -> None:
+    driver, _ = _rim_chains()
+    child, issuer = driver[0], driver[1]
+    links = _LinkCache(8)
+    links.check(child, issuer, **_ders(child, issuer), at=RIM_ERA, what="t")
+    links.check(child, issuer, **_ders(child, issuer), at=RIM_ERA, what="t")
+    assert (links.hits, links.misses) == (1, 1)
+    # the L4 signer expired in 2025: TODAY is outside the link's window, so no hit
+    assert child.not_valid_after_utc < TODAY
+    links.check(child, issuer, **_ders(child, issuer), at=TODAY, what="t")
+    assert (links.hits, links.misses) == (1, 2)
+    before = datetime(2019, 1, 1, tzinfo=UTC)
+    assert before < child.not_valid_before_utc
+    links.check(child, issuer, **_ders(child, issuer), at=before, what="t")
+    assert (links.hits, links.misses) == (1, 3)
+
+
+def _forged_l4(l3: x509.Certificate) -> x509.Certificate:
+    """A signer certificate naming the real L3 as issuer but signed by another key."""
+    key = ec.derive_private_key(0x5EED, ec.SECP384R1())
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "forged L4")]))
+        .issuer_name(l3.subject)
+        .public_key(key.public_key())
+        .serial_number(7)
+        .not_valid_before(datetime(2023, 1, 1, tzinfo=UTC))
+        .not_valid_after(datetime(2025, 1, 1, tzinfo=UTC))
+        .sign(key, hashes.SHA384())
+    )
+
+
+def test_failed_links_and_chains_are_never_cached() -> None:
+    driver, _ = _rim_chains()
+    forged = (_forged_l4(driver[1]), *driver[1:])
+    cache = ChainCache()
+    for _ in range(2):
+        with pytest.raises(ChainError) as e:
+            cache.verify(forged, root=roots.nvidia_rim_root(), at=RIM_ERA)
+        assert e.value.reason == "bad_signature"
+    assert (cache.link_hits, cache.link_misses) == (0, 2)  # checked for real both times
+    assert (cache.hits, cache.misses) == (0, 2)
+    links = _LinkCache(8)
+    for _ in range(2):
+        with pytest.raises(ChainError):
+            links.check(forged[0], forged[1], **_ders(forged[0], forged[1]), at=RIM_ERA, what="t")
+    assert len(links) == 0 and links.misses == 2
+
+
+def test_link_cache_is_bounded() -> None:
+    driver, vbios = _rim_chains()
+    links = _LinkCache(1)
+    links.check(driver[0], driver[1], **_ders(driver[0], driver[1]), at=RIM_ERA, what="t")
+    links.check(vbios[0], vbios[1], **_ders(vbios[0], vbios[1]), at=RIM_ERA, what="t")
+    assert len(links) == 1
+    links.check(driver[0], driver[1], **_ders(driver[0], driver[1]), at=RIM_ERA, what="t")
+    assert links.hits == 0  # the first link was evicted
+
+
+def _pool() -> list[x509.Certificate]:
+    driver, vbios = _rim_chains()
+    legacy = load_pem_chain((NVIDIA / "hopper_legacy/gpuAkCertChain.txt").read_bytes())
+    return [*_hopper(), *legacy[:2], *driver, vbios[0], _forged_l4(driver[1])]
+
+
+_POOL = _pool()
+_SHARED = ChainCache(max_entries=4)  # small: evictions happen during the run too
+_TIMES = (RIM_ERA, TODAY, datetime(2019, 1, 1, tzinfo=UTC), datetime(2025, 6, 24, tzinfo=UTC))
+
+
+def _outcome(fn: Callable[[], object]) -> object:
+    try:
+        chain = fn()
+    except ChainError as exc:
+        return ("error", exc.reason, str(exc))
+    assert isinstance(chain, VerifiedChain)
+    return ("ok", chain.certs, chain.valid_from, chain.valid_until)
+
+
+#: Index lists into _POOL that are real chains (or one forged link away from one), so the
+#: property sees successes and window hits, not only random junk.
+_REAL = ([0, 1, 2, 3, 4], [5, 6, 2, 3, 4], [1, 2, 3, 4], [7, 8, 9], [10, 8, 9], [11, 8, 9], [8, 9])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.one_of(
+        st.sampled_from(_REAL), st.lists(st.integers(0, len(_POOL) - 1), min_size=1, max_size=6)
+    ),
+    st.sampled_from(_TIMES),
+    st.booleans(),
+    st.sampled_from((None, 3, 5)),
+)
+def test_cached_answers_equal_uncached_ones(
+    picks: list[int], at: datetime, device_root: bool, length: int | None
+) -> None:
+    """Whatever the chain, time and root, a ChainCache shared across all examples (whole-chain
+    and link hits, evictions) answers exactly as a fresh verify_chain: same result or same
+    error, reason and message."""
+    certs = tuple(_POOL[i] for i in picks)
+    root = roots.nvidia_device_root() if device_root else roots.nvidia_rim_root()
+    kw: dict[str, object] = {"root": root, "at": at, "expected_length": length}
+    fresh = _outcome(lambda: verify_chain(certs, **kw))  # type: ignore[arg-type]
+    assert _outcome(lambda: _SHARED.verify(certs, **kw)) == fresh  # type: ignore[arg-type]
+    assert _outcome(lambda: _SHARED.verify(certs, **kw)) == fresh  # type: ignore[arg-type]

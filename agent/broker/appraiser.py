@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
+
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from agent.broker.service import Appraisal, Appraiser
 from attest.appraise.composite import AppraisalContext, appraise_bundle
 from attest.binding import SessionBinding
 from attest.bundle import EvidenceBundle
 from attest.policy import Policy
+
+#: Collateral role prefix of archived trust roots: ``trust-root-<role>-<n>``.
+TRUST_ROOT_ROLE_PREFIX = "trust-root-"
 
 
 def composite_appraiser(context: AppraisalContext | None = None) -> Appraiser:
@@ -20,9 +26,21 @@ def composite_appraiser(context: AppraisalContext | None = None) -> Appraiser:
         bundle: EvidenceBundle, binding: SessionBinding, policy: Policy, at: datetime
     ) -> Appraisal:
         devices, findings = appraise_bundle(bundle, binding, policy, at, context=ctx)
-        collateral = tuple(
-            (f"broker-rim-{i}", "application/xml", rim) for i, rim in enumerate(ctx.rims)
-        )
-        return Appraisal(devices=devices, collateral=collateral, findings=findings)
+        collateral = [(f"broker-rim-{i}", "application/xml", rim) for i, rim in enumerate(ctx.rims)]
+        # Roots the policy trusted besides the vendors' are archived too, so an auditor can
+        # re-verify years later without being handed them (they are used only if the logged
+        # policy lists their SHA-256, exactly as here).
+        listed = set(policy.roots.extra_trusted_sha256)
+        roots = [(role, cert) for role, cert in sorted(ctx.candidates.items())]
+        roots += [("amd_ark", cert) for cert in ctx.amd_extra_arks]
+        n = 0
+        for role, cert in roots:
+            der = cert.public_bytes(Encoding.DER)
+            if hashlib.sha256(der).hexdigest() in listed:
+                collateral.append(
+                    (f"{TRUST_ROOT_ROLE_PREFIX}{role}-{n}", "application/pkix-cert", der)
+                )
+                n += 1
+        return Appraisal(devices=devices, collateral=tuple(collateral), findings=findings)
 
     return appraise

@@ -261,6 +261,9 @@ class Broker:
             raise ReleaseRefusedError(
                 "the registered manifest is not pinned by the policy", reason="manifest_pin"
             )
+        if now.timestamp() > record.expires_at:
+            # verify_ear allows clock skew for other parties; the broker wrote both times itself.
+            raise ReleaseRefusedError("the attestation result has expired", reason="expired")
         if self.store.count_releases(record.result_id):
             raise ReleaseRefusedError(
                 "this result was already used for a release", reason="result_used"
@@ -307,10 +310,11 @@ class Broker:
 
 
 def _check_model_id(model_id: str) -> None:
-    if not 0 < len(model_id) <= MAX_MODEL_ID_CHARS or not model_id.isprintable() or "/" in model_id:
-        raise InputError(
-            f"model id must be 1..{MAX_MODEL_ID_CHARS} printable characters without '/'"
-        )
+    # Printable ASCII: the id goes into log entries, whose text fields are ASCII (RFC 8785-safe).
+    if not 0 < len(model_id) <= MAX_MODEL_ID_CHARS or not (
+        model_id.isascii() and model_id.isprintable()
+    ):
+        raise InputError(f"model id must be 1..{MAX_MODEL_ID_CHARS} printable ASCII characters")
 
 
 __all__ = [

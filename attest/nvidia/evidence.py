@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from dataclasses import dataclass
 from enum import StrEnum
 
 from cryptography import x509
 
 from attest.errors import InputError
+from attest.jsonutil import load_json
 from attest.nvidia.opaque import DeviceKind
 from attest.nvidia.spdm import MAX_REPORT_LENGTH, NONCE_LENGTH
 from attest.x509chain import MAX_PEM_CHAIN_BYTES, describe, load_pem_chain
@@ -163,10 +163,7 @@ def load_sdk_json(data: bytes) -> tuple[DeviceEvidence, ...]:
     """NVIDIA SDK evidence JSON: a list of entries (or one entry) -> evidence, in order."""
     if len(data) > MAX_EVIDENCE_FILE_BYTES:
         raise InputError(f"evidence is {len(data)} bytes; the limit is {MAX_EVIDENCE_FILE_BYTES}")
-    try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InputError(f"evidence JSON is malformed: {exc}") from None
+    doc = load_json(data, what="evidence JSON")
     entries = doc if isinstance(doc, list) else [doc]
     if not entries:
         raise InputError("evidence JSON holds no devices")

@@ -29,7 +29,8 @@ from attest.nvidia.rim_parse import Rim, RimMeasurement
 NVDEC_RIM_INDEX = 35
 
 MismatchReason = Literal["value", "size", "missing"]
-Source = Literal["driver", "vbios"]
+#: Which RIM a golden value came from: a GPU's driver or VBIOS RIM, or an NVSwitch's BIOS RIM.
+Source = Literal["driver", "vbios", "bios"]
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,37 @@ def _compare_one(
     )
 
 
+def _compare_golden(
+    golden: Mapping[int, tuple[Source, RimMeasurement]],
+    conflicts: Collection[int],
+    runtime: Mapping[int, bytes],
+    skip_rim_indexes: Collection[int],
+) -> MeasurementComparison:
+    """The one comparison loop: every golden index in order, conflicts and skips set aside."""
+    matched: list[int] = []
+    mismatches: list[MeasurementMismatch] = []
+    skipped: list[int] = []
+    for index in sorted(golden):
+        if index in conflicts:
+            continue
+        if index in skip_rim_indexes:
+            skipped.append(index)
+            continue
+        source, entry = golden[index]
+        result = _compare_one(entry, source, runtime)
+        if result is None:
+            matched.append(index)
+        else:
+            mismatches.append(result)
+    return MeasurementComparison(
+        matched=tuple(matched),
+        mismatches=tuple(mismatches),
+        conflicts=tuple(sorted(conflicts)),
+        skipped=tuple(skipped),
+        golden_count=len(matched) + len(mismatches) + len(conflicts),
+    )
+
+
 def compare_measurements(
     runtime: Mapping[int, bytes],
     *,
@@ -131,25 +163,24 @@ def compare_measurements(
                 conflicts.add(entry.index)
                 continue
             golden[entry.index] = (source, entry)
-    matched: list[int] = []
-    mismatches: list[MeasurementMismatch] = []
-    skipped: list[int] = []
-    for index in sorted(golden):
-        if index in conflicts:
-            continue
-        if index in skip_rim_indexes:
-            skipped.append(index)
-            continue
-        source, entry = golden[index]
-        result = _compare_one(entry, source, runtime)
-        if result is None:
-            matched.append(index)
-        else:
-            mismatches.append(result)
-    return MeasurementComparison(
-        matched=tuple(matched),
-        mismatches=tuple(mismatches),
-        conflicts=tuple(sorted(conflicts)),
-        skipped=tuple(skipped),
-        golden_count=len(matched) + len(mismatches) + len(conflicts),
-    )
+    return _compare_golden(golden, conflicts, runtime, skip_rim_indexes)
+
+
+def compare_single(
+    runtime: Mapping[int, bytes],
+    rim: Rim,
+    *,
+    source: Source = "bios",
+    skip_rim_indexes: Collection[int] = (),
+) -> MeasurementComparison:
+    """Compare report blocks against one RIM alone (an NVSwitch and its BIOS RIM).
+
+    The same rules as ``compare_measurements`` (active entries only, block = index + 1, any
+    alternative with the right size matches, a missing block is a mismatch, no golden value at
+    all is not ``ok``); there is no second RIM, so no conflict. ``source`` labels the mismatches.
+    The RIM's kind is not checked here: the caller picked the RIM and reports a wrong kind itself.
+    """
+    _check_runtime(runtime)
+    # parse_rim guarantees unique indexes, so one RIM cannot conflict with itself
+    golden = {e.index: (source, e) for e in rim.measurements if e.active}
+    return _compare_golden(golden, (), runtime, skip_rim_indexes)

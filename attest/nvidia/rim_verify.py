@@ -8,9 +8,12 @@ Order and reasons (``VerificationError.reason``):
 2. the signer is an end-entity P-384 key allowed to sign (``rim_signer``);
 3. signxml checks the enveloped signature with that signer only — pinned to ECDSA-SHA384,
    SHA-384 digests, exactly one Reference, Signature a child of the root (``rim_signature``);
-4. the identity and measurements are read again from the bytes signxml says are signed and must
-   equal what the parser read (``rim_signature_wrapping``), so no field of a ``VerifiedRim`` comes
-   from outside the signature.
+4. no field of a ``VerifiedRim`` comes from outside the signature (``rim_signature_wrapping``):
+   ``verify_rim_bytes`` (and ``RimVerifier`` given bytes) parses the document once and requires
+   the canonical form of the parsed tree minus its Signature to equal, byte for byte, the content
+   signxml digested and verified; ``verify_rim``, given a ``Rim`` object it did not parse itself,
+   reads the identity and measurements again from the signed content and requires equality with
+   the object's fields.
 
 The caller runs revocation (OCSP) on ``VerifiedRim.chain``. ``RimVerifier`` remembers verified
 RIMs by their exact bytes and reuses an answer only for a time inside the window in which the
@@ -30,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from lxml import etree
 from signxml.algorithms import DigestAlgorithm, SignatureMethod
 from signxml.exceptions import SignXMLException
-from signxml.verifier import SignatureConfiguration, XMLVerifier
+from signxml.verifier import SignatureConfiguration, VerifyResult, XMLVerifier
 
 from attest import roots
 from attest.errors import ChainError, VerificationError
@@ -40,7 +43,7 @@ from attest.nvidia.rim_parse import (
     RimBody,
     RimParseError,
     hardened_parser,
-    parse_rim,
+    parse_rim_with_content,
     read_body,
 )
 from attest.timeutil import require_aware
@@ -151,11 +154,14 @@ def _same_content(rim: Rim, body: RimBody) -> bool:
     )
 
 
-def _check_signature(rim: Rim, signer: x509.Certificate, at: datetime) -> None:
+def _signxml(raw: bytes, signer: x509.Certificate, at: datetime) -> VerifyResult:
+    """Run signxml on ``raw`` with ``signer`` only. The result's ``signed_data`` is the bytes the
+    Reference digest covers (canonical document minus the Signature); ``signed_xml`` is those
+    bytes parsed again by signxml."""
     config = _signature_config(at)
     try:
         result = XMLVerifier().verify(
-            rim.raw, x509_cert=signer, parser=hardened_parser(), expect_config=config
+            raw, x509_cert=signer, parser=hardened_parser(), expect_config=config
         )
     except (
         SignXMLException,
@@ -174,6 +180,26 @@ def _check_signature(rim: Rim, signer: x509.Certificate, at: datetime) -> None:
         raise RimVerificationError(
             "RIM signature has more than one reference", reason="rim_signature"
         )
+    if not isinstance(result.signed_data, bytes):
+        raise RimVerificationError(
+            "the signed content is not a document", reason="rim_signature_wrapping"
+        )
+    return result
+
+
+def _check_signed_content(content: bytes, signed: bytes) -> None:
+    """Fast path: ``content`` is the canonical form of the tree the RIM's fields were read from
+    (``parse_rim_with_content``); equal bytes prove those fields are the signed ones."""
+    if content != signed:
+        raise RimVerificationError(
+            "the content the signature covers is not the document that was parsed",
+            reason="rim_signature_wrapping",
+        )
+
+
+def _check_reread(rim: Rim, result: VerifyResult) -> None:
+    """Slow path, for a ``Rim`` object whose provenance we did not see: read every field again
+    from the signed content itself (as signxml parsed it) and require equality."""
     signed = result.signed_xml
     if signed is None or not isinstance(signed.tag, str):
         raise RimVerificationError(
@@ -196,14 +222,14 @@ def _check_signature(rim: Rim, signer: x509.Certificate, at: datetime) -> None:
         )
 
 
-def verify_rim(
+def _verify(
     rim: Rim,
+    content: bytes | None,
     *,
     at: datetime,
-    root: x509.Certificate | None = None,
-    chain_cache: ChainCache | None = None,
+    root: x509.Certificate | None,
+    chain_cache: ChainCache | None,
 ) -> VerifiedRim:
-    """Verify ``rim`` as of ``at`` against ``root`` (default: the pinned NVIDIA RIM root)."""
     at = require_aware(at)
     trust = root if root is not None else roots.nvidia_rim_root()
     what = f"RIM signer chain of {rim.name} {rim.version}"
@@ -215,8 +241,42 @@ def verify_rim(
     except ChainError as exc:
         raise RimChainError(str(exc), chain_reason=exc.reason) from exc
     _check_signer(chain.leaf)
-    _check_signature(rim, chain.leaf, at)
+    result = _signxml(rim.raw, chain.leaf, at)
+    if content is not None:
+        _check_signed_content(content, result.signed_data)
+    else:
+        _check_reread(rim, result)
     return VerifiedRim(rim=rim, chain=chain)
+
+
+def verify_rim(
+    rim: Rim,
+    *,
+    at: datetime,
+    root: x509.Certificate | None = None,
+    chain_cache: ChainCache | None = None,
+) -> VerifiedRim:
+    """Verify ``rim`` as of ``at`` against ``root`` (default: the pinned NVIDIA RIM root).
+
+    ``rim`` may come from anywhere (even be edited after parsing), so its fields are read again
+    from the content the signature covers and compared. Given the bytes, ``verify_rim_bytes``
+    does the same checks with one parse.
+    """
+    return _verify(rim, None, at=at, root=root, chain_cache=chain_cache)
+
+
+def verify_rim_bytes(
+    data: bytes,
+    *,
+    at: datetime,
+    root: x509.Certificate | None = None,
+    chain_cache: ChainCache | None = None,
+) -> VerifiedRim:
+    """Parse and verify raw RIM bytes as of ``at``; raise ``RimParseError`` or a verification
+    error. The document is read once: its fields are proven to be the signed ones by comparing
+    the canonical form of the parsed tree with the bytes signxml verified."""
+    rim, content = parse_rim_with_content(data)
+    return _verify(rim, content, at=at, root=root, chain_cache=chain_cache)
 
 
 class RimVerifier:
@@ -255,8 +315,10 @@ class RimVerifier:
         hit = self._lookup(raw, at)
         if hit is not None and (isinstance(rim, bytes) or hit.rim == rim):
             return hit
-        parsed = parse_rim(rim) if isinstance(rim, bytes) else rim
-        result = verify_rim(parsed, at=at, root=self._root, chain_cache=self._chain_cache)
+        if isinstance(rim, bytes):
+            result = verify_rim_bytes(rim, at=at, root=self._root, chain_cache=self._chain_cache)
+        else:
+            result = verify_rim(rim, at=at, root=self._root, chain_cache=self._chain_cache)
         with self._lock:
             self._entries[raw] = result
             self._entries.move_to_end(raw)

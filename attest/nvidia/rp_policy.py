@@ -15,13 +15,13 @@ verifier, so ``LOCAL_GPU_VERIFIER`` is satisfied; a policy that demands NVIDIA's
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from attest.errors import InputError
 from attest.findings import Finding
+from attest.jsonutil import load_json
 
 #: NVIDIA's policy files are ~1.5 KiB.
 MAX_RP_POLICY_BYTES = 64 * 1024
@@ -83,10 +83,7 @@ def load_nvidia_policy(data: bytes | str) -> NvidiaRpPolicy:
     raw = data.encode() if isinstance(data, str) else data
     if len(raw) > MAX_RP_POLICY_BYTES:
         raise InputError(f"NVIDIA policy is larger than {MAX_RP_POLICY_BYTES} bytes")
-    try:
-        doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"NVIDIA policy is not JSON: {exc}") from exc
+    doc = load_json(raw, what="NVIDIA policy")
     if not isinstance(doc, dict) or set(doc) != {"version", "authorization-rules"}:
         raise InputError("NVIDIA policy must have exactly 'version' and 'authorization-rules'")
     version = doc["version"]

@@ -161,6 +161,7 @@ _T = TypeVar("_T")
 #: What ``cryptography`` raises for a certificate it cannot decode (not all are ValueErrors).
 _CERT_DECODE_ERRORS = (
     ValueError,
+    TypeError,
     UnsupportedAlgorithm,
     x509.InvalidVersion,
     x509.DuplicateExtension,
@@ -215,9 +216,15 @@ def load_amd_certificates(data: bytes) -> tuple[x509.Certificate, ...]:
     return (_force_parse(_tolerating_serial_zero(x509.load_der_x509_certificate, data)),)
 
 
+#: CN prefix of lessee's per-installation emulation CAs (agent/emulation/pki.py). The role is
+#: read from the rest of the name; trust still comes only from a pinned ARK's hash or an ARK
+#: the caller's policy named (``extra_arks``), so the prefix grants nothing by itself.
+EMULATION_CN_PREFIX = "LESSEE EMULATION "
+
+
 def classify(cert: x509.Certificate) -> tuple[CertRole, Product | None]:
     """Role and product of an AMD certificate from its subject CN; InputError if not AMD's."""
-    name = describe(cert)
+    name = describe(cert).removeprefix(EMULATION_CN_PREFIX)
     if name == "SEV-VCEK":
         return CertRole.VCEK, None
     if name == "SEV-VLEK":

@@ -1,0 +1,1024 @@
+"""``lessee audit replay``: re-run every logged decision offline and compare the verdicts.
+
+``audit verify`` proves the log was not rewritten; it says nothing about whether the decisions
+*in* it were right. Replay closes that gap: for every entry it takes the archived bytes (the
+policy document, the evidence bundle, the broker's collateral), re-derives what the broker
+should have derived, re-runs parse -> verify -> appraise **as of the entry's logged time**, and
+compares the result with the signed result the broker logged. It trusts nothing but the log's
+key, the verifier's (broker's) result key, the pinned vendor roots, and roots the auditor hands
+in that the logged policy names by digest. No network: collateral the log did not archive is
+collateral the replay does not have, and the verdict will show it.
+
+Per entry (each failure is a ``Finding`` naming the entry; the replay keeps going):
+
+1. **Blobs.** The policy (and for attest entries the evidence and collateral) are read from the
+   bundle and used only if their bytes hash to the entry's reference (``replay_blob_unusable``
+   otherwise; ``audit verify`` reports the blob itself as missing or replaced).
+2. **Policy.** The document loads (``policy_invalid``) and its digest is the EAR's
+   ``ear.lessee.policy-digest`` (``policy_digest_mismatch``).
+3. **Result.** The logged EAR verifies with the pinned verifier key as of the logged time
+   (``ear_invalid`` with the reason; for a release, an expired result is
+   ``release_after_expiry``); its ``eat_nonce`` is the logged nonce (``nonce_mismatch``); for
+   an attest entry its ``iat`` is the logged time, to the second (``ear_time_mismatch``).
+4. **Binding.** ``derive_binding(nonce, EAR enclave key, protocol label)`` equals the logged
+   binding (``binding_mismatch``); the recomputed binding is what the appraisal uses.
+5. **Appraisal** (attest entries). One ``evidence-bundle`` blob (``evidence_unusable``) that
+   parses (``evidence_malformed``); collateral ``broker-rim-0..n-1`` as the broker's RIMs
+   (``collateral_unknown`` for any other role); then the composite appraisal with the logged
+   policy at the logged time, and ``verdict_mismatch`` unless the verdicts are *equal*:
+
+   * the overall status is equal: the worst of every submodule's ``ear.status`` and of the
+     enclave-level findings (``reject`` -> contraindicated, otherwise warning) -- the status
+     the broker stored and ``release_key`` acted on;
+   * the set of submodule names is equal;
+   * for each submodule: ``ear.status``, ``ear.trustworthiness-vector``,
+     ``ear.appraisal-policy-id`` and every claim are equal after a JSON round trip, and the
+     findings (``ear.lessee.findings``) are equal as multisets of
+     ``(device, field, expected, actual, severity)``;
+   * the enclave-level findings (the EAR's top-level ``ear.lessee.findings``) are equal as
+     multisets of the same tuple.
+
+   A finding's ``detail`` is free text for people (exception messages, hints) and is *not*
+   compared: a rewording between verifier builds does not change a verdict. Everything that
+   does change a verdict -- which check failed, on which device, with which values, and how
+   badly -- is compared.
+
+Across the log (in log order):
+
+6. **Releases.** A release entry names a result (the EAR's ``jti``). There must be an earlier
+   attest entry with that result (``release_without_attest``) whose logged verdict was
+   affirming (``release_not_affirming``) and whose recomputed verdict is affirming too
+   (``release_verdict_not_reproduced``); the release carries the very token that entry logged
+   (``release_result_differs``), for the same enclave key -- the release's recipient key digest
+   is SHA-256 of the EAR's enclave key (``release_key_mismatch``) --, the same model id
+   (``release_model_mismatch``), nonce (``release_nonce_mismatch``) and binding
+   (``release_binding_mismatch``), not before the attest entry (``release_before_attest``) and
+   no later than the result's ``exp`` (``release_after_expiry``: strict, the broker's own clock
+   wrote both times). At most one release per result (``release_repeated``).
+7. **Nonces and results.** No nonce appears in two attest entries (``nonce_reused``) and no
+   result id is issued twice (``result_id_reused``).
+
+Emulated roots: a policy may trust extra roots by SHA-256 (``roots.extra_trusted_sha256``). The
+broker does not archive them, so the auditor supplies candidate certificates; a candidate is
+used for an entry only if that entry's logged policy lists its SHA-256. Listed roots that were
+not supplied are recorded per entry and named in a ``verdict_mismatch`` message.
+
+Parallelism: entries are independent until step 6, so steps 1-5 run in a process pool (each
+worker keeps its own verifier caches) and steps 6-7 run afterwards in the parent. The same
+per-entry code runs in-process when ``workers == 1``; results are identical either way.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import multiprocessing
+import os
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from agent.audit.bundle import Bundle
+from agent.audit.verify import MAX_FINDINGS_PER_CODE, AuditResult, Finding, verify_bundle
+from attest.appraise.common import DeviceAppraisal
+from attest.appraise.composite import AppraisalContext, appraise_bundle
+from attest.binding import DEFAULT_PROTOCOL_LABEL, SessionBinding, derive_binding
+from attest.bundle import EvidenceBundle, load_bundle
+from attest.ear import AttestationResult, Status, VerifyingKey, verify_ear
+from attest.errors import InputError, LesseeError, ParseError, VerificationError
+from attest.findings import Finding as AppraisalFinding
+from attest.log.entry import MAX_BLOB_SIZE, EntryKind, LogEntry
+from attest.log.note import NoteVerifier
+from attest.policy import Policy, load_policy
+from attest.snp.report import Product
+from attest.snp.verify import CertRole, classify
+from attest.x509chain import load_pem_chain
+
+#: Version of the JSON report (``ReplayReport.to_json``); bump on any incompatible change.
+REPORT_VERSION = 1
+#: The role the broker gives the evidence bundle, and the prefix of its own RIMs.
+EVIDENCE_ROLE = "evidence-bundle"
+EVIDENCE_MEDIA_TYPE = "application/json"
+RIM_ROLE_PREFIX = "broker-rim-"
+#: Archived trust roots (agent.broker.appraiser): ``trust-root-<role>-<n>``.
+TRUST_ROOT_ROLE_PREFIX = "trust-root-"
+#: Claim names the broker puts in the EAR (see ``agent.broker.service``).
+MODEL_ID_CLAIM = "ear.lessee.model-id"
+FINDINGS_CLAIM = "ear.lessee.findings"
+#: Trust-anchor roles a candidate root can fill (the first two as in ``TrustAnchors``).
+ROOT_ROLES = ("nvidia_device_root", "nvidia_rim_root", "amd_ark")
+#: Most candidate root certificates: emulation needs three; this only bounds a silly input.
+MAX_ROOT_CANDIDATES = 64
+#: Largest candidate file (a PEM bundle of a few roots is a few kB).
+MAX_CANDIDATE_FILE_BYTES = 1024 * 1024
+#: Entries per task sent to a worker: an appraisal costs ~5 ms, so 16 entries amortise the
+#: pickling and scheduling while keeping work balanced and the progress bar moving.
+CHUNK_ENTRIES = 16
+#: Chunks queued per worker beyond the one it runs: keeps workers busy while bounding the
+#: archived blobs the parent holds in memory at once.
+CHUNKS_AHEAD_PER_WORKER = 2
+#: Most worker processes, whatever ``--workers`` says (each holds its own caches).
+MAX_WORKERS = 256
+#: Longest message of one finding: a verdict difference over 8 GPUs stays readable.
+MAX_MESSAGE_CHARS = 4000
+#: Findings listed per entry in one ``verdict_mismatch`` message before "and N more".
+MAX_DIFF_ITEMS = 8
+#: Parsed policies kept per process: a log has a handful; this bounds a log with thousands.
+MAX_CACHED_POLICIES = 64
+#: Collateral and policy blobs repeat across entries (the broker's RIMs, one policy), so the
+#: parent keeps the verified bytes of recent ones instead of re-reading and re-hashing them.
+#: Evidence is per session and never cached. Bounds: total bytes held, and size of one blob.
+BLOB_CACHE_BYTES = 32 * 1024 * 1024
+MAX_CACHED_BLOB_BYTES = 1024 * 1024
+
+_ARK_NAME = re.compile(r"(?:^|\s)ARK-(?:" + "|".join(p.value for p in Product) + r")$")
+
+ReplayAppraise = Callable[
+    [EvidenceBundle, SessionBinding, Policy, datetime, AppraisalContext],
+    tuple[tuple[DeviceAppraisal, ...], tuple[AppraisalFinding, ...]],
+]
+
+
+def composite_appraise(
+    bundle: EvidenceBundle,
+    binding: SessionBinding,
+    policy: Policy,
+    at: datetime,
+    context: AppraisalContext,
+) -> tuple[tuple[DeviceAppraisal, ...], tuple[AppraisalFinding, ...]]:
+    """The broker's appraisal (``agent.broker.appraiser.composite_appraiser``), as a function
+    a worker process can be handed by reference."""
+    return appraise_bundle(bundle, binding, policy, at, context=context)
+
+
+# ---- trust-root candidates -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RootCandidate:
+    """A root certificate the auditor offers; used only where a logged policy lists it."""
+
+    role: str
+    der: bytes
+
+    def __post_init__(self) -> None:
+        if self.role not in ROOT_ROLES:
+            raise InputError(f"unknown trust-root role {self.role!r}; use one of {ROOT_ROLES}")
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.der).hexdigest()
+
+
+def infer_root_role(cert: x509.Certificate) -> str:
+    """Which trust anchor a root fills. AMD roots are named ``ARK-<product>`` (the emulation's
+    ``LESSEE EMULATION ARK-Milan`` too); NVIDIA's RIM root says "RIM" in its common name
+    ("NVIDIA CoRIM signing Root CA"); any other root is a device identity root. ``ROLE=FILE``
+    on the command line overrides this guess."""
+    try:
+        role, _ = classify(cert)
+    except InputError:
+        role = None
+    names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    cn = str(names[0].value) if names else ""
+    if role is CertRole.ARK or _ARK_NAME.search(cn):
+        return "amd_ark"
+    return "nvidia_rim_root" if "RIM" in cn.upper() else "nvidia_device_root"
+
+
+def load_root_candidates(data: bytes, *, role: str | None = None) -> tuple[RootCandidate, ...]:
+    """Every certificate of a PEM file as a candidate (``role`` for all, or inferred each)."""
+    if len(data) > MAX_CANDIDATE_FILE_BYTES:
+        raise InputError(f"trust-root candidate file larger than {MAX_CANDIDATE_FILE_BYTES} bytes")
+    certs = load_pem_chain(data, max_certs=MAX_ROOT_CANDIDATES)
+    return tuple(
+        RootCandidate(role or infer_root_role(c), c.public_bytes(Encoding.DER)) for c in certs
+    )
+
+
+def parse_candidate_arg(text: str) -> tuple[str | None, str]:
+    """``ROLE=PATH`` or ``PATH`` (a path whose prefix before ``=`` is no role stays whole)."""
+    role, sep, rest = text.partition("=")
+    if sep and role in ROOT_ROLES:
+        if not rest:
+            raise InputError(f"{text!r}: no file after '{role}='")
+        return role, rest
+    return None, text
+
+
+# ---- verdicts --------------------------------------------------------------------------------
+
+
+#: One encoder for every canonical form (``json.dumps`` with options builds one per call).
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _canonical(value: Any) -> str:
+    """Canonical JSON text: sorted keys, no spaces. Tuples and lists spell the same, so a value
+    parsed from the logged token and one computed now compare equal iff they mean the same."""
+    return _ENCODER.encode(value)
+
+
+_FINDING_FIELDS = ("device", "field", "expected", "actual", "severity")
+
+
+def _finding_keys(raw: object) -> tuple[str, ...] | None:
+    """Findings as sorted canonical ``[device, field, expected, actual, severity]``; None if
+    ``raw`` is not a list of finding objects."""
+    if not isinstance(raw, list | tuple):
+        return None
+    keys = []
+    for item in raw:
+        if not isinstance(item, dict) or not {"device", "field", "severity"} <= item.keys():
+            return None
+        keys.append(_canonical([item.get(k) for k in _FINDING_FIELDS]))
+    return tuple(sorted(keys))
+
+
+@dataclass(frozen=True)
+class SubmoduleVerdict:
+    """One submodule as the equality rule sees it (JSON values in canonical text)."""
+
+    status: Status
+    trust_vector: str
+    policy_id: str | None
+    claims: str
+    findings: tuple[str, ...] | None  # None: not a list of finding objects
+
+    @classmethod
+    def of(cls, body: Mapping[str, Any]) -> SubmoduleVerdict:
+        policy_id = body.get("ear.appraisal-policy-id")
+        try:
+            status = Status(str(body.get("ear.status", "")))
+        except ValueError:
+            status = Status.NONE
+        claims = {k: v for k, v in body.items() if k not in _SUBMODULE_KEYS}
+        return cls(
+            status,
+            _canonical(body.get("ear.trustworthiness-vector", {})),
+            policy_id if isinstance(policy_id, str) else _canonical(policy_id),
+            _canonical(claims),
+            _finding_keys(body.get(FINDINGS_CLAIM, [])),
+        )
+
+
+_SUBMODULE_KEYS = (
+    "ear.status",
+    "ear.trustworthiness-vector",
+    "ear.appraisal-policy-id",
+    FINDINGS_CLAIM,
+)
+
+
+def _finding_list_ok(raw: object) -> bool:
+    return isinstance(raw, list | tuple) and all(
+        isinstance(item, dict) and {"device", "field", "severity"} <= item.keys() for item in raw
+    )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A verdict as the equality rule compares it (see the module docstring).
+
+    Holds the submodules and enclave findings as JSON objects plus one canonical text of each:
+    equal texts mean equal in every respect, so ``compare_verdicts`` only normalises (finding
+    multisets without ``detail``) where the texts differ.
+    """
+
+    status: Status
+    submods: Mapping[str, Mapping[str, Any]]
+    enclave: tuple[Any, ...]
+    texts: Mapping[str, str]
+    enclave_text: str
+
+    @classmethod
+    def build(cls, submods: Mapping[str, object], enclave_raw: object) -> Verdict | None:
+        """From submodule JSON objects (EAR form) and the enclave-level findings list; None
+        if they are not in lessee's form."""
+        enclave = enclave_raw if enclave_raw is not None else []
+        if not _finding_list_ok(enclave):
+            return None
+        assert isinstance(enclave, list | tuple)
+        statuses = []
+        bodies: dict[str, Mapping[str, Any]] = {}
+        for name, body in submods.items():
+            if not isinstance(body, Mapping):
+                return None
+            try:
+                statuses.append(Status(str(body.get("ear.status", ""))))
+            except ValueError:
+                return None
+            bodies[name] = body
+        if any(f.get("severity") == "reject" for f in enclave):
+            statuses.append(Status.CONTRAINDICATED)
+        elif enclave:
+            statuses.append(Status.WARNING)
+        status = Status.worst(statuses) if statuses else Status.CONTRAINDICATED
+        texts = {name: _canonical(body) for name, body in bodies.items()}
+        return cls(status, bodies, tuple(enclave), texts, _canonical(list(enclave)))
+
+    @classmethod
+    def logged(cls, claims: AttestationResult) -> Verdict | None:
+        return cls.build(
+            {n: s.to_json() for n, s in claims.submods.items()}, claims.extra.get(FINDINGS_CLAIM)
+        )
+
+    @classmethod
+    def recomputed(
+        cls,
+        devices: Sequence[DeviceAppraisal],
+        findings: Sequence[AppraisalFinding],
+        policy_digest: str,
+    ) -> Verdict:
+        verdict = cls.build(
+            {d.name: d.submodule(policy_digest).to_json() for d in devices},
+            [f.to_json() for f in findings],
+        )
+        assert verdict is not None  # our own appraisal always has the right shape
+        return verdict
+
+
+def _short(key: str) -> str:
+    device, name, expected, actual, severity = json.loads(key)
+    return f"{device}.{name} ({severity}: expected {expected!r}, got {actual!r})"
+
+
+def _multiset_diff(logged: tuple[str, ...], ours: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    a, b = Counter(logged), Counter(ours)
+    return sorted((a - b).elements()), sorted((b - a).elements())
+
+
+def _list(items: list[str]) -> str:
+    shown = [_short(k) for k in items[:MAX_DIFF_ITEMS]]
+    more = f" and {len(items) - MAX_DIFF_ITEMS} more" if len(items) > MAX_DIFF_ITEMS else ""
+    return "[" + "; ".join(shown) + "]" + more
+
+
+def _claim_keys_differing(a: str, b: str) -> list[str]:
+    x, y = json.loads(a), json.loads(b)
+    return sorted(k for k in set(x) | set(y) if x.get(k) != y.get(k))
+
+
+def _findings_diff(where: str, a: tuple[str, ...] | None, b: tuple[str, ...] | None) -> list[str]:
+    if a is None or b is None:
+        return [f"{where} findings are not a list of finding objects"]
+    lost, gained = _multiset_diff(a, b)
+    out = []
+    if lost:
+        out.append(f"{where} findings only in the log {_list(lost)}")
+    if gained:
+        out.append(f"{where} findings only recomputed {_list(gained)}")
+    return out
+
+
+def compare_verdicts(logged: Verdict, ours: Verdict) -> list[str]:
+    """Every difference, one phrase each; empty iff the verdicts are equal."""
+    out: list[str] = []
+    if logged.status is not ours.status:
+        out.append(f"overall status logged {logged.status.value}, recomputed {ours.status.value}")
+    only_logged = sorted(set(logged.submods) - set(ours.submods))
+    only_ours = sorted(set(ours.submods) - set(logged.submods))
+    if only_logged or only_ours:
+        out.append(f"submodules only logged {only_logged}, only recomputed {only_ours}")
+    for name in sorted(set(logged.submods) & set(ours.submods)):
+        if logged.texts[name] == ours.texts[name]:
+            continue
+        a, b = SubmoduleVerdict.of(logged.submods[name]), SubmoduleVerdict.of(ours.submods[name])
+        if a.status is not b.status:
+            out.append(f"{name} status logged {a.status.value}, recomputed {b.status.value}")
+        if a.trust_vector != b.trust_vector:
+            out.append(f"{name} trust vector logged {a.trust_vector}, recomputed {b.trust_vector}")
+        if a.policy_id != b.policy_id:
+            out.append(f"{name} policy id logged {a.policy_id}, recomputed {b.policy_id}")
+        if a.claims != b.claims:
+            out.append(f"{name} claims differ: {_claim_keys_differing(a.claims, b.claims)}")
+        out.extend(_findings_diff(name, a.findings, b.findings))
+    if logged.enclave_text != ours.enclave_text:
+        out.extend(
+            _findings_diff(
+                "enclave", _finding_keys(list(logged.enclave)), _finding_keys(list(ours.enclave))
+            )
+        )
+    return out
+
+
+# ---- one entry -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EntryReplay:
+    """What replaying one entry established; the cross-entry checks work from these alone."""
+
+    index: int
+    kind: EntryKind
+    time: datetime
+    nonce: bytes
+    binding: bytes
+    findings: tuple[Finding, ...] = ()
+    #: From the verified EAR (None where it did not verify).
+    result_id: str | None = None
+    result_sha256: bytes | None = None
+    enclave_key_sha256: bytes | None = None
+    model_id: str | None = None
+    expires_at: int | None = None
+    logged_status: Status | None = None
+    #: Attest entries the replay could appraise.
+    recomputed_status: Status | None = None
+    verdict_equal: bool | None = None
+    #: SHA-256 of roots the policy trusts that no candidate supplied.
+    roots_unavailable: tuple[str, ...] = ()
+    #: Release entries: the logged recipient key digest.
+    recipient_key_sha256: bytes | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "index": self.index,
+            "kind": self.kind.value,
+            "time": self.time.isoformat(),
+            "result_id": self.result_id,
+            "model_id": self.model_id,
+            "logged_status": self.logged_status.value if self.logged_status else None,
+            "recomputed_status": self.recomputed_status.value if self.recomputed_status else None,
+            "verdict_equal": self.verdict_equal,
+            "roots_unavailable": list(self.roots_unavailable),
+            "findings": len(self.findings),
+        }
+
+
+@dataclass(frozen=True)
+class EntryInput:
+    """One entry and the archived blobs whose bytes matched their references."""
+
+    index: int
+    entry: LogEntry
+    blobs: Mapping[bytes, bytes]
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """Everything a worker needs, in picklable form."""
+
+    verifier_key_spki: bytes
+    candidates: tuple[RootCandidate, ...] = ()
+    protocol_label: str = DEFAULT_PROTOCOL_LABEL
+    appraise: ReplayAppraise = composite_appraise
+
+
+def _spki(key: VerifyingKey) -> bytes:
+    return key.public_bytes(Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _load_spki(der: bytes) -> VerifyingKey:
+    key = serialization.load_der_public_key(der)
+    if isinstance(key, ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey):
+        return key
+    raise InputError("the verifier key must be P-256 or Ed25519")
+
+
+class _Stop(Exception):  # noqa: N818 (control flow inside one entry's replay, never escapes)
+    """Stop replaying this entry: the findings so far say why the rest cannot be checked."""
+
+
+class EntryReplayer:
+    """Replays single entries (steps 1-5); one per process, caches shared across entries."""
+
+    def __init__(self, config: ReplayConfig) -> None:
+        self.config = config
+        self.key = _load_spki(config.verifier_key_spki)
+        self.candidates = [
+            (c, x509.load_der_x509_certificate(c.der), c.sha256) for c in config.candidates
+        ]
+        # The broker keeps one long-lived context; the replay shares the verifier caches across
+        # entries the same way. They are keyed by exact bytes and validity windows, so a hit is
+        # exactly what a fresh verification at that entry's time would give.
+        self._caches: dict[Any, Any] = {}
+        self._policies: dict[bytes, tuple[Policy, str]] = {}
+
+    def _policy(self, sha256: bytes, data: bytes) -> tuple[Policy, str]:
+        """The parsed policy and its digest (``Policy.digest`` re-serialises; done once)."""
+        hit = self._policies.get(sha256)
+        if hit is None:
+            policy = load_policy(data)
+            if len(self._policies) >= MAX_CACHED_POLICIES:
+                self._policies.clear()
+            hit = self._policies[sha256] = (policy, policy.digest)
+        return hit
+
+    def replay(self, item: EntryInput) -> EntryReplay:
+        findings: list[Finding] = []
+        facts: dict[str, Any] = {}
+        try:
+            self._replay(item, findings, facts)
+        except _Stop:
+            pass
+        except LesseeError as exc:  # a typed failure not anticipated above: still named
+            findings.append(Finding("replay_failed", exc.diagnostics(), item.index))
+        except Exception as exc:  # a verifier bug must not stop the audit of every other entry
+            findings.append(
+                Finding("replay_error", f"internal error {type(exc).__name__}", item.index)
+            )
+        e = item.entry
+        return EntryReplay(
+            index=item.index,
+            kind=e.kind,
+            time=e.time,
+            nonce=e.nonce,
+            binding=e.binding,
+            findings=tuple(findings),
+            recipient_key_sha256=e.recipient_key_sha256,
+            **facts,
+        )
+
+    def _replay(self, item: EntryInput, findings: list[Finding], facts: dict[str, Any]) -> None:
+        e, idx = item.entry, item.index
+
+        def add(code: str, message: str) -> None:
+            findings.append(Finding(code, message[:MAX_MESSAGE_CHARS], idx))
+
+        def blob(role: str, sha256: bytes) -> bytes:
+            data = item.blobs.get(sha256)
+            if data is None:
+                add("replay_blob_unusable", f"{role}: archived bytes missing or not {sha256.hex()}")
+                raise _Stop
+            return data
+
+        # 1-2. The logged policy document.
+        policy_bytes = blob("policy", e.policy.sha256)
+        try:
+            policy, policy_digest = self._policy(e.policy.sha256, policy_bytes)
+        except InputError as exc:
+            add("policy_invalid", f"logged policy does not load: {exc}")
+            raise _Stop from None
+
+        # 3. The logged result, with the pinned key, as of the logged time.
+        try:
+            claims = verify_ear(e.result, self.key, at=e.time)
+        except VerificationError as exc:
+            reason = getattr(exc, "reason", "verification_failed")
+            if e.kind is EntryKind.RELEASE and reason == "ear_expired":
+                add("release_after_expiry", f"the result had expired at the release time ({exc})")
+            else:
+                add("ear_invalid", f"{reason}: {exc}")
+            raise _Stop from None
+        except ParseError as exc:
+            add("ear_malformed", str(exc))
+            raise _Stop from None
+        enclave_key = claims.enclave_key or b""
+        facts.update(
+            result_id=claims.result_id,
+            result_sha256=hashlib.sha256(e.result.encode("ascii")).digest(),
+            enclave_key_sha256=hashlib.sha256(enclave_key).digest(),
+            expires_at=claims.expires_at,
+            model_id=(
+                e.model_id
+                if e.kind is EntryKind.RELEASE
+                else _str_or_none(claims.extra.get(MODEL_ID_CLAIM))
+            ),
+        )
+        logged = Verdict.logged(claims)
+        if logged is None:
+            add("ear_malformed", "the result's submodules or findings are not in lessee's form")
+            raise _Stop
+        facts["logged_status"] = logged.status
+        if claims.policy_digest != policy_digest:
+            add(
+                "policy_digest_mismatch",
+                f"result names policy {claims.policy_digest}, logged policy is {policy_digest}",
+            )
+        if claims.nonce != e.nonce:
+            add("nonce_mismatch", "the result's eat_nonce is not the logged nonce")
+        if e.kind is EntryKind.ATTEST and claims.issued_at != int(e.time.timestamp()):
+            add(
+                "ear_time_mismatch",
+                f"result issued at {claims.issued_at}, entry logged at {int(e.time.timestamp())}",
+            )
+        if e.kind is EntryKind.RELEASE and e.recipient_key_sha256 != facts["enclave_key_sha256"]:
+            add(
+                "release_key_mismatch",
+                "recipient key digest is not SHA-256 of the result's enclave key",
+            )
+
+        # 4. The binding, from what the broker says it used.
+        try:
+            binding = derive_binding(e.nonce, enclave_key, self.config.protocol_label)
+        except InputError as exc:
+            add("binding_mismatch", f"cannot derive the binding: {exc}")
+            raise _Stop from None
+        if binding.report_data != e.binding:
+            add("binding_mismatch", "logged binding is not derived from the nonce and enclave key")
+        if e.kind is EntryKind.RELEASE:
+            return
+
+        # 5. Re-appraise with the archived evidence and collateral.
+        if len(e.evidence) != 1 or e.evidence[0].role != EVIDENCE_ROLE:
+            add("evidence_unusable", f"expected one {EVIDENCE_ROLE!r} blob")
+            raise _Stop
+        ref = e.evidence[0]
+        if ref.media_type != EVIDENCE_MEDIA_TYPE:
+            add("evidence_unusable", f"evidence media type {ref.media_type!r}")
+            raise _Stop
+        try:
+            bundle = load_bundle(blob(ref.role, ref.sha256))
+        except InputError as exc:
+            add("evidence_malformed", str(exc))
+            raise _Stop from None
+        rims = self._rims(e, blob, add)
+        ctx, missing = self._context(policy, rims, self._archived_roots(e, blob, add))
+        facts["roots_unavailable"] = missing
+        devices, enclave = self.config.appraise(bundle, binding, policy, e.time, ctx)
+        ours = Verdict.recomputed(devices, enclave, policy_digest)
+        facts["recomputed_status"] = ours.status
+        diffs = compare_verdicts(logged, ours)
+        facts["verdict_equal"] = not diffs
+        if diffs:
+            hint = (
+                f" (the policy trusts roots not supplied: {', '.join(missing)}; pass them with "
+                "--trust-root-candidates)"
+                if missing
+                else ""
+            )
+            add("verdict_mismatch", "; ".join(diffs) + hint)
+
+    @staticmethod
+    def _rims(
+        e: LogEntry, blob: Callable[[str, bytes], bytes], add: Callable[[str, str], None]
+    ) -> list[bytes]:
+        by_number: dict[int, bytes] = {}
+        for ref in e.collateral:
+            suffix = ref.role.removeprefix(RIM_ROLE_PREFIX)
+            if ref.role.startswith(TRUST_ROOT_ROLE_PREFIX):
+                continue  # archived trust roots: read by ``_archived_roots``
+            if (
+                ref.role.startswith(RIM_ROLE_PREFIX)
+                and suffix.isdigit()
+                and suffix == str(int(suffix))
+            ):
+                by_number[int(suffix)] = blob(ref.role, ref.sha256)
+            else:
+                add("collateral_unknown", f"collateral role {ref.role!r} is not one replay knows")
+                raise _Stop
+        if sorted(by_number) != list(range(len(by_number))):
+            add("collateral_unknown", f"broker RIMs are not numbered 0..{len(by_number) - 1}")
+            raise _Stop
+        return [by_number[i] for i in range(len(by_number))]
+
+    @staticmethod
+    def _archived_roots(
+        e: LogEntry, blob: Callable[[str, bytes], bytes], add: Callable[[str, str], None]
+    ) -> list[tuple[RootCandidate, x509.Certificate, str]]:
+        """Trust roots the broker archived with the entry (``trust-root-<role>-<n>``)."""
+        out = []
+        for ref in e.collateral:
+            if not ref.role.startswith(TRUST_ROOT_ROLE_PREFIX):
+                continue
+            role = ref.role.removeprefix(TRUST_ROOT_ROLE_PREFIX).rsplit("-", 1)[0]
+            der = blob(ref.role, ref.sha256)
+            try:
+                cand = RootCandidate(role, der)
+                cert = x509.load_der_x509_certificate(der)
+            except (InputError, ValueError):
+                add("collateral_unknown", f"archived trust root {ref.role!r} is unreadable")
+                raise _Stop from None
+            out.append((cand, cert, cand.sha256))
+        return out
+
+    def _context(
+        self,
+        policy: Policy,
+        rims: list[bytes],
+        archived: Sequence[tuple[RootCandidate, x509.Certificate, str]] = (),
+    ) -> tuple[AppraisalContext, tuple[str, ...]]:
+        listed = set(policy.roots.extra_trusted_sha256)
+        chosen: dict[str, x509.Certificate] = {}
+        arks: list[x509.Certificate] = []
+        offered = [*archived, *self.candidates]
+        for cand, cert, digest in sorted(offered, key=lambda c: c[2]):
+            if digest not in listed:
+                continue
+            if cand.role == "amd_ark":
+                arks.append(cert)
+            else:
+                chosen.setdefault(cand.role, cert)
+        supplied = {digest for _, _, digest in offered}
+        ctx = AppraisalContext(
+            rims=tuple(rims), candidates=chosen, amd_extra_arks=tuple(arks), _caches=self._caches
+        )
+        return ctx, tuple(sorted(listed - supplied))
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+# ---- the process pool -----------------------------------------------------------------------
+
+_WORKER: EntryReplayer | None = None
+
+
+def _init_worker(config: ReplayConfig) -> None:
+    global _WORKER  # noqa: PLW0603 (one replayer per worker process, by design)
+    _WORKER = EntryReplayer(config)
+
+
+def _replay_chunk(items: list[EntryInput]) -> list[EntryReplay]:
+    assert _WORKER is not None, "worker not initialised"
+    return [_WORKER.replay(item) for item in items]
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """``forkserver`` where it exists: workers fork from a clean single-threaded server (a fork
+    of a threaded parent can deadlock), with the replay modules preloaded so they start fast."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload([__name__])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+# ---- the whole log ---------------------------------------------------------------------------
+
+
+@dataclass
+class ReplayReport:
+    """``audit verify``'s result plus the replay's; ``ok`` iff neither has a finding."""
+
+    audit: AuditResult
+    entries: list[EntryReplay] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.audit.ok and not self.findings
+
+    @property
+    def all_findings(self) -> list[Finding]:
+        return [*self.audit.findings, *self.findings]
+
+    def summary(self) -> dict[str, int]:
+        attest = [e for e in self.entries if e.kind is EntryKind.ATTEST]
+        return {
+            "entries": self.audit.entries,
+            "replayed": len(self.entries),
+            "attest": len(attest),
+            "release": len(self.entries) - len(attest),
+            "verdicts_reproduced": sum(1 for e in attest if e.verdict_equal),
+            "affirming": sum(1 for e in attest if e.logged_status is Status.AFFIRMING),
+            "findings": len(self.all_findings),
+        }
+
+    def to_json(self) -> dict[str, object]:
+        audit = self.audit.to_json()
+        return {
+            "report_version": REPORT_VERSION,
+            "ok": self.ok,
+            "log": {k: v for k, v in audit.items() if k not in ("ok", "findings")},
+            "summary": self.summary(),
+            "findings": [{"stage": "verify", **asdict(f)} for f in self.audit.findings]
+            + [{"stage": "replay", **asdict(f)} for f in self.findings],
+            "entries": [e.to_json() for e in self.entries],
+        }
+
+
+def _inputs(bundle: Bundle, audit: AuditResult) -> Iterator[EntryInput]:
+    """Each decodable entry with the blobs whose bytes match their reference (bounded by
+    ``MAX_BLOB_SIZE``; repeated collateral and policies come from a bounded cache)."""
+    present = bundle.blob_digests()
+    cache: dict[bytes, bytes] = {}
+    cached_bytes = 0
+    for rec, entry in zip(bundle.records, audit.decoded, strict=True):
+        if entry is None:
+            continue  # audit verify reported it as entry_malformed
+        blobs: dict[bytes, bytes] = {}
+        for ref in entry.blob_refs():
+            if ref.sha256 in blobs or ref.sha256 not in present or ref.size > MAX_BLOB_SIZE:
+                continue
+            hit = cache.get(ref.sha256)
+            if hit is not None and len(hit) == ref.size:
+                blobs[ref.sha256] = hit
+                continue
+            data = bundle.read_blob(ref.sha256)
+            if len(data) != ref.size or hashlib.sha256(data).digest() != ref.sha256:
+                continue
+            blobs[ref.sha256] = data
+            if ref not in entry.evidence and len(data) <= MAX_CACHED_BLOB_BYTES:
+                if cached_bytes + len(data) > BLOB_CACHE_BYTES:
+                    cache.clear()
+                    cached_bytes = 0
+                cache[ref.sha256] = data
+                cached_bytes += len(data)
+        yield EntryInput(rec.index, entry, blobs)
+
+
+def _chunks(items: Iterator[EntryInput], size: int) -> Iterator[list[EntryInput]]:
+    chunk: list[EntryInput] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _run_parallel(
+    chunks: Iterator[list[EntryInput]],
+    config: ReplayConfig,
+    workers: int,
+    on_progress: Callable[[int], None] | None,
+) -> list[EntryReplay]:
+    results: dict[int, list[EntryReplay]] = {}
+    with concurrent.futures.ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=_pool_context(),
+        initializer=_init_worker,
+        initargs=(config,),
+    ) as pool:
+        pending: dict[concurrent.futures.Future[list[EntryReplay]], int] = {}
+        seq = 0
+        exhausted = False
+        while pending or not exhausted:
+            while not exhausted and len(pending) < workers * (1 + CHUNKS_AHEAD_PER_WORKER):
+                chunk = next(chunks, None)
+                if chunk is None:
+                    exhausted = True
+                    break
+                pending[pool.submit(_replay_chunk, chunk)] = seq
+                seq += 1
+            if not pending:
+                break
+            done, _ = concurrent.futures.wait(
+                pending, return_when=concurrent.futures.FIRST_COMPLETED
+            )
+            for fut in done:
+                results[pending.pop(fut)] = out = fut.result()
+                if on_progress is not None:
+                    on_progress(len(out))
+    return [r for i in sorted(results) for r in results[i]]
+
+
+class _Findings:
+    """Replay findings, capped per code like ``audit verify``'s."""
+
+    def __init__(self) -> None:
+        self.items: list[Finding] = []
+        self.counts: Counter[str] = Counter()
+
+    def add(self, finding: Finding) -> None:
+        self.counts[finding.code] += 1
+        if self.counts[finding.code] <= MAX_FINDINGS_PER_CODE:
+            self.items.append(finding)
+
+    def finish(self) -> list[Finding]:
+        for code, n in sorted(self.counts.items()):
+            if n > MAX_FINDINGS_PER_CODE:
+                self.items.append(
+                    Finding(code, f"{n - MAX_FINDINGS_PER_CODE} more {code} findings not listed")
+                )
+        return self.items
+
+
+def cross_check(entries: Sequence[EntryReplay]) -> list[Finding]:
+    """Steps 6-7 over per-entry results in log order (pure: no bundle, no keys)."""
+    out: list[Finding] = []
+    nonces: dict[bytes, int] = {}
+    attests: dict[str, EntryReplay] = {}
+    released: dict[str, int] = {}
+    for r in entries:
+        if r.kind is EntryKind.ATTEST:
+            first = nonces.setdefault(r.nonce, r.index)
+            if first != r.index:
+                out.append(
+                    Finding("nonce_reused", f"nonce already used by attest entry {first}", r.index)
+                )
+            if r.result_id is not None:
+                prior = attests.setdefault(r.result_id, r)
+                if prior is not r:
+                    out.append(
+                        Finding(
+                            "result_id_reused",
+                            f"result {r.result_id} already issued in entry {prior.index}",
+                            r.index,
+                        )
+                    )
+            continue
+        out.extend(_check_release(r, attests, released))
+    return out
+
+
+def _check_release(
+    r: EntryReplay, attests: Mapping[str, EntryReplay], released: dict[str, int]
+) -> list[Finding]:
+    def f(code: str, message: str) -> Finding:
+        return Finding(code, message, r.index)
+
+    if r.result_id is None:
+        return []  # its result did not verify: already a finding on this entry
+    a = attests.get(r.result_id)
+    if a is None:
+        return [f("release_without_attest", f"no earlier attest entry issued result {r.result_id}")]
+    out: list[Finding] = []
+    where = f"attest entry {a.index}"
+    if a.logged_status is not Status.AFFIRMING:
+        status = a.logged_status.value if a.logged_status else "unverifiable"
+        out.append(f("release_not_affirming", f"{where} logged {status}, not affirming"))
+    elif a.recomputed_status is not Status.AFFIRMING:
+        status = a.recomputed_status.value if a.recomputed_status else "not reproducible"
+        out.append(f("release_verdict_not_reproduced", f"{where} re-appraises as {status}"))
+    if r.result_sha256 != a.result_sha256:
+        out.append(
+            f("release_result_differs", f"the released result is not the one {where} logged")
+        )
+    if r.recipient_key_sha256 != a.enclave_key_sha256:
+        out.append(
+            f("release_key_mismatch", f"recipient key is not the enclave key {where} attested")
+        )
+    if r.model_id != a.model_id:
+        out.append(
+            f("release_model_mismatch", f"model {r.model_id!r}, {where} was for {a.model_id!r}")
+        )
+    if r.nonce != a.nonce:
+        out.append(f("release_nonce_mismatch", f"nonce differs from {where}"))
+    if r.binding != a.binding:
+        out.append(f("release_binding_mismatch", f"binding differs from {where}"))
+    if r.time < a.time:
+        out.append(f("release_before_attest", f"logged before {where} ({a.time.isoformat()})"))
+    if a.expires_at is not None and int(r.time.timestamp()) > a.expires_at:
+        out.append(
+            f(
+                "release_after_expiry",
+                f"released at {int(r.time.timestamp())}, result expired at {a.expires_at}",
+            )
+        )
+    first = released.setdefault(r.result_id, r.index)
+    if first != r.index:
+        out.append(f("release_repeated", f"result {r.result_id} already released in entry {first}"))
+    return out
+
+
+def replay_bundle(
+    bundle: Bundle,
+    log_key: NoteVerifier,
+    verifier_key: VerifyingKey,
+    *,
+    previous: Sequence[tuple[str, bytes]] = (),
+    candidates: Sequence[RootCandidate] = (),
+    protocol_label: str = DEFAULT_PROTOCOL_LABEL,
+    workers: int = 1,
+    appraise: ReplayAppraise = composite_appraise,
+    on_progress: Callable[[int], None] | None = None,
+) -> ReplayReport:
+    """``verify_bundle``, then steps 1-7 above. Raises only for unreadable input.
+
+    ``workers`` > 1 replays in that many processes (``appraise`` must then be a module-level
+    function, since it is sent to them by reference). ``on_progress(n)`` is told as entries
+    finish.
+    """
+    if not 1 <= workers <= MAX_WORKERS:
+        raise InputError(f"workers must be 1..{MAX_WORKERS}")
+    if len(candidates) > MAX_ROOT_CANDIDATES:
+        raise InputError(f"at most {MAX_ROOT_CANDIDATES} trust-root candidates")
+    audit = verify_bundle(bundle, log_key, previous=previous)
+    config = ReplayConfig(_spki(verifier_key), tuple(candidates), protocol_label, appraise)
+    inputs = _inputs(bundle, audit)
+    if workers == 1:
+        replayer = EntryReplayer(config)
+        entries = []
+        for item in inputs:
+            entries.append(replayer.replay(item))
+            if on_progress is not None:
+                on_progress(1)
+    else:
+        entries = _run_parallel(_chunks(inputs, CHUNK_ENTRIES), config, workers, on_progress)
+    out = _Findings()
+    for r in entries:
+        for finding in r.findings:
+            out.add(finding)
+    for finding in cross_check(entries):
+        out.add(finding)
+    return ReplayReport(audit=audit, entries=entries, findings=out.finish())
+
+
+def replay_bundle_file(
+    path: str | Path, log_key: NoteVerifier, verifier_key: VerifyingKey, **kw: Any
+) -> ReplayReport:
+    """Open, replay and close a bundle file (keyword arguments as ``replay_bundle``)."""
+    with Bundle(path) as bundle:
+        return replay_bundle(bundle, log_key, verifier_key, **kw)
+
+
+def default_workers() -> int:
+    """One worker per CPU this process may use."""
+    try:
+        return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
+    except AttributeError:  # pragma: no cover (not Linux)
+        return max(1, min(MAX_WORKERS, os.cpu_count() or 1))

@@ -1,0 +1,156 @@
+"""``lessee agent``: the in-enclave agent, run once at enclave boot.
+
+``lessee agent --broker ADDR --model-id ID --sealed DIR [--emulate]`` attests this enclave to
+the broker, receives the model's data key sealed to a key pair made in this process, and loads
+the sealed weights into memory (reporting how many tensors it loaded). Evidence comes from
+configfs-tsm (SEV-SNP/TDX) and NVML (GPUs in CC mode); without that hardware the command says
+what is missing and exits 1. ``--emulate`` uses this installation's emulated hardware instead
+(``agent.emulation``): evidence a broker accepts only for a policy that pins the emulation roots.
+
+Exit codes: 0 attested, key released, model loaded; 1 refused (findings printed) or hardware
+absent; 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from attest.errors import InputError
+
+EXIT_OK = 0
+EXIT_REJECTED = 1
+MAX_KEY_FILE_BYTES = 64 * 1024
+
+
+def _sources(args: argparse.Namespace) -> tuple[Any, Any]:
+    if not args.emulate:
+        from agent.evidence.sources import NvmlGpuSource, TsmCpuSource
+
+        return TsmCpuSource(), NvmlGpuSource()
+    from agent.agent import EMULATED_LAUNCH_MEASUREMENT
+    from agent.emulation import (
+        EmulatedCpuSource,
+        EmulatedGpu,
+        EmulatedGpuSource,
+        EmulatedSnp,
+        EmulationPki,
+    )
+
+    pki = EmulationPki.load_or_create(Path(args.emulation_dir) if args.emulation_dir else None)
+    measurement = EMULATED_LAUNCH_MEASUREMENT
+    if args.measurement:
+        try:
+            measurement = bytes.fromhex(args.measurement)
+        except ValueError:
+            raise InputError("--measurement must be hex") from None
+    cpu = EmulatedCpuSource(EmulatedSnp(pki, measurement=measurement))
+    gpu = EmulatedGpuSource([EmulatedGpu(pki, index=i) for i in range(args.gpus)])
+    return cpu, gpu
+
+
+def _run(args: argparse.Namespace) -> int:
+    from agent.agent import (
+        AttestationRefusedError,
+        EnclaveAgent,
+        load_sealed_model,
+        open_channel,
+        wipe,
+    )
+    from agent.cli._keys import load_verifying_key
+    from agent.cli.audit import read_log_key
+
+    sealed = Path(args.sealed)
+    if not sealed.is_dir():
+        raise InputError(f"{sealed}: not a sealed model directory")
+    if not 1 <= args.gpus <= 8:
+        raise InputError("--gpus must be 1..8")
+    broker_key = load_verifying_key(args.broker_key) if args.broker_key else None
+    log_key = read_log_key(args.log_key) if args.log_key else None
+    cpu, gpu = _sources(args)
+    out: dict[str, Any] = {"model_id": args.model_id, "emulated": bool(args.emulate)}
+    channel = open_channel(args.broker, tls_ca=Path(args.tls_ca) if args.tls_ca else None)
+    with channel:
+        agent = EnclaveAgent(
+            channel, cpu=cpu, gpu=gpu, broker_key=broker_key, log_key=log_key, timeout=args.timeout
+        )
+        try:
+            attested = agent.attest(args.model_id)
+        except AttestationRefusedError as exc:
+            out |= {"status": exc.status.value, "devices": exc.devices, "findings": exc.findings}
+            _print(out, args.json)
+            return EXIT_REJECTED
+        out |= {
+            "status": attested.status.value,
+            "devices": dict(attested.devices),
+            "result_verified": attested.result_verified,
+            "log_verified": attested.log_verified,
+            "log_index": attested.log_index,
+        }
+        dek, release = agent.release(attested)
+    try:
+        loaded = load_sealed_model(
+            sealed,
+            dek,
+            model_id=args.model_id,
+            model_version=release.model_version,
+            manifest_digest=release.manifest_digest,
+        )
+    finally:
+        wipe(dek)
+    out |= {
+        "key_id": release.key_id,
+        "model_version": release.model_version,
+        "suite": release.suite,
+        "release_log_index": release.log_proof.index,
+        "tensors": loaded.tensor_count,
+        "tensor_bytes": loaded.total_bytes,
+    }
+    _print(out, args.json)
+    return EXIT_OK
+
+
+def _print(out: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(out, indent=1, default=str))
+        return
+    print(f"model {out['model_id']}: attestation {out['status']}")
+    for name, status in sorted(out.get("devices", {}).items()):
+        print(f"  {name}: {status}")
+    for line in out.get("findings", ()):
+        print(f"  finding: {line}", file=sys.stderr)
+    if "key_id" in out:
+        checks = [
+            "result signature verified"
+            if out["result_verified"]
+            else "result NOT verified (no --broker-key)",
+            "log inclusion verified"
+            if out["log_verified"]
+            else "log proof NOT checked (no --log-key)",
+        ]
+        print(f"  {'; '.join(checks)}")
+        print(
+            f"key released ({out['suite']}, key id {out['key_id']}); loaded {out['tensors']} "
+            f"tensors, {out['tensor_bytes']} bytes, into memory"
+        )
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--broker", required=True, metavar="ADDR", help="broker host:port")
+    parser.add_argument("--model-id", required=True, help="the sealed model's id")
+    parser.add_argument("--sealed", required=True, metavar="DIR", help="sealed model directory")
+    parser.add_argument(
+        "--emulate", action="store_true", help="use emulated CC hardware (no hardware present)"
+    )
+    parser.add_argument("--emulation-dir", metavar="DIR", help="emulation PKI directory")
+    parser.add_argument("--gpus", type=int, default=1, help="emulated GPUs (1..8)")
+    parser.add_argument("--measurement", metavar="HEX", help="emulated launch measurement")
+    parser.add_argument("--broker-key", metavar="FILE", help="broker's EAR key (PEM or JWK)")
+    parser.add_argument("--log-key", metavar="FILE", help="the log's vkey file")
+    parser.add_argument("--tls-ca", metavar="PEM", help="CA of the broker's TLS certificate")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per broker call")
+    parser.add_argument("--json", action="store_true", help="machine-readable summary")
+    parser.set_defaults(func=_run)

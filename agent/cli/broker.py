@@ -1,0 +1,226 @@
+"""``lessee broker``: run the key broker, register sealed models, print its keys, export its log.
+
+* ``serve --state DIR --listen ADDR``: run until SIGTERM/SIGINT (graceful stop). Plaintext only
+  on loopback; anywhere else ``--tls-cert``/``--tls-key``. ``--client-ca`` + ``--admin-listen``
+  open an admin port that requires client certificates. ``--rims DIR`` adds RIMs the broker
+  holds itself; ``--trust-emulation [PKI_DIR]`` offers this installation's emulation roots as
+  candidates (used only by models whose policy pins them). JSON log lines go to stderr.
+* ``register --target ADDR --key-file FILE --policy FILE``: store a sealed model's data key
+  (from ``lessee seal --key-out``) and its policy. ``--model-id``/``--model-version``/
+  ``--manifest-digest`` default to the key file's and must agree with it when given.
+* ``keys --state DIR``: print the EAR verifier key (PEM and JWK) and the log's vkey.
+* ``export-log --state DIR --out FILE``: write the whole log as an audit bundle for
+  ``lessee audit verify``.
+
+Exit codes follow the CLI contract: 0 done; 1 refused by the broker; 2 bad input or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from attest.errors import InputError
+
+EXIT_OK = 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from agent.broker.config import BrokerConfig
+    from agent.rpc.server import configure_json_logging, serve_broker
+
+    trust = None
+    if args.trust_emulation is not None:
+        from agent.emulation.pki import default_pki_dir
+
+        trust = Path(args.trust_emulation) if args.trust_emulation else default_pki_dir()
+    config = BrokerConfig(
+        state_dir=Path(args.state),
+        listen=args.listen,
+        tls_cert=Path(args.tls_cert) if args.tls_cert else None,
+        tls_key=Path(args.tls_key) if args.tls_key else None,
+        client_ca=Path(args.client_ca) if args.client_ca else None,
+        admin_listen=args.admin_listen,
+        rims_dir=Path(args.rims) if args.rims else None,
+        trust_emulation=trust,
+        max_workers=args.workers,
+    )
+    configure_json_logging(sys.stderr)
+    running = serve_broker(config)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        print(
+            f"lessee broker: listening on {running.target}"
+            + (" (TLS)" if config.tls_cert else " (plaintext, loopback only)")
+            + (f", admin port {running.admin_port} (mutual TLS)" if running.admin_port else "")
+            + f"; state in {config.state_dir}",
+            flush=True,
+        )
+        if running.emulation is not None:
+            print(
+                "lessee broker: emulation roots offered as candidates (trusted only where a "
+                "policy pins them): " + json.dumps(running.emulation.fingerprints()),
+                flush=True,
+            )
+        stop.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        running.stop(args.grace)
+    return EXIT_OK
+
+
+def _register(args: argparse.Namespace) -> int:
+    from agent.agent import call_broker, open_channel
+    from agent.loader.keyfile import read_key_file
+    from agent.rpc.v1 import broker_pb2, broker_pb2_grpc
+    from attest.policy import MAX_POLICY_BYTES, load_policy
+    from sealing.weights._keys import wipe
+
+    policy_path = Path(args.policy)
+    if policy_path.stat().st_size > MAX_POLICY_BYTES:
+        raise InputError(f"{policy_path}: larger than {MAX_POLICY_BYTES} bytes")
+    policy_json = policy_path.read_text(encoding="utf-8")
+    policy = load_policy(policy_json)  # refuse a bad policy before anything leaves this machine
+    key = read_key_file(args.key_file)
+    try:
+        model_id = args.model_id or key.model_id
+        version = key.model_version if args.model_version is None else args.model_version
+        digest_text = key.manifest_digest.removeprefix("sha256:")
+        if args.manifest_digest is not None:
+            given = args.manifest_digest.lower().removeprefix("sha256:")
+            if given != digest_text:
+                raise InputError("--manifest-digest differs from the key file's manifest digest")
+        if model_id != key.model_id or version != key.model_version:
+            raise InputError(
+                f"the key file is for {key.model_id} v{key.model_version}, "
+                f"not {model_id} v{version}"
+            )
+        try:
+            digest = bytes.fromhex(digest_text)
+        except ValueError:
+            raise InputError("manifest digest is not hex") from None
+        channel = open_channel(
+            args.target,
+            tls_ca=Path(args.tls_ca) if args.tls_ca else None,
+            client_cert=Path(args.client_cert) if args.client_cert else None,
+            client_key=Path(args.client_key) if args.client_key else None,
+        )
+        with channel:
+            stub = broker_pb2_grpc.BrokerAdminStub(channel)  # type: ignore[no-untyped-call]
+            request = broker_pb2.RegisterModelRequest(
+                model_id=model_id,
+                model_version=version,
+                data_key=bytes(key.dek),
+                policy_json=policy_json,
+                manifest_digest=digest,
+            )
+            reply = call_broker("RegisterModel", stub.RegisterModel, request, args.timeout)
+    finally:
+        wipe(key.dek)
+    unsafe = policy.unsafe_settings()
+    print(f"registered {model_id} v{version}")
+    print(f"key id: {reply.key_id}")
+    print(f"policy digest: {reply.policy_digest}")
+    if unsafe:
+        print(f"WARNING: the policy turns on: {', '.join(unsafe)}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from agent.broker.config import prepare_state_dir
+
+    keys = prepare_state_dir(Path(args.state), create=False)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "ear_verifier_pem": keys.ear_public_pem().decode(),
+                    "ear_verifier_jwk": keys.ear_public_jwk(),
+                    "log_vkey": keys.log_vkey(),
+                    "log_origin": keys.log_name,
+                },
+                indent=1,
+            )
+        )
+        return EXIT_OK
+    print("# EAR verifier key (pin it: lessee result verify --key, lessee agent --broker-key)")
+    print(keys.ear_public_pem().decode(), end="")
+    print(json.dumps(keys.ear_public_jwk()))
+    print("# log verifier key (lessee audit verify --log-key)")
+    print(keys.log_vkey())
+    return EXIT_OK
+
+
+def _export_log(args: argparse.Namespace) -> int:
+    from agent.broker.config import LOG_DB, prepare_state_dir
+    from agent.logstore import LogStore
+
+    state = Path(args.state)
+    keys = prepare_state_dir(state, create=False)
+    out = Path(args.out)
+    if out.exists():
+        raise InputError(f"{out}: exists (refusing to overwrite)")
+    with LogStore(state / LOG_DB, keys.log_signer) as log:
+        size = log.export_bundle(out)
+    print(f"exported {size} entries to {out}")
+    print(f"verify with: lessee audit verify {out} --log-key {state / 'log.vkey'}")
+    return EXIT_OK
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
+    sub.required = True
+
+    p = sub.add_parser("serve", help="run the key broker (gRPC)")
+    p.add_argument("--state", required=True, metavar="DIR", help="state directory (made 0700)")
+    p.add_argument("--listen", default="127.0.0.1:7443", metavar="ADDR", help="host:port")
+    p.add_argument("--tls-cert", metavar="PEM", help="server certificate chain")
+    p.add_argument("--tls-key", metavar="PEM", help="server private key")
+    p.add_argument("--client-ca", metavar="PEM", help="CA of admin client certificates")
+    p.add_argument("--admin-listen", metavar="ADDR", help="admin port (mutual TLS)")
+    p.add_argument("--rims", metavar="DIR", help="RIM files the broker holds itself")
+    p.add_argument(
+        "--trust-emulation",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PKI_DIR",
+        help="offer this installation's emulation roots as candidates (a policy must pin them)",
+    )
+    p.add_argument("--workers", type=int, default=32, help="server threads")
+    p.add_argument("--grace", type=float, default=5.0, help="seconds to finish calls on stop")
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("register", help="register a sealed model's key and policy")
+    p.add_argument("--target", required=True, metavar="ADDR", help="broker (admin) address")
+    p.add_argument("--key-file", required=True, help="key file from 'lessee seal --key-out'")
+    p.add_argument("--policy", required=True, metavar="FILE", help="policy JSON")
+    p.add_argument("--model-id", help="defaults to the key file's")
+    p.add_argument("--model-version", type=int, help="defaults to the key file's")
+    p.add_argument("--manifest-digest", metavar="HEX", help="defaults to the key file's")
+    p.add_argument("--tls-ca", metavar="PEM", help="CA of the broker's certificate")
+    p.add_argument("--client-cert", metavar="PEM", help="admin client certificate")
+    p.add_argument("--client-key", metavar="PEM", help="admin client key")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds")
+    p.set_defaults(func=_register)
+
+    p = sub.add_parser("keys", help="print the broker's public keys")
+    p.add_argument("--state", required=True, metavar="DIR")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_keys)
+
+    p = sub.add_parser("export-log", help="export the attestation log as an audit bundle")
+    p.add_argument("--state", required=True, metavar="DIR")
+    p.add_argument("--out", required=True, metavar="FILE")
+    p.set_defaults(func=_export_log)

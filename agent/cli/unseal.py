@@ -1,0 +1,67 @@
+"""``lessee unseal SEALED_DIR --key FILE --out DIR``: plaintext on disk, for debugging only.
+
+Production never does this: the loading hook decrypts into memory inside the enclave. The
+model id and version default to what the key file records (falling back to the manifest's
+unauthenticated claim, with a warning); pass them to insist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from agent.cli._progress import Progress
+from agent.loader.keyfile import read_key_file
+from agent.loader.model import SealedModel, read_manifest_bytes
+from sealing.weights import key_fingerprint, parse_manifest
+from sealing.weights._keys import wipe
+
+WARNING = (
+    "WARNING: lessee unseal writes PLAINTEXT weights to {out}. Debugging only; delete them "
+    "when done. Production loads sealed weights in memory inside the attested enclave."
+)
+
+
+def _unseal(args: argparse.Namespace) -> int:
+    sealed_dir, out = Path(args.sealed_dir), Path(args.out)
+    print(WARNING.format(out=out), file=sys.stderr)
+    key = read_key_file(args.key)
+    try:
+        claimed = parse_manifest(read_manifest_bytes(sealed_dir))
+        if claimed.key_id != key_fingerprint(key.dek) and not args.quiet:
+            print(
+                f"lessee: note: manifest names key {claimed.key_id}, this key is "
+                f"{key_fingerprint(key.dek)}",
+                file=sys.stderr,
+            )
+        model_id = args.model_id or key.model_id
+        version = args.model_version if args.model_version is not None else key.model_version
+        with SealedModel(
+            sealed_dir,
+            key.dek,
+            model_id=model_id,
+            model_version=version,
+            manifest_digest=args.manifest_digest,
+            threads=args.threads,
+        ) as model:
+            progress = Progress("unsealing", model.total_plaintext, quiet=args.quiet)
+            written = model.unseal_to(out, progress=progress.advance)
+            progress.close()
+    finally:
+        wipe(key.dek)
+    for p in written:
+        print(p)
+    return 0
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sealed_dir", metavar="SEALED_DIR")
+    parser.add_argument("--key", required=True, help="key file written by lessee seal")
+    parser.add_argument("--out", required=True, help="directory for the plaintext files")
+    parser.add_argument("--model-id", default=None, help="expected model id")
+    parser.add_argument("--model-version", type=int, default=None, help="expected version")
+    parser.add_argument("--manifest-digest", default=None, help="pinned sha256:... digest")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--quiet", action="store_true", help="no progress line")
+    parser.set_defaults(func=_unseal)

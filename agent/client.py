@@ -1,0 +1,467 @@
+"""Client SDK for encrypted token streams: ``async for token in client.generate(prompt)``.
+
+What a call does, in order:
+
+1. get the enclave's key bundle (from the enclave's ``GetKeyBundle``, through the untrusted
+   relay, or from bytes the caller pinned) and decode it strictly;
+2. verify it *as of now*: either with the pinned broker key (the EAR must verify under that key,
+   be affirming, unexpired, and name exactly this bundle's encoded enclave key), or with a
+   caller-supplied :data:`~sealing.stream.KeyAttestationCheck` (for example one that checks the
+   evidence itself with ``attest/``, for zero trust in the broker);
+3. seal the prompt to the verified key (``ClientStream.start``) and call ``Generate``;
+4. open the head and each record in order, yielding text as it decodes (tokens are raw bytes and
+   a byte-level token may end inside a UTF-8 character, so decoding is incremental);
+5. on the transport's end, require the final record.
+
+Errors (all ``attest.errors`` types, so the CLI maps them to exit codes):
+
+* :class:`~sealing.stream.StreamError`: any manipulation of the stream after it began
+  (modified, reordered, dropped, duplicated, spliced, replayed or truncated records). Opaque on
+  purpose. Tokens yielded before it are authentic, but the stream as a whole is refused.
+* :class:`GenerationAborted`: the enclave itself ended the stream early (an authenticated ABORT
+  record, with its reason code). A relay cannot forge it, and cannot turn it into a clean end.
+* :class:`EnclaveUnavailable`: no authenticated data arrived (connection refused, a gRPC error
+  status before the head). The status comes from an unauthenticated party, so it is reported
+  as what it is, never as the enclave's verdict; :class:`GenerationTimeout` when the caller's
+  own deadline passed mid-stream.
+* :class:`BundleError` / ``EarError``: the key bundle did not verify; nothing was sent.
+* :class:`TokenDecodeError`: authenticated output that is not UTF-8 (an engine bug).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import string
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Future
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import grpc
+
+from agent.enclave.service import (
+    GENERATE_METHOD,
+    GET_KEY_BUNDLE_METHOD,
+    MAX_GENERATE_REQUEST_MESSAGE,
+    MAX_RESPONSE_MESSAGE,
+)
+from agent.rpc.v1 import enclave_pb2
+from attest.ear import AttestationResult, Status, VerifyingKey, verify_ear
+from attest.errors import InputError, LesseeError, ParseError, VerificationError
+from sealing.stream import (
+    DEFAULT_RECORD_SIZE,
+    DEFAULT_REQUEST_PAD_BLOCK,
+    AbortReason,
+    ClientStream,
+    GenerationParams,
+    KeyAttestationCheck,
+    KeyBundle,
+    StreamAborted,
+    StreamError,
+    Token,
+    VerifiedKeyBundle,
+    verify_bundle,
+)
+
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "BundleError",
+    "EnclaveClient",
+    "EnclaveUnavailable",
+    "GenerationAborted",
+    "GenerationTimeout",
+    "LogProofCheck",
+    "StreamError",
+    "SyncEnclaveClient",
+    "TokenDecodeError",
+    "broker_ear_check",
+]
+
+#: Default deadline of one ``Generate`` call (and of one bundle fetch). Matches the enclave's
+#: default stream time limit, so a healthy stream is never cut by the client first.
+DEFAULT_TIMEOUT_S = 600.0
+#: Longest deadline a caller may set: one day, as the enclave's own bound.
+MAX_TIMEOUT_S = 86_400.0
+#: Characters of an unauthenticated gRPC status message quoted in an error: enough to debug a
+#: "malformed request (field)", too little to carry a convincing phishing text.
+MAX_STATUS_DETAIL_CHARS = 120
+
+_T = TypeVar("_T")
+
+
+class EnclaveUnavailable(LesseeError):  # noqa: N818 (reads as a state: "enclave unavailable")
+    """No authenticated response: the RPC failed before the stream's head arrived.
+
+    ``code`` is the gRPC status name (``UNAVAILABLE``, ``INVALID_ARGUMENT``...). It and the
+    quoted detail come from whoever answered, possibly the relay, so they are hints, not facts.
+    """
+
+    def __init__(self, message: str, *, code: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+class GenerationTimeout(EnclaveUnavailable):
+    """The caller's own deadline passed before the final record: the output is incomplete."""
+
+
+class GenerationAborted(LesseeError):  # noqa: N818 (an outcome, named as one)
+    """The enclave aborted the stream (authenticated). Tokens already yielded are authentic but
+    the answer is incomplete. ``reason`` is the 16-bit code from the ABORT record."""
+
+    def __init__(self, reason: int) -> None:
+        self.reason = reason
+        try:
+            self.reason_name: str | None = AbortReason(reason).name
+        except ValueError:
+            self.reason_name = None
+        super().__init__(f"the enclave aborted the stream ({self.reason_name or reason})")
+
+
+class BundleError(VerificationError):
+    """The key bundle fetched from the enclave is malformed or for an unexpected key."""
+
+
+class TokenDecodeError(VerificationError):
+    """The enclave's (authenticated) output is not valid UTF-8."""
+
+    def __init__(self) -> None:
+        super().__init__("the enclave's output is not valid UTF-8", reason="token_not_utf8")
+
+
+#: Checks a bundle's log proof against the verified attestation result; raises to reject.
+LogProofCheck = Callable[[KeyBundle, AttestationResult, datetime], None]
+
+
+def broker_ear_check(
+    broker_key: VerifyingKey, *, log_proof_check: LogProofCheck | None = None
+) -> KeyAttestationCheck:
+    """The check for a pinned broker key: the bundle's attestation result must be an EAR that
+    verifies under ``broker_key`` as of ``at``, is affirming, and names this bundle's encoded
+    enclave key (``ear.lessee.enclave-key``).
+
+    The log proof is opaque to the stream layer and is *not* covered by the EAR's signature: it
+    is checked only when ``log_proof_check`` is given (it runs after the EAR passed, with the
+    verified result, so it can match the logged entry to ``result.result_id``).
+    """
+
+    def check(bundle: KeyBundle, at: datetime) -> None:
+        try:
+            token = bundle.attestation_result.decode("ascii")
+            result = verify_ear(
+                token, broker_key, at=at, expected_enclave_key=bundle.public_key.encode()
+            )
+        except (UnicodeDecodeError, ParseError):
+            # Malformed bytes from the network are a rejection here, not a usage error.
+            raise VerificationError(
+                "the bundle's attestation result is not a well-formed EAR", reason="ear_malformed"
+            ) from None
+        if result.status is not Status.AFFIRMING:
+            raise VerificationError(
+                f"the attestation result is {result.status.value}, not affirming",
+                reason="ear_not_affirming",
+            )
+        if log_proof_check is not None:
+            log_proof_check(bundle, result, at)
+
+    return check
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _safe_detail(text: str | None) -> str:
+    """An unauthenticated status message, printable ASCII only and shortened."""
+    allowed = set(string.ascii_letters + string.digits + " ()._,;:-'/")
+    clean = "".join(c if c in allowed else "?" for c in (text or ""))
+    return clean[:MAX_STATUS_DETAIL_CHARS]
+
+
+def _unavailable(exc: grpc.aio.AioRpcError, what: str) -> EnclaveUnavailable:
+    code = exc.code().name
+    detail = _safe_detail(exc.details())
+    suffix = f": {detail}" if detail else ""
+    return EnclaveUnavailable(f"{what} failed with {code} (unauthenticated){suffix}", code=code)
+
+
+def channel_options() -> list[tuple[str, int]]:
+    """Message-size bounds on the client channel (the enclave's limits, mirrored)."""
+    return [
+        ("grpc.max_receive_message_length", MAX_RESPONSE_MESSAGE),
+        ("grpc.max_send_message_length", MAX_GENERATE_REQUEST_MESSAGE),
+    ]
+
+
+class EnclaveClient:
+    """An attested, end-to-end encrypted client of one enclave (``grpc.aio``).
+
+    ``bundle_check`` is either the broker's pinned EAR verification key or a complete
+    :data:`KeyAttestationCheck`. There is deliberately no way to skip the check. ``bundle``
+    pins the bundle bytes (fetched out of band) instead of asking the enclave for them; it is
+    verified all the same. Use as ``async with EnclaveClient(...) as client:``.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        bundle_check: KeyAttestationCheck | VerifyingKey,
+        bundle: bytes | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        record_size: int = DEFAULT_RECORD_SIZE,
+        pad_block: int = DEFAULT_REQUEST_PAD_BLOCK,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        if not 0 < timeout <= MAX_TIMEOUT_S:
+            raise InputError(f"timeout must be in (0, {MAX_TIMEOUT_S}] seconds")
+        self.target = target
+        self._check: KeyAttestationCheck = (
+            bundle_check if callable(bundle_check) else broker_ear_check(bundle_check)
+        )
+        # A pinned bundle is decoded now: malformed bytes from the caller are bad input.
+        self._pinned = KeyBundle.decode(bundle) if bundle is not None else None
+        self._fetched: KeyBundle | None = None
+        self._credentials = credentials
+        self._record_size = record_size
+        self._pad_block = pad_block
+        self._timeout = timeout
+        self._clock = clock
+        self._channel: grpc.aio.Channel | None = None
+
+    async def __aenter__(self) -> EnclaveClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel (idempotent)."""
+        if self._channel is not None:
+            channel, self._channel = self._channel, None
+            await channel.close(None)
+
+    def _get_channel(self) -> grpc.aio.Channel:
+        # Made lazily: a grpc.aio channel belongs to the event loop that first uses it.
+        if self._channel is None:
+            if self._credentials is None:
+                self._channel = grpc.aio.insecure_channel(self.target, options=channel_options())
+            else:
+                self._channel = grpc.aio.secure_channel(
+                    self.target, self._credentials, options=channel_options()
+                )
+        return self._channel
+
+    async def _fetch_bundle(self) -> KeyBundle:
+        call = self._get_channel().unary_unary(
+            GET_KEY_BUNDLE_METHOD,
+            request_serializer=enclave_pb2.GetKeyBundleRequest.SerializeToString,
+            response_deserializer=enclave_pb2.KeyBundle.FromString,
+        )
+        try:
+            reply: enclave_pb2.KeyBundle = await call(
+                enclave_pb2.GetKeyBundleRequest(), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _unavailable(exc, "GetKeyBundle") from None
+        try:
+            return KeyBundle.decode(reply.bundle)
+        except ParseError as exc:
+            raise BundleError(
+                f"the enclave's key bundle is malformed: {exc}", reason="bundle_malformed"
+            ) from None
+
+    async def key_bundle(self) -> VerifiedKeyBundle:
+        """The enclave's bundle, verified as of ``clock()`` (re-verified on every call, so an
+        expired attestation result stops new requests)."""
+        bundle = self._pinned
+        if bundle is None:
+            if self._fetched is None:
+                self._fetched = await self._fetch_bundle()
+            bundle = self._fetched
+        return verify_bundle(bundle, check=self._check, at=self._clock())
+
+    def _start(
+        self, verified: VerifiedKeyBundle, prompt: str, params: GenerationParams | None
+    ) -> tuple[ClientStream, grpc.aio.UnaryStreamCall[Any, Any], float]:
+        """Seal the request to the verified key and start the call; returns the stream, the
+        call and the local deadline."""
+        stream = ClientStream.start(
+            verified,
+            prompt,
+            params=params,
+            record_size=self._record_size,
+            pad_block=self._pad_block,
+        )
+        deadline = asyncio.get_running_loop().time() + self._timeout
+        call = self._get_channel().unary_stream(
+            GENERATE_METHOD,
+            request_serializer=enclave_pb2.GenerateRequest.SerializeToString,
+            response_deserializer=enclave_pb2.StreamRecord.FromString,
+        )(enclave_pb2.GenerateRequest(sealed_request=stream.request), timeout=self._timeout)
+        return stream, call, deadline
+
+    def _failed(
+        self, exc: grpc.aio.AioRpcError, got_head: bool, deadline: float, attempt: int
+    ) -> bool:
+        """The call failed. Before the head: retry once (True) if the enclave says our key is
+        stale (it restarted with a new key), else raise :class:`EnclaveUnavailable`. After the
+        head: only the caller's own deadline gets its own error; anything else returns False
+        and is left to ``finish()``, which refuses a stream without its final record."""
+        if not got_head:
+            if (
+                exc.code() is grpc.StatusCode.FAILED_PRECONDITION
+                and self._pinned is None
+                and attempt == 1
+            ):
+                self._fetched = None
+                return True
+            raise _unavailable(exc, "Generate") from None
+        if (
+            exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            and asyncio.get_running_loop().time() >= deadline
+        ):
+            raise GenerationTimeout(
+                "the deadline passed before the stream ended; the output is incomplete",
+                code=exc.code().name,
+            ) from None
+        return False
+
+    @staticmethod
+    def _finish(stream: ClientStream) -> None:
+        outcome = stream.finish()  # StreamError unless the head and the final record arrived
+        if isinstance(outcome, StreamAborted):
+            raise GenerationAborted(outcome.reason)
+
+    async def generate_tokens(
+        self, prompt: str, *, params: GenerationParams | None = None
+    ) -> AsyncIterator[Token]:
+        """Raw tokens (bytes, as the engine produced them) of one encrypted generation.
+
+        Ends normally only after the enclave's authenticated clean end; raises
+        :class:`GenerationAborted` after the last token of an aborted stream.
+        """
+        for attempt in (1, 2):
+            stream, call, deadline = self._start(await self.key_bundle(), prompt, params)
+            got_head = False
+            try:
+                async for message in call:
+                    if not got_head:
+                        stream.open_head(message.record)
+                        got_head = True
+                        continue
+                    for event in stream.open_record(message.record):
+                        if type(event) is Token:
+                            yield event
+            except grpc.aio.AioRpcError as exc:
+                if self._failed(exc, got_head, deadline, attempt):
+                    continue
+            finally:
+                call.cancel()  # no-op after a clean end; stops the enclave if we broke off
+            self._finish(stream)
+            return
+
+    async def generate(
+        self, prompt: str, *, params: GenerationParams | None = None
+    ) -> AsyncIterator[str]:
+        """Text of one encrypted generation, as it arrives (see :meth:`generate_tokens`).
+
+        The same loop as :meth:`generate_tokens` with the decoding inline rather than behind a
+        second generator level: it runs once per token."""
+        decoder = codecs.getincrementaldecoder("utf-8")("strict")
+        for attempt in (1, 2):
+            stream, call, deadline = self._start(await self.key_bundle(), prompt, params)
+            got_head = False
+            try:
+                async for message in call:
+                    if not got_head:
+                        stream.open_head(message.record)
+                        got_head = True
+                        continue
+                    for event in stream.open_record(message.record):
+                        if type(event) is Token:
+                            text = decoder.decode(event.data)
+                            if text:
+                                yield text
+            except grpc.aio.AioRpcError as exc:
+                if self._failed(exc, got_head, deadline, attempt):
+                    continue
+            except UnicodeDecodeError:
+                raise TokenDecodeError() from None
+            finally:
+                call.cancel()
+            self._finish(stream)
+            try:
+                decoder.decode(b"", final=True)
+            except UnicodeDecodeError:  # the stream ended inside a character
+                raise TokenDecodeError() from None
+            return
+
+    async def generate_text(self, prompt: str, *, params: GenerationParams | None = None) -> str:
+        """The whole answer as one string (clean end only)."""
+        return "".join([piece async for piece in self.generate(prompt, params=params)])
+
+
+class SyncEnclaveClient:
+    """Blocking wrapper of :class:`EnclaveClient` for scripts and notebooks.
+
+    Runs a private event loop in a daemon thread (``grpc.aio`` objects belong to one loop);
+    ``generate`` returns a plain iterator. Close it (or use ``with``) to stop the thread.
+    """
+
+    def __init__(self, target: str, **kwargs: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="lessee-client", daemon=True
+        )
+        self._thread.start()
+        self._client = EnclaveClient(target, **kwargs)
+
+    def _call(self, coro: Any) -> Any:
+        fut: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return fut.result()
+
+    def __enter__(self) -> SyncEnclaveClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def key_bundle(self) -> VerifiedKeyBundle:
+        result: VerifiedKeyBundle = self._call(self._client.key_bundle())
+        return result
+
+    def generate(self, prompt: str, *, params: GenerationParams | None = None) -> Iterator[str]:
+        """Text pieces as they arrive; same errors as :meth:`EnclaveClient.generate`."""
+        agen = self._client.generate(prompt, params=params)
+        try:
+            while True:
+                try:
+                    piece: str = self._call(agen.__anext__())
+                except StopAsyncIteration:
+                    return
+                yield piece
+        finally:
+            if self._loop.is_running():
+                self._call(_aclose(agen))
+
+    def generate_text(self, prompt: str, *, params: GenerationParams | None = None) -> str:
+        return "".join(self.generate(prompt, params=params))
+
+    def close(self) -> None:
+        """Close the channel and stop the loop thread (idempotent)."""
+        if not self._loop.is_running():
+            return
+        self._call(self._client.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+
+async def _aclose(agen: AsyncIterator[str]) -> None:
+    aclose = getattr(agen, "aclose", None)
+    if aclose is not None:
+        await aclose()

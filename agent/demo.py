@@ -1,0 +1,413 @@
+"""``lessee demo``: the whole flow on one machine, on emulated confidential-computing hardware.
+
+What it does, in order (each step printed as it happens):
+
+1. makes (or reuses) this installation's emulation PKI: GPU, RIM and SEV-SNP roots that no
+   default policy trusts;
+2. starts a key broker on loopback (plaintext only because it is loopback), state in its own
+   directory: SQLite databases, master key, EAR signing key, log key;
+3. generates a small model (numpy tensors saved as safetensors) and seals it
+   (``agent.loader.seal_model``); the data key goes into a 0600 key file, never beside the
+   sealed files;
+4. writes a policy that trusts the emulation roots *explicitly* (``roots.extra_trusted_sha256``)
+   and pins the emulated guest's launch measurement and the sealed manifest, and registers the
+   model's key and policy with the broker (admin call, loopback);
+5. runs the agent on emulated hardware: attest (result summary per device; EAR signature and
+   log inclusion checked with the pinned broker keys) -> release -> load the weights into
+   memory and compare them with the originals;
+6. shows four refusals: tampered evidence, a replayed nonce, a debug-mode CPU and a GPU not in
+   CC mode (each with the broker's finding), plus a release attempt with a refused result;
+7. exports the attestation log and runs ``lessee audit verify`` on it.
+
+Exit 0 only if every step had exactly the expected outcome. ``--workdir DIR`` keeps everything
+(and says where each thing is); without it a temporary directory is removed at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from agent.agent import (
+    EMULATED_LAUNCH_MEASUREMENT,
+    AttestationRefusedError,
+    BrokerRefusedError,
+    EnclaveAgent,
+    Session,
+    call_broker,
+    load_sealed_model,
+    open_channel,
+    wipe,
+)
+from agent.broker.config import LOG_VKEY, BrokerConfig, BrokerKeys, prepare_state_dir
+from agent.emulation import (
+    EmulatedCpuSource,
+    EmulatedGpu,
+    EmulatedGpuSource,
+    EmulatedSnp,
+    EmulationPki,
+    non_cc_gpu_source,
+)
+from agent.evidence.sources import CpuEvidenceSource, GpuEvidenceSource
+from agent.loader import seal_model
+from agent.loader.keyfile import write_key_file
+from agent.rpc import convert
+from agent.rpc.server import RunningBroker, serve_broker
+from agent.rpc.v1 import broker_pb2, broker_pb2_grpc
+from attest.bundle import DeviceEvidenceIn, EvidenceBundle
+from attest.ear import Status
+from sealing.weights import key_fingerprint
+
+MODEL_ID = "lessee-demo-model"
+MODEL_VERSION = 1
+#: The demo model: a few small tensors of different dtypes (fast to seal and load).
+DEMO_TENSORS: dict[str, tuple[tuple[int, ...], str]] = {
+    "embed.weight": ((512, 64), "float32"),
+    "layers.0.attn.qkv.weight": ((64, 192), "float16"),
+    "layers.0.mlp.up.weight": ((64, 256), "float32"),
+    "layers.0.mlp.up.bias": ((256,), "float32"),
+    "lm_head.weight": ((64, 512), "float16"),
+}
+#: Offset into an SPDM report that lies inside the measurement records (a signed byte).
+TAMPER_OFFSET = 200
+
+
+@dataclass
+class DemoLayout:
+    """Where the demo keeps each thing (printed at the end with ``--workdir``)."""
+
+    root: Path
+    emulation: Path = field(init=False)
+    broker: Path = field(init=False)
+    model: Path = field(init=False)
+    sealed: Path = field(init=False)
+    key_file: Path = field(init=False)
+    policy: Path = field(init=False)
+    log_bundle: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.emulation = self.root / "emulation-pki"
+        self.broker = self.root / "broker-state"
+        self.model = self.root / "model"
+        self.sealed = self.root / "sealed-model"
+        self.key_file = self.root / "keys" / "model.key"
+        self.policy = self.root / "policy.json"
+        self.log_bundle = self.root / "audit-log.bundle"
+
+
+class _Report:
+    """Prints each step and remembers whether every expected outcome happened."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.failures: list[str] = []
+        self.t0 = time.perf_counter()
+
+    def step(self, text: str) -> None:
+        print(f"\n[{time.perf_counter() - self.t0:5.2f}s] {text}", file=self.out, flush=True)
+
+    def info(self, text: str) -> None:
+        print(f"    {text}", file=self.out, flush=True)
+
+    def expect(self, ok: bool, text: str) -> None:
+        print(f"    {'ok  ' if ok else 'FAIL'} {text}", file=self.out, flush=True)
+        if not ok:
+            self.failures.append(text)
+
+
+def make_model(model_dir: Path, seed: int = 7) -> dict[str, np.ndarray[Any, Any]]:
+    """A small random model saved as safetensors, plus a config.json; returns the tensors."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(seed)
+    tensors = {
+        name: rng.standard_normal(shape).astype(dtype)
+        for name, (shape, dtype) in DEMO_TENSORS.items()
+    }
+    model_dir.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(model_dir / "model.safetensors"), metadata={"format": "np"})
+    (model_dir / "config.json").write_text(json.dumps({"model_type": "lessee-demo"}) + "\n")
+    return tensors
+
+
+def demo_policy(roots_sha256: list[str], manifest_digest: str) -> dict[str, Any]:
+    """Trusts the emulation roots *by name*; everything else is the safe default."""
+    return {
+        "name": "lessee demo: emulated SEV-SNP + Hopper (never use for real hardware)",
+        "cpu_tees": ["snp"],
+        "snp": {"allowed_measurements": [EMULATED_LAUNCH_MEASUREMENT.hex()]},
+        "roots": {"extra_trusted_sha256": sorted(roots_sha256)},
+        "model_manifest_digests": [manifest_digest.removeprefix("sha256:")],
+    }
+
+
+def _tampered(bundle: EvidenceBundle) -> EvidenceBundle:
+    g = bundle.gpus[0]
+    report = bytearray(g.report)
+    report[TAMPER_OFFSET] ^= 0x01
+    gpu = DeviceEvidenceIn(g.arch, bytes(report), g.certificate_chain_pem, g.ocsp_responses, g.rims)
+    return EvidenceBundle(
+        bundle.cpu, (gpu, *bundle.gpus[1:]), bundle.switches, bundle.cc_mode_on, bundle.devtools_on
+    )
+
+
+def _first_reject(findings: tuple[str, ...], *needles: str) -> str | None:
+    for line in findings:
+        if any(n in line for n in needles):
+            return line
+    return None
+
+
+def run_demo(workdir: Path | None, out: TextIO) -> int:
+    """Run every step; return 0 if all expected outcomes happened, 1 otherwise."""
+    keep = workdir is not None
+    root = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="lessee-demo-"))
+    root.mkdir(parents=True, exist_ok=True)
+    layout = DemoLayout(root)
+    rep = _Report(out)
+    try:
+        return _run(layout, rep, keep)
+    finally:
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _run(layout: DemoLayout, rep: _Report, keep: bool) -> int:
+    rep.step("1. emulated confidential-computing hardware (per-installation emulation PKI)")
+    pki = EmulationPki.load_or_create(layout.emulation)
+    fps = pki.root_fingerprints()
+    for name, fp in fps.items():
+        rep.info(f"{name}: sha256 {fp}")
+    rep.info("no default policy trusts these roots; the demo policy names them explicitly")
+
+    rep.step("2. key broker on loopback (plaintext only because this is loopback)")
+    broker = serve_broker(
+        BrokerConfig(
+            state_dir=layout.broker, listen="127.0.0.1:0", trust_emulation=layout.emulation
+        )
+    )
+    try:
+        keys = prepare_state_dir(layout.broker, create=False)
+        rep.info(f"listening on {broker.target}; log {keys.log_name}")
+        return _with_broker(layout, rep, keep, broker=broker, keys=keys, pki=pki)
+    finally:
+        broker.stop(1.0)
+
+
+def _with_broker(
+    layout: DemoLayout,
+    rep: _Report,
+    keep: bool,
+    *,
+    broker: RunningBroker,
+    keys: BrokerKeys,
+    pki: EmulationPki,
+) -> int:
+    from agent.cli.main import main as lessee_main
+
+    fps = pki.root_fingerprints()
+    rep.step("3. a small model, generated and sealed")
+    originals = make_model(layout.model)
+    dek = bytearray(os.urandom(32))
+    try:
+        sealed = seal_model(
+            layout.model, layout.sealed, dek, model_id=MODEL_ID, model_version=MODEL_VERSION,
+            rng=os.urandom,
+        )  # fmt: skip
+        layout.key_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if layout.key_file.exists():
+            layout.key_file.unlink()
+        write_key_file(
+            layout.key_file, dek, key_id=key_fingerprint(dek), model_id=MODEL_ID,
+            model_version=MODEL_VERSION, manifest_digest=sealed.manifest_digest,
+        )  # fmt: skip
+        data_key = bytes(dek)
+    finally:
+        wipe(dek)
+    total = sum(int(t.nbytes) for t in originals.values())
+    rep.info(
+        f"{len(originals)} tensors, {total} bytes -> {len(sealed.manifest.entries)} sealed files"
+    )
+    rep.info(f"manifest digest {sealed.manifest_digest}")
+
+    rep.step("4. policy (trusts the emulation roots explicitly) and model registration")
+    policy = demo_policy(list(fps.values()), sealed.manifest_digest)
+    policy_json = json.dumps(policy, indent=1)
+    layout.policy.write_text(policy_json + "\n")
+    channel = open_channel(broker.target)
+    with channel:
+        admin = broker_pb2_grpc.BrokerAdminStub(channel)  # type: ignore[no-untyped-call]
+        request = broker_pb2.RegisterModelRequest(
+            model_id=MODEL_ID,
+            model_version=MODEL_VERSION,
+            data_key=data_key,
+            policy_json=policy_json,
+            manifest_digest=bytes.fromhex(sealed.manifest_digest.removeprefix("sha256:")),
+        )
+        reg = call_broker("RegisterModel", admin.RegisterModel, request, 30.0)
+        del data_key
+        rep.info(f"registered {MODEL_ID} v{MODEL_VERSION}: key id {reg.key_id}")
+        rep.info(f"policy {reg.policy_digest} (unsafe settings: roots.extra_trusted_sha256)")
+
+        def agent(
+            cpu: CpuEvidenceSource | None = None, gpu: GpuEvidenceSource | None = None
+        ) -> EnclaveAgent:
+            return EnclaveAgent(
+                channel,
+                cpu=cpu
+                or EmulatedCpuSource(EmulatedSnp(pki, measurement=EMULATED_LAUNCH_MEASUREMENT)),
+                gpu=gpu or EmulatedGpuSource([EmulatedGpu(pki, index=0)]),
+                broker_key=keys.result_key.public_key(),
+                log_key=keys.log_signer.verifier(),
+            )
+
+        rep.step("5. agent on emulated hardware: attest -> release -> load")
+        good = agent()
+        session = good.start_session(MODEL_ID)
+        rep.info(
+            f"enclave key made in-process ({len(session.public_key)}-byte ML-KEM-768+X25519 public key)"
+        )
+        bundle = good.collect(session)
+        try:
+            attested = good.check_result(session, good.send_evidence(session, bundle))
+        except AttestationRefusedError as exc:
+            rep.expect(False, f"attestation affirming (got {exc.status.value})")
+            for line in exc.findings:
+                rep.info(f"finding: {line}")
+            return _finish(layout, rep, keep)
+        rep.expect(
+            attested.status is Status.AFFIRMING, f"attestation result: {attested.status.value}"
+        )
+        for name, status in sorted(attested.devices.items()):
+            rep.info(f"  {name}: {status}")
+        rep.expect(attested.result_verified, "EAR signature verified with the pinned broker key")
+        rep.expect(
+            attested.log_verified,
+            f"result is log entry {attested.log_index}: inclusion proof verified against the "
+            "signed checkpoint",
+        )
+        key, release = good.release(attested)
+        try:
+            rep.expect(True, f"data key released, HPKE {release.suite}, opened inside the enclave")
+            loaded = load_sealed_model(
+                layout.sealed, key, model_id=MODEL_ID, model_version=release.model_version,
+                manifest_digest=release.manifest_digest,
+            )  # fmt: skip
+        finally:
+            wipe(key)
+        same = set(loaded.tensors) == set(originals) and all(
+            np.array_equal(loaded.tensors[n], originals[n])
+            and loaded.tensors[n].dtype == originals[n].dtype
+            for n in originals
+        )
+        rep.expect(
+            same,
+            f"loaded {loaded.tensor_count} tensors ({loaded.total_bytes} bytes) into memory; equal to the originals",
+        )
+
+        rep.step("6. refusals")
+        _refusal_tampered(rep, agent())
+        _refusal_replay(rep, good, session, bundle)
+        debug_cpu = EmulatedCpuSource(
+            EmulatedSnp(pki, measurement=EMULATED_LAUNCH_MEASUREMENT, policy_debug=True)
+        )
+        refused = _refusal(
+            rep, agent(cpu=debug_cpu), "debug-mode CPU (SNP policy DEBUG=1)", "debug"
+        )
+        _refusal(rep, agent(gpu=non_cc_gpu_source(pki)), "GPU not in CC mode", "cc_mode")
+        if refused is not None:
+            _refusal_release(rep, channel, refused)
+
+    rep.step("7. audit: export the log and verify it offline")
+    if layout.log_bundle.exists():
+        layout.log_bundle.unlink()
+    size = broker.log_store.export_bundle(layout.log_bundle)
+    rep.info(f"exported {size} entries to {layout.log_bundle}")
+    code = lessee_main(
+        ["audit", "verify", str(layout.log_bundle), "--log-key", str(layout.broker / LOG_VKEY)]
+    )
+    rep.expect(code == 0, f"lessee audit verify exit code {code}")
+    return _finish(layout, rep, keep)
+
+
+def _refusal(
+    rep: _Report, agent: EnclaveAgent, what: str, needle: str
+) -> convert.AttestReply | None:
+    session = agent.start_session(MODEL_ID)
+    reply = agent.send_evidence(session, agent.collect(session))
+    line = _first_reject(reply.findings, needle)
+    rep.expect(
+        reply.status is Status.CONTRAINDICATED and line is not None,
+        f"{what}: {reply.status.value}",
+    )
+    rep.info(f"  finding: {line or (reply.findings[:1] or ['(none)'])[0]}")
+    return reply if reply.status is not Status.AFFIRMING else None
+
+
+def _refusal_tampered(rep: _Report, agent: EnclaveAgent) -> None:
+    session = agent.start_session(MODEL_ID)
+    reply = agent.send_evidence(session, _tampered(agent.collect(session)))
+    line = _first_reject(reply.findings, "gpu0")
+    rep.expect(
+        reply.status is Status.CONTRAINDICATED and line is not None,
+        f"tampered evidence (one bit of the GPU report flipped): {reply.status.value}",
+    )
+    rep.info(f"  finding: {line or '(none)'}")
+
+
+def _refusal_replay(
+    rep: _Report, agent: EnclaveAgent, session: Session, bundle: EvidenceBundle
+) -> None:
+    try:
+        agent.send_evidence(session, bundle)
+    except BrokerRefusedError as exc:
+        rep.expect(exc.reason == "nonce_used", f"replayed nonce: {exc.code.name} [{exc.reason}]")
+        return
+    rep.expect(False, "replayed nonce refused")
+
+
+def _refusal_release(rep: _Report, channel: Any, reply: convert.AttestReply) -> None:
+    """A hostile relay asks for the key with a refused result (the agent itself never would)."""
+    stub = broker_pb2_grpc.KeyBrokerStub(channel)  # type: ignore[no-untyped-call]
+    request = broker_pb2.ReleaseKeyRequest(result=reply.result, model_id=MODEL_ID)
+    try:
+        call_broker("ReleaseKey", stub.ReleaseKey, request, 30.0)
+    except BrokerRefusedError as exc:
+        rep.expect(
+            exc.reason == "not_affirming",
+            f"release with a refused result: {exc.code.name} [{exc.reason}]",
+        )
+        return
+    rep.expect(False, "release with a refused result was refused")
+
+
+def _finish(layout: DemoLayout, rep: _Report, keep: bool) -> int:
+    rep.step("done" if not rep.failures else f"FAILED: {len(rep.failures)} unexpected outcome(s)")
+    for f in rep.failures:
+        rep.info(f"unexpected: {f}")
+    if keep:
+        rep.info(f"everything is kept under {layout.root}:")
+        for label, path in (
+            ("emulation PKI (private keys 0600)", layout.emulation),
+            ("broker state (broker.db, log.db, master.key, EAR and log keys)", layout.broker),
+            ("EAR verifier key", layout.broker / "ear-verifier.pem"),
+            ("log verifier key", layout.broker / LOG_VKEY),
+            ("plaintext model", layout.model),
+            ("sealed model", layout.sealed),
+            ("data key file (0600; normally kept apart)", layout.key_file),
+            ("policy", layout.policy),
+            ("exported log (audit bundle)", layout.log_bundle),
+        ):
+            rep.info(f"  {label}: {path}")
+    return 0 if not rep.failures else 1
+
+
+__all__ = ["DEMO_TENSORS", "MODEL_ID", "DemoLayout", "demo_policy", "make_model", "run_demo"]

@@ -1,0 +1,576 @@
+"""The enclave's inference service: ``lessee.v1.Enclave`` over ``grpc.aio``, ciphertext only.
+
+``GetKeyBundle`` publishes the attested key bundle (enclave HPKE key, the broker's EAR naming it,
+the log proof). ``Generate`` takes one HPKE-sealed request and answers with the response head and
+then fixed-size AEAD records (``docs/formats/token-stream.md``): one per token, a final END on a
+clean finish, a final ABORT when the engine fails, the stream runs past its time limit, the
+record limit is reached or the enclave is overloaded. The relay in front (run by the host owner)
+forwards bytes it cannot read.
+
+Why the errors look the way they do. A caller who cannot produce a valid request learns one
+thing: *malformed* (``INVALID_ARGUMENT`` naming the clear-header field that is wrong) or *rejected*
+(``INVALID_ARGUMENT``, one fixed message for every ciphertext that does not open, so no oracle),
+or *stale key* (``FAILED_PRECONDITION``: the key id in the clear header is not ours; the client
+should fetch the bundle again). After the head has gone out, every problem is reported *inside*
+the encrypted stream as an ABORT record, which the relay can neither forge nor tell apart from a
+clean end. Nothing the service logs or returns contains a prompt, a token, or key material:
+log lines carry counts, durations and outcome names only.
+
+Cancellation: when the client disconnects or its deadline passes, ``grpc.aio`` cancels the
+handler; the engine's iterator is then closed (``aclose``) so the engine stops generating.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer as AioHealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from agent.enclave.generator import TokenGenerator
+from agent.rpc.v1 import enclave_pb2, evidence_pb2
+from attest.errors import InputError, ParseError, VerificationError
+from sealing.hpke_suite import AEAD_TAG_LEN, SUITE_PARAMS, HpkePrivateKey, Rng
+from sealing.stream import (
+    MAX_TOKEN_LEN,
+    AbortReason,
+    CoverSchedule,
+    Emit,
+    EnclaveStreamSession,
+    GenerationParams,
+    KeyBundle,
+    StreamError,
+    StreamUsageError,
+)
+from sealing.stream.bundle import MAX_BUNDLE_LEN
+from sealing.stream.request import HEADER_LEN, MAX_RECORD_SIZE, MAX_REQUEST_PLAINTEXT
+from sealing.stream.response import record_len
+
+__all__ = [
+    "ENCLAVE_SERVICE",
+    "MAX_GENERATE_REQUEST_MESSAGE",
+    "MAX_RESPONSE_MESSAGE",
+    "EnclaveConfig",
+    "EnclaveServer",
+    "EnclaveService",
+    "StreamOutcome",
+    "serve_enclave",
+]
+
+_log = logging.getLogger("lessee.enclave")
+_T = TypeVar("_T")
+
+#: Full name of the gRPC service (checked against the generated descriptor at import time).
+ENCLAVE_SERVICE = "lessee.v1.Enclave"
+GET_KEY_BUNDLE_METHOD = f"/{ENCLAVE_SERVICE}/GetKeyBundle"
+GENERATE_METHOD = f"/{ENCLAVE_SERVICE}/Generate"
+if enclave_pb2.DESCRIPTOR.services_by_name["Enclave"].full_name != ENCLAVE_SERVICE:
+    raise ImportError("generated enclave service name drifted from ENCLAVE_SERVICE")
+
+#: Slack for protobuf framing around the one bytes field of a message (tag + varint length).
+_PROTO_SLACK = 16
+#: Largest ``GenerateRequest``: the biggest valid sealed request (X-Wing ``enc``, 1 MiB of padded
+#: plaintext, the tag, the clear header) plus framing. gRPC refuses anything larger with
+#: RESOURCE_EXHAUSTED before a byte of it reaches the handler.
+MAX_GENERATE_REQUEST_MESSAGE = (
+    HEADER_LEN
+    + max(p.enc_len for p in SUITE_PARAMS.values())
+    + MAX_REQUEST_PLAINTEXT
+    + AEAD_TAG_LEN
+    + _PROTO_SLACK
+)
+#: Room for the structured ``LogProof`` next to the bundle in ``KeyBundle``: 64 hashes of 32
+#: bytes (RFC 9162 proofs for trees below 2^64) plus a signed checkpoint note (< 8 KiB).
+_LOG_PROOF_MESSAGE_MAX = 16 * 1024
+#: Largest message either side sends or accepts from the other: the key bundle with its proof, or
+#: one record of the largest bucket, whichever is bigger.
+MAX_RESPONSE_MESSAGE = (
+    max(MAX_BUNDLE_LEN + _LOG_PROOF_MESSAGE_MAX, record_len(MAX_RECORD_SIZE)) + _PROTO_SLACK
+)
+
+#: Concurrent streams one enclave serves by default. An 8-GPU engine batches a few hundred
+#: sequences; beyond the configured bound a request gets an authenticated OVERLOADED abort.
+DEFAULT_MAX_CONCURRENT_STREAMS = 256
+#: Hard bound on ``max_concurrent_streams`` (each stream holds a task and a queue).
+MAX_CONCURRENT_STREAMS = 4096
+#: Default wall-clock bound of one stream. 2^20 tokens at a realistic 50 tokens/s would take
+#: hours; ten minutes covers long answers, and a stream that exceeds it ends with an
+#: authenticated LIMIT_REACHED abort instead of holding the enclave's resources forever.
+DEFAULT_MAX_STREAM_SECONDS = 600.0
+#: Hard bound on ``max_stream_seconds``: one day.
+MAX_STREAM_SECONDS = 86_400.0
+#: Tokens the cover mode buffers ahead of the cadence. When the engine is faster than the
+#: cadence the queue fills and the engine is paused (back-pressure) instead of buffering
+#: without bound.
+COVER_BACKLOG = 1024
+#: Seconds ``EnclaveServer.stop`` waits for running streams before cancelling them.
+DEFAULT_STOP_GRACE_S = 5.0
+
+
+class StreamOutcome(enum.Enum):
+    """How a stream ended, for logs and monitoring (never sent in the clear)."""
+
+    CLOSED = "closed"
+    ENGINE_ERROR = "engine_error"
+    TIME_LIMIT = "time_limit"
+    RECORD_LIMIT = "record_limit"
+    OVERLOADED = "overloaded"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class EnclaveConfig:
+    """Service settings. ``cover_interval`` (seconds) turns on fixed-cadence timing cover; it is
+    off by default because it adds up to one interval of latency per token and caps throughput
+    at one record per interval (``docs/streams.md``)."""
+
+    max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS
+    max_stream_seconds: float = DEFAULT_MAX_STREAM_SECONDS
+    cover_interval: float | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_concurrent_streams <= MAX_CONCURRENT_STREAMS:
+            raise InputError(f"max_concurrent_streams must be 1..{MAX_CONCURRENT_STREAMS}")
+        if not 0 < self.max_stream_seconds <= MAX_STREAM_SECONDS:
+            raise InputError(f"max_stream_seconds must be in (0, {MAX_STREAM_SECONDS}]")
+        if self.cover_interval is not None:
+            CoverSchedule(self.cover_interval, 0.0)  # validates the interval bounds
+
+
+@dataclass
+class ServiceStats:
+    """Counters for monitoring; none of them depends on content."""
+
+    requests: int = 0
+    malformed: int = 0
+    rejected: int = 0
+    stale_key: int = 0
+    active: int = 0
+    outcomes: dict[StreamOutcome, int] = field(default_factory=dict)
+    records_sent: int = 0
+
+
+_MALFORMED = "malformed request"
+_REJECTED = "request rejected"
+_STALE_KEY = "request is for another enclave key; fetch the key bundle again"
+_INTERNAL = "internal error"
+
+# Sentinels the cover-mode producer puts on its queue after the last token.
+_END = object()
+_FAIL = object()
+
+
+def _pieces(piece: str | bytes) -> list[bytes]:
+    """One engine piece as token payloads: UTF-8 bytes, split at MAX_TOKEN_LEN (the client's
+    incremental decoder rejoins a character split across the cut); empty pieces vanish."""
+    data = piece.encode("utf-8") if isinstance(piece, str) else bytes(piece)
+    if len(data) <= MAX_TOKEN_LEN:
+        return [data] if data else []
+    return [data[i : i + MAX_TOKEN_LEN] for i in range(0, len(data), MAX_TOKEN_LEN)]
+
+
+class _DeadlinePassed(Exception):  # noqa: N818 (internal signal, never escapes the module)
+    """The stream's time limit passed while the engine was computing."""
+
+
+class _EngineDeadline:
+    """One timer per stream (not one per token, as ``asyncio.timeout`` around each ``anext``
+    would cost): when it fires while the handler awaits the engine, the wait is cancelled and
+    :meth:`wait` raises :class:`_DeadlinePassed`; when it fires while a record is being written,
+    :attr:`expired` is seen before the next engine call. An outside cancellation (the client
+    went away) is left alone and propagates.
+    """
+
+    __slots__ = ("_handle", "_task", "_waiting", "expired")
+
+    def __init__(self, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._waiting = False
+        self.expired = False
+        self._handle = loop.call_at(loop.time() + seconds, self._fire)
+
+    def _fire(self) -> None:
+        self.expired = True
+        if self._waiting and self._task is not None:
+            self._task.cancel()
+
+    async def wait(self, awaitable: Awaitable[_T]) -> _T:
+        self._waiting = True
+        try:
+            return await awaitable
+        except asyncio.CancelledError:
+            if self.expired and self._task is not None and self._task.uncancel() == 0:
+                raise _DeadlinePassed() from None
+            raise
+        finally:
+            self._waiting = False
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+
+@contextlib.asynccontextmanager
+async def _closing(
+    it: AsyncIterator[str | bytes],
+) -> AsyncGenerator[AsyncIterator[str | bytes], None]:
+    """Close an engine's iterator however the stream ends, so a cancelled stream also stops the
+    engine (an async generator has ``aclose``; a bare async iterator may not)."""
+    try:
+        yield it
+    finally:
+        aclose = getattr(it, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+class EnclaveService:
+    """Holds the enclave private key, the encoded key bundle and the engine; serves both RPCs.
+
+    The private key never leaves this object: it is used only by ``EnclaveStreamSession.accept``.
+    """
+
+    def __init__(
+        self,
+        private_key: HpkePrivateKey,
+        bundle: KeyBundle,
+        generator: TokenGenerator,
+        *,
+        config: EnclaveConfig | None = None,
+        log_proof: evidence_pb2.LogProof | None = None,
+        rng: Rng = os.urandom,
+    ) -> None:
+        if bundle.public_key.encode() != private_key.public_key.encode():
+            # Serving a bundle for another key would make every client seal to a key we lack.
+            raise InputError("the key bundle attests another key than this enclave's")
+        self._key = private_key
+        self._bundle_message = enclave_pb2.KeyBundle(bundle=bundle.raw, log_proof=log_proof)
+        self._generator = generator
+        self.config = config or EnclaveConfig()
+        self._rng = rng
+        self.stats = ServiceStats()
+
+    # -- RPC: GetKeyBundle -------------------------------------------------------------------
+
+    async def get_key_bundle(
+        self,
+        request: enclave_pb2.GetKeyBundleRequest,
+        context: grpc.aio.ServicerContext[enclave_pb2.GetKeyBundleRequest, enclave_pb2.KeyBundle],
+    ) -> enclave_pb2.KeyBundle:
+        """The bundle exactly as built (its bytes are what the EAR's key claim was checked on)."""
+        return self._bundle_message
+
+    # -- RPC: Generate -----------------------------------------------------------------------
+
+    async def generate(
+        self,
+        request: enclave_pb2.GenerateRequest,
+        context: grpc.aio.ServicerContext[enclave_pb2.GenerateRequest, enclave_pb2.StreamRecord],
+    ) -> AsyncIterator[enclave_pb2.StreamRecord]:
+        """Open the request, send the head, then one record per token and a final record."""
+        self.stats.requests += 1
+        session = await self._accept(request.sealed_request, context)
+        stream_request = session.request
+        if stream_request is None:  # accept() always sets it; keeps the type checker honest
+            await context.abort(grpc.StatusCode.INTERNAL, _INTERNAL)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        outcome = StreamOutcome.CANCELLED
+        yield enclave_pb2.StreamRecord(record=session.head)
+        if self.stats.active >= self.config.max_concurrent_streams:
+            outcome = StreamOutcome.OVERLOADED
+            yield self._final(session, outcome)
+            self._log_end(outcome, session, started)
+            return
+        self.stats.active += 1
+        try:
+            prompt, params = stream_request.prompt, stream_request.params
+            if self.config.cover_interval is not None:
+                records = self._cover_records(session, prompt, params, self.config.cover_interval)
+                async with contextlib.aclosing(records) as it:
+                    async for item in it:
+                        if isinstance(item, StreamOutcome):
+                            outcome = item
+                            break
+                        self.stats.records_sent += 1
+                        yield enclave_pb2.StreamRecord(record=item)
+            else:
+                # Inlined rather than a nested generator: this loop runs once per token, and
+                # every generator level costs about a microsecond per record.
+                guard = _EngineDeadline(self.config.max_stream_seconds)
+                result = StreamOutcome.CLOSED
+                produced = 0
+                try:
+                    async with _closing(self._generator.generate(prompt, params)) as engine:
+                        while produced < params.max_new_tokens:
+                            if guard.expired:
+                                result = StreamOutcome.TIME_LIMIT
+                                break
+                            try:
+                                piece = await guard.wait(anext(engine))
+                            except StopAsyncIteration:
+                                break
+                            except _DeadlinePassed:
+                                result = StreamOutcome.TIME_LIMIT
+                                break
+                            except Exception as exc:  # engine failed: abort, log only the type
+                                _log.warning("engine failed: %s", type(exc).__name__)
+                                result = StreamOutcome.ENGINE_ERROR
+                                break
+                            produced += 1
+                            for data in _pieces(piece):
+                                try:
+                                    sealed = session.seal_token(data)
+                                except StreamUsageError:
+                                    result = StreamOutcome.RECORD_LIMIT
+                                    break
+                                self.stats.records_sent += len(sealed)
+                                for record in sealed:
+                                    yield enclave_pb2.StreamRecord(record=record)
+                            if result is not StreamOutcome.CLOSED:
+                                break
+                finally:
+                    guard.cancel()
+                outcome = result
+            yield self._final(session, outcome)
+        finally:
+            self.stats.active -= 1
+            self._log_end(outcome, session, started)
+
+    async def _accept(
+        self,
+        sealed_request: bytes,
+        context: grpc.aio.ServicerContext[enclave_pb2.GenerateRequest, enclave_pb2.StreamRecord],
+    ) -> EnclaveStreamSession:
+        """Open the sealed request, or end the RPC with a status that reveals nothing secret."""
+        try:
+            return EnclaveStreamSession.accept(self._key, sealed_request, rng=self._rng)
+        except StreamError:  # ciphertext did not open: one message for every cause
+            self.stats.rejected += 1
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _REJECTED)
+        except ParseError as exc:  # clear header, or a plaintext that breaks the format
+            self.stats.malformed += 1
+            where = f" ({exc.field})" if exc.field else ""
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _MALFORMED + where)
+        except VerificationError:  # unknown_key: the key id in the clear header is not ours
+            self.stats.stale_key += 1
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, _STALE_KEY)
+        except InputError:
+            self.stats.malformed += 1
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _MALFORMED)
+
+    def _final(
+        self, session: EnclaveStreamSession, outcome: StreamOutcome
+    ) -> enclave_pb2.StreamRecord:
+        self.stats.outcomes[outcome] = self.stats.outcomes.get(outcome, 0) + 1
+        self.stats.records_sent += 1
+        if outcome is StreamOutcome.CLOSED:
+            return enclave_pb2.StreamRecord(record=session.close())
+        reason = {
+            StreamOutcome.ENGINE_ERROR: AbortReason.INTERNAL,
+            StreamOutcome.TIME_LIMIT: AbortReason.LIMIT_REACHED,
+            StreamOutcome.RECORD_LIMIT: AbortReason.LIMIT_REACHED,
+            StreamOutcome.OVERLOADED: AbortReason.OVERLOADED,
+        }.get(outcome, AbortReason.INTERNAL)
+        return enclave_pb2.StreamRecord(record=session.abort(reason))
+
+    def _log_end(
+        self, outcome: StreamOutcome, session: EnclaveStreamSession, started: float
+    ) -> None:
+        if outcome is StreamOutcome.CANCELLED:
+            self.stats.outcomes[outcome] = self.stats.outcomes.get(outcome, 0) + 1
+        _log.info(
+            "stream ended: outcome=%s records=%d duration_ms=%d",
+            outcome.value,
+            session.records_sealed,
+            int((asyncio.get_running_loop().time() - started) * 1000),
+        )
+
+    async def _cover_records(
+        self,
+        session: EnclaveStreamSession,
+        prompt: str,
+        params: GenerationParams,
+        interval: float,
+    ) -> AsyncGenerator[bytes | StreamOutcome, None]:
+        """One record per slot of a fixed cadence: the next token record when one is queued,
+        a cover record otherwise; the final record in the first slot after the engine is done.
+
+        Records are sealed at send time, so sequence numbers follow the send order; the records
+        of one multi-record token go out in consecutive slots with no cover between them (the
+        client refuses cover inside a token).
+        """
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[bytes | object] = asyncio.Queue(maxsize=COVER_BACKLOG)
+        producer = asyncio.create_task(self._produce(prompt, params, queue))
+        deadline = loop.time() + self.config.max_stream_seconds
+        schedule = CoverSchedule(interval, loop.time())
+        pending: list[bytes] = []  # remaining records of the token being sent
+        final: StreamOutcome | None = None
+        try:
+            while True:
+                now = loop.time()
+                # Not while a token's records are half sent: they were sealed already, and the
+                # abort must follow them in sequence (they go out in the next few slots).
+                if now >= deadline and not pending:
+                    yield StreamOutcome.TIME_LIMIT
+                    return
+                wait = schedule.next_slot_at() - now
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    continue
+                if not pending and final is None and not queue.empty():
+                    item = queue.get_nowait()
+                    if item is _END:
+                        final = StreamOutcome.CLOSED
+                    elif item is _FAIL:
+                        final = StreamOutcome.ENGINE_ERROR
+                    elif isinstance(item, bytes):
+                        try:
+                            pending = session.seal_token(item)
+                        except StreamUsageError:
+                            final = StreamOutcome.RECORD_LIMIT
+                emit = schedule.poll(loop.time(), token_ready=bool(pending) or final is not None)
+                if emit is Emit.WAIT:
+                    continue
+                if emit is Emit.TOKEN and pending:
+                    yield pending.pop(0)
+                elif emit is Emit.TOKEN and final is not None:
+                    yield final
+                    return
+                else:
+                    try:
+                        cover = session.seal_cover()
+                    except StreamUsageError:
+                        yield StreamOutcome.RECORD_LIMIT
+                        return
+                    yield cover
+        finally:
+            producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await producer
+
+    async def _produce(
+        self, prompt: str, params: GenerationParams, queue: asyncio.Queue[bytes | object]
+    ) -> None:
+        """Cover mode's engine driver: token payloads onto the bounded queue, then a sentinel."""
+        produced = 0
+        try:
+            async with _closing(self._generator.generate(prompt, params)) as engine:
+                async for piece in engine:
+                    for data in _pieces(piece):
+                        await queue.put(data)
+                    produced += 1
+                    if produced >= params.max_new_tokens:
+                        break
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            _log.warning("engine failed: %s", type(exc).__name__)
+            await queue.put(_FAIL)
+            return
+        await queue.put(_END)
+
+
+def _handlers(service: EnclaveService) -> grpc.GenericRpcHandler[Any, Any]:
+    """The typed method handlers of ``lessee.v1.Enclave`` (the generated registration helper is
+    untyped; building the handlers here keeps the service edge checked by mypy)."""
+    get_key_bundle: Callable[..., Awaitable[enclave_pb2.KeyBundle]] = service.get_key_bundle
+    return grpc.method_handlers_generic_handler(
+        ENCLAVE_SERVICE,
+        {
+            "GetKeyBundle": grpc.unary_unary_rpc_method_handler(
+                get_key_bundle,
+                request_deserializer=enclave_pb2.GetKeyBundleRequest.FromString,
+                response_serializer=enclave_pb2.KeyBundle.SerializeToString,
+            ),
+            "Generate": grpc.unary_stream_rpc_method_handler(
+                service.generate,
+                request_deserializer=enclave_pb2.GenerateRequest.FromString,
+                response_serializer=enclave_pb2.StreamRecord.SerializeToString,
+            ),
+        },
+    )
+
+
+@dataclass
+class EnclaveServer:
+    """A started server: where it listens, and how to stop it."""
+
+    server: grpc.aio.Server
+    port: int
+    address: str
+    health: AioHealthServicer
+    service: EnclaveService
+
+    @property
+    def target(self) -> str:
+        """``host:port`` for clients (IPv6 hosts in brackets, as gRPC targets need)."""
+        host = self.address.rsplit(":", 1)[0]
+        return f"{host}:{self.port}"
+
+    async def stop(self, grace: float | None = DEFAULT_STOP_GRACE_S) -> None:
+        """Report NOT_SERVING, let running streams finish for ``grace`` seconds, then stop."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+def server_options() -> list[tuple[str, int]]:
+    """Channel arguments of the enclave server: the message-size bounds above."""
+    return [
+        ("grpc.max_receive_message_length", MAX_GENERATE_REQUEST_MESSAGE),
+        ("grpc.max_send_message_length", MAX_RESPONSE_MESSAGE),
+    ]
+
+
+async def serve_enclave(
+    service: EnclaveService,
+    *,
+    address: str = "127.0.0.1:0",
+    server_cert_chain: bytes | None = None,
+    server_private_key: bytes | None = None,
+) -> EnclaveServer:
+    """Start a ``grpc.aio`` server with the enclave service, gRPC health checking and reflection.
+
+    ``address`` defaults to loopback on a free port: the service is meant to sit behind the
+    host's relay, and binding to every interface should be a deliberate choice. TLS (PEM
+    ``server_cert_chain`` and ``server_private_key``, both or neither) protects the metadata
+    and the bundle fetch in transit; the prompts and tokens are end-to-end encrypted either way.
+    """
+    if (server_cert_chain is None) != (server_private_key is None):
+        raise InputError("TLS needs both the server certificate chain and its private key")
+    server = grpc.aio.server(
+        options=server_options(),
+        maximum_concurrent_rpcs=2 * service.config.max_concurrent_streams + 16,
+    )
+    server.add_generic_rpc_handlers((_handlers(service),))
+    health_servicer = AioHealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (
+            ENCLAVE_SERVICE,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    if server_cert_chain is not None and server_private_key is not None:
+        creds = grpc.ssl_server_credentials([(server_private_key, server_cert_chain)])
+        port = server.add_secure_port(address, creds)
+    else:
+        port = server.add_insecure_port(address)
+    if port == 0:
+        raise InputError(f"cannot listen on {address}")
+    await server.start()
+    await health_servicer.set(ENCLAVE_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    return EnclaveServer(server, port, address, health_servicer, service)

@@ -1,0 +1,437 @@
+"""``serve_broker(config)``: the key broker's gRPC server, started and ready.
+
+What the server adds around the servicers (``agent.rpc.broker_service``):
+
+* **Transport security by default.** A listen address that is not a loopback address needs a
+  server certificate and key; plaintext is accepted only on loopback (``127.0.0.0/8``, ``::1``,
+  ``localhost``), where nothing crosses a network. With ``client_ca`` and ``admin_listen`` a
+  second port requires and verifies client certificates; admin calls are accepted there or
+  from loopback, never from the enclave-facing port of a remote peer.
+* **Bounded messages.** The receive limit is the largest request any method accepts (an
+  Attest with a full evidence bundle); each method then checks its own, smaller bound. The
+  send limit covers the largest answer (a page of log entries). ``maximum_concurrent_rpcs``
+  turns a flood into ``RESOURCE_EXHAUSTED`` instead of unbounded queues.
+* **One broker per port.** ``SO_REUSEPORT`` is off, so a second broker on the same port fails
+  to start instead of silently sharing the traffic (and the nonce space) of the first.
+* **Standard health checking and reflection** (``grpc.health.v1``, server reflection), so
+  ``grpcurl`` and load balancers work unchanged.
+* **Structured JSON logs** (``JsonFormatter``): one object per line, events and codes only;
+  nothing that could carry a key, a token or evidence is ever a log field.
+* **Graceful shutdown.** ``stop(grace)`` reports NOT_SERVING, lets running calls finish for
+  ``grace`` seconds, then closes the log (its writer drains first) and the state store.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import grpc
+from cryptography import x509
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from agent.broker.appraiser import composite_appraiser
+from agent.broker.config import BROKER_DB, LOG_DB, BrokerConfig, prepare_state_dir
+from agent.broker.keywrap import KeyWrapper
+from agent.broker.service import Broker
+from agent.broker.store import SqliteBrokerStore
+from agent.logstore import LogStore
+from agent.rpc.broker_service import (
+    ATTESTATION_LOG_SERVICE,
+    BROKER_ADMIN_SERVICE,
+    KEY_BROKER_SERVICE,
+    MAX_ATTEST_REQUEST_BYTES,
+    MAX_ENTRIES_RESPONSE_BYTES,
+    AttestationLogServicer,
+    BrokerAdminServicer,
+    KeyBrokerServicer,
+    generic_handlers,
+    log_event,
+)
+from attest.appraise.composite import AppraisalContext
+from attest.errors import InputError
+
+#: The largest request (Attest with a full bundle); smaller per-method bounds apply after.
+MAX_RECEIVE_MESSAGE_BYTES = MAX_ATTEST_REQUEST_BYTES
+#: The largest answer: a page of log entries plus framing.
+MAX_SEND_MESSAGE_BYTES = MAX_ENTRIES_RESPONSE_BYTES + 1024 * 1024
+#: Seconds running calls get to finish on shutdown.
+DEFAULT_STOP_GRACE_S = 5.0
+#: RIM files the broker loads from ``--rims`` (one per driver and VBIOS version in use).
+MAX_RIM_FILES = 256
+#: One RIM document is ~20 KiB; NVIDIA's largest are under 200 KiB.
+MAX_RIM_FILE_BYTES = 1024 * 1024
+#: An emulation root certificate PEM is ~1-2 KiB.
+MAX_ROOT_PEM_BYTES = 64 * 1024
+#: TLS certificate / key / CA files.
+MAX_TLS_FILE_BYTES = 1024 * 1024
+
+SERVICES = (KEY_BROKER_SERVICE, BROKER_ADMIN_SERVICE, ATTESTATION_LOG_SERVICE)
+
+
+# ---- addresses ----------------------------------------------------------------------------
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` -> (host, port); InputError when malformed."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise InputError(f"listen address {address!r} is not host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise InputError(f"listen address {address!r}: put an IPv6 host in brackets")
+    return host, int(port_text)
+
+
+def is_loopback_host(host: str) -> bool:
+    """Loopback IP literals and the name ``localhost`` (no other name is trusted to be local)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# ---- logging ------------------------------------------------------------------------------
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time, level, event, and the record's ``lessee`` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "event": record.getMessage(),
+        }
+        fields = getattr(record, "lessee", None)
+        if isinstance(fields, dict):
+            doc.update({k: v for k, v in fields.items() if v is not None})
+        return json.dumps(doc, separators=(",", ":"), default=str)
+
+
+def configure_json_logging(stream: TextIO = sys.stderr, level: int = logging.INFO) -> None:
+    """Send the broker's logger to ``stream`` as JSON lines (the CLI calls this)."""
+    logger = logging.getLogger("lessee.broker")
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+# ---- collateral and roots -----------------------------------------------------------------
+
+
+def _read_bounded(path: Path, limit: int, what: str) -> bytes:
+    if path.stat().st_size > limit:
+        raise InputError(f"{path}: {what} larger than {limit} bytes")
+    return path.read_bytes()
+
+
+def load_rims(directory: Path) -> tuple[bytes, ...]:
+    """Every ``*.xml`` / ``*.swidtag`` file of ``directory`` (bounded count and size)."""
+    if not directory.is_dir():
+        raise InputError(f"{directory}: not a directory of RIMs")
+    files = sorted(
+        p for p in directory.iterdir() if p.suffix in (".xml", ".swidtag") and p.is_file()
+    )
+    if len(files) > MAX_RIM_FILES:
+        raise InputError(f"{directory}: more than {MAX_RIM_FILES} RIM files")
+    return tuple(_read_bounded(p, MAX_RIM_FILE_BYTES, "RIM") for p in files)
+
+
+@dataclass(frozen=True)
+class EmulationRoots:
+    """The public roots of one emulation installation, offered as *candidate* trust anchors."""
+
+    nvidia_device_root: x509.Certificate
+    nvidia_rim_root: x509.Certificate
+    amd_ark: x509.Certificate
+
+    def fingerprints(self) -> dict[str, str]:
+        from cryptography.hazmat.primitives import hashes
+
+        return {
+            "gpu_device_root": self.nvidia_device_root.fingerprint(hashes.SHA256()).hex(),
+            "rim_root": self.nvidia_rim_root.fingerprint(hashes.SHA256()).hex(),
+            "snp_ark": self.amd_ark.fingerprint(hashes.SHA256()).hex(),
+        }
+
+
+def load_emulation_roots(pki_dir: Path) -> EmulationRoots:
+    """Read only the three root certificates of an emulation PKI (never its private keys) and
+    check them against the fingerprints its ``manifest.json`` recorded at creation."""
+    try:
+        manifest = json.loads(
+            _read_bounded(pki_dir / "manifest.json", MAX_ROOT_PEM_BYTES, "manifest")
+        )
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise InputError(f"{pki_dir}/manifest.json is not JSON") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != "lessee-emulation-pki":
+        raise InputError(f"{pki_dir}: not a lessee emulation PKI")
+
+    def cert(rel: str) -> x509.Certificate:
+        data = _read_bounded(pki_dir / rel, MAX_ROOT_PEM_BYTES, "root certificate")
+        try:
+            return x509.load_pem_x509_certificate(data)
+        except ValueError:
+            raise InputError(f"{pki_dir / rel}: not a PEM certificate") from None
+
+    roots = EmulationRoots(cert("gpu/root.pem"), cert("rim/root.pem"), cert("snp/ark.pem"))
+    if manifest.get("roots_sha256") != roots.fingerprints():
+        raise InputError(f"{pki_dir}: root certificates differ from those in manifest.json")
+    return roots
+
+
+# ---- the server ---------------------------------------------------------------------------
+
+
+def _tls_file(path: Path) -> bytes:
+    return _read_bounded(path, MAX_TLS_FILE_BYTES, "TLS file")
+
+
+def server_options() -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_SEND_MESSAGE_BYTES),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+@dataclass
+class _Resources:
+    store: SqliteBrokerStore
+    log: LogStore
+    health: health.HealthServicer
+    closed: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class RunningBroker(grpc.Server):
+    """A started broker: a ``grpc.Server`` that also knows its port, its ``Broker`` and how to
+    close its stores. ``stop`` is graceful (see the module docstring)."""
+
+    def __init__(
+        self,
+        server: grpc.Server,
+        *,
+        broker: Broker,
+        resources: _Resources,
+        host: str,
+        port: int,
+        admin_port: int | None,
+        emulation: EmulationRoots | None,
+    ) -> None:
+        self._server = server
+        self.broker = broker
+        self._res = resources
+        self.host = host
+        self.port = port
+        self.admin_port = admin_port
+        self.emulation = emulation
+
+    @property
+    def target(self) -> str:
+        """``host:port`` for a client (IPv6 hosts bracketed, as gRPC targets need)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def log_store(self) -> LogStore:
+        return self._res.log
+
+    # grpc.Server interface, delegated
+    def add_generic_rpc_handlers(
+        self, generic_rpc_handlers: Iterable[grpc.GenericRpcHandler[Any, Any]]
+    ) -> None:
+        self._server.add_generic_rpc_handlers(generic_rpc_handlers)
+
+    def add_insecure_port(self, address: str) -> int:
+        raise InputError("ports are configured by serve_broker only")
+
+    def add_secure_port(self, address: str, server_credentials: grpc.ServerCredentials) -> int:
+        raise InputError("ports are configured by serve_broker only")
+
+    def start(self) -> None:
+        self._server.start()
+
+    def stop(self, grace: float | None = DEFAULT_STOP_GRACE_S) -> threading.Event:
+        """NOT_SERVING, wait up to ``grace`` for running calls, then close the stores."""
+        res = self._res
+        with res.lock:
+            if res.closed:
+                done = threading.Event()
+                done.set()
+                return done
+            res.closed = True
+        res.health.enter_graceful_shutdown()
+        event = self._server.stop(grace)
+        event.wait()
+        res.log.close()
+        res.store.close()
+        log_event("broker_stopped", port=self.port)
+        return event
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return self._server.wait_for_termination(timeout)
+
+
+def build_broker(config: BrokerConfig) -> tuple[Broker, _Resources, EmulationRoots | None]:
+    """Open the state directory and make a ``Broker`` over it (no network)."""
+    keys = prepare_state_dir(config.state_dir)
+    rims = load_rims(config.rims_dir) if config.rims_dir is not None else ()
+    emulation = (
+        load_emulation_roots(config.trust_emulation) if config.trust_emulation is not None else None
+    )
+    context = AppraisalContext(
+        rims=rims,
+        candidates=(
+            {
+                "nvidia_device_root": emulation.nvidia_device_root,
+                "nvidia_rim_root": emulation.nvidia_rim_root,
+            }
+            if emulation
+            else {}
+        ),
+        amd_extra_arks=(emulation.amd_ark,) if emulation else (),
+    )
+    store = SqliteBrokerStore(config.state_dir / BROKER_DB)
+    try:
+        log = LogStore(config.state_dir / LOG_DB, keys.log_signer)
+    except BaseException:
+        store.close()
+        raise
+    broker = Broker(
+        store=store,
+        wrapper=KeyWrapper(keys.master_key),
+        log=log,
+        result_key=keys.result_key,
+        appraiser=composite_appraiser(context),
+        clock=config.clock,
+    )
+    return broker, _Resources(store, log, health.HealthServicer()), emulation
+
+
+def serve_broker(config: BrokerConfig) -> RunningBroker:
+    """Open the state, bind the port(s), start serving; return the running server.
+
+    Raises ``InputError`` for a configuration that would expose plaintext or admin calls off
+    loopback, unreadable TLS files, or a port that cannot be bound.
+    """
+    host, _ = split_host_port(config.listen)
+    loopback = is_loopback_host(host)
+    if not loopback and config.tls_cert is None:
+        raise InputError(
+            f"{config.listen} is not a loopback address: TLS is required "
+            "(--tls-cert and --tls-key); plaintext is allowed on loopback only"
+        )
+    if config.admin_listen is not None:
+        split_host_port(config.admin_listen)
+        if config.tls_cert is None:
+            raise InputError("the admin port needs --tls-cert and --tls-key")
+    creds = None
+    admin_creds = None
+    if config.tls_cert is not None and config.tls_key is not None:
+        pair = (_tls_file(config.tls_key), _tls_file(config.tls_cert))
+        creds = grpc.ssl_server_credentials([pair])
+        if config.client_ca is not None:
+            admin_creds = grpc.ssl_server_credentials(
+                [pair], root_certificates=_tls_file(config.client_ca), require_client_auth=True
+            )
+
+    broker, res, emulation = build_broker(config)
+    try:
+        server = grpc.server(
+            ThreadPoolExecutor(config.max_workers, thread_name_prefix="lessee-broker"),
+            options=server_options(),
+            maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+        )
+        server.add_generic_rpc_handlers(
+            generic_handlers(
+                KeyBrokerServicer(broker),
+                BrokerAdminServicer(broker),
+                AttestationLogServicer(res.log),
+            )
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(res.health, server)
+        reflection.enable_server_reflection(
+            (
+                *SERVICES,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        try:
+            port = (
+                server.add_secure_port(config.listen, creds)
+                if creds is not None
+                else server.add_insecure_port(config.listen)
+            )
+            admin_port = None
+            if config.admin_listen is not None and admin_creds is not None:
+                admin_port = server.add_secure_port(config.admin_listen, admin_creds)
+        except RuntimeError as exc:
+            raise InputError(f"cannot listen on {config.listen}: {exc}") from None
+        if port == 0 or admin_port == 0:
+            raise InputError(f"cannot listen on {config.listen} (in use, or not an address here)")
+        server.start()
+    except BaseException:
+        res.log.close()
+        res.store.close()
+        raise
+    for name in ("", *SERVICES):
+        res.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    running = RunningBroker(
+        server,
+        broker=broker,
+        resources=res,
+        host=host,
+        port=port,
+        admin_port=admin_port,
+        emulation=emulation,
+    )
+    log_event(
+        "broker_started",
+        listen=config.listen,
+        port=port,
+        tls=creds is not None,
+        admin_port=admin_port,
+        log_size=res.log.size,
+        emulation_candidates=emulation is not None,
+        at=time.time(),
+    )
+    return running
+
+
+__all__ = [
+    "DEFAULT_STOP_GRACE_S",
+    "MAX_RECEIVE_MESSAGE_BYTES",
+    "MAX_SEND_MESSAGE_BYTES",
+    "EmulationRoots",
+    "JsonFormatter",
+    "RunningBroker",
+    "build_broker",
+    "configure_json_logging",
+    "is_loopback_host",
+    "load_emulation_roots",
+    "load_rims",
+    "serve_broker",
+    "server_options",
+    "split_host_port",
+]

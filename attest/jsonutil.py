@@ -1,0 +1,61 @@
+"""One strict JSON reader for every JSON input lessee accepts from outside.
+
+``json.loads`` alone lets three kinds of hostile input escape as untyped errors: deep nesting
+(``RecursionError``), integers beyond Python's digit limit (``ValueError``) and invalid UTF-8.
+Duplicate object keys are also refused: two parsers reading the same document differently is a
+classic way to smuggle a value past a check.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from attest.errors import InputError
+
+#: Deeper than any document we accept; bounds the parser's recursion well below Python's limit.
+MAX_JSON_DEPTH = 64
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise InputError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _depth_ok(data: bytes | str) -> bool:
+    depth = 0
+    in_string = escaped = False
+    text = data if isinstance(data, str) else data.decode("utf-8", "replace")
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return False
+        elif ch in "]}":
+            depth -= 1
+    return True
+
+
+def load_json(data: bytes | str, *, what: str) -> Any:
+    """Parse ``data`` or raise ``InputError`` naming ``what``; never any other exception."""
+    if not _depth_ok(data):
+        raise InputError(f"{what}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(data, object_pairs_hook=_no_duplicates)
+    except InputError as exc:
+        raise InputError(f"{what}: {exc}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError, digit limit
+        raise InputError(f"{what} is malformed (not valid JSON): {exc}") from None

@@ -1,0 +1,217 @@
+"""The TEST RELAY: the host owner's position between client and enclave, made concrete.
+
+Two real components on 127.0.0.1, no mocks:
+
+* :class:`Relay`, a ``grpc.aio`` proxy for ``lessee.v1.Enclave``. It handles raw message bytes
+  (no deserialisation on the way through), records every message it receives and every message
+  it forwards, and can rewrite what it forwards: the key bundle, the sealed request, or the
+  response stream (drop, reorder, duplicate, truncate, modify, splice from another stream, end
+  with an error status). It can also replay a recorded request to the enclave on its own.
+* :class:`ByteTap`, a TCP forwarder that records every byte in both directions (HTTP/2 frames,
+  headers and all): what a passive observer of the relay's network sees.
+
+What the relay may look inside is exactly what the host can parse: the protobuf framing of
+``StreamRecord`` (public) to get at record boundaries. It never holds a key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from agent.client import channel_options
+from agent.enclave.service import ENCLAVE_SERVICE, GENERATE_METHOD, GET_KEY_BUNDLE_METHOD
+from agent.rpc.v1 import enclave_pb2
+
+#: A rewrite of the response stream: record payloads in (index 0 is the head), payloads out.
+Rewrite = Callable[[list[bytes]], list[bytes]]
+
+
+@dataclass
+class Exchange:
+    """One proxied RPC: raw request bytes and every response message, as received and as sent."""
+
+    method: str
+    request: bytes
+    received: list[bytes] = field(default_factory=list)
+    forwarded: list[bytes] = field(default_factory=list)
+    upstream_status: str = "OK"
+
+    @property
+    def received_records(self) -> list[bytes]:
+        """The ``StreamRecord.record`` payloads the enclave sent (head first)."""
+        return [enclave_pb2.StreamRecord.FromString(m).record for m in self.received]
+
+    @property
+    def forwarded_records(self) -> list[bytes]:
+        return [enclave_pb2.StreamRecord.FromString(m).record for m in self.forwarded]
+
+
+class Relay:
+    """A recording, manipulating gRPC proxy in front of one enclave."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.exchanges: list[Exchange] = []
+        #: Rewrites the response stream of the next Generate calls (buffers the whole stream).
+        self.rewrite: Rewrite | None = None
+        #: After forwarding, end the call with this status instead of OK.
+        self.end_status: grpc.StatusCode | None = None
+        #: Rewrites the serialized KeyBundle message (one call; then reset) or every call.
+        self.bundle_rewrite: Callable[[bytes], bytes] | None = None
+        self.bundle_rewrite_once = False
+        #: Rewrites the sealed request before it goes to the enclave.
+        self.request_rewrite: Callable[[bytes], bytes] | None = None
+        self._server: grpc.aio.Server | None = None
+        self._channel: grpc.aio.Channel | None = None
+        self.port = 0
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def generate_exchanges(self) -> list[Exchange]:
+        return [e for e in self.exchanges if e.method == "Generate"]
+
+    def all_bytes(self) -> bytes:
+        """Every byte the relay received or forwarded, concatenated."""
+        parts: list[bytes] = []
+        for e in self.exchanges:
+            parts += [e.request, *e.received, *e.forwarded]
+        return b"".join(parts)
+
+    async def start(self) -> None:
+        self._channel = grpc.aio.insecure_channel(self.upstream, options=channel_options())
+        self._server = grpc.aio.server(options=channel_options())
+        handler = grpc.method_handlers_generic_handler(
+            ENCLAVE_SERVICE,
+            {
+                "GetKeyBundle": grpc.unary_unary_rpc_method_handler(self._get_key_bundle),
+                "Generate": grpc.unary_stream_rpc_method_handler(self._generate),
+            },
+        )
+        self._server.add_generic_rpc_handlers((handler,))
+        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        await self._server.start()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop(None)
+        if self._channel is not None:
+            await self._channel.close(None)
+
+    def _upstream_stream(self, request: bytes) -> Any:
+        assert self._channel is not None
+        return self._channel.unary_stream(GENERATE_METHOD)(request)
+
+    async def _get_key_bundle(self, request: bytes, context: Any) -> bytes:
+        assert self._channel is not None
+        exchange = Exchange("GetKeyBundle", request)
+        self.exchanges.append(exchange)
+        try:
+            reply: bytes = await self._channel.unary_unary(GET_KEY_BUNDLE_METHOD)(request)
+        except grpc.aio.AioRpcError as exc:
+            await context.abort(exc.code(), exc.details() or "")
+        exchange.received.append(reply)
+        if self.bundle_rewrite is not None:
+            reply = self.bundle_rewrite(reply)
+            if self.bundle_rewrite_once:
+                self.bundle_rewrite = None
+        exchange.forwarded.append(reply)
+        return reply
+
+    async def _generate(self, request: bytes, context: Any) -> AsyncIterator[bytes]:
+        exchange = Exchange("Generate", request)
+        self.exchanges.append(exchange)
+        if self.request_rewrite is not None:
+            msg = enclave_pb2.GenerateRequest.FromString(request)
+            request = enclave_pb2.GenerateRequest(
+                sealed_request=self.request_rewrite(msg.sealed_request)
+            ).SerializeToString()
+        call = self._upstream_stream(request)
+        rewrite, end_status = self.rewrite, self.end_status
+        try:
+            if rewrite is None:
+                async for message in call:
+                    exchange.received.append(message)
+                    exchange.forwarded.append(message)
+                    yield message
+            else:
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    async for message in call:
+                        exchange.received.append(message)
+                for payload in rewrite(exchange.received_records):
+                    message = enclave_pb2.StreamRecord(record=payload).SerializeToString()
+                    exchange.forwarded.append(message)
+                    yield message
+        except grpc.aio.AioRpcError as exc:
+            exchange.upstream_status = exc.code().name
+            await context.abort(exc.code(), exc.details() or "")
+        if end_status is not None:
+            await context.abort(end_status, "relay cut the stream")
+
+    async def replay(self, request: bytes) -> list[bytes]:
+        """Send recorded raw request bytes to the enclave as the relay itself; return the record
+        payloads of the answer (head first)."""
+        messages = [m async for m in self._upstream_stream(request)]
+        return [enclave_pb2.StreamRecord.FromString(m).record for m in messages]
+
+
+class ByteTap:
+    """A TCP forwarder on 127.0.0.1 that records every byte in both directions."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.to_server = bytearray()
+        self.to_client = bytearray()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.port = 0
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+
+        async def pipe(
+            src: asyncio.StreamReader, dst: asyncio.StreamWriter, log: bytearray
+        ) -> None:
+            try:
+                while data := await src.read(65536):
+                    log += data
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.close()
+
+        for coro in (
+            pipe(reader, up_writer, self.to_server),
+            pipe(up_reader, writer, self.to_client),
+        ):
+            task = asyncio.create_task(coro)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)

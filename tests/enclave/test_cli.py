@@ -1,0 +1,140 @@
+"""``lessee client generate`` against a real enclave on loopback: output and exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from agent.cli.main import main
+from agent.enclave import ScriptedGenerator
+from tests.enclave.conftest import BROKER, OTHER_BROKER, Stack, StackFactory, make_bundle
+
+
+def _pem(key: object) -> bytes:
+    return key.public_bytes(  # type: ignore[attr-defined]
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+@pytest.fixture
+def broker_pem(tmp_path: Path) -> Path:
+    path = tmp_path / "broker.pem"
+    path.write_bytes(_pem(BROKER.public_key()))
+    return path
+
+
+def _run(stack: Stack, key_file: Path, *extra: str, prompt: str = "hello there") -> int:
+    return main(
+        [
+            "client",
+            "generate",
+            "--target",
+            stack.target,
+            "--broker-key",
+            str(key_file),
+            "--prompt",
+            prompt,
+            "--timeout",
+            "20",
+            *extra,
+        ]
+    )
+
+
+def test_generate_prints_the_answer(
+    stack: Stack, broker_pem: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _run(stack, broker_pem, prompt="the answer is 42") == 0
+    out, err = capsys.readouterr()
+    assert out == "the answer is 42\n" and err == ""
+
+
+def test_generate_with_jwk_and_pinned_bundle(
+    stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raw = BROKER.public_key().public_bytes_raw()
+    import base64
+
+    jwk = {"kty": "OKP", "crv": "Ed25519", "x": base64.urlsafe_b64encode(raw).rstrip(b"=").decode()}
+    key_file = tmp_path / "broker.jwk"
+    key_file.write_text(json.dumps(jwk))
+    bundle_file = tmp_path / "bundle.bin"
+    bundle_file.write_bytes(make_bundle(stack.key).raw)
+    assert _run(stack, key_file, "--bundle", str(bundle_file), "--max-new-tokens", "1") == 0
+    assert capsys.readouterr().out == "hello\n"
+    assert [e.method for e in stack.relay.exchanges] == ["Generate"]
+
+
+def test_wrong_broker_key_is_rejected(
+    stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key_file = tmp_path / "other.pem"
+    key_file.write_bytes(_pem(OTHER_BROKER.public_key()))
+    assert _run(stack, key_file) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("lessee: rejected:") and "signature" in err
+    assert stack.relay.generate_exchanges() == []
+
+
+def test_abort_and_manipulation_exit_1(
+    stack_factory: StackFactory, broker_pem: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    aborted = stack_factory(ScriptedGenerator(["partial", " answer"], fail_after=1))
+    assert _run(aborted, broker_pem) == 1
+    out, err = capsys.readouterr()
+    assert out == "partial\n" and "aborted the stream (INTERNAL)" in err
+    tampered = stack_factory()
+    tampered.relay.rewrite = lambda r: r[:-1]  # truncation: the final record never arrives
+    assert _run(tampered, broker_pem) == 1
+    out, err = capsys.readouterr()
+    assert out == "hello there\n" and err == "lessee: rejected: token stream rejected\n"
+
+
+def test_bad_input_exit_2(
+    stack: Stack, tmp_path: Path, broker_pem: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "missing.pem"
+    assert _run(stack, missing) == 2
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a key")
+    assert _run(stack, junk) == 2
+    p384 = tmp_path / "p384.pem"
+    p384.write_bytes(_pem(ec.generate_private_key(ec.SECP384R1()).public_key()))
+    assert _run(stack, p384) == 2
+    bad_bundle = tmp_path / "bundle.bin"
+    bad_bundle.write_bytes(b"LSKB\x02")
+    assert _run(stack, broker_pem, "--bundle", str(bad_bundle)) == 2
+    assert _run(stack, broker_pem, "--temperature", "nan") == 2
+    assert _run(stack, broker_pem, "--max-new-tokens", "0") == 2
+    assert main(["client", "generate", "--target", stack.target]) == 2  # usage
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert stack.relay.generate_exchanges() == []
+
+
+def test_unreachable_target_exit_1(broker_pem: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = main(
+        [
+            "client",
+            "generate",
+            "--target",
+            f"127.0.0.1:{port}",
+            "--broker-key",
+            str(broker_pem),
+            "--prompt",
+            "x",
+            "--timeout",
+            "3",
+        ]
+    )
+    assert code == 1
+    assert "unauthenticated" in capsys.readouterr().err

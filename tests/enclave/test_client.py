@@ -1,0 +1,231 @@
+"""The client SDK: bundle verification before anything is sent, pinned bundles, custom checks,
+key rotation, timeouts, the blocking wrapper. Real gRPC on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from agent.client import (
+    BundleError,
+    EnclaveClient,
+    EnclaveUnavailable,
+    GenerationTimeout,
+    SyncEnclaveClient,
+    broker_ear_check,
+)
+from agent.enclave import EchoGenerator, ScriptedGenerator
+from agent.rpc.v1 import enclave_pb2
+from attest.ear import AttestationResult, EarError, Status
+from attest.errors import InputError, ParseError, VerificationError
+from sealing.stream import KeyBundle
+from tests.enclave.conftest import (
+    BROKER,
+    OTHER_BROKER,
+    Stack,
+    StackFactory,
+    enclave_key,
+    make_bundle,
+)
+
+
+def _reason(err: BaseException | None) -> str | None:
+    return getattr(err, "reason", None)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "reason"),
+    [
+        ({"attested": enclave_key(label="other").public_key.encode()}, "ear_key"),
+        ({"broker": OTHER_BROKER}, "ear_signature"),
+        ({"status": Status.WARNING}, "ear_not_affirming"),
+        ({"status": Status.CONTRAINDICATED}, "ear_not_affirming"),
+        ({"ttl_s": -3600}, "ear_expired"),
+    ],
+)
+def test_bad_bundle_is_refused_before_anything_is_sent(
+    stack_factory: StackFactory, kwargs: dict[str, object], reason: str
+) -> None:
+    key = enclave_key()
+    stack = stack_factory(bundle=make_bundle(key, **kwargs))  # type: ignore[arg-type]
+    pieces, err = stack.collect("secret prompt")
+    assert pieces == []
+    assert isinstance(err, VerificationError) and _reason(err) == reason
+    assert stack.relay.generate_exchanges() == []  # the prompt never left the client
+
+
+def test_relay_swapping_the_bundle_is_refused(stack: Stack) -> None:
+    """The relay substitutes a bundle for a key it controls: it cannot get the broker to sign
+    it, so it reuses the enclave's genuine EAR, which names the genuine key."""
+    mine = enclave_key(label="relay-owned")
+    genuine = KeyBundle.decode(enclave_pb2.KeyBundle.FromString(stack.call(_fetch_raw)).bundle)
+    forged = KeyBundle.build(mine.public_key, genuine.attestation_result, genuine.log_proof)
+    stack.relay.bundle_rewrite = lambda _: enclave_pb2.KeyBundle(
+        bundle=forged.raw
+    ).SerializeToString()
+    pieces, err = stack.collect("secret prompt")
+    assert pieces == []
+    assert isinstance(err, EarError) and err.reason == "ear_key"
+    assert stack.relay.generate_exchanges() == []
+
+
+async def _fetch_raw(client: EnclaveClient) -> bytes:
+    await client.key_bundle()
+    assert client._fetched is not None
+    return enclave_pb2.KeyBundle(bundle=client._fetched.raw).SerializeToString()
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda raw: enclave_pb2.KeyBundle(bundle=b"LSKB").SerializeToString(),
+        lambda raw: enclave_pb2.KeyBundle(bundle=b"").SerializeToString(),
+        lambda raw: raw[:-20] + bytes([raw[-20] ^ 1]) + raw[-19:],  # in the EAR's signature
+        lambda raw: raw[:100] + bytes([raw[100] ^ 1]) + raw[101:],  # in the EAR's claims
+        lambda raw: raw[:50] + bytes([raw[50] ^ 1]) + raw[51:],  # in the public key
+    ],
+    ids=["truncated", "empty", "ear-signature", "ear-claims", "public-key"],
+)
+def test_corrupted_bundle_is_refused(stack: Stack, mangle: object) -> None:
+    stack.relay.bundle_rewrite = mangle  # type: ignore[assignment]
+    pieces, err = stack.collect("secret prompt")
+    assert pieces == []
+    assert isinstance(err, VerificationError), err
+    assert _reason(err) in {"bundle_malformed", "ear_malformed", "ear_signature"}
+    if _reason(err) == "bundle_malformed":
+        assert isinstance(err, BundleError)
+    assert stack.relay.generate_exchanges() == []
+
+
+def test_custom_check_for_zero_trust_in_the_broker(stack: Stack) -> None:
+    """A caller-supplied check replaces the broker key (e.g. one that appraises evidence)."""
+    seen: list[bytes] = []
+
+    def evidence_check(bundle: KeyBundle, at: datetime) -> None:
+        seen.append(bundle.key_id)
+        if bundle.key_id != stack.key.public_key.key_id:
+            raise VerificationError("not the key I measured", reason="key_not_attested")
+
+    assert stack.collect("a b", bundle_check=evidence_check) == (["a", " b"], None)
+    assert seen == [stack.key.public_key.key_id]
+
+    def predicate(bundle: KeyBundle, at: datetime) -> bool:  # a mistake: returns instead of raising
+        return True
+
+    pieces, err = stack.collect("a b", bundle_check=predicate)
+    assert pieces == [] and _reason(err) == "key_not_attested"
+
+
+def test_pinned_bundle_is_used_and_still_verified(stack: Stack) -> None:
+    good = make_bundle(stack.key)
+    assert stack.collect("x y", bundle=good.raw) == (["x", " y"], None)
+    assert [e.method for e in stack.relay.exchanges] == ["Generate"]  # no bundle fetch
+    stale = make_bundle(stack.key, ttl_s=-3600)
+    pieces, err = stack.collect("x y", bundle=stale.raw)
+    assert pieces == [] and _reason(err) == "ear_expired"
+    with pytest.raises(ParseError):
+        EnclaveClient("127.0.0.1:1", bundle_check=BROKER.public_key(), bundle=b"junk")
+
+
+def test_bundle_is_reverified_against_the_clock(stack: Stack) -> None:
+    later = datetime.now(UTC) + timedelta(hours=3)
+    pieces, err = stack.collect("x", clock=lambda: later)
+    assert pieces == [] and _reason(err) == "ear_expired"
+
+
+def test_key_rotation_refetches_the_bundle_once(stack_factory: StackFactory) -> None:
+    """The client holds a bundle for a key the enclave no longer has (it restarted): the
+    enclave answers FAILED_PRECONDITION, the client fetches and verifies the new bundle once."""
+    stack = stack_factory(key=enclave_key(label="new"))
+    old = make_bundle(enclave_key(label="old"))
+    stack.relay.bundle_rewrite = lambda _: enclave_pb2.KeyBundle(bundle=old.raw).SerializeToString()
+    stack.relay.bundle_rewrite_once = True
+    assert stack.collect("p q") == (["p", " q"], None)
+    assert [e.method for e in stack.relay.exchanges] == [
+        "GetKeyBundle",
+        "Generate",
+        "GetKeyBundle",
+        "Generate",
+    ]
+    assert stack.service.stats.stale_key == 1
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_unreachable_enclave() -> None:
+    async def run() -> None:
+        async with EnclaveClient(
+            f"127.0.0.1:{_closed_port()}", bundle_check=BROKER.public_key(), timeout=2
+        ) as client:
+            await client.generate_text("p")
+
+    with pytest.raises(EnclaveUnavailable) as info:
+        asyncio.run(run())
+    assert info.value.code in {"UNAVAILABLE", "DEADLINE_EXCEEDED"}
+
+
+def test_client_deadline_mid_stream(stack_factory: StackFactory) -> None:
+    stack = stack_factory(ScriptedGenerator(["a", "b"], stall_at=1, stall_s=5.0))
+    pieces, err = stack.collect(timeout=0.5)
+    assert pieces == ["a"]
+    assert isinstance(err, GenerationTimeout)
+
+
+def test_timeout_bounds() -> None:
+    for bad in (0, -1, 1e9):
+        with pytest.raises(InputError):
+            EnclaveClient("127.0.0.1:1", bundle_check=BROKER.public_key(), timeout=bad)
+
+
+def test_log_proof_check_is_composed(stack: Stack) -> None:
+    calls: list[tuple[bytes, str | None]] = []
+
+    def proof_check(bundle: KeyBundle, result: AttestationResult, at: datetime) -> None:
+        calls.append((bundle.log_proof, result.result_id))
+        if bundle.log_proof != b"log-proof":
+            raise VerificationError("no inclusion proof", reason="log_proof")
+
+    check = broker_ear_check(BROKER.public_key(), log_proof_check=proof_check)
+    assert stack.collect("a", bundle_check=check) == (["a"], None)
+    assert calls == [(b"log-proof", "result-1")]
+    stack.relay.bundle_rewrite = lambda raw: raw[:-1] + bytes([raw[-1] ^ 1])  # in the proof
+    pieces, err = stack.collect("a", bundle_check=check)
+    assert pieces == [] and _reason(err) == "log_proof"
+
+
+def test_broker_ear_check_directly() -> None:
+    key = enclave_key()
+    check = broker_ear_check(BROKER.public_key())
+    now = datetime.now(UTC)
+    assert check(make_bundle(key), now) is None
+    not_ascii = KeyBundle.build(key.public_key, "é".encode(), b"")
+    with pytest.raises(VerificationError) as info:
+        check(not_ascii, now)
+    assert info.value.reason == "ear_malformed"
+    with pytest.raises(EarError):
+        broker_ear_check(OTHER_BROKER.public_key())(make_bundle(key), now)
+
+
+def test_sync_client(stack: Stack) -> None:
+    with SyncEnclaveClient(stack.target, bundle_check=BROKER.public_key(), timeout=5) as client:
+        assert client.key_bundle().public_key == stack.key.public_key
+        pieces = list(client.generate("one two three"))
+        assert pieces == EchoGenerator().tokens_for("one two three", _params())
+        assert client.generate_text("four five") == "four five"
+        gen = client.generate("six seven eight")
+        assert next(gen) == "six"
+        gen.close()  # breaking off early cancels the stream
+    assert [e.method for e in stack.relay.exchanges].count("Generate") == 3
+
+
+def _params():  # type: ignore[no-untyped-def]
+    from sealing.stream import GenerationParams
+
+    return GenerationParams()

@@ -1,0 +1,227 @@
+"""The key-release protocol end to end over real gRPC: what is released, and what is refused."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+
+import grpc
+import pytest
+
+from agent.agent import (
+    EMULATED_LAUNCH_MEASUREMENT,
+    AttestationRefusedError,
+    BrokerRefusedError,
+    call_broker,
+    verify_log_proof,
+)
+from agent.emulation import EmulatedCpuSource, EmulatedSnp, non_cc_gpu_source
+from agent.rpc import convert
+from agent.rpc.v1 import broker_pb2
+from attest.ear import Status, verify_ear
+from attest.log.entry import decode_entry
+from sealing.hpke_suite import HpkeOpenError
+from tests.integration.conftest import (
+    DATA_KEY,
+    MODEL,
+    OTHER_DATA_KEY,
+    OTHER_MANIFEST,
+    OTHER_MODEL,
+    Harness,
+    reason_of,
+)
+
+
+def test_affirming_flow_releases_the_registered_key(harness: Harness) -> None:
+    agent = harness.agent()
+    attested = agent.attest(MODEL)
+    assert attested.status is Status.AFFIRMING
+    assert attested.devices == {"cpu0": "affirming", "gpu0": "affirming"}
+    assert attested.result_verified and attested.log_verified
+    key, release = agent.release(attested)
+    assert bytes(key) == DATA_KEY
+    assert release.model_version == 1
+    assert release.key_id.startswith(f"{MODEL}/v1/")
+    # The release is logged too, after the attestation, with its own inclusion proof.
+    entry = agent.fetch_entry(release.log_proof.index)
+    verify_log_proof(release.log_proof, entry, harness.keys.log_signer.verifier())
+    assert release.log_proof.index > attested.log_index
+    assert decode_entry(entry).model_id == MODEL
+
+
+def test_replayed_nonce_is_refused_and_not_logged(harness: Harness) -> None:
+    agent = harness.agent()
+    session = agent.start_session(MODEL)
+    bundle = agent.collect(session)
+    first = agent.send_evidence(session, bundle)
+    assert first.status is Status.AFFIRMING
+    size = harness.server.log_store.size if harness.server else -1
+    with pytest.raises(BrokerRefusedError) as e:
+        agent.send_evidence(session, bundle)
+    assert e.value.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert e.value.reason == "nonce_used"
+    assert harness.server is not None and harness.server.log_store.size == size
+
+
+def test_expired_nonce_is_refused(harness: Harness) -> None:
+    agent = harness.agent()
+    session = agent.start_session(MODEL)
+    bundle = agent.collect(session)
+    harness.clock.advance(121)  # the policy's nonce TTL is the default 120 s
+    with pytest.raises(BrokerRefusedError) as e:
+        agent.send_evidence(session, bundle)
+    assert (e.value.code, e.value.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "nonce_expired")
+
+
+def test_unknown_nonce_is_refused(harness: Harness) -> None:
+    agent = harness.agent()
+    session = agent.start_session(MODEL)
+    request = convert.attest_request_to_proto(
+        nonce=bytes(32),
+        enclave_public_key=session.public_key,
+        model_id=MODEL,
+        bundle=agent.collect(session),
+    )
+    with pytest.raises(grpc.RpcError) as e:
+        harness.stub.Attest(request, timeout=30)
+    assert e.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert reason_of(e.value) == "nonce_unknown"
+
+
+def test_expired_result_is_refused(harness: Harness) -> None:
+    agent = harness.agent()
+    attested = agent.attest(MODEL)
+    harness.clock.advance(300 + 61)  # result TTL 300 s plus the EAR's clock-skew allowance
+    with pytest.raises(BrokerRefusedError) as e:
+        agent.release(attested)
+    assert (e.value.code, e.value.reason) == (grpc.StatusCode.PERMISSION_DENIED, "ear_expired")
+
+
+def test_result_for_another_key_cannot_be_used(harness: Harness) -> None:
+    a, b = harness.agent(), harness.agent()
+    attested_a = a.attest(MODEL)
+    session_b = b.start_session(MODEL)
+    # (1) Rewriting the EAR to name B's key breaks the broker's signature.
+    header, payload, sig = attested_a.result.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["ear.lessee.enclave-key"] = (
+        base64.urlsafe_b64encode(session_b.public_key).rstrip(b"=").decode()
+    )
+    forged = ".".join(
+        [header, base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode(), sig]
+    )
+    with pytest.raises(grpc.RpcError) as e:
+        harness.stub.ReleaseKey(broker_pb2.ReleaseKeyRequest(result=forged, model_id=MODEL))
+    assert e.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    # (2) Replaying A's genuine result releases a key sealed to A: B cannot open it.
+    reply = convert.release_reply_from_proto(
+        harness.stub.ReleaseKey(
+            broker_pb2.ReleaseKeyRequest(result=attested_a.result, model_id=MODEL), timeout=30
+        )
+    )
+    with pytest.raises(HpkeOpenError):
+        session_b.open_release(reply, attested_a.result_id)
+    # (3) And the result is spent: not even A gets a second release from it.
+    with pytest.raises(BrokerRefusedError) as e2:
+        a.release(attested_a)
+    assert e2.value.reason == "result_used"
+
+
+def test_result_for_another_model_is_refused(harness: Harness) -> None:
+    harness.register(OTHER_MODEL, OTHER_DATA_KEY, OTHER_MANIFEST)
+    attested = harness.agent().attest(MODEL)
+    with pytest.raises(grpc.RpcError) as e:
+        harness.stub.ReleaseKey(
+            broker_pb2.ReleaseKeyRequest(result=attested.result, model_id=OTHER_MODEL)
+        )
+    assert e.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert reason_of(e.value) == "model_mismatch"
+
+
+def test_evidence_from_another_session_is_refused(harness: Harness) -> None:
+    agent = harness.agent()
+    first, second = agent.start_session(MODEL), agent.start_session(MODEL)
+    stale = agent.collect(first)  # bound to the first session's nonce and key
+    reply = agent.send_evidence(second, stale)
+    assert reply.status is Status.CONTRAINDICATED
+    joined = "\n".join(reply.findings)
+    assert "report_data" in joined  # the CPU report names another session
+    assert "nonce" in joined  # and so does the GPU's SPDM nonce
+    with pytest.raises(AttestationRefusedError):
+        agent.check_result(second, reply)
+    with pytest.raises(BrokerRefusedError) as e:
+        call_broker(
+            "ReleaseKey",
+            harness.stub.ReleaseKey,
+            broker_pb2.ReleaseKeyRequest(result=reply.result, model_id=MODEL),
+            30.0,
+        )
+    assert e.value.reason == "not_affirming"
+
+
+@pytest.mark.parametrize("case", ["debug_cpu", "non_cc_gpu", "wrong_measurement"])
+def test_bad_hardware_states_are_contraindicated(harness: Harness, case: str) -> None:
+    pki = harness.pki
+    if case == "debug_cpu":
+        agent = harness.agent(
+            cpu=EmulatedCpuSource(
+                EmulatedSnp(pki, measurement=EMULATED_LAUNCH_MEASUREMENT, policy_debug=True)
+            )
+        )
+        field = "snp.policy.debug"
+    elif case == "non_cc_gpu":
+        agent = harness.agent(gpu=non_cc_gpu_source(pki))
+        field = "gpu.cc_mode"
+    else:
+        agent = harness.agent(cpu=EmulatedCpuSource(EmulatedSnp(pki, measurement=b"\x42" * 48)))
+        field = "measurement"
+    with pytest.raises(AttestationRefusedError) as e:
+        agent.attest(MODEL)
+    assert e.value.status is Status.CONTRAINDICATED
+    assert any(field in line for line in e.value.findings), e.value.findings
+
+
+def test_unpinned_agent_still_gets_and_opens_the_key(harness: Harness) -> None:
+    agent = harness.agent(pinned=False)
+    attested = agent.attest(MODEL)
+    assert not attested.result_verified and not attested.log_verified
+    key, _ = agent.release(attested)
+    assert bytes(key) == DATA_KEY
+
+
+def test_broker_restart_mid_flow_keeps_committed_state(harness: Harness) -> None:
+    agent = harness.agent()
+    session = agent.start_session(MODEL)  # nonce committed before the restart
+    bundle = agent.collect(session)
+    harness.restart()
+    agent = harness.agent()
+    reply = agent.send_evidence(session, bundle)
+    attested = agent.check_result(session, reply)
+    size_before = harness.server.log_store.size if harness.server else -1
+    harness.restart()  # the result survives a restart too
+    agent = harness.agent()
+    assert harness.server is not None and harness.server.log_store.size == size_before
+    key, _ = agent.release(attested)
+    assert bytes(key) == DATA_KEY
+    harness.restart()
+    agent = harness.agent()
+    with pytest.raises(BrokerRefusedError) as e:  # the nonce is never accepted twice
+        agent.send_evidence(session, bundle)
+    assert e.value.reason == "nonce_used"
+    with pytest.raises(BrokerRefusedError) as e2:  # and the result never released twice
+        agent.release(attested)
+    assert e2.value.reason == "result_used"
+    # Every EAR the broker issued before restarts still verifies with its (unchanged) key.
+    claims = verify_ear(attested.result, harness.keys.result_key.public_key(), at=harness.clock())
+    assert claims.enclave_key == session.public_key
+
+
+def test_nonce_rows_are_single_use_in_the_database(harness: Harness) -> None:
+    agent = harness.agent()
+    for _ in range(3):
+        agent.attest(MODEL)
+    db = sqlite3.connect(harness.state / "broker.db")
+    used = db.execute("SELECT COUNT(*) FROM nonces WHERE used_at IS NOT NULL").fetchone()[0]
+    results = db.execute("SELECT COUNT(DISTINCT nonce), COUNT(*) FROM results").fetchone()
+    assert used == 3 and results == (3, 3)

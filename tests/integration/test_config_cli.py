@@ -1,0 +1,236 @@
+"""Broker state directory (keys made once, 0600, refused when loose) and the CLI commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.broker.config import (
+    BrokerConfig,
+    encode_note_private_key,
+    parse_note_private_key,
+    prepare_state_dir,
+)
+from agent.cli.main import main
+from attest.ear import public_key_from_jwk
+from attest.errors import InputError
+from attest.log.keys import load_verifier
+from attest.log.note import NoteSigner
+from tests.integration.conftest import MODEL, Harness
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_state_dir_keys_are_made_once_and_private(tmp_path: Path) -> None:
+    state = tmp_path / "s"
+    first = prepare_state_dir(state)
+    again = prepare_state_dir(state)
+    assert first.ear_public_pem() == again.ear_public_pem()
+    assert first.log_vkey() == again.log_vkey()
+    assert first.master_key == again.master_key
+    assert state.stat().st_mode & 0o777 == 0o700
+    for name in ("master.key", "ear-signing.pem", "log-note.key", "broker.db", "log.db"):
+        assert (state / name).stat().st_mode & 0o777 == 0o600, name
+    jwk = json.loads((state / "ear-verifier.jwk").read_text())
+    loaded = public_key_from_jwk(jwk)
+    assert isinstance(loaded, ec.EllipticCurvePublicKey)
+    assert loaded.public_numbers() == first.result_key.public_key().public_numbers()
+    assert load_verifier((state / "log.vkey").read_text().strip()).name == first.log_name
+    assert "seed" not in repr(first) and first.master_key.hex() not in repr(first)
+
+
+def test_loose_or_missing_state_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="not a broker state directory"):
+        prepare_state_dir(tmp_path / "nothing", create=False)
+    state = tmp_path / "s"
+    prepare_state_dir(state)
+    (state / "ear-signing.pem").chmod(0o640)
+    with pytest.raises(InputError, match="group/others"):
+        prepare_state_dir(state)
+    (state / "ear-signing.pem").chmod(0o600)
+    state.chmod(0o777)
+    with pytest.raises(InputError, match="writable by group/others"):
+        prepare_state_dir(state)
+    state.chmod(0o700)
+    (state / "log-note.key").write_text("PRIVATE+KEY+x+00000000+AQ==\n")
+    with pytest.raises(InputError, match="log note key"):
+        prepare_state_dir(state)
+
+
+def test_config_rules() -> None:
+    with pytest.raises(InputError):
+        BrokerConfig(state_dir=Path("s"), tls_cert=Path("c"))
+    with pytest.raises(InputError):
+        BrokerConfig(state_dir=Path("s"), admin_listen="127.0.0.1:1")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(min_size=32, max_size=32), st.from_regex(r"[a-z0-9./-]{1,40}", fullmatch=True))
+def test_note_key_round_trip(seed: bytes, name: str) -> None:
+    signer = NoteSigner(name=name, seed=seed)
+    back = parse_note_private_key(encode_note_private_key(signer) + "\n")
+    assert back.public_key == signer.public_key and back.name == name
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=200))
+def test_note_key_parser_raises_only_input_errors(text: str) -> None:
+    try:
+        parse_note_private_key(text)
+    except InputError:
+        pass
+
+
+def test_cli_keys_export_and_agent(
+    harness: Harness, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["broker", "keys", "--state", str(harness.state), "--json"]) == 0
+    keys = json.loads(capsys.readouterr().out)
+    assert keys["log_vkey"] == harness.keys.log_vkey()
+    # lessee agent --emulate against the running broker: attests, releases, loads the model.
+    from agent.agent import EMULATED_LAUNCH_MEASUREMENT  # noqa: F401 (the policy pins it)
+    from agent.demo import make_model
+    from agent.loader import seal_model
+    from agent.loader.keyfile import write_key_file
+
+    make_model(tmp_path / "model")
+    dek = bytearray(os.urandom(32))
+    sealed = seal_model(
+        tmp_path / "model", tmp_path / "sealed", dek, model_id="m3", model_version=2, rng=os.urandom
+    )
+    key_file = tmp_path / "m3.key"
+    write_key_file(
+        key_file,
+        dek,
+        key_id="k",
+        model_id="m3",
+        model_version=2,
+        manifest_digest=sealed.manifest_digest,
+    )
+    policy = tmp_path / "policy.json"
+    from agent.demo import demo_policy
+
+    policy.write_text(
+        json.dumps(
+            demo_policy(list(harness.pki.root_fingerprints().values()), sealed.manifest_digest)
+        )
+    )
+    assert harness.server is not None
+    target = harness.server.target
+    assert (
+        main(
+            [
+                "broker",
+                "register",
+                "--target",
+                target,
+                "--key-file",
+                str(key_file),
+                "--policy",
+                str(policy),
+            ]
+        )
+        == 0
+    )
+    assert "registered m3 v2" in capsys.readouterr().out
+    # A mismatching model id is refused locally, before anything is sent.
+    assert main(["broker", "register", "--target", target, "--key-file", str(key_file),
+                 "--policy", str(policy), "--model-id", "other"]) == 2  # fmt: skip
+    pem = tmp_path / "ear.pem"
+    pem.write_text(keys["ear_verifier_pem"])
+    code = main(
+        ["agent", "--broker", target, "--model-id", "m3", "--sealed", str(tmp_path / "sealed"),
+         "--emulate", "--emulation-dir", str(harness.pki_dir), "--broker-key", str(pem),
+         "--log-key", str(harness.state / "log.vkey"), "--json"]
+    )  # fmt: skip
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0, out
+    assert out["status"] == "affirming" and out["tensors"] == 5 and out["result_verified"]
+    # Wrong measurement: refused, exit 1, findings on stderr.
+    code = main(
+        ["agent", "--broker", target, "--model-id", "m3", "--sealed", str(tmp_path / "sealed"),
+         "--emulate", "--emulation-dir", str(harness.pki_dir), "--measurement", "00" * 48]
+    )  # fmt: skip
+    assert code == 1
+    assert "measurement" in capsys.readouterr().err
+    # Export while the broker runs: a consistent snapshot that audit verify accepts.
+    bundle = tmp_path / "log.bundle"
+    assert main(["broker", "export-log", "--state", str(harness.state), "--out", str(bundle)]) == 0
+    assert main(["audit", "verify", str(bundle), "--log-key", str(harness.state / "log.vkey")]) == 0
+
+
+def test_agent_without_hardware_says_what_is_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "sealed").mkdir()
+    code = main(
+        [
+            "agent",
+            "--broker",
+            "127.0.0.1:1",
+            "--model-id",
+            MODEL,
+            "--sealed",
+            str(tmp_path / "sealed"),
+        ]
+    )
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "configfs" in err or "tsm" in err or "NVML" in err
+
+
+def test_broker_serve_subprocess_stops_gracefully(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli.main", "broker", "serve", "--state", str(tmp_path / "s"),
+         "--listen", "127.0.0.1:0"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "listening on 127.0.0.1:" in line and "plaintext, loopback only" in line
+        proc.terminate()
+        assert proc.wait(timeout=20) == 0
+        assert proc.stderr is not None
+        logs = [json.loads(x) for x in proc.stderr.read().splitlines() if x.startswith("{")]
+        assert {"broker_started", "broker_stopped"} <= {e["event"] for e in logs}
+        text = json.dumps(logs)
+        assert (tmp_path / "s" / "master.key").read_bytes().hex() not in text
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    start = time.monotonic()
+    assert main(["broker", "serve", "--state", str(tmp_path / "t"), "--listen", "0.0.0.0:0"]) == 2
+    assert time.monotonic() - start < 10
+
+
+def test_demo_runs_end_to_end(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], snp_emulation_ok: None
+) -> None:
+    start = time.monotonic()
+    code = main(["demo", "--workdir", str(tmp_path / "demo")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert time.monotonic() - start < 60
+    for text in (
+        "attestation result: affirming",
+        "equal to the originals",
+        "tampered evidence",
+        "replayed nonce: FAILED_PRECONDITION [nonce_used]",
+        "debug-mode CPU",
+        "GPU not in CC mode",
+        "lessee audit verify exit code 0",
+    ):
+        assert text in out, text
+    assert (tmp_path / "demo" / "audit-log.bundle").is_file()
+    assert (tmp_path / "demo" / "keys" / "model.key").stat().st_mode & 0o777 == 0o600

@@ -1,0 +1,363 @@
+"""The loading hook: round trips for every safetensors dtype, lazy and sliced reads that touch
+only the chunks they need, whole directories, torch, the transformers/vLLM hooks, key files."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from safetensors import TensorSpec, serialize
+
+from agent.loader import SealedModel, seal_model
+from agent.loader import numpy as lnp
+from agent.loader._open import SealedSafeOpen
+from agent.loader.hf import from_pretrained_sealed, load_for_transformers, weights_iterator
+from agent.loader.keyfile import read_key_file, write_key_file
+from attest.errors import InputError
+from sealing.errors import SealedFormatError, UnsupportedDtypeError
+from sealing.weights import (
+    BytesSource,
+    FileKind,
+    key_fingerprint,
+    open_sealed_file,
+    seal_bytes,
+)
+from tests.sealing.helpers import DEK, MODEL_ID, SHARD1, VECTORS, VERSION, Rng
+
+CS = 4096
+#: safetensors' TensorSpec dtype names -> (header dtype, bytes for 6 elements).
+ALL_DTYPES = {
+    "bool": ("BOOL", 6),
+    "uint8": ("U8", 6),
+    "int8": ("I8", 6),
+    "int16": ("I16", 12),
+    "uint16": ("U16", 12),
+    "float16": ("F16", 12),
+    "bfloat16": ("BF16", 12),
+    "int32": ("I32", 24),
+    "uint32": ("U32", 24),
+    "float32": ("F32", 24),
+    "int64": ("I64", 48),
+    "uint64": ("U64", 48),
+    "float64": ("F64", 48),
+    "complex64": ("C64", 48),
+    "float8_e4m3fn": ("F8_E4M3", 6),
+    "float8_e5m2": ("F8_E5M2", 6),
+    "float8_e4m3fnuz": ("F8_E4M3FNUZ", 6),
+    "float8_e5m2fnuz": ("F8_E5M2FNUZ", 6),
+    "float8_e8m0fnu": ("F8_E8M0", 6),
+    "float4_e2m1fn_x2": ("F4", 6),  # storage shape [2, 3] = logical [2, 6], packed
+}
+
+
+def _all_dtype_file(repeat: int = 1) -> bytes:
+    """Every dtype safetensors writes, through safetensors' own serializer."""
+    rng = np.random.default_rng(5)
+    keep = []
+    specs = {}
+    for name, (_, nbytes) in ALL_DTYPES.items():
+        data = rng.integers(0, 256, nbytes * repeat, dtype=np.uint8)
+        if name == "bool":
+            data = data % 2
+        keep.append(data)
+        shape = [2 * repeat, 3]  # for F4 the storage shape; the header says [2r, 6]
+        specs[f"t.{name}"] = TensorSpec(
+            dtype=name, shape=shape, data_ptr=data.ctypes.data, data_len=data.nbytes
+        )
+    specs["t.empty"] = TensorSpec(dtype="float32", shape=[0, 7], data_ptr=0, data_len=0)
+    out = serialize(specs, {"purpose": "dtype round trip"})
+    del keep
+    return bytes(out)
+
+
+def _seal_file(tmp: Path, data: bytes, name: str = "m.safetensors") -> Path:
+    sealed = seal_bytes(
+        data,
+        DEK,
+        kind=FileKind.SAFETENSORS,
+        name=name,
+        model_id=MODEL_ID,
+        model_version=VERSION,
+        key_id=key_fingerprint(DEK),
+        rng=Rng(name.encode()),
+        chunk_size=CS,
+    )
+    path = tmp / f"{name}.sealed"
+    path.write_bytes(sealed)
+    return path
+
+
+def _raw_views(data: bytes) -> dict[str, tuple[str, list[int], bytes]]:
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    header.pop("__metadata__", None)
+    base = 8 + n
+    return {
+        k: (v["dtype"], v["shape"], data[base + v["data_offsets"][0] : base + v["data_offsets"][1]])
+        for k, v in header.items()
+    }
+
+
+def test_every_dtype_round_trips_byte_for_byte_in_numpy_and_torch(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    data = _all_dtype_file(repeat=500)  # ~150 KiB: tensors straddle many 4 KiB chunks
+    path = _seal_file(tmp_path, data)
+    raw = _raw_views(data)
+    assert {v[0] for v in raw.values()} >= {d for d, _ in ALL_DTYPES.values()}
+    with lnp.safe_open(path, DEK, model_id=MODEL_ID, model_version=VERSION) as f:
+        assert f.metadata() == {"purpose": "dtype round trip"}
+        assert f.keys() == sorted(raw)
+        for name, (dtype, shape, blob) in raw.items():
+            if dtype in (
+                "BF16",
+                "F8_E4M3",
+                "F8_E5M2",
+                "F8_E4M3FNUZ",
+                "F8_E5M2FNUZ",
+                "F8_E8M0",
+                "F4",
+            ):
+                with pytest.raises(UnsupportedDtypeError):
+                    f.get_tensor(name)
+                continue
+            arr = f.get_tensor(name)
+            assert list(arr.shape) == shape and arr.tobytes() == blob, name
+    with pytest.raises(UnsupportedDtypeError):
+        lnp.load_file(path, DEK, model_id=MODEL_ID, model_version=VERSION)
+    from agent.loader import torch as lpt
+
+    sd = lpt.load_file(path, DEK, model_id=MODEL_ID, model_version=VERSION, threads=2)
+    assert sd.keys() == raw.keys()
+    for name, (_dtype, shape, blob) in raw.items():
+        t = sd[name]
+        assert isinstance(t, torch.Tensor)
+        got = t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        assert got == blob, name
+        if _dtype != "F4":
+            assert list(t.shape) == shape
+
+
+def test_numpy_load_matches_safetensors_numpy(tmp_path: Path) -> None:
+    from safetensors.numpy import save
+
+    rng = np.random.default_rng(1)
+    tensors = {
+        "a": rng.standard_normal((33, 65)).astype(np.float32),
+        "b": rng.integers(-9, 9, (1000,), dtype=np.int16),
+        "c": np.zeros((0,), np.float64),
+        "d": np.array(3.5, dtype=np.float64),  # a scalar: shape []
+        "e": rng.standard_normal((17, 3)).astype(np.complex64),
+    }
+    data = save(tensors)
+    path = _seal_file(tmp_path, data)
+    for threads in (1, 2):
+        out = lnp.load_file(path, DEK, model_id=MODEL_ID, model_version=VERSION, threads=threads)
+        for k, v in tensors.items():
+            assert out[k].dtype == v.dtype and out[k].shape == v.shape
+            assert np.array_equal(out[k], v)
+
+
+class CountingSource(BytesSource):
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.reads: list[tuple[int, int]] = []
+
+    def read_exact_at(self, offset: int, buf: memoryview) -> None:
+        self.reads.append((offset, buf.nbytes))
+        super().read_exact_at(offset, buf)
+
+
+def test_lazy_tensor_and_row_slice_touch_only_their_chunks() -> None:
+    rows, cols = 4096, 1024  # a 4 MiB U8 tensor: 1024 chunks of 4 KiB
+    blob = (np.arange(rows * cols, dtype=np.uint32) % 251).astype(np.uint8)
+    data = bytes(
+        serialize(
+            {
+                "big": TensorSpec(
+                    dtype="uint8",
+                    shape=[rows, cols],
+                    data_ptr=blob.ctypes.data,
+                    data_len=blob.nbytes,
+                ),
+                "small": TensorSpec(
+                    dtype="uint8", shape=[4], data_ptr=blob.ctypes.data, data_len=4
+                ),
+            },
+            None,
+        )
+    )
+    sealed = seal_bytes(
+        data,
+        DEK,
+        kind=FileKind.SAFETENSORS,
+        name="big.safetensors",
+        model_id=MODEL_ID,
+        model_version=VERSION,
+        key_id="k",
+        rng=Rng(b"big"),
+        chunk_size=CS,
+    )
+    src = CountingSource(sealed)
+    f = open_sealed_file(src, len(src), DEK, model_id=MODEL_ID, model_version=VERSION)
+    with SealedSafeOpen(f) as st:
+        opened = len(src.reads)  # header (2 reads), final chunk, safetensors header chunk
+        assert opened <= 5
+        sl = st.get_slice("big")
+        assert sl.get_shape() == [rows, cols] and sl.get_dtype() == "U8"
+        assert len(src.reads) == opened  # shape without decrypting anything
+        part = sl[100:102]
+        assert np.array_equal(part, blob.reshape(rows, cols)[100:102])
+        assert len(src.reads) - opened <= 2  # 2 KiB of rows: one or two chunks
+        before = len(src.reads)
+        assert np.array_equal(sl[7, 5:9], blob.reshape(rows, cols)[7, 5:9])
+        assert np.array_equal(sl[-1], blob.reshape(rows, cols)[-1])
+        assert np.array_equal(sl[10:4000:997, ::3], blob.reshape(rows, cols)[10:4000:997, ::3])
+        assert len(src.reads) - before < 1024
+        small = st.get_tensor("small")
+        assert small.tolist() == blob[:4].tolist()
+
+
+def test_huge_shape_is_described_without_allocating(tmp_path: Path) -> None:
+    data = bytes(
+        serialize(
+            {
+                "huge": TensorSpec(
+                    dtype="float32", shape=[0, 1 << 40, 1 << 20], data_ptr=0, data_len=0
+                )
+            },
+            None,
+        )
+    )
+    path = _seal_file(tmp_path, data)
+    with lnp.safe_open(path, DEK, model_id=MODEL_ID, model_version=VERSION) as f:
+        assert f.get_slice("huge").get_shape() == [0, 1 << 40, 1 << 20]
+        assert f.get_tensor("huge").shape == (0, 1 << 40, 1 << 20)
+
+
+def test_model_directory_state_dict_numpy_and_torch(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from agent.loader import torch as lpt
+
+    a = lnp.load_model(VECTORS / "sealed", DEK, model_id=MODEL_ID, model_version=VERSION, threads=1)
+    b = lpt.load_model(
+        VECTORS / "sealed", DEK, model_id=MODEL_ID, model_version=VERSION, device="cpu"
+    )
+    assert a.keys() == b.keys() == {"embed.weight", "norm.bias", "empty", "head.weight", "mask"}
+    for k in a:
+        assert isinstance(b[k], torch.Tensor)
+        assert np.array_equal(a[k], b[k].numpy())
+    with SealedModel(VECTORS / "sealed", DEK, model_id=MODEL_ID, model_version=VERSION) as m:
+        wm = m.weight_map()
+        assert wm["head.weight"] == "model-00002-of-00002.safetensors"
+        with m.safe_open(SHARD1, "pt", "cpu") as f:
+            names = [n for n, _ in f.iter_tensors()]
+        assert sorted(names) == ["embed.weight", "empty", "norm.bias"]
+
+
+def test_index_that_disagrees_with_the_shards_is_refused(tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for p in (VECTORS / "plain").iterdir():
+        (plain / p.name).write_bytes(p.read_bytes())
+    idx = json.loads((plain / "model.safetensors.index.json").read_text())
+    idx["weight_map"]["mask"] = SHARD1  # lies about where "mask" lives
+    (plain / "model.safetensors.index.json").write_text(json.dumps(idx))
+    seal_model(
+        plain,
+        tmp_path / "s",
+        DEK,
+        model_id=MODEL_ID,
+        model_version=VERSION,
+        rng=Rng(b"i"),
+        threads=1,
+    )
+    with pytest.raises(SealedFormatError, match="weight_map"):
+        lnp.load_model(tmp_path / "s", DEK, model_id=MODEL_ID, model_version=VERSION)
+
+
+def test_seal_refuses_a_malformed_safetensors_file(tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "bad.safetensors").write_bytes(b"\x10" + bytes(7) + b'{"a":{"dtype":"F32"}}   ')
+    with pytest.raises(SealedFormatError):
+        seal_model(plain, tmp_path / "s", DEK, model_id="m", model_version=1, rng=Rng(b"x"))
+    assert not any((tmp_path / "s").iterdir())
+
+
+class FakePretrained:
+    """Stands in for a transformers model class (transformers is not installed here): it
+    records what ``from_pretrained`` receives, which is the whole contract of the hook."""
+
+    @classmethod
+    def from_pretrained(
+        cls, path: Any, *, config: Any, state_dict: dict[str, Any], **kw: Any
+    ) -> Any:
+        return {"path": path, "config": config, "state_dict": state_dict, "kw": kw}
+
+
+class FakeConfig:
+    @staticmethod
+    def for_model(**kw: Any) -> dict[str, Any]:
+        return {"config_from": kw}
+
+
+def test_transformers_hook_shape() -> None:
+    pytest.importorskip("torch")
+    config, sd = load_for_transformers(
+        VECTORS / "sealed", DEK, model_id=MODEL_ID, model_version=VERSION
+    )
+    assert config == {"model_type": "tiny", "hidden_size": 32}
+    assert set(sd) == {"embed.weight", "norm.bias", "empty", "head.weight", "mask"}
+    out = from_pretrained_sealed(
+        FakePretrained,
+        VECTORS / "sealed",
+        DEK,
+        model_id=MODEL_ID,
+        model_version=VERSION,
+        config_class=FakeConfig,
+        torch_dtype="auto",
+    )
+    assert out["path"] is None and out["kw"] == {"torch_dtype": "auto"}
+    assert out["config"] == {"config_from": {"model_type": "tiny", "hidden_size": 32}}
+    assert set(out["state_dict"]) == set(sd)
+
+
+def test_vllm_weights_iterator_yields_every_tensor_once() -> None:
+    pytest.importorskip("torch")
+    names = [
+        n
+        for n, _ in weights_iterator(
+            VECTORS / "sealed", DEK, model_id=MODEL_ID, model_version=VERSION
+        )
+    ]
+    assert sorted(names) == ["embed.weight", "empty", "head.weight", "mask", "norm.bias"]
+
+
+def test_numpy_refuses_a_device() -> None:
+    with (
+        SealedModel(VECTORS / "sealed", DEK, model_id=MODEL_ID, model_version=VERSION) as m,
+        pytest.raises(ValueError, match="numpy"),
+    ):
+        m.safe_open(SHARD1, "np", "cuda")
+
+
+def test_key_file_round_trip_and_permissions(tmp_path: Path) -> None:
+    p = tmp_path / "k.json"
+    write_key_file(p, DEK, key_id="kid", model_id="m", model_version=2, manifest_digest="sha256:00")
+    assert stat.S_IMODE(os.stat(p).st_mode) == 0o600
+    k = read_key_file(p)
+    assert bytes(k.dek) == DEK and k.model_version == 2 and k.key_id == "kid"
+    with pytest.raises(FileExistsError):
+        write_key_file(p, DEK, key_id="kid", model_id="m", model_version=2, manifest_digest="x")
+    os.chmod(p, 0o644)
+    with pytest.raises(InputError, match="group or others"):
+        read_key_file(p)
+    os.chmod(p, 0o600)
+    p.write_text('{"format": "other"}')
+    with pytest.raises(InputError):
+        read_key_file(p)
