@@ -211,6 +211,12 @@ class Session:
         self.protocol_label = protocol_label
         self.binding: SessionBinding = derive_binding(nonce, self.public_key, protocol_label)
 
+    def enclave_key(self) -> HpkePrivateKey:
+        """The session's private key, for the enclave's own services in this process (the
+        streaming service serves requests sealed to the key the result attests). It never
+        leaves the process."""
+        return self._key
+
     @property
     def public_key(self) -> bytes:
         return self._key.public_key.encode()

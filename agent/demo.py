@@ -25,6 +25,7 @@ Exit 0 only if every step had exactly the expected outcome. ``--workdir DIR`` ke
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from agent.agent import (
     EMULATED_LAUNCH_MEASUREMENT,
@@ -48,6 +50,7 @@ from agent.agent import (
     wipe,
 )
 from agent.broker.config import LOG_VKEY, BrokerConfig, BrokerKeys, prepare_state_dir
+from agent.client import EnclaveClient
 from agent.emulation import (
     EmulatedCpuSource,
     EmulatedGpu,
@@ -56,6 +59,9 @@ from agent.emulation import (
     EmulationPki,
     non_cc_gpu_source,
 )
+from agent.enclave.generator import EchoGenerator
+from agent.enclave.service import EnclaveService, serve_enclave
+from agent.enclave.tap import ByteTap
 from agent.evidence.sources import CpuEvidenceSource, GpuEvidenceSource
 from agent.loader import seal_model
 from agent.loader.keyfile import write_key_file
@@ -63,7 +69,9 @@ from agent.rpc import convert
 from agent.rpc.server import RunningBroker, serve_broker
 from agent.rpc.v1 import broker_pb2, broker_pb2_grpc
 from attest.bundle import DeviceEvidenceIn, EvidenceBundle
-from attest.ear import Status
+from attest.ear import Status, VerifyingKey
+from sealing.hpke_suite import HpkePrivateKey
+from sealing.stream import KeyBundle, record_len
 from sealing.weights import key_fingerprint
 
 MODEL_ID = "lessee-demo-model"
@@ -313,7 +321,10 @@ def _with_broker(
             f"loaded {loaded.tensor_count} tensors ({loaded.total_bytes} bytes) into memory; equal to the originals",
         )
 
-        rep.step("6. refusals")
+        rep.step("6. encrypted token stream: client -> host relay -> attested enclave")
+        _stream_demo(rep, session.enclave_key(), attested.result, keys.result_key.public_key())
+
+        rep.step("7. refusals")
         _refusal_tampered(rep, agent())
         _refusal_replay(rep, good, session, bundle)
         debug_cpu = EmulatedCpuSource(
@@ -326,7 +337,7 @@ def _with_broker(
         if refused is not None:
             _refusal_release(rep, channel, refused)
 
-    rep.step("7. audit: export the log and verify it offline")
+    rep.step("8. audit: export the log, verify it and replay every appraisal offline")
     if layout.log_bundle.exists():
         layout.log_bundle.unlink()
     size = broker.log_store.export_bundle(layout.log_bundle)
@@ -335,7 +346,58 @@ def _with_broker(
         ["audit", "verify", str(layout.log_bundle), "--log-key", str(layout.broker / LOG_VKEY)]
     )
     rep.expect(code == 0, f"lessee audit verify exit code {code}")
+    (layout.broker / "verifier.pem").write_bytes(
+        keys.result_key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    )
+    code = lessee_main(
+        [
+            "audit", "replay", str(layout.log_bundle), "--log-key", str(layout.broker / LOG_VKEY),
+            "--verifier-key", str(layout.broker / "verifier.pem"), "--quiet", "--workers", "1",
+        ]
+    )  # fmt: skip
+    rep.expect(code == 0, f"lessee audit replay: every verdict recomputed, exit code {code}")
     return _finish(layout, rep, keep)
+
+
+DEMO_PROMPT = "Summarise the quarterly numbers for the board, in confidence"
+
+
+def _stream_demo(rep: _Report, key: HpkePrivateKey, result: str, broker_key: VerifyingKey) -> None:
+    """Serve the enclave's streaming service with the attested key, send one prompt through a
+    recording relay, and show what the relay saw."""
+
+    async def run() -> tuple[list[str], ByteTap, int]:  # tokens, what the relay saw, records
+        service = EnclaveService(
+            key, KeyBundle.build(key.public_key, result.encode(), b""), EchoGenerator(upper=True)
+        )
+        server = await serve_enclave(service)
+        tap = ByteTap(server.port)
+        await tap.start()
+        try:
+            async with EnclaveClient(tap.target, bundle_check=broker_key) as client:
+                tokens = [t async for t in client.generate(DEMO_PROMPT)]
+        finally:
+            await tap.stop()
+            await server.stop(0)
+        return tokens, tap, service.stats.records_sent
+
+    tokens, tap, records = asyncio.run(run())
+    text = "".join(tokens)
+    rep.expect(
+        text == DEMO_PROMPT.upper(), f"client verified the key bundle and received: {text!r}"
+    )
+    seen = bytes(tap.to_server) + bytes(tap.to_client)
+    # Words of 5+ letters: a 2-3 byte word turns up in 10 KiB of random bytes by chance.
+    words = {w.strip(",") for w in (*DEMO_PROMPT.split(), *text.split()) if len(w.strip(",")) >= 5}
+    leaked = [w for w in (*words, DEMO_PROMPT, text) if w.encode() in seen]
+    rep.info(
+        f"relay saw {len(tap.to_server)} bytes up and {len(tap.to_client)} bytes down; "
+        f"{records} records, each {record_len(32)} bytes of ciphertext whatever the token's length"
+    )
+    rep.expect(
+        not leaked,
+        f"neither the prompt nor the answer, nor any of their words, is in the relay's bytes ({len(leaked)} found)",
+    )
 
 
 def _refusal(
