@@ -26,10 +26,11 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _depth_ok(data: bytes | str) -> bool:
-    depth = 0
+def json_depth(text: str) -> int:
+    """Deepest nesting of arrays/objects in ``text`` (a linear scan; strings are skipped), so
+    hostile nesting is refused before the recursive parser sees it."""
+    depth = best = 0
     in_string = escaped = False
-    text = data if isinstance(data, str) else data.decode("utf-8", "replace")
     for ch in text:
         if in_string:
             if escaped:
@@ -42,16 +43,16 @@ def _depth_ok(data: bytes | str) -> bool:
             in_string = True
         elif ch in "[{":
             depth += 1
-            if depth > MAX_JSON_DEPTH:
-                return False
+            best = max(best, depth)
         elif ch in "]}":
             depth -= 1
-    return True
+    return best
 
 
 def load_json(data: bytes | str, *, what: str) -> Any:
     """Parse ``data`` or raise ``InputError`` naming ``what``; never any other exception."""
-    if not _depth_ok(data):
+    text = data if isinstance(data, str) else data.decode("utf-8", "replace")
+    if json_depth(text) > MAX_JSON_DEPTH:
         raise InputError(f"{what}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         return json.loads(data, object_pairs_hook=_no_duplicates)

@@ -31,6 +31,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 
 from attest.errors import InputError, ParseError
+from attest.jsonutil import json_depth
 from attest.x509chain import load_pem_chain
 
 #: A QuoteCollateralV3 JSON larger than this is refused (real ones are 16-19 KB; a Processor
@@ -204,34 +205,13 @@ def _no_constants(name: str) -> Any:
     raise CollateralParseError(f"non-standard JSON constant {name}")
 
 
-def _depth(text: str) -> int:
-    depth = best = 0
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
-            depth += 1
-            best = max(best, depth)
-        elif ch in "]}":
-            depth -= 1
-    return best
-
-
 def _decoder() -> json.JSONDecoder:
     return json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
 
 
 def _loads(text: str, what: str) -> Any:
     """Decode JSON with duplicate keys, NaN/Infinity and deep nesting refused."""
-    if _depth(text) > MAX_JSON_DEPTH:
+    if json_depth(text) > MAX_JSON_DEPTH:
         raise CollateralParseError(f"{what}: JSON nested deeper than {MAX_JSON_DEPTH}", field=what)
     try:
         return _decoder().decode(text)
@@ -271,7 +251,7 @@ def raw_member_spans(text: str) -> dict[str, tuple[int, int]]:
             raise CollateralParseError(f"expected {ch!r} in JSON object", offset=j)
         return j + 1
 
-    if _depth(text) > MAX_JSON_DEPTH:
+    if json_depth(text) > MAX_JSON_DEPTH:
         raise CollateralParseError(f"JSON nested deeper than {MAX_JSON_DEPTH}")
     spans: dict[str, tuple[int, int]] = {}
     i = expect(skip(i), "{")
