@@ -43,12 +43,51 @@ _DECODE_ERRORS = (
 )
 
 
+def _tlv(buf: bytes, pos: int) -> tuple[int, int, int]:
+    """(tag, content start, content end) of the DER TLV at ``pos``; ValueError if malformed."""
+    if pos + 2 > len(buf):
+        raise ValueError("truncated DER")
+    tag, first = buf[pos], buf[pos + 1]
+    start = pos + 2
+    if first < 0x80:
+        length = first
+    else:
+        n = first & 0x7F
+        if not 1 <= n <= 4 or start + n > len(buf):
+            raise ValueError("bad DER length")
+        length = int.from_bytes(buf[start : start + n], "big")
+        start += n
+    if start + length > len(buf):
+        raise ValueError("truncated DER")
+    return tag, start, start + length
+
+
+def signature_bits_canonical(cert: x509.Certificate) -> bool:
+    """Is the outer signature BIT STRING's unused-bits byte 0, as DER requires for a signature?
+
+    ``cryptography`` ignores that byte, so without this check 255 different byte strings carry
+    the same certificate: harmless for the signature, but it makes "the exact bytes" ambiguous
+    (caches, archives and audits key on exact bytes).
+    """
+    der = cert.public_bytes(Encoding.DER)
+    try:
+        _, start, end = _tlv(der, 0)
+        _, _, pos = _tlv(der, start)  # tbsCertificate
+        _, _, pos = _tlv(der, pos)  # signatureAlgorithm
+        tag, bits_start, bits_end = _tlv(der, pos)
+    except ValueError:
+        return False
+    return tag == 0x03 and bits_end == end and bits_end > bits_start and der[bits_start] == 0
+
+
 def _decode_eagerly(cert: x509.Certificate) -> x509.Certificate:
     """Decode every lazily parsed field now, so a malformed certificate fails at load time
     with an InputError instead of deep inside a chain check."""
     _ = (cert.subject, cert.issuer, cert.not_valid_before_utc, cert.not_valid_after_utc)
     _ = (cert.serial_number, cert.signature_hash_algorithm, list(cert.extensions))
     cert.public_key()
+    if not signature_bits_canonical(cert):
+        raise ValueError("certificate signature BIT STRING is not DER (unused bits must be 0)")
     return cert
 
 

@@ -739,6 +739,8 @@ class EmulationPki:
             "created_at": now.isoformat(),
             "gpus": MAX_EMULATED_GPUS,
             "roots_sha256": pki.root_fingerprints(),
+            # The chip secret is 64 arbitrary bytes: only this digest shows it was not replaced.
+            "chip_secret_sha256": hashlib.sha256(chip_secret).hexdigest(),
         }
         _write(
             out / "manifest.json", json.dumps(manifest, indent=2).encode() + b"\n", private=False
@@ -781,8 +783,11 @@ class EmulationPki:
         ark = _load_rsa(path / "snp", "ark")
         ask = _load_rsa(path / "snp", "ask")
         chip_secret = _read(path / "snp" / "chip.secret", private=True)
-        if len(chip_secret) != CHIP_SECRET_BYTES:
-            raise EmulationPkiError(f"{path / 'snp' / 'chip.secret'} has the wrong length")
+        if (
+            len(chip_secret) != CHIP_SECRET_BYTES
+            or manifest.get("chip_secret_sha256") != hashlib.sha256(chip_secret).hexdigest()
+        ):
+            raise EmulationPkiError(f"{path / 'snp' / 'chip.secret'} was altered or is missing")
         pki = cls(
             directory=path,
             created_at=created_at,

@@ -112,6 +112,14 @@ MAX_STREAM_SECONDS = 86_400.0
 #: cadence the queue fills and the engine is paused (back-pressure) instead of buffering
 #: without bound.
 COVER_BACKLOG = 1024
+#: Seconds a stream may stay open past ``max_stream_seconds`` so its last records (the ABORT
+#: among them) can drain to a slow reader. A client that reads nothing for this long has stalled
+#: the writes under HTTP/2 flow control; its RPC is then cancelled, freeing the stream slot.
+#: Without it, ``max_concurrent_streams`` clients that stop reading hold every slot forever
+#: (measured: a stream with a 2 s limit was still held after 9 s; docs/security.md).
+DEFAULT_STALLED_WRITE_GRACE_S = 10.0
+#: Hard bound on ``stalled_write_grace_s``.
+MAX_STALLED_WRITE_GRACE_S = 600.0
 #: Seconds ``EnclaveServer.stop`` waits for running streams before cancelling them.
 DEFAULT_STOP_GRACE_S = 5.0
 
@@ -136,12 +144,15 @@ class EnclaveConfig:
     max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS
     max_stream_seconds: float = DEFAULT_MAX_STREAM_SECONDS
     cover_interval: float | None = None
+    stalled_write_grace_s: float = DEFAULT_STALLED_WRITE_GRACE_S
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_concurrent_streams <= MAX_CONCURRENT_STREAMS:
             raise InputError(f"max_concurrent_streams must be 1..{MAX_CONCURRENT_STREAMS}")
         if not 0 < self.max_stream_seconds <= MAX_STREAM_SECONDS:
             raise InputError(f"max_stream_seconds must be in (0, {MAX_STREAM_SECONDS}]")
+        if not 0 < self.stalled_write_grace_s <= MAX_STALLED_WRITE_GRACE_S:
+            raise InputError(f"stalled_write_grace_s must be in (0, {MAX_STALLED_WRITE_GRACE_S}]")
         if self.cover_interval is not None:
             CoverSchedule(self.cover_interval, 0.0)  # validates the interval bounds
 
@@ -285,66 +296,80 @@ class EnclaveService:
         loop = asyncio.get_running_loop()
         started = loop.time()
         outcome = StreamOutcome.CANCELLED
-        yield enclave_pb2.StreamRecord(record=session.head)
-        if self.stats.active >= self.config.max_concurrent_streams:
-            outcome = StreamOutcome.OVERLOADED
-            yield self._final(session, outcome)
-            self._log_end(outcome, session, started)
-            return
-        self.stats.active += 1
+        # The engine deadline ends a stream with an authenticated ABORT, but only a reader can
+        # receive it: a client that stops reading stalls the writes under HTTP/2 flow control,
+        # and the handler would wait forever holding its stream slot. The hard stop cancels
+        # the RPC once the stream's time and the drain grace have both passed.
+        task = asyncio.current_task()
+        hard_stop = loop.call_later(
+            self.config.max_stream_seconds + self.config.stalled_write_grace_s,
+            task.cancel if task is not None else (lambda: None),
+        )
         try:
-            prompt, params = stream_request.prompt, stream_request.params
-            if self.config.cover_interval is not None:
-                records = self._cover_records(session, prompt, params, self.config.cover_interval)
-                async with contextlib.aclosing(records) as it:
-                    async for item in it:
-                        if isinstance(item, StreamOutcome):
-                            outcome = item
-                            break
-                        self.stats.records_sent += 1
-                        yield enclave_pb2.StreamRecord(record=item)
-            else:
-                # Inlined rather than a nested generator: this loop runs once per token, and
-                # every generator level costs about a microsecond per record.
-                guard = _EngineDeadline(self.config.max_stream_seconds)
-                result = StreamOutcome.CLOSED
-                produced = 0
-                try:
-                    async with _closing(self._generator.generate(prompt, params)) as engine:
-                        while produced < params.max_new_tokens:
-                            if guard.expired:
-                                result = StreamOutcome.TIME_LIMIT
+            yield enclave_pb2.StreamRecord(record=session.head)
+            if self.stats.active >= self.config.max_concurrent_streams:
+                outcome = StreamOutcome.OVERLOADED
+                yield self._final(session, outcome)
+                self._log_end(outcome, session, started)
+                return
+            self.stats.active += 1
+            try:
+                prompt, params = stream_request.prompt, stream_request.params
+                if self.config.cover_interval is not None:
+                    records = self._cover_records(
+                        session, prompt, params, self.config.cover_interval
+                    )
+                    async with contextlib.aclosing(records) as it:
+                        async for item in it:
+                            if isinstance(item, StreamOutcome):
+                                outcome = item
                                 break
-                            try:
-                                piece = await guard.wait(anext(engine))
-                            except StopAsyncIteration:
-                                break
-                            except _DeadlinePassed:
-                                result = StreamOutcome.TIME_LIMIT
-                                break
-                            except Exception as exc:  # engine failed: abort, log only the type
-                                _log.warning("engine failed: %s", type(exc).__name__)
-                                result = StreamOutcome.ENGINE_ERROR
-                                break
-                            produced += 1
-                            for data in _pieces(piece):
-                                try:
-                                    sealed = session.seal_token(data)
-                                except StreamUsageError:
-                                    result = StreamOutcome.RECORD_LIMIT
+                            self.stats.records_sent += 1
+                            yield enclave_pb2.StreamRecord(record=item)
+                else:
+                    # Inlined rather than a nested generator: this loop runs once per token, and
+                    # every generator level costs about a microsecond per record.
+                    guard = _EngineDeadline(self.config.max_stream_seconds)
+                    result = StreamOutcome.CLOSED
+                    produced = 0
+                    try:
+                        async with _closing(self._generator.generate(prompt, params)) as engine:
+                            while produced < params.max_new_tokens:
+                                if guard.expired:
+                                    result = StreamOutcome.TIME_LIMIT
                                     break
-                                self.stats.records_sent += len(sealed)
-                                for record in sealed:
-                                    yield enclave_pb2.StreamRecord(record=record)
-                            if result is not StreamOutcome.CLOSED:
-                                break
-                finally:
-                    guard.cancel()
-                outcome = result
-            yield self._final(session, outcome)
+                                try:
+                                    piece = await guard.wait(anext(engine))
+                                except StopAsyncIteration:
+                                    break
+                                except _DeadlinePassed:
+                                    result = StreamOutcome.TIME_LIMIT
+                                    break
+                                except Exception as exc:  # engine failed: abort, log only the type
+                                    _log.warning("engine failed: %s", type(exc).__name__)
+                                    result = StreamOutcome.ENGINE_ERROR
+                                    break
+                                produced += 1
+                                for data in _pieces(piece):
+                                    try:
+                                        sealed = session.seal_token(data)
+                                    except StreamUsageError:
+                                        result = StreamOutcome.RECORD_LIMIT
+                                        break
+                                    self.stats.records_sent += len(sealed)
+                                    for record in sealed:
+                                        yield enclave_pb2.StreamRecord(record=record)
+                                if result is not StreamOutcome.CLOSED:
+                                    break
+                    finally:
+                        guard.cancel()
+                    outcome = result
+                yield self._final(session, outcome)
+            finally:
+                self.stats.active -= 1
+                self._log_end(outcome, session, started)
         finally:
-            self.stats.active -= 1
-            self._log_end(outcome, session, started)
+            hard_stop.cancel()
 
     async def _accept(
         self,

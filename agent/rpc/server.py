@@ -65,6 +65,16 @@ from attest.errors import InputError
 MAX_RECEIVE_MESSAGE_BYTES = MAX_ATTEST_REQUEST_BYTES
 #: The largest answer: a page of log entries plus framing.
 MAX_SEND_MESSAGE_BYTES = MAX_ENTRIES_RESPONSE_BYTES + 1024 * 1024
+#: Oldest a client connection gets: then the server sends GOAWAY (clients reconnect without
+#: failing a call). This is the only bound on a call whose request never completes: the sync
+#: server gives each call a worker thread as soon as its headers arrive, and a client that then
+#: dribbles (or never sends) the message and sets no deadline holds that thread indefinitely;
+#: ``max_workers`` such calls starve every method, health checks included (docs/security.md).
+MAX_CONNECTION_AGE_S = 60.0
+#: Seconds calls still running at GOAWAY get before the connection is closed and they are
+#: cancelled. Broker calls are unary and short (an Attest appraises in well under a second on
+#: loopback); 30 s leaves room for an 8 MiB evidence upload over a slow link.
+MAX_CONNECTION_AGE_GRACE_S = 30.0
 #: Seconds running calls get to finish on shutdown.
 DEFAULT_STOP_GRACE_S = 5.0
 #: RIM files the broker loads from ``--rims`` (one per driver and VBIOS version in use).
@@ -206,10 +216,13 @@ def _tls_file(path: Path) -> bytes:
 
 
 def server_options() -> list[tuple[str, int]]:
+    """Channel arguments of the broker's server (the bounds above; read at call time)."""
     return [
         ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_SEND_MESSAGE_BYTES),
         ("grpc.so_reuseport", 0),
+        ("grpc.max_connection_age_ms", int(MAX_CONNECTION_AGE_S * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(MAX_CONNECTION_AGE_GRACE_S * 1000)),
     ]
 
 

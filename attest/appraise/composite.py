@@ -15,9 +15,12 @@ there are ever added.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Generic, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -30,8 +33,8 @@ from attest.binding import SessionBinding
 from attest.bundle import DeviceEvidenceIn, EvidenceBundle, SnpEvidenceIn, TdxEvidenceIn
 from attest.errors import InputError, LesseeError
 from attest.findings import Finding, Severity
-from attest.nvidia.evidence import DeviceEvidence, chain_arch
-from attest.nvidia.rim import RimCollection
+from attest.nvidia.evidence import Arch, DeviceEvidence, chain_arch
+from attest.nvidia.rim import RimCollection, RimParseCache
 from attest.nvidia.verifier import DeviceResult, VerifierCaches, verify_gpu_evidence
 from attest.policy import CpuTee, GpuPolicy, MissingRevocation, Policy
 from attest.revocation.ocsp import RevocationMode, StapledOcsp
@@ -39,7 +42,7 @@ from attest.snp.verify import load_amd_certificates, verify_snp_report
 from attest.tdx.collateral import parse_collateral_json
 from attest.tdx.quote import parse_quote
 from attest.tdx.verify import verify_quote
-from attest.x509chain import load_pem_chain
+from attest.x509chain import ChainCache, load_pem_chain
 
 GPU_CATEGORIES = {
     "instance-identity": (
@@ -67,8 +70,76 @@ GPU_CATEGORIES = {
 }
 
 
-def _sha256(cert: x509.Certificate) -> str:
+#: Certificate inputs (a device's PEM chain, an AMD certificate blob) an ``AppraisalContext``
+#: remembers loaded, by exact bytes. One per GPU/NVSwitch and per SNP host of the fleet a broker
+#: serves: 512 covers 64 eight-GPU servers. Real inputs are ~5 KiB, so ~2.5 MiB in practice;
+#: a hostile flood of maximal inputs (64 KiB each) can hold at most 32 MiB per memo, and only
+#: pushes good entries out (they are then loaded again), it never changes an answer.
+MAX_CACHED_CERT_INPUTS = 512
+#: Roots whose SHA-256 an ``AppraisalContext`` remembers: the pinned and candidate roots of one
+#: installation are a handful; the bound only keeps a misuse from growing without end.
+MAX_CACHED_ROOT_DIGESTS = 64
+#: Verified AMD chains (VCEK/VLEK -> ASK/ASVK) the context's ChainCache keeps: one per SNP host
+#: and TCB of the fleet.
+MAX_CACHED_SNP_CHAINS = 512
+#: Stapled OCSP sets (every response of one bundle) kept built. A server's agent refreshes its
+#: GPUs' answers together, so a broker sees one set per server per refresh period.
+MAX_CACHED_STAPLED_SETS = 64
+#: Only sets up to this size are kept (8 GPUs x 7 answers of ~1.5 KiB is ~84 KiB), so the memo
+#: holds at most 64 x 256 KiB = 16 MiB; a larger set is built per bundle as before.
+MAX_CACHED_STAPLED_SET_BYTES = 256 * 1024
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class _Memo(Generic[K, V]):
+    """A bounded map for results that depend only on their key (least recently used out first).
+
+    Only successful results are ever put (a load that raised leaves nothing behind), and the
+    values are immutable (certificate tuples, parsed facts), so sharing one between threads and
+    requests is safe. Thread-safe; ``hits``/``misses`` count lookups.
+    """
+
+    def __init__(self, max_entries: int) -> None:
+        self._max = max_entries
+        self._entries: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get_or_make(self, key: K, make: Callable[[], V]) -> V:
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is not None:
+                self._entries.move_to_end(key)
+                self.hits += 1
+                return hit
+            self.misses += 1
+        value = make()  # may raise: then nothing is stored
+        with self._lock:
+            self._entries[key] = value
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
+        return value
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+
+def _sha256_uncached(cert: x509.Certificate) -> str:
     return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+
+
+_ROOT_DIGESTS: _Memo[x509.Certificate, str] = _Memo(MAX_CACHED_ROOT_DIGESTS)
+
+
+def _sha256(cert: x509.Certificate) -> str:
+    """SHA-256 of the DER, remembered per certificate (``cryptography`` compares and hashes
+    certificates by their DER, so a hit is the digest of the very same bytes)."""
+    return _ROOT_DIGESTS.get_or_make(cert, lambda: _sha256_uncached(cert))
 
 
 @dataclass(frozen=True)
@@ -98,22 +169,75 @@ class TrustAnchors:
 
 @dataclass
 class AppraisalContext:
-    """Long-lived state for a broker: caches per trust-anchor set and broker-side RIMs."""
+    """Long-lived state for a broker: broker-side RIMs, candidate roots, and every cache.
+
+    A broker appraises the same certificates, RIMs and OCSP answers again and again (only the
+    reports change per session), so the context remembers, each keyed by exact bytes, bounded,
+    thread-safe, and never holding a failure:
+
+    * ``VerifierCaches`` per trust-anchor set (verified device/RIM chains and links, verified
+      RIMs, OCSP verdicts, comparisons: each answered only inside its validity window);
+    * ``rim_parses``: parsed RIMs (``RimCollection`` is rebuilt per bundle from them);
+    * ``pem_chains``: loaded device PEM chains, with the architecture the leaf names; the same
+      certificate objects coming back lets the verifier's identity memos hit too;
+    * ``amd_certificates``: loaded AMD certificate inputs (VCEK DER, ASK/ARK PEM);
+    * ``snp_chains``: verified AMD chains (keyed by chain and root DER; valid only inside the
+      window in which every certificate is).
+    """
 
     rims: Sequence[bytes] = ()
     candidates: Mapping[str, x509.Certificate] = field(default_factory=dict)
     amd_extra_arks: Sequence[x509.Certificate] = ()
-    _caches: dict[tuple[str, str], VerifierCaches] = field(default_factory=dict)
+    _caches: dict[tuple[str, str], VerifierCaches] = field(default_factory=dict, repr=False)
+    rim_parses: RimParseCache = field(default_factory=RimParseCache, repr=False)
+    pem_chains: _Memo[bytes, tuple[tuple[x509.Certificate, ...], Arch | None]] = field(
+        default_factory=lambda: _Memo(MAX_CACHED_CERT_INPUTS), repr=False
+    )
+    amd_certificates: _Memo[bytes, tuple[x509.Certificate, ...]] = field(
+        default_factory=lambda: _Memo(MAX_CACHED_CERT_INPUTS), repr=False
+    )
+    snp_chains: ChainCache = field(
+        default_factory=lambda: ChainCache(MAX_CACHED_SNP_CHAINS), repr=False
+    )
+    stapled_sets: _Memo[tuple[bytes, ...], StapledOcsp] = field(
+        default_factory=lambda: _Memo(MAX_CACHED_STAPLED_SETS), repr=False
+    )
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def caches_for(self, anchors: TrustAnchors) -> VerifierCaches:
+        """The caches for one trust-anchor set (made once, under a lock: two threads asking
+        at once get the same caches, so neither one's work is lost)."""
         key = (_sha256(anchors.nvidia_device_root), _sha256(anchors.nvidia_rim_root))
-        caches = self._caches.get(key)
-        if caches is None:
-            caches = VerifierCaches(
-                device_root=anchors.nvidia_device_root, rim_root=anchors.nvidia_rim_root
-            )
-            self._caches[key] = caches
-        return caches
+        with self._lock:
+            caches = self._caches.get(key)
+            if caches is None:
+                caches = VerifierCaches(
+                    device_root=anchors.nvidia_device_root, rim_root=anchors.nvidia_rim_root
+                )
+                self._caches[key] = caches
+            return caches
+
+    def load_pem_chain(self, data: bytes) -> tuple[tuple[x509.Certificate, ...], Arch | None]:
+        """``load_pem_chain`` and ``chain_arch``, by exact bytes; InputError is not cached."""
+
+        def load() -> tuple[tuple[x509.Certificate, ...], Arch | None]:
+            chain = load_pem_chain(data)
+            return chain, chain_arch(chain)
+
+        return self.pem_chains.get_or_make(bytes(data), load)
+
+    def load_amd_certificates(self, data: bytes) -> tuple[x509.Certificate, ...]:
+        """``load_amd_certificates``, by exact bytes; InputError is not cached."""
+        return self.amd_certificates.get_or_make(bytes(data), lambda: load_amd_certificates(data))
+
+    def stapled(self, responses: Sequence[bytes]) -> StapledOcsp:
+        """``StapledOcsp(responses)``, the same object again for the same responses in the same
+        order (immutable once built, so sharing it is safe; the verifier's revocation memo
+        recognises it). A malformed set raises as before and is not kept."""
+        key = tuple(bytes(r) for r in responses)
+        if sum(len(r) for r in key) > MAX_CACHED_STAPLED_SET_BYTES:
+            return StapledOcsp(key)
+        return self.stapled_sets.get_or_make(key, lambda: StapledOcsp(key))
 
 
 def _verification_failed(name: str, field_name: str, exc: LesseeError) -> DeviceAppraisal:
@@ -155,11 +279,13 @@ def _appraise_cpu(
                 {"hardware": ("cpu.",)},
             )
         try:
-            certs = tuple(c for blob in cpu.certificates for c in load_amd_certificates(blob))
+            certs = tuple(c for blob in cpu.certificates for c in ctx.load_amd_certificates(blob))
             extra = [
                 a for a in ctx.amd_extra_arks if _sha256(a) in policy.roots.extra_trusted_sha256
             ]
-            verified = verify_snp_report(cpu.report, certs, at=at, extra_arks=extra)
+            verified = verify_snp_report(
+                cpu.report, certs, at=at, extra_arks=extra, cache=ctx.snp_chains
+            )
         except LesseeError as exc:
             return _verification_failed("cpu0", "snp.verification", exc)
         return appraise_snp(verified, policy.snp, binding)
@@ -229,11 +355,12 @@ def _gpu_policy_findings(
     return c.findings
 
 
-def _to_device_evidence(items: Sequence[DeviceEvidenceIn], start: int) -> list[DeviceEvidence]:
+def _to_device_evidence(
+    items: Sequence[DeviceEvidenceIn], start: int, ctx: AppraisalContext
+) -> list[DeviceEvidence]:
     out = []
     for i, d in enumerate(items, start):
-        chain = load_pem_chain(d.certificate_chain_pem)
-        arch = chain_arch(chain)
+        chain, arch = ctx.load_pem_chain(d.certificate_chain_pem)
         out.append(DeviceEvidence(index=i, arch=arch, report_bytes=d.report, chain=chain))
     return out
 
@@ -262,8 +389,8 @@ def _appraise_devices(
             Finding("enclave", "topology", "PPCIe set with NVSwitches", "no switch evidence")
         )
     try:
-        evidence = _to_device_evidence(bundle.gpus, 0) + _to_device_evidence(
-            bundle.switches, len(bundle.gpus)
+        evidence = _to_device_evidence(bundle.gpus, 0, ctx) + _to_device_evidence(
+            bundle.switches, len(bundle.gpus), ctx
         )
     except InputError as exc:
         findings.append(Finding("enclave", "gpu.evidence", "readable certificate chains", str(exc)))
@@ -275,9 +402,9 @@ def _appraise_devices(
         evidence,
         at=at,
         expected_nonce=binding.gpu_nonce,
-        rim_source=RimCollection(rims),
+        rim_source=RimCollection(rims, parse_cache=ctx.rim_parses),
         revocation_mode=RevocationMode.STAPLED,
-        ocsp_source=StapledOcsp(ocsp),
+        ocsp_source=ctx.stapled(ocsp),
         allow_hold="certificate_hold" in gpu.allowed_ocsp_statuses,
         caches=ctx.caches_for(anchors),
     )

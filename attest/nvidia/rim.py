@@ -6,7 +6,8 @@
   parse and a canonical-bytes comparison from bytes; a re-read for a ``Rim`` object);
   ``RimChainError``, ``RimVerificationError`` with ``rim_*`` reasons.
 * ``driver_rim_id`` / ``vbios_rim_id`` / ``switch_bios_rim_id``, ``RimSource``,
-  ``RimCollection`` (``rim_select``): NVIDIA's RIM ids and lookup by id.
+  ``RimCollection`` (``rim_select``): NVIDIA's RIM ids and lookup by id; ``RimParseCache``
+  parses each distinct RIM once for a long-lived caller (a broker).
 * ``compare_measurements`` / ``compare_single`` (``rim_compare``): golden vs runtime by NVIDIA's
   rules, for a driver + VBIOS pair or one RIM alone (NVSwitch BIOS).
 
@@ -33,6 +34,7 @@ from attest.nvidia.rim_parse import (
 from attest.nvidia.rim_select import (
     RimCollection,
     RimIdInfo,
+    RimParseCache,
     RimSelectionError,
     RimSource,
     canonical_rim_id,
@@ -61,6 +63,7 @@ __all__ = [
     "RimIdInfo",
     "RimKind",
     "RimMeasurement",
+    "RimParseCache",
     "RimParseError",
     "RimSelectionError",
     "RimSource",

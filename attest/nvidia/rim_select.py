@@ -19,6 +19,8 @@ its version alone, and only while that version is unambiguous.
 from __future__ import annotations
 
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -35,6 +37,10 @@ BLACKWELL_DEFAULT_CHIP = "GB100"
 
 #: RIM ids are short; anything longer is refused before it is used in a URL or a file name.
 MAX_RIM_ID_CHARS = 128
+#: Parsed RIMs a ``RimParseCache`` keeps by default. A fleet runs a handful of (driver, VBIOS)
+#: version pairs, two RIMs each; 128 covers that many times over while bounding memory to
+#: 128 x ``MAX_RIM_BYTES`` (plus the parsed form) even if every entry is a hostile maximum.
+DEFAULT_RIM_PARSE_CACHE_ENTRIES = 128
 
 _SAFE_ID = re.compile(r"[A-Z0-9][A-Z0-9_.\-]*")
 _TOKEN = re.compile(r"[A-Z0-9]{1,16}")
@@ -175,6 +181,48 @@ def content_rim_ids(rim: Rim) -> tuple[str, ...]:
     return (f"NV_GPU_DRIVER_{product}_{version}", f"NV_GPU_CC_DRIVER_{product}_{version}")
 
 
+class RimParseCache:
+    """Parsed RIMs by their exact bytes, for callers that see the same RIMs again and again.
+
+    A broker gets the same driver and VBIOS RIMs with every attestation of a fleet (eight GPUs
+    of one server carry the same two); parsing one costs about as much as two signature checks.
+    ``parse_rim`` is deterministic and does not depend on time, so a hit is exactly what a fresh
+    parse would return. A parse failure raises and is never remembered. Bounded (oldest out
+    first), thread-safe; ``hits`` and ``misses`` count lookups.
+    """
+
+    def __init__(self, max_entries: int = DEFAULT_RIM_PARSE_CACHE_ENTRIES) -> None:
+        if max_entries < 1:
+            raise InputError("a RIM parse cache needs room for at least one entry")
+        self._max = max_entries
+        self._entries: OrderedDict[bytes, Rim] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def parse(self, data: bytes) -> Rim:
+        """``parse_rim(data)``, answered from memory when these exact bytes parsed before."""
+        key = bytes(data)
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is not None:
+                self._entries.move_to_end(key)
+                self.hits += 1
+                return hit
+            self.misses += 1
+        rim = parse_rim(key)  # RimParseError propagates; nothing is stored for it
+        with self._lock:
+            self._entries[key] = rim
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
+        return rim
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+
 class RimCollection:
     """RIMs in memory, looked up by NVIDIA RIM id. Pure: bytes in, bytes out.
 
@@ -182,17 +230,28 @@ class RimCollection:
     (a file name, a service id), which must agree with the RIM's kind, version and product.
     Unparseable or disagreeing inputs are left out and listed in ``skipped`` with the reason;
     nothing here is trusted — the caller verifies whatever it gets.
+
+    Identical inputs are parsed once (every GPU of a server staples the same two RIMs), and a
+    ``parse_cache`` shared between collections parses each distinct RIM once per process.
     """
 
     def __init__(
-        self, rims: Iterable[bytes] = (), *, named: Iterable[tuple[str, bytes]] = ()
+        self,
+        rims: Iterable[bytes] = (),
+        *,
+        named: Iterable[tuple[str, bytes]] = (),
+        parse_cache: RimParseCache | None = None,
     ) -> None:
         self._named: dict[str, list[Rim]] = {}
         self._unnamed: list[Rim] = []
         self._skipped: list[tuple[str, str]] = []
+        # this construction's parses, by exact bytes: a Rim, or why the bytes were refused
+        parsed: dict[bytes, Rim | str] = {}
+        unnamed_seen: set[bytes] = set()
         for n, data in enumerate(rims):
-            rim = self._parse(data, f"rims[{n}]")
-            if rim is not None:
+            rim = self._parse(data, f"rims[{n}]", parsed, parse_cache)
+            if rim is not None and rim.raw not in unnamed_seen:
+                unnamed_seen.add(rim.raw)
                 self._unnamed.append(rim)
         for label, data in named:
             try:
@@ -200,7 +259,7 @@ class RimCollection:
             except RimSelectionError as exc:
                 self._skipped.append((label, str(exc)))
                 continue
-            rim = self._parse(data, label)
+            rim = self._parse(data, label, parsed, parse_cache)
             if rim is None:
                 continue
             if not _matches(info, rim):
@@ -216,12 +275,25 @@ class RimCollection:
             if all(r.raw != rim.raw for r in bucket):
                 bucket.append(rim)
 
-    def _parse(self, data: bytes, label: str) -> Rim | None:
-        try:
-            return parse_rim(data)
-        except RimParseError as exc:
-            self._skipped.append((label, str(exc)))
+    def _parse(
+        self,
+        data: bytes,
+        label: str,
+        parsed: dict[bytes, Rim | str],
+        cache: RimParseCache | None,
+    ) -> Rim | None:
+        key = bytes(data)
+        known = parsed.get(key)
+        if known is None:
+            try:
+                known = cache.parse(key) if cache is not None else parse_rim(key)
+            except RimParseError as exc:
+                known = str(exc)
+            parsed[key] = known
+        if isinstance(known, str):
+            self._skipped.append((label, known))
             return None
+        return known
 
     @property
     def skipped(self) -> tuple[tuple[str, str], ...]:

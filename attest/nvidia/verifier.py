@@ -28,6 +28,7 @@ nonce, a certificate hold the caller allowed), ``contraindicated`` otherwise. Pu
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -76,10 +77,12 @@ from attest.nvidia.rim import (
 from attest.nvidia.spdm import ReportParseError
 from attest.nvidia.topology import TopologyResult, check_topology
 from attest.revocation.ocsp import (
+    MAX_OCSP_RESPONSE_BYTES,
     OcspCache,
     OcspCheck,
     OcspSource,
     RevocationMode,
+    StapledOcsp,
     check_chain_revocation,
     nvidia_device_ocsp_indices,
     nvidia_rim_ocsp_indices,
@@ -143,6 +146,57 @@ class _ByIdentity(Generic[V]):
                 del self._entries[next(iter(self._entries))]
 
 
+class _RevocationKeys:
+    """Which OCSP verdict-cache entries answered a chain's revocation check from a stapled set.
+
+    ``check_chain_revocation`` spends most of a warm check deriving, for every certificate, the
+    CertID to find its stapled response and the verdict-cache key (both hash the issuer's name,
+    key and DER). A ``StapledOcsp`` never changes once built, so for the same stapled-set object
+    and the same verified chain those are the same every time: this memo keeps the keys, and a
+    later check asks the verdict cache with them directly. The verdict cache still decides
+    (a hit only inside each verdict's validity window; failures were never stored there), so
+    a hit here is exactly what the full check would return. Anything else (a miss, a response
+    missing, a window passed) runs the full check.
+
+    Keyed by object identity: the chain is held (it is small and already cached), the stapled
+    set only weakly, so a broker's bounded memo of stapled sets stays the only thing that keeps
+    them alive. Bounded (oldest out first), thread-safe.
+    """
+
+    def __init__(self, max_entries: int) -> None:
+        self._max = max_entries
+        self._entries: dict[
+            tuple[int, int, bool, tuple[int, ...]],
+            tuple[weakref.ref[StapledOcsp], object, tuple[bytes, ...]],
+        ] = {}
+        self._lock = threading.Lock()
+
+    def get(
+        self, source: StapledOcsp, anchor: object, allow_hold: bool, indices: tuple[int, ...]
+    ) -> tuple[bytes, ...] | None:
+        entry = self._entries.get((id(source), id(anchor), allow_hold, indices))
+        if entry is None or entry[0]() is not source or entry[1] is not anchor:
+            return None
+        return entry[2]
+
+    def put(
+        self,
+        source: StapledOcsp,
+        anchor: object,
+        allow_hold: bool,
+        indices: tuple[int, ...],
+        keys: tuple[bytes, ...],
+    ) -> None:
+        with self._lock:
+            self._entries[(id(source), id(anchor), allow_hold, indices)] = (
+                weakref.ref(source),
+                anchor,
+                keys,
+            )
+            while len(self._entries) > self._max:
+                del self._entries[next(iter(self._entries))]
+
+
 class VerifierCaches:
     """Everything worth remembering between verifications, each keyed by exact bytes.
 
@@ -157,7 +211,9 @@ class VerifierCaches:
     * ``comparisons``: golden-vs-runtime results (GPU pair or NVSwitch single RIM), by
       (report bytes, driver RIM bytes or ``b""``, VBIOS/BIOS RIM bytes, skipped indexes)
       (deterministic, so a hit is exactly what a fresh comparison gives);
-    * ``skipped``: the "skipped" OCSP verdicts of ``--revocation skip``, by certificates.
+    * ``skipped``: the "skipped" OCSP verdicts of ``--revocation skip``, by certificates;
+    * ``revocation_keys``: for a stapled set and a verified chain, the ``ocsp`` keys that
+      answered it (see ``_RevocationKeys``); ``leaves``: a chain's leaf FWID and BROM name.
 
     Failures are never cached. With all warm, re-verifying a report costs about one P-384
     signature check (bench/bench_gpu.py measures the ratio).
@@ -184,6 +240,8 @@ class VerifierCaches:
         #: chain tuple -> (the leaf's FWID, the BROM's name for ``hwmodel``)
         self.leaves: _ByIdentity[tuple[bytes | None, str | None]] = _ByIdentity(max_entries)
         self.skipped: _ByIdentity[tuple[OcspCheck, ...]] = _ByIdentity(max_entries)
+        # a device chain and two RIM chains per device
+        self.revocation_keys = _RevocationKeys(max_entries * 3)
 
     def device_chain(self, chain: tuple[x509.Certificate, ...], at: datetime) -> VerifiedChain:
         hit = self.device_chains.get(chain)
@@ -309,15 +367,20 @@ class _Device:
         if skipped is not None:
             checks = skipped
         else:
-            checks = check_chain_revocation(
-                certs,
-                indices=indices,
-                mode=self.mode,
-                source=source,
-                at=at,
-                allow_hold=allow_hold,
-                cache=self.caches.ocsp,
-            )
+            remembered = self._remembered_verdicts(anchor, source, tuple(indices), at, allow_hold)
+            if remembered is not None:
+                checks = remembered
+            else:
+                checks = check_chain_revocation(
+                    certs,
+                    indices=indices,
+                    mode=self.mode,
+                    source=source,
+                    at=at,
+                    allow_hold=allow_hold,
+                    cache=self.caches.ocsp,
+                )
+                self._remember_keys(anchor, certs, source, tuple(indices), allow_hold, checks)
             if self.mode is RevocationMode.SKIP:
                 self.caches.skipped.put(anchor, checks)
         self.ocsp.extend(checks)
@@ -331,6 +394,62 @@ class _Device:
         worst = min((c.status for c in checks), key=_OCSP_ORDER.index, default="good")
         reason = next((c.revocation_reason for c in checks if c.revocation_reason), None)
         return worst, reason
+
+
+    def _remembered_verdicts(
+        self,
+        anchor: object,
+        source: OcspSource | None,
+        indices: tuple[int, ...],
+        at: datetime,
+        allow_hold: bool,
+    ) -> tuple[OcspCheck, ...] | None:
+        """The verdicts ``check_chain_revocation`` would return, straight from the verdict
+        cache, when this stapled set answered this chain before (None: run the full check)."""
+        if self.mode is not RevocationMode.STAPLED or not isinstance(source, StapledOcsp):
+            return None
+        keys = self.caches.revocation_keys.get(source, anchor, allow_hold, indices)
+        if keys is None:
+            return None
+        out: list[OcspCheck] = []
+        for key in keys:
+            hit = self.caches.ocsp.get(key, at)
+            if hit is None:
+                return None
+            out.append(hit)
+        return tuple(out)
+
+    def _remember_keys(
+        self,
+        anchor: object,
+        certs: Sequence[x509.Certificate],
+        source: OcspSource | None,
+        indices: tuple[int, ...],
+        allow_hold: bool,
+        checks: tuple[OcspCheck, ...],
+    ) -> None:
+        """After a full stapled check that passed, remember the verdict-cache keys it used.
+
+        Only an all-``good`` (or allowed hold) answer is remembered, and the keys are derived
+        exactly as ``check_ocsp_response`` derives them for the response the stapled set gives
+        for each certificate; a key that was never stored simply misses later.
+        """
+        if self.mode is not RevocationMode.STAPLED or not isinstance(source, StapledOcsp):
+            return
+        if len(checks) != len(indices) or not all(c.ok for c in checks):
+            return
+        keys: list[bytes] = []
+        for i in indices:
+            cert, issuer = certs[i], certs[i + 1]
+            der = source.response_for(cert, issuer)
+            if der is None or len(der) > MAX_OCSP_RESPONSE_BYTES:
+                return
+            keys.append(
+                OcspCache.key(
+                    der, cert, issuer, allow_hold=allow_hold, expected_nonce=None, max_age=None
+                )
+            )
+        self.caches.revocation_keys.put(source, anchor, allow_hold, indices, tuple(keys))
 
 
 @dataclass(frozen=True)
@@ -633,7 +752,7 @@ def _verify_one(
 
     # 7. FWID (the leaf's FWID and name remembered per leaf; extraction failures are not)
     brom = evidence.chain[1] if len(evidence.chain) > 1 else None
-    facts = caches.leaves.get((leaf, brom))
+    facts = caches.leaves.get(evidence.chain)
     hwmodel = facts[1] if facts is not None else (describe(brom) if brom is not None else None)
     try:
         if facts is None:

@@ -55,7 +55,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, SignatureAlgorithmOID
 
 from attest.errors import InputError, ParseError, RevocationError
 from attest.timeutil import require_aware
-from attest.x509chain import describe
+from attest.x509chain import describe, signature_bits_canonical
 
 __all__ = [
     "CLOCK_SKEW",
@@ -376,6 +376,10 @@ def _find_signer(resp: ocsp.OCSPResponse, issuer: x509.Certificate, at: datetime
             "unauthorized_responder",
             f"response signed by '{who}', which is neither the issuer '{describe(issuer)}' nor a"
             " responder certificate included in the response",
+        )
+    if not signature_bits_canonical(delegated):
+        raise _InvalidResponseError(
+            "malformed", "responder certificate signature BIT STRING is not DER"
         )
     name = describe(delegated)
     if delegated.issuer != issuer.subject:

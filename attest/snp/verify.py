@@ -62,7 +62,13 @@ from attest.snp.report import (
     parse_report,
 )
 from attest.timeutil import require_aware
-from attest.x509chain import ChainCache, VerifiedChain, describe, verify_chain
+from attest.x509chain import (
+    ChainCache,
+    VerifiedChain,
+    describe,
+    signature_bits_canonical,
+    verify_chain,
+)
 
 #: SHA-256 of the DER of each product's AMD Root Key (attest/roots/amd/PROVENANCE.md).
 ARK_SHA256: dict[Product, str] = {
@@ -198,6 +204,8 @@ def _force_parse(cert: x509.Certificate) -> x509.Certificate:
         cert.public_key()
     except _CERT_DECODE_ERRORS as exc:
         raise InputError(f"malformed AMD certificate: {exc}") from exc
+    if not signature_bits_canonical(cert):
+        raise InputError("malformed AMD certificate: signature BIT STRING is not DER")
     return cert
 
 
