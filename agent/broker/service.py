@@ -264,14 +264,18 @@ class Broker:
         if now.timestamp() > record.expires_at:
             # verify_ear allows clock skew for other parties; the broker wrote both times itself.
             raise ReleaseRefusedError("the attestation result has expired", reason="expired")
-        if self.store.count_releases(record.result_id):
-            raise ReleaseRefusedError(
-                "this result was already used for a release", reason="result_used"
-            )
         enclave_key = claims.enclave_key or b""
         if hashlib.sha256(enclave_key).digest() != record.enclave_key_digest:
             raise ReleaseRefusedError("result names another enclave key", reason="key_mismatch")
         recipient = HpkePublicKey.decode(enclave_key)
+        # Claim the result atomically before any key material is touched: exactly one of any
+        # number of concurrent callers gets past this line.
+        if not self.store.claim_release(
+            result_id=record.result_id, model_id=model_id, released_at=now.timestamp()
+        ):
+            raise ReleaseRefusedError(
+                "this result was already used for a release", reason="result_used"
+            )
         data_key = self.wrapper.unwrap(model.wrapped_key, key_id=model.key_id, model_id=model_id)
         sealed = seal_data_key(
             recipient,
@@ -296,9 +300,6 @@ class Broker:
             recipient_key_sha256=record.enclave_key_digest,
         )
         receipt = self.log.append(entry, [policy_bytes])
-        self.store.record_release(
-            result_id=record.result_id, model_id=model_id, released_at=now.timestamp()
-        )
         return ReleaseOutcome(
             sealed_key=sealed,
             suite=recipient.suite.name,

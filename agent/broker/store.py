@@ -60,6 +60,7 @@ class BrokerStore(Protocol):
     def put_result(self, result: ResultRecord) -> None: ...
     def get_result(self, result_id: str) -> ResultRecord | None: ...
     def record_release(self, *, result_id: str, model_id: str, released_at: float) -> None: ...
+    def claim_release(self, *, result_id: str, model_id: str, released_at: float) -> bool: ...
     def count_releases(self, result_id: str) -> int: ...
 
 
@@ -81,6 +82,7 @@ CREATE TABLE IF NOT EXISTS releases (
   id INTEGER PRIMARY KEY AUTOINCREMENT, result_id TEXT NOT NULL REFERENCES results(result_id),
   model_id TEXT NOT NULL, released_at REAL NOT NULL
 );
+CREATE UNIQUE INDEX IF NOT EXISTS releases_one_per_result ON releases(result_id);
 """
 
 
@@ -206,6 +208,20 @@ class SqliteBrokerStore:
                 "INSERT INTO releases(result_id, model_id, released_at) VALUES (?,?,?)",
                 (result_id, model_id, released_at),
             )
+
+    def claim_release(self, *, result_id: str, model_id: str, released_at: float) -> bool:
+        """Record the release of ``result_id`` if none was recorded; False if one was.
+
+        One conditional INSERT under the unique index: of any number of concurrent callers (or
+        broker replicas on one database) exactly one wins, and the claim is durable before the
+        key is sealed, so a crash can lose a release but never make two.
+        """
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO releases(result_id, model_id, released_at) VALUES (?,?,?)",
+                (result_id, model_id, released_at),
+            )
+        return cur.rowcount == 1
 
     def count_releases(self, result_id: str) -> int:
         row = (

@@ -22,7 +22,7 @@ repeated; this file adds what an attacker on the network does beyond one bad mes
   exported, verified audit bundle at the index it was acknowledged with, no nonce is attested
   twice, and the broker's SQLite state agrees with the log, also after a restart.
 
-All bounds are module constants; the whole file runs in ~25 s on two busy cores.
+All bounds are module constants; the whole file runs in ~15 s on two busy cores.
 """
 
 from __future__ import annotations
@@ -374,13 +374,13 @@ def enclave_factory() -> Iterator[Callable[..., Enclave]]:
     loop.close()
 
 
-def _raw_generate_call(e: Enclave, sealed: bytes, *, read: bool) -> tuple[RawH2Client, int]:
+def _stalled_generate_call(e: Enclave, sealed: bytes) -> tuple[RawH2Client, int]:
+    """A Generate call from a client that never sends WINDOW_UPDATE: it stops at 64 KiB."""
     c = RawH2Client("127.0.0.1", e.server.port).connect()
     sid = c.open_call(GENERATE_METHOD)
     body = grpc_message(enclave_pb2.GenerateRequest(sealed_request=sealed).SerializeToString())
     for i in range(0, len(body), 16_000):
         c.send_data(sid, body[i : i + 16_000], end=i + 16_000 >= len(body))
-    assert not read  # this client never sends WINDOW_UPDATE: it stops reading at 64 KiB
     return c, sid
 
 
@@ -408,8 +408,7 @@ def test_generate_readers_that_stop_reading_are_cut_off(
         ),
     )
     stalled = [
-        _raw_generate_call(e, e.sealed(max_new_tokens=50_000), read=False)
-        for _ in range(STALL_SLOTS)
+        _stalled_generate_call(e, e.sealed(max_new_tokens=50_000)) for _ in range(STALL_SLOTS)
     ]
     try:
         full = _wait_until(
@@ -652,17 +651,11 @@ def test_one_nonce_attested_by_many_at_once_exactly_one_wins(broker: AbuseHarnes
     assert _log_size(broker) == size + 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: Broker.release_key checks count_releases and records the release in "
-    "separate transactions; concurrent callers all pass the check (measured: 8 of 8 won)",
-)
 def test_one_result_released_by_many_at_once_exactly_one_wins(broker: AbuseHarness) -> None:
     """Eight ReleaseKey calls with one affirming result at the same instant: exactly one may
-    win. ``Broker.release_key`` checks ``count_releases`` and records the release in separate
-    transactions (time-of-check to time-of-use), so all eight release and log: a result is
-    "used once" only for sequential callers. Every winner is still sealed to the same attested
-    key and logged (the audit below counts them), so nothing leaks; the invariant breaks."""
+    win. This found a time-of-check/time-of-use bug (8 of 8 won) when the broker checked and
+    recorded releases in separate transactions; it now claims the result with one conditional
+    INSERT under a unique index before sealing."""
     request = _attest_request(broker)
     attested = broker.stub.Attest(request, timeout=CALL_TIMEOUT_S)
     LEDGER.attest(attested, request.nonce)

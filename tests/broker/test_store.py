@@ -128,3 +128,22 @@ def test_keywrap_binds_ids_and_master_key(tmp_path: Path) -> None:
     (tmp_path / "loose.key").chmod(0o644)
     with pytest.raises(InputError):
         load_or_create_master_key(tmp_path / "loose.key")
+
+
+def test_claim_release_exactly_once_under_concurrency(tmp_path: Path) -> None:
+    s = SqliteBrokerStore(tmp_path / "b.db")
+    s.put_result(ResultRecord("r1", "m", b"k" * 32, b"n" * 32, "affirming", NOW, NOW + 300))
+    barrier = threading.Barrier(8)
+    wins: list[bool] = []
+
+    def claim() -> None:
+        barrier.wait()
+        wins.append(s.claim_release(result_id="r1", model_id="m", released_at=NOW))
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(wins) == [False] * 7 + [True]
+    assert s.count_releases("r1") == 1
