@@ -30,7 +30,9 @@ and libsodium); CI does not install it, and then this module is skipped.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,12 +58,7 @@ from tensorizer.serialization import HashMismatchError  # noqa: E402
 
 from agent.loader import SealedModel, seal_model  # noqa: E402
 from agent.loader import numpy as lnp  # noqa: E402
-from sealing.errors import (  # noqa: E402
-    DECRYPTION_FAILED,
-    BindingError,
-    DecryptionError,
-    SealedFormatError,
-)
+from sealing.errors import DECRYPTION_FAILED, BindingError, DecryptionError  # noqa: E402
 from tests.sealing.helpers import DEK, Rng  # noqa: E402
 
 if not _tz_crypt.available:
@@ -273,6 +270,23 @@ def test_tensorizer_accepts_a_record_spliced_from_another_file_under_the_same_ke
     assert np.array_equal(out["b"], B)
 
 
+def test_tensorizer_stores_an_unkeyed_hash_of_the_plaintext(tz: dict[str, Any]) -> None:
+    """A host can confirm a guess of a tensor's values: SHA-256 over the clear header + plaintext.
+
+    (The sealed format hides the safetensors header and stores no plaintext digest at all.)
+    """
+    raw = tz["main"]
+    for name, plain in (("a", A), ("b", B), ("c", C)):
+        r = _tz_parse(raw)[name]
+        value_at = r.hash_count_at + 3  # count, type, length, then the 32-byte digest
+        stored = raw[value_at : value_at + 32]
+        header = (
+            bytearray(raw[r.start : r.crypt_info.start]) + raw[r.crypt_info.stop : r.data.start]
+        )
+        header[value_at - r.start : value_at - r.start + 32] = bytes(32)
+        assert hashlib.sha256(bytes(header) + plain.tobytes()).digest() == stored
+
+
 def test_tensorizer_accepts_a_file_with_its_last_tensor_dropped(tz: dict[str, Any]) -> None:
     """Not one of issue #4's two cases, but the table's "truncation" row: no file-level MAC."""
     recs = _tz_parse(tz["main"])
@@ -336,8 +350,6 @@ def sealed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _sealed_copy(tmp: Path, sealed: dict[str, Path]) -> tuple[Path, Path, int]:
-    import shutil
-
     d = tmp / "sealed"
     shutil.copytree(sealed["main"], d)
     f = d / f"{SHARD}.sealed"
@@ -430,7 +442,8 @@ def test_sealed_rejects_the_last_tensor_dropped(tmp_path: Path, sealed: dict[str
     raw = bytearray(f.read_bytes()[: h + 9 * TAGGED])
     raw[24:32] = (9 * CS).to_bytes(8, "big")  # plaintext_length now ends after b
     f.write_bytes(bytes(raw))
-    with pytest.raises((BindingError, SealedFormatError)):  # the manifest's sizes and digest
+    with pytest.raises(BindingError) as exc:  # the manifest lists every file's size and digest
         _load(d)
+    assert exc.value.reason == "shard_mismatch"
     with pytest.raises(DecryptionError):  # alone: the header tag covers plaintext_length
         lnp.load_file(f, DEK, model_id=MODEL_ID, model_version=VERSION)
