@@ -1,5 +1,5 @@
 # ruff: noqa: N999  (the file is named after the threat id, as tests/regressions requires)
-"""T-RESULT (threat id placeholder): a non-ASCII character in an EAR token escapes as
+"""T-RESULT-01 (fixed): a non-ASCII character in an EAR token escapes as
 ``UnicodeEncodeError`` from ``attest.ear.verify_ear``.
 
 Found by tests/adversarial (``ear`` family, single bit flips that make a byte non-ASCII). The

@@ -1,5 +1,5 @@
 # ruff: noqa: N999  (the file is named after the threat id, as tests/regressions requires)
-"""T-INPUT (threat id placeholder): a JSON integer over 4300 digits escapes as ``ValueError``.
+"""T-EVIDENCE-03 (fixed): a JSON integer over 4300 digits escapes as ``ValueError``.
 
 Found by tests/adversarial (ops ``huge-number`` and ``json-type...='1111...``). Since CPython
 3.11, ``int()`` refuses more than ``sys.get_int_max_str_digits()`` (4300) digits and ``json``

@@ -1,5 +1,5 @@
 # ruff: noqa: N999  (the file is named after the threat id, as tests/regressions requires)
-"""T-INPUT (threat id placeholder): deeply nested JSON escapes as ``RecursionError``.
+"""T-EVIDENCE-03 (fixed): deeply nested JSON escapes as ``RecursionError``.
 
 Found by tests/adversarial (ops ``deep-array``, ``deep-object``, ``json-deep``). CPython's
 ``json`` decoder raises ``RecursionError`` past ~1000 levels; these loaders catch only

@@ -1,5 +1,5 @@
 # ruff: noqa: N999  (the file is named after the threat id, as tests/regressions requires)
-"""T-REVOCATION (threat id placeholder): an OCSP response whose embedded responder certificate
+"""T-DOWNGRADE-03 (fixed): an OCSP response whose embedded responder certificate
 has a non-DER signature BIT STRING is still accepted (low severity: encoding malleability).
 
 Found by tests/adversarial/fuzz_atheris.py (``ocsp`` target, libFuzzer ``ChangeBit``, ~80 000

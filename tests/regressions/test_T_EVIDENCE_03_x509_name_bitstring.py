@@ -1,5 +1,5 @@
 # ruff: noqa: N999  (the file is named after the threat id, as tests/regressions requires)
-"""T-EVIDENCE (threat id placeholder): a certificate name attribute tagged BIT STRING escapes as
+"""T-EVIDENCE-03 (fixed): a certificate name attribute tagged BIT STRING escapes as
 ``TypeError`` from the certificate loaders.
 
 Found by tests/adversarial (``pem_chain`` op ``b64@2459=D`` on the hopper_legacy chain, then the
