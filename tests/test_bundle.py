@@ -79,3 +79,14 @@ def test_random_bytes_only_input_errors(data: bytes) -> None:
         load_bundle(data)
     except InputError:
         pass
+
+
+def test_json_depth_skips_strings_and_counts_nesting() -> None:
+    from attest.jsonutil import MAX_JSON_DEPTH, json_depth, load_json
+
+    assert json_depth('[[{"a": "[[[{{{"}]]') == 3
+    assert json_depth('["\\\\", [1]]') == 2
+    assert json_depth('{"x": "a\\"[[["}') == 1
+    with pytest.raises(InputError, match="nested deeper"):
+        load_json("[" * (MAX_JSON_DEPTH + 1) + "]" * (MAX_JSON_DEPTH + 1), what="t")
+    assert load_json("[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH, what="t") is not None
