@@ -9,7 +9,10 @@ RIMs and stapled OCSP answers are made once: "warm caches"), attests, asks for t
 it. Baseline, measured in the same run: one client, flows back to back.
 
 Reported per run: flows (attestations with release) per second, p50/p99 flow latency, errors,
-and double-used nonces. The last is measured, not assumed: every nonce the clients saw affirmed
+double-used nonces, and where the CPU went during the timed window: CPU milliseconds per flow
+and cores busy, in the broker process (all threads, and its Python threads alone: those share
+one GIL, so Python cores near 1.0 mean one broker process is at its limit) and in the load
+generator. The last is measured, not assumed: every nonce the clients saw affirmed
 is replayed once after the run (each replay must be refused) and the broker's database must show
 one result per nonce and at most one release per result. Target (issue 5): >= 200 flows/s with
 64 clients on a 2-core machine, zero errors, zero double-used nonces.
@@ -20,6 +23,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import resource
 import sqlite3
 import statistics
 import subprocess
@@ -37,12 +41,19 @@ BASELINE_DURATION_S = 3.0
 MODEL = "bench-model"
 #: Nonces replayed after the run to check single use (all of them, up to this many).
 MAX_REPLAYS = 2000
+#: Broker server threads (``broker serve --workers``). The broker's Python work is serialised
+#: by the GIL, so threads beyond what overlaps its waits (SQLite and log fsyncs) only add GIL
+#: hand-offs and unfair wake-ups: on the 2-core machine 4-16 workers served ~5-10% more flows
+#: than 64 with a p99 of ~0.6 s instead of ~2.5 s (64 clients; numbers in the issue #5 report).
+BROKER_WORKERS = 8
+#: Thread names of gRPC's C core in the broker process; every other thread runs Python.
+_GRPC_CORE_THREADS = ("event_engine", "grpc_global_tim", "lifeguard")
 
 
 def _start_broker(state: Path, pki_dir: Path) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "agent.cli.main", "broker", "serve", "--state", str(state),
-         "--listen", "127.0.0.1:0", "--trust-emulation", str(pki_dir), "--workers", "64"],
+         "--listen", "127.0.0.1:0", "--trust-emulation", str(pki_dir), "--workers", str(BROKER_WORKERS)],
         cwd=Path(__file__).resolve().parents[1],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
@@ -149,13 +160,18 @@ def _load(target: str, pki_dir: str, clients: int, duration: float, out: Any) ->
                 with lock:
                     errors[key] = errors.get(key, 0) + 1
 
+    out.put({"phase": "start"})
     start = time.monotonic()
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     threads = [threading.Thread(target=worker) for _ in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     elapsed = time.monotonic() - start
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    out.put({"phase": "done"})
+    load_cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
     # Single use, measured: replay every affirmed nonce once; each must be refused.
     accepted_twice = 0
     for nonce_hex in nonces[:MAX_REPLAYS]:
@@ -183,17 +199,45 @@ def _load(target: str, pki_dir: str, clients: int, duration: float, out: Any) ->
             "distinct_nonces": len(set(nonces)),
             "replays": min(len(nonces), MAX_REPLAYS),
             "replays_accepted": accepted_twice,
+            "load_cpu_s": load_cpu,
         }
     )
 
 
-def _run_load(target: str, pki_dir: Path, clients: int, duration: float) -> dict[str, Any]:
+def _broker_cpu(pid: int) -> tuple[float, float]:
+    """(all threads, Python threads) CPU seconds of process ``pid`` so far (Linux /proc)."""
+    total = python = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    task_dir = Path(f"/proc/{pid}/task")
+    for task in task_dir.iterdir() if task_dir.is_dir() else ():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue  # the thread ended meanwhile
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat.rsplit(")", 1)[1].split()
+        seconds = (int(fields[11]) + int(fields[12])) / tick
+        total += seconds
+        if not name.startswith(_GRPC_CORE_THREADS):
+            python += seconds
+    return total, python
+
+
+def _run_load(
+    target: str, pki_dir: Path, clients: int, duration: float, broker_pid: int
+) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     p = ctx.Process(target=_load, args=(target, str(pki_dir), clients, duration, q))
     p.start()
-    result: dict[str, Any] = q.get(timeout=duration + 300)
+    assert q.get(timeout=300)["phase"] == "start"
+    before = _broker_cpu(broker_pid)
+    assert q.get(timeout=duration + 300)["phase"] == "done"
+    after = _broker_cpu(broker_pid)
+    result: dict[str, Any] = q.get(timeout=300)
     p.join(timeout=60)
+    result["broker_cpu_s"] = after[0] - before[0]
+    result["broker_python_cpu_s"] = after[1] - before[1]
     return result
 
 
@@ -231,7 +275,19 @@ def _row(
         + db_dups,
         "replays_checked": r["replays"],
         "cpus": os.cpu_count(),
+        "broker_workers": BROKER_WORKERS,
     }
+    if n and r["elapsed"]:
+        out |= {
+            "broker_cpu_ms_per_flow": round(r["broker_cpu_s"] / n * 1e3, 2),
+            "broker_python_cpu_ms_per_flow": round(r["broker_python_cpu_s"] / n * 1e3, 2),
+            "loadgen_cpu_ms_per_flow": round(r["load_cpu_s"] / n * 1e3, 2),
+            # CPU seconds per second: Python threads near 1.0 means the GIL is saturated (they
+            # exceed 1.0 only while some run without it: SQLite, fsync, large hashes)
+            "broker_cores": round(r["broker_cpu_s"] / r["elapsed"], 2),
+            "broker_python_cores": round(r["broker_python_cpu_s"] / r["elapsed"], 2),
+            "loadgen_cores": round(r["load_cpu_s"] / r["elapsed"], 2),
+        }
     if baseline is not None and baseline["latencies"] and rate:
         base_rate = len(baseline["latencies"]) / baseline["elapsed"]
         # Time per flow relative to the one-client baseline; the target is 1/200 s per flow.
@@ -260,9 +316,10 @@ def run() -> list[dict[str, object]]:
         proc, target = _start_broker(state, pki_dir)
         try:
             _register(target, pki_dir)
-            _run_load(target, pki_dir, 4, 1.0)  # warm-up: caches, connections, SQLite pages
-            baseline = _run_load(target, pki_dir, 1, BASELINE_DURATION_S)
-            loaded = _run_load(target, pki_dir, CLIENTS, DURATION_S)
+            # warm-up: caches, connections, SQLite pages
+            _run_load(target, pki_dir, 4, 1.0, proc.pid)
+            baseline = _run_load(target, pki_dir, 1, BASELINE_DURATION_S, proc.pid)
+            loaded = _run_load(target, pki_dir, CLIENTS, DURATION_S, proc.pid)
         finally:
             proc.terminate()
             try:

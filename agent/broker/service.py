@@ -111,7 +111,10 @@ class Broker:
     clock: Callable[[], datetime]
     protocol_label: str = DEFAULT_PROTOCOL_LABEL
     verifier_build: str = VERIFIER_BUILD
-    _policies: dict[str, Policy] = field(default_factory=dict, repr=False)
+    #: model id -> (policy JSON, parsed policy, its digest): parsing a policy and hashing its
+    #: canonical form cost more than the rest of a Challenge, so both are done once per policy
+    #: text (a re-registered model has new text and is parsed again).
+    _policies: dict[str, tuple[str, Policy, str]] = field(default_factory=dict, repr=False)
 
     # ---- admin ---------------------------------------------------------------------------
 
@@ -147,21 +150,23 @@ class Broker:
         self._policies.pop(model_id, None)
         return record
 
-    def _model(self, model_id: str) -> tuple[ModelRecord, Policy]:
+    def _model(self, model_id: str) -> tuple[ModelRecord, Policy, str]:
+        """The model's record, its policy, and the policy's digest."""
         _check_model_id(model_id)
         model = self.store.get_model(model_id)
         if model is None:
             raise UnknownModelError(f"unknown model {model_id!r}")
-        policy = self._policies.get(model_id)
-        if policy is None or policy.digest != model.policy_digest:
+        cached = self._policies.get(model_id)
+        if cached is None or cached[0] != model.policy_json or cached[2] != model.policy_digest:
             policy = load_policy(model.policy_json)
-            self._policies[model_id] = policy
-        return model, policy
+            cached = (model.policy_json, policy, policy.digest)
+            self._policies[model_id] = cached
+        return model, cached[1], cached[2]
 
     # ---- enclave-facing --------------------------------------------------------------------
 
     def challenge(self, model_id: str) -> Challenge:
-        _, policy = self._model(model_id)
+        _, policy, _ = self._model(model_id)
         now = self.clock()
         nonce = secrets.token_bytes(NONCE_BYTES)
         expires = now + timedelta(seconds=policy.freshness.nonce_ttl_seconds)
@@ -173,7 +178,7 @@ class Broker:
     def attest(
         self, *, nonce: bytes, enclave_public_key: bytes, model_id: str, bundle: EvidenceBundle
     ) -> AttestOutcome:
-        model, policy = self._model(model_id)
+        model, policy, policy_digest = self._model(model_id)
         HpkePublicKey.decode(enclave_public_key)  # a key we could never seal to is refused
         now = self.clock()
         issued_for = self.store.consume_nonce(nonce, now=now.timestamp())
@@ -184,13 +189,13 @@ class Broker:
         result_id = secrets.token_hex(16)
         expires = now + timedelta(seconds=policy.freshness.result_ttl_seconds)
         result = AttestationResult(
-            submods={d.name: d.submodule(policy.digest) for d in appraisal.devices},
+            submods={d.name: d.submodule(policy_digest) for d in appraisal.devices},
             issued_at=int(now.timestamp()),
             expires_at=int(expires.timestamp()),
             verifier_build=self.verifier_build,
             nonce=nonce,
             enclave_key=enclave_public_key,
-            policy_digest=policy.digest,
+            policy_digest=policy_digest,
             result_id=result_id,
             extra={"ear.lessee.model-id": model_id}
             | (
@@ -233,7 +238,7 @@ class Broker:
         return AttestOutcome(token, status, tuple(appraisal.all_findings()), receipt)
 
     def release_key(self, *, result: str, model_id: str) -> ReleaseOutcome:
-        model, policy = self._model(model_id)
+        model, policy, _ = self._model(model_id)
         now = self.clock()
         claims = verify_ear(result, self.result_key.public_key(), at=now)
         record = self.store.get_result(claims.result_id or "")

@@ -41,6 +41,9 @@ MAX_RIM_ID_CHARS = 128
 #: version pairs, two RIMs each; 128 covers that many times over while bounding memory to
 #: 128 x ``MAX_RIM_BYTES`` (plus the parsed form) even if every entry is a hostile maximum.
 DEFAULT_RIM_PARSE_CACHE_ENTRIES = 128
+#: Answers a ``RimCollection`` remembers by id: two ids per device of a set (at most a few
+#: dozen devices); the bound only keeps a caller asking for endless ids from growing it.
+MAX_REMEMBERED_ANSWERS = 256
 
 _SAFE_ID = re.compile(r"[A-Z0-9][A-Z0-9_.\-]*")
 _TOKEN = re.compile(r"[A-Z0-9]{1,16}")
@@ -245,6 +248,7 @@ class RimCollection:
         self._named: dict[str, list[Rim]] = {}
         self._unnamed: list[Rim] = []
         self._skipped: list[tuple[str, str]] = []
+        self._answers: dict[str, bytes | None] = {}
         # this construction's parses, by exact bytes: a Rim, or why the bytes were refused
         parsed: dict[bytes, Rim | str] = {}
         unnamed_seen: set[bytes] = set()
@@ -339,8 +343,15 @@ class RimCollection:
         return next(iter(found.values()), None)
 
     def rim_bytes(self, rim_id: str) -> bytes | None:
+        # Every GPU of a server asks for the same two ids; the collection never changes once
+        # built, so an answer (a RIM or none) is remembered per id. Errors are raised again.
+        if rim_id in self._answers:
+            return self._answers[rim_id]
         rim = self.get(rim_id)
-        return None if rim is None else rim.raw
+        raw = None if rim is None else rim.raw
+        if len(self._answers) < MAX_REMEMBERED_ANSWERS:
+            self._answers[rim_id] = raw
+        return raw
 
     def __len__(self) -> int:
         return len(self.rims)

@@ -34,7 +34,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
-from typing import Generic, Literal, TypeVar
+from typing import Generic, Literal, Protocol, TypeVar
 
 from cryptography import x509
 
@@ -58,7 +58,12 @@ from attest.nvidia.device import (
     verify_signature,
 )
 from attest.nvidia.evidence import Arch, DeviceEvidence
-from attest.nvidia.opaque import DeviceKind, DeviceReport, FeatureFlag, ReportCache
+from attest.nvidia.opaque import (
+    DeviceKind,
+    DeviceReport,
+    FeatureFlag,
+    parse_device_report,
+)
 from attest.nvidia.rim import (
     NVDEC_RIM_INDEX,
     MeasurementComparison,
@@ -74,7 +79,15 @@ from attest.nvidia.rim import (
     switch_bios_rim_id,
     vbios_rim_id,
 )
-from attest.nvidia.spdm import ReportParseError
+from attest.nvidia.spdm import (
+    MAX_REPORT_LENGTH,
+    MIN_REPORT_LENGTH,
+    NONCE_LENGTH,
+    REQUEST_LENGTH,
+    RESPONSE_HEADER_LENGTH,
+    SIGNATURE_LENGTH,
+    ReportParseError,
+)
 from attest.nvidia.topology import TopologyResult, check_topology
 from attest.revocation.ocsp import (
     MAX_OCSP_RESPONSE_BYTES,
@@ -146,6 +159,117 @@ class _ByIdentity(Generic[V]):
                 del self._entries[next(iter(self._entries))]
 
 
+class ReportParser(Protocol):
+    """What the verifier parses reports with (``ReportCache`` or ``ReportTemplates``)."""
+
+    def parse(self, data: bytes, kind: DeviceKind) -> DeviceReport: ...
+
+
+#: Offset of the requester's nonce in a report (after version, code, Param1, Param2).
+_REQUEST_NONCE_AT = 4
+#: Offset of MeasurementRecordLength (3 bytes, little-endian) in the MEASUREMENTS response.
+_RECORD_LENGTH_AT = 5
+
+
+def _session_fields(data: bytes) -> tuple[int, int] | None:
+    """Where a report's per-session bytes are: (responder nonce offset, signature offset).
+
+    Read from the report's own header (MeasurementRecordLength); None when the report cannot
+    hold them where a well-formed one would (the full parser then decides what is wrong).
+    """
+    n = len(data)
+    if not MIN_REPORT_LENGTH <= n <= MAX_REPORT_LENGTH:
+        return None
+    at = REQUEST_LENGTH + _RECORD_LENGTH_AT
+    record_length = int.from_bytes(data[at : at + 3], "little")
+    nonce_at = REQUEST_LENGTH + RESPONSE_HEADER_LENGTH + record_length
+    signature_at = n - SIGNATURE_LENGTH
+    if nonce_at + NONCE_LENGTH + 2 > signature_at:
+        return None
+    return nonce_at, signature_at
+
+
+class ReportTemplates:
+    """Parsed reports of known devices, reused for their next reports (bounded, thread-safe).
+
+    Two reports of one GPU in one configuration differ in exactly three places: the requester's
+    nonce (the session's), the responder's nonce (fresh per report) and the signature. The
+    strict parser (``attest.nvidia.spdm``, ``attest.nvidia.opaque``) checks everything else,
+    64 measurement blocks and the opaque TLVs, and costs about half a signature check; it
+    reads those three fields only as opaque bytes of fixed length and position.
+
+    So entries are keyed by the device kind and the *exact bytes of everything else* (with the
+    report length and the field positions, which the bytes themselves fix). A hit means every
+    byte the parser checks is the same as in a report that parsed; the answer is that parse
+    with the three fields taken from the new bytes, so it equals what a fresh parse gives
+    (tests/nvidia/test_report_templates.py checks equality, and that the parser ignores the
+    contents of those fields, on random nonces, signatures and byte flips). An exact repeat is
+    a hit too. A parse failure raises and is never remembered. Nothing here judges the nonce
+    or the signature: the verifier checks both on every report, as before.
+    """
+
+    def __init__(self, max_entries: int = 256) -> None:
+        self._max = max_entries
+        self._entries: OrderedDict[tuple[DeviceKind, int, int, bytes], DeviceReport] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def parse(self, data: bytes, kind: DeviceKind) -> DeviceReport:
+        """``parse_device_report(data, kind)``; raises only ``ReportParseError``."""
+        raw = bytes(data)
+        fields = _session_fields(raw)
+        if fields is None:
+            return parse_device_report(raw, kind)
+        nonce_at, signature_at = fields
+        key = (
+            kind,
+            len(raw),
+            nonce_at,
+            raw[:_REQUEST_NONCE_AT]
+            + raw[_REQUEST_NONCE_AT + NONCE_LENGTH : nonce_at]
+            + raw[nonce_at + NONCE_LENGTH : signature_at],
+        )
+        with self._lock:
+            template = self._entries.get(key)
+            if template is not None:
+                self._entries.move_to_end(key)
+                self.hits += 1
+            else:
+                self.misses += 1
+        if template is None:
+            report = parse_device_report(raw, kind)
+            with self._lock:
+                self._entries[key] = report
+                self._entries.move_to_end(key)
+                while len(self._entries) > self._max:
+                    self._entries.popitem(last=False)
+            return report
+        spdm = template.spdm
+        request = replace(
+            spdm.request,
+            raw=raw[:REQUEST_LENGTH],
+            nonce=raw[_REQUEST_NONCE_AT : _REQUEST_NONCE_AT + NONCE_LENGTH],
+        )
+        response = replace(
+            spdm.response,
+            raw=raw[REQUEST_LENGTH:],
+            responder_nonce=raw[nonce_at : nonce_at + NONCE_LENGTH],
+            signature=raw[signature_at:],
+        )
+        return replace(template, spdm=replace(spdm, raw=raw, request=request, response=response))
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+
+def measurement_record(report: DeviceReport) -> bytes:
+    """The exact bytes of the report's MeasurementRecord (its blocks), as signed."""
+    response = report.spdm.response
+    return response.raw[RESPONSE_HEADER_LENGTH : RESPONSE_HEADER_LENGTH + response.record_length]
+
+
 class _RevocationKeys:
     """Which OCSP verdict-cache entries answered a chain's revocation check from a stapled set.
 
@@ -206,11 +330,13 @@ class VerifierCaches:
       memo keyed by the certificate objects in front of it (saves re-serialising five
       certificates to build the byte key);
     * ``rims``: verified RIMs (XML-DSig + signer chain), by their exact bytes and window;
-    * ``reports``: parsed reports, by their exact bytes;
+    * ``reports``: parsed reports, by the exact bytes of everything but the per-session
+      fields (``ReportTemplates``), so a device's next report skips the strict parse;
     * ``ocsp``: verified OCSP verdicts, by response bytes, question and freshness window;
     * ``comparisons``: golden-vs-runtime results (GPU pair or NVSwitch single RIM), by
-      (report bytes, driver RIM bytes or ``b""``, VBIOS/BIOS RIM bytes, skipped indexes)
-      (deterministic, so a hit is exactly what a fresh comparison gives);
+      (the report's MeasurementRecord bytes, driver RIM bytes or ``b""``, VBIOS/BIOS RIM bytes,
+      skipped indexes): the comparison reads nothing else of the report, and is deterministic,
+      so a hit is exactly what a fresh comparison gives (also for the device's next report);
     * ``skipped``: the "skipped" OCSP verdicts of ``--revocation skip``, by certificates;
     * ``revocation_keys``: for a stapled set and a verified chain, the ``ocsp`` keys that
       answered it (see ``_RevocationKeys``); ``leaves``: a chain's leaf FWID and BROM name.
@@ -231,7 +357,7 @@ class VerifierCaches:
         self.device_root = device_root
         self.chains = ChainCache(max_entries)
         self.rims = RimVerifier(root=rim_root, chain_cache=self.chains, max_entries=max_entries)
-        self.reports = ReportCache(max_entries)
+        self.reports: ReportParser = ReportTemplates(max_entries)
         self.ocsp = OcspCache(max_entries * 4)
         self.device_chains: _Memo[tuple[x509.Certificate, ...], VerifiedChain] = _Memo(max_entries)
         self.comparisons: _Memo[
@@ -367,7 +493,9 @@ class _Device:
         if skipped is not None:
             checks = skipped
         else:
-            remembered = self._remembered_verdicts(anchor, source, tuple(indices), at, allow_hold)
+            remembered = self._remembered_verdicts(
+                anchor=anchor, source=source, indices=tuple(indices), at=at, allow_hold=allow_hold
+            )
             if remembered is not None:
                 checks = remembered
             else:
@@ -380,7 +508,14 @@ class _Device:
                     allow_hold=allow_hold,
                     cache=self.caches.ocsp,
                 )
-                self._remember_keys(anchor, certs, source, tuple(indices), allow_hold, checks)
+                self._remember_keys(
+                    anchor=anchor,
+                    certs=certs,
+                    source=source,
+                    indices=tuple(indices),
+                    allow_hold=allow_hold,
+                    checks=checks,
+                )
             if self.mode is RevocationMode.SKIP:
                 self.caches.skipped.put(anchor, checks)
         self.ocsp.extend(checks)
@@ -395,9 +530,9 @@ class _Device:
         reason = next((c.revocation_reason for c in checks if c.revocation_reason), None)
         return worst, reason
 
-
     def _remembered_verdicts(
         self,
+        *,
         anchor: object,
         source: OcspSource | None,
         indices: tuple[int, ...],
@@ -421,6 +556,7 @@ class _Device:
 
     def _remember_keys(
         self,
+        *,
         anchor: object,
         certs: Sequence[x509.Certificate],
         source: OcspSource | None,
@@ -529,7 +665,7 @@ def _rim_stage(
             rim.version,
             f"{rim_id}: the RIM's colloquialVersion is not the version in the report",
         )
-    available = bool(rim.active_measurements)
+    available = any(m.active for m in rim.measurements)
     if not available:
         dev.fail(f"{claim_prefix}-rim-measurements-available", True, False, f"{rim_id}")
     return (
@@ -607,7 +743,7 @@ def _measurements(
             return False, False
         single = _memo_compare(
             dev,
-            (report.raw, b"", vbios.rim.raw, frozenset()),
+            (measurement_record(report), b"", vbios.rim.raw, frozenset()),
             lambda: compare_single(report.measurements, vbios.rim, source="bios"),
         )
         _record_mismatches(dev, single)
@@ -623,7 +759,7 @@ def _measurements(
         return False, False  # already recorded by the RIM stage
     comparison = _memo_compare(
         dev,
-        (report.raw, driver.rim.raw, vbios.rim.raw, frozenset(skip)),
+        (measurement_record(report), driver.rim.raw, vbios.rim.raw, frozenset(skip)),
         lambda: compare_measurements(
             report.measurements, driver=driver.rim, vbios=vbios.rim, skip_rim_indexes=skip
         ),
