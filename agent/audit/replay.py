@@ -501,7 +501,7 @@ class EntryReplayer:
         # The broker keeps one long-lived context; the replay shares the verifier caches across
         # entries the same way. They are keyed by exact bytes and validity windows, so a hit is
         # exactly what a fresh verification at that entry's time would give.
-        self._caches: dict[Any, Any] = {}
+        self._shared = AppraisalContext()
         self._policies: dict[bytes, tuple[Policy, str]] = {}
 
     def _policy(self, sha256: bytes, data: bytes) -> tuple[Policy, str]:
@@ -710,9 +710,7 @@ class EntryReplayer:
             else:
                 chosen.setdefault(cand.role, cert)
         supplied = {digest for _, _, digest in offered}
-        ctx = AppraisalContext(
-            rims=tuple(rims), candidates=chosen, amd_extra_arks=tuple(arks), _caches=self._caches
-        )
+        ctx = self._shared.sharing_caches(rims=rims, candidates=chosen, amd_extra_arks=arks)
         return ctx, tuple(sorted(listed - supplied))
 
 

@@ -14,6 +14,7 @@ there are ever added.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 from collections import OrderedDict
@@ -203,6 +204,23 @@ class AppraisalContext:
         default_factory=lambda: _Memo(MAX_CACHED_STAPLED_SETS), repr=False
     )
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def sharing_caches(
+        self,
+        *,
+        rims: Sequence[bytes],
+        candidates: Mapping[str, x509.Certificate],
+        amd_extra_arks: Sequence[x509.Certificate],
+    ) -> AppraisalContext:
+        """A context with other inputs (an audited entry's archived RIMs and roots) that shares
+        every cache of this one. Safe: each cache is keyed by exact bytes and trust anchors, so
+        a hit is what a fresh verification with the new inputs would give."""
+        return dataclasses.replace(
+            self,
+            rims=tuple(rims),
+            candidates=dict(candidates),
+            amd_extra_arks=tuple(amd_extra_arks),
+        )
 
     def caches_for(self, anchors: TrustAnchors) -> VerifierCaches:
         """The caches for one trust-anchor set (made once, under a lock: two threads asking
