@@ -76,6 +76,7 @@ import json
 import multiprocessing
 import os
 import re
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -135,9 +136,17 @@ MAX_MESSAGE_CHARS = 4000
 MAX_DIFF_ITEMS = 8
 #: Parsed policies kept per process: a log has a handful; this bounds a log with thousands.
 MAX_CACHED_POLICIES = 64
+#: Parsed evidence bundles kept per process, by the SHA-256 of their (verified) bytes. Real
+#: evidence carries a per-session nonce, so repeats are rare (a log that re-used evidence, a
+#: benchmark); parsing one costs about as much as the EAR check, so a repeat is worth skipping.
+#: Bounded by count and by the bytes the parsed bundles came from (a parsed bundle holds about
+#: its source's bytes: reports and certificate chains).
+MAX_CACHED_EVIDENCE = 64
+EVIDENCE_CACHE_BYTES = 16 * 1024 * 1024
 #: Collateral and policy blobs repeat across entries (the broker's RIMs, one policy), so the
 #: parent keeps the verified bytes of recent ones instead of re-reading and re-hashing them.
-#: Evidence is per session and never cached. Bounds: total bytes held, and size of one blob.
+#: Evidence is per session and rarely repeats, but a repeat is then read from the zip once.
+#: Bounds: total bytes held, and size of one blob.
 BLOB_CACHE_BYTES = 32 * 1024 * 1024
 MAX_CACHED_BLOB_BYTES = 1024 * 1024
 
@@ -290,16 +299,18 @@ def _finding_list_ok(raw: object) -> bool:
 class Verdict:
     """A verdict as the equality rule compares it (see the module docstring).
 
-    Holds the submodules and enclave findings as JSON objects plus one canonical text of each:
-    equal texts mean equal in every respect, so ``compare_verdicts`` only normalises (finding
-    multisets without ``detail``) where the texts differ.
+    Holds the submodules and enclave findings as JSON objects plus one canonical text of the
+    whole verdict: equal texts mean equal in every respect (the status is a function of the
+    same content), so ``compare_verdicts`` is one string comparison for a reproduced verdict
+    and only encodes per submodule and normalises (finding multisets without ``detail``) where
+    the texts differ. One encoding per side, not one per submodule: the JSON encoder's per-call
+    cost is most of what the comparison costs.
     """
 
     status: Status
     submods: Mapping[str, Mapping[str, Any]]
     enclave: tuple[Any, ...]
-    texts: Mapping[str, str]
-    enclave_text: str
+    text: str
 
     @classmethod
     def build(cls, submods: Mapping[str, object], enclave_raw: object) -> Verdict | None:
@@ -324,8 +335,8 @@ class Verdict:
         elif enclave:
             statuses.append(Status.WARNING)
         status = Status.worst(statuses) if statuses else Status.CONTRAINDICATED
-        texts = {name: _canonical(body) for name, body in bodies.items()}
-        return cls(status, bodies, tuple(enclave), texts, _canonical(list(enclave)))
+        text = _canonical({"enclave": enclave, "submods": bodies})
+        return cls(status, bodies, tuple(enclave), text)
 
     @classmethod
     def logged(cls, claims: AttestationResult) -> Verdict | None:
@@ -383,6 +394,8 @@ def _findings_diff(where: str, a: tuple[str, ...] | None, b: tuple[str, ...] | N
 
 def compare_verdicts(logged: Verdict, ours: Verdict) -> list[str]:
     """Every difference, one phrase each; empty iff the verdicts are equal."""
+    if logged.text == ours.text:
+        return []
     out: list[str] = []
     if logged.status is not ours.status:
         out.append(f"overall status logged {logged.status.value}, recomputed {ours.status.value}")
@@ -391,7 +404,7 @@ def compare_verdicts(logged: Verdict, ours: Verdict) -> list[str]:
     if only_logged or only_ours:
         out.append(f"submodules only logged {only_logged}, only recomputed {only_ours}")
     for name in sorted(set(logged.submods) & set(ours.submods)):
-        if logged.texts[name] == ours.texts[name]:
+        if _canonical(logged.submods[name]) == _canonical(ours.submods[name]):
             continue
         a, b = SubmoduleVerdict.of(logged.submods[name]), SubmoduleVerdict.of(ours.submods[name])
         if a.status is not b.status:
@@ -403,7 +416,7 @@ def compare_verdicts(logged: Verdict, ours: Verdict) -> list[str]:
         if a.claims != b.claims:
             out.append(f"{name} claims differ: {_claim_keys_differing(a.claims, b.claims)}")
         out.extend(_findings_diff(name, a.findings, b.findings))
-    if logged.enclave_text != ours.enclave_text:
+    if _canonical(list(logged.enclave)) != _canonical(list(ours.enclave)):
         out.extend(
             _findings_diff(
                 "enclave", _finding_keys(list(logged.enclave)), _finding_keys(list(ours.enclave))
@@ -503,6 +516,30 @@ class EntryReplayer:
         # exactly what a fresh verification at that entry's time would give.
         self._shared = AppraisalContext()
         self._policies: dict[bytes, tuple[Policy, str]] = {}
+        self._evidence: dict[bytes, EvidenceBundle] = {}
+        self._evidence_bytes = 0
+        self._evidence_lock = threading.Lock()
+
+    def _bundle(self, sha256: bytes, data: bytes) -> EvidenceBundle:
+        """``load_bundle(data)``, once per distinct evidence blob. ``data`` hashes to ``sha256``
+        (``_inputs`` checked it) and ``EvidenceBundle`` is immutable, so a hit is exactly what
+        parsing again would give; a blob that does not parse raises and is not kept."""
+        with self._evidence_lock:
+            hit = self._evidence.get(sha256)
+        if hit is not None:
+            return hit
+        parsed = load_bundle(data)  # may raise: then nothing is kept
+        with self._evidence_lock:
+            if (
+                len(self._evidence) >= MAX_CACHED_EVIDENCE
+                or self._evidence_bytes + len(data) > EVIDENCE_CACHE_BYTES
+            ):
+                self._evidence.clear()
+                self._evidence_bytes = 0
+            if sha256 not in self._evidence and len(data) <= EVIDENCE_CACHE_BYTES:
+                self._evidence[sha256] = parsed
+                self._evidence_bytes += len(data)
+        return parsed
 
     def _policy(self, sha256: bytes, data: bytes) -> tuple[Policy, str]:
         """The parsed policy and its digest (``Policy.digest`` re-serialises; done once)."""
@@ -628,7 +665,7 @@ class EntryReplayer:
             add("evidence_unusable", f"evidence media type {ref.media_type!r}")
             raise _Stop
         try:
-            bundle = load_bundle(blob(ref.role, ref.sha256))
+            bundle = self._bundle(ref.sha256, blob(ref.role, ref.sha256))
         except InputError as exc:
             add("evidence_malformed", str(exc))
             raise _Stop from None
@@ -808,7 +845,7 @@ def _inputs(bundle: Bundle, audit: AuditResult) -> Iterator[EntryInput]:
             if len(data) != ref.size or hashlib.sha256(data).digest() != ref.sha256:
                 continue
             blobs[ref.sha256] = data
-            if ref not in entry.evidence and len(data) <= MAX_CACHED_BLOB_BYTES:
+            if len(data) <= MAX_CACHED_BLOB_BYTES:
                 if cached_bytes + len(data) > BLOB_CACHE_BYTES:
                     cache.clear()
                     cached_bytes = 0
