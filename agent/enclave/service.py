@@ -29,7 +29,7 @@ import logging
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -67,7 +67,6 @@ __all__ = [
 ]
 
 _log = logging.getLogger("lessee.enclave")
-_T = TypeVar("_T")
 
 #: Full name of the gRPC service (checked against the generated descriptor at import time).
 ENCLAVE_SERVICE = "lessee.v1.Enclave"
@@ -189,42 +188,35 @@ def _pieces(piece: str | bytes) -> list[bytes]:
     return [data[i : i + MAX_TOKEN_LEN] for i in range(0, len(data), MAX_TOKEN_LEN)]
 
 
-class _DeadlinePassed(Exception):  # noqa: N818 (internal signal, never escapes the module)
-    """The stream's time limit passed while the engine was computing."""
-
-
 class _EngineDeadline:
     """One timer per stream (not one per token, as ``asyncio.timeout`` around each ``anext``
-    would cost): when it fires while the handler awaits the engine, the wait is cancelled and
-    :meth:`wait` raises :class:`_DeadlinePassed`; when it fires while a record is being written,
-    :attr:`expired` is seen before the next engine call. An outside cancellation (the client
-    went away) is left alone and propagates.
+    would cost): when it fires while the handler awaits the engine (:attr:`waiting`), the task
+    is cancelled and the handler's ``except CancelledError`` asks :meth:`caused` whether the
+    cancel was the deadline's; when it fires while a record is being written, :attr:`expired`
+    is seen before the next engine call. An outside cancellation (the client went away) is
+    left alone and propagates.
     """
 
-    __slots__ = ("_handle", "_task", "_waiting", "expired")
+    __slots__ = ("_handle", "_task", "expired", "waiting")
 
     def __init__(self, seconds: float) -> None:
         loop = asyncio.get_running_loop()
         self._task = asyncio.current_task()
-        self._waiting = False
+        #: True while the handler awaits the engine; set inline around the ``await`` in the
+        #: per-token loop (a wrapper coroutine would cost an object per token).
+        self.waiting = False
         self.expired = False
         self._handle = loop.call_at(loop.time() + seconds, self._fire)
 
     def _fire(self) -> None:
         self.expired = True
-        if self._waiting and self._task is not None:
+        if self.waiting and self._task is not None:
             self._task.cancel()
 
-    async def wait(self, awaitable: Awaitable[_T]) -> _T:
-        self._waiting = True
-        try:
-            return await awaitable
-        except asyncio.CancelledError:
-            if self.expired and self._task is not None and self._task.uncancel() == 0:
-                raise _DeadlinePassed() from None
-            raise
-        finally:
-            self._waiting = False
+    def caused(self) -> bool:
+        """Call on a ``CancelledError`` caught while :attr:`waiting`: True (and the cancel is
+        consumed) when it was this deadline's, False when it came from outside."""
+        return self.expired and self._task is not None and self._task.uncancel() == 0
 
     def cancel(self) -> None:
         self._handle.cancel()
@@ -338,17 +330,22 @@ class EnclaveService:
                                 if guard.expired:
                                     result = StreamOutcome.TIME_LIMIT
                                     break
+                                guard.waiting = True
                                 try:
-                                    piece = await guard.wait(anext(engine))
+                                    piece = await anext(engine)
                                 except StopAsyncIteration:
                                     break
-                                except _DeadlinePassed:
-                                    result = StreamOutcome.TIME_LIMIT
-                                    break
+                                except asyncio.CancelledError:
+                                    if guard.caused():
+                                        result = StreamOutcome.TIME_LIMIT
+                                        break
+                                    raise
                                 except Exception as exc:  # engine failed: abort, log only the type
                                     _log.warning("engine failed: %s", type(exc).__name__)
                                     result = StreamOutcome.ENGINE_ERROR
                                     break
+                                finally:
+                                    guard.waiting = False
                                 produced += 1
                                 for data in _pieces(piece):
                                     try:

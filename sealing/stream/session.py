@@ -177,6 +177,11 @@ class EnclaveStreamSession:
         if not 1 <= len(data) <= MAX_TOKEN_LEN:
             raise StreamUsageError(f"a token must be 1..{MAX_TOKEN_LEN} bytes")
         cap = self._sealer.capacity
+        if len(data) <= cap:
+            # The common case (one record per token), without the slicing loop: this runs
+            # once per token. Same checks, same record as the general path below.
+            self._reserve(1)
+            return [self._next(RecordType.TOKEN_END, data)]
         count = -(-len(data) // cap)
         self._reserve(count)
         out = [
@@ -313,6 +318,11 @@ class ClientStream:
         except StreamError:
             raise self._fail() from None
         self._seq += 1
+        if rtype is RecordType.TOKEN_END and not self._partial and len(payload) <= MAX_TOKEN_LEN:
+            # The common case (a token in one record): no copy through the reassembly buffer.
+            # (A record may hold more than MAX_TOKEN_LEN bytes; such a token takes the general
+            # path below, which refuses it.)
+            return [Token(payload)]
         if rtype is RecordType.TOKEN_PART or rtype is RecordType.TOKEN_END:
             if len(self._partial) + len(payload) > MAX_TOKEN_LEN:
                 raise self._fail()
