@@ -2,8 +2,10 @@
 and releases. SQLite by default (WAL, synchronous=FULL), behind ``BrokerStore`` so a PostgreSQL
 backend can serve several stateless broker replicas later.
 
-Restart safety: every state change is one transaction that commits before the caller acts on
-it. Nonce consumption is a single conditional UPDATE, so a nonce is accepted at most once even
+Restart safety: every state change commits before the caller acts on it. Concurrent changes
+share one transaction ("group commit", each in its own savepoint so one failing change leaves
+the others intact): one fsync then acknowledges many changes, where one fsync per change made
+SQLite's serialised commits the broker's limit under load (issue #5). Nonce consumption is a single conditional UPDATE, so a nonce is accepted at most once even
 with concurrent callers or a crash right after (the consumed mark is durable before Attest
 proceeds). Times are POSIX seconds passed in by the caller.
 """
@@ -12,16 +14,43 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from attest.errors import VerificationError
 
 #: Expired nonces older than this are purged (keeps the table small; they can never be used).
 NONCE_PURGE_AFTER_SECONDS = 24 * 3600
+#: Seconds between purges. The purge scans the nonce table (``expires_at`` has no index), so
+#: running it on every Challenge made each nonce issue cost a table scan under the write lock;
+#: once a minute keeps the table as small as before to within a minute of nonces.
+NONCE_PURGE_INTERVAL_SECONDS = 60.0
+#: Most changes committed in one transaction: bounds how long the committing thread works for
+#: others (and the transaction's size); under load batches are this size at most, then the next
+#: waiting thread commits the next batch.
+MAX_GROUP_COMMIT = 64
+
+
+@dataclass(eq=False)
+class _Write:
+    """One pending state change: ``fn`` runs inside the group's transaction."""
+
+    fn: Callable[[sqlite3.Connection], Any]
+    done: bool = False
+    result: Any = None
+    error: BaseException | None = None
+
+
+def _statement(sql: str, params: tuple[Any, ...]) -> Callable[[sqlite3.Connection], int]:
+    """A change that runs one statement and returns its row count (never the cursor, which
+    belongs to the committing thread's connection)."""
+
+    def change(db: sqlite3.Connection) -> int:
+        return db.execute(sql, params).rowcount
+
+    return change
 
 
 class NonceError(VerificationError):
@@ -92,6 +121,14 @@ class SqliteBrokerStore:
     def __init__(self, path: Path | str) -> None:
         self._path = str(path)
         self._local = threading.local()
+        # Writers of this process queue on this lock, not on SQLite's busy handler (which polls
+        # with sleeps of up to 100 ms, so a writer slept long after the lock was free). The
+        # holder commits every pending change, its own and those queued meanwhile, in one
+        # transaction. SQLite's own locking still serialises writers across processes.
+        self._write_lock = threading.Lock()
+        self._pending_lock = threading.Lock()
+        self._pending: list[_Write] = []
+        self._next_purge = float("-inf")  # only read and written under _write_lock
         self._db().executescript(_SCHEMA)
 
     def _db(self) -> sqlite3.Connection:
@@ -104,16 +141,51 @@ class SqliteBrokerStore:
             self._local.db = db
         return db
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run ``fn(db)`` in a write transaction; return its result once that is durable.
+
+        ``fn`` may run on another thread (the one committing the group), so it must use only
+        its argument. An exception ``fn`` raises undoes its own changes only and is re-raised
+        here; a failed commit fails every change of the group.
+        """
+        op = _Write(fn)
+        with self._pending_lock:
+            self._pending.append(op)
+        while True:
+            with self._write_lock:
+                if op.done:  # committed (or failed) by the thread that held the lock
+                    break
+                with self._pending_lock:
+                    batch = self._pending[:MAX_GROUP_COMMIT]
+                    del self._pending[:MAX_GROUP_COMMIT]
+                self._commit(batch)
+        if op.error is not None:
+            raise op.error
+        return op.result
+
+    def _commit(self, batch: list[_Write]) -> None:
         db = self._db()
-        db.execute("BEGIN IMMEDIATE")
         try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+            db.execute("BEGIN IMMEDIATE")
+            for op in batch:
+                db.execute("SAVEPOINT change")
+                try:
+                    op.result = op.fn(db)
+                except Exception as exc:
+                    db.execute("ROLLBACK TO change")
+                    op.error = exc
+                db.execute("RELEASE change")
+            db.execute("COMMIT")
+        except BaseException as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            for op in batch:
+                op.result, op.error, op.done = None, exc, True
+            if not isinstance(exc, Exception):
+                raise  # KeyboardInterrupt and the like; each waiter got the error already
+            return
+        for op in batch:
+            op.done = True
 
     def close(self) -> None:
         db = getattr(self._local, "db", None)
@@ -122,18 +194,24 @@ class SqliteBrokerStore:
             self._local.db = None
 
     def issue_nonce(self, nonce: bytes, *, model_id: str, now: float, expires_at: float) -> None:
-        with self._tx() as db:
-            db.execute(
-                "DELETE FROM nonces WHERE expires_at < ?", (now - NONCE_PURGE_AFTER_SECONDS,)
-            )
+
+        def change(db: sqlite3.Connection) -> None:
+            if now >= self._next_purge:  # runs under the write lock
+                db.execute(
+                    "DELETE FROM nonces WHERE expires_at < ?", (now - NONCE_PURGE_AFTER_SECONDS,)
+                )
+                self._next_purge = now + NONCE_PURGE_INTERVAL_SECONDS
             db.execute(
                 "INSERT INTO nonces(nonce, model_id, issued_at, expires_at) VALUES (?,?,?,?)",
                 (nonce, model_id, now, expires_at),
             )
 
+        self._write(change)
+
     def consume_nonce(self, nonce: bytes, *, now: float) -> str:
         """Mark ``nonce`` used; return its model id. Raises NonceError; never succeeds twice."""
-        with self._tx() as db:
+
+        def change(db: sqlite3.Connection) -> tuple[int, Any]:
             cur = db.execute(
                 "UPDATE nonces SET used_at=? WHERE nonce=? AND used_at IS NULL AND expires_at>=?",
                 (now, nonce, now),
@@ -141,7 +219,10 @@ class SqliteBrokerStore:
             row = db.execute(
                 "SELECT model_id, used_at, expires_at FROM nonces WHERE nonce=?", (nonce,)
             ).fetchone()
-        if cur.rowcount == 1 and row is not None:
+            return cur.rowcount, row
+
+        rowcount, row = self._write(change)
+        if rowcount == 1 and row is not None:
             return str(row[0])
         if row is None:
             raise NonceError(
@@ -152,8 +233,8 @@ class SqliteBrokerStore:
         raise NonceError("nonce expired", reason="nonce_expired")
 
     def put_model(self, model: ModelRecord) -> None:
-        with self._tx() as db:
-            db.execute(
+        self._write(
+            _statement(
                 "INSERT INTO models VALUES (?,?,?,?,?,?,?) ON CONFLICT(model_id) DO UPDATE SET "
                 "model_version=excluded.model_version, key_id=excluded.key_id, "
                 "wrapped_key=excluded.wrapped_key, policy_json=excluded.policy_json, "
@@ -168,6 +249,7 @@ class SqliteBrokerStore:
                     model.manifest_digest,
                 ),
             )
+        )
 
     def get_model(self, model_id: str) -> ModelRecord | None:
         row = self._db().execute("SELECT * FROM models WHERE model_id=?", (model_id,)).fetchone()
@@ -180,8 +262,8 @@ class SqliteBrokerStore:
         )
 
     def put_result(self, result: ResultRecord) -> None:
-        with self._tx() as db:
-            db.execute(
+        self._write(
+            _statement(
                 "INSERT INTO results VALUES (?,?,?,?,?,?,?)",
                 (
                     result.result_id,
@@ -193,6 +275,7 @@ class SqliteBrokerStore:
                     result.expires_at,
                 ),
             )
+        )
 
     def get_result(self, result_id: str) -> ResultRecord | None:
         row = self._db().execute("SELECT * FROM results WHERE result_id=?", (result_id,)).fetchone()
@@ -203,11 +286,12 @@ class SqliteBrokerStore:
         )
 
     def record_release(self, *, result_id: str, model_id: str, released_at: float) -> None:
-        with self._tx() as db:
-            db.execute(
+        self._write(
+            _statement(
                 "INSERT INTO releases(result_id, model_id, released_at) VALUES (?,?,?)",
                 (result_id, model_id, released_at),
             )
+        )
 
     def claim_release(self, *, result_id: str, model_id: str, released_at: float) -> bool:
         """Record the release of ``result_id`` if none was recorded; False if one was.
@@ -216,12 +300,13 @@ class SqliteBrokerStore:
         broker replicas on one database) exactly one wins, and the claim is durable before the
         key is sealed, so a crash can lose a release but never make two.
         """
-        with self._tx() as db:
-            cur = db.execute(
+        inserted: int = self._write(
+            _statement(
                 "INSERT OR IGNORE INTO releases(result_id, model_id, released_at) VALUES (?,?,?)",
                 (result_id, model_id, released_at),
             )
-        return cur.rowcount == 1
+        )
+        return inserted == 1
 
     def count_releases(self, result_id: str) -> int:
         row = (
