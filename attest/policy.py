@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -141,7 +141,25 @@ class GpuPolicy(_Strict):
     unsafe_allow_devtools: bool = False
     allowed_ocsp_statuses: tuple[Literal["good", "certificate_hold"], ...] = ("good",)
     ppcie_topology_required: bool = False
+    #: NVIDIA relying-party policies (JSON objects, versions 3.0/4.0, at most one for GPUs and
+    #: one for NVSwitches) applied to each device's NVIDIA claims on top of lessee's checks.
+    nvidia_relying_party_policies: tuple[dict[str, Any], ...] = Field(default=(), max_length=2)
     switch_count: int | None = Field(default=None, ge=0, le=64)
+
+    @model_validator(mode="after")
+    def _nvidia_policies_valid(self) -> GpuPolicy:
+        # Imported here: attest.nvidia is heavy and most policies embed no NVIDIA policy.
+        from attest.nvidia.rp_policy import load_nvidia_policy
+
+        kinds = []
+        for doc in self.nvidia_relying_party_policies:
+            try:
+                kinds.append(load_nvidia_policy(json.dumps(doc)).kind)
+            except InputError as exc:
+                raise ValueError(f"gpu.nvidia_relying_party_policies: {exc}") from None
+        if len(set(kinds)) != len(kinds):
+            raise ValueError("gpu.nvidia_relying_party_policies: at most one per device kind")
+        return self
 
 
 class Freshness(_Strict):

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
 from cryptography import x509
@@ -36,7 +37,14 @@ from attest.errors import InputError, LesseeError
 from attest.findings import Finding, Severity
 from attest.nvidia.evidence import Arch, DeviceEvidence, chain_arch
 from attest.nvidia.rim import RimCollection, RimParseCache
+from attest.nvidia.rp_policy import (
+    NvidiaRpPolicy,
+    evaluate_device,
+    evaluate_overall,
+    load_nvidia_policy,
+)
 from attest.nvidia.verifier import DeviceResult, VerifierCaches, verify_gpu_evidence
+from attest.nvidia.verifier import Status as VerifierStatus
 from attest.policy import CpuTee, GpuPolicy, MissingRevocation, Policy
 from attest.revocation.ocsp import RevocationMode, StapledOcsp
 from attest.snp.verify import load_amd_certificates, verify_snp_report
@@ -320,7 +328,12 @@ def _appraise_cpu(
         tdx = verify_quote(quote, collateral, at=at)
     except LesseeError as exc:
         return _verification_failed("cpu0", "tdx.verification", exc)
-    return appraise_tdx(tdx, policy.tdx, binding)
+    return appraise_tdx(
+        tdx,
+        policy.tdx,
+        binding,
+        max_collateral_age=timedelta(seconds=policy.freshness.max_collateral_age_seconds),
+    )
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
@@ -431,16 +444,28 @@ def _appraise_devices(
             Finding("enclave", f.field, f.expected, f.actual, Severity.REJECT, f.detail)
         )
     devices = []
+    rp = _nvidia_rp_policies(gpu)
     for d in result.devices:
+        device_findings = _gpu_policy_findings(d, gpu, bundle, policy)
+        kind = "switch" if d.name.startswith("switch") else "gpu"
+        if kind in rp:
+            device_findings += evaluate_device(rp[kind], d.name, d.claims)
         devices.append(
-            DeviceAppraisal(
-                d.name,
-                tuple(_gpu_policy_findings(d, gpu, bundle, policy)),
-                GPU_CATEGORIES,
-                dict(d.claims),
-            )
+            DeviceAppraisal(d.name, tuple(device_findings), GPU_CATEGORIES, dict(d.claims))
         )
+    overall_ok = all(d.status is not VerifierStatus.CONTRAINDICATED for d in result.devices)
+    for pol in rp.values():
+        findings += evaluate_overall(pol, all_devices_passed=overall_ok)
     return devices, findings
+
+
+def _nvidia_rp_policies(gpu: GpuPolicy) -> dict[str, NvidiaRpPolicy]:
+    """NVIDIA relying-party policies embedded in the lessee policy, by device kind."""
+    out: dict[str, NvidiaRpPolicy] = {}
+    for doc in gpu.nvidia_relying_party_policies:
+        pol = load_nvidia_policy(json.dumps(doc))
+        out[pol.kind] = pol
+    return out
 
 
 def appraise_bundle(

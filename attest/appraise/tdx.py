@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from attest.appraise.common import DeviceAppraisal, FindingCollector
 from attest.binding import SessionBinding
 from attest.policy import TdxPolicy
@@ -9,18 +11,37 @@ from attest.tdx.verify import VerifiedTdxQuote
 
 TDX_CATEGORIES = {
     "instance-identity": ("tdx.report_data",),
-    "hardware": ("tdx.tcb_status",),
+    "hardware": ("tdx.tcb_status", "tdx.collateral"),
     "executables": ("tdx.mr_td", "tdx.rtmr"),
     "configuration": ("tdx.td_attributes",),
 }
 
 
 def appraise_tdx(
-    verified: VerifiedTdxQuote, policy: TdxPolicy, binding: SessionBinding, *, name: str = "cpu0"
+    verified: VerifiedTdxQuote,
+    policy: TdxPolicy,
+    binding: SessionBinding,
+    *,
+    name: str = "cpu0",
+    max_collateral_age: timedelta | None = None,
 ) -> DeviceAppraisal:
-    """Binding, DEBUG, TCB status, MRTD and RTMR allow-lists; every failure reported."""
+    """Binding, DEBUG, TCB status, MRTD and RTMR allow-lists, collateral age; every failure
+    reported. The collateral's age is judged at the verification time."""
     body = verified.body
     c = FindingCollector(name)
+    if max_collateral_age is not None:
+        for what, issued in (
+            ("tcb_info", verified.collateral.tcb_info.issue_date),
+            ("qe_identity", verified.collateral.qe_identity.issue_date),
+        ):
+            age = verified.verified_at - issued
+            c.expect(
+                age <= max_collateral_age,
+                f"tdx.collateral.{what}.age",
+                f"<= {int(max_collateral_age.total_seconds())} s",
+                f"{int(age.total_seconds())} s",
+                detail=f"issued {issued.isoformat()}",
+            )
     c.expect(
         binding.matches_report_data(body.report_data),
         "tdx.report_data",

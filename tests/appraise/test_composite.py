@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+import pytest
+
 from attest.appraise.composite import AppraisalContext, appraise_bundle
 from attest.binding import SessionBinding
 from attest.bundle import DeviceEvidenceIn, EvidenceBundle, SnpEvidenceIn
 from attest.ear import Status
+from attest.errors import InputError
 from attest.policy import Policy, load_policy
 from tests.conftest import CPU, LEGACY_NONCE, NVIDIA, RIM_ERA
 
@@ -127,3 +130,37 @@ def test_expired_rims_today_reject() -> None:
         _bundle(), _binding(), _policy(_snp_measurement()), datetime(2026, 11, 28, tzinfo=UTC)
     )
     assert devices[1].status is Status.CONTRAINDICATED
+
+
+def test_embedded_nvidia_policy_is_applied_per_device() -> None:
+    nv = json.loads((NVIDIA / "policies/local_NVGPULocalv4PolicyExample.json").read_text())
+    doc = {
+        "name": "t",
+        "cpu_tees": ["snp"],
+        "snp": {"allowed_measurements": [_snp_measurement()]},
+        "missing_revocation": "warn",
+        "gpu": {"nvidia_relying_party_policies": [nv]},
+    }
+    devices, findings = appraise_bundle(
+        _bundle(), _binding(), load_policy(json.dumps(doc)), RIM_ERA
+    )
+    gpu = devices[1]
+    # NVIDIA's policy demands OCSP "good" on every chain: with no stapled answers it fails,
+    # named by NVIDIA's claim, even though lessee's own policy only warns.
+    rejected = {f.field for f in gpu.findings if f.severity.value == "reject"}
+    assert rejected == {
+        f"x-nvidia-gpu-{chain}-cert-chain.x-nvidia-cert-ocsp-status"
+        for chain in ("attestation-report", "driver-rim", "vbios-rim")
+    }
+    assert [f.field for f in findings] == ["x-nvidia-overall-att-result"]
+
+
+def test_bad_embedded_nvidia_policy_is_refused_at_load() -> None:
+    doc = {
+        "name": "t",
+        "cpu_tees": ["snp"],
+        "snp": {"unsafe_any_measurement": True},
+        "gpu": {"nvidia_relying_party_policies": [{"version": "1.0"}]},
+    }
+    with pytest.raises(InputError, match="nvidia_relying_party_policies"):
+        load_policy(json.dumps(doc))

@@ -57,3 +57,18 @@ def test_outdated_quote_rejected_on_tcb_status_and_every_failure_listed() -> Non
         accepted_tcb_statuses=(TdxTcbStatus.UP_TO_DATE,),
     )
     assert appraise_tdx(v, relaxed, _b(v)).status is Status.CONTRAINDICATED
+
+
+def test_collateral_older_than_the_policy_allows_is_a_finding() -> None:
+    from datetime import timedelta
+
+    v = _verified("tdx_quote")
+    policy = TdxPolicy(allowed_mrtd=(v.body.mr_td.hex(),))
+    fresh = appraise_tdx(v, policy, _b(v), max_collateral_age=timedelta(days=30))
+    assert fresh.findings == ()
+    stale = appraise_tdx(v, policy, _b(v), max_collateral_age=timedelta(minutes=30))
+    assert {f.field for f in stale.findings} == {
+        "tdx.collateral.tcb_info.age",
+        "tdx.collateral.qe_identity.age",
+    }
+    assert stale.status is Status.CONTRAINDICATED
