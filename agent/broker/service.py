@@ -30,7 +30,7 @@ from attest.appraise.common import DeviceAppraisal
 from attest.binding import DEFAULT_PROTOCOL_LABEL, SessionBinding, derive_binding
 from attest.bundle import EvidenceBundle
 from attest.ear import AttestationResult, SigningKey, Status, issue_ear, verify_ear
-from attest.errors import InputError, LesseeError, VerificationError
+from attest.errors import InputError, VerificationError
 from attest.findings import Finding
 from attest.log.entry import BlobRef, attest_entry, release_entry
 from attest.policy import Policy, load_policy
@@ -329,7 +329,6 @@ __all__ = [
     "AttestOutcome",
     "Broker",
     "Challenge",
-    "LesseeError",
     "ReleaseOutcome",
     "ReleaseRefusedError",
     "UnknownModelError",

@@ -481,9 +481,3 @@ def appraise_bundle(
     cpu = _appraise_cpu(bundle, binding, policy, at, ctx)
     devices, findings = _appraise_devices(bundle, binding, policy, at, ctx)
     return (cpu, *devices), tuple(findings)
-
-
-Appraise = Callable[
-    [EvidenceBundle, SessionBinding, Policy, datetime],
-    tuple[tuple[DeviceAppraisal, ...], tuple[Finding, ...]],
-]
