@@ -9,11 +9,18 @@ appraisal). Then, in the same run:
 * ``direct_appraisals_*``: parse -> verify -> appraise of the same evidence bytes, as the broker
   ran them (bundle parsed per entry, policy once, one context whose caches warm up);
 * ``replay_serial_*``: ``replay_bundle_file`` with one worker -- everything ``audit verify``
-  does (leaf hashes, roots, every checkpoint signature and consistency proof, blob digests),
-  plus reading every archived blob, verifying every EAR, re-deriving every binding, the same
+  does (leaf hashes, roots, every checkpoint signature, consistency, blob digests), plus
+  reading every archived blob, verifying every EAR, re-deriving every binding, the same
   appraisals, and comparing every verdict. Target (issue 7): at most 1.2x the direct time.
   The 1-GPU log is the hard case: its appraisals are cheapest, so the fixed per-entry work
   (log checks, EAR signature, verdict comparison) weighs most;
+
+  Like for like: this log repeats one evidence bundle (the real vectors cannot be re-signed
+  per session), which a real log never does (each report carries its session's nonce). The
+  direct side parses it per entry, as the broker takes each session's evidence afresh, and so
+  does the replay: it keeps no parsed evidence and reads and hashes each entry's evidence
+  blob for that entry, as it must on a real log. Caches that hold on a real log (certificate
+  chains, RIMs, policy, the broker's collateral) are warm on both sides;
 * ``replay_parallel_*``: the same with one worker per CPU, wall clock against the serial
   replay's wall clock (workers start with cold caches; on a small log pool start-up shows).
 

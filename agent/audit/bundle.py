@@ -238,6 +238,10 @@ class Bundle:
             raise BundleError(f"blob {name_digest.hex()} cannot be read ({exc})") from exc
         return h.digest(), size
 
+    def blob_stored_size(self, name_digest: bytes) -> int:
+        """The size the archive records for ``blobs/<name_digest>`` (reads are bounded by it)."""
+        return self._blobs[name_digest].file_size
+
     def read_blob(self, name_digest: bytes) -> bytes:
         """The bytes stored under ``blobs/<name_digest>`` (the caller checks them)."""
         return self._read(self._blobs[name_digest].filename, MAX_BLOB_SIZE)

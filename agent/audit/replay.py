@@ -59,13 +59,20 @@ Across the log (in log order):
    result id is issued twice (``result_id_reused``).
 
 Emulated roots: a policy may trust extra roots by SHA-256 (``roots.extra_trusted_sha256``). The
-broker does not archive them, so the auditor supplies candidate certificates; a candidate is
-used for an entry only if that entry's logged policy lists its SHA-256. Listed roots that were
-not supplied are recorded per entry and named in a ``verdict_mismatch`` message.
+broker archives those it used (``trust-root-<role>-<n>`` collateral); the auditor may supply
+more candidate certificates. Either is used for an entry only if that entry's logged policy
+lists its SHA-256. Listed roots that are neither archived nor supplied are recorded per entry
+and named in a ``verdict_mismatch`` message.
 
 Parallelism: entries are independent until step 6, so steps 1-5 run in a process pool (each
 worker keeps its own verifier caches) and steps 6-7 run afterwards in the parent. The same
 per-entry code runs in-process when ``workers == 1``; results are identical either way.
+
+Work is done once where its result cannot differ, and no check is skipped: blobs ``audit
+verify`` read and found matching are handed over rather than read and hashed again; policies and
+archived roots are parsed once per digest; one appraisal context per (policy, collateral) set
+shares the verifier caches the way the broker's long-lived context does. Evidence is parsed for
+every entry: real evidence never repeats, so a cache of it would only flatter a benchmark.
 """
 
 from __future__ import annotations
@@ -76,7 +83,6 @@ import json
 import multiprocessing
 import os
 import re
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -90,7 +96,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from agent.audit.bundle import Bundle
-from agent.audit.verify import MAX_FINDINGS_PER_CODE, AuditResult, Finding, verify_bundle
+from agent.audit.verify import (
+    MAX_FINDINGS_PER_CODE,
+    AuditResult,
+    BlobKeeper,
+    Finding,
+    verify_bundle,
+)
 from attest.appraise.common import DeviceAppraisal
 from attest.appraise.composite import AppraisalContext, appraise_bundle
 from attest.binding import DEFAULT_PROTOCOL_LABEL, SessionBinding, derive_binding
@@ -136,18 +148,23 @@ MAX_MESSAGE_CHARS = 4000
 MAX_DIFF_ITEMS = 8
 #: Parsed policies kept per process: a log has a handful; this bounds a log with thousands.
 MAX_CACHED_POLICIES = 64
-#: Parsed evidence bundles kept per process, by the SHA-256 of their (verified) bytes. Real
-#: evidence carries a per-session nonce, so repeats are rare (a log that re-used evidence, a
-#: benchmark); parsing one costs about as much as the EAR check, so a repeat is worth skipping.
-#: Bounded by count and by the bytes the parsed bundles came from (a parsed bundle holds about
-#: its source's bytes: reports and certificate chains).
-MAX_CACHED_EVIDENCE = 64
-EVIDENCE_CACHE_BYTES = 16 * 1024 * 1024
+#: Appraisal contexts kept per process, by (policy digest, RIM digests, archived roots): one per
+#: policy and broker collateral set, so a log has a handful; this bounds a log with thousands.
+#: Every context shares the replayer's caches, so each one is only a few references.
+MAX_CACHED_CONTEXTS = 64
+#: Archived trust roots kept parsed, by role and digest (an installation has a handful).
+MAX_CACHED_ROOTS = 64
 #: Collateral and policy blobs repeat across entries (the broker's RIMs, one policy), so the
 #: parent keeps the verified bytes of recent ones instead of re-reading and re-hashing them.
-#: Evidence is per session and rarely repeats, but a repeat is then read from the zip once.
+#: Evidence is per session (each report carries its session's nonce), so it is read, hashed and
+#: parsed for every entry: a log that repeats evidence bytes is an attack or a benchmark, and
+#: neither should make the replay look cheaper than it is on a real log.
 #: Bounds: total bytes held, and size of one blob.
 BLOB_CACHE_BYTES = 32 * 1024 * 1024
+#: Blob bytes ``audit verify`` may hand to the replay (``BlobKeeper``) instead of the replay
+#: reading and hashing them again: a log of ~1,500 one-GPU entries (~20 KiB of evidence each)
+#: fits whole; past it, the rest is read again, as without a keeper.
+KEPT_BLOB_BYTES = 32 * 1024 * 1024
 MAX_CACHED_BLOB_BYTES = 1024 * 1024
 
 _ARK_NAME = re.compile(r"(?:^|\s)ARK-(?:" + "|".join(p.value for p in Product) + r")$")
@@ -516,30 +533,11 @@ class EntryReplayer:
         # exactly what a fresh verification at that entry's time would give.
         self._shared = AppraisalContext()
         self._policies: dict[bytes, tuple[Policy, str]] = {}
-        self._evidence: dict[bytes, EvidenceBundle] = {}
-        self._evidence_bytes = 0
-        self._evidence_lock = threading.Lock()
-
-    def _bundle(self, sha256: bytes, data: bytes) -> EvidenceBundle:
-        """``load_bundle(data)``, once per distinct evidence blob. ``data`` hashes to ``sha256``
-        (``_inputs`` checked it) and ``EvidenceBundle`` is immutable, so a hit is exactly what
-        parsing again would give; a blob that does not parse raises and is not kept."""
-        with self._evidence_lock:
-            hit = self._evidence.get(sha256)
-        if hit is not None:
-            return hit
-        parsed = load_bundle(data)  # may raise: then nothing is kept
-        with self._evidence_lock:
-            if (
-                len(self._evidence) >= MAX_CACHED_EVIDENCE
-                or self._evidence_bytes + len(data) > EVIDENCE_CACHE_BYTES
-            ):
-                self._evidence.clear()
-                self._evidence_bytes = 0
-            if sha256 not in self._evidence and len(data) <= EVIDENCE_CACHE_BYTES:
-                self._evidence[sha256] = parsed
-                self._evidence_bytes += len(data)
-        return parsed
+        self._contexts: dict[
+            tuple[bytes, tuple[bytes, ...], tuple[tuple[str, str], ...]],
+            tuple[AppraisalContext, tuple[str, ...]],
+        ] = {}
+        self._roots: dict[tuple[str, bytes], tuple[RootCandidate, x509.Certificate, str]] = {}
 
     def _policy(self, sha256: bytes, data: bytes) -> tuple[Policy, str]:
         """The parsed policy and its digest (``Policy.digest`` re-serialises; done once)."""
@@ -665,12 +663,11 @@ class EntryReplayer:
             add("evidence_unusable", f"evidence media type {ref.media_type!r}")
             raise _Stop
         try:
-            bundle = self._bundle(ref.sha256, blob(ref.role, ref.sha256))
+            bundle = load_bundle(blob(ref.role, ref.sha256))
         except InputError as exc:
             add("evidence_malformed", str(exc))
             raise _Stop from None
-        rims = self._rims(e, blob, add)
-        ctx, missing = self._context(policy, rims, self._archived_roots(e, blob, add))
+        ctx, missing = self._entry_context(e, policy, blob, add)
         facts["roots_unavailable"] = missing
         devices, enclave = self.config.appraise(bundle, binding, policy, e.time, ctx)
         ours = Verdict.recomputed(devices, enclave, policy_digest)
@@ -686,11 +683,40 @@ class EntryReplayer:
             )
             add("verdict_mismatch", "; ".join(diffs) + hint)
 
+    def _entry_context(
+        self,
+        e: LogEntry,
+        policy: Policy,
+        blob: Callable[[str, bytes], bytes],
+        add: Callable[[str, str], None],
+    ) -> tuple[AppraisalContext, tuple[str, ...]]:
+        """The appraisal context for this entry's archived RIMs and roots under its policy.
+
+        Every entry's collateral is checked as before (roles, numbering, each blob present with
+        matching bytes, each archived root readable); only the context built from it is shared
+        between entries with the same policy and the same collateral digests. Its inputs are
+        exactly those bytes (``blob`` checked them against the digests) and the policy parsed
+        from the bytes of that digest, so a hit is the context this entry would build."""
+        rims = self._rims(e, blob, add)
+        archived = self._archived_roots(e, blob, add)
+        key = (
+            e.policy.sha256,
+            tuple(digest for digest, _ in rims),
+            tuple((cand.role, digest) for cand, _, digest in archived),
+        )
+        hit = self._contexts.get(key)
+        if hit is None:
+            if len(self._contexts) >= MAX_CACHED_CONTEXTS:
+                self._contexts.clear()
+            hit = self._contexts[key] = self._context(policy, [r for _, r in rims], archived)
+        return hit
+
     @staticmethod
     def _rims(
         e: LogEntry, blob: Callable[[str, bytes], bytes], add: Callable[[str, str], None]
-    ) -> list[bytes]:
-        by_number: dict[int, bytes] = {}
+    ) -> list[tuple[bytes, bytes]]:
+        """The broker's RIMs in order, each as (SHA-256, bytes)."""
+        by_number: dict[int, tuple[bytes, bytes]] = {}
         for ref in e.collateral:
             suffix = ref.role.removeprefix(RIM_ROLE_PREFIX)
             if ref.role.startswith(TRUST_ROOT_ROLE_PREFIX):
@@ -700,7 +726,7 @@ class EntryReplayer:
                 and suffix.isdigit()
                 and suffix == str(int(suffix))
             ):
-                by_number[int(suffix)] = blob(ref.role, ref.sha256)
+                by_number[int(suffix)] = (ref.sha256, blob(ref.role, ref.sha256))
             else:
                 add("collateral_unknown", f"collateral role {ref.role!r} is not one replay knows")
                 raise _Stop
@@ -709,24 +735,30 @@ class EntryReplayer:
             raise _Stop
         return [by_number[i] for i in range(len(by_number))]
 
-    @staticmethod
     def _archived_roots(
-        e: LogEntry, blob: Callable[[str, bytes], bytes], add: Callable[[str, str], None]
+        self, e: LogEntry, blob: Callable[[str, bytes], bytes], add: Callable[[str, str], None]
     ) -> list[tuple[RootCandidate, x509.Certificate, str]]:
-        """Trust roots the broker archived with the entry (``trust-root-<role>-<n>``)."""
+        """Trust roots the broker archived with the entry (``trust-root-<role>-<n>``), parsed
+        once per (role, digest): ``blob`` returns only bytes with that digest, and a root that
+        does not load is reported for every entry that names it (failures are not kept)."""
         out = []
         for ref in e.collateral:
             if not ref.role.startswith(TRUST_ROOT_ROLE_PREFIX):
                 continue
             role = ref.role.removeprefix(TRUST_ROOT_ROLE_PREFIX).rsplit("-", 1)[0]
             der = blob(ref.role, ref.sha256)
-            try:
-                cand = RootCandidate(role, der)
-                cert = x509.load_der_x509_certificate(der)
-            except (InputError, ValueError):
-                add("collateral_unknown", f"archived trust root {ref.role!r} is unreadable")
-                raise _Stop from None
-            out.append((cand, cert, cand.sha256))
+            hit = self._roots.get((role, ref.sha256))
+            if hit is None:
+                try:
+                    cand = RootCandidate(role, der)
+                    cert = x509.load_der_x509_certificate(der)
+                except (InputError, ValueError):
+                    add("collateral_unknown", f"archived trust root {ref.role!r} is unreadable")
+                    raise _Stop from None
+                if len(self._roots) >= MAX_CACHED_ROOTS:
+                    self._roots.clear()
+                hit = self._roots[(role, ref.sha256)] = (cand, cert, cand.sha256)
+            out.append(hit)
         return out
 
     def _context(
@@ -824,9 +856,12 @@ class ReplayReport:
         }
 
 
-def _inputs(bundle: Bundle, audit: AuditResult) -> Iterator[EntryInput]:
+def _inputs(
+    bundle: Bundle, audit: AuditResult, keeper: BlobKeeper | None = None
+) -> Iterator[EntryInput]:
     """Each decodable entry with the blobs whose bytes match their reference (bounded by
-    ``MAX_BLOB_SIZE``; repeated collateral and policies come from a bounded cache)."""
+    ``MAX_BLOB_SIZE``; repeated collateral and policies come from a bounded cache). A blob
+    ``keeper`` holds was read and hashed by ``audit verify`` and is not read or hashed again."""
     present = bundle.blob_digests()
     cache: dict[bytes, bytes] = {}
     cached_bytes = 0
@@ -834,6 +869,7 @@ def _inputs(bundle: Bundle, audit: AuditResult) -> Iterator[EntryInput]:
         if entry is None:
             continue  # audit verify reported it as entry_malformed
         blobs: dict[bytes, bytes] = {}
+        evidence = {ref.sha256 for ref in entry.evidence}
         for ref in entry.blob_refs():
             if ref.sha256 in blobs or ref.sha256 not in present or ref.size > MAX_BLOB_SIZE:
                 continue
@@ -841,11 +877,17 @@ def _inputs(bundle: Bundle, audit: AuditResult) -> Iterator[EntryInput]:
             if hit is not None and len(hit) == ref.size:
                 blobs[ref.sha256] = hit
                 continue
-            data = bundle.read_blob(ref.sha256)
-            if len(data) != ref.size or hashlib.sha256(data).digest() != ref.sha256:
-                continue
+            kept = keeper.take(ref.sha256) if keeper is not None else None
+            if kept is not None:
+                data = kept  # hashed to ref.sha256 when audit verify read it
+                if len(data) != ref.size:
+                    continue
+            else:
+                data = bundle.read_blob(ref.sha256)
+                if len(data) != ref.size or hashlib.sha256(data).digest() != ref.sha256:
+                    continue
             blobs[ref.sha256] = data
-            if len(data) <= MAX_CACHED_BLOB_BYTES:
+            if len(data) <= MAX_CACHED_BLOB_BYTES and ref.sha256 not in evidence:
                 if cached_bytes + len(data) > BLOB_CACHE_BYTES:
                     cache.clear()
                     cached_bytes = 0
@@ -1022,9 +1064,10 @@ def replay_bundle(
         raise InputError(f"workers must be 1..{MAX_WORKERS}")
     if len(candidates) > MAX_ROOT_CANDIDATES:
         raise InputError(f"at most {MAX_ROOT_CANDIDATES} trust-root candidates")
-    audit = verify_bundle(bundle, log_key, previous=previous)
+    keeper = BlobKeeper(KEPT_BLOB_BYTES, MAX_CACHED_BLOB_BYTES)
+    audit = verify_bundle(bundle, log_key, previous=previous, keeper=keeper)
     config = ReplayConfig(_spki(verifier_key), tuple(candidates), protocol_label, appraise)
-    inputs = _inputs(bundle, audit)
+    inputs = _inputs(bundle, audit, keeper)
     if workers == 1:
         replayer = EntryReplayer(config)
         entries = []

@@ -1,55 +1,124 @@
-"""The replay's per-process caches (parsed evidence by digest) and the verdict fast path:
-a hit must be exactly what a fresh parse or a full comparison would give, failures are never
-kept, and the bounds hold."""
+"""The replay's per-process caches (appraisal contexts, archived roots) and the verdict fast
+path: a hit must be exactly what building afresh or a full comparison would give, failures are
+never kept, and the bounds hold."""
 
 from __future__ import annotations
 
-import hashlib
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import datetime
 
 import pytest
 
 from agent.audit import replay
-from agent.audit.replay import EntryReplayer, ReplayConfig, Verdict, _spki, compare_verdicts
-from attest.bundle import load_bundle
-from attest.errors import InputError
-from tests.audit.helpers import VERIFIER_KEY, evidence
+from agent.audit.bundle import Bundle
+from agent.audit.replay import (
+    EntryInput,
+    EntryReplayer,
+    ReplayConfig,
+    Verdict,
+    _inputs,
+    _spki,
+    compare_verdicts,
+    composite_appraise,
+)
+from agent.audit.verify import BlobKeeper, verify_bundle
+from attest.appraise.common import DeviceAppraisal
+from attest.appraise.composite import AppraisalContext
+from attest.binding import SessionBinding
+from attest.bundle import EvidenceBundle
+from attest.findings import Finding
+from attest.policy import Policy
+from tests.audit.helpers import RIMS, VERIFIER_KEY, build, evidence, forge_attest
+from tests.log.helpers import LOG_SIGNER
 
-EVIDENCE = evidence().to_json()
-DIGEST = hashlib.sha256(EVIDENCE).digest()
+#: The appraisal contexts handed to the appraisal, in call order.
+SEEN: list[AppraisalContext] = []
+
+
+def _capturing(
+    bundle: EvidenceBundle,
+    binding: SessionBinding,
+    policy: Policy,
+    at: datetime,
+    ctx: AppraisalContext,
+) -> tuple[tuple[DeviceAppraisal, ...], tuple[Finding, ...]]:
+    SEEN.append(ctx)
+    return composite_appraise(bundle, binding, policy, at, ctx)
 
 
 def _replayer() -> EntryReplayer:
-    return EntryReplayer(ReplayConfig(_spki(VERIFIER_KEY.public_key())))
+    return EntryReplayer(ReplayConfig(_spki(VERIFIER_KEY.public_key()), appraise=_capturing))
 
 
-def test_repeated_evidence_is_parsed_once_and_equals_a_fresh_parse() -> None:
+@pytest.fixture(scope="module")
+def two_collateral_sets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[EntryInput]]:
+    """Two attest entries with the broker's RIMs, then one whose broker held them reversed."""
+    b = build(tmp_path_factory.mktemp("ctx"), stand_in=False)
+    b.attest(evidence())
+    b.attest(evidence())
+    forge_attest(b, bundle=evidence(), rims=tuple(reversed(RIMS)))
+    path = b.export()
+    with Bundle(path) as bundle:
+        items = list(_inputs(bundle, verify_bundle(bundle, LOG_SIGNER.verifier())))
+    b.close()
+    yield items
+
+
+def test_entries_with_the_same_collateral_share_one_context(
+    two_collateral_sets: list[EntryInput],
+) -> None:
     r = _replayer()
-    first = r._bundle(DIGEST, EVIDENCE)
-    assert r._bundle(DIGEST, EVIDENCE) is first
-    assert first == load_bundle(EVIDENCE)
-    assert r._evidence_bytes == len(EVIDENCE)
+    SEEN.clear()
+    results = [r.replay(item) for item in two_collateral_sets]
+    assert all(x.verdict_equal and not x.findings for x in results)
+    first, second, third = SEEN
+    assert first is second and third is not first  # one context per collateral set
+    assert list(first.rims) == list(RIMS) and list(third.rims) == list(reversed(RIMS))
+    assert len(r._contexts) == 2
 
 
-def test_evidence_that_does_not_parse_is_not_kept() -> None:
+def test_a_shared_context_does_not_skip_the_entrys_collateral_checks(
+    two_collateral_sets: list[EntryInput],
+) -> None:
     r = _replayer()
-    bad = EVIDENCE[:-1]
-    digest = hashlib.sha256(bad).digest()
-    for _ in range(2):  # raised both times: nothing was stored after the first
-        with pytest.raises(InputError):
-            r._bundle(digest, bad)
-    assert digest not in r._evidence and r._evidence_bytes == 0
+    first, second, _ = two_collateral_sets
+    assert r.replay(first).verdict_equal
+    rim = next(ref for ref in second.entry.collateral if ref.role == "broker-rim-0")
+    blobs = {k: v for k, v in second.blobs.items() if k != rim.sha256}
+    out = r.replay(replace(second, blobs=blobs))
+    assert [f.code for f in out.findings] == ["replay_blob_unusable"]
+    assert out.verdict_equal is None
 
 
-def test_evidence_cache_is_bounded_by_count_and_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_context_cache_is_bounded(
+    two_collateral_sets: list[EntryInput], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(replay, "MAX_CACHED_CONTEXTS", 1)
     r = _replayer()
-    monkeypatch.setattr(replay, "MAX_CACHED_EVIDENCE", 2)
-    for i in range(5):
-        r._bundle(bytes([i]) * 32, EVIDENCE)
-        assert len(r._evidence) <= 2
-    monkeypatch.setattr(replay, "EVIDENCE_CACHE_BYTES", len(EVIDENCE) - 1)
+    for item in [*two_collateral_sets, *two_collateral_sets]:
+        assert r.replay(item).verdict_equal
+        assert len(r._contexts) <= 1
+
+
+def test_evidence_is_parsed_for_every_entry(
+    two_collateral_sets: list[EntryInput], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real evidence never repeats (each report carries its session's nonce), so the replay
+    keeps no parsed evidence: a benchmark log that repeats one bundle costs what a real one
+    does."""
+    parsed: list[bytes] = []
+    real_load = replay.load_bundle
+
+    def counting(data: bytes) -> EvidenceBundle:
+        parsed.append(data)
+        return real_load(data)
+
+    monkeypatch.setattr(replay, "load_bundle", counting)
     r = _replayer()
-    assert r._bundle(DIGEST, EVIDENCE) == load_bundle(EVIDENCE)
-    assert not r._evidence and r._evidence_bytes == 0  # larger than the whole cache: not kept
+    for item in two_collateral_sets:
+        r.replay(item)
+    assert len(parsed) == 3 and len(set(parsed)) == 1
 
 
 def test_whole_verdict_text_ignores_key_order_but_not_values() -> None:
@@ -61,3 +130,41 @@ def test_whole_verdict_text_ignores_key_order_but_not_values() -> None:
     c = Verdict.build({"cpu0": body, "gpu0": dict(body, x=[1, True])}, [])
     assert c is not None and c.text != a.text
     assert compare_verdicts(a, c) == ["gpu0 claims differ: ['x']"]
+
+
+def test_blob_keeper_hands_each_blob_out_once_within_its_bounds() -> None:
+    keeper = BlobKeeper(max_bytes=10, max_blob_bytes=6)
+    assert not keeper.wants(7)  # larger than one blob may be
+    keeper.keep(b"a", b"123456")
+    assert not keeper.wants(5)  # 6 + 5 > 10
+    keeper.keep(b"b", b"12345")  # over the total: not kept
+    assert keeper.take(b"a") == b"123456"
+    assert keeper.take(b"a") is None  # once: a repeat is read (and hashed) again
+    assert keeper.take(b"b") is None
+    assert keeper.wants(10 - 6)
+
+
+def test_with_the_keeper_each_blob_is_read_once(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """With the keeper, each blob of a clean log is read once and every entry still gets all of
+    its blobs (a replaced blob is neither kept nor used: ``test_replaced_evidence_blob``)."""
+    b = build(tmp_path_factory.mktemp("keeper"), stand_in=False)
+    b.attest(evidence())
+    b.attest(evidence(cc_mode_on=False))
+    path = b.export()
+    b.close()
+    with Bundle(path) as bundle:
+        reads: list[bytes] = []
+        real_read = bundle.read_blob
+
+        def counting(digest: bytes) -> bytes:
+            reads.append(digest)
+            return real_read(digest)
+
+        bundle.read_blob = counting  # type: ignore[method-assign]
+        keeper = BlobKeeper(replay.KEPT_BLOB_BYTES, replay.MAX_CACHED_BLOB_BYTES)
+        audit = verify_bundle(bundle, LOG_SIGNER.verifier(), keeper=keeper)
+        items = list(_inputs(bundle, audit, keeper))
+    assert audit.ok and len(reads) == len(set(reads)) == len(bundle.blob_digests())
+    for item in items:
+        assert set(item.blobs) == {ref.sha256 for ref in item.entry.blob_refs()}
+    assert [x.verdict_equal for x in map(_replayer().replay, items)] == [True, True]

@@ -349,3 +349,21 @@ def test_bundle_bit_flips_never_pass_silently(clean: Path, pos: int, bit: int) -
         pass
     finally:
         path.unlink()
+
+
+def test_forked_checkpoint_is_checked_for_consistency_with_its_neighbour(
+    clean: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Consistency proofs are skipped only between views whose roots both equal the recomputed
+    tree's: a forged root of size 5 next to the real one (same size, so the fork check only
+    compares roots) must still be checked against the size-6 view that follows it."""
+
+    def change(m: Members) -> None:
+        m["checkpoints/00000000000000000099.note"] = _forged(5, hashlib.sha256(b"fork").digest())
+
+    rc, report = _audit(clean, _tamper(clean, "fork-next", change), capsys=capsys)
+    findings = report["findings"]
+    assert rc == 1 and isinstance(findings, list)
+    inconsistent = [f for f in findings if f["code"] == "checkpoint_inconsistent"]
+    assert len(inconsistent) == 1
+    assert "00000000000000000099.note" in inconsistent[0]["message"]
