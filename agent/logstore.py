@@ -38,8 +38,9 @@ from attest.log.entry import LogEntry
 from attest.log.merkle import MerkleTree, leaf_hash
 from attest.log.note import NoteSigner, sign_note
 
-#: Version of the database layout, stored in ``meta``; a newer layout is refused.
-SCHEMA_VERSION = 1
+#: Version of the database layout, stored in ``meta``; a newer layout is refused, an older one
+#: is migrated on open (one transaction). 2: ``blobs`` is a rowid table (see ``_SCHEMA``).
+SCHEMA_VERSION = 2
 #: Most appends committed in one transaction: bounds one commit's latency and memory.
 DEFAULT_MAX_BATCH = 1024
 #: How often a blocked appender checks that the writer thread is still running.
@@ -47,14 +48,28 @@ WRITER_CHECK_SECONDS = 0.5
 #: Most entries returned by one ``entries()`` call (the gRPC layer pages on top of this).
 MAX_ENTRIES_PER_READ = 1000
 
+#: ``blobs`` is a rowid table with an index on ``sha256``. Layout 1 made it ``WITHOUT ROWID``,
+#: which keeps each whole row in the key's B-tree: a blob (an 80 KiB evidence bundle) then lies
+#: mostly on overflow pages, and SQLite reads a row's whole payload to compare its key, so every
+#: insert read a few earlier bundles back from disk (~170 page reads per flow, issue #5). Now
+#: the index holds only digests and blobs are appended in rowid order.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS entries (
     idx INTEGER PRIMARY KEY, leaf_hash BLOB NOT NULL, data BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS blobs (sha256 BLOB PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS blobs (sha256 BLOB PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoints (
     size INTEGER PRIMARY KEY, root BLOB NOT NULL, note BLOB NOT NULL);
 """
+#: Layout 1 -> 2: the same rows in a rowid ``blobs`` table (one transaction, so a crash leaves
+#: either layout whole).
+_MIGRATE_1_TO_2 = (
+    "CREATE TABLE blobs_v2 (sha256 BLOB PRIMARY KEY, data BLOB NOT NULL)",
+    "INSERT INTO blobs_v2 (sha256, data) SELECT sha256, data FROM blobs ORDER BY sha256",
+    "DROP TABLE blobs",
+    "ALTER TABLE blobs_v2 RENAME TO blobs",
+    "UPDATE meta SET value = CAST('2' AS BLOB) WHERE key = 'schema'",
+)
 
 
 class LogStoreError(LesseeError):
@@ -154,12 +169,14 @@ class LogStore:
             )
             db.execute("COMMIT")
         else:
-            if meta.get("schema") != str(SCHEMA_VERSION).encode():
+            if meta.get("schema") not in (b"1", str(SCHEMA_VERSION).encode()):
                 raise LogIntegrityError("unsupported log database schema", reason="store_schema")
             if meta.get("origin") != self.origin.encode() or meta.get("vkey") != vkey:
                 raise LogIntegrityError(
                     "log database belongs to another origin or log key", reason="store_identity"
                 )
+            if meta.get("schema") == b"1":
+                self._migrate_1_to_2()
         hashes: list[bytes] = []
         for expected, (idx, h) in enumerate(
             db.execute("SELECT idx, leaf_hash FROM entries ORDER BY idx")
@@ -191,6 +208,21 @@ class LogStore:
                 "checkpoint note disagrees with its row", reason="store_checkpoint"
             )
         self._checkpoint, self._size = note, size
+
+    def _migrate_1_to_2(self) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            # Checked again under the write lock: another process may have migrated meanwhile.
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if row is not None and bytes(row[0]) == b"1":
+                for statement in _MIGRATE_1_TO_2:
+                    db.execute(statement)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
 
     def _sign(self, size: int) -> bytes:
         cp = format_checkpoint(self.origin, size, self._tree.root(size))

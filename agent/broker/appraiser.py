@@ -21,22 +21,31 @@ def composite_appraiser(context: AppraisalContext | None = None) -> Appraiser:
     """An appraiser over every device of a bundle. RIMs the broker holds itself (``context.rims``)
     are archived as collateral in the log entry, so a replay years later has the same bytes."""
     ctx = context if context is not None else AppraisalContext()
+    rim_collateral = tuple(
+        (f"broker-rim-{i}", "application/xml", rim) for i, rim in enumerate(ctx.rims)
+    )
+    # Candidate roots in archive order, each with its DER and digest, computed once: they are
+    # fixed for the appraiser's life, and encoding and hashing them per Attest was a visible
+    # part of it (issue #5).
+    roots = [(role, cert) for role, cert in sorted(ctx.candidates.items())]
+    roots += [("amd_ark", cert) for cert in ctx.amd_extra_arks]
+    encoded = []
+    for role, cert in roots:
+        der = cert.public_bytes(Encoding.DER)
+        encoded.append((role, der, hashlib.sha256(der).hexdigest()))
 
     def appraise(
         bundle: EvidenceBundle, binding: SessionBinding, policy: Policy, at: datetime
     ) -> Appraisal:
         devices, findings = appraise_bundle(bundle, binding, policy, at, context=ctx)
-        collateral = [(f"broker-rim-{i}", "application/xml", rim) for i, rim in enumerate(ctx.rims)]
+        collateral = list(rim_collateral)
         # Roots the policy trusted besides the vendors' are archived too, so an auditor can
         # re-verify years later without being handed them (they are used only if the logged
         # policy lists their SHA-256, exactly as here).
         listed = set(policy.roots.extra_trusted_sha256)
-        roots = [(role, cert) for role, cert in sorted(ctx.candidates.items())]
-        roots += [("amd_ark", cert) for cert in ctx.amd_extra_arks]
         n = 0
-        for role, cert in roots:
-            der = cert.public_bytes(Encoding.DER)
-            if hashlib.sha256(der).hexdigest() in listed:
+        for role, der, digest in encoded:
+            if digest in listed:
                 collateral.append(
                     (f"{TRUST_ROOT_ROLE_PREFIX}{role}-{n}", "application/pkix-cert", der)
                 )

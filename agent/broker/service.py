@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -39,6 +41,11 @@ from sealing.keyrelease import DATA_KEY_BYTES, seal_data_key
 
 NONCE_BYTES = 32
 MAX_MODEL_ID_CHARS = 128
+#: Enclave keys decoded at Attest and kept for that result's ReleaseKey (decoding an
+#: ML-KEM-768 key is the costliest step of reading it, issue #5). One per result not yet
+#: released: 1024 covers the results of ~5 s at the broker's peak rate; an evicted key is
+#: decoded again, so the bound only trades memory (~2.5 KiB a key) for CPU.
+MAX_PENDING_ENCLAVE_KEYS = 1024
 VERIFIER_BUILD = "lessee 0.1.0"
 
 
@@ -115,6 +122,12 @@ class Broker:
     #: canonical form cost more than the rest of a Challenge, so both are done once per policy
     #: text (a re-registered model has new text and is parsed again).
     _policies: dict[str, tuple[str, Policy, str]] = field(default_factory=dict, repr=False)
+    #: encoded enclave key -> decoded key, from Attest to ReleaseKey (exact bytes; a decoded
+    #: public key is immutable, so handing it to another thread is safe).
+    _enclave_keys: OrderedDict[bytes, HpkePublicKey] = field(
+        default_factory=OrderedDict, repr=False
+    )
+    _enclave_keys_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # ---- admin ---------------------------------------------------------------------------
 
@@ -179,7 +192,8 @@ class Broker:
         self, *, nonce: bytes, enclave_public_key: bytes, model_id: str, bundle: EvidenceBundle
     ) -> AttestOutcome:
         model, policy, policy_digest = self._model(model_id)
-        HpkePublicKey.decode(enclave_public_key)  # a key we could never seal to is refused
+        # A key we could never seal to is refused (before the nonce is spent).
+        decoded = HpkePublicKey.decode(enclave_public_key)
         now = self.clock()
         issued_for = self.store.consume_nonce(nonce, now=now.timestamp())
         if issued_for != model_id:
@@ -235,7 +249,18 @@ class Broker:
             collateral=[ref for ref, _ in collateral],
         )
         receipt = self.log.append(entry, [policy_bytes, bundle_bytes, *(d for _, d in collateral)])
+        if status is Status.AFFIRMING:  # only an affirming result can lead to a release
+            with self._enclave_keys_lock:
+                self._enclave_keys[enclave_public_key] = decoded
+                while len(self._enclave_keys) > MAX_PENDING_ENCLAVE_KEYS:
+                    self._enclave_keys.popitem(last=False)
         return AttestOutcome(token, status, tuple(appraisal.all_findings()), receipt)
+
+    def _recipient(self, enclave_key: bytes) -> HpkePublicKey:
+        """The decoded enclave key: the one Attest decoded, else decoded now."""
+        with self._enclave_keys_lock:
+            cached = self._enclave_keys.pop(enclave_key, None)
+        return cached if cached is not None else HpkePublicKey.decode(enclave_key)
 
     def release_key(self, *, result: str, model_id: str) -> ReleaseOutcome:
         model, policy, _ = self._model(model_id)
@@ -272,7 +297,7 @@ class Broker:
         enclave_key = claims.enclave_key or b""
         if hashlib.sha256(enclave_key).digest() != record.enclave_key_digest:
             raise ReleaseRefusedError("result names another enclave key", reason="key_mismatch")
-        recipient = HpkePublicKey.decode(enclave_key)
+        recipient = self._recipient(enclave_key)
         # Claim the result atomically before any key material is touched: exactly one of any
         # number of concurrent callers gets past this line.
         if not self.store.claim_release(

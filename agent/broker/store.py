@@ -3,11 +3,20 @@ and releases. SQLite by default (WAL, synchronous=FULL), behind ``BrokerStore`` 
 backend can serve several stateless broker replicas later.
 
 Restart safety: every state change commits before the caller acts on it. Concurrent changes
-share one transaction ("group commit", each in its own savepoint so one failing change leaves
-the others intact): one fsync then acknowledges many changes, where one fsync per change made
-SQLite's serialised commits the broker's limit under load (issue #5). Nonce consumption is a single conditional UPDATE, so a nonce is accepted at most once even
-with concurrent callers or a crash right after (the consumed mark is durable before Attest
-proceeds). Times are POSIX seconds passed in by the caller.
+share one transaction ("group commit"): one fsync then acknowledges many changes, where one
+fsync per change made SQLite's serialised commits the broker's limit under load (issue #5). One
+failing change leaves the others intact: a change of one statement relies on SQLite's
+statement atomicity (a statement that fails is undone, the transaction stays open), a change of
+several statements runs in its own savepoint; an error that ends the whole transaction fails
+the whole group. Nonce consumption is a single conditional UPDATE, so a nonce is accepted at
+most once even with concurrent callers or a crash right after (the consumed mark is durable
+before Attest proceeds). Times are POSIX seconds passed in by the caller.
+
+Connections: group commits run on one writer connection (whichever thread commits uses it,
+under the write lock), so its page cache stays warm; reads use one connection per thread.
+With a connection per thread for writes too, every commit invalidated the other connections'
+caches and the next write on them re-read the B-tree pages (~250 ``pread`` calls per flow
+under load, issue #5).
 """
 
 from __future__ import annotations
@@ -35,9 +44,15 @@ MAX_GROUP_COMMIT = 64
 
 @dataclass(eq=False)
 class _Write:
-    """One pending state change: ``fn`` runs inside the group's transaction."""
+    """One pending state change: ``fn`` runs inside the group's transaction.
+
+    ``savepoint`` False is for a change that makes at most one modifying statement (reads
+    around it are fine): SQLite undoes a failed statement by itself, so the savepoint's two
+    extra statements per change would buy nothing.
+    """
 
     fn: Callable[[sqlite3.Connection], Any]
+    savepoint: bool = True
     done: bool = False
     result: Any = None
     error: BaseException | None = None
@@ -51,6 +66,16 @@ def _statement(sql: str, params: tuple[Any, ...]) -> Callable[[sqlite3.Connectio
         return db.execute(sql, params).rowcount
 
     return change
+
+
+def _connect(path: str, *, check_same_thread: bool = True) -> sqlite3.Connection:
+    db = sqlite3.connect(
+        path, timeout=30.0, isolation_level=None, check_same_thread=check_same_thread
+    )
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("PRAGMA foreign_keys=ON")
+    return db
 
 
 class NonceError(VerificationError):
@@ -129,26 +154,27 @@ class SqliteBrokerStore:
         self._pending_lock = threading.Lock()
         self._pending: list[_Write] = []
         self._next_purge = float("-inf")  # only read and written under _write_lock
-        self._db().executescript(_SCHEMA)
+        # Used only by the thread holding _write_lock (hence check_same_thread=False).
+        self._writer = _connect(self._path, check_same_thread=False)
+        self._writer.executescript(_SCHEMA)
 
     def _db(self) -> sqlite3.Connection:
+        """This thread's read connection."""
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self._path, timeout=30.0, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA foreign_keys=ON")
+            db = _connect(self._path)
             self._local.db = db
         return db
 
-    def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+    def _write(self, fn: Callable[[sqlite3.Connection], Any], *, savepoint: bool = True) -> Any:
         """Run ``fn(db)`` in a write transaction; return its result once that is durable.
 
         ``fn`` may run on another thread (the one committing the group), so it must use only
         its argument. An exception ``fn`` raises undoes its own changes only and is re-raised
-        here; a failed commit fails every change of the group.
+        here; a failed commit fails every change of the group. ``savepoint=False``: see
+        ``_Write``.
         """
-        op = _Write(fn)
+        op = _Write(fn, savepoint)
         with self._pending_lock:
             self._pending.append(op)
         while True:
@@ -163,11 +189,26 @@ class SqliteBrokerStore:
             raise op.error
         return op.result
 
+    def _write_statement(self, change: Callable[[sqlite3.Connection], int]) -> int:
+        """``_write`` for a ``_statement`` change (one statement: no savepoint needed)."""
+        result: int = self._write(change, savepoint=False)
+        return result
+
     def _commit(self, batch: list[_Write]) -> None:
-        db = self._db()
+        db = self._writer
         try:
             db.execute("BEGIN IMMEDIATE")
             for op in batch:
+                if not op.savepoint:
+                    try:
+                        op.result = op.fn(db)
+                    except Exception as exc:
+                        if not db.in_transaction:
+                            # SQLite ended the whole transaction (I/O error, disk full, ...):
+                            # the group's earlier changes are gone too, so the group fails.
+                            raise
+                        op.error = exc
+                    continue
                 db.execute("SAVEPOINT change")
                 try:
                     op.result = op.fn(db)
@@ -192,6 +233,8 @@ class SqliteBrokerStore:
         if db is not None:
             db.close()
             self._local.db = None
+        with self._write_lock:
+            self._writer.close()
 
     def issue_nonce(self, nonce: bytes, *, model_id: str, now: float, expires_at: float) -> None:
 
@@ -206,24 +249,29 @@ class SqliteBrokerStore:
                 (nonce, model_id, now, expires_at),
             )
 
-        self._write(change)
+        # No savepoint: if the INSERT fails, keeping the purge of long-expired nonces is fine.
+        self._write(change, savepoint=False)
 
     def consume_nonce(self, nonce: bytes, *, now: float) -> str:
         """Mark ``nonce`` used; return its model id. Raises NonceError; never succeeds twice."""
 
-        def change(db: sqlite3.Connection) -> tuple[int, Any]:
-            cur = db.execute(
-                "UPDATE nonces SET used_at=? WHERE nonce=? AND used_at IS NULL AND expires_at>=?",
+        def change(db: sqlite3.Connection) -> tuple[str | None, Any]:
+            # One modifying statement (so no savepoint); the SELECT only says why it failed.
+            used = db.execute(
+                "UPDATE nonces SET used_at=? WHERE nonce=? AND used_at IS NULL AND expires_at>=? "
+                "RETURNING model_id",
                 (now, nonce, now),
-            )
+            ).fetchall()
+            if len(used) == 1:
+                return str(used[0][0]), None
             row = db.execute(
                 "SELECT model_id, used_at, expires_at FROM nonces WHERE nonce=?", (nonce,)
             ).fetchone()
-            return cur.rowcount, row
+            return None, row
 
-        rowcount, row = self._write(change)
-        if rowcount == 1 and row is not None:
-            return str(row[0])
+        model_id, row = self._write(change, savepoint=False)
+        if model_id is not None:
+            return str(model_id)
         if row is None:
             raise NonceError(
                 "unknown nonce (not issued by this broker, or purged)", reason="nonce_unknown"
@@ -233,7 +281,7 @@ class SqliteBrokerStore:
         raise NonceError("nonce expired", reason="nonce_expired")
 
     def put_model(self, model: ModelRecord) -> None:
-        self._write(
+        self._write_statement(
             _statement(
                 "INSERT INTO models VALUES (?,?,?,?,?,?,?) ON CONFLICT(model_id) DO UPDATE SET "
                 "model_version=excluded.model_version, key_id=excluded.key_id, "
@@ -262,7 +310,7 @@ class SqliteBrokerStore:
         )
 
     def put_result(self, result: ResultRecord) -> None:
-        self._write(
+        self._write_statement(
             _statement(
                 "INSERT INTO results VALUES (?,?,?,?,?,?,?)",
                 (
@@ -286,7 +334,7 @@ class SqliteBrokerStore:
         )
 
     def record_release(self, *, result_id: str, model_id: str, released_at: float) -> None:
-        self._write(
+        self._write_statement(
             _statement(
                 "INSERT INTO releases(result_id, model_id, released_at) VALUES (?,?,?)",
                 (result_id, model_id, released_at),
@@ -300,7 +348,7 @@ class SqliteBrokerStore:
         broker replicas on one database) exactly one wins, and the claim is durable before the
         key is sealed, so a crash can lose a release but never make two.
         """
-        inserted: int = self._write(
+        inserted = self._write_statement(
             _statement(
                 "INSERT OR IGNORE INTO releases(result_id, model_id, released_at) VALUES (?,?,?)",
                 (result_id, model_id, released_at),

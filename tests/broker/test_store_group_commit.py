@@ -1,5 +1,6 @@
-"""Group commit of the broker store (issue #5): concurrent changes share one transaction, each
-in its own savepoint, and every change is durable before the call that made it returns."""
+"""Group commit of the broker store (issue #5): concurrent changes share one transaction, a
+failing change undoes only itself (statement atomicity for one-statement changes, a savepoint
+for the others), and every change is durable before the call that made it returns."""
 
 from __future__ import annotations
 
@@ -67,6 +68,29 @@ def test_failed_change_leaves_the_rest_of_its_group_intact(tmp_path: Path) -> No
     rows = {bytes(r[0]) for r in db.execute("SELECT nonce FROM nonces")}
     db.close()
     assert rows == {b"dup", b"n0", b"n1"}
+
+
+def test_failed_multi_statement_change_is_undone_whole(tmp_path: Path) -> None:
+    s = SqliteBrokerStore(tmp_path / "b.db")
+
+    def half_done(db: sqlite3.Connection) -> None:
+        db.execute(
+            "INSERT INTO nonces(nonce, model_id, issued_at, expires_at) VALUES (?,?,?,?)",
+            (b"half", "m", NOW, NOW + 60),
+        )
+        raise RuntimeError("second step failed")
+
+    calls: list[object] = [
+        lambda: s.issue_nonce(b"n0", model_id="m", now=NOW, expires_at=NOW + 60),
+        lambda: s._write(half_done),
+        lambda: s.issue_nonce(b"n1", model_id="m", now=NOW, expires_at=NOW + 60),
+    ]
+    out = _run_as_one_group(s, calls)
+    assert out[0] is None and out[2] is None and isinstance(out[1], RuntimeError)
+    db = sqlite3.connect(tmp_path / "b.db")
+    rows = {bytes(r[0]) for r in db.execute("SELECT nonce FROM nonces")}
+    db.close()
+    assert rows == {b"n0", b"n1"}
 
 
 def test_claim_release_once_within_one_group(tmp_path: Path) -> None:

@@ -153,3 +153,49 @@ def test_export_is_deterministic(tmp_path: Path) -> None:
     assert (tmp_path / "a.zip").read_bytes() == (tmp_path / "b.zip").read_bytes()
     # The signing key never reaches the database file.
     assert LOG_SIGNER.seed not in (tmp_path / "log.db").read_bytes()
+
+
+def _blobs_layout(db: Path) -> str:
+    conn = sqlite3.connect(db)
+    try:
+        row = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'blobs'").fetchone()
+        schema = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+    finally:
+        conn.close()
+    return f"{bytes(schema[0]).decode()}:{'WITHOUT ROWID' in row[0]}"
+
+
+def test_layout_1_blobs_table_is_migrated_on_open(tmp_path: Path) -> None:
+    """Issue #5: a ``WITHOUT ROWID`` blobs table (layout 1) made every insert read earlier
+    blobs back; opening such a database migrates it in one transaction, keeping every row."""
+    db = tmp_path / "log.db"
+    with LogStore(db, LOG_SIGNER) as store:
+        _fill(store, 4)
+        head = store.latest_checkpoint()
+        digests = {r.sha256 for i in range(4) for r in make_entry(i)[0].blob_refs()}
+        stored = {d: store.blob(d) for d in digests}
+    assert _blobs_layout(db) == "2:False"
+    # Turn it back into layout 1, exactly as version 1 of the store created it.
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.executescript(
+        "BEGIN;"
+        "CREATE TABLE old (sha256 BLOB PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;"
+        "INSERT INTO old SELECT sha256, data FROM blobs; DROP TABLE blobs;"
+        "ALTER TABLE old RENAME TO blobs;"
+        "UPDATE meta SET value = CAST('1' AS BLOB) WHERE key = 'schema'; COMMIT;"
+    )
+    conn.close()
+    assert _blobs_layout(db) == "1:True"
+    with LogStore(db, LOG_SIGNER) as store:
+        assert store.size == 4 and store.latest_checkpoint() == head
+        assert {d: store.blob(d) for d in digests} == stored
+        _fill(store, 1, start=4)  # the policy blob is found in the migrated table
+        assert store.size == 5
+    assert _blobs_layout(db) == "2:False"
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE meta SET value = CAST('3' AS BLOB) WHERE key = 'schema'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(LogIntegrityError) as exc:
+        LogStore(db, LOG_SIGNER)
+    assert exc.value.reason == "store_schema"
