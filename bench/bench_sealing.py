@@ -18,7 +18,9 @@ Rows (``ratio`` = our seconds / baseline seconds, so lower is better):
     ``TensorDeserializer(..., encryption=DecryptionParams.from_key(key))`` of every tensor
     onto the CPU, with the peer's default thread pools (one per CPU of the cgroup);
   * ``sealed_load_np_2t_vs_tensorizer``: our 2-thread sealed load into numpy vs the peer's
-    encrypted load (target: at least 3x as fast, ratio <= 0.333), the two timed alternately;
+    encrypted load (target: at least 3x as fast, ratio <= 0.333), the two timed alternately
+    (``PEER_REPEAT`` pairs); ``cpu_ms``/``baseline_cpu_ms`` are each side's median CPU time in
+    those pairs, and the load row's ``peer_config`` says how the peer ran (its defaults);
   * ``seal_2t_vs_tensorizer``: ``seal_model`` vs the peer's encrypted serialize (no target;
     ours also reads the plaintext from the files, the peer starts from memory).
 
@@ -26,13 +28,14 @@ Rows (``ratio`` = our seconds / baseline seconds, so lower is better):
   say ``not measured (pip install tensorizer)``.
 
 Size: ``LESSEE_BENCH_SEAL_MIB`` (default 256; the issue's reference figures are for 1024) of
-float32 tensors, 16 MiB each, files served from the page cache.
+float32 tensors, 16 MiB each, files fsynced after writing and served from the page cache.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -56,7 +59,8 @@ CHUNK = 1 * MIB
 REPEAT = int(os.environ.get("LESSEE_BENCH_SEAL_REPEAT", "5"))
 #: Alternating ours/peer pairs for the tensorizer rows: more than REPEAT, because on a shared
 #: 2-core machine a neighbour's burst can still hit one side of a pair; the median absorbs it.
-PEER_REPEAT = int(os.environ.get("LESSEE_BENCH_SEAL_PEER_REPEAT", "9"))
+#: 15, not 9: with 9, the median of either side still moved by 10-20% between runs.
+PEER_REPEAT = int(os.environ.get("LESSEE_BENCH_SEAL_PEER_REPEAT", "15"))
 MODEL_ID = "bench/sealed"
 
 #: The child reads VmHWM (this process image's peak RSS), not ru_maxrss: Linux carries
@@ -70,6 +74,29 @@ total = sum(a.nbytes for a in sd.values())
 hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split()[1]
 print(json.dumps({"peak_kib": int(hwm), "bytes": total}))
 """
+
+
+def _settle(*paths: Path) -> None:
+    """fsync every file under ``paths`` before timing anything that reads them.
+
+    Files just written are dirty in the page cache; their writeback (kernel threads, disk
+    I/O) would start ~30 s later, in the middle of some timed run. Synced, every input of
+    either side is clean and cached: both sides read from the page cache in the same state.
+    """
+    for root in paths:
+        for p in [root] if root.is_file() else sorted(root.rglob("*")):
+            if p.is_file():
+                fd = os.open(p, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process, every thread included."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def _size_mib() -> int:
@@ -181,22 +208,33 @@ def _tensorizer() -> tuple[Any, Any] | None:
     return tensorizer, torch
 
 
-def _paired(ours: Callable[[], object], peer: Callable[[], object]) -> tuple[float, float]:
-    """Median seconds of ``ours`` and ``peer``, timed alternately, one warm-up each.
+def _paired(
+    ours: Callable[[], object], peer: Callable[[], object]
+) -> tuple[float, float, float, float]:
+    """Median seconds of ``ours`` and ``peer``, timed alternately, one warm-up each; then the
+    median CPU seconds (every thread of this process) of each side's timed runs.
 
     The bench machine is shared: timing one side's five runs and then the other's lets a
-    neighbour's burst land on one side only. Alternating puts both under the same load.
+    neighbour's burst land on one side only. Alternating puts both under the same load. The
+    CPU time is for reading a noisy run: a neighbour stretches wall time, not CPU time.
     """
     ours()
     peer()
-    a: list[float] = []
-    b: list[float] = []
+    wall: tuple[list[float], list[float]] = ([], [])
+    cpu: tuple[list[float], list[float]] = ([], [])
     for _ in range(PEER_REPEAT):
-        for fn, out in ((ours, a), (peer, b)):
+        for side, fn in enumerate((ours, peer)):
+            c0 = _cpu_seconds()
             start = time.perf_counter()
             fn()
-            out.append(time.perf_counter() - start)
-    return statistics.median(a), statistics.median(b)
+            wall[side].append(time.perf_counter() - start)
+            cpu[side].append(_cpu_seconds() - c0)
+    return (
+        statistics.median(wall[0]),
+        statistics.median(wall[1]),
+        statistics.median(cpu[0]),
+        statistics.median(cpu[1]),
+    )
 
 
 def _tensorizer_rows(
@@ -240,20 +278,33 @@ def _tensorizer_rows(
         serialize(dst)
         dst.unlink()
 
+    config: dict[str, object] = {}
+
     def load() -> dict[str, Any]:
+        # Its defaults are its fastest setting here: num_readers=None picks 8 reader threads
+        # for a local file (1, 2 and 4 were measured slower on this machine, 16 the same),
+        # decryption runs on a pool of one thread per CPU, lazy_load and verify_hash are off.
         dec = DecryptionParams.from_key(key)
         with TensorDeserializer(str(path), device="cpu", encryption=dec) as d:
+            config.setdefault("num_readers", getattr(d, "_num_readers", None))
             return {name: d[name] for name in d}
 
     serialize(path)
+    _settle(path)
     loaded = load()  # once untimed: the peer must really return our tensors, byte for byte
     if set(loaded) != set(tensors) or not all(
         torch.equal(loaded[n].detach(), tensors[n]) for n in tensors
     ):
         raise RuntimeError("tensorizer did not round-trip the bench tensors")
     del loaded
-    load2, load_s = _paired(our_load, load)
-    seal2, ser_s = _paired(our_seal, serialize_once)
+    load2, load_s, load2_cpu, load_cpu = _paired(our_load, load)
+    seal2, ser_s, _, _ = _paired(our_seal, serialize_once)
+    config |= {
+        "decryption_threads": tensorizer.serialization.cpu_count,
+        "lazy_load": False,
+        "verify_hash": False,
+        "device": "cpu",
+    }
     gb = total / 1e9
     version = str(tensorizer.__version__)
     return [
@@ -269,6 +320,8 @@ def _tensorizer_rows(
             gbps=round(gb / load_s, 2),
             reference_gbps_issue=TENSORIZER_REFERENCE_GBPS,
             tensorizer_version=version,
+            cpu_ms=round(load_cpu * 1e3, 1),
+            peer_config=config,
         ),
         row(
             "sealed_load_np_2t_vs_tensorizer",
@@ -278,6 +331,8 @@ def _tensorizer_rows(
             target_ratio=round(1 / 3, 3),
             gbps=round(gb / load2, 2),
             speedup=round(load_s / load2, 2),
+            cpu_ms=round(load2_cpu * 1e3, 1),
+            baseline_cpu_ms=round(load_cpu * 1e3, 1),
         ),
         row(
             "seal_2t_vs_tensorizer",
@@ -318,6 +373,7 @@ def run() -> list[dict[str, object]]:
 
         sealed = tmp / "sealed"
         seal_model(model, sealed, key, model_id=MODEL_ID, model_version=1, rng=rng, threads=2)
+        _settle(model, sealed)
         gb = total / 1e9
         raw_dec2 = _raw(total, 2, encrypt=False)
         raw_dec1 = _raw(total, 1, encrypt=False)

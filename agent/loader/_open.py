@@ -218,6 +218,11 @@ class SealedSafeOpen:
     def name(self) -> str:
         return self._sealed.header.name
 
+    @property
+    def sealed(self) -> SealedFile:
+        """The opened sealed file (header authenticated) this shard reads from."""
+        return self._sealed
+
     def keys(self) -> list[str]:
         return sorted(self.layout.tensors)
 
@@ -260,8 +265,22 @@ class SealedSafeOpen:
                 if progress is not None:
                     progress(info.nbytes)
             return out
-        base, view = self._fw.alloc(self._sealed.length)
+        base, view = self.alloc_all()
         self._sealed.read_all_into(view, progress=progress)
+        return self.tensors_of(base)
+
+    def alloc_all(self) -> tuple[Any, memoryview]:
+        """A buffer for the whole shard's plaintext (dtypes checked first, nothing decrypted).
+
+        With ``tensors_of``, the two halves of ``load_all`` for a caller that decrypts several
+        shards in one pass (``SealedModel.load_state_dict``).
+        """
+        for info in self.layout.tensors.values():
+            self._fw.check_dtype(info.dtype)
+        return self._fw.alloc(self._sealed.length)
+
+    def tensors_of(self, base: Any) -> dict[str, Any]:
+        """Every tensor as a view of ``base``, once the whole shard was decrypted into it."""
         return {
             info.name: self._fw.tensor(base, info.start, info)
             for info in self.layout.tensors.values()

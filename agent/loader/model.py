@@ -46,6 +46,7 @@ from sealing.weights import (
     open_small_file,
     parse_index,
     parse_manifest,
+    read_files_into,
     read_shard_header,
     seal_file,
 )
@@ -342,9 +343,23 @@ class SealedModel:
         """Every tensor of the model as one dict (numpy arrays, or torch tensors on ``device``)."""
         self.weight_map()
         out: dict[str, Any] = {}
-        for shard in self.shards:
-            with self.safe_open(shard, framework, device) as f:
-                out.update(f.load_all(progress=progress))
+        if device is not None:  # tensor by tensor, each moved as soon as it authenticated
+            for shard in self.shards:
+                with self.safe_open(shard, framework, device) as f:
+                    out.update(f.load_all(progress=progress))
+            return out
+        # Host memory: every shard's buffer first, then one parallel pass over all shards (no
+        # thread waits at a shard's end), then the tensors as views. Nothing is handed out
+        # before every chunk of every shard authenticated; on failure every buffer is wiped.
+        opened = [self.safe_open(shard, framework) for shard in self.shards]
+        bufs = [f.alloc_all() for f in opened]
+        read_files_into(
+            [(f.sealed, view) for f, (_, view) in zip(opened, bufs, strict=True)],
+            executor=self._pool,
+            progress=progress,
+        )
+        for f, (base, _) in zip(opened, bufs, strict=True):
+            out.update(f.tensors_of(base))
         return out
 
     @property

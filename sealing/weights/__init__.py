@@ -6,6 +6,7 @@ Public surface (everything else in this package is private):
 * ``encode_manifest`` / ``open_manifest`` / ``parse_manifest`` / ``manifest_digest``: the sealed
   manifest that binds the files of one model version together.
 * ``read_safetensors_layout``: the encrypted safetensors header of an opened shard.
+* ``read_files_into``: several opened files decrypted in one pass over a thread pool.
 * ``key_fingerprint``: the public default key id of a data key.
 
 The data key (DEK) is always an argument. It is produced when a model is sealed, goes to the
@@ -47,6 +48,7 @@ from sealing.weights.recipes import (
     open_sealed_file,
     open_small_file,
     parse_index,
+    read_files_into,
     read_safetensors_layout,
     read_shard_header,
     seal_bytes,
@@ -88,6 +90,7 @@ __all__ = [
     "parse_index",
     "parse_manifest",
     "parse_shard_header",
+    "read_files_into",
     "read_safetensors_layout",
     "read_shard_header",
     "seal_bytes",

@@ -33,6 +33,10 @@ from sealing.weights._keys import FileKeys, wipe
 #: (a future, a queue hop: tens of microseconds) is under 1%, small enough to spread a 100 MB
 #: tensor over every thread.
 BATCH_BYTES = 8 << 20
+#: The last this-many plaintext bytes of a decryption are handed out one chunk per task: when a
+#: thread is preempted (a shared machine) or started its last batch late, the others take the
+#: remaining chunks one at a time instead of waiting up to a whole batch for it at the end.
+TAIL_BYTES = BATCH_BYTES
 
 Progress = Callable[[int], None]
 
@@ -114,10 +118,35 @@ class ChunkCipher:
         return range(start // self.chunk_size, (end - 1) // self.chunk_size + 1)
 
 
+#: One decryption job: plaintext ``[start, end)`` of the file ``cipher``/``source`` describe,
+#: into ``out`` (exactly ``end - start`` bytes).
+DecryptJob = tuple[ChunkCipher, PositionalSource, int, int, memoryview]
+
+
 def _batches(chunks: range, chunk_size: int) -> Iterator[range]:
     per = max(1, BATCH_BYTES // chunk_size)
     for first in range(chunks.start, chunks.stop, per):
         yield range(first, min(first + per, chunks.stop))
+
+
+def _plan(jobs: Sequence[DecryptJob]) -> list[tuple[int, range]]:
+    """(job index, chunk batch) in file order: whole batches, then single chunks for the last
+    ``TAIL_BYTES`` of all the jobs together (see ``TAIL_BYTES``)."""
+    plan = [
+        (j, batch)
+        for j, (cipher, _, start, end, _) in enumerate(jobs)
+        for batch in _batches(cipher.chunks_for(start, end), cipher.chunk_size)
+    ]
+    out: list[tuple[int, range]] = []
+    tail = 0
+    for j, batch in reversed(plan):
+        if tail < TAIL_BYTES:
+            out.extend((j, range(i, i + 1)) for i in reversed(batch))
+        else:
+            out.append((j, batch))
+        tail += len(batch) * jobs[j][0].chunk_size
+    out.reverse()
+    return out
 
 
 def _run(
@@ -164,51 +193,76 @@ def decrypt_range(
     Every chunk that overlaps the range is authenticated in full. On any failure ``out`` is
     wiped before ``DecryptionError`` propagates: the caller never sees partial plaintext.
     """
-    if out.nbytes != end - start or not 0 <= start <= end <= cipher.plaintext_length:
-        raise ValueError("bad range")
-    chunks = cipher.chunks_for(start, end)
+    decrypt_ranges([(cipher, source, start, end, out)], executor=executor, progress=progress)
+
+
+def decrypt_ranges(
+    jobs: Sequence[DecryptJob],
+    *,
+    executor: Executor | None,
+    progress: Progress | None = None,
+) -> None:
+    """``decrypt_range`` for several ranges (of one file or of many) as one set of pool tasks.
+
+    Loading a model file by file leaves a thread idle at the end of every file while the other
+    finishes the last batch; one queue for all files keeps every thread busy until the last
+    chunk of the model. On any failure every ``out`` is wiped before the error propagates.
+    """
+    for cipher, _, start, end, out in jobs:
+        if out.nbytes != end - start or not 0 <= start <= end <= cipher.plaintext_length:
+            raise ValueError("bad range")
     cancel = threading.Event()
-    cs = cipher.chunk_size
-
-    def task(batch: range) -> int:
-        done = 0
-        ct_buf = _scratch_buffer("ct", cs + TAG_BYTES)
-        for i in batch:
-            if cancel.is_set():
-                return done
-            c_start, c_end = cipher.plain_range(i)
-            ct = ct_buf[: c_end - c_start + TAG_BYTES]
-            source.read_exact_at(cipher.file_offset(i), ct)
-            lo, hi = max(c_start, start), min(c_end, end)
-            if lo == c_start and hi == c_end:
-                cipher.decrypt_into(i, ct, out[lo - start : hi - start])
-            else:
-                pt = _scratch_buffer("pt", cs)[: c_end - c_start]
-                try:
-                    cipher.decrypt_into(i, ct, pt)
-                    out[lo - start : hi - start] = pt[lo - c_start : hi - c_start]
-                finally:
-                    wipe(pt)
-            done += hi - lo
-        return done
-
-    tasks = [functools.partial(task, b) for b in _batches(chunks, cs)]
+    tasks = [functools.partial(_decrypt_batch, jobs[j], cancel, batch) for j, batch in _plan(jobs)]
     try:
         _run(tasks, executor, progress, cancel)
     except BaseException:
-        wipe(out)
+        for job in jobs:
+            wipe(job[4])
         raise
+
+
+def _decrypt_batch(job: DecryptJob, cancel: threading.Event, batch: range) -> int:
+    """Read and decrypt the chunks ``batch`` of one range; returns the plaintext bytes done.
+
+    Ciphertext goes through a private per-thread scratch buffer, never straight from a shared
+    mapping of the file: AES-GCM reads its input twice (once for the tag, once for the
+    keystream XOR), and a mapping could change between the two reads.
+    """
+    cipher, source, start, end, out = job
+    done = 0
+    cs = cipher.chunk_size
+    ct_buf = _scratch_buffer("ct", cs + TAG_BYTES)
+    for i in batch:
+        if cancel.is_set():
+            return done
+        c_start, c_end = cipher.plain_range(i)
+        ct = ct_buf[: c_end - c_start + TAG_BYTES]
+        source.read_exact_at(cipher.file_offset(i), ct)
+        lo, hi = max(c_start, start), min(c_end, end)
+        if lo == c_start and hi == c_end:
+            cipher.decrypt_into(i, ct, out[lo - start : hi - start])
+        else:
+            pt = _scratch_buffer("pt", cs)[: c_end - c_start]
+            try:
+                cipher.decrypt_into(i, ct, pt)
+                out[lo - start : hi - start] = pt[lo - c_start : hi - c_start]
+            finally:
+                wipe(pt)
+        done += hi - lo
+    return done
 
 
 def verify_chunks(cipher: ChunkCipher, source: PositionalSource, chunks: range) -> None:
     """Authenticate whole chunks without keeping their plaintext (e.g. the final chunk)."""
+    ct_buf = _scratch_buffer("ct", cipher.chunk_size + TAG_BYTES)
+    pt_buf = _scratch_buffer("pt", cipher.chunk_size)
     for i in chunks:
         c_start, c_end = cipher.plain_range(i)
-        ct = bytearray(c_end - c_start + TAG_BYTES)
-        source.read_exact_at(cipher.file_offset(i), memoryview(ct))
-        pt = bytearray(c_end - c_start)
+        ct = ct_buf[: c_end - c_start + TAG_BYTES]
+        source.read_exact_at(cipher.file_offset(i), ct)
+        pt = pt_buf[: c_end - c_start]
         try:
-            cipher.decrypt_into(i, memoryview(ct), memoryview(pt))
+            cipher.decrypt_into(i, ct, pt)
         finally:
             wipe(pt)
 

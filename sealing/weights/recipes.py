@@ -15,7 +15,7 @@ files use ``BytesSource``.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -26,6 +26,7 @@ from sealing.weights._chunks import (
     PositionalSource,
     Progress,
     decrypt_range,
+    decrypt_ranges,
     encrypt_all,
     verify_chunks,
 )
@@ -270,15 +271,33 @@ class SealedFile:
 
     def read_all_into(self, out: memoryview, *, progress: Progress | None = None) -> None:
         """Decrypt the whole file (every chunk, the final one included: truncation shows)."""
-        if out.nbytes != self.length:
-            raise ValueError("output buffer must be exactly the plaintext length")
-        self.read_into(0, out, progress=progress)
-        if self.length == 0:
-            verify_chunks(self._cipher, self._source, range(1))
+        read_files_into([(self, out)], executor=self._executor, progress=progress)
 
     def verify_final_chunk(self) -> None:
         """Authenticate the last chunk (a lazy reader calls this once, on open)."""
         verify_chunks(self._cipher, self._source, range(self._cipher.count - 1, self._cipher.count))
+
+
+def read_files_into(
+    reads: Sequence[tuple[SealedFile, memoryview]],
+    *,
+    executor: Executor | None,
+    progress: Progress | None = None,
+) -> None:
+    """``read_all_into`` for several files at once, as one set of tasks on ``executor``.
+
+    A model is several shards; decrypting them one after the other makes every thread wait at
+    each shard's end for the slowest one. On any failure every output buffer is wiped.
+    """
+    jobs = []
+    for f, out in reads:
+        view = out.cast("B") if out.format != "B" else out
+        if view.nbytes != f.length:
+            raise ValueError("output buffer must be exactly the plaintext length")
+        if f.length == 0:  # no plaintext, but its one (final) chunk must still authenticate
+            verify_chunks(f._cipher, f._source, range(1))
+        jobs.append((f._cipher, f._source, 0, f.length, view))
+    decrypt_ranges(jobs, executor=executor, progress=progress)
 
 
 def open_sealed_file(

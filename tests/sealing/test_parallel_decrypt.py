@@ -1,0 +1,175 @@
+"""Decrypting several sealed files in one pass over a thread pool (issue #4's load path).
+
+``SealedModel.load_state_dict`` decrypts every shard of a model as one set of pool tasks
+(``read_files_into``): the plan must cover every chunk exactly once, any failing chunk in any
+file must wipe every output buffer, and the results must be byte for byte those of the
+one-file path.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save
+
+from agent.loader import SealedModel, seal_model
+from sealing.errors import DECRYPTION_FAILED, DecryptionError
+from sealing.weights import (
+    BytesSource,
+    FileKind,
+    SealedFile,
+    _chunks,
+    key_fingerprint,
+    open_sealed_file,
+    read_files_into,
+    seal_bytes,
+)
+from sealing.weights._keys import WIPE_BLOCK_BYTES, wipe
+from tests.sealing.helpers import DEK, MODEL_ID, VERSION, Rng
+
+CS = 4096
+#: Plaintext lengths: empty, one partial chunk, exact chunks, and several batches plus a part.
+LENGTHS = (0, 100, 3 * CS, 11 * CS + 7)
+
+
+def _sealed(name: str, data: bytes) -> bytes:
+    return seal_bytes(
+        data,
+        DEK,
+        kind=FileKind.OTHER,
+        name=name,
+        model_id=MODEL_ID,
+        model_version=VERSION,
+        key_id=key_fingerprint(DEK),
+        rng=Rng(name.encode()),
+        chunk_size=CS,
+    )
+
+
+def _open(name: str, sealed: bytes | bytearray, pool: ThreadPoolExecutor) -> SealedFile:
+    return open_sealed_file(
+        BytesSource(sealed),
+        len(sealed),
+        DEK,
+        model_id=MODEL_ID,
+        model_version=VERSION,
+        name=name,
+        executor=pool,
+    )
+
+
+def _plaintexts() -> dict[str, bytes]:
+    rng = np.random.default_rng(4)
+    return {f"f{n}.bin": rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in LENGTHS}
+
+
+@pytest.fixture
+def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches of 4 chunks and a 4-chunk single-chunk tail, so small files exercise both."""
+    monkeypatch.setattr(_chunks, "BATCH_BYTES", 4 * CS)
+    monkeypatch.setattr(_chunks, "TAIL_BYTES", 4 * CS)
+
+
+@pytest.mark.usefixtures("small_batches")
+def test_plan_covers_every_chunk_once_in_order_with_a_single_chunk_tail() -> None:
+    plain = _plaintexts()
+    with ThreadPoolExecutor(2) as pool:
+        files = [_open(n, _sealed(n, d), pool) for n, d in plain.items()]
+        jobs = [(f._cipher, f._source, 0, f.length, memoryview(bytearray(f.length))) for f in files]
+        plan = _chunks._plan(jobs)
+    covered = [(j, i) for j, batch in plan for i in batch]
+    expected = [(j, i) for j, f in enumerate(files) for i in range(-(-f.length // CS))]
+    assert covered == expected  # every chunk once, in file order; the empty file has none
+    sizes = [len(batch) for _, batch in plan]
+    assert max(sizes) == 4  # BATCH_BYTES // CS
+    assert sizes[-4:] == [1, 1, 1, 1]  # the last TAIL_BYTES go one chunk per task
+    assert sum(sizes[:-4]) == len(covered) - 4
+
+
+@pytest.mark.usefixtures("small_batches")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_read_files_into_matches_each_file_and_reports_progress(threads: int) -> None:
+    plain = _plaintexts()
+    done: list[int] = []
+    with ThreadPoolExecutor(threads) as pool:
+        files = [_open(n, _sealed(n, d), pool) for n, d in plain.items()]
+        outs = [bytearray(f.length) for f in files]
+        read_files_into(
+            [(f, memoryview(o)) for f, o in zip(files, outs, strict=True)],
+            executor=pool if threads > 1 else None,
+            progress=done.append,
+        )
+    assert [bytes(o) for o in outs] == list(plain.values())
+    assert sum(done) == sum(LENGTHS)
+
+
+@pytest.mark.usefixtures("small_batches")
+@pytest.mark.parametrize("victim", [2, 3])
+def test_a_bad_chunk_in_any_file_wipes_every_output(victim: int) -> None:
+    """Never partial plaintext: the files (and chunks) that did authenticate are wiped too."""
+    plain = _plaintexts()
+    names = list(plain)
+    sealed = [bytearray(_sealed(n, plain[n])) for n in names]
+    body = int.from_bytes(sealed[victim][12:16], "big")  # header length: chunk 0 follows
+    sealed[victim][body + 5] ^= 0x01  # chunk 0: opening (which checks the final chunk) passes
+    with ThreadPoolExecutor(2) as pool:
+        files = [_open(n, s, pool) for n, s in zip(names, sealed, strict=True)]
+        outs = [bytearray(b"\xaa" * f.length) for f in files]
+        with pytest.raises(DecryptionError) as exc:
+            read_files_into(
+                [(f, memoryview(o)) for f, o in zip(files, outs, strict=True)], executor=pool
+            )
+    assert str(exc.value) == DECRYPTION_FAILED
+    assert all(o == bytes(len(o)) for o in outs)
+
+
+def test_read_files_into_refuses_a_wrong_size_buffer() -> None:
+    with ThreadPoolExecutor(2) as pool:
+        f = _open("f.bin", _sealed("f.bin", b"x" * 10), pool)
+        with pytest.raises(ValueError, match="plaintext length"):
+            read_files_into([(f, memoryview(bytearray(9)))], executor=pool)
+
+
+def test_model_state_dict_over_many_shards_equals_the_plaintext(tmp_path: Path) -> None:
+    """Shards of different sizes (one empty) decrypted in one pass, on 1 and on 2 threads."""
+    rng = np.random.default_rng(9)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    want: dict[str, np.ndarray] = {}
+    for s, rows in enumerate((0, 1, 37, 600)):
+        tensors = {f"s{s}.w": rng.standard_normal((rows, 33), dtype=np.float32)}
+        if s == 2:
+            tensors["s2.mask"] = rng.integers(0, 2, 13, dtype=np.uint8).astype(np.bool_)
+        (plain / f"model-{s}.safetensors").write_bytes(save(tensors))
+        want |= tensors
+    seal_model(
+        plain,
+        tmp_path / "sealed",
+        DEK,
+        model_id=MODEL_ID,
+        model_version=VERSION,
+        rng=Rng(b"many"),
+        chunk_size=CS,
+        threads=1,
+    )
+    for threads in (1, 2):
+        with SealedModel(
+            tmp_path / "sealed", DEK, model_id=MODEL_ID, model_version=VERSION, threads=threads
+        ) as model:
+            got = model.load_state_dict()
+        assert set(got) == set(want)
+        for name, arr in want.items():
+            assert got[name].dtype == arr.dtype
+            np.testing.assert_array_equal(got[name], arr)
+
+
+@pytest.mark.parametrize("size", [0, 1, WIPE_BLOCK_BYTES - 1, 2 * WIPE_BLOCK_BYTES + 5])
+def test_wipe_zeroes_every_byte_and_only_the_view(size: int) -> None:
+    buf = bytearray(b"\xff" * (size + 6))
+    wipe(memoryview(buf)[3 : 3 + size])
+    assert buf[:3] == b"\xff" * 3
+    assert buf[3 + size :] == b"\xff" * 3
+    assert buf[3 : 3 + size] == bytes(size)
