@@ -4,19 +4,32 @@ Trust comes only from a pinned root passed in by the caller. A chain may end wit
 root (NVIDIA device chains do) or with a certificate the root issued directly; either way the
 last signature is checked with the *pinned* root's key, never with a key the device sent.
 Validity is judged at the time given, never at the host clock.
+
+ECDSA links are checked without holding the GIL where that is exactly the check
+``verify_directly_issued_by`` makes (``_fast_link_verify``), and a chain's link signatures run
+concurrently on the small shared verification pool defined here (also used by the RIM, OCSP
+and GPU pipeline code), with results read in chain order: the error raised never depends on
+thread timing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
+from typing import Any, Generic, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from attest.errors import ChainError, InputError
@@ -30,6 +43,154 @@ MAX_CHAIN_CERTS = 10
 MAX_CERT_BYTES = 16 * 1024
 
 _PEM_BEGIN = b"-----BEGIN CERTIFICATE-----"
+
+
+# --------------------------------------------------------------------------------------------
+# The shared verification pool
+#
+# ``cryptography`` releases the GIL while OpenSSL checks an ECDSA signature
+# (``EllipticCurvePublicKey.verify``), so independent signature checks (the links of a chain,
+# OCSP responses, a report signature next to the RIMs' Python XML work) run truly in parallel
+# on a multi-core machine. They run on one small pool shared by every verifier of the process,
+# created on first use. Each piece of work is a ``Deferred``: whoever needs it first runs it, a
+# pool thread or the caller itself, so a caller never waits for work nobody has started (no
+# deadlock when pool threads wait on each other, and no pool at all still gives the sequential
+# result). Callers read the results in their own fixed order, so the failure they report is
+# the same whatever the threads' timing.
+
+T = TypeVar("T")
+
+#: Pool threads never exceed this: the work is a handful of signatures per verification, and
+#: each thread beyond the cores only adds GIL hand-offs.
+MAX_POOL_WORKERS = 4
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+class _PoolState:
+    """The process's one verification pool, created on first use."""
+
+    def __init__(self) -> None:
+        #: Pool threads: one fewer than the usable cores (the calling thread works too), at
+        #: least one on a multi-core machine, none (all work in the caller) on a single core.
+        self.workers = min(MAX_POOL_WORKERS, _usable_cpus() - 1)
+        self.pool: ThreadPoolExecutor | None = None
+        self.lock = threading.Lock()
+
+    def get(self) -> ThreadPoolExecutor | None:
+        if self.workers <= 0:
+            return None
+        pool = self.pool
+        if pool is None:
+            with self.lock:
+                if self.pool is None:
+                    self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="lessee-verify")
+                pool = self.pool
+        return pool
+
+    def after_fork_in_child(self) -> None:
+        """A forked child has none of the parent's threads: it starts its own pool if needed."""
+        self.pool, self.lock = None, threading.Lock()
+
+
+_POOL = _PoolState()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_POOL.after_fork_in_child)
+
+
+def pool_workers() -> int:
+    """How many pool threads verification uses (0: none, all work in the calling thread)."""
+    return _POOL.workers
+
+
+def set_pool_workers(workers: int) -> int:
+    """Use ``workers`` pool threads from now on (0: run everything in the calling thread);
+    return the previous number. For tests, and for hosts that want verification on one core."""
+    if workers < 0:
+        raise InputError("pool workers must be >= 0")
+    with _POOL.lock:
+        previous, _POOL.workers = _POOL.workers, min(workers, MAX_POOL_WORKERS)
+        old, _POOL.pool = _POOL.pool, None
+    if old is not None:
+        old.shutdown(wait=False)
+    return previous
+
+
+class Deferred(Generic[T]):
+    """One call, run exactly once: by a pool thread, or by the first caller of ``result()``
+    (or ``run_here()``) if no thread has started it yet. Its exception is kept and raised
+    by ``result()``, in the caller's thread, at the point where the caller asks."""
+
+    __slots__ = ("_call", "_claim", "_done", "_error", "_value")
+
+    def __init__(self, call: Callable[[], T]) -> None:
+        self._call: Callable[[], T] | None = call
+        self._claim = threading.Lock()
+        self._done = threading.Event()
+        self._value: T | None = None
+        self._error: BaseException | None = None
+
+    def run_here(self) -> None:
+        """Run the call in this thread unless someone already started it."""
+        if not self._claim.acquire(blocking=False):
+            return
+        call, self._call = self._call, None
+        assert call is not None
+        try:
+            self._value = call()
+        except BaseException as exc:  # kept and re-raised by result(), in the asking thread
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def wait(self) -> None:
+        """Block until the call has run (without running it here)."""
+        self._done.wait()
+
+    def result(self) -> T:
+        """The call's value, or its exception raised here; runs it here if nobody has."""
+        self.run_here()
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
+
+
+def offer(deferred: Deferred[T]) -> Deferred[T]:
+    """Let a pool thread start ``deferred`` (when there is a pool); returns it."""
+    pool = _POOL.get()
+    if pool is not None:
+        with contextlib.suppress(RuntimeError):  # shutting down: whoever needs it runs it
+            pool.submit(deferred.run_here)
+    return deferred
+
+
+def defer(call: Callable[[], T]) -> Deferred[T]:
+    """``call`` as a Deferred already offered to the pool."""
+    return offer(Deferred(call))
+
+
+def settle(deferreds: Sequence[Deferred[Any]]) -> None:
+    """Run here, in order, every one nobody has started, then wait for the others."""
+    for d in deferreds:
+        d.run_here()
+    for d in deferreds:
+        d.wait()
+
+
+def run_all(calls: Sequence[Callable[[], T]]) -> list[Deferred[T]]:
+    """Run ``calls`` concurrently (the first one in this thread) and return them settled, in
+    the given order; read each with ``result()``. One call (or no pool) runs right here."""
+    done = [Deferred(c) for c in calls]
+    for d in done[1:]:
+        offer(d)
+    settle(done)
+    return done
 
 
 #: What cryptography raises for a certificate it cannot decode (names and extensions are
@@ -160,14 +321,112 @@ def _check_validity(cert: x509.Certificate, at: datetime, what: str) -> None:
         )
 
 
-def _check_signed_by(child: x509.Certificate, issuer: x509.Certificate, what: str) -> None:
+#: The exact DER AlgorithmIdentifier of ecdsa-with-SHA256/384/512 (RFC 5758: parameters
+#: absent), with the hash each names: the only signature algorithms the fast link check takes.
+_ECDSA_ALGORITHM_IDS: dict[bytes, type[hashes.HashAlgorithm]] = {
+    bytes.fromhex("300a06082a8648ce3d040302"): hashes.SHA256,
+    bytes.fromhex("300a06082a8648ce3d040303"): hashes.SHA384,
+    bytes.fromhex("300a06082a8648ce3d040304"): hashes.SHA512,
+}
+
+
+@dataclass(frozen=True)
+class _SignedParts:
+    """The pieces of a certificate's DER that a link signature check compares or verifies."""
+
+    tbs: bytes  #: the whole TBSCertificate: the signed bytes
+    outer_algorithm: bytes  #: Certificate.signatureAlgorithm (DER)
+    inner_algorithm: bytes  #: TBSCertificate.signature (DER)
+    issuer: bytes  #: TBSCertificate.issuer (DER)
+    subject: bytes  #: TBSCertificate.subject (DER)
+
+
+def _signed_parts(der: bytes) -> _SignedParts | None:
+    """Split a certificate's DER; None if it is not shaped as X.509 says (never for a
+    certificate ``cryptography`` loaded, whose DER this is: kept as a guard)."""
+    try:
+        tag, start, _ = _tlv(der, 0)
+        tbs_tag, tbs_start, tbs_end = _tlv(der, start)
+        alg_tag, _, alg_end = _tlv(der, tbs_end)
+        if tag != 0x30 or tbs_tag != 0x30 or alg_tag != 0x30:
+            return None
+        pos = tbs_start
+        tag, _, field_end = _tlv(der, pos)
+        if tag == 0xA0:  # [0] EXPLICIT version
+            pos = field_end
+        fields: list[bytes] = []
+        # serialNumber, signature, issuer, validity, subject
+        for expected in (0x02, 0x30, 0x30, 0x30, 0x30):
+            tag, _, field_end = _tlv(der, pos)
+            if tag != expected:
+                return None
+            fields.append(der[pos:field_end])
+            pos = field_end
+    except ValueError:
+        return None
+    return _SignedParts(
+        tbs=der[start:tbs_end],
+        outer_algorithm=der[tbs_end:alg_end],
+        inner_algorithm=fields[1],
+        issuer=fields[2],
+        subject=fields[4],
+    )
+
+
+def _fast_link_verify(
+    child: x509.Certificate, issuer: x509.Certificate, child_der: bytes, issuer_der: bytes
+) -> bool:
+    """Check the link signature with ``EllipticCurvePublicKey.verify`` (which releases the GIL)
+    instead of ``verify_directly_issued_by`` (which holds it): True when checked and valid,
+    InvalidSignature raised when checked and invalid, False when this is not exactly the same
+    check (the caller then runs ``verify_directly_issued_by``).
+
+    ``verify_directly_issued_by`` (cryptography's Rust code) requires the TBSCertificate's
+    signature algorithm to equal the outer one, the child's issuer name to equal the issuer's
+    subject name, then verifies the outer signature over the TBSCertificate with the issuer's
+    key and the algorithm's hash. Here the same three steps are taken, only for an outer and
+    inner algorithm both exactly ecdsa-with-SHA256/384/512 without parameters, names equal
+    byte for byte, and an EC issuer key; anything else (RSA, PSS, EdDSA, parameters present,
+    names that differ in any byte) goes the original way, so its outcome stays the original.
+    """
+    parts = _signed_parts(child_der)
+    issuer_parts = _signed_parts(issuer_der)
+    if parts is None or issuer_parts is None:
+        return False
+    hash_type = _ECDSA_ALGORITHM_IDS.get(parts.outer_algorithm)
+    if hash_type is None or parts.inner_algorithm != parts.outer_algorithm:
+        return False
+    if parts.issuer != issuer_parts.subject:
+        return False
+    key = issuer.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        return False
+    key.verify(child.signature, parts.tbs, ec.ECDSA(hash_type()))
+    return True
+
+
+def _check_signed_by(
+    child: x509.Certificate,
+    issuer: x509.Certificate,
+    what: str,
+    *,
+    child_der: bytes | None = None,
+    issuer_der: bytes | None = None,
+) -> None:
+    """Issuer name, then signature (ECDSA fast path where it is the same check)."""
     if child.issuer != issuer.subject:
         raise ChainError(
             f"{what}: issuer of '{describe(child)}' is not '{describe(issuer)}'",
             reason="issuer_mismatch",
         )
     try:
-        child.verify_directly_issued_by(issuer)
+        if not _fast_link_verify(
+            child,
+            issuer,
+            child_der if child_der is not None else _der(child),
+            issuer_der if issuer_der is not None else _der(issuer),
+        ):
+            child.verify_directly_issued_by(issuer)
     except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise ChainError(
             f"{what}: signature on '{describe(child)}' does not verify with '{describe(issuer)}'",
@@ -223,6 +482,37 @@ def _der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(Encoding.DER)
 
 
+@dataclass(frozen=True)
+class _Link:
+    """One link of a chain: ``child`` signed by ``issuer``, with both DER encodings."""
+
+    child: x509.Certificate
+    issuer: x509.Certificate
+    child_der: bytes
+    issuer_der: bytes
+
+    def check(self, what: str) -> None:
+        _check_signed_by(
+            self.child, self.issuer, what, child_der=self.child_der, issuer_der=self.issuer_der
+        )
+
+    def window(self) -> tuple[datetime, datetime]:
+        """When both certificates are valid: the times a remembered answer may be used."""
+        return (
+            max(self.child.not_valid_before_utc, self.issuer.not_valid_before_utc),
+            min(self.child.not_valid_after_utc, self.issuer.not_valid_after_utc),
+        )
+
+
+@dataclass(frozen=True)
+class _Claim:
+    """How one link of a chain being verified gets its answer (see ``_LinkCache.claim``)."""
+
+    kind: str  #: "hit" (remembered), "own" (this chain checks it), "shared" (another does)
+    deferred: Deferred[None] | None = None
+    key: tuple[bytes, bytes] | None = None
+
+
 def _verify_chain(
     chain: tuple[x509.Certificate, ...],
     *,
@@ -239,6 +529,11 @@ def _verify_chain(
     already has them, saves serialising the certificates again for the link keys. Only the
     signature and issuer-name check of a link is ever taken from the cache; lengths, validity at
     ``at``, CA and path-length rules and the pinned-root comparison run every time.
+
+    The link signatures not remembered are checked concurrently (the shared pool), then every
+    result is read in chain order, interleaved with the CA checks exactly as a sequential walk
+    does them: the error raised is the one the sequential walk raises, whatever the timing, and
+    a link after the first failure is neither counted nor remembered.
     """
     at = require_aware(at)
     if not chain:
@@ -252,33 +547,40 @@ def _verify_chain(
             f"{what}: expected exactly {expected_length} certificates, got {len(chain)}",
             reason="length",
         )
-    for cert in (*chain, root):
+    certs = (*chain, root)
+    for cert in certs:
         _check_validity(cert, at, what)
     if ders is None:
-        ders = tuple(_der(c) for c in (*chain, root))
-
-    def signed_by(child: int, issuer: int) -> None:
-        issuer_cert = root if issuer == len(chain) else chain[issuer]
-        if links is None:
-            _check_signed_by(chain[child], issuer_cert, what)
-        else:
-            links.check(
-                chain[child],
-                issuer_cert,
-                child_der=ders[child],
-                issuer_der=ders[issuer],
-                at=at,
-                what=what,
-            )
-
-    for i in range(len(chain) - 1):
-        signed_by(i, i + 1)
-        _check_is_ca(chain[i + 1], i, what)
-    if ders[len(chain) - 1] != ders[len(chain)]:
-        signed_by(len(chain) - 1, len(chain))
-        _check_is_ca(root, len(chain) - 1, what)
-    valid_from = max(c.not_valid_before_utc for c in (*chain, root))
-    valid_until = min(c.not_valid_after_utc for c in (*chain, root))
+        ders = tuple(_der(c) for c in certs)
+    n = len(chain)
+    # (child, issuer) positions in ``certs``: each link, then the pinned root's signature on
+    # the top certificate unless the chain ends with a byte-identical copy of that root
+    pairs = [(i, i + 1) for i in range(n - 1)]
+    if ders[n - 1] != ders[n]:
+        pairs.append((n - 1, n))
+    todo = [_Link(certs[c], certs[p], ders[c], ders[p]) for c, p in pairs]
+    if links is None:
+        claims = [_Claim("own", Deferred(partial(link.check, what))) for link in todo]
+    else:
+        claims = [links.claim(link, at, what) for link in todo]
+    own = [c.deferred for c in claims if c.kind == "own" and c.deferred is not None]
+    for deferred in own[1:]:  # the first runs here, right away
+        offer(deferred)
+    settle([c.deferred for c in claims if c.deferred is not None])
+    try:
+        for (child, issuer), link, claim in zip(pairs, todo, claims, strict=True):
+            if links is None:
+                assert claim.deferred is not None
+                claim.deferred.result()
+            else:
+                links.commit(claim, link, what)
+            _check_is_ca(certs[issuer], child, what)
+    finally:
+        if links is not None:
+            for claim in claims:
+                links.release(claim)
+    valid_from = max(c.not_valid_before_utc for c in certs)
+    valid_until = min(c.not_valid_after_utc for c in certs)
     return VerifiedChain(certs=chain, root=root, valid_from=valid_from, valid_until=valid_until)
 
 
@@ -290,14 +592,81 @@ class _LinkCache:
     shared signature once. A link is remembered with the window in which both certificates are
     valid and answered only inside it; a failed link is never remembered. The key is the pair of
     exact DER encodings, so a hit is the very same signature over the very same bytes.
+
+    A link being checked right now for one chain is not checked a second time for another
+    chain verified at the same moment (the two RIM chains of one GPU): the second waits for
+    that check and counts it as a hit when it passed; when it failed, the second checks the
+    link itself, so its error names its own chain. Checking a signature does not depend on the
+    verification time, only using a remembered answer does.
     """
 
     def __init__(self, max_entries: int) -> None:
         self._max = max_entries
         self._entries: OrderedDict[tuple[bytes, bytes], tuple[datetime, datetime]] = OrderedDict()
+        self._running: dict[tuple[bytes, bytes], Deferred[None]] = {}
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+
+    def claim(self, link: _Link, at: datetime, what: str) -> _Claim:
+        """A remembered answer valid at ``at``, a check already running, or a new check (not
+        started: the caller runs it or offers it to the pool)."""
+        key = (link.child_der, link.issuer_der)
+        with self._lock:
+            window = self._entries.get(key)
+            if window is not None and window[0] <= at <= window[1]:
+                self._entries.move_to_end(key)
+                return _Claim("hit")
+            running = self._running.get(key)
+            if running is not None:
+                return _Claim("shared", running)
+            deferred: Deferred[None] = Deferred(partial(link.check, what))
+            self._running[key] = deferred
+            return _Claim("own", deferred, key)
+
+    def commit(self, claim: _Claim, link: _Link, what: str) -> None:
+        """Count the link, raise its ChainError, or remember it (called in chain order)."""
+        if claim.kind == "hit":
+            with self._lock:
+                self.hits += 1
+            return
+        assert claim.deferred is not None
+        if claim.kind == "shared":
+            try:
+                claim.deferred.result()
+            except ChainError:
+                pass  # checked again below, so the error names this chain
+            else:
+                with self._lock:
+                    self.hits += 1
+                return
+            with self._lock:
+                self.misses += 1
+            link.check(what)
+        else:
+            with self._lock:
+                self.misses += 1
+            try:
+                claim.deferred.result()
+            finally:
+                self.release(claim)
+        self._remember((link.child_der, link.issuer_der), link.window())
+
+    def release(self, claim: _Claim) -> None:
+        """Forget a check this chain started (done, or no longer wanted): later chains either
+        find its answer remembered or check the link themselves."""
+        if claim.kind != "own" or claim.key is None:
+            return
+        with self._lock:
+            if self._running.get(claim.key) is claim.deferred:
+                del self._running[claim.key]
+
+    def _remember(self, key: tuple[bytes, bytes], window: tuple[datetime, datetime]) -> None:
+        with self._lock:
+            self._entries[key] = window
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
 
     def check(
         self,
@@ -309,24 +678,13 @@ class _LinkCache:
         at: datetime,
         what: str,
     ) -> None:
-        key = (child_der, issuer_der)
-        with self._lock:
-            window = self._entries.get(key)
-            if window is not None and window[0] <= at <= window[1]:
-                self._entries.move_to_end(key)
-                self.hits += 1
-                return
-            self.misses += 1
-        _check_signed_by(child, issuer, what)
-        window = (
-            max(child.not_valid_before_utc, issuer.not_valid_before_utc),
-            min(child.not_valid_after_utc, issuer.not_valid_after_utc),
-        )
-        with self._lock:
-            self._entries[key] = window
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._max:
-                self._entries.popitem(last=False)
+        """One link, in this thread: a remembered answer or a real check (then remembered)."""
+        link = _Link(child, issuer, child_der, issuer_der)
+        claim = self.claim(link, at, what)
+        try:
+            self.commit(claim, link, what)
+        finally:
+            self.release(claim)
 
     def __len__(self) -> int:
         with self._lock:

@@ -23,7 +23,12 @@ that passes every check):
   informational, for the case that NVIDIA's responder works that way;
 * ``gpu_verify_cold``: the issue #2 "full cold pipeline" (chain + both RIMs with XML-DSig +
   stapled OCSP), measured as one ``gpu_verify_cold_pipeline`` run followed by one
-  ``ocsp_stapled_cold`` run per sample; target <= 10 ms;
+  ``ocsp_stapled_cold`` run per sample; target <= 10 ms. The verifier runs independent
+  signature checks and the RIMs' XML work concurrently on its shared pool
+  (``attest.x509chain``; ``pool_workers`` says how many threads besides the caller);
+* ``gpu_verify_cold_one_thread``: the same work with the pool off (everything in the calling
+  thread), measured in the same run: what the cold pipeline costs in CPU, and how much of the
+  ``gpu_verify_cold`` time the second core saves; informational;
 * ``cli_gpu_verify_process``: ``lessee gpu verify`` as a whole process (imports included).
 """
 
@@ -57,6 +62,7 @@ from attest.revocation.ocsp import (
     nvidia_device_ocsp_indices,
     nvidia_rim_ocsp_indices,
 )
+from attest.x509chain import set_pool_workers
 from bench.timing import median_seconds, row
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -239,6 +245,11 @@ def run() -> list[dict[str, object]]:
         _ocsp_cold(shapes["issuer"])
 
     full = median_seconds(full_cold, repeat=40, warmup=3)
+    workers = set_pool_workers(0)
+    try:
+        one_thread = median_seconds(full_cold, repeat=40, warmup=3)
+    finally:
+        set_pool_workers(workers)
 
     argv = [
         sys.executable,
@@ -315,6 +326,14 @@ def run() -> list[dict[str, object]]:
             measured="one gpu_verify_cold_pipeline run + one ocsp_stapled_cold run per sample",
             pipeline_ms=round(cold * 1e3, 4),
             ocsp_ms=round(ocsp_ms["issuer"] * 1e3, 4),
+            pool_workers=workers,
+            baseline_name="p384_verify",
+            baseline_seconds=baseline,
+        ),
+        row(
+            "gpu_verify_cold_one_thread",
+            one_thread,
+            measured="as gpu_verify_cold, with the verification pool off (one thread)",
             baseline_name="p384_verify",
             baseline_seconds=baseline,
         ),

@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import threading
 from dataclasses import dataclass
 from typing import Literal
 
@@ -507,7 +508,9 @@ def _b64(text: str | None, field: str, *, limit: int) -> bytes:
         raise _err("not base64", field) from None
 
 
-def _parse_signature(sig: etree._Element) -> tuple[x509.Certificate, ...]:
+def _parse_signature(
+    sig: etree._Element, certificates: CertificateMemo | None = None
+) -> tuple[x509.Certificate, ...]:
     f = "Signature"
     if sig.attrib:
         raise _err("unexpected attribute on ds:Signature", f)
@@ -584,7 +587,9 @@ def _parse_signature(sig: etree._Element) -> tuple[x509.Certificate, ...]:
         if ce.tag != _q(DS_NS, "X509Certificate") or ce.attrib or len(ce):
             raise _err("expected an X509Certificate holding base64 text only", cf)
         der = _b64(ce.text, cf, limit=MAX_CERT_B64_CHARS)
-        certs.append(_load_certificate(der, cf))
+        certs.append(
+            certificates.load(der, cf) if certificates is not None else _load_certificate(der, cf)
+        )
     return tuple(certs)
 
 
@@ -602,6 +607,42 @@ def _load_certificate(der: bytes, field: str) -> x509.Certificate:
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise _err(f"malformed certificate: {str(exc)[:120]}", field) from None
     return cert
+
+
+#: Certificates one ``CertificateMemo`` keeps: a fleet's RIMs are signed by a handful of L4
+#: signers under one L3, CA and root, so a few dozen is plenty.
+DEFAULT_CERTIFICATE_MEMO_ENTRIES = 64
+
+
+class CertificateMemo:
+    """KeyInfo certificates already loaded and checked, by their exact DER (bounded, oldest
+    out first, thread-safe).
+
+    The driver and VBIOS RIMs of a GPU embed the same L3, CA and root certificates; loading
+    one and decoding every field ``_load_certificate`` touches costs about as much as a tenth
+    of a RIM's parse. A certificate is immutable and equal DER gives an equal certificate, so a
+    hit is exactly what loading again gives; a DER that failed to load is never kept.
+    """
+
+    def __init__(self, max_entries: int = DEFAULT_CERTIFICATE_MEMO_ENTRIES) -> None:
+        self._max = max_entries
+        self._entries: dict[bytes, x509.Certificate] = {}
+        self._lock = threading.Lock()
+
+    def load(self, der: bytes, field: str) -> x509.Certificate:
+        """``_load_certificate(der, field)``, from memory when this DER loaded before."""
+        hit = self._entries.get(der)
+        if hit is not None:
+            return hit
+        cert = _load_certificate(der, field)
+        with self._lock:
+            self._entries[der] = cert
+            while len(self._entries) > self._max:
+                del self._entries[next(iter(self._entries))]
+        return cert
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 def _signer_chain(certs: tuple[x509.Certificate, ...]) -> tuple[x509.Certificate, ...]:
@@ -649,7 +690,9 @@ def parse_rim(data: bytes) -> Rim:
     return _parse(data, with_content=False)[0]
 
 
-def parse_rim_with_content(data: bytes) -> tuple[Rim, bytes]:
+def parse_rim_with_content(
+    data: bytes, *, certificates: CertificateMemo | None = None
+) -> tuple[Rim, bytes]:
     """``parse_rim``, plus the canonical form of the content its signature covers.
 
     The second value is the document with its ``ds:Signature`` removed (the enveloped-signature
@@ -660,9 +703,10 @@ def parse_rim_with_content(data: bytes) -> tuple[Rim, bytes]:
     signature, and the document need not be parsed and read a second time.
 
     A document that parses but cannot be canonicalised (a relative namespace URI) is refused
-    here with ``RimParseError``: no signature can cover it.
+    here with ``RimParseError``: no signature can cover it. ``certificates``: KeyInfo
+    certificates loaded before (by another RIM of the same signer chain) are reused.
     """
-    rim, content = _parse(data, with_content=True)
+    rim, content = _parse(data, with_content=True, certificates=certificates)
     assert content is not None
     return rim, content
 
@@ -685,7 +729,9 @@ def _signed_content(root: etree._Element, signature: etree._Element) -> bytes:
         raise _err(f"the document cannot be canonicalised (C14N): {str(exc)[:80]}") from None
 
 
-def _parse(data: bytes, *, with_content: bool) -> tuple[Rim, bytes | None]:
+def _parse(
+    data: bytes, *, with_content: bool, certificates: CertificateMemo | None = None
+) -> tuple[Rim, bytes | None]:
     root = parse_document(data)
     kids = _children(root, "SoftwareIdentity")
     sigs = [k for k in kids if k.tag == _q(DS_NS, "Signature")]
@@ -696,7 +742,7 @@ def _parse(data: bytes, *, with_content: bool) -> tuple[Rim, bytes | None]:
     nested = root.findall(f".//{_q(DS_NS, 'Signature')}")
     if len(nested) != 1:
         raise _err("a ds:Signature appears inside the signed content", "SoftwareIdentity")
-    certs = _parse_signature(sigs[0])
+    certs = _parse_signature(sigs[0], certificates)
     body = read_body(root)
     content = _signed_content(root, sigs[0]) if with_content else None
     rim = Rim(

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -39,6 +41,7 @@ from attest import roots
 from attest.errors import ChainError, VerificationError
 from attest.nvidia.rim_parse import (
     DS_NS,
+    CertificateMemo,
     Rim,
     RimBody,
     RimParseError,
@@ -47,7 +50,14 @@ from attest.nvidia.rim_parse import (
     read_body,
 )
 from attest.timeutil import require_aware
-from attest.x509chain import ChainCache, VerifiedChain, describe, verify_chain
+from attest.x509chain import (
+    ChainCache,
+    Deferred,
+    VerifiedChain,
+    defer,
+    describe,
+    verify_chain,
+)
 
 #: Verified RIMs remembered by one ``RimVerifier`` (a fleet uses a handful of driver/VBIOS pairs).
 DEFAULT_RIM_CACHE_ENTRIES = 256
@@ -230,23 +240,53 @@ def _verify(
     root: x509.Certificate | None,
     chain_cache: ChainCache | None,
 ) -> VerifiedRim:
+    return _start(rim, content, at=at, root=root, chain_cache=chain_cache)()
+
+
+def _start(
+    rim: Rim,
+    content: bytes | None,
+    *,
+    at: datetime,
+    root: x509.Certificate | None,
+    chain_cache: ChainCache | None,
+) -> Callable[[], VerifiedRim]:
+    """Start ``_verify``: signxml runs here and now, the signer chain on the pool; the returned
+    call waits for the chain and gives the result (or raises), in the sequential order."""
     at = require_aware(at)
     trust = root if root is not None else roots.nvidia_rim_root()
     what = f"RIM signer chain of {rim.name} {rim.version}"
-    try:
+
+    def signer_chain() -> VerifiedChain:
         if chain_cache is not None:
-            chain = chain_cache.verify(rim.signer_chain, root=trust, at=at, what=what)
+            return chain_cache.verify(rim.signer_chain, root=trust, at=at, what=what)
+        return verify_chain(rim.signer_chain, root=trust, at=at, what=what)
+
+    # The chain's signatures (GIL-free) are checked on the pool while signxml's Python XML
+    # work runs here with the first KeyInfo certificate, the one the chain must vouch for.
+    # signxml's outcome is only looked at once the chain and the signer passed, so the error
+    # raised is the one the sequential order gives: chain, then signer, then signature. (A RIM
+    # whose chain fails thus costs one signxml pass more than before: bounded, like the parse.)
+    chain_job = defer(signer_chain)
+    xml_job: Deferred[VerifyResult] | None = None
+    if rim.signer_chain:
+        xml_job = Deferred(partial(_signxml, rim.raw, rim.signer_chain[0], at))
+        xml_job.run_here()
+
+    def finish() -> VerifiedRim:
+        try:
+            chain = chain_job.result()
+        except ChainError as exc:
+            raise RimChainError(str(exc), chain_reason=exc.reason) from exc
+        _check_signer(chain.leaf)
+        result = xml_job.result() if xml_job is not None else _signxml(rim.raw, chain.leaf, at)
+        if content is not None:
+            _check_signed_content(content, result.signed_data)
         else:
-            chain = verify_chain(rim.signer_chain, root=trust, at=at, what=what)
-    except ChainError as exc:
-        raise RimChainError(str(exc), chain_reason=exc.reason) from exc
-    _check_signer(chain.leaf)
-    result = _signxml(rim.raw, chain.leaf, at)
-    if content is not None:
-        _check_signed_content(content, result.signed_data)
-    else:
-        _check_reread(rim, result)
-    return VerifiedRim(rim=rim, chain=chain)
+            _check_reread(rim, result)
+        return VerifiedRim(rim=rim, chain=chain)
+
+    return finish
 
 
 def verify_rim(
@@ -271,11 +311,13 @@ def verify_rim_bytes(
     at: datetime,
     root: x509.Certificate | None = None,
     chain_cache: ChainCache | None = None,
+    certificates: CertificateMemo | None = None,
 ) -> VerifiedRim:
     """Parse and verify raw RIM bytes as of ``at``; raise ``RimParseError`` or a verification
     error. The document is read once: its fields are proven to be the signed ones by comparing
-    the canonical form of the parsed tree with the bytes signxml verified."""
-    rim, content = parse_rim_with_content(data)
+    the canonical form of the parsed tree with the bytes signxml verified. ``certificates``
+    reuses KeyInfo certificates another RIM already loaded."""
+    rim, content = parse_rim_with_content(data, certificates=certificates)
     return _verify(rim, content, at=at, root=root, chain_cache=chain_cache)
 
 
@@ -295,6 +337,7 @@ class RimVerifier:
     ) -> None:
         self._root = root if root is not None else roots.nvidia_rim_root()
         self._chain_cache = chain_cache
+        self._certificates = CertificateMemo()
         self._max = max_entries
         self._entries: OrderedDict[bytes, VerifiedRim] = OrderedDict()
         self._lock = threading.Lock()
@@ -308,17 +351,36 @@ class RimVerifier:
             return hit
         return None
 
+    def remembered(self, data: bytes, *, at: datetime) -> VerifiedRim | None:
+        """What ``verify(data, at=at)`` answers from memory, or None (it would do the work)."""
+        return self._lookup(data, require_aware(at))
+
     def verify(self, rim: Rim | bytes, *, at: datetime) -> VerifiedRim:
         """Verify a parsed RIM or raw RIM bytes (parsed here) as of ``at``."""
         at = require_aware(at)
-        raw = rim if isinstance(rim, bytes) else rim.raw
-        hit = self._lookup(raw, at)
-        if hit is not None and (isinstance(rim, bytes) or hit.rim == rim):
-            return hit
         if isinstance(rim, bytes):
-            result = verify_rim_bytes(rim, at=at, root=self._root, chain_cache=self._chain_cache)
-        else:
-            result = verify_rim(rim, at=at, root=self._root, chain_cache=self._chain_cache)
+            return self.begin(rim, at=at)()
+        hit = self._lookup(rim.raw, at)
+        if hit is not None and hit.rim == rim:
+            return hit
+        return self._remember(
+            rim.raw, verify_rim(rim, at=at, root=self._root, chain_cache=self._chain_cache)
+        )
+
+    def begin(self, data: bytes, *, at: datetime) -> Callable[[], VerifiedRim]:
+        """``verify(data, at=at)`` in two halves, so a caller can start several RIMs before
+        waiting on any: the parse and signxml's XML work run here and now (``RimParseError``
+        raised here), the signer chain's signatures on the shared pool; the returned call
+        waits for them and returns the VerifiedRim or raises, exactly as ``verify`` would."""
+        at = require_aware(at)
+        hit = self._lookup(data, at)
+        if hit is not None:
+            return lambda: hit
+        rim, content = parse_rim_with_content(data, certificates=self._certificates)
+        finish = _start(rim, content, at=at, root=self._root, chain_cache=self._chain_cache)
+        return lambda: self._remember(data, finish())
+
+    def _remember(self, raw: bytes, result: VerifiedRim) -> VerifiedRim:
         with self._lock:
             self._entries[raw] = result
             self._entries.move_to_end(raw)

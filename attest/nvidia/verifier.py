@@ -34,6 +34,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
+from functools import partial
 from typing import Generic, Literal, Protocol, TypeVar
 
 from cryptography import x509
@@ -62,6 +63,7 @@ from attest.nvidia.opaque import (
     DeviceKind,
     DeviceReport,
     FeatureFlag,
+    OpaqueData,
     parse_device_report,
 )
 from attest.nvidia.rim import (
@@ -101,7 +103,7 @@ from attest.revocation.ocsp import (
     nvidia_rim_ocsp_indices,
 )
 from attest.timeutil import require_aware
-from attest.x509chain import ChainCache, VerifiedChain, describe
+from attest.x509chain import ChainCache, Deferred, VerifiedChain, describe, offer
 
 
 class Status(StrEnum):
@@ -328,7 +330,8 @@ class VerifierCaches:
       below them verified links (child, issuer), so the driver and VBIOS RIM chains pay for
       their shared L3 -> CA -> root signatures once even when cold; ``device_chains`` puts a
       memo keyed by the certificate objects in front of it (saves re-serialising five
-      certificates to build the byte key);
+      certificates to build the byte key), and ``device_chain_objects`` one keyed by the chain
+      tuple itself (saves hashing five certificates when the same evidence object comes back);
     * ``rims``: verified RIMs (XML-DSig + signer chain), by their exact bytes and window;
     * ``reports``: parsed reports, by the exact bytes of everything but the per-session
       fields (``ReportTemplates``), so a device's next report skips the strict parse;
@@ -360,6 +363,7 @@ class VerifierCaches:
         self.reports: ReportParser = ReportTemplates(max_entries)
         self.ocsp = OcspCache(max_entries * 4)
         self.device_chains: _Memo[tuple[x509.Certificate, ...], VerifiedChain] = _Memo(max_entries)
+        self.device_chain_objects: _ByIdentity[VerifiedChain] = _ByIdentity(max_entries)
         self.comparisons: _Memo[
             tuple[bytes, bytes, bytes, frozenset[int]], MeasurementComparison
         ] = _Memo(max_entries)
@@ -369,12 +373,26 @@ class VerifierCaches:
         # a device chain and two RIM chains per device
         self.revocation_keys = _RevocationKeys(max_entries * 3)
 
-    def device_chain(self, chain: tuple[x509.Certificate, ...], at: datetime) -> VerifiedChain:
-        hit = self.device_chains.get(chain)
+    def device_chain_remembered(
+        self, chain: tuple[x509.Certificate, ...], at: datetime
+    ) -> VerifiedChain | None:
+        """The verified chain for these certificates, if remembered and valid at ``at``."""
+        hit = self.device_chain_objects.get(chain)
+        if hit is None:
+            hit = self.device_chains.get(chain)
+            if hit is not None:
+                self.device_chain_objects.put(chain, hit)
         if hit is not None and hit.valid_from <= at <= hit.valid_until:
+            return hit
+        return None
+
+    def device_chain(self, chain: tuple[x509.Certificate, ...], at: datetime) -> VerifiedChain:
+        hit = self.device_chain_remembered(chain, at)
+        if hit is not None:
             return hit
         verified = verify_device_chain(chain, at=at, cache=self.chains, root=self.device_root)
         self.device_chains.put(chain, verified)
+        self.device_chain_objects.put(chain, verified)
         return verified
 
 
@@ -601,28 +619,95 @@ class _Context:
     caches: VerifierCaches
 
 
+@dataclass
+class _RimFetch:
+    """One RIM as fetched from the source (or why not), and its verification when it was
+    started ahead of its stage (``_ColdWork.start``)."""
+
+    rim_id: str
+    data: bytes | None = None
+    error: RimSelectionError | InputError | None = None
+    #: the cache's answer (looked up once), or the verification started ahead
+    remembered: VerifiedRim | None = None
+    verified: Deferred[VerifiedRim] | None = None
+
+
+def _fetch_rim(ctx: _Context, rim_id: str) -> _RimFetch:
+    try:
+        data = ctx.rim_source.rim_bytes(rim_id) if ctx.rim_source is not None else None
+    except (RimSelectionError, InputError) as exc:
+        return _RimFetch(rim_id, error=exc)
+    return _RimFetch(rim_id, data=data)
+
+
+@dataclass
+class _RimPlan:
+    """The RIMs a device needs, named from its signed report and fetched, in stage order.
+
+    ``error`` is the RimSelectionError of the first id that could not be made; the RIMs after
+    it are None, exactly those the sequential stages would not have reached.
+    """
+
+    driver: _RimFetch | None = None
+    vbios: _RimFetch | None = None
+    error: RimSelectionError | None = None
+
+    def fetched(self) -> tuple[_RimFetch, ...]:
+        return tuple(f for f in (self.driver, self.vbios) if f is not None)
+
+
+def _plan_rims(ctx: _Context, kind: DeviceKind, arch: Arch | None, opaque: OpaqueData) -> _RimPlan:
+    """Name and fetch the device's RIMs, in the order the RIM stages ask the source."""
+    plan = _RimPlan()
+    try:
+        if kind is DeviceKind.GPU:
+            plan.driver = _fetch_rim(
+                ctx,
+                driver_rim_id(
+                    arch=arch.value if arch else "",
+                    chip_info=opaque.chip_info,
+                    driver_version=opaque.driver_version or "",
+                ),
+            )
+            vbios_id = vbios_rim_id(
+                project=opaque.project or "",
+                project_sku=opaque.project_sku or "",
+                chip_sku=opaque.chip_sku or "",
+                vbios_version=opaque.vbios_version or "",
+            )
+        else:
+            vbios_id = switch_bios_rim_id(bios_version=opaque.vbios_version or "")
+        plan.vbios = _fetch_rim(ctx, vbios_id)
+    except RimSelectionError as exc:
+        plan.error = exc
+    return plan
+
+
 def _rim_stage(
     dev: _Device,
     ctx: _Context,
     *,
     label: str,
     claim_prefix: str,
-    rim_id: str,
+    fetched: _RimFetch,
     expected_kind: Literal["driver", "vbios"],
     report_version: str | None,
 ) -> tuple[RimChecks, VerifiedRim | None]:
-    """Fetch, parse, verify, revocation-check and version-check one RIM."""
-    rim_source, at, caches = ctx.rim_source, ctx.at, ctx.caches
-    try:
-        data = rim_source.rim_bytes(rim_id) if rim_source is not None else None
-    except (RimSelectionError, InputError) as exc:
-        dev.fail(f"{claim_prefix}-rim-fetched", rim_id, None, str(exc))
+    """Record the fetch; parse, verify, revocation-check and version-check one RIM."""
+    at, caches, rim_id, data = ctx.at, ctx.caches, fetched.rim_id, fetched.data
+    if fetched.error is not None:
+        dev.fail(f"{claim_prefix}-rim-fetched", rim_id, None, str(fetched.error))
         return RimChecks(rim_id=rim_id), None
     if data is None:
         dev.fail(f"{claim_prefix}-rim-fetched", rim_id, None, f"no {label} RIM available")
         return RimChecks(rim_id=rim_id), None
     try:
-        verified = caches.rims.verify(data, at=at)
+        if fetched.remembered is not None:
+            verified = fetched.remembered
+        elif fetched.verified is not None:
+            verified = fetched.verified.result()
+        else:
+            verified = caches.rims.verify(data, at=at)
     except RimParseError as exc:
         dev.fail(f"{claim_prefix}-rim-schema-validated", True, False, f"{rim_id}: {exc}")
         return RimChecks(rim_id=rim_id, fetched=True), None
@@ -777,6 +862,71 @@ def _measurements(
     return comparison.ok, not comparison.conflicts
 
 
+def _finish_rim(begun: Deferred[Callable[[], VerifiedRim]]) -> VerifiedRim:
+    return begun.result()()
+
+
+class _ColdWork:
+    """A device's expensive checks, started ahead where the caches do not answer them.
+
+    The device chain (4 link signatures), the report signature and each RIM not yet verified
+    (parse, signer chain, XML-DSig) depend on nothing the pipeline decides in between: each is
+    a pure function of its inputs. So the signature checks go to the shared pool (they release
+    the GIL) while this thread does what holds it, parsing both RIMs and running signxml on
+    them, each RIM's signer chain going to the pool behind the device's checks. The pipeline
+    reads each outcome (value or exception) at the step where it used to compute it, so every
+    failure is recorded in the same order with the same text as before. With nothing cold but
+    the report signature (warm caches) nothing is offered to the pool and no Deferred is made:
+    the pipeline then runs as it always did.
+    """
+
+    def __init__(self, evidence: DeviceEvidence, ctx: _Context, report: DeviceReport) -> None:
+        self._ctx, self._evidence, self._report = ctx, evidence, report
+        self._chain_hit = ctx.caches.device_chain_remembered(evidence.chain, ctx.at)
+        self._chain: Deferred[VerifiedChain] | None = None
+        self._signature: Deferred[None] | None = None
+
+    def start(self, rims: _RimPlan) -> None:
+        caches, at = self._ctx.caches, self._ctx.at
+        cold_rims: list[_RimFetch] = []
+        for fetched in rims.fetched():
+            if fetched.data is None:
+                continue
+            fetched.remembered = caches.rims.remembered(fetched.data, at=at)
+            if fetched.remembered is None:
+                cold_rims.append(fetched)
+        if not cold_rims and self._chain_hit is not None:
+            return  # warm: only the report signature, checked at its step
+        # The device chain's link signatures go to the pool first; this thread does the RIMs'
+        # Python work (parse, signxml) meanwhile, each RIM's signer chain going to the pool
+        # behind them, then the report signature, the first outcome this thread needs that the
+        # pool may not have started by then (it then checks it itself, alongside the pool).
+        # Outcomes are read at their own steps.
+        if self._chain_hit is None:
+            self._chain = offer(Deferred(partial(caches.device_chain, self._evidence.chain, at)))
+        for fetched in cold_rims:
+            assert fetched.data is not None
+            begun = Deferred(partial(caches.rims.begin, fetched.data, at=at))
+            begun.run_here()  # a RimParseError is kept, and raised at the RIM's stage
+            fetched.verified = Deferred(partial(_finish_rim, begun))
+        self._signature = offer(
+            Deferred(partial(verify_signature, self._report, self._evidence.chain[0]))
+        )
+
+    def device_chain(self) -> VerifiedChain:
+        if self._chain_hit is not None:
+            return self._chain_hit
+        if self._chain is not None:
+            return self._chain.result()
+        return self._ctx.caches.device_chain(self._evidence.chain, self._ctx.at)
+
+    def signature(self) -> None:
+        if self._signature is not None:
+            self._signature.result()
+        else:
+            verify_signature(self._report, self._evidence.chain[0])
+
+
 def _verify_one(
     evidence: DeviceEvidence, ctx: _Context
 ) -> tuple[DeviceResult, DeviceReport | None]:
@@ -827,12 +977,16 @@ def _verify_one(
         dev.fail(f"{p}-attestation-report-parsed", True, False, str(exc))
         return finish(DeviceChecks(kind=kind, arch_check=arch_ok), None)
     opaque = report.opaque
+    leaf = evidence.chain[0]
+    cold = _ColdWork(evidence, ctx, report)
+    rims = _plan_rims(ctx, kind, arch, opaque)
+    cold.start(rims)
 
     # 3. + 4. device chain and its revocation
     chain: VerifiedChain | None = None
     chain_claim = NOT_CHECKED_CHAIN
     try:
-        chain = caches.device_chain(evidence.chain, at)
+        chain = cold.device_chain()
     except ChainError as exc:
         status = _chain_status(exc)
         dev.fail(f"{p}-attestation-report-cert-chain", "valid", status, str(exc))
@@ -854,12 +1008,11 @@ def _verify_one(
             expiration=chain.valid_until,
             revocation_reason=reason,
         )
-    leaf = evidence.chain[0]
 
     # 5. signature (with the leaf as given; a chain failure above already rejects the device)
     signature_ok = False
     try:
-        verify_signature(report, leaf)
+        cold.signature()
         signature_ok = True
     except DeviceCheckError as exc:
         dev.fail(f"{p}-attestation-report-signature-verified", True, False, str(exc))
@@ -909,44 +1062,38 @@ def _verify_one(
     ):
         dev.fail("evidence.vbios_version", opaque.vbios_version, evidence.declared_vbios_version)
 
-    # 9. RIMs
+    # 9. RIMs (named, fetched and, when cold, begun above; their outcomes are read here)
     driver_checks, vbios_checks = RimChecks(), RimChecks()
     driver_rim: VerifiedRim | None = None
     vbios_rim: VerifiedRim | None = None
     try:
         if kind is DeviceKind.GPU:
-            driver_id = driver_rim_id(
-                arch=arch.value if arch else "",
-                chip_info=opaque.chip_info,
-                driver_version=opaque.driver_version or "",
-            )
+            if rims.driver is None:
+                assert rims.error is not None
+                raise rims.error
             driver_checks, driver_rim = _rim_stage(
                 dev,
                 ctx,
                 label="driver",
                 claim_prefix=f"{p}-driver",
-                rim_id=driver_id,
+                fetched=rims.driver,
                 expected_kind="driver",
                 report_version=opaque.driver_version,
-            )
-            vbios_id = vbios_rim_id(
-                project=opaque.project or "",
-                project_sku=opaque.project_sku or "",
-                chip_sku=opaque.chip_sku or "",
-                vbios_version=opaque.vbios_version or "",
             )
             prefix = f"{p}-vbios"
             label = "VBIOS"
         else:
-            vbios_id = switch_bios_rim_id(bios_version=opaque.vbios_version or "")
             prefix = f"{p}-bios"
             label = "switch BIOS"
+        if rims.vbios is None:
+            assert rims.error is not None
+            raise rims.error
         vbios_checks, vbios_rim = _rim_stage(
             dev,
             ctx,
             label=label,
             claim_prefix=prefix,
-            rim_id=vbios_id,
+            fetched=rims.vbios,
             expected_kind="vbios",
             report_version=opaque.vbios_version,
         )

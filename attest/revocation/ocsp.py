@@ -38,10 +38,11 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
+from functools import partial
 from typing import Literal, Protocol, runtime_checkable
 
 from cryptography import x509
@@ -55,7 +56,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, SignatureAlgorithmOID
 
 from attest.errors import InputError, ParseError, RevocationError
 from attest.timeutil import require_aware
-from attest.x509chain import describe, signature_bits_canonical
+from attest.x509chain import describe, run_all, signature_bits_canonical
 
 __all__ = [
     "CLOCK_SKEW",
@@ -242,12 +243,62 @@ def _public_key_bits(key: CertificatePublicKeyTypes) -> bytes:
     return spki[bits_start + 1 : bits_end]
 
 
+def _certificate_key_bits(cert: x509.Certificate, der: bytes | None = None) -> bytes:
+    """``_public_key_bits(cert.public_key())``, read from the certificate's DER where that is
+    provably the same bytes, because re-serialising a P-384 key costs several times more.
+
+    For an EC key whose certificate carries the point uncompressed (``04 || X || Y`` at the
+    curve's exact length, the only uncompressed form OpenSSL accepts), serialising the loaded
+    key gives back exactly that point; anything else (RSA, EdDSA, a compressed or hybrid
+    point) is serialised as before.
+    """
+    key = cert.public_key()
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        if der is None:
+            der = cert.public_bytes(serialization.Encoding.DER)
+        bits = _spki_bits(der)
+        point_size = 1 + 2 * ((key.curve.key_size + 7) // 8)
+        if bits is not None and len(bits) == point_size and bits[0] == 0x04:
+            return bits
+    return _public_key_bits(key)
+
+
+def _spki_bits(der: bytes) -> bytes | None:
+    """The subjectPublicKey BIT STRING contents of a certificate's DER (None: not found)."""
+    try:
+        _, start, _ = _der_tlv(der, 0)  # Certificate
+        _, pos, _ = _der_tlv(der, start)  # TBSCertificate contents
+        tag, _, end = _der_tlv(der, pos)
+        if tag == 0xA0:  # [0] EXPLICIT version
+            pos = end
+        for _field in range(5):  # serialNumber, signature, issuer, validity, subject
+            _, _, pos = _der_tlv(der, pos)
+        tag, spki_start, _ = _der_tlv(der, pos)
+        if tag != 0x30:
+            return None
+        _, _, alg_end = _der_tlv(der, spki_start)
+        tag, bits_start, bits_end = _der_tlv(der, alg_end)
+    except ValueError:
+        return None
+    if tag != 0x03 or bits_end <= bits_start or der[bits_start] != 0:
+        return None
+    return der[bits_start + 1 : bits_end]
+
+
 def _cert_id_hashes(
-    cert: x509.Certificate, issuer: x509.Certificate, algorithm: str
+    cert: x509.Certificate,
+    issuer: x509.Certificate,
+    algorithm: str,
+    key_bits: bytes | None = None,
 ) -> tuple[bytes, bytes]:
-    """(issuerNameHash, issuerKeyHash) for ``cert`` under the named CertID hash."""
+    """(issuerNameHash, issuerKeyHash) for ``cert`` under the named CertID hash.
+
+    ``key_bits``: the issuer's ``_public_key_bits`` when the caller has them already
+    (serialising a P-384 key costs about as much as the rest of a CertID).
+    """
     name_der = cert.issuer.public_bytes()
-    key_bits = _public_key_bits(issuer.public_key())
+    if key_bits is None:
+        key_bits = _certificate_key_bits(issuer)
     return hashlib.new(algorithm, name_der).digest(), hashlib.new(algorithm, key_bits).digest()
 
 
@@ -264,9 +315,11 @@ def cert_id_key(
     return algorithm, name_hash, key_hash, cert.serial_number
 
 
-def _key_sha1(cert: x509.Certificate) -> bytes:
+def _key_sha1(cert: x509.Certificate, key_bits: bytes | None = None) -> bytes:
     """ResponderID byKey value: SHA-1 of the subjectPublicKey bits (RFC 6960 §4.2.1)."""
-    return hashlib.sha1(_public_key_bits(cert.public_key()), usedforsecurity=False).digest()
+    if key_bits is None:
+        key_bits = _certificate_key_bits(cert)
+    return hashlib.sha1(key_bits, usedforsecurity=False).digest()
 
 
 # --------------------------------------------------------------------------------------------
@@ -351,17 +404,19 @@ class _Signer:
     not_after: datetime | None
 
 
-def _find_signer(resp: ocsp.OCSPResponse, issuer: x509.Certificate, at: datetime) -> _Signer:
+def _find_signer(
+    resp: ocsp.OCSPResponse, issuer: x509.Certificate, at: datetime, issuer_bits: bytes
+) -> _Signer:
     """Step 2: who signed, and may they? The issuer itself, or a certificate it issued for OCSP."""
     by_name = resp.responder_name
     by_key = resp.responder_key_hash
 
-    def named(cand: x509.Certificate) -> bool:
+    def named(cand: x509.Certificate, bits: bytes | None = None) -> bool:
         if by_name is not None:
             return cand.subject == by_name
-        return by_key is not None and _key_sha1(cand) == by_key
+        return by_key is not None and _key_sha1(cand, bits) == by_key
 
-    if named(issuer):
+    if named(issuer, issuer_bits):
         return _Signer(issuer, "issuer", None, None)
     included = resp.certificates
     if len(included) > MAX_RESPONSE_CERTS:
@@ -426,7 +481,10 @@ def _find_signer(resp: ocsp.OCSPResponse, issuer: x509.Certificate, at: datetime
 
 
 def _match_single(
-    singles: list[ocsp.OCSPSingleResponse], cert: x509.Certificate, issuer: x509.Certificate
+    singles: list[ocsp.OCSPSingleResponse],
+    cert: x509.Certificate,
+    issuer: x509.Certificate,
+    issuer_bits: bytes,
 ) -> ocsp.OCSPSingleResponse:
     """Step 3: the SingleResponse about *this* certificate (serial and both issuer hashes)."""
     if not singles:
@@ -445,7 +503,7 @@ def _match_single(
         if alg not in _CERT_ID_HASHES:
             continue
         if alg not in computed:
-            computed[alg] = _cert_id_hashes(cert, issuer, alg)
+            computed[alg] = _cert_id_hashes(cert, issuer, alg, issuer_bits)
         name_hash, key_hash = computed[alg]
         if single.serial_number != cert.serial_number:
             continue
@@ -510,6 +568,7 @@ def _verify(
     allow_hold: bool,
     expected_nonce: bytes | None,
     max_age: timedelta | None,
+    issuer_bits: bytes | None = None,
 ) -> _Verified:
     subject, serial = describe(cert), cert.serial_number
     # 1. Well-formed (cryptography's DER parser rejects trailing and short data), successful.
@@ -523,7 +582,9 @@ def _verify(
             f"responder answered '{resp.response_status.name.lower()}', not 'successful'",
         )
     # 2. Signed by the issuer or by a responder the issuer authorised, valid at `at`.
-    signer = _find_signer(resp, issuer, at)
+    if issuer_bits is None:  # once: steps 2 and 3 both hash it
+        issuer_bits = _certificate_key_bits(issuer)
+    signer = _find_signer(resp, issuer, at, issuer_bits)
     if not _signature_ok(
         signer.cert.public_key(),
         resp.signature_algorithm_oid,
@@ -535,7 +596,7 @@ def _verify(
         )
     # 3. About this certificate: serial, issuer name hash and issuer key hash.
     singles = list(resp.responses)
-    single = _match_single(singles, cert, issuer)
+    single = _match_single(singles, cert, issuer, issuer_bits)
     nonce = _check_extensions(resp, len(singles))
     # 4. Fresh at `at`.
     this_update = single.this_update_utc
@@ -678,13 +739,18 @@ class OcspCache:
         allow_hold: bool,
         expected_nonce: bytes | None,
         max_age: timedelta | None,
+        cert_der: bytes | None = None,
+        issuer_der: bytes | None = None,
     ) -> bytes:
+        """The cache key (``cert_der``/``issuer_der``: the certificates' DER, if at hand)."""
         h = hashlib.sha256(b"lessee-ocsp-cache-v1")
         option = f"{allow_hold}|{max_age.total_seconds() if max_age else None}".encode()
         parts = (
             der,
-            cert.public_bytes(serialization.Encoding.DER),
-            issuer.public_bytes(serialization.Encoding.DER),
+            cert_der if cert_der is not None else cert.public_bytes(serialization.Encoding.DER),
+            issuer_der
+            if issuer_der is not None
+            else issuer.public_bytes(serialization.Encoding.DER),
             b"" if expected_nonce is None else b"n" + expected_nonce,
             option,
         )
@@ -746,6 +812,81 @@ def check_ocsp_response(
     Never raises on the response bytes; raises InputError only for a naive ``at``.
     """
     at = require_aware(at)
+    started = _start_check(
+        der,
+        cert=cert,
+        issuer=issuer,
+        at=at,
+        allow_hold=allow_hold,
+        expected_nonce=expected_nonce,
+        max_age=max_age,
+        cache=cache,
+    )
+    if isinstance(started, OcspCheck):
+        return started
+    return started.finish(started.run())
+
+
+@dataclass(frozen=True)
+class _PendingCheck:
+    """A response check the cache could not answer: ``run`` (the work, safe on any thread),
+    then ``finish`` (remember it) in the caller's order."""
+
+    data: bytes
+    cert: x509.Certificate
+    issuer: x509.Certificate
+    at: datetime
+    allow_hold: bool
+    expected_nonce: bytes | None
+    max_age: timedelta | None
+    cache: OcspCache | None
+    key: bytes
+    issuer_der: bytes | None = None
+
+    def run(self) -> _Verified | OcspCheck:
+        """The full check: a verdict the cache may keep, or an ``invalid`` one it must not."""
+        try:
+            return _verify(
+                self.data,
+                self.cert,
+                self.issuer,
+                self.at,
+                allow_hold=self.allow_hold,
+                expected_nonce=self.expected_nonce,
+                max_age=self.max_age,
+                issuer_bits=_certificate_key_bits(self.issuer, self.issuer_der),
+            )
+        except _InvalidResponseError as bad:
+            return _invalid(self.cert, bad.code, bad.detail, self.data)
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            # cryptography parses lazily: a field it cannot decode surfaces on first access.
+            return _invalid(
+                self.cert, "malformed", f"undecodable OCSP response field: {exc}", self.data
+            )
+
+    def finish(self, outcome: _Verified | OcspCheck) -> OcspCheck:
+        if isinstance(outcome, OcspCheck):
+            return outcome
+        if self.cache is not None:
+            self.cache.put(self.key, outcome)
+        return outcome.check
+
+
+def _start_check(
+    der: bytes,
+    *,
+    cert: x509.Certificate,
+    issuer: x509.Certificate,
+    at: datetime,
+    allow_hold: bool,
+    expected_nonce: bytes | None,
+    max_age: timedelta | None,
+    cache: OcspCache | None,
+    key: bytes | None = None,
+    issuer_der: bytes | None = None,
+) -> OcspCheck | _PendingCheck:
+    """``check_ocsp_response`` up to the real work: the size bound and the cache (``key``: the
+    cache key when the caller computed it already)."""
     data = bytes(der)
     if len(data) > MAX_OCSP_RESPONSE_BYTES:
         return _invalid(
@@ -754,37 +895,33 @@ def check_ocsp_response(
             f"OCSP response is {len(data)} bytes; the limit is {MAX_OCSP_RESPONSE_BYTES}",
             None,
         )
-    key = b""
-    if cache is not None:
-        key = OcspCache.key(
-            data,
-            cert,
-            issuer,
-            allow_hold=allow_hold,
-            expected_nonce=expected_nonce,
-            max_age=max_age,
-        )
+    if cache is None:
+        key = b""
+    else:
+        if key is None:
+            key = OcspCache.key(
+                data,
+                cert,
+                issuer,
+                allow_hold=allow_hold,
+                expected_nonce=expected_nonce,
+                max_age=max_age,
+            )
         hit = cache.get(key, at)
         if hit is not None:
             return hit
-    try:
-        verified = _verify(
-            data,
-            cert,
-            issuer,
-            at,
-            allow_hold=allow_hold,
-            expected_nonce=expected_nonce,
-            max_age=max_age,
-        )
-    except _InvalidResponseError as bad:
-        return _invalid(cert, bad.code, bad.detail, data)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        # cryptography parses lazily: a field it cannot decode surfaces on first access.
-        return _invalid(cert, "malformed", f"undecodable OCSP response field: {exc}", data)
-    if cache is not None:
-        cache.put(key, verified)
-    return verified.check
+    return _PendingCheck(
+        data,
+        cert,
+        issuer,
+        at,
+        allow_hold,
+        expected_nonce,
+        max_age,
+        cache=cache,
+        key=key,
+        issuer_der=issuer_der,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -820,6 +957,11 @@ class StapledOcsp:
         self._responses = tuple(items)
         self._index: dict[tuple[str, bytes, bytes, int], tuple[datetime, bytes]] = {}
         self._algorithms: set[str] = set()
+        #: id(issuer) -> (issuer, its subjectPublicKey bits): a chain's issuers are asked about
+        #: again and again (each link, the verifier's key memo) and serialising a P-384 key
+        #: costs about as much as the rest of a lookup. The certificate is kept, so its id
+        #: cannot be reused while the entry lives.
+        self._key_bits: dict[int, tuple[x509.Certificate, bytes]] = {}
         for number, der in enumerate(items):
             self._add(number, der)
 
@@ -858,10 +1000,24 @@ class StapledOcsp:
     def __len__(self) -> int:
         return len(self._responses)
 
+    def _issuer_key_bits(self, issuer: x509.Certificate) -> bytes:
+        entry = self._key_bits.get(id(issuer))
+        if entry is not None and entry[0] is issuer:
+            return entry[1]
+        bits = _certificate_key_bits(issuer)
+        if len(self._key_bits) >= MAX_STAPLED_RESPONSES:  # bounded like the set itself
+            self._key_bits.clear()
+        self._key_bits[id(issuer)] = (issuer, bits)
+        return bits
+
     def response_for(self, cert: x509.Certificate, issuer: x509.Certificate) -> bytes | None:
+        if not self._algorithms:
+            return None
         best: tuple[datetime, bytes] | None = None
+        key_bits = self._issuer_key_bits(issuer)
         for alg in sorted(self._algorithms):
-            hit = self._index.get(cert_id_key(cert, issuer, alg))
+            name_hash, key_hash = _cert_id_hashes(cert, issuer, alg, key_bits)
+            hit = self._index.get((alg, name_hash, key_hash, cert.serial_number))
             if hit is not None and (best is None or hit[0] > best[0]):
                 best = hit
         return None if best is None else best[1]
@@ -924,36 +1080,90 @@ def check_chain_revocation(
             raise InputError(
                 f"revocation index {i} has no issuer in a chain of {len(chain)} certificates"
             )
-    results: list[OcspCheck] = []
+    # The source is asked, and the cache consulted, in index order in this thread; the
+    # responses the cache cannot answer are then checked concurrently (their signatures
+    # release the GIL) and remembered in index order, so the verdicts, the cache's contents
+    # and its counters are those of checking one index after the other.
+    slots: list[OcspCheck | _PendingCheck | Callable[[], OcspCheck]] = []
+    started: set[bytes] = set()
+    ders: dict[int, bytes] = {}
+
+    def der_of(position: int) -> bytes:
+        if position not in ders:
+            ders[position] = chain[position].public_bytes(serialization.Encoding.DER)
+        return ders[position]
+
     for i in indices:
         cert, issuer = chain[i], chain[i + 1]
         if mode == RevocationMode.SKIP:
-            results.append(_unchecked(cert, "skipped", "revocation not checked (mode skip)"))
+            slots.append(_unchecked(cert, "skipped", "revocation not checked (mode skip)"))
             continue
         if source is None:
-            results.append(_unchecked(cert, "missing", f"no OCSP source (mode {mode.value})"))
+            slots.append(_unchecked(cert, "missing", f"no OCSP source (mode {mode.value})"))
             continue
         try:
             der = source.response_for(cert, issuer)
         except RevocationError as exc:
-            results.append(_unchecked(cert, "missing", f"{exc.reason}: {exc}", code=exc.reason))
+            slots.append(_unchecked(cert, "missing", f"{exc.reason}: {exc}", code=exc.reason))
             continue
         if der is None:
-            results.append(
+            slots.append(
                 _unchecked(cert, "missing", f"no OCSP response for this certificate ({mode.value})")
             )
             continue
-        results.append(
-            check_ocsp_response(
+        ask = partial(
+            check_ocsp_response,
+            der,
+            cert=cert,
+            issuer=issuer,
+            at=at,
+            allow_hold=allow_hold,
+            max_age=max_age,
+            cache=cache,
+        )
+        if len(der) > MAX_OCSP_RESPONSE_BYTES:
+            slots.append(ask())  # refused on its size alone
+            continue
+        key = b""
+        if cache is not None:
+            key = OcspCache.key(
+                der,
+                cert,
+                issuer,
+                allow_hold=allow_hold,
+                expected_nonce=None,
+                max_age=max_age,
+                cert_der=der_of(i),
+                issuer_der=der_of(i + 1),
+            )
+            if key in started:  # the same question twice: asked once the first is remembered
+                slots.append(ask)
+                continue
+            started.add(key)
+        slots.append(
+            _start_check(
                 der,
                 cert=cert,
                 issuer=issuer,
                 at=at,
                 allow_hold=allow_hold,
+                expected_nonce=None,
                 max_age=max_age,
                 cache=cache,
+                key=key or None,
+                issuer_der=der_of(i + 1),
             )
         )
+    pending = [s for s in slots if isinstance(s, _PendingCheck)]
+    outcomes = iter(run_all([p.run for p in pending]))
+    results: list[OcspCheck] = []
+    for slot in slots:
+        if isinstance(slot, _PendingCheck):
+            results.append(slot.finish(next(outcomes).result()))
+        elif isinstance(slot, OcspCheck):
+            results.append(slot)
+        else:
+            results.append(slot())
     return tuple(results)
 
 
