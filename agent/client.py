@@ -353,9 +353,9 @@ class EnclaveClient:
                         stream.open_head(message.record)
                         got_head = True
                         continue
-                    for event in stream.open_record(message.record):
-                        if type(event) is Token:
-                            yield event
+                    data = stream.open_token(message.record)
+                    if data is not None:
+                        yield Token(data)
             except grpc.aio.AioRpcError as exc:
                 if self._failed(exc, got_head, deadline, attempt):
                     continue
@@ -370,7 +370,8 @@ class EnclaveClient:
         """Text of one encrypted generation, as it arrives (see :meth:`generate_tokens`).
 
         The same loop as :meth:`generate_tokens` with the decoding inline rather than behind a
-        second generator level: it runs once per token."""
+        second generator level, and records opened by ``open_token`` (token bytes, no event
+        objects): it runs once per token, between two gRPC reads."""
         decoder = codecs.getincrementaldecoder("utf-8")("strict")
         for attempt in (1, 2):
             stream, call, deadline = self._start(await self.key_bundle(), prompt, params)
@@ -381,11 +382,11 @@ class EnclaveClient:
                         stream.open_head(message.record)
                         got_head = True
                         continue
-                    for event in stream.open_record(message.record):
-                        if type(event) is Token:
-                            text = decoder.decode(event.data)
-                            if text:
-                                yield text
+                    data = stream.open_token(message.record)
+                    if data is not None:
+                        text = decoder.decode(data)
+                        if text:
+                            yield text
             except grpc.aio.AioRpcError as exc:
                 if self._failed(exc, got_head, deadline, attempt):
                     continue

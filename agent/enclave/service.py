@@ -347,9 +347,15 @@ class EnclaveService:
                                 finally:
                                     guard.waiting = False
                                 produced += 1
-                                for data in _pieces(piece):
+                                data = piece.encode() if isinstance(piece, str) else bytes(piece)
+                                # Nearly every piece is one token; an empty one vanishes and a
+                                # longer one is split (_pieces), without a call for the common case.
+                                tokens = (
+                                    (data,) if 0 < len(data) <= MAX_TOKEN_LEN else _pieces(data)
+                                )
+                                for token in tokens:
                                     try:
-                                        sealed = session.seal_token(data)
+                                        sealed = session.seal_token(token)
                                     except StreamUsageError:
                                         result = StreamOutcome.RECORD_LIMIT
                                         break

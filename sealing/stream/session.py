@@ -89,6 +89,10 @@ Event = Token | StreamEnd | StreamAborted
 Outcome = StreamEnd | StreamAborted
 
 
+def _token_bytes(token: str | bytes) -> bytes:
+    return token.encode("utf-8") if isinstance(token, str) else bytes(token)
+
+
 def _check_max_records(max_records: int) -> int:
     if not 2 <= max_records <= MAX_RECORDS_PER_STREAM:
         raise StreamUsageError(f"max_records must be 2..{MAX_RECORDS_PER_STREAM}")
@@ -118,6 +122,9 @@ class EnclaveStreamSession:
             derive_response_keys(request_secret, enc, response_nonce), record_size
         )
         self._max = _check_max_records(max_records)
+        #: Longest token that goes out as one record: the record capacity, or less when the
+        #: largest buckets hold more than a token may be long.
+        self._one_record_max = min(self._sealer.capacity, MAX_TOKEN_LEN)
         self._seq = 0
         self._closed = False
 
@@ -173,16 +180,20 @@ class EnclaveStreamSession:
     def seal_token(self, token: str | bytes) -> list[bytes]:
         """Seal one token: one record if it fits the record capacity, else several (all full
         ``TOKEN_PART`` records and a final ``TOKEN_END``), each of the same wire size."""
-        data = token.encode("utf-8") if isinstance(token, str) else bytes(token)
-        if not 1 <= len(data) <= MAX_TOKEN_LEN:
+        data = token if type(token) is bytes else _token_bytes(token)
+        n = len(data)
+        seq = self._seq
+        if 0 < n <= self._one_record_max and seq < self._max - 1 and not self._closed:
+            # The common case (one record per token), in one call: the same checks as the
+            # general path below (non-empty, open, a slot left besides the final one's) and
+            # the same record. It runs once per token with the caches cold.
+            record = self._sealer.seal_token_end(seq, data)
+            self._seq = seq + 1
+            return [record]
+        if not 1 <= n <= MAX_TOKEN_LEN:
             raise StreamUsageError(f"a token must be 1..{MAX_TOKEN_LEN} bytes")
         cap = self._sealer.capacity
-        if len(data) <= cap:
-            # The common case (one record per token), without the slicing loop: this runs
-            # once per token. Same checks, same record as the general path below.
-            self._reserve(1)
-            return [self._next(RecordType.TOKEN_END, data)]
-        count = -(-len(data) // cap)
+        count = -(-n // cap)
         self._reserve(count)
         out = [
             self._next(RecordType.TOKEN_PART, data[i : i + cap])
@@ -311,31 +322,49 @@ class ClientStream:
         Cover records and token parts return ``[]``; a token end returns ``[Token]``; the final
         record returns ``[StreamEnd()]`` or ``[StreamAborted(reason)]``.
         """
-        if self._state is not _State.OPEN or self._opener is None or self._seq >= self._max:
+        data = self.open_token(record)
+        if data is not None:
+            return [Token(data)]
+        # open_token only opens in the OPEN state, so DONE now means this record was the final.
+        if self._state is _State.DONE and self._outcome is not None:
+            return [self._outcome]
+        return []
+
+    def open_token(self, record: bytes) -> bytes | None:
+        """Open the next record, as :meth:`open_record` with the same checks, but return the
+        bytes of the token it completes, or ``None`` (a cover record, a token part, or the final
+        record, whose outcome :meth:`finish` then returns).
+
+        The SDK's per-token path: one call per record and no event objects, because it runs
+        between two gRPC reads with the caches cold.
+        """
+        opener = self._opener
+        seq = self._seq
+        if self._state is not _State.OPEN or opener is None or seq >= self._max:
             raise self._fail()
         try:
-            rtype, payload = self._opener.open(self._seq, record)
+            rtype, payload = opener.open(seq, record)
         except StreamError:
             raise self._fail() from None
-        self._seq += 1
+        self._seq = seq + 1
         if rtype is RecordType.TOKEN_END and not self._partial and len(payload) <= MAX_TOKEN_LEN:
             # The common case (a token in one record): no copy through the reassembly buffer.
             # (A record may hold more than MAX_TOKEN_LEN bytes; such a token takes the general
             # path below, which refuses it.)
-            return [Token(payload)]
+            return payload
         if rtype is RecordType.TOKEN_PART or rtype is RecordType.TOKEN_END:
             if len(self._partial) + len(payload) > MAX_TOKEN_LEN:
                 raise self._fail()
             self._partial += payload
             if rtype is RecordType.TOKEN_PART:
-                return []
-            token = Token(bytes(self._partial))
+                return None
+            token = bytes(self._partial)
             self._partial.clear()
-            return [token]
+            return token
         if rtype is RecordType.COVER:
             if self._partial:  # the enclave never interleaves cover inside a token
                 raise self._fail()
-            return []
+            return None
         if rtype is RecordType.END:
             if self._partial:  # a clean end cannot cut a token in half
                 raise self._fail()
@@ -345,7 +374,7 @@ class ClientStream:
             outcome = StreamAborted(struct.unpack(">H", payload)[0])
         self._state = _State.DONE
         self._outcome = outcome
-        return [outcome]
+        return None
 
     def finish(self) -> Outcome:
         """Call when the transport ends. Raises :class:`StreamError` unless a final record

@@ -19,8 +19,10 @@ from sealing.stream import (
     MAX_TOKEN_LEN,
     ClientStream,
     EnclaveStreamSession,
+    StreamAborted,
     StreamEnd,
     StreamError,
+    StreamUsageError,
     Token,
 )
 from sealing.stream.request import MAX_RECORD_SIZE, MIN_RECORD_SIZE
@@ -58,16 +60,22 @@ def test_sealer_matches_the_reference_construction(size: int, rtype: RecordType)
         RecordType.END: [b""],
         RecordType.ABORT: [b"\x00\x05"],
     }[rtype]
+    if rtype is RecordType.TOKEN_END:  # frames past the precomputed table, too
+        payloads += [b"q" * n for n in (255, 256, 257, cap) if n <= cap]
     for seq in (0, 1, 2**24 - 2):
         for payload in payloads:
             record = sealer.seal(seq, rtype, payload)
             assert record == _reference(seq, rtype, payload, size)
             assert RecordOpener(KEYS, size).open(seq, record) == (rtype, payload)
+            if rtype is RecordType.TOKEN_END:
+                assert sealer.seal_token_end(seq, payload) == record
 
 
 def test_sealer_refuses_a_payload_over_capacity() -> None:
     with pytest.raises(ValueError, match="capacity"):
         RecordSealer(KEYS, 16).seal(0, RecordType.TOKEN_END, b"x" * 14)
+    with pytest.raises(ValueError, match="capacity"):
+        RecordSealer(KEYS, 16).seal_token_end(0, b"x" * 14)
 
 
 @pytest.mark.parametrize(
@@ -81,6 +89,8 @@ def test_sealer_refuses_a_payload_over_capacity() -> None:
         (RecordType.ABORT, b"\x00\x01", 0),  # an abort without the final flag
         (RecordType.COVER, b"", 1),  # cover with the final flag
         (RecordType.TOKEN_PART, b"x" * 12, 0),  # a part one byte short of full (cap 13)
+        (RecordType.TOKEN_END, b"", 0),  # a token end carries at least one byte
+        (RecordType.TOKEN_END, b"a", 1),  # a token end with the final flag
     ],
 )
 def test_opener_refuses_what_the_rules_refuse(rtype: int, payload: bytes, flags: int) -> None:
@@ -88,7 +98,7 @@ def test_opener_refuses_what_the_rules_refuse(rtype: int, payload: bytes, flags:
         RecordOpener(KEYS, 16).open(0, _reference(0, rtype, payload, 16, flags))
 
 
-@pytest.mark.parametrize("position", [3 + 1, 15])
+@pytest.mark.parametrize("position", range(3 + 1, 16))
 def test_opener_refuses_any_nonzero_padding_byte(position: int) -> None:
     nonce = (int.from_bytes(KEYS.base_nonce, "big") ^ 0).to_bytes(12, "big")
     plain = bytearray(struct.pack(">BH", RecordType.TOKEN_END, 1) + b"a" + bytes(12))
@@ -135,3 +145,106 @@ def test_tokens_round_trip_through_both_paths(size: int, tokens: list[bytes]) ->
     got.extend(client.open_record(enclave.close()))
     assert got == [Token(t) for t in tokens] + [StreamEnd()]
     assert client.finish() == StreamEnd()
+
+
+@pytest.mark.parametrize("length", [0, 14, 0x0100, 0xFFFF])
+def test_opener_refuses_a_token_end_length_outside_the_record(length: int) -> None:
+    """The length field of an authentic TOKEN_END must be 1..capacity (13 here), whatever the
+    bytes after it."""
+    nonce = int.from_bytes(KEYS.base_nonce, "big").to_bytes(12, "big")
+    plain = struct.pack(">BH", RecordType.TOKEN_END, length) + bytes(13)
+    record = b"\x00" + AESGCM(KEYS.key).encrypt(nonce, plain, b"\x01\x00")
+    with pytest.raises(StreamError):
+        RecordOpener(KEYS, 16).open(0, record)
+
+
+def test_seal_token_fast_path_keeps_the_general_rules() -> None:
+    """The one-call path for a one-record token refuses what seal_token always refused: a
+    token over MAX_TOKEN_LEN even when the record could hold it, an empty token, a closed
+    stream, and the slot kept for the final record."""
+    big = EnclaveStreamSession(b"s" * 32, b"e" * 32, b"n" * 32, MAX_RECORD_SIZE)
+    with pytest.raises(StreamUsageError):
+        big.seal_token(b"a" * (MAX_TOKEN_LEN + 1))
+    assert len(big.seal_token(b"a" * MAX_TOKEN_LEN)) == 1
+    with pytest.raises(StreamUsageError):
+        big.seal_token(b"")
+    small = EnclaveStreamSession(b"s" * 32, b"e" * 32, b"n" * 32, 32, max_records=3)
+    small.seal_token(b"a")
+    small.seal_token(b"b")
+    with pytest.raises(StreamUsageError):  # the third slot is the final record's
+        small.seal_token(b"c")
+    assert small.records_sealed == 2
+    small.close()
+    with pytest.raises(StreamUsageError):
+        small.seal_token(b"d")
+
+
+def test_seal_token_takes_text_and_byte_like_tokens_alike() -> None:
+    records = []
+    for token in (" wörld", " wörld".encode(), bytearray(" wörld".encode())):
+        session = EnclaveStreamSession(b"s" * 32, b"e" * 32, b"n" * 32, 32)
+        records.append(session.seal_token(token))
+    assert records[0] == records[1] == records[2]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    tokens=st.lists(st.binary(min_size=1, max_size=70), max_size=8),
+    covers=st.sets(st.integers(0, 8)),
+    abort=st.one_of(st.none(), st.integers(0, 0xFFFF)),
+    flips=st.lists(st.tuples(st.integers(0, 1000), st.integers(0, 48)), max_size=2),
+    drop=st.one_of(st.none(), st.integers(0, 1000)),
+)
+def test_open_token_and_open_record_agree(
+    tokens: list[bytes],
+    covers: set[int],
+    abort: int | None,
+    flips: list[tuple[int, int]],
+    drop: int | None,
+) -> None:
+    """The SDK's open_token gives the same tokens, the same outcome and fails at the same
+    record as open_record, on honest streams (with covers, split tokens, aborts) and on
+    streams with flipped bits or a dropped record."""
+    secret, enc, nonce = b"s" * 32, b"e" * 32, b"n" * 32
+    session = EnclaveStreamSession(secret, enc, nonce, 32)
+    records: list[bytes] = []
+    for i, token in enumerate(tokens):
+        if i in covers:
+            records.append(session.seal_cover())
+        records += session.seal_token(token)
+    records.append(session.close() if abort is None else session.abort(abort))
+    for index, bit in flips:
+        i = index % len(records)
+        rec = bytearray(records[i])
+        rec[bit] ^= 0x01
+        records[i] = bytes(rec)
+    if drop is not None and len(records) > 1:
+        del records[drop % len(records)]
+
+    def run(use_token: bool) -> tuple[list[object], int | None, object]:
+        client = ClientStream(secret, enc, 32)
+        client.open_head(session.head)
+        got: list[object] = []
+        for i, record in enumerate(records):
+            try:
+                if use_token:
+                    data = client.open_token(record)
+                    if data is not None:
+                        got.append(Token(data))
+                else:
+                    got += [e for e in client.open_record(record) if isinstance(e, Token)]
+            except StreamError:
+                return got, i, None
+        try:
+            return got, None, client.finish()
+        except StreamError:
+            return got, len(records), None
+
+    by_token, by_record = run(True), run(False)
+    assert by_token == by_record
+    if not flips and drop is None:
+        assert by_token == (
+            [Token(t) for t in tokens],
+            None,
+            StreamEnd() if abort is None else StreamAborted(abort),
+        )
