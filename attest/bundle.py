@@ -18,6 +18,7 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from attest.errors import InputError
@@ -61,68 +62,102 @@ class EvidenceBundle:
     devtools_on: bool = True
 
     def to_json(self) -> bytes:
-        def dev(d: DeviceEvidenceIn) -> dict[str, Any]:
-            return {
-                "arch": d.arch,
-                "report": _b64(d.report),
-                "certificate_chain_pem": _b64(d.certificate_chain_pem),
-                "ocsp_responses": [_b64(x) for x in d.ocsp_responses],
-                "rims": [_b64(x) for x in d.rims],
-            }
+        """The JSON form: exactly ``json.dumps(doc, sort_keys=True, separators=(",", ":"))`` of
+        the document in the module docstring, encoded as ASCII.
 
-        cpu: dict[str, Any] | None
-        if isinstance(self.cpu, SnpEvidenceIn):
-            cpu = {
-                "snp": {
-                    "report": _b64(self.cpu.report),
-                    "certificates": [_b64(c) for c in self.cpu.certificates],
-                }
-            }
-        elif isinstance(self.cpu, TdxEvidenceIn):
-            cpu = {
-                "tdx": {
-                    "quote": _b64(self.cpu.quote),
-                    "collateral_json": _b64(self.cpu.collateral_json),
-                }
-            }
+        These bytes are archived in the log and hashed into its entries, so they never change;
+        ``tests/broker/test_perf_equivalence.py`` compares them with ``json.dumps`` of the
+        document. They are written directly (keys in sorted order) rather than through a dict
+        and ``json.dumps``, and the base64 of collateral (chains, RIMs, OCSP answers, AMD
+        certificates) comes from ``_b64_collateral``: the broker encodes one bundle per Attest
+        and all but the reports are the same bytes every time (issue #5).
+        """
+        parts: list[bytes] = [b'{"cc_mode_on":', _scalar(self.cc_mode_on), b',"cpu":']
+        cpu = self.cpu
+        if isinstance(cpu, SnpEvidenceIn):
+            parts += [
+                b'{"snp":{"certificates":[',
+                b",".join([_b64_collateral(c) for c in cpu.certificates]),
+                b'],"report":',
+                _b64(cpu.report),
+                b"}}",
+            ]
+        elif isinstance(cpu, TdxEvidenceIn):
+            parts += [
+                b'{"tdx":{"collateral_json":',
+                _b64_collateral(cpu.collateral_json),
+                b',"quote":',
+                _b64(cpu.quote),
+                b"}}",
+            ]
         else:
-            cpu = None
-        doc = {
-            "version": 1,
-            "cpu": cpu,
-            "gpus": [dev(d) for d in self.gpus],
-            "switches": [dev(d) for d in self.switches],
-            "cc_mode_on": self.cc_mode_on,
-            "devtools_on": self.devtools_on,
-        }
-        return _dumps(doc)
+            parts.append(b"null")
+        parts += [b',"devtools_on":', _scalar(self.devtools_on), b',"gpus":[']
+        parts.append(b",".join([_device_json(d) for d in self.gpus]))
+        parts.append(b'],"switches":[')
+        parts.append(b",".join([_device_json(d) for d in self.switches]))
+        parts.append(b'],"version":1}')
+        return b"".join(parts)
 
 
-class _RawJson(bytes):
-    """Bytes that already are one JSON value (a quoted base64 string)."""
-
-
-def _b64(data: bytes) -> _RawJson:
-    # The base64 alphabet needs no JSON escaping, so the quoted string is emitted as is: running
-    # the (large) RIM, chain and report strings through json.dumps' escaper was the biggest
-    # part of encoding a bundle, which the broker does for every Attest (issue #5).
-    return _RawJson(b'"' + base64.b64encode(data) + b'"')
-
-
-def _dumps(obj: object) -> bytes:
-    """``json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()``, byte for byte, for
-    the bundle document (dicts with str keys, lists, scalars and ``_RawJson`` values)."""
-    if isinstance(obj, _RawJson):
-        return bytes(obj)
-    if isinstance(obj, dict):
-        return (
-            b"{"
-            + b",".join(json.dumps(k).encode() + b":" + _dumps(obj[k]) for k in sorted(obj))
-            + b"}"
+def _device_json(d: DeviceEvidenceIn) -> bytes:
+    """One device object of the bundle JSON, keys in sorted order."""
+    return b"".join(
+        (
+            b'{"arch":',
+            _scalar(d.arch),
+            b',"certificate_chain_pem":',
+            _b64_collateral(d.certificate_chain_pem),
+            b',"ocsp_responses":[',
+            b",".join([_b64_collateral(x) for x in d.ocsp_responses]),
+            b'],"report":',
+            _b64(d.report),
+            b',"rims":[',
+            b",".join([_b64_collateral(x) for x in d.rims]),
+            b"]}",
         )
-    if isinstance(obj, list):
-        return b"[" + b",".join(_dumps(v) for v in obj) + b"]"
-    return json.dumps(obj).encode()
+    )
+
+
+def _scalar(value: object) -> bytes:
+    """``json.dumps(value)`` (ASCII-escaped), with the two booleans spelled out."""
+    if value is True:
+        return b"true"
+    if value is False:
+        return b"false"
+    return json.dumps(value).encode()
+
+
+def _b64(data: bytes) -> bytes:
+    """A quoted standard-base64 JSON string. The alphabet needs no JSON escaping, so the quoted
+    text is emitted as is (``json.dumps``' escaper over the long strings was the biggest part
+    of encoding a bundle, issue #5)."""
+    return b'"' + base64.b64encode(data) + b'"'
+
+
+#: Collateral items whose quoted base64 ``_b64_collateral`` keeps, by exact bytes (least
+#: recently used out first). A fleet presents one chain per GPU and NVSwitch and a few RIMs and
+#: OCSP answers per driver version and refresh period; 256 covers 32 eight-GPU servers with
+#: their RIMs. A miss only costs the encoding again; the bound keeps memory finite.
+MAX_CACHED_ENCODINGS = 256
+#: Only items up to this size are kept (a RIM is ~20 KiB, a chain ~6 KiB), so the memo holds at
+#: most 256 x (32 KiB + 43 KiB of base64) = ~19 MiB even under a flood of distinct maximal items.
+MAX_CACHED_ENCODING_INPUT_BYTES = 32 * 1024
+
+
+@lru_cache(maxsize=MAX_CACHED_ENCODINGS)
+def _b64_cached(data: bytes) -> bytes:
+    return _b64(data)
+
+
+def _b64_collateral(data: bytes) -> bytes:
+    """``_b64(data)``, remembered for collateral: the same certificate chains, RIMs and OCSP
+    answers come back in every bundle of a host, and looking one up (hashing and comparing its
+    bytes, in C) costs a fraction of encoding it. Keyed by the exact bytes, so a hit is the
+    encoding of those very bytes; reports, which change per session, are never kept."""
+    if type(data) is bytes and len(data) <= MAX_CACHED_ENCODING_INPUT_BYTES:
+        return _b64_cached(data)
+    return _b64(data)
 
 
 def _bytes(obj: dict[str, Any], key: str, where: str, *, required: bool = True) -> bytes:

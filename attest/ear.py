@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -169,14 +170,36 @@ def _b64u(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
+_B64U_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_B64U_VALUE = {c: i for i, c in enumerate(_B64U_ALPHABET)}
+_B64U_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
+#: Bits of the last character that carry no data, by ``len(text) % 4`` (RFC 4648 section 3.5:
+#: canonical encoders set them to zero).
+_SPARE_BITS = {0: 0, 2: 0x0F, 3: 0x03}
+
+
 def _unb64u(text: str, what: str) -> bytes:
+    """Decode unpadded base64url, accepting only the canonical text for the decoded bytes.
+
+    Every other spelling is refused: padding, the standard alphabet's ``+``/``/``, whitespace
+    or any other character outside the alphabet (``strict_mode`` decoding), an impossible length
+    (``len % 4 == 1``), and set spare bits in the last character, which would give a second
+    string for the same bytes. That is exactly the set of texts for which re-encoding the
+    decoded bytes gives the text back, checked here without encoding again (issue #5).
+    """
     if not isinstance(text, str) or any(c in text for c in "=+/ \n"):
         raise ParseError(f"{what} is not unpadded base64url", field=what)
+    spare = _SPARE_BITS.get(len(text) % 4)
     try:
-        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError) as exc:
+        if spare is None:
+            raise ValueError("impossible length")
+        data = binascii.a2b_base64(
+            text.encode("ascii").translate(_B64U_TO_STANDARD) + b"=" * (-len(text) % 4),
+            strict_mode=True,
+        )
+    except (binascii.Error, ValueError) as exc:  # UnicodeEncodeError is a ValueError
         raise ParseError(f"{what} is not base64url", field=what) from exc
-    if _b64u(data) != text:  # spare bits set: another string for the same bytes
+    if spare and _B64U_VALUE[text[-1]] & spare:  # spare bits set: another string, same bytes
         raise ParseError(f"{what} is not canonical base64url", field=what)
     return data
 
@@ -193,14 +216,20 @@ def _canonical_json(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
 
 
-def issue_ear(result: AttestationResult, key: SigningKey, *, kid: str | None = None) -> str:
-    """Sign ``result`` as a compact JWS. ``kid`` only helps the reader pick its pinned key."""
-    alg = _alg_for(key)
+@lru_cache(maxsize=16)
+def _encoded_header(alg: str, kid: str | None) -> str:
+    """The protected header's base64url text; one per (algorithm, key id), so made once."""
     header: dict[str, str] = {"alg": alg, "typ": "JWT"}
     if kid is not None:
         header["kid"] = kid
+    return _b64u(_canonical_json(header))
+
+
+def issue_ear(result: AttestationResult, key: SigningKey, *, kid: str | None = None) -> str:
+    """Sign ``result`` as a compact JWS. ``kid`` only helps the reader pick its pinned key."""
+    alg = _alg_for(key)
     signing_input = (
-        _b64u(_canonical_json(header)) + "." + _b64u(_canonical_json(result.to_claims()))
+        _encoded_header(alg, kid) + "." + _b64u(_canonical_json(result.to_claims()))
     ).encode("ascii")
     if isinstance(key, ed25519.Ed25519PrivateKey):
         sig = key.sign(signing_input)
@@ -212,11 +241,15 @@ def issue_ear(result: AttestationResult, key: SigningKey, *, kid: str | None = N
 
 def _strict_object(text: bytes, what: str) -> dict[str, Any]:
     def no_dupes(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in pairs:
-            if k in out:
-                raise ParseError(f"duplicate key {k!r} in {what}", field=what)
-            out[k] = v
+        # dict() keeps the last of equal keys: fewer entries than pairs means a duplicate.
+        # Built in C; only a document that has a duplicate pays for finding which one.
+        out = dict(pairs)
+        if len(out) != len(pairs):
+            seen: set[str] = set()
+            for k, _ in pairs:
+                if k in seen:
+                    raise ParseError(f"duplicate key {k!r} in {what}", field=what)
+                seen.add(k)
         return out
 
     try:

@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from attest.ear import (
     LESSEE_PROFILE,
@@ -16,6 +18,7 @@ from attest.ear import (
     EarError,
     Status,
     Submodule,
+    _unb64u,
     issue_ear,
     public_key_from_jwk,
     tier_of,
@@ -149,3 +152,88 @@ def test_tiers() -> None:
     assert tier_of(2) is Status.AFFIRMING and tier_of(32) is Status.WARNING
     assert tier_of(96) is Status.CONTRAINDICATED and tier_of(0) is Status.NONE
     assert Status.worst([Status.AFFIRMING, Status.CONTRAINDICATED]) is Status.CONTRAINDICATED
+
+
+# ---- issue #5: the faster parsing keeps every rule -----------------------------------------
+
+
+def _reference_unb64u(text: str) -> bytes:
+    """The decoder as it was before issue #5: decode leniently, then require that re-encoding
+    gives the text back (the definition of canonical unpadded base64url)."""
+    if any(c in text for c in "=+/ \n"):
+        raise ValueError("not unpadded base64url")
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64u(data) != text:
+        raise ValueError("not canonical")
+    return data
+
+
+_B64U_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.one_of(
+        st.text(alphabet=_B64U_CHARS, max_size=12),
+        st.text(alphabet=_B64U_CHARS + "=+/ \n\t*.%\x00\u00e9", max_size=12),
+        st.binary(max_size=9).map(_b64u),
+    )
+)
+def test_base64url_decoder_accepts_exactly_the_canonical_texts(text: str) -> None:
+    try:
+        expected: bytes | None = _reference_unb64u(text)
+    except ValueError:  # binascii.Error is one
+        expected = None
+    if expected is None:
+        with pytest.raises(ParseError):
+            _unb64u(text, "field")
+    else:
+        assert _unb64u(text, "field") == expected
+
+
+def test_base64url_spare_bits_padding_and_foreign_alphabet_refused() -> None:
+    assert _unb64u("QQ", "f") == b"A"
+    assert _unb64u("QUI", "f") == b"AB"
+    for bad in ("QR", "QUJ", "QQ==", "Q", "Q+", "Q/", "Q Q", "QQ\n", "Q*Q", "Q\u00e9"):
+        with pytest.raises(ParseError):
+            _unb64u(bad, "f")
+
+
+def _signed(header: str, payload: str, key: ec.EllipticCurvePrivateKey) -> str:
+    """A token over raw header/payload JSON texts (duplicates and all), properly ES256-signed."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    signing_input = _b64u(header.encode()) + "." + _b64u(payload.encode())
+    r, s = decode_dss_signature(key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
+    return signing_input + "." + _b64u(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+
+
+def test_duplicate_keys_refused_at_every_depth() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    claims = _result().to_claims()
+    good = json.dumps(claims)
+    assert verify_ear(_signed('{"alg":"ES256"}', good, key), key.public_key(), at=NOW)
+    top = good[:-1] + ', "iat": 1}'
+    nested = good.replace('"ear.status": "warning"', '"ear.status": "warning", "ear.status": "x"')
+    assert nested != good
+    cases = [
+        ('{"alg":"ES256","alg":"ES256"}', good, "header"),
+        ('{"alg":"ES256"}', top, "payload"),
+        ('{"alg":"ES256"}', nested, "payload"),
+    ]
+    for header, payload, where in cases:
+        with pytest.raises(ParseError, match=f"duplicate key .* in {where}"):
+            verify_ear(_signed(header, payload, key), key.public_key(), at=NOW)
+
+
+def test_issued_header_is_the_canonical_json_of_alg_typ_kid() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    for kid in (None, "k1", "k2", None):
+        header = issue_ear(_result(), key, kid=kid).split(".")[0]
+        expected = {"alg": "ES256", "typ": "JWT"} | ({} if kid is None else {"kid": kid})
+        canonical = json.dumps(expected, separators=(",", ":"), sort_keys=True)
+        assert header == _b64u(canonical.encode())
+    ed = ed25519.Ed25519PrivateKey.generate()
+    header = issue_ear(_result(), ed).split(".")[0]
+    assert json.loads(base64.urlsafe_b64decode(header + "==")) == {"alg": "EdDSA", "typ": "JWT"}

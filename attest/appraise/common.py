@@ -37,6 +37,8 @@ class DeviceAppraisal:
 
     def trust_vector(self) -> dict[str, int]:
         """Each AR4SI claim is affirming unless a finding in one of its fields says otherwise."""
+        if not self.findings:  # the common case: nothing to look up per claim
+            return dict.fromkeys(self.categories, AFFIRMING_VALUE)
         out: dict[str, int] = {}
         for claim, prefixes in self.categories.items():
             hits = [f for f in self.findings if f.field.startswith(prefixes)]
@@ -49,6 +51,9 @@ class DeviceAppraisal:
         return out
 
     def submodule(self, policy_id: str) -> Submodule:
+        """This device's EAR submodule. The claims are copied (the submodule must not change if
+        the caller's mapping does), findings appended in order; signed into every result, so
+        the output is fixed (``tests/appraise/test_submodule_output.py``)."""
         extra: dict[str, Any] = dict(self.claims)
         if self.findings:
             extra["ear.lessee.findings"] = [f.to_json() for f in self.findings]

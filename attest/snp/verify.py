@@ -606,9 +606,10 @@ def verify_snp_report(
     extra = {_sha256_der(c): c for c in extra_arks}
     supplied_extra = None
     for cert, _ in by_role[CertRole.ARK]:
-        if _sha256_der(cert) in extra:
-            supplied_extra = extra[_sha256_der(cert)]
-        elif _sha256_der(cert) != ark_pin:
+        digest = _sha256_der(cert)  # memoised, but each lookup hashes the DER: once per cert
+        if digest in extra:
+            supplied_extra = extra[digest]
+        elif digest != ark_pin:
             raise ChainError(
                 f"supplied root '{describe(cert)}' is not the pinned ARK for {product.value}",
                 reason="untrusted_root",

@@ -108,3 +108,47 @@ def test_note_signer_keeps_key_and_signs_as_before() -> None:
     assert seed.hex() not in repr(signer) and "_signing_key" not in repr(signer)
     assert signer == NoteSigner("example.com/log", seed)
     assert signer != NoteSigner("example.com/log", bytes(32))
+
+
+def test_bundle_json_collateral_memo_changes_no_bytes() -> None:
+    """The collateral encodings are remembered by exact bytes: the same bytes in new objects
+    hit, different bytes never do, items over the size bound and reports are never kept, and
+    every answer is still ``json.dumps`` of the document."""
+    from attest.bundle import MAX_CACHED_ENCODING_INPUT_BYTES, _b64_cached
+
+    big = bytes(range(256)) * (MAX_CACHED_ENCODING_INPUT_BYTES // 256 + 1)
+    rim = b"<rim>" + bytes(range(200)) * 20
+
+    def make(report: bytes, chain: bytes) -> EvidenceBundle:
+        return EvidenceBundle(
+            cpu=SnpEvidenceIn(report, (bytes(bytearray(b"vcek")),)),
+            gpus=(
+                DeviceEvidenceIn("HOPPER", report, chain, (b"ocsp",), (bytes(bytearray(rim)), big)),
+            ),
+            cc_mode_on=True,
+            devtools_on=False,
+        )
+
+    _b64_cached.cache_clear()
+    first = make(b"report-1", b"chain-a")
+    assert first.to_json() == _reference_json(first)
+    misses = _b64_cached.cache_info().misses
+    second = make(b"report-2", bytes(bytearray(b"chain-a")))  # equal bytes, new objects
+    assert second.to_json() == _reference_json(second)
+    assert _b64_cached.cache_info().misses == misses  # every collateral item was a hit
+    other = make(b"report-2", b"chain-b")  # one byte string differs: encoded afresh
+    assert other.to_json() == _reference_json(other)
+    assert _b64_cached.cache_info().misses == misses + 1
+    # neither the reports nor the oversized item were ever put in the memo
+    assert _b64_cached.cache_info().currsize == misses + 1 == 5
+    assert len(big) > MAX_CACHED_ENCODING_INPUT_BYTES
+
+
+def test_bundle_json_of_tdx_and_bytearray_items() -> None:
+    t = EvidenceBundle(cpu=TdxEvidenceIn(b"quote", b'{"tcb": 1}'), cc_mode_on=False)
+    assert t.to_json() == _reference_json(t)
+    odd = EvidenceBundle(
+        cpu=SnpEvidenceIn(b"r", (bytearray(b"cert"),)),  # type: ignore[arg-type]
+        gpus=(DeviceEvidenceIn("H", b"r", memoryview(b"pem"), (), ()),),  # type: ignore[arg-type]
+    )
+    assert odd.to_json() == _reference_json(odd)
