@@ -72,12 +72,17 @@ Work is done once where its result cannot differ, and no check is skipped: blobs
 verify`` read and found matching are handed over rather than read and hashed again; policies and
 archived roots are parsed once per digest; one appraisal context per (policy, collateral) set
 shares the verifier caches the way the broker's long-lived context does. Evidence is parsed for
-every entry: real evidence never repeats, so a cache of it would only flatter a benchmark.
+every entry: real evidence never repeats, so a cache of it would only flatter a benchmark. A
+verdict is first compared where it is cheapest: if the logged token's payload is byte for byte
+what the broker signs with the recomputed verdict (``signs_verdict``), the verdicts are equal
+and neither side needs its canonical text; any other token gets the full comparison above.
 """
 
 from __future__ import annotations
 
+import binascii
 import concurrent.futures
+import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -87,6 +92,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -316,18 +322,23 @@ def _finding_list_ok(raw: object) -> bool:
 class Verdict:
     """A verdict as the equality rule compares it (see the module docstring).
 
-    Holds the submodules and enclave findings as JSON objects plus one canonical text of the
-    whole verdict: equal texts mean equal in every respect (the status is a function of the
-    same content), so ``compare_verdicts`` is one string comparison for a reproduced verdict
-    and only encodes per submodule and normalises (finding multisets without ``detail``) where
-    the texts differ. One encoding per side, not one per submodule: the JSON encoder's per-call
-    cost is most of what the comparison costs.
+    Holds the submodules and enclave findings as JSON objects and, when first asked, one
+    canonical text of the whole verdict: equal texts mean equal in every respect (the status
+    is a function of the same content), so ``compare_verdicts`` is one string comparison for a
+    reproduced verdict and only encodes per submodule and normalises (finding multisets
+    without ``detail``) where the texts differ. One encoding per side, not one per submodule:
+    the JSON encoder's per-call cost is most of what the comparison costs; and none at all
+    where the replay already saw the logged token sign exactly the recomputed verdict
+    (``signs_verdict``).
     """
 
     status: Status
     submods: Mapping[str, Mapping[str, Any]]
     enclave: tuple[Any, ...]
-    text: str
+
+    @cached_property
+    def text(self) -> str:
+        return _canonical({"enclave": list(self.enclave), "submods": self.submods})
 
     @classmethod
     def build(cls, submods: Mapping[str, object], enclave_raw: object) -> Verdict | None:
@@ -352,8 +363,7 @@ class Verdict:
         elif enclave:
             statuses.append(Status.WARNING)
         status = Status.worst(statuses) if statuses else Status.CONTRAINDICATED
-        text = _canonical({"enclave": enclave, "submods": bodies})
-        return cls(status, bodies, tuple(enclave), text)
+        return cls(status, bodies, tuple(enclave))
 
     @classmethod
     def logged(cls, claims: AttestationResult) -> Verdict | None:
@@ -368,12 +378,68 @@ class Verdict:
         findings: Sequence[AppraisalFinding],
         policy_digest: str,
     ) -> Verdict:
-        verdict = cls.build(
-            {d.name: d.submodule(policy_digest).to_json() for d in devices},
-            [f.to_json() for f in findings],
-        )
+        return cls.of_json(*verdict_json(devices, findings, policy_digest))
+
+    @classmethod
+    def of_json(
+        cls, submods: Mapping[str, Mapping[str, Any]], enclave: Sequence[Mapping[str, Any]]
+    ) -> Verdict:
+        """Our own verdict from ``verdict_json``'s parts."""
+        verdict = cls.build(submods, enclave)
         assert verdict is not None  # our own appraisal always has the right shape
         return verdict
+
+
+def verdict_json(
+    devices: Sequence[DeviceAppraisal], findings: Sequence[AppraisalFinding], policy_digest: str
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """The recomputed verdict in the form the broker signs (``agent.broker.service``): each
+    device's ``submodule(policy digest)`` in EAR JSON form, and the enclave-level findings."""
+    return (
+        {d.name: d.submodule(policy_digest).to_json() for d in devices},
+        [f.to_json() for f in findings],
+    )
+
+
+#: The broker's claims encoding (``attest.ear.issue_ear``: sorted keys, no spaces, UTF-8).
+_CLAIMS_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def signs_verdict(
+    token: str,
+    claims: AttestationResult,
+    submods: Mapping[str, Mapping[str, Any]],
+    enclave: Sequence[Mapping[str, Any]],
+) -> bool:
+    """Whether ``token`` (verified, its claims ``claims``) signs exactly this verdict: its
+    payload is, byte for byte, the claims the broker would have signed with these submodules
+    and enclave findings in place of the logged ones.
+
+    The cheap way to a reproduced verdict. The logged verdict is parsed from that payload, so
+    equal bytes make it the recomputed one as JSON, and ``compare_verdicts`` would find nothing
+    (for string-keyed objects, which is all a verdict holds); it costs one encoding and
+    base64 of our side instead of a canonical encoding of each side. Anything else -- a
+    reworded ``detail``, reordered findings, a token another encoder wrote, a value JSON cannot
+    carry -- answers False, and ``compare_verdicts`` decides as before. The encoding mirrors
+    ``attest.ear.issue_ear``; were the two ever to drift apart, this would only answer False.
+    """
+    extra = {k: v for k, v in claims.extra.items() if k != FINDINGS_CLAIM}
+    if enclave:
+        extra[FINDINGS_CLAIM] = enclave  # the broker adds the claim only when there are some
+    payload = dataclasses.replace(claims, submods={}, extra=extra).to_claims()
+    payload["submods"] = submods
+    try:
+        data = _CLAIMS_ENCODER.encode(payload).encode("utf-8")
+    except (TypeError, ValueError):
+        return False
+    ours = binascii.b2a_base64(data, newline=False).translate(_TO_URLSAFE).rstrip(b"=")
+    signed = token.strip()  # as verify_ear reads it: header.payload.signature
+    start = signed.find(".") + 1
+    end = signed.find(".", start)
+    return end - start == len(ours) and signed.startswith(ours.decode("ascii"), start)
+
+
+_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 
 def _short(key: str) -> str:
@@ -670,9 +736,13 @@ class EntryReplayer:
         ctx, missing = self._entry_context(e, policy, blob, add)
         facts["roots_unavailable"] = missing
         devices, enclave = self.config.appraise(bundle, binding, policy, e.time, ctx)
-        ours = Verdict.recomputed(devices, enclave, policy_digest)
+        submods, enclave_json = verdict_json(devices, enclave, policy_digest)
+        ours = Verdict.of_json(submods, enclave_json)
         facts["recomputed_status"] = ours.status
-        diffs = compare_verdicts(logged, ours)
+        if signs_verdict(e.result, claims, submods, enclave_json):
+            diffs = []
+        else:
+            diffs = compare_verdicts(logged, ours)
         facts["verdict_equal"] = not diffs
         if diffs:
             hint = (

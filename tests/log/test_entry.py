@@ -9,12 +9,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import attest.log.entry as entry_module
 from attest.errors import InputError, LesseeError
 from attest.log.entry import (
+    _JWS_RE,
     MAX_ENTRY_BYTES,
     BlobRef,
     EntryError,
     EntryKind,
+    LogEntry,
+    _canonical,
+    _parse_time,
+    _plain_jws,
     decode_entry,
 )
 from tests.log.helpers import EAR, POLICY, T0, make_entry
@@ -199,3 +205,109 @@ def test_release_roundtrip(
     )
     again = decode_entry(e.raw)
     assert again == e and again.time == at
+
+
+# ---- the fast paths of decoding (issue 7): same bytes, same values, same errors ----------
+
+_PRINTABLE = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    verifier=_PRINTABLE.filter(lambda s: len(s) <= 128),
+    model=_PRINTABLE.filter(lambda s: len(s) <= 128),
+    role=st.from_regex(r"[a-z0-9][a-z0-9._-]{0,12}\n?", fullmatch=True),
+    result=st.sampled_from([EAR, EAR + "\n", "a.b.c", "a-_.b.c"]),
+    size=st.integers(0, 64 * 1024 * 1024),
+    release=st.booleans(),
+)
+def test_written_out_encoding_is_json_dumps(
+    verifier: str, model: str, role: str, result: str, size: int, release: bool
+) -> None:
+    """``LogEntry._encode`` spells the entry exactly as ``json.dumps(sort_keys=True)`` does,
+    quotes, backslashes and the newline the role and result patterns let through included."""
+    common = {
+        "time": T0,
+        "nonce": ATTEST.nonce,
+        "binding": ATTEST.binding,
+        "policy": ATTEST.policy,
+        "verifier": verifier,
+        "result": result,
+    }
+    ref = BlobRef(role, "application/octet-stream", bytes(range(32)), size)
+    if release:
+        e = LogEntry(
+            kind=EntryKind.RELEASE, model_id=model, recipient_key_sha256=bytes(32), **common
+        )
+    else:
+        other = BlobRef("x" + role, "application/xml", bytes(32), size // 2)
+        e = LogEntry(kind=EntryKind.ATTEST, evidence=(ref,), collateral=(other,), **common)
+    assert e.raw == _canonical(e._to_json())
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet="ab.-_Z9\n!é", max_size=12))
+def test_plain_jws_is_the_strict_form_of_the_pattern(value: str) -> None:
+    plain = _plain_jws(value)
+    assert plain == (_JWS_RE.fullmatch(value) is not None)
+    assert not plain or _JWS_RE.match(value) is not None
+
+
+def _strptime_time(value: str) -> datetime:
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.from_regex(
+        r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z", fullmatch=True
+    )
+)
+def test_time_read_field_by_field_is_strptime(value: str) -> None:
+    """Valid or not (month 13, 30 February, second 60, year 0), the fast read of a canonical
+    time answers what ``strptime`` answers."""
+    try:
+        expected: datetime | None = _strptime_time(value)
+    except ValueError:
+        expected = None
+    if expected is None:
+        with pytest.raises(EntryError, match="not a valid date and time"):
+            _parse_time(value)
+    else:
+        assert _parse_time(value) == expected and _parse_time(value).tzinfo is UTC
+
+
+def test_time_outside_the_fast_shape_still_takes_strptime() -> None:
+    # The pattern's "$" allows a final newline; strptime refuses it, and still does.
+    with pytest.raises(EntryError, match="not a valid date and time"):
+        _parse_time("2026-11-28T12:00:00.000000Z\n")
+    # Unicode digits match "\d"; strptime reads them, so the value decodes as before.
+    assert _parse_time("\u0662026-11-28T12:00:00.000000Z") == _strptime_time(
+        "\u0662026-11-28T12:00:00.000000Z"
+    )
+
+
+def test_duplicate_key_names_the_first_one_repeated() -> None:
+    with pytest.raises(EntryError, match="duplicate key 'a'"):
+        decode_entry(b'{"a":1,"b":2,"b":3,"a":4}'.replace(b'"b":2,', b'"b":2,"a":0,'))
+
+
+def test_cached_blob_references_never_stand_in_for_other_types() -> None:
+    """A reference decoded once is reused only for the very same JSON values: ``true`` equals
+    ``1`` as a dict key, yet a boolean size is still refused."""
+    ok = {"media_type": "application/json", "role": "policy", "sha256": "00" * 32, "size": 1}
+    first = BlobRef.from_json(dict(ok), "policy")
+    assert BlobRef.from_json(dict(ok), "policy") is first
+    with pytest.raises(EntryError, match="size must be an integer"):
+        BlobRef.from_json(dict(ok, size=True), "policy")
+    with pytest.raises(EntryError, match="size must be an integer"):
+        BlobRef.from_json(dict(ok, size=1.0), "policy")
+
+
+def test_blob_reference_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(entry_module, "MAX_CACHED_REFS", 4)
+    monkeypatch.setattr(entry_module, "_REF_CACHE", {})
+    for i in range(10):
+        ref = {"media_type": "application/json", "role": "policy", "sha256": "00" * 32, "size": i}
+        assert BlobRef.from_json(ref, "policy").size == i
+        assert len(entry_module._REF_CACHE) <= 4
