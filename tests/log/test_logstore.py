@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from agent.logstore import (
+    AppendReceipt,
     BlobMissingError,
     LogIntegrityError,
     LogStore,
@@ -17,9 +19,11 @@ from agent.logstore import (
 )
 from attest.errors import InputError
 from attest.log import merkle
-from attest.log.checkpoint import verify_checkpoint
+from attest.log.checkpoint import format_checkpoint, verify_checkpoint
+from attest.log.entry import BlobRef, LogEntry, attest_entry
 from attest.log.merkle import EMPTY_ROOT, leaf_hash
-from tests.log.helpers import LOG_SIGNER, OTHER_SIGNER, POLICY, make_entry
+from attest.log.note import sign_note
+from tests.log.helpers import EAR, LOG_SIGNER, OTHER_SIGNER, POLICY, T0, make_entry
 
 
 def _fill(store: LogStore, n: int, start: int = 0) -> None:
@@ -199,3 +203,96 @@ def test_layout_1_blobs_table_is_migrated_on_open(tmp_path: Path) -> None:
     with pytest.raises(LogIntegrityError) as exc:
         LogStore(db, LOG_SIGNER)
     assert exc.value.reason == "store_schema"
+
+
+def test_checkpoints_are_byte_identical_to_sign_note(tmp_path: Path) -> None:
+    """Issue #5: the writer formats and signs checkpoints without the library's re-parse; every
+    note it stores must still be exactly ``sign_note(format_checkpoint(...))`` (Ed25519 is
+    deterministic), with the origin apart from the key name, over many group commits."""
+    origin = "example.com/lessee-log"
+    with LogStore(tmp_path / "log.db", LOG_SIGNER, origin=origin) as store:
+        ts = [threading.Thread(target=_fill, args=(store, 9, k * 100)) for k in range(4)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        notes = store.checkpoints()
+        assert notes[-1] == store.latest_checkpoint()
+        for note in notes:
+            cp = verify_checkpoint(note, LOG_SIGNER.verifier(), expected_origin=origin).checkpoint
+            assert cp.root_hash == (EMPTY_ROOT if cp.size == 0 else store._tree.root(cp.size))
+            assert note == sign_note(
+                format_checkpoint(origin, cp.size, cp.root_hash).text, [LOG_SIGNER]
+            )
+        assert [verify_checkpoint(n, LOG_SIGNER.verifier()).checkpoint.size for n in notes][
+            -1
+        ] == 36
+
+
+def _attest(i: int, evidence: list[bytes]) -> LogEntry:
+    return attest_entry(
+        at=T0,
+        nonce=hashlib.sha256(b"group nonce %d" % i).digest()[:16],
+        binding=hashlib.sha256(b"group binding %d" % i).digest(),
+        policy=BlobRef.of("policy", "application/json", POLICY),
+        verifier="lessee 0.1.0",
+        result=EAR,
+        evidence=[
+            BlobRef.of(f"cpu{k}.report", "application/octet-stream", e)
+            for k, e in enumerate(evidence)
+        ],
+    )
+
+
+def test_blob_supplied_earlier_in_the_same_group(tmp_path: Path) -> None:
+    """A group is written with one ``executemany`` per table, so a request may rely on a blob
+    supplied by a request accepted before it *in the same group* (as when each was inserted
+    in turn), never on one from a request that group refused."""
+    ev_b, ev_f, ev_g = b"evidence B", b"evidence F", b"evidence G"
+    db = tmp_path / "log.db"
+    with LogStore(db, LOG_SIGNER) as store:
+        results: dict[str, object] = {}
+
+        def run(name: str, entry: LogEntry, blobs: list[bytes]) -> None:
+            try:
+                results[name] = store.append(entry, blobs)
+            except BlobMissingError as exc:
+                results[name] = exc
+
+        threads: list[threading.Thread] = []
+
+        def start(name: str, entry: LogEntry, blobs: list[bytes], queued: int) -> None:
+            t = threading.Thread(target=run, args=(name, entry, blobs))
+            t.start()
+            threads.append(t)
+            while store._queue.qsize() != queued:
+                time.sleep(0.001)
+
+        # Stall the writer inside the first request's transaction (it appends to the tree
+        # under this lock), then queue the group behind it.
+        with store._tree_lock:
+            start("first", *make_entry(1), queued=0)
+            probe = sqlite3.connect(db, timeout=0)
+            while True:
+                try:
+                    probe.execute("BEGIN IMMEDIATE")
+                    probe.execute("ROLLBACK")
+                except sqlite3.OperationalError:
+                    break  # the writer holds the write lock: "first" is being committed
+                time.sleep(0.001)
+            probe.close()
+            start("b", _attest(1, [ev_b]), [POLICY, ev_b], queued=1)
+            start("x", _attest(2, [ev_f, ev_g]), [POLICY, ev_f], queued=2)  # G missing
+            start("c", _attest(3, [ev_b]), [], queued=3)  # B from "b", policy stored
+            start("d", _attest(4, [ev_f]), [], queued=4)  # F only from refused "x"
+        for t in threads:
+            t.join()
+        b, c = results["b"], results["c"]
+        assert isinstance(b, AppendReceipt) and isinstance(c, AppendReceipt)
+        assert (b.index, c.index) == (1, 2) and b.tree_size == c.tree_size == 3
+        assert isinstance(results["x"], BlobMissingError)
+        assert isinstance(results["d"], BlobMissingError)
+        assert store.blob(hashlib.sha256(ev_b).digest()) == ev_b
+        with pytest.raises(InputError):
+            store.blob(hashlib.sha256(ev_f).digest())
+        assert len(store.checkpoints()) == 3  # empty, "first", one for the group
