@@ -714,6 +714,9 @@ class ChainCache:
         self._entries: OrderedDict[bytes, VerifiedChain] = OrderedDict()
         self._lock = threading.Lock()
         self._links = _LinkCache(max_entries * LINKS_PER_CHAIN_ENTRY)
+        #: chains being verified right now, by key: the same chain asked for again meanwhile
+        #: (the driver and VBIOS RIMs of one signer, both started ahead) waits for that answer
+        self._verifying: dict[bytes, threading.Event] = {}
         self.hits = 0
         self.misses = 0
 
@@ -748,26 +751,43 @@ class ChainCache:
         chain = tuple(certs)
         ders = tuple(_der(c) for c in (*chain, root))
         key = self._key(ders, expected_length)
-        with self._lock:
-            hit = self._entries.get(key)
-            if hit is not None:
+        # The same chain asked for while it is being verified waits for that verification, then
+        # looks again: a hit if it passed (as when asked after it, one after the other), its own
+        # full check if it failed (failures are not remembered). So the answer, the error and
+        # the counters never depend on which of two concurrent askers came first. The waiter
+        # has claimed nothing yet, and the verifying thread can finish on its own (it runs any
+        # of its link checks nobody started), so the wait always ends.
+        while True:
+            with self._lock:
+                hit = self._entries.get(key)
+                if hit is not None:
+                    self._entries.move_to_end(key)
+                if hit is not None and hit.valid_from <= at <= hit.valid_until:
+                    self.hits += 1
+                    return hit
+                running = self._verifying.get(key)
+                if running is None:
+                    self.misses += 1
+                    mine = self._verifying[key] = threading.Event()
+                    break
+            running.wait()
+        try:
+            result = _verify_chain(
+                chain,
+                root=root,
+                at=at,
+                expected_length=expected_length,
+                what=what,
+                links=self._links,
+                ders=ders,
+            )
+            with self._lock:
+                self._entries[key] = result
                 self._entries.move_to_end(key)
-            if hit is not None and hit.valid_from <= at <= hit.valid_until:
-                self.hits += 1
-                return hit
-            self.misses += 1
-        result = _verify_chain(
-            chain,
-            root=root,
-            at=at,
-            expected_length=expected_length,
-            what=what,
-            links=self._links,
-            ders=ders,
-        )
-        with self._lock:
-            self._entries[key] = result
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._max:
-                self._entries.popitem(last=False)
+                while len(self._entries) > self._max:
+                    self._entries.popitem(last=False)
+        finally:
+            with self._lock:
+                del self._verifying[key]
+            mine.set()
         return result

@@ -250,9 +250,11 @@ def _start(
     at: datetime,
     root: x509.Certificate | None,
     chain_cache: ChainCache | None,
+    chain_started: Callable[[], None] | None = None,
 ) -> Callable[[], VerifiedRim]:
     """Start ``_verify``: signxml runs here and now, the signer chain on the pool; the returned
-    call waits for the chain and gives the result (or raises), in the sequential order."""
+    call waits for the chain and gives the result (or raises), in the sequential order.
+    ``chain_started`` is called once the signer chain is on the pool, before signxml."""
     at = require_aware(at)
     trust = root if root is not None else roots.nvidia_rim_root()
     what = f"RIM signer chain of {rim.name} {rim.version}"
@@ -268,6 +270,8 @@ def _start(
     # raised is the one the sequential order gives: chain, then signer, then signature. (A RIM
     # whose chain fails thus costs one signxml pass more than before: bounded, like the parse.)
     chain_job = defer(signer_chain)
+    if chain_started is not None:
+        chain_started()
     xml_job: Deferred[VerifyResult] | None = None
     if rim.signer_chain:
         xml_job = Deferred(partial(_signxml, rim.raw, rim.signer_chain[0], at))
@@ -367,17 +371,41 @@ class RimVerifier:
             rim.raw, verify_rim(rim, at=at, root=self._root, chain_cache=self._chain_cache)
         )
 
-    def begin(self, data: bytes, *, at: datetime) -> Callable[[], VerifiedRim]:
+    @property
+    def root(self) -> x509.Certificate:
+        """The pinned RIM root: a verified chain is ``(*rim.signer_chain, root)``."""
+        return self._root
+
+    def begin(
+        self,
+        data: bytes,
+        *,
+        at: datetime,
+        on_parsed: Callable[[Rim], None] | None = None,
+    ) -> Callable[[], VerifiedRim]:
         """``verify(data, at=at)`` in two halves, so a caller can start several RIMs before
         waiting on any: the parse and signxml's XML work run here and now (``RimParseError``
         raised here), the signer chain's signatures on the shared pool; the returned call
-        waits for them and returns the VerifiedRim or raises, exactly as ``verify`` would."""
+        waits for them and returns the VerifiedRim or raises, exactly as ``verify`` would.
+
+        ``on_parsed`` is called with the parsed RIM once its signer chain is on the pool and
+        before signxml runs (not for a remembered RIM), so a caller can start work that needs
+        only the signer chain (its OCSP checks) while this thread is busy with the XML. It must
+        not raise.
+        """
         at = require_aware(at)
         hit = self._lookup(data, at)
         if hit is not None:
             return lambda: hit
         rim, content = parse_rim_with_content(data, certificates=self._certificates)
-        finish = _start(rim, content, at=at, root=self._root, chain_cache=self._chain_cache)
+        finish = _start(
+            rim,
+            content,
+            at=at,
+            root=self._root,
+            chain_cache=self._chain_cache,
+            chain_started=partial(on_parsed, rim) if on_parsed is not None else None,
+        )
         return lambda: self._remember(data, finish())
 
     def _remember(self, raw: bytes, result: VerifiedRim) -> VerifiedRim:

@@ -49,6 +49,7 @@ from attest.nvidia.claims import (
     device_claims,
 )
 from attest.nvidia.device import (
+    DEVICE_CHAIN_LENGTH,
     DeviceCheckError,
     FwidError,
     check_nonce,
@@ -69,6 +70,7 @@ from attest.nvidia.opaque import (
 from attest.nvidia.rim import (
     NVDEC_RIM_INDEX,
     MeasurementComparison,
+    Rim,
     RimChainError,
     RimParseError,
     RimSelectionError,
@@ -95,6 +97,7 @@ from attest.revocation.ocsp import (
     MAX_OCSP_RESPONSE_BYTES,
     OcspCache,
     OcspCheck,
+    OcspPrefetch,
     OcspSource,
     RevocationMode,
     StapledOcsp,
@@ -489,6 +492,8 @@ class _Device:
         self.warnings: list[str] = []
         self.ocsp: list[OcspCheck] = []
         self.mismatched: tuple[int, ...] = ()
+        #: stapled response checks started ahead (``_ColdWork``), taken by the OCSP steps
+        self.prefetched: OcspPrefetch | None = None
 
     def fail(self, fieldname: str, expected: object, actual: object, detail: str = "") -> None:
         self.failures.append(Failure(fieldname, expected, actual, detail))
@@ -525,6 +530,7 @@ class _Device:
                     at=at,
                     allow_hold=allow_hold,
                     cache=self.caches.ocsp,
+                    prefetched=self.prefetched,
                 )
                 self._remember_keys(
                     anchor=anchor,
@@ -869,25 +875,41 @@ def _finish_rim(begun: Deferred[Callable[[], VerifiedRim]]) -> VerifiedRim:
 class _ColdWork:
     """A device's expensive checks, started ahead where the caches do not answer them.
 
-    The device chain (4 link signatures), the report signature and each RIM not yet verified
-    (parse, signer chain, XML-DSig) depend on nothing the pipeline decides in between: each is
-    a pure function of its inputs. So the signature checks go to the shared pool (they release
-    the GIL) while this thread does what holds it, parsing both RIMs and running signxml on
-    them, each RIM's signer chain going to the pool behind the device's checks. The pipeline
-    reads each outcome (value or exception) at the step where it used to compute it, so every
-    failure is recorded in the same order with the same text as before. With nothing cold but
-    the report signature (warm caches) nothing is offered to the pool and no Deferred is made:
-    the pipeline then runs as it always did.
+    The device chain (4 link signatures), the report signature, each RIM not yet verified
+    (parse, signer chain, XML-DSig) and, in ``stapled`` mode, the OCSP responses of the device
+    chain and of each RIM signer chain depend on nothing the pipeline decides in between: each
+    is a pure function of its inputs. So the signature checks go to the shared pool (they
+    release the GIL) while this thread does what holds it, parsing both RIMs and running
+    signxml on them: the device chain's links and its three OCSP responses as soon as the
+    evidence is read, each RIM's signer chain and then its OCSP responses as soon as the RIM
+    is parsed (its signer chain names the certificates). The pipeline reads each
+    outcome (value or exception) at the step where it used to compute it, so every failure is
+    recorded in the same order with the same text as before; OCSP verdicts are still asked
+    for, looked up in the verdict cache and remembered chain by chain in index order
+    (``OcspPrefetch``). With nothing cold but the report signature (warm caches) nothing is
+    offered to the pool and no Deferred is made: the pipeline then runs as it always did.
     """
 
-    def __init__(self, evidence: DeviceEvidence, ctx: _Context, report: DeviceReport) -> None:
-        self._ctx, self._evidence, self._report = ctx, evidence, report
+    def __init__(
+        self, evidence: DeviceEvidence, ctx: _Context, report: DeviceReport, dev: _Device
+    ) -> None:
+        self._ctx, self._evidence, self._report, self._dev = ctx, evidence, report, dev
         self._chain_hit = ctx.caches.device_chain_remembered(evidence.chain, ctx.at)
         self._chain: Deferred[VerifiedChain] | None = None
         self._signature: Deferred[None] | None = None
 
+    def _ocsp_prefetch(self) -> OcspPrefetch | None:
+        """Where stapled OCSP checks can start ahead: a ``StapledOcsp`` (pure) in stapled mode.
+        An online source fetches over the network, so it is asked at its step only."""
+        ctx = self._ctx
+        if ctx.mode is not RevocationMode.STAPLED or not isinstance(ctx.ocsp_source, StapledOcsp):
+            return None
+        return OcspPrefetch(
+            ctx.ocsp_source, at=ctx.at, allow_hold=ctx.allow_hold, cache=ctx.caches.ocsp
+        )
+
     def start(self, rims: _RimPlan) -> None:
-        caches, at = self._ctx.caches, self._ctx.at
+        caches, at, chain = self._ctx.caches, self._ctx.at, self._evidence.chain
         cold_rims: list[_RimFetch] = []
         for fetched in rims.fetched():
             if fetched.data is None:
@@ -897,21 +919,43 @@ class _ColdWork:
                 cold_rims.append(fetched)
         if not cold_rims and self._chain_hit is not None:
             return  # warm: only the report signature, checked at its step
-        # The device chain's link signatures go to the pool first; this thread does the RIMs'
-        # Python work (parse, signxml) meanwhile, each RIM's signer chain going to the pool
-        # behind them, then the report signature, the first outcome this thread needs that the
-        # pool may not have started by then (it then checks it itself, alongside the pool).
-        # Outcomes are read at their own steps.
+        # The device chain's link signatures go to the pool first, then its OCSP response
+        # checks; this thread does the RIMs' Python work (parse, signxml) meanwhile, each RIM's
+        # signer chain and then its OCSP checks going to the pool behind them, then the report
+        # signature, the first outcome this thread needs that the pool may not have started by
+        # then (it then checks it itself, alongside the pool). Outcomes are read at their own
+        # steps.
+        prefetch = self._dev.prefetched = self._ocsp_prefetch()
         if self._chain_hit is None:
-            self._chain = offer(Deferred(partial(caches.device_chain, self._evidence.chain, at)))
+            self._chain = offer(Deferred(partial(caches.device_chain, chain, at)))
+        if prefetch is not None and len(chain) == DEVICE_CHAIN_LENGTH:
+            indices = nvidia_device_ocsp_indices(len(chain))
+            if self._chain_hit is None or self._revocation_unknown(self._chain_hit, indices):
+                prefetch.start(chain, indices)
+        on_parsed = partial(self._rim_parsed, prefetch) if prefetch is not None else None
         for fetched in cold_rims:
             assert fetched.data is not None
-            begun = Deferred(partial(caches.rims.begin, fetched.data, at=at))
+            begun = Deferred(partial(caches.rims.begin, fetched.data, at=at, on_parsed=on_parsed))
             begun.run_here()  # a RimParseError is kept, and raised at the RIM's stage
             fetched.verified = Deferred(partial(_finish_rim, begun))
-        self._signature = offer(
-            Deferred(partial(verify_signature, self._report, self._evidence.chain[0]))
+        self._signature = offer(Deferred(partial(verify_signature, self._report, chain[0])))
+
+    def _revocation_unknown(self, anchor: VerifiedChain, indices: tuple[int, ...]) -> bool:
+        """True unless this stapled set answered this verified chain before (its verdicts are
+        then read straight from the verdict cache: nothing to start)."""
+        source = self._ctx.ocsp_source
+        assert isinstance(source, StapledOcsp)
+        return (
+            self._ctx.caches.revocation_keys.get(source, anchor, self._ctx.allow_hold, indices)
+            is None
         )
+
+    def _rim_parsed(self, prefetch: OcspPrefetch, rim: Rim) -> None:
+        """Start the OCSP checks of a freshly parsed RIM's signer chain: the chain its RIM stage
+        will check is ``(*rim.signer_chain, RIM root)``, the indexes NVIDIA's."""
+        certs = (*rim.signer_chain, self._ctx.caches.rims.root)
+        if len(certs) >= 2:
+            prefetch.start(certs, nvidia_rim_ocsp_indices(len(certs)))
 
     def device_chain(self) -> VerifiedChain:
         if self._chain_hit is not None:
@@ -978,7 +1022,7 @@ def _verify_one(
         return finish(DeviceChecks(kind=kind, arch_check=arch_ok), None)
     opaque = report.opaque
     leaf = evidence.chain[0]
-    cold = _ColdWork(evidence, ctx, report)
+    cold = _ColdWork(evidence, ctx, report, dev)
     rims = _plan_rims(ctx, kind, arch, opaque)
     cold.start(rims)
 

@@ -56,7 +56,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, SignatureAlgorithmOID
 
 from attest.errors import InputError, ParseError, RevocationError
 from attest.timeutil import require_aware
-from attest.x509chain import describe, run_all, signature_bits_canonical
+from attest.x509chain import Deferred, describe, offer, settle, signature_bits_canonical
 
 __all__ = [
     "CLOCK_SKEW",
@@ -66,6 +66,7 @@ __all__ = [
     "NVIDIA_OCSP_NONCE_BYTES",
     "OcspCache",
     "OcspCheck",
+    "OcspPrefetch",
     "OcspSource",
     "OcspStatus",
     "RevocationMode",
@@ -769,6 +770,13 @@ class OcspCache:
             self.misses += 1
         return None
 
+    def remembered(self, key: bytes, at: datetime) -> bool:
+        """Whether ``get(key, at)`` would answer, without counting or reordering anything
+        (for work started ahead: the real lookup happens later, in the caller's order)."""
+        with self._lock:
+            hit = self._entries.get(key)
+        return hit is not None and hit.window_start <= at <= hit.window_end
+
     def put(self, key: bytes, verified: _Verified) -> None:
         with self._lock:
             self._entries[key] = verified
@@ -1023,6 +1031,107 @@ class StapledOcsp:
         return None if best is None else best[1]
 
 
+class OcspPrefetch:
+    """Stapled response checks started on the shared pool before their chain's turn comes.
+
+    A verifier knows the certificates whose revocation it will check long before it checks
+    them (a device chain as soon as the evidence is read, a RIM signer chain as soon as the RIM
+    is parsed), while the step that reads the verdicts comes only after the chain itself
+    verified. ``start`` asks the stapled set for each response and, for every one the verdict
+    cache cannot answer, offers the response check (the signature work, GIL-free) to the pool
+    at once; ``check_chain_revocation(..., prefetched=this)`` later takes the outcome instead
+    of checking that response again.
+
+    Nothing observable changes: the stapled set is pure, and a prefetched check is the same
+    pure function of (response DER, certificate DER, issuer DER, options, time) that the chain
+    check would run: an outcome is only taken for the same cache key and the same ``at``.
+    ``check_chain_revocation`` still asks the source, consults the cache (its counters move
+    only there) and remembers verdicts in index order, so verdicts, cache contents and counters
+    are exactly those of the sequential check. Work started for a chain that later fails (and
+    is never revocation-checked) is simply dropped: it has no side effect. Only for a
+    ``StapledOcsp``: an online source does I/O, which must stay where and when the caller asks.
+    """
+
+    def __init__(
+        self,
+        source: StapledOcsp,
+        *,
+        at: datetime,
+        allow_hold: bool = False,
+        max_age: timedelta | None = None,
+        cache: OcspCache | None = None,
+    ) -> None:
+        self._source = source
+        self._at = require_aware(at)
+        self._allow_hold = allow_hold
+        self._max_age = max_age
+        self._cache = cache
+        self._started: dict[bytes, Deferred[_Verified | OcspCheck]] = {}
+
+    def __len__(self) -> int:
+        """How many response checks were started."""
+        return len(self._started)
+
+    def start(self, certs: Sequence[x509.Certificate], indices: Iterable[int]) -> None:
+        """Offer the checks of certs[i] (issued by certs[i + 1]) for every i in ``indices``.
+
+        Speculative: anything unusual (an index without an issuer, no stapled answer, an
+        oversized response, a certificate whose key cannot be read) starts nothing here; the
+        chain check meets it at its own step and reports it exactly as before.
+        """
+        chain = tuple(certs)
+        ders: dict[int, bytes] = {}
+        for i in indices:
+            if not 0 <= i < len(chain) - 1:
+                continue
+            cert, issuer = chain[i], chain[i + 1]
+            try:
+                der = self._source.response_for(cert, issuer)
+                if der is None or len(der) > MAX_OCSP_RESPONSE_BYTES:
+                    continue
+                for position in (i, i + 1):
+                    if position not in ders:
+                        ders[position] = chain[position].public_bytes(serialization.Encoding.DER)
+            except (ValueError, TypeError, UnsupportedAlgorithm, InputError):
+                continue  # the chain check raises or reports it at its step, as before
+            key = OcspCache.key(
+                der,
+                cert,
+                issuer,
+                allow_hold=self._allow_hold,
+                expected_nonce=None,
+                max_age=self._max_age,
+                cert_der=ders[i],
+                issuer_der=ders[i + 1],
+            )
+            if key in self._started or (
+                self._cache is not None and self._cache.remembered(key, self._at)
+            ):
+                continue
+            pending = _PendingCheck(
+                bytes(der),
+                cert,
+                issuer,
+                self._at,
+                self._allow_hold,
+                None,
+                self._max_age,
+                cache=self._cache,
+                key=key,
+                issuer_der=ders[i + 1],
+            )
+            self._started[key] = offer(Deferred(pending.run))
+
+    def _take(
+        self, key: bytes, *, at: datetime, allow_hold: bool, max_age: timedelta | None
+    ) -> Deferred[_Verified | OcspCheck] | None:
+        """The check started for this question, if it was started for the same time and
+        options (the key covers the bytes and options; ``at`` is compared here)."""
+        if at != self._at or allow_hold != self._allow_hold or max_age != self._max_age:
+            return None
+        return self._started.get(key)
+
+
 # --------------------------------------------------------------------------------------------
 # Chains
 # --------------------------------------------------------------------------------------------
@@ -1059,8 +1168,13 @@ def check_chain_revocation(
     allow_hold: bool = False,
     max_age: timedelta | None = None,
     cache: OcspCache | None = None,
+    prefetched: OcspPrefetch | None = None,
 ) -> tuple[OcspCheck, ...]:
     """One :class:`OcspCheck` per index i, for certs[i] issued by certs[i + 1], in order.
+
+    ``prefetched``: response checks already started for these certificates (see
+    :class:`OcspPrefetch`); their outcomes are used in place of checking those responses
+    again, with the same verdicts, cache contents and counters.
 
     ``SKIP`` gives ``skipped`` (ok=False: the caller may downgrade it to a warning, never to a
     pass). Otherwise the source is asked; no source, no answer, or a source that raised
@@ -1155,7 +1269,20 @@ def check_chain_revocation(
             )
         )
     pending = [s for s in slots if isinstance(s, _PendingCheck)]
-    outcomes = iter(run_all([p.run for p in pending]))
+    jobs: list[Deferred[_Verified | OcspCheck]] = []
+    fresh: list[Deferred[_Verified | OcspCheck]] = []
+    for p in pending:
+        job = None
+        if prefetched is not None and p.key:
+            job = prefetched._take(p.key, at=at, allow_hold=allow_hold, max_age=max_age)
+        if job is None:
+            job = Deferred(p.run)
+            fresh.append(job)
+        jobs.append(job)
+    for job in fresh[1:]:  # the first new one runs here, right away (as run_all does)
+        offer(job)
+    settle(jobs)
+    outcomes = iter(jobs)
     results: list[OcspCheck] = []
     for slot in slots:
         if isinstance(slot, _PendingCheck):

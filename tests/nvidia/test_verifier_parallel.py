@@ -11,21 +11,25 @@ verification, which has nothing to parallelise, never touches the pool.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from agent.emulation import EmulatedGpu, EmulationPki
 from attest import x509chain
 from attest.bundle import DeviceEvidenceIn
+from attest.errors import ChainError
 from attest.nvidia.evidence import DeviceEvidence
 from attest.nvidia.rim import RimCollection
 from attest.nvidia.verifier import EvidenceSetResult, Status, VerifierCaches, verify_gpu_evidence
-from attest.revocation.ocsp import StapledOcsp
-from attest.x509chain import pool_workers, set_pool_workers
+from attest.revocation import ocsp as ocsp_module
+from attest.revocation.ocsp import OcspPrefetch, StapledOcsp
+from attest.x509chain import ChainCache, pool_workers, set_pool_workers
 from tests.conftest import NVIDIA, TODAY
 from tests.emulation.helpers import emulation_caches, to_device_evidence
 from tests.nvidia.test_verifier import (
@@ -214,3 +218,190 @@ def test_stapled_ocsp_on_the_pool_gives_the_sequential_result(
         for _ in range(3):
             assert run(everything) == expected["all"]
             assert run(some) == expected["some"]
+
+
+# ---------------------------------------------------------------------------------------------
+# stapled OCSP checks started ahead of their steps (device chain and both RIM chains)
+
+
+def _stapled_variants(
+    pki: EmulationPki, gpu: EmulatedGpu
+) -> tuple[tuple[DeviceEvidence, ...], datetime, bytes, dict[str, Callable[[], object]]]:
+    """Emulated stapled evidence, and named ways to verify it: passing, and failing in the
+    OCSP steps (missing, stale, forged answers), in the device chain (so its prefetched OCSP
+    work is dropped) and in a RIM (its OCSP work too)."""
+    at = datetime.now(UTC)
+    nonce = os.urandom(32)
+    report = gpu.report(nonce)
+    item = DeviceEvidenceIn(
+        "HOPPER",
+        report,
+        gpu.certificate_chain_pem(),
+        gpu.ocsp_responses(at),
+        (gpu.driver_rim(), gpu.vbios_rim()),
+    )
+    evidence = to_device_evidence([item])
+    good = tuple(item.ocsp_responses)
+    stale = gpu.ocsp_responses(at - timedelta(days=30))
+    forged = tuple(_flip(der, len(der) - 3) for der in good)  # signatures broken
+    chain = evidence[0].chain
+    swapped = (replace(evidence[0], chain=(chain[0], chain[2], chain[1], *chain[3:])),)
+    driver = item.rims[0]
+    digit = driver.index(b"Hash0=") + 10
+    tampered = driver[:digit] + (b"1" if driver[digit : digit + 1] == b"0" else b"0")
+    tampered += driver[digit + 1 :]
+
+    def run(
+        responses: tuple[bytes, ...],
+        devices: tuple[DeviceEvidence, ...] = evidence,
+        rims: tuple[bytes, ...] = item.rims,
+    ) -> Callable[[], object]:
+        def verify() -> object:
+            caches = emulation_caches(pki)
+            result = verify_gpu_evidence(
+                devices,
+                at=at,
+                expected_nonce=nonce,
+                rim_source=RimCollection(rims),
+                revocation_mode="stapled",
+                ocsp_source=StapledOcsp(responses),
+                caches=caches,
+            )
+            counters = (
+                caches.ocsp.hits,
+                caches.ocsp.misses,
+                len(caches.ocsp),
+                caches.chains.link_hits,
+                caches.chains.link_misses,
+            )
+            return (_facts(result), counters)
+
+        return verify
+
+    variants = {
+        "all good": run(good),
+        "device answers only": run(good[:3]),
+        "every other answer": run(good[::2]),
+        "stale answers": run(stale),
+        "forged answers": run(forged),
+        "mixed: stale device, forged RIM": run(stale[:3] + forged[3:]),
+        "device chain out of order": run(good, swapped),
+        "driver RIM tampered": run(good, rims=(tampered, item.rims[1])),
+    }
+    return evidence, at, nonce, variants
+
+
+def test_ocsp_started_ahead_gives_the_sequential_result(
+    emulated: tuple[EmulationPki, EmulatedGpu], workers: Callable[[int], int]
+) -> None:
+    """Every variant, including cache counters, equal with 0, 1 and 2 pool threads."""
+    pki, gpu = emulated
+    _, _, _, variants = _stapled_variants(pki, gpu)
+    workers(0)
+    expected = {name: run() for name, run in variants.items()}
+    statuses = {name: facts[0][0]["status"] for name, facts in expected.items()}  # type: ignore[index]
+    assert statuses.pop("all good") == "affirming"
+    assert set(statuses.values()) == {"contraindicated"}
+    for n in (1, 2):
+        workers(n)
+        for _ in range(3):
+            for name, run in variants.items():
+                assert run() == expected[name], (name, n)
+
+
+def test_every_cold_ocsp_check_is_started_ahead(
+    emulated: tuple[EmulationPki, EmulatedGpu],
+    workers: Callable[[int], int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Cold: the 5 distinct responses (3 device, 2 RIM chain; the second RIM's chain asks the
+    same 2 questions, answered by the cache) are all started ahead and each checked once;
+    warm with the same stapled set: nothing started, nothing offered to the pool."""
+    pki, gpu = emulated
+    evidence, at, nonce, _ = _stapled_variants(pki, gpu)
+    item_rims = (gpu.driver_rim(), gpu.vbios_rim())
+    stapled = StapledOcsp(gpu.ocsp_responses(at))
+    started: list[int] = []
+    real_start = OcspPrefetch.start
+
+    def counted(self: OcspPrefetch, certs: object, indices: object) -> None:
+        before = len(self)
+        real_start(self, certs, indices)  # type: ignore[arg-type]
+        started.append(len(self) - before)
+
+    monkeypatch.setattr(OcspPrefetch, "start", counted)
+    runs: list[int] = []
+    real_run = ocsp_module._PendingCheck.run
+
+    def run_counted(self: ocsp_module._PendingCheck) -> object:
+        runs.append(self.cert.serial_number)
+        return real_run(self)
+
+    monkeypatch.setattr(ocsp_module._PendingCheck, "run", run_counted)
+    caches = emulation_caches(pki)
+
+    def verify() -> EvidenceSetResult:
+        return verify_gpu_evidence(
+            evidence,
+            at=at,
+            expected_nonce=nonce,
+            rim_source=RimCollection(item_rims),
+            revocation_mode="stapled",
+            ocsp_source=stapled,
+            caches=caches,
+        )
+
+    workers(1)
+    assert verify().status is Status.AFFIRMING
+    assert started == [3, 2, 0]  # device chain, driver RIM chain, VBIOS RIM chain (same)
+    assert len(runs) == 5 and len(set(runs)) == 5  # each response checked exactly once
+    assert (caches.ocsp.misses, caches.ocsp.hits) == (5, 2)
+    started.clear()
+    runs.clear()
+    workers(1)  # a fresh, not yet started pool
+    assert verify().status is Status.AFFIRMING
+    assert started == [] and runs == []
+    assert x509chain._POOL.pool is None
+
+
+def _ask_together(
+    cache: ChainCache, chain: tuple[x509.Certificate, ...], root: x509.Certificate, at: datetime
+) -> list[object]:
+    """Two threads ask ``cache`` for ``chain`` at the same moment; what each got (the chain's
+    certificates, or the ``what`` its ChainError names)."""
+    barrier = threading.Barrier(2)
+    out: list[object] = []
+
+    def ask(what: str) -> None:
+        barrier.wait()
+        try:
+            out.append(cache.verify(chain, root=root, at=at, what=what).certs)
+        except ChainError as exc:
+            out.append(str(exc).split(":")[0])
+
+    threads = [threading.Thread(target=ask, args=(w,)) for w in ("first", "second")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def test_one_chain_asked_twice_at_once_is_verified_once(
+    emulated: tuple[EmulationPki, EmulatedGpu], workers: Callable[[int], int]
+) -> None:
+    """The driver and VBIOS RIMs of one signer ask for the same chain, possibly at the same
+    moment: the second waits for the first and is a hit, as one after the other (and a chain
+    that fails is checked by each asker, with its own error)."""
+    pki, _ = emulated
+    at = datetime.now(UTC)
+    signer_chain = pki.rim_chain()[:2]
+    workers(2)
+    for _ in range(20):
+        cache = ChainCache()
+        assert _ask_together(cache, signer_chain, pki.rim_root.cert, at) == [signer_chain] * 2
+        assert (cache.misses, cache.hits, cache.link_misses) == (1, 1, 2)
+        cache = ChainCache()
+        wrong_root = _ask_together(cache, signer_chain, pki.gpu_root.cert, at)
+        assert sorted(map(str, wrong_root)) == ["first", "second"]
+        assert (cache.misses, cache.hits) == (2, 0)
