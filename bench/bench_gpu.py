@@ -67,6 +67,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agent.emulation import EmulatedGpu, EmulationPki
 from agent.rim_fetch import DirectoryRimSource
+from attest.concurrency import set_pool_workers
 from attest.nvidia.evidence import Arch, DeviceEvidence, load_evidence
 from attest.nvidia.opaque import ReportCache
 from attest.nvidia.rim import RimCollection
@@ -78,7 +79,7 @@ from attest.revocation.ocsp import (
     nvidia_device_ocsp_indices,
     nvidia_rim_ocsp_indices,
 )
-from attest.x509chain import load_pem_chain, set_pool_workers
+from attest.x509chain import load_pem_chain
 from bench.timing import median_seconds, row
 
 ROOT = Path(__file__).resolve().parents[1]

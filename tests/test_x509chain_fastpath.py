@@ -26,6 +26,7 @@ from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
 
 from attest import roots
+from attest.concurrency import pool_workers, run_all, set_pool_workers
 from attest.errors import ChainError
 from attest.nvidia.rim import parse_rim
 from attest.x509chain import (
@@ -34,9 +35,6 @@ from attest.x509chain import (
     _fast_link_verify,
     describe,
     load_pem_chain,
-    pool_workers,
-    run_all,
-    set_pool_workers,
     verify_chain,
 )
 from tests.conftest import CPU, NVIDIA, RIM_ERA, TODAY

@@ -38,6 +38,7 @@ from signxml.exceptions import SignXMLException
 from signxml.verifier import SignatureConfiguration, VerifyResult, XMLVerifier
 
 from attest import roots
+from attest.concurrency import Deferred, defer
 from attest.errors import ChainError, VerificationError
 from attest.nvidia.rim_parse import (
     DS_NS,
@@ -52,9 +53,7 @@ from attest.nvidia.rim_parse import (
 from attest.timeutil import require_aware
 from attest.x509chain import (
     ChainCache,
-    Deferred,
     VerifiedChain,
-    defer,
     describe,
     verify_chain,
 )

@@ -39,6 +39,7 @@ from typing import Generic, Literal, Protocol, TypeVar
 
 from cryptography import x509
 
+from attest.concurrency import Deferred, offer
 from attest.errors import ChainError, InputError, VerificationError
 from attest.nvidia.claims import (
     NOT_CHECKED_CHAIN,
@@ -106,7 +107,7 @@ from attest.revocation.ocsp import (
     nvidia_rim_ocsp_indices,
 )
 from attest.timeutil import require_aware
-from attest.x509chain import ChainCache, Deferred, VerifiedChain, describe, offer
+from attest.x509chain import ChainCache, VerifiedChain, describe
 
 
 class Status(StrEnum):

@@ -54,9 +54,10 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, SignatureAlgorithmOID
 
+from attest.concurrency import Deferred, offer, settle
 from attest.errors import InputError, ParseError, RevocationError
 from attest.timeutil import require_aware
-from attest.x509chain import Deferred, describe, offer, settle, signature_bits_canonical
+from attest.x509chain import describe, signature_bits_canonical
 
 __all__ = [
     "CLOCK_SKEW",

@@ -21,15 +21,16 @@ import pytest
 from cryptography import x509
 
 from agent.emulation import EmulatedGpu, EmulationPki
-from attest import x509chain
+from attest import concurrency
 from attest.bundle import DeviceEvidenceIn
+from attest.concurrency import pool_workers, set_pool_workers
 from attest.errors import ChainError
 from attest.nvidia.evidence import DeviceEvidence
 from attest.nvidia.rim import RimCollection
 from attest.nvidia.verifier import EvidenceSetResult, Status, VerifierCaches, verify_gpu_evidence
 from attest.revocation import ocsp as ocsp_module
 from attest.revocation.ocsp import OcspPrefetch, StapledOcsp
-from attest.x509chain import ChainCache, pool_workers, set_pool_workers
+from attest.x509chain import ChainCache
 from tests.conftest import NVIDIA, TODAY
 from tests.emulation.helpers import emulation_caches, to_device_evidence
 from tests.nvidia.test_verifier import (
@@ -163,10 +164,10 @@ def test_warm_verification_never_touches_the_pool(workers: Callable[[int], int])
     workers(2)
     first = _run(LEGACY, caches=caches)
     workers(2)  # a fresh, not yet started pool
-    assert x509chain._POOL.pool is None
+    assert concurrency._POOL.pool is None
     again = _run(LEGACY, caches=caches)
     assert again.devices == first.devices
-    assert x509chain._POOL.pool is None  # nothing cold: nothing offered, no thread started
+    assert concurrency._POOL.pool is None  # nothing cold: nothing offered, no thread started
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,7 +362,7 @@ def test_every_cold_ocsp_check_is_started_ahead(
     workers(1)  # a fresh, not yet started pool
     assert verify().status is Status.AFFIRMING
     assert started == [] and runs == []
-    assert x509chain._POOL.pool is None
+    assert concurrency._POOL.pool is None
 
 
 def _ask_together(

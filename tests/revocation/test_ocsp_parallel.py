@@ -16,6 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from attest.concurrency import pool_workers, set_pool_workers
 from attest.nvidia.rim import parse_rim
 from attest.revocation import OcspCache, StapledOcsp, check_chain_revocation
 from attest.revocation.ocsp import (
@@ -24,7 +25,7 @@ from attest.revocation.ocsp import (
     _public_key_bits,
     _spki_bits,
 )
-from attest.x509chain import load_pem_chain, pool_workers, set_pool_workers
+from attest.x509chain import load_pem_chain
 from tests.conftest import CPU, NVIDIA
 from tests.revocation.pki import NOW, TestPki
 

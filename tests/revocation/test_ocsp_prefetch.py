@@ -14,11 +14,11 @@ from datetime import timedelta
 
 import pytest
 
+from attest.concurrency import pool_workers, set_pool_workers
 from attest.errors import ParseError
 from attest.revocation import OcspCache, StapledOcsp, check_chain_revocation
 from attest.revocation import ocsp as ocsp_module
 from attest.revocation.ocsp import OcspPrefetch
-from attest.x509chain import pool_workers, set_pool_workers
 from tests.revocation.pki import NOW, TestPki
 
 
