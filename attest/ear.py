@@ -328,6 +328,51 @@ def _int_claim(claims: Mapping[str, Any], name: str, required: bool) -> int | No
     return value
 
 
+@dataclass(frozen=True)
+class VerifiedEar:
+    """A verified token's claims, with the decoded payload (``payload``: the JSON bytes the
+    issuer signed) and the object parsed from them (``raw``; not to be mutated, ``result``
+    shares its values). For a caller that compares what was signed byte for byte -- the audit
+    replay does, once per logged decision -- without encoding the claims back."""
+
+    result: AttestationResult
+    payload: bytes
+    raw: Mapping[str, Any]
+
+
+#: Protected headers kept parsed, by their base64url text, and the longest text kept (ours is
+#: 36 characters; a header with a ``kid`` a few dozen more): bounds what a stream of odd
+#: tokens can make a long-lived verifier hold.
+_HEADER_CACHE_SIZE = 64
+_MAX_CACHED_HEADER_CHARS = 512
+
+
+def _header_fields(encoded: str) -> tuple[Any, bool]:
+    """``alg`` and whether ``crit`` is present, from the header's base64url text."""
+    header = _strict_object(_unb64u(encoded, "header"), "header")
+    return header.get("alg"), "crit" in header
+
+
+#: One issuer signs every token with the same header, so its decode and strict parse happen
+#: once per distinct text; a malformed header raises, and exceptions are not cached.
+_cached_header_fields = lru_cache(maxsize=_HEADER_CACHE_SIZE)(_header_fields)
+
+#: Claims ``AttestationResult`` has fields for; every other claim goes to ``extra``.
+_KNOWN_CLAIMS = frozenset(
+    {
+        "eat_profile",
+        "iat",
+        "exp",
+        "ear.verifier-id",
+        "submods",
+        "eat_nonce",
+        "ear.lessee.enclave-key",
+        "ear.lessee.policy-digest",
+        "jti",
+    }
+)
+
+
 def verify_ear(
     token: str,
     key: VerifyingKey,
@@ -341,6 +386,27 @@ def verify_ear(
 
     Raises ``ParseError`` for a malformed token and ``EarError`` for a failed check.
     """
+    return verify_ear_payload(
+        token,
+        key,
+        at=at,
+        expected_nonce=expected_nonce,
+        expected_enclave_key=expected_enclave_key,
+        require_lessee_profile=require_lessee_profile,
+    ).result
+
+
+def verify_ear_payload(
+    token: str,
+    key: VerifyingKey,
+    *,
+    at: datetime,
+    expected_nonce: bytes | None = None,
+    expected_enclave_key: bytes | None = None,
+    require_lessee_profile: bool = True,
+) -> VerifiedEar:
+    """``verify_ear`` (the same checks, in the same order, with the same errors) that also
+    returns the signed payload bytes and the object parsed from them."""
     at = require_aware(at)
     if len(token) > MAX_TOKEN_BYTES:
         raise ParseError(f"token larger than {MAX_TOKEN_BYTES} bytes")
@@ -349,20 +415,24 @@ def verify_ear(
     parts = token.strip().split(".")
     if len(parts) != 3:
         raise ParseError("not a compact JWS (need header.payload.signature)")
-    header = _strict_object(_unb64u(parts[0], "header"), "header")
-    alg = header.get("alg")
+    alg, crit = (
+        _cached_header_fields(parts[0])
+        if len(parts[0]) <= _MAX_CACHED_HEADER_CHARS
+        else _header_fields(parts[0])
+    )
     if alg not in ("ES256", "EdDSA"):
         raise EarError(
             f"token algorithm {alg!r} is not allowed (ES256, EdDSA only)", reason="ear_algorithm"
         )
-    if "crit" in header:
+    if crit:
         raise EarError(
             "token has critical header parameters we do not understand", reason="ear_crit"
         )
     _verify_signature(
         alg, key, f"{parts[0]}.{parts[1]}".encode("ascii"), _unb64u(parts[2], "signature")
     )
-    claims = _strict_object(_unb64u(parts[1], "payload"), "payload")
+    payload = _unb64u(parts[1], "payload")
+    claims = _strict_object(payload, "payload")
 
     profile = claims.get("eat_profile")
     if not isinstance(profile, str):
@@ -406,18 +476,7 @@ def verify_ear(
         raise EarError("attestation result is for another nonce", reason="ear_nonce")
     if expected_enclave_key is not None and enclave_key != expected_enclave_key:
         raise EarError("attestation result attests another enclave key", reason="ear_key")
-    known = {
-        "eat_profile",
-        "iat",
-        "exp",
-        "ear.verifier-id",
-        "submods",
-        "eat_nonce",
-        "ear.lessee.enclave-key",
-        "ear.lessee.policy-digest",
-        "jti",
-    }
-    return AttestationResult(
+    result = AttestationResult(
         submods=_parse_submods(claims.get("submods")),
         issued_at=issued_at,
         expires_at=expires_at,
@@ -428,8 +487,9 @@ def verify_ear(
         enclave_key=enclave_key,
         policy_digest=policy_digest if isinstance(policy_digest, str) else None,
         result_id=result_id if isinstance(result_id, str) else None,
-        extra={k: v for k, v in claims.items() if k not in known},
+        extra={k: v for k, v in claims.items() if k not in _KNOWN_CLAIMS},
     )
+    return VerifiedEar(result, payload, claims)
 
 
 def public_key_from_jwk(jwk: Mapping[str, Any]) -> VerifyingKey:

@@ -237,3 +237,41 @@ def test_issued_header_is_the_canonical_json_of_alg_typ_kid() -> None:
     ed = ed25519.Ed25519PrivateKey.generate()
     header = issue_ear(_result(), ed).split(".")[0]
     assert json.loads(base64.urlsafe_b64decode(header + "==")) == {"alg": "EdDSA", "typ": "JWT"}
+
+
+def test_header_cache_keeps_every_header_check() -> None:
+    """The protected header is parsed once per distinct text (``_cached_header_fields``); a
+    bad header is refused on every token, also after a good one was cached, and a header too
+    long to cache gets the same checks."""
+    from attest.ear import _MAX_CACHED_HEADER_CHARS, verify_ear_payload
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    good = json.dumps(_result().to_claims())
+    for _ in range(2):  # second round: every header text is now in the cache
+        assert verify_ear(_signed('{"alg":"ES256"}', good, key), key.public_key(), at=NOW)
+        for header, err, match in (
+            ('{"alg":"HS256"}', EarError, "not allowed"),
+            ('{"alg":"ES256","crit":["x"]}', EarError, "critical"),
+            ('{"alg":"ES256","alg":"ES256"}', ParseError, "duplicate key"),
+            ("[]", ParseError, "not a JSON object"),
+        ):
+            with pytest.raises(err, match=match):
+                verify_ear(_signed(header, good, key), key.public_key(), at=NOW)
+    long_kid = "k" * _MAX_CACHED_HEADER_CHARS
+    for header, ok in (
+        (f'{{"alg":"ES256","kid":"{long_kid}"}}', True),
+        (f'{{"alg":"ES256","kid":"{long_kid}","crit":[]}}', False),
+    ):
+        token = _signed(header, good, key)
+        assert len(token.split(".")[0]) > _MAX_CACHED_HEADER_CHARS
+        if ok:
+            assert verify_ear(token, key.public_key(), at=NOW)
+        else:
+            with pytest.raises(EarError, match="critical"):
+                verify_ear(token, key.public_key(), at=NOW)
+    # The payload handed back is the decoded signed JSON, and ``raw`` what it parses to.
+    verified = verify_ear_payload(_signed('{"alg":"ES256"}', good, key), key.public_key(), at=NOW)
+    assert verified.payload == good.encode() and verified.raw == json.loads(good)
+    assert verified.result == verify_ear(
+        _signed('{"alg":"ES256"}', good, key), key.public_key(), at=NOW
+    )

@@ -80,9 +80,7 @@ and neither side needs its canonical text; any other token gets the full compari
 
 from __future__ import annotations
 
-import binascii
 import concurrent.futures
-import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -113,7 +111,7 @@ from attest.appraise.common import DeviceAppraisal
 from attest.appraise.composite import AppraisalContext, appraise_bundle
 from attest.binding import DEFAULT_PROTOCOL_LABEL, SessionBinding, derive_binding
 from attest.bundle import EvidenceBundle, load_bundle
-from attest.ear import AttestationResult, Status, VerifyingKey, verify_ear
+from attest.ear import AttestationResult, Status, VerifiedEar, VerifyingKey, verify_ear_payload
 from attest.errors import InputError, LesseeError, ParseError, VerificationError
 from attest.findings import Finding as AppraisalFinding
 from attest.log.entry import MAX_BLOB_SIZE, EntryKind, LogEntry
@@ -406,40 +404,34 @@ _CLAIMS_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure
 
 
 def signs_verdict(
-    token: str,
-    claims: AttestationResult,
+    verified: VerifiedEar,
     submods: Mapping[str, Mapping[str, Any]],
     enclave: Sequence[Mapping[str, Any]],
 ) -> bool:
-    """Whether ``token`` (verified, its claims ``claims``) signs exactly this verdict: its
-    payload is, byte for byte, the claims the broker would have signed with these submodules
-    and enclave findings in place of the logged ones.
+    """Whether the verified token signs exactly this verdict: its payload is, byte for byte,
+    its own claims with these submodules and enclave findings in place of the logged ones,
+    encoded the way the broker encodes what it signs.
 
     The cheap way to a reproduced verdict. The logged verdict is parsed from that payload, so
     equal bytes make it the recomputed one as JSON, and ``compare_verdicts`` would find nothing
-    (for string-keyed objects, which is all a verdict holds); it costs one encoding and
-    base64 of our side instead of a canonical encoding of each side. Anything else -- a
-    reworded ``detail``, reordered findings, a token another encoder wrote, a value JSON cannot
-    carry -- answers False, and ``compare_verdicts`` decides as before. The encoding mirrors
-    ``attest.ear.issue_ear``; were the two ever to drift apart, this would only answer False.
+    (for string-keyed objects, which is all a verdict holds); it costs one encoding of our side
+    and one bytes comparison with the payload ``verify_ear_payload`` decoded, instead of a
+    canonical encoding of each side. Anything else -- a reworded ``detail``, reordered
+    findings, a token another encoder wrote, a value JSON cannot carry -- answers False, and
+    ``compare_verdicts`` decides as before. The encoding mirrors ``attest.ear.issue_ear``; were
+    the two ever to drift apart, this would only answer False.
     """
-    extra = {k: v for k, v in claims.extra.items() if k != FINDINGS_CLAIM}
-    if enclave:
-        extra[FINDINGS_CLAIM] = enclave  # the broker adds the claim only when there are some
-    payload = dataclasses.replace(claims, submods={}, extra=extra).to_claims()
+    payload = dict(verified.raw)
     payload["submods"] = submods
+    if enclave:
+        payload[FINDINGS_CLAIM] = enclave
+    else:  # the broker adds the claim only when there are some
+        payload.pop(FINDINGS_CLAIM, None)
     try:
         data = _CLAIMS_ENCODER.encode(payload).encode("utf-8")
     except (TypeError, ValueError):
         return False
-    ours = binascii.b2a_base64(data, newline=False).translate(_TO_URLSAFE).rstrip(b"=")
-    signed = token.strip()  # as verify_ear reads it: header.payload.signature
-    start = signed.find(".") + 1
-    end = signed.find(".", start)
-    return end - start == len(ours) and signed.startswith(ours.decode("ascii"), start)
-
-
-_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
+    return data == verified.payload
 
 
 def _short(key: str) -> str:
@@ -663,7 +655,7 @@ class EntryReplayer:
 
         # 3. The logged result, with the pinned key, as of the logged time.
         try:
-            claims = verify_ear(e.result, self.key, at=e.time)
+            verified = verify_ear_payload(e.result, self.key, at=e.time)
         except VerificationError as exc:
             reason = getattr(exc, "reason", "verification_failed")
             if e.kind is EntryKind.RELEASE and reason == "ear_expired":
@@ -674,6 +666,7 @@ class EntryReplayer:
         except ParseError as exc:
             add("ear_malformed", str(exc))
             raise _Stop from None
+        claims = verified.result
         enclave_key = claims.enclave_key or b""
         facts.update(
             result_id=claims.result_id,
@@ -739,7 +732,7 @@ class EntryReplayer:
         submods, enclave_json = verdict_json(devices, enclave, policy_digest)
         ours = Verdict.of_json(submods, enclave_json)
         facts["recomputed_status"] = ours.status
-        if signs_verdict(e.result, claims, submods, enclave_json):
+        if signs_verdict(verified, submods, enclave_json):
             diffs = []
         else:
             diffs = compare_verdicts(logged, ours)

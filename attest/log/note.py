@@ -94,8 +94,17 @@ def key_id(name: str, sig_type: int, key_material: bytes) -> bytes:
     ]
 
 
+#: Key names that passed ``check_key_name``, so that the log's own name, met on every
+#: signature line and every key a verifier builds, is checked character by character once per
+#: process; bounded (cleared when full) since notes can carry any names.
+_VALID_KEY_NAMES: set[str] = set()
+MAX_REMEMBERED_KEY_NAMES = 256
+
+
 def check_key_name(name: str, *, field: str = "key name") -> None:
     """Non-empty, bounded, no Unicode space, no ``+``, no control characters."""
+    if name in _VALID_KEY_NAMES:
+        return
     if not name:
         raise NoteError("key name is empty", field=field)
     if len(name.encode()) > MAX_KEY_NAME_BYTES:
@@ -103,6 +112,9 @@ def check_key_name(name: str, *, field: str = "key name") -> None:
     for ch in name:
         if ch.isspace() or ch == "+" or ord(ch) < 0x20:
             raise NoteError(f"key name contains {ch!r}", field=field)
+    if len(_VALID_KEY_NAMES) >= MAX_REMEMBERED_KEY_NAMES:
+        _VALID_KEY_NAMES.clear()
+    _VALID_KEY_NAMES.add(name)
 
 
 @dataclass(frozen=True)
@@ -260,6 +272,8 @@ class Ed25519Verifier:
     key_id: bytes
     public_key: bytes
     kind: str = field(default="ed25519", init=False)
+    #: Built once: a log's key verifies one signature per checkpoint.
+    _verify_key: nacl.signing.VerifyKey = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_key_name(self.name)
@@ -267,6 +281,7 @@ class Ed25519Verifier:
             raise InputError("key ID must be 4 bytes")
         if len(self.public_key) != ED25519_KEY_SIZE:
             raise InputError("an Ed25519 public key is 32 bytes")
+        object.__setattr__(self, "_verify_key", nacl.signing.VerifyKey(bytes(self.public_key)))
 
     @classmethod
     def from_public_key(cls, name: str, public_key: bytes) -> Ed25519Verifier:
@@ -294,7 +309,7 @@ class Ed25519Verifier:
                 reason="bad_signature",
             )
         try:
-            nacl.signing.VerifyKey(self.public_key).verify(text, signature)
+            self._verify_key.verify(text, signature)
         except nacl.exceptions.BadSignatureError as exc:
             raise NoteVerificationError(
                 f"Ed25519 signature by {self.name} does not verify", reason="bad_signature"

@@ -288,3 +288,25 @@ def test_checkpoint_random_text(text: str) -> None:
     except CheckpointError:
         return
     assert format_checkpoint(cp.origin, cp.size, cp.root_hash, cp.extensions).text == cp.text
+
+
+def test_key_name_check_remembers_only_valid_names() -> None:
+    """``check_key_name`` remembers names that passed; names that fail are refused every time,
+    also after valid names (and after the memory was cleared for being full)."""
+    from attest.log import note
+
+    check = note.check_key_name
+    bad = ["", "a b", "a+b", "a\tb", "a\u2003b", "a\x01b", "x" * (note.MAX_KEY_NAME_BYTES + 1)]
+    for _ in range(2):
+        check("log.example/one")
+        assert "log.example/one" in note._VALID_KEY_NAMES
+        for name in bad:
+            with pytest.raises(NoteError):
+                check(name)
+        assert not set(bad) & note._VALID_KEY_NAMES
+    for i in range(note.MAX_REMEMBERED_KEY_NAMES + 5):
+        check(f"name{i}")
+    assert len(note._VALID_KEY_NAMES) <= note.MAX_REMEMBERED_KEY_NAMES
+    for name in bad:
+        with pytest.raises(NoteError):
+            check(name)
