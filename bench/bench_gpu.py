@@ -32,8 +32,10 @@ that passes every check):
   ``stapled`` mode with fresh ``VerifierCaches`` (so a fresh OCSP verdict cache) and the
   stapled responses parsed inside the sample, on emulated Hopper evidence
   (``agent.emulation``: byte-exact SPDM report with 64 measurements, 5-certificate device
-  chain, driver and VBIOS RIMs signed NVIDIA's way with 64 entries in NVIDIA's layout,
-  issuer-signed P-384 OCSP responses for the device chain and the RIM chain) built once in a
+  chain, driver and VBIOS RIMs signed NVIDIA's way with 64 entries in NVIDIA's layout, each by
+  its own leaf signer and embedding NVIDIA's 4-certificate RIM chain shape (signer, L3, CA,
+  root), 7 issuer-signed P-384 OCSP responses: device links 1..3, both RIM signers, the shared
+  RIM L3 and CA) built once in a
   temporary PKI before timing, trusted through ``VerifierCaches(device_root=, rim_root=)`` as
   the broker trusts a policy's emulation roots. Every check must pass. Emulated material is
   used because the real vectors cannot carry valid stapled OCSP (NVIDIA's responses are online
@@ -429,7 +431,8 @@ def run() -> list[dict[str, object]]:
             meets_target_ms=stapled * 1e3 <= COLD_TARGET_MS,
             measured=(
                 "one verify_gpu_evidence call, stapled mode, fresh caches, emulated Hopper"
-                " evidence (report, chain, 2 signed RIMs, 5 stapled OCSP responses)"
+                " evidence (report, chain, 2 RIMs with their own signers under NVIDIA's"
+                " 4-certificate RIM PKI shape, 7 stapled OCSP responses)"
             ),
             pool_workers=workers,
             **stapled_facts,

@@ -16,10 +16,11 @@ It answers the way NVML does inside a CC VM, byte for byte in NVIDIA's formats
   (tests/assets/nvidia/rims/test_no_gpu/): same namespaces and prefixes, elements, attribute
   order, 64 Resources with NVIDIA's active index split (driver 7 and 21..40, VBIOS 0..6 and
   8..12) and names, golden values = this GPU's measurements; enveloped XML-DSig (ECDSA-SHA384,
-  SHA-384 digest, C14N 1.1, ``Reference URI=""``, X509Data signer + CA + root) made with signxml
-  by the emulation RIM signer;
+  SHA-384 digest, C14N 1.1, ``Reference URI=""``, X509Data signer + L3 + CA + root, as in
+  NVIDIA's RIMs) made with signxml by the emulation's leaf signer for that RIM kind (the driver
+  and VBIOS RIMs have different signers under one L3, as NVIDIA's do);
 * ``ocsp_responses(at)``: issuer-signed OCSP answers for every certificate the verifier checks
-  (device chain links 1..3, RIM signer and RIM CA).
+  (device chain links 1..3; both RIM signers, the RIM L3 and the RIM CA).
 
 CC mode and DevTools mode are not part of the report (NVML reports them apart); they are kept
 here for ``EmulatedGpuSource.cc_state``.
@@ -291,15 +292,16 @@ class EmulatedGpu:
     def ocsp_responses(self, at: datetime) -> tuple[bytes, ...]:
         """Stapled OCSP answers, current at ``at``, for every certificate the pipeline checks.
 
-        Device chain links 1..3 (BROM, Provisioner ICA, Identity: NVIDIA's rule) and the RIM
-        chain's signer and CA (every RIM certificate but the root), each signed by its issuer.
+        Device chain links 1..3 (BROM, Provisioner ICA, Identity: NVIDIA's rule) and every RIM
+        certificate but the root (driver signer, L3, CA, VBIOS signer; the two chains share L3
+        and CA, answered once), each signed by its issuer: 7 responses.
         """
         chain = self.pki.device_chain(self.index)
         issuers = self.pki.device_issuers(self.index)
         device = tuple(self.pki.ocsp_response(chain[i], issuers[i], at=at) for i in (1, 2, 3))
-        rim = (
-            self.pki.ocsp_response(self.pki.rim_signer.cert, self.pki.rim_ca, at=at),
-            self.pki.ocsp_response(self.pki.rim_ca.cert, self.pki.rim_root, at=at),
+        rim = tuple(
+            self.pki.ocsp_response(cert, issuer, at=at)
+            for cert, issuer in self.pki.rim_ocsp_subjects()
         )
         return device + rim
 
@@ -372,8 +374,8 @@ def signed_rim(
         digest_algorithm=DigestAlgorithm.SHA384,
         c14n_algorithm=CanonicalizationMethod.CANONICAL_XML_1_1,
     )
-    certs = [c.public_bytes(Encoding.PEM).decode("ascii") for c in pki.rim_chain()]
-    signed = signer.sign(root, key=pki.rim_signer.key, cert=certs)
+    certs = [c.public_bytes(Encoding.PEM).decode("ascii") for c in pki.rim_chain(kind)]
+    signed = signer.sign(root, key=pki.rim_signer(kind).key, cert=certs)
     # NVIDIA's files end with a newline after </SoftwareIdentity>.
     return bytes(etree.tostring(signed)) + b"\n"
 

@@ -7,7 +7,10 @@ makes that something, once per installation, in a directory of its own:
 * NVIDIA-shaped GPU device chain: root (P-384, self-signed) -> Identity -> Provisioner ICA ->
   BROM -> FMC LF leaf, five certificates as on a Hopper GPU, one BROM + leaf per emulated GPU;
   the leaf carries the FWID extension 2.23.133.5.4.1 in the exact DER shape NVIDIA uses;
-* NVIDIA-shaped RIM signing chain: root -> CA -> signer (P-384);
+* NVIDIA-shaped RIM signing PKI, the shape of the chains in NVIDIA's own RIMs: root ->
+  Reference Value GH100 CA -> Reference Value L3 GH100 001 (pathLen 0) -> one leaf signer per
+  RIM kind (driver, VBIOS: own key and serial, same name, as NVIDIA's two HCC RIM L4 Signers),
+  P-384 throughout, so a RIM embeds signer, L3, CA, root as NVIDIA's do;
 * AMD-shaped SEV-SNP chain: ARK (RSA-4096, RSASSA-PSS/SHA-384, self-signed) -> ASK -> VCEK
   (P-384, serial 0, AMD's TCB / productName / hwID extensions). The VCEK is derived from a
   per-installation chip secret and the TCB, as AMD derives it from the chip's fused secret;
@@ -71,8 +74,12 @@ EMULATION_NOTICE = "LESSEE EMULATION: not a hardware vendor certificate"
 EMULATION_OCSP_URL = "http://ocsp.emulation.lessee.invalid"
 
 #: Layout version of the PKI directory (``manifest.json``); a different one is refused.
+#: Version 1 had a 3-certificate RIM chain with one signer for both RIM kinds; version 2 has
+#: NVIDIA's 4-level RIM PKI. A version-1 directory is refused with a message to recreate it (its
+#: RIM root could be kept only by writing new keys into a loaded directory in place, which the
+#: atomic create/rename scheme exists to avoid; an emulation PKI is cheap to recreate).
 PKI_FORMAT = "lessee-emulation-pki"
-PKI_FORMAT_VERSION = 1
+PKI_FORMAT_VERSION = 2
 #: GPUs with their own BROM + leaf: one HGX board holds 8, the largest CC set NVIDIA ships.
 MAX_EMULATED_GPUS = 8
 #: No file of the PKI directory is larger than this (an RSA-4096 key PEM is ~3.3 KiB); a larger
@@ -95,8 +102,13 @@ DEVICE_NOT_AFTER = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 #: Roots and CAs outlive any installation's use of them.
 CA_VALIDITY = timedelta(days=30 * 365)
 #: NVIDIA's RIM signers live 2 years; an installation's emulation must keep working longer
-#: than that without regeneration, so the emulated signer gets 10.
+#: than that without regeneration, so the emulated signers get 10.
 RIM_SIGNER_VALIDITY = timedelta(days=10 * 365)
+#: The two RIM kinds a Hopper GPU has, each signed by its own leaf signer (as NVIDIA's are).
+RIM_KINDS = ("driver", "vbios")
+#: Common name of both leaf signers: NVIDIA names both of its leaves ``HCC RIM L4 Signer`` and
+#: tells them apart by key and serial only; the emulation does the same, with its prefix.
+RIM_SIGNER_ROLE = "HCC RIM L4 Signer"
 #: AMD's ARK/ASK live 25 years, a VCEK 7.
 AMD_CA_VALIDITY = timedelta(days=25 * 365)
 VCEK_VALIDITY = timedelta(days=7 * 365)
@@ -396,9 +408,10 @@ def _gpu_identity(
 def _rim_signer(
     ca: Issued[ec.EllipticCurvePrivateKey], *, now: datetime
 ) -> Issued[ec.EllipticCurvePrivateKey]:
+    """A RIM leaf signer in the shape of NVIDIA's HCC RIM L4 Signer (end entity, signing only)."""
     key = _p384()
     b = _builder(
-        _ca_name("RIM Signer"),
+        _ca_name(RIM_SIGNER_ROLE),
         ca.cert.subject,
         key.public_key(),
         not_before=now - BACKDATE,
@@ -474,7 +487,8 @@ def _with_serial_zero(cert: x509.Certificate, issuer_key: rsa.RSAPrivateKey) -> 
 # --------------------------------------------------------------------------------------------
 
 _GPU_CAS = ("root", "identity", "provisioner")
-_RIM_CERTS = ("root", "ca", "signer")
+#: RIM PKI files, in the order of ``EmulationPki``'s RIM attributes (root first).
+_RIM_CERTS = ("root", "ca", "l3", "driver", "vbios")
 _SNP_CAS = ("ark", "ask")
 
 
@@ -606,7 +620,9 @@ class EmulationPki:
         gpus: tuple[GpuIdentity, ...],
         rim_root: Issued[ec.EllipticCurvePrivateKey],
         rim_ca: Issued[ec.EllipticCurvePrivateKey],
-        rim_signer: Issued[ec.EllipticCurvePrivateKey],
+        rim_l3: Issued[ec.EllipticCurvePrivateKey],
+        rim_driver_signer: Issued[ec.EllipticCurvePrivateKey],
+        rim_vbios_signer: Issued[ec.EllipticCurvePrivateKey],
         ark: Issued[rsa.RSAPrivateKey],
         ask: Issued[rsa.RSAPrivateKey],
         chip_secret: bytes,
@@ -619,7 +635,9 @@ class EmulationPki:
         self.gpus = gpus
         self.rim_root = rim_root
         self.rim_ca = rim_ca
-        self.rim_signer = rim_signer
+        self.rim_l3 = rim_l3
+        self.rim_driver_signer = rim_driver_signer
+        self.rim_vbios_signer = rim_vbios_signer
         self.ark = ark
         self.ask = ask
         self._chip_secret = chip_secret
@@ -695,10 +713,14 @@ class EmulationPki:
         )
         gpus = tuple(_gpu_identity(i, provisioner, now=now) for i in range(MAX_EMULATED_GPUS))
         rim_root = _nvidia_ca("CoRIM Signing Root", _p384(), None, now=now, not_after=far)
-        rim_ca = _nvidia_ca(
-            "Reference Value GH100 CA", _p384(), rim_root, now=now, not_after=far, path_length=0
+        # pathLen as on NVIDIA's certificates: none on the CA, 0 on the L3 above the leaves
+        rim_ca = _nvidia_ca("Reference Value GH100 CA", _p384(), rim_root, now=now, not_after=far)
+        rim_l3 = _nvidia_ca(
+            "Reference Value L3 GH100 001", _p384(), rim_ca, now=now, not_after=far, path_length=0
         )
-        rim_signer = _rim_signer(rim_ca, now=now)
+        rim_driver_signer = _rim_signer(rim_l3, now=now)
+        rim_vbios_signer = _rim_signer(rim_l3, now=now)
+        rim_pki = (rim_root, rim_ca, rim_l3, rim_driver_signer, rim_vbios_signer)
         ark_key = rsa.generate_private_key(public_exponent=65537, key_size=AMD_RSA_BITS)
         ark = _amd_ca("ARK-Milan", ark_key, None, now=now, serial=0x10000)
         ask_key = rsa.generate_private_key(public_exponent=65537, key_size=AMD_RSA_BITS)
@@ -714,7 +736,7 @@ class EmulationPki:
             gdir.mkdir(mode=0o700)
             _save(gdir, "brom", g.brom)
             _save(gdir, "leaf", g.leaf)
-        for stem, issued in zip(_RIM_CERTS, (rim_root, rim_ca, rim_signer), strict=True):
+        for stem, issued in zip(_RIM_CERTS, rim_pki, strict=True):
             _save(out / "rim", stem, issued)
         _save_rsa(out / "snp", "ark", ark)
         _save_rsa(out / "snp", "ask", ask)
@@ -728,7 +750,9 @@ class EmulationPki:
             gpus=gpus,
             rim_root=rim_root,
             rim_ca=rim_ca,
-            rim_signer=rim_signer,
+            rim_l3=rim_l3,
+            rim_driver_signer=rim_driver_signer,
+            rim_vbios_signer=rim_vbios_signer,
             ark=ark,
             ask=ask,
             chip_secret=chip_secret,
@@ -755,6 +779,17 @@ class EmulationPki:
             manifest = json.loads(_read(path / "manifest.json"))
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise EmulationPkiError(f"{path / 'manifest.json'} is not JSON") from None
+        if (
+            isinstance(manifest, dict)
+            and manifest.get("format") == PKI_FORMAT
+            and manifest.get("version") == 1
+        ):
+            raise EmulationPkiError(
+                f"{path} holds a version-1 emulation PKI (3-certificate RIM chain, one signer for"
+                f" both RIMs); this lessee needs version {PKI_FORMAT_VERSION} (NVIDIA's 4-level RIM"
+                " PKI). Remove the directory and run again to recreate it, then put the new root"
+                " fingerprints in your policies' roots.extra_trusted_sha256"
+            )
         if (
             not isinstance(manifest, dict)
             or manifest.get("format") != PKI_FORMAT
@@ -797,7 +832,9 @@ class EmulationPki:
             gpus=gpus,
             rim_root=rims[0],
             rim_ca=rims[1],
-            rim_signer=rims[2],
+            rim_l3=rims[2],
+            rim_driver_signer=rims[3],
+            rim_vbios_signer=rims[4],
             ark=ark,
             ask=ask,
             chip_secret=chip_secret,
@@ -841,9 +878,37 @@ class EmulationPki:
         g = self.gpu(index)
         return (g.brom, self.gpu_provisioner, self.gpu_identity, self.gpu_root, self.gpu_root)
 
-    def rim_chain(self) -> tuple[x509.Certificate, ...]:
-        """Signer, CA, root: the certificates a RIM's X509Data carries, in that order."""
-        return (self.rim_signer.cert, self.rim_ca.cert, self.rim_root.cert)
+    def rim_signer(self, kind: str) -> Issued[ec.EllipticCurvePrivateKey]:
+        """The leaf that signs ``kind`` ("driver" or "vbios") RIMs: each kind has its own."""
+        if kind == "driver":
+            return self.rim_driver_signer
+        if kind == "vbios":
+            return self.rim_vbios_signer
+        raise InputError(f"RIM kind must be 'driver' or 'vbios', not {kind!r}")
+
+    def rim_chain(self, kind: str) -> tuple[x509.Certificate, ...]:
+        """Signer, L3, CA, root: what a ``kind`` RIM's X509Data carries, in that order."""
+        return (
+            self.rim_signer(kind).cert,
+            self.rim_l3.cert,
+            self.rim_ca.cert,
+            self.rim_root.cert,
+        )
+
+    def rim_ocsp_subjects(
+        self,
+    ) -> tuple[tuple[x509.Certificate, Issued[ec.EllipticCurvePrivateKey]], ...]:
+        """Every RIM certificate a verifier checks revocation for, with its issuer, once each.
+
+        NVIDIA's rule is every certificate of a RIM chain but the root; the two RIMs share the
+        L3 and CA, so: driver signer, L3, CA (the driver chain's order), then VBIOS signer.
+        """
+        return (
+            (self.rim_driver_signer.cert, self.rim_l3),
+            (self.rim_l3.cert, self.rim_ca),
+            (self.rim_ca.cert, self.rim_root),
+            (self.rim_vbios_signer.cert, self.rim_l3),
+        )
 
     @property
     def chip_id(self) -> bytes:

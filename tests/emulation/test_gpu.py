@@ -132,9 +132,10 @@ def test_pipeline_affirms_with_emulation_roots(
     assert device.claims["measres"] == "success"
     assert device.claims["x-nvidia-gpu-attestation-report-cert-chain-fwid-match"] is True
     assert {c.status for c in device.ocsp} == {"good"}
-    # device links 1..3, then signer and CA of each RIM's chain (one stapled answer serves both)
-    assert len(device.ocsp) == 3 + 2 + 2
-    assert len({c.response_der for c in device.ocsp}) == 5
+    # device links 1..3, then signer, L3 and CA of each RIM's chain: each RIM has its own
+    # signer, and one stapled answer for the shared L3 and CA serves both chains
+    assert len(device.ocsp) == 3 + 3 + 3
+    assert len({c.response_der for c in device.ocsp}) == 7
 
 
 def test_pipeline_rejects_with_default_roots(gpu: EmulatedGpu, at: datetime) -> None:
@@ -197,11 +198,11 @@ def test_stapled_ocsp_expires(pki: EmulationPki, gpu: EmulatedGpu, at: datetime)
 def test_rims_verify_with_the_emulation_root_only(
     pki: EmulationPki, gpu: EmulatedGpu, at: datetime
 ) -> None:
-    for data in (gpu.driver_rim(), gpu.vbios_rim()):
+    for kind, data in (("driver", gpu.driver_rim()), ("vbios", gpu.vbios_rim())):
         rim = parse_rim(data)
         verified = verify_rim(rim, at=at, root=pki.rim_root.cert)
-        assert verified.signer == pki.rim_signer.cert
-        assert rim.embedded_certificates == pki.rim_chain()
+        assert verified.signer == pki.rim_signer(kind).cert
+        assert rim.embedded_certificates == pki.rim_chain(kind)
         with pytest.raises(RimChainError):
             verify_rim(rim, at=at)  # NVIDIA's pinned CoRIM root
 
@@ -306,12 +307,20 @@ def test_ocsp_answers_every_certificate_the_pipeline_checks(
     device = check_chain_revocation(
         chain, indices=nvidia_device_ocsp_indices(), mode="stapled", source=stapled, at=at
     )
-    rim_chain = pki.rim_chain()
-    rim = check_chain_revocation(
-        rim_chain, indices=nvidia_rim_ocsp_indices(3), mode="stapled", source=stapled, at=at
+    rim = tuple(
+        check
+        for kind in ("driver", "vbios")
+        for check in check_chain_revocation(
+            pki.rim_chain(kind),
+            indices=nvidia_rim_ocsp_indices(4),
+            mode="stapled",
+            source=stapled,
+            at=at,
+        )
     )
     checks = device + rim
-    assert [c.status for c in checks] == ["good"] * 5
+    assert [c.status for c in checks] == ["good"] * (3 + 3 + 3)
+    assert len(gpu.ocsp_responses(at)) == 7  # the shared L3 and CA are answered once
     assert {c.responder for c in checks} == {"issuer"}
     assert {c.cert_id_hash for c in checks} == {"sha384"}
 

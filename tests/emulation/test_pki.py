@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import shutil
 import stat
@@ -26,6 +27,7 @@ from agent.emulation.pki import (
 )
 from attest.errors import InputError
 from attest.nvidia.device import leaf_fwid
+from attest.nvidia.rim_parse import parse_rim
 from attest.policy import Roots
 from attest.roots import nvidia_device_root, nvidia_rim_root
 from attest.snp.verify import ARK_SHA256, load_amd_certificates
@@ -37,7 +39,8 @@ def _all_certs(pki: EmulationPki) -> list[x509.Certificate]:
     certs = [pki.gpu_root.cert, pki.gpu_identity.cert, pki.gpu_provisioner.cert]
     for g in pki.gpus:
         certs += [g.brom.cert, g.leaf.cert]
-    certs += [pki.rim_root.cert, pki.rim_ca.cert, pki.rim_signer.cert]
+    certs += [pki.rim_root.cert, pki.rim_ca.cert, pki.rim_l3.cert]
+    certs += [pki.rim_driver_signer.cert, pki.rim_vbios_signer.cert]
     certs += [pki.ark.cert, pki.ask.cert, pki.vcek(SnpTcb()).cert]
     return certs
 
@@ -82,7 +85,7 @@ def test_generated_once_and_reloaded_fast(
 
 def test_private_files_are_0600_and_directories_0700(pki_dir: Path) -> None:
     secrets = [p for p in pki_dir.rglob("*") if p.suffix in (".key", ".secret")]
-    assert len(secrets) == 3 + 2 * MAX_EMULATED_GPUS + 3 + 2 + 1
+    assert len(secrets) == 3 + 2 * MAX_EMULATED_GPUS + 5 + 2 + 1
     for path in secrets:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     for path in [pki_dir, *(p for p in pki_dir.rglob("*") if p.is_dir())]:
@@ -126,7 +129,7 @@ def test_nothing_is_named_like_a_vendor_ca(pki: EmulationPki) -> None:
             assert _cn(cert.subject) in (
                 "GH100 A01 GSP FMC LF",
                 "SEV-VCEK",
-                "LESSEE EMULATION RIM Signer",
+                "LESSEE EMULATION HCC RIM L4 Signer",
             )
 
 
@@ -146,6 +149,53 @@ def test_device_chain_has_the_hopper_shape(pki: EmulationPki) -> None:
         assert chain[-1].subject == chain[-1].issuer
     assert pki.device_chain(0)[0] != pki.device_chain(1)[0]
     assert pki.device_chain(0)[2:] == pki.device_chain(1)[2:]
+
+
+def _rim_shape(cert: x509.Certificate) -> tuple[object, ...]:
+    """What must match NVIDIA's RIM certificates: key curve, hash, CA flag, pathLen, key usage
+    and which extensions are critical."""
+    bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    key = cert.public_key()
+    assert isinstance(key, ec.EllipticCurvePublicKey)
+    return (
+        key.curve.name,
+        cert.signature_hash_algorithm.name if cert.signature_hash_algorithm else None,
+        bc.ca,
+        bc.path_length,
+        (ku.digital_signature, ku.key_cert_sign, ku.crl_sign),
+        sorted(e.oid.dotted_string for e in cert.extensions if e.critical),
+    )
+
+
+def test_rim_pki_has_nvidias_shape(pki: EmulationPki) -> None:
+    """Each RIM embeds signer, L3, CA, root as NVIDIA's do, link for link the same kind of
+    certificate (pathLen none on the CA, 0 on the L3), and the driver and VBIOS RIMs have their
+    own leaf signers (own key and serial, same name) under one L3, as NVIDIA's two RIMs do."""
+    real = {
+        kind: parse_rim((NVIDIA / "rims" / "test_no_gpu" / name).read_bytes())
+        for kind, name in (
+            ("driver", "Driver_RIM_test_no_gpu.swidtag"),
+            ("vbios", "1010_0200_882_96005E0001_test_no_gpu.swidtag"),
+        )
+    }
+    for kind, theirs in real.items():
+        ours = pki.rim_chain(kind)
+        assert len(ours) == len(theirs.embedded_certificates) == 4
+        assert ours[0] == pki.rim_signer(kind).cert
+        assert [_rim_shape(c) for c in ours] == [
+            _rim_shape(c) for c in theirs.embedded_certificates
+        ]
+        for child, parent in itertools.pairwise(ours):
+            assert child.issuer == parent.subject
+            child.verify_directly_issued_by(parent)
+    driver, vbios = pki.rim_chain("driver"), pki.rim_chain("vbios")
+    assert driver[1:] == vbios[1:]
+    assert driver[0].subject == vbios[0].subject
+    assert driver[0].serial_number != vbios[0].serial_number
+    assert driver[0].public_key() != vbios[0].public_key()
+    with pytest.raises(InputError):
+        pki.rim_chain("firmware")
 
 
 def test_leaf_fwid_extension_is_byte_shaped_like_nvidias(pki: EmulationPki) -> None:
@@ -197,7 +247,7 @@ def _copy(pki: EmulationPki, tmp_path: Path) -> Path:
 
 def test_world_readable_key_is_refused(pki: EmulationPki, tmp_path: Path) -> None:
     path = _copy(pki, tmp_path)
-    (path / "rim" / "signer.key").chmod(0o644)
+    (path / "rim" / "vbios.key").chmod(0o644)
     with pytest.raises(EmulationPkiError, match="0600"):
         EmulationPki.load(path)
 
@@ -229,7 +279,7 @@ def test_replaced_root_is_refused(pki: EmulationPki, tmp_path: Path) -> None:
 def test_other_format_and_missing_files_are_refused(pki: EmulationPki, tmp_path: Path) -> None:
     path = _copy(pki, tmp_path)
     manifest = json.loads((path / "manifest.json").read_text())
-    (path / "manifest.json").write_text(json.dumps({**manifest, "version": 2}))
+    (path / "manifest.json").write_text(json.dumps({**manifest, "version": 3}))
     with pytest.raises(EmulationPkiError, match="format"):
         EmulationPki.load(path)
     (path / "manifest.json").write_text(json.dumps(manifest))
@@ -238,6 +288,26 @@ def test_other_format_and_missing_files_are_refused(pki: EmulationPki, tmp_path:
         EmulationPki.load(path)
     with pytest.raises(EmulationPkiError, match="missing"):
         EmulationPki.load(tmp_path / "nowhere")
+
+
+def test_version_1_directory_is_refused_with_how_to_recreate(
+    pki: EmulationPki, tmp_path: Path
+) -> None:
+    """A PKI made before the RIM PKI had NVIDIA's shape (rim/{root,ca,signer}) is refused, not
+    half-loaded, with what to do; load_or_create neither loads nor overwrites it."""
+    path = _copy(pki, tmp_path)
+    for stem in ("l3", "driver", "vbios"):
+        for ext in ("pem", "key"):
+            (path / "rim" / f"{stem}.{ext}").unlink()
+    for ext in ("pem", "key"):
+        shutil.copyfile(path / "rim" / f"ca.{ext}", path / "rim" / f"signer.{ext}")
+    manifest = json.loads((path / "manifest.json").read_text())
+    (path / "manifest.json").write_text(json.dumps({**manifest, "version": 1}))
+    for load in (EmulationPki.load, EmulationPki.load_or_create):
+        with pytest.raises(EmulationPkiError, match=r"version-1 .*Remove the directory") as err:
+            load(path)
+        assert "PRIVATE" not in str(err.value)
+    assert (path / "rim" / "signer.key").exists()  # nothing was touched
 
 
 def test_create_refuses_a_foreign_directory(pki: EmulationPki, tmp_path: Path) -> None:
@@ -283,7 +353,7 @@ def test_gpu_index_is_bounded(pki: EmulationPki) -> None:
 
 
 def test_no_private_key_in_repr(pki: EmulationPki) -> None:
-    text = repr(pki) + repr(pki.gpus[0]) + repr(pki.rim_signer)
+    text = repr(pki) + repr(pki.gpus[0]) + repr(pki.rim_driver_signer) + repr(pki.rim_l3)
     assert "PRIVATE" not in text
     assert "key=" not in text
     assert pki.root_fingerprints()["gpu_device_root"] in repr(pki)

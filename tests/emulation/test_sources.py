@@ -33,7 +33,7 @@ def test_gpu_source_collects_complete_evidence(pki: EmulationPki, at: datetime) 
     for item in evidence:
         assert item.arch == "HOPPER"
         assert item.certificate_chain_pem.count(b"BEGIN CERTIFICATE") == 5
-        assert len(item.ocsp_responses) == 5
+        assert len(item.ocsp_responses) == 7  # device 3, RIM: 2 signers, L3, CA
         assert len(item.rims) == 2
     result = run_pipeline(evidence, nonce=NONCE, at=at, pki=pki)
     assert result.status is Status.AFFIRMING
