@@ -79,7 +79,7 @@ def signature_bits_canonical(cert: x509.Certificate) -> bool:
     the same certificate: harmless for the signature, but it makes "the exact bytes" ambiguous
     (caches, archives and audits key on exact bytes).
     """
-    der = cert.public_bytes(Encoding.DER)
+    der = certificate_der(cert)
     try:
         _, start, end = _tlv(der, 0)
         _, _, pos = _tlv(der, start)  # tbsCertificate
@@ -272,8 +272,8 @@ def _check_signed_by(
         if not _fast_link_verify(
             child,
             issuer,
-            child_der if child_der is not None else _der(child),
-            issuer_der if issuer_der is not None else _der(issuer),
+            child_der if child_der is not None else certificate_der(child),
+            issuer_der if issuer_der is not None else certificate_der(issuer),
         ):
             child.verify_directly_issued_by(issuer)
     except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm) as exc:
@@ -327,8 +327,27 @@ def verify_chain(
     )
 
 
-def _der(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(Encoding.DER)
+#: Certificates whose DER was asked for recently. ``public_bytes`` re-encodes on every call
+#: (~10 us in cryptography 50, holding the GIL), and one cold GPU verification asks ~60 times
+#: for the DER of the same dozen certificates (chain links, OCSP CertIDs and cache keys).
+#: Keyed by object identity; each entry keeps its certificate alive, so an id cannot be reused
+#: while its entry exists, and the hit is checked with ``is`` as well. Cleared when full.
+MAX_DER_MEMO = 512
+_der_memo: dict[int, tuple[x509.Certificate, bytes]] = {}
+_der_memo_lock = threading.Lock()
+
+
+def certificate_der(cert: x509.Certificate) -> bytes:
+    """``cert.public_bytes(Encoding.DER)``, remembered per certificate object."""
+    hit = _der_memo.get(id(cert))
+    if hit is not None and hit[0] is cert:
+        return hit[1]
+    der = cert.public_bytes(Encoding.DER)
+    with _der_memo_lock:
+        if len(_der_memo) >= MAX_DER_MEMO:
+            _der_memo.clear()
+        _der_memo[id(cert)] = (cert, der)
+    return der
 
 
 @dataclass(frozen=True)
@@ -400,7 +419,7 @@ def _verify_chain(
     for cert in certs:
         _check_validity(cert, at, what)
     if ders is None:
-        ders = tuple(_der(c) for c in certs)
+        ders = tuple(certificate_der(c) for c in certs)
     n = len(chain)
     # (child, issuer) positions in ``certs``: each link, then the pinned root's signature on
     # the top certificate unless the chain ends with a byte-identical copy of that root
@@ -598,7 +617,7 @@ class ChainCache:
     ) -> VerifiedChain:
         at = require_aware(at)
         chain = tuple(certs)
-        ders = tuple(_der(c) for c in (*chain, root))
+        ders = tuple(certificate_der(c) for c in (*chain, root))
         key = self._key(ders, expected_length)
         # The same chain asked for while it is being verified waits for that verification, then
         # looks again: a hit if it passed (as when asked after it, one after the other), its own

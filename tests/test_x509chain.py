@@ -250,3 +250,23 @@ def test_cached_answers_equal_uncached_ones(
     fresh = _outcome(lambda: verify_chain(certs, **kw))  # type: ignore[arg-type]
     assert _outcome(lambda: _SHARED.verify(certs, **kw)) == fresh  # type: ignore[arg-type]
     assert _outcome(lambda: _SHARED.verify(certs, **kw)) == fresh  # type: ignore[arg-type]
+
+
+def test_certificate_der_is_public_bytes_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The DER memo answers exactly ``public_bytes`` for the very object asked about, and its
+    size stays within ``MAX_DER_MEMO``."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from attest import x509chain
+
+    monkeypatch.setattr(x509chain, "MAX_DER_MEMO", 3)
+    monkeypatch.setattr(x509chain, "_der_memo", {})
+    chain = load_pem_chain((NVIDIA / "hopper_legacy" / "gpuAkCertChain.txt").read_bytes())
+    for _ in range(2):
+        for cert in chain:
+            assert x509chain.certificate_der(cert) == cert.public_bytes(Encoding.DER)
+            assert len(x509chain._der_memo) <= 3
+    # An entry is only a hit for the object it holds, never for another one with its id.
+    cert = chain[0]
+    x509chain._der_memo[id(cert)] = (chain[1], b"not this one")
+    assert x509chain.certificate_der(cert) == cert.public_bytes(Encoding.DER)

@@ -57,7 +57,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, SignatureAlgorithmOID
 from attest.concurrency import Deferred, offer, settle
 from attest.errors import InputError, ParseError, RevocationError
 from attest.timeutil import require_aware
-from attest.x509chain import describe, signature_bits_canonical
+from attest.x509chain import certificate_der, describe, signature_bits_canonical
 
 __all__ = [
     "CLOCK_SKEW",
@@ -257,7 +257,7 @@ def _certificate_key_bits(cert: x509.Certificate, der: bytes | None = None) -> b
     key = cert.public_key()
     if isinstance(key, ec.EllipticCurvePublicKey):
         if der is None:
-            der = cert.public_bytes(serialization.Encoding.DER)
+            der = certificate_der(cert)
         bits = _spki_bits(der)
         point_size = 1 + 2 * ((key.curve.key_size + 7) // 8)
         if bits is not None and len(bits) == point_size and bits[0] == 0x04:
@@ -749,10 +749,8 @@ class OcspCache:
         option = f"{allow_hold}|{max_age.total_seconds() if max_age else None}".encode()
         parts = (
             der,
-            cert_der if cert_der is not None else cert.public_bytes(serialization.Encoding.DER),
-            issuer_der
-            if issuer_der is not None
-            else issuer.public_bytes(serialization.Encoding.DER),
+            cert_der if cert_der is not None else certificate_der(cert),
+            issuer_der if issuer_der is not None else certificate_der(issuer),
             b"" if expected_nonce is None else b"n" + expected_nonce,
             option,
         )
@@ -1092,7 +1090,7 @@ class OcspPrefetch:
                     continue
                 for position in (i, i + 1):
                     if position not in ders:
-                        ders[position] = chain[position].public_bytes(serialization.Encoding.DER)
+                        ders[position] = certificate_der(chain[position])
             except (ValueError, TypeError, UnsupportedAlgorithm, InputError):
                 continue  # the chain check raises or reports it at its step, as before
             key = OcspCache.key(
@@ -1205,7 +1203,7 @@ def check_chain_revocation(
 
     def der_of(position: int) -> bytes:
         if position not in ders:
-            ders[position] = chain[position].public_bytes(serialization.Encoding.DER)
+            ders[position] = certificate_der(chain[position])
         return ders[position]
 
     for i in indices:
