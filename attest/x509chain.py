@@ -428,7 +428,7 @@ def _verify_chain(
         pairs.append((n - 1, n))
     todo = [_Link(certs[c], certs[p], ders[c], ders[p]) for c, p in pairs]
     if links is None:
-        claims = [_Claim("own", Deferred(partial(link.check, what))) for link in todo]
+        claims = [_Claim("own", Deferred(partial(link.check, what), leaf=True)) for link in todo]
     else:
         claims = [links.claim(link, at, what) for link in todo]
     own = [c.deferred for c in claims if c.kind == "own" and c.deferred is not None]
@@ -488,7 +488,7 @@ class _LinkCache:
             running = self._running.get(key)
             if running is not None:
                 return _Claim("shared", running)
-            deferred: Deferred[None] = Deferred(partial(link.check, what))
+            deferred: Deferred[None] = Deferred(partial(link.check, what), leaf=True)
             self._running[key] = deferred
             return _Claim("own", deferred, key)
 

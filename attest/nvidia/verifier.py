@@ -939,7 +939,9 @@ class _ColdWork:
             begun = Deferred(partial(caches.rims.begin, fetched.data, at=at, on_parsed=on_parsed))
             begun.run_here()  # a RimParseError is kept, and raised at the RIM's stage
             fetched.verified = Deferred(partial(_finish_rim, begun))
-        self._signature = offer(Deferred(partial(verify_signature, self._report, chain[0])))
+        self._signature = offer(
+            Deferred(partial(verify_signature, self._report, chain[0]), leaf=True)
+        )
 
     def _revocation_unknown(self, anchor: VerifiedChain, indices: tuple[int, ...]) -> bool:
         """True unless this stapled set answered this verified chain before (its verdicts are

@@ -1119,7 +1119,7 @@ class OcspPrefetch:
                 key=key,
                 issuer_der=ders[i + 1],
             )
-            self._started[key] = offer(Deferred(pending.run))
+            self._started[key] = offer(Deferred(pending.run, leaf=True))
 
     def _take(
         self, key: bytes, *, at: datetime, allow_hold: bool, max_age: timedelta | None
@@ -1275,7 +1275,7 @@ def check_chain_revocation(
         if prefetched is not None and p.key:
             job = prefetched._take(p.key, at=at, allow_hold=allow_hold, max_age=max_age)
         if job is None:
-            job = Deferred(p.run)
+            job = Deferred(p.run, leaf=True)
             fresh.append(job)
         jobs.append(job)
     for job in fresh[1:]:  # the first new one runs here, right away (as run_all does)

@@ -164,10 +164,10 @@ def test_warm_verification_never_touches_the_pool(workers: Callable[[int], int])
     workers(2)
     first = _run(LEGACY, caches=caches)
     workers(2)  # a fresh, not yet started pool
-    assert concurrency._POOL.pool is None
+    assert not concurrency._POOL.started
     again = _run(LEGACY, caches=caches)
     assert again.devices == first.devices
-    assert concurrency._POOL.pool is None  # nothing cold: nothing offered, no thread started
+    assert not concurrency._POOL.started  # nothing cold: nothing offered, no thread started
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,7 +364,7 @@ def test_every_cold_ocsp_check_is_started_ahead(
     workers(1)  # a fresh, not yet started pool
     assert verify().status is Status.AFFIRMING
     assert started == [] and runs == []
-    assert concurrency._POOL.pool is None
+    assert not concurrency._POOL.started
 
 
 def _ask_together(
