@@ -239,21 +239,36 @@ def issue_ear(result: AttestationResult, key: SigningKey, *, kid: str | None = N
     return signing_input.decode("ascii") + "." + _b64u(sig)
 
 
-def _strict_object(text: bytes, what: str) -> dict[str, Any]:
-    def no_dupes(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        # dict() keeps the last of equal keys: fewer entries than pairs means a duplicate.
-        # Built in C; only a document that has a duplicate pays for finding which one.
-        out = dict(pairs)
-        if len(out) != len(pairs):
-            seen: set[str] = set()
-            for k, _ in pairs:
-                if k in seen:
-                    raise ParseError(f"duplicate key {k!r} in {what}", field=what)
-                seen.add(k)
-        return out
+class _DuplicateKey(Exception):  # noqa: N818 (internal signal, never escapes _strict_object)
+    def __init__(self, key: str) -> None:
+        self.key = key
 
+
+def _no_dupes(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # dict() keeps the last of equal keys: fewer entries than pairs means a duplicate.
+    # Built in C; only a document that has a duplicate pays for finding which one.
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise _DuplicateKey(k)
+            seen.add(k)
+    return out
+
+
+#: One strict decoder (``json.loads`` with a hook builds a decoder per call; it keeps no state).
+_STRICT_DECODER = json.JSONDecoder(object_pairs_hook=_no_dupes)
+
+
+def _strict_object(text: bytes, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(text.decode("utf-8"), object_pairs_hook=no_dupes)
+        decoded = text.decode("utf-8")
+        if decoded.startswith("\ufeff"):  # ``json.loads`` refuses a BOM; so do we
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM", decoded, 0)
+        value = _STRICT_DECODER.decode(decoded)
+    except _DuplicateKey as dup:
+        raise ParseError(f"duplicate key {dup.key!r} in {what}", field=what) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ParseError(f"{what} is not JSON", field=what) from exc
     if not isinstance(value, dict):

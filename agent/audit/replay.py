@@ -73,9 +73,9 @@ verify`` read and found matching are handed over rather than read and hashed aga
 archived roots are parsed once per digest; one appraisal context per (policy, collateral) set
 shares the verifier caches the way the broker's long-lived context does. Evidence is parsed for
 every entry: real evidence never repeats, so a cache of it would only flatter a benchmark. A
-verdict is first compared where it is cheapest: if the logged token's payload is byte for byte
-what the broker signs with the recomputed verdict (``signs_verdict``), the verdicts are equal
-and neither side needs its canonical text; any other token gets the full comparison above.
+verdict is first compared where it is cheapest: if both sides are the same JSON values, node for
+node and type for type (``same_verdict``), the verdicts are equal and neither side is encoded;
+any other pair gets the full comparison above.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ from attest.appraise.common import DeviceAppraisal
 from attest.appraise.composite import AppraisalContext, appraise_bundle
 from attest.binding import DEFAULT_PROTOCOL_LABEL, SessionBinding, derive_binding
 from attest.bundle import EvidenceBundle, load_bundle
-from attest.ear import AttestationResult, Status, VerifiedEar, VerifyingKey, verify_ear_payload
+from attest.ear import AttestationResult, Status, VerifyingKey, verify_ear
 from attest.errors import InputError, LesseeError, ParseError, VerificationError
 from attest.findings import Finding as AppraisalFinding
 from attest.log.entry import MAX_BLOB_SIZE, EntryKind, LogEntry
@@ -326,8 +326,7 @@ class Verdict:
     reproduced verdict and only encodes per submodule and normalises (finding multisets
     without ``detail``) where the texts differ. One encoding per side, not one per submodule:
     the JSON encoder's per-call cost is most of what the comparison costs; and none at all
-    where the replay already saw the logged token sign exactly the recomputed verdict
-    (``signs_verdict``).
+    where the two are the same JSON values node for node (``same_verdict``).
     """
 
     status: Status
@@ -399,39 +398,68 @@ def verdict_json(
     )
 
 
-#: The broker's claims encoding (``attest.ear.issue_ear``: sorted keys, no spaces, UTF-8).
-_CLAIMS_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+#: Leaf types whose canonical JSON text follows from equality alone, given the same exact type.
+_JSON_ATOMS = frozenset({str, int, bool, type(None)})
 
 
-def signs_verdict(
-    verified: VerifiedEar,
-    submods: Mapping[str, Mapping[str, Any]],
-    enclave: Sequence[Mapping[str, Any]],
-) -> bool:
-    """Whether the verified token signs exactly this verdict: its payload is, byte for byte,
-    its own claims with these submodules and enclave findings in place of the logged ones,
-    encoded the way the broker encodes what it signs.
+def same_json(a: object, b: object) -> bool:
+    """Whether ``a`` and ``b`` certainly have the same canonical JSON text (``_canonical``).
 
-    The cheap way to a reproduced verdict. The logged verdict is parsed from that payload, so
-    equal bytes make it the recomputed one as JSON, and ``compare_verdicts`` would find nothing
-    (for string-keyed objects, which is all a verdict holds); it costs one encoding of our side
-    and one bytes comparison with the payload ``verify_ear_payload`` decoded, instead of a
-    canonical encoding of each side. Anything else -- a reworded ``detail``, reordered
-    findings, a token another encoder wrote, a value JSON cannot carry -- answers False, and
-    ``compare_verdicts`` decides as before. The encoding mirrors ``attest.ear.issue_ear``; were
-    the two ever to drift apart, this would only answer False.
+    Python's ``==`` (in C, and quick) is nearly that question: the exceptions are values of
+    different types that Python calls equal and JSON spells differently -- ``True`` and ``1``,
+    ``1`` and ``1.0``, ``0.0`` and ``-0.0`` -- and ``==`` also looks past the difference
+    between ``True`` and ``1`` as dict keys. So: ``==``, then one walk that requires the same
+    exact type at every node and every key to be a ``str``, and a float's ``repr`` (the text
+    JSON writes) to match. Equal values of the same exact ``str``, ``int``, ``bool`` or
+    ``None`` type have one spelling; dicts, lists and tuples are equal and of the same type
+    node for node; nothing else (a ``str`` or ``int`` subclass, a set, an object the encoder
+    would ``str()``) is taken. False never means "different": a caller that needs the answer
+    then compares canonical texts (``compare_verdicts``). Tested against ``_canonical``.
     """
-    payload = dict(verified.raw)
-    payload["submods"] = submods
-    if enclave:
-        payload[FINDINGS_CLAIM] = enclave
-    else:  # the broker adds the claim only when there are some
-        payload.pop(FINDINGS_CLAIM, None)
-    try:
-        data = _CLAIMS_ENCODER.encode(payload).encode("utf-8")
-    except (TypeError, ValueError):
+    return a == b and _same_types(a, b)
+
+
+def _same_types(a: object, b: object) -> bool:
+    """``same_json`` once ``a == b`` is known (so keys match and lengths agree)."""
+    t = type(a)
+    if t is not type(b):
         return False
-    return data == verified.payload
+    if t is dict:
+        assert isinstance(a, dict) and isinstance(b, dict)
+        for k, v in a.items():
+            if type(k) is not str:
+                return False
+            w = b[k]
+            tv = type(v)
+            if tv in _JSON_ATOMS:
+                if type(w) is not tv:
+                    return False
+            elif not _same_types(v, w):
+                return False
+        return True
+    if t is list or t is tuple:
+        assert isinstance(a, list | tuple) and isinstance(b, list | tuple)
+        for v, w in zip(a, b, strict=True):
+            tv = type(v)
+            if tv in _JSON_ATOMS:
+                if type(w) is not tv:
+                    return False
+            elif not _same_types(v, w):
+                return False
+        return True
+    if t in _JSON_ATOMS:
+        return True
+    return t is float and repr(a) == repr(b)
+
+
+def same_verdict(logged: Verdict, ours: Verdict) -> bool:
+    """Whether the verdicts are certainly equal, without encoding either: their submodules and
+    enclave findings are ``same_json``, so their canonical texts are equal, and
+    ``compare_verdicts`` would answer with nothing (the status is a function of the same
+    content). The cheap road for every honest entry; anything else -- a reworded ``detail``,
+    reordered findings, a logged ``1`` where the appraisal says ``true`` -- answers False, and
+    ``compare_verdicts`` decides as before."""
+    return same_json(ours.submods, logged.submods) and same_json(ours.enclave, logged.enclave)
 
 
 def _short(key: str) -> str:
@@ -655,7 +683,7 @@ class EntryReplayer:
 
         # 3. The logged result, with the pinned key, as of the logged time.
         try:
-            verified = verify_ear_payload(e.result, self.key, at=e.time)
+            claims = verify_ear(e.result, self.key, at=e.time)
         except VerificationError as exc:
             reason = getattr(exc, "reason", "verification_failed")
             if e.kind is EntryKind.RELEASE and reason == "ear_expired":
@@ -666,7 +694,6 @@ class EntryReplayer:
         except ParseError as exc:
             add("ear_malformed", str(exc))
             raise _Stop from None
-        claims = verified.result
         enclave_key = claims.enclave_key or b""
         facts.update(
             result_id=claims.result_id,
@@ -729,13 +756,9 @@ class EntryReplayer:
         ctx, missing = self._entry_context(e, policy, blob, add)
         facts["roots_unavailable"] = missing
         devices, enclave = self.config.appraise(bundle, binding, policy, e.time, ctx)
-        submods, enclave_json = verdict_json(devices, enclave, policy_digest)
-        ours = Verdict.of_json(submods, enclave_json)
+        ours = Verdict.recomputed(devices, enclave, policy_digest)
         facts["recomputed_status"] = ours.status
-        if signs_verdict(verified, submods, enclave_json):
-            diffs = []
-        else:
-            diffs = compare_verdicts(logged, ours)
+        diffs = [] if same_verdict(logged, ours) else compare_verdicts(logged, ours)
         facts["verdict_equal"] = not diffs
         if diffs:
             hint = (

@@ -65,6 +65,8 @@ _JWS_RE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\Z")
 _HEX_RE = re.compile(r"^(?:[0-9a-f]{2})+\Z")
 _TIME_RE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z\Z")
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+#: First year ``format_time`` writes itself (``strftime`` pads shorter years per platform).
+_MIN_PLAIN_YEAR = 1000
 #: Length of a time in that format (4-digit year), the only form the fast parse below takes.
 _TIME_CHARS = 27
 #: The compact-JWS alphabet: base64url and the two dots (``_plain_jws``).
@@ -101,7 +103,24 @@ def _int(value: object, name: str, hi: int) -> int:
 
 
 def format_time(at: datetime) -> str:
-    return require_aware(at).strftime(_TIME_FORMAT)
+    """``at`` in UTC as ``YYYY-MM-DDTHH:MM:SS.ffffffZ``: ``strftime(_TIME_FORMAT)``'s text.
+
+    Written out with %-formatting for four-digit years (~0.7 us instead of ~2 us: every entry
+    an auditor decodes is re-encoded to prove it canonical); the same fields, zero-padded as
+    ``strftime`` pads them (tested against it). Earlier years take ``strftime`` itself, whose
+    year padding is the platform's."""
+    t = require_aware(at)
+    if t.year < _MIN_PLAIN_YEAR:
+        return t.strftime(_TIME_FORMAT)
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ" % (  # noqa: UP031 (the fastest spelling)
+        t.year,
+        t.month,
+        t.day,
+        t.hour,
+        t.minute,
+        t.second,
+        t.microsecond,
+    )
 
 
 def _parse_time(value: object) -> datetime:
@@ -374,6 +393,14 @@ def _no_constant(text: str) -> Any:
     raise EntryError(f"{text} is not JSON")
 
 
+#: ``json.loads(text, object_pairs_hook=..., parse_float=..., parse_constant=...)`` builds this
+#: decoder on every call; an auditor decodes every entry, so it is built once (it holds no
+#: state between calls).
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_no_duplicates, parse_float=_no_float, parse_constant=_no_constant
+)
+
+
 def _refs(value: object, name: str) -> tuple[BlobRef, ...]:
     if not isinstance(value, list) or len(value) > MAX_BLOB_REFS:
         raise EntryError(f"{name} must be a list of at most {MAX_BLOB_REFS} references", field=name)
@@ -386,12 +413,9 @@ def decode_entry(data: bytes) -> LogEntry:
         raise EntryError(f"entry larger than {MAX_ENTRY_BYTES} bytes")
     try:
         text = data.decode("ascii")
-        obj = json.loads(
-            text,
-            object_pairs_hook=_no_duplicates,
-            parse_float=_no_float,
-            parse_constant=_no_constant,
-        )
+        if text.startswith("\ufeff"):  # as ``json.loads`` refuses it (cannot be ASCII anyway)
+            raise ValueError("BOM")
+        obj = _DECODER.decode(text)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         if isinstance(exc, EntryError):
             raise

@@ -1,18 +1,24 @@
-"""The replay's cheap road to a reproduced verdict (``signs_verdict``): the logged token's
-payload is byte for byte what the broker would sign with the recomputed verdict. It must take
-every honest entry, and anything it does not take must still be judged by the full
-comparison, with the same outcome as before it existed."""
+"""The replay's cheap road to a reproduced verdict (``same_verdict``): the logged and the
+recomputed verdict are the same JSON values, node for node and type for type, so neither is
+encoded. It must take every honest entry, must never call two verdicts equal that the full
+comparison (``compare_verdicts``) calls different, and anything it does not take must still
+be judged by the full comparison, with the same outcome as before it existed."""
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Iterator
 from dataclasses import replace
+from enum import StrEnum
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.audit import replay
-from agent.audit.replay import replay_bundle_file
+from agent.audit.replay import _canonical, replay_bundle_file, same_json
 from attest.ear import Submodule
 from tests.audit.helpers import VERIFIER_KEY, Built, build, evidence, forge_attest
 from tests.log.helpers import LOG_SIGNER
@@ -21,13 +27,13 @@ from tests.log.helpers import LOG_SIGNER
 @pytest.fixture
 def hits(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bool]]:
     seen: list[bool] = []
-    real = replay.signs_verdict
+    real = replay.same_verdict
 
     def counting(*args: object) -> bool:
         seen.append(real(*args))  # type: ignore[arg-type]
         return seen[-1]
 
-    monkeypatch.setattr(replay, "signs_verdict", counting)
+    monkeypatch.setattr(replay, "same_verdict", counting)
     yield seen
 
 
@@ -39,9 +45,7 @@ def _replay(b: Built) -> replay.ReplayReport:
     )
 
 
-def test_every_honest_verdict_is_seen_in_the_signed_payload(
-    tmp_path: Path, hits: list[bool]
-) -> None:
+def test_every_honest_verdict_takes_the_cheap_road(tmp_path: Path, hits: list[bool]) -> None:
     b = build(tmp_path, stand_in=True)
     b.attest(evidence())
     b.attest(evidence(cc_mode_on=False))  # a verdict with findings
@@ -50,9 +54,7 @@ def test_every_honest_verdict_is_seen_in_the_signed_payload(
     assert [e.verdict_equal for e in report.entries] == [True, True]
 
 
-def test_real_appraisal_verdicts_are_seen_in_the_signed_payload(
-    tmp_path: Path, hits: list[bool]
-) -> None:
+def test_real_appraisal_verdicts_take_the_cheap_road(tmp_path: Path, hits: list[bool]) -> None:
     """The real composite appraisal: NVIDIA claims, nested objects, findings with details."""
     b = build(tmp_path, stand_in=False)
     b.attest(evidence())
@@ -99,3 +101,107 @@ def test_a_value_equal_in_python_but_not_in_json_is_still_a_mismatch(
     assert hits == [False]
     assert [f.code for f in report.findings] == ["verdict_mismatch"]
     assert "gpu0 claims differ" in report.findings[0].message
+
+
+def test_reports_are_the_same_without_the_cheap_road(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Differential: honest and forged entries replay to the same report whether or not the
+    cheap road is taken (with it switched off, ``compare_verdicts`` decides every entry)."""
+    b = build(tmp_path, stand_in=False)
+    b.attest(evidence())
+    b.attest(evidence(cc_mode_on=False))
+    forge_attest(b, bundle=evidence(), edit=_bool_as_int)
+    forge_attest(b, bundle=evidence(cc_mode_on=False), edit=_reword)
+    path = b.export()
+    b.close()
+
+    def run() -> dict[str, object]:
+        report = replay_bundle_file(path, LOG_SIGNER.verifier(), VERIFIER_KEY.public_key())
+        return report.to_json()
+
+    fast = run()
+    monkeypatch.setattr(replay, "same_verdict", lambda logged, ours: False)
+    slow = run()
+    assert fast == slow
+    assert [e["verdict_equal"] for e in fast["entries"]] == [True, True, False, True]  # type: ignore[index]
+
+
+# ---- same_json against the canonical text ---------------------------------------------------
+
+
+class _Word(StrEnum):
+    A = "a"
+
+
+_atoms = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 3),
+    st.sampled_from([0.0, -0.0, 1.0, 2.5, math.nan, math.inf]),
+    st.sampled_from(["a", "b", "", "é", _Word.A]),
+)
+_values = st.recursive(
+    _atoms,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.lists(inner, max_size=3).map(tuple),
+        st.dictionaries(st.sampled_from(["a", "b", "c"]), inner, max_size=3),
+        st.dictionaries(st.sampled_from([1, True, "1", "true"]), inner, max_size=2),
+    ),
+    max_leaves=12,
+)
+
+
+def _text(value: object) -> str | None:
+    try:
+        return _canonical(value)
+    except (TypeError, ValueError):
+        return None
+
+
+@settings(max_examples=600, deadline=None)
+@given(a=_values, b=_values)
+def test_same_json_implies_the_same_canonical_text(a: object, b: object) -> None:
+    """Soundness: whatever two values ``same_json`` calls the same encode to one text."""
+    if same_json(a, b):
+        assert _text(a) is not None and _text(a) == _text(b)
+
+
+@settings(max_examples=300, deadline=None)
+@given(a=_values)
+def test_same_json_takes_a_value_and_its_json_round_trip(a: object) -> None:
+    """Completeness where it matters: a JSON value and its own parse are the same (lists and
+    plain types only: that is what both sides of a verdict hold)."""
+    text = _text(a)
+    if text is None:
+        return
+    parsed = json.loads(text)
+    if "NaN" in text:  # NaN != NaN: a verdict never holds one, and False is always safe
+        return
+    assert same_json(parsed, json.loads(text))
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        (True, 1),
+        (1, True),
+        (1, 1.0),
+        (0.0, -0.0),
+        (False, 0),
+        ({"x": True}, {"x": 1}),
+        ({"x": [1, 2]}, {"x": [1, 2.0]}),
+        ({True: 1}, {1: 1}),
+        ([{"a": None}], [{"a": 0}]),
+        ((1, 2), [1, 2]),  # equal JSON, but not taken: the full comparison decides
+        (_Word.A, "a"),
+    ],
+)
+def test_values_python_calls_equal_are_not_taken(a: object, b: object) -> None:
+    assert not same_json(a, b)
+
+
+def test_plain_equal_values_are_taken() -> None:
+    value = {"a": [1, True, None, "x", 2.5, {"b": -0.0}], "c": {}}
+    assert same_json(value, json.loads(json.dumps(value)))

@@ -367,3 +367,73 @@ def test_forked_checkpoint_is_checked_for_consistency_with_its_neighbour(
     inconsistent = [f for f in findings if f["code"] == "checkpoint_inconsistent"]
     assert len(inconsistent) == 1
     assert "00000000000000000099.note" in inconsistent[0]["message"]
+
+
+def _read_everything(path: Path) -> object:
+    """Every member as ``Bundle`` reads it, or the error it raises (its text)."""
+    from agent.audit.bundle import Bundle
+
+    try:
+        with Bundle(path) as b:
+            blobs = {d: b.read_blob(d) for d in sorted(b.blob_digests())}
+            return (b.manifest, b.records, b.checkpoints, blobs)
+    except LesseeError as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(pos=st.integers(0, 10_000), bit=st.integers(0, 7))
+def test_member_reads_match_zipfile_on_damaged_bundles(
+    clean: Path, pos: int, bit: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Differential: the positional member reads give exactly what ``zipfile``'s own path
+    gives -- the same bytes, or the same error with the same text -- on any flipped bit (a
+    damaged local header, name, data or CRC), since anything they do not accept is left to
+    ``zipfile``."""
+    import agent.audit.bundle as bundle_module
+
+    raw = bytearray((clean / "clean.zip").read_bytes())
+    pos %= len(raw)
+    raw[pos] ^= 1 << bit
+    path = clean / f"diff-{pos}-{bit}.zip"
+    path.write_bytes(bytes(raw))
+    try:
+        fast = _read_everything(path)
+        with monkeypatch.context() as m:
+            m.setattr(bundle_module, "_pread", None)
+            slow = _read_everything(path)
+    finally:
+        path.unlink()
+    assert fast == slow
+
+
+def test_member_reads_check_the_crc(clean: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A blob whose bytes no longer match the directory's CRC-32 is refused, as ``zipfile``
+    refuses it, and the positional read is what was used on the clean file."""
+    import agent.audit.bundle as bundle_module
+
+    calls: list[bool] = []
+    real = bundle_module.Bundle._stored_bytes
+
+    def counting(self: bundle_module.Bundle, info: zipfile.ZipInfo) -> bytes | None:
+        out = real(self, info)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(bundle_module.Bundle, "_stored_bytes", counting)
+    assert not isinstance(_read_everything(clean / "clean.zip"), str)
+    assert calls and all(calls)
+    raw = bytearray((clean / "clean.zip").read_bytes())
+    with zipfile.ZipFile(clean / "clean.zip") as z:
+        info = next(i for i in z.infolist() if i.filename.startswith("blobs/"))
+        start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    raw[start] ^= 0x01
+    path = clean / "crc.zip"
+    path.write_bytes(bytes(raw))
+    try:
+        result = _read_everything(path)
+    finally:
+        path.unlink()
+    assert isinstance(result, str) and "Bad CRC-32" in result

@@ -325,3 +325,16 @@ def test_trailing_newline_in_a_field_is_refused(field: str) -> None:
     raw = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
     with pytest.raises(LesseeError):
         decode_entry(raw)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    at=st.datetimes(
+        min_value=datetime(1, 1, 2),
+        max_value=datetime(9999, 12, 30),
+        timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30))]),
+    )
+)
+def test_format_time_is_strftime(at: datetime) -> None:
+    """The written-out time is ``strftime``'s text, field for field, in UTC."""
+    assert entry_module.format_time(at) == at.astimezone(UTC).strftime(entry_module._TIME_FORMAT)
