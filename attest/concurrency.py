@@ -144,6 +144,9 @@ class _PoolState:
             previous, self.workers = self.workers, min(workers, MAX_POOL_WORKERS)
             self._generation += 1
             self.threads = []
+            if self.workers == 0:
+                # No thread will take queued work any more; whoever asks runs it (``result``).
+                self._queue.clear()
             self._ready.notify_all()
         return previous
 

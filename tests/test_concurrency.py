@@ -181,6 +181,20 @@ def test_changing_workers_keeps_queued_work(workers: Callable[[int], int]) -> No
     assert defer(lambda: 7).result() == 7 and concurrency._POOL.started
 
 
+def test_turning_the_pool_off_leaves_queued_work_to_its_askers(
+    workers: Callable[[int], int],
+) -> None:
+    workers(1)
+    release = threading.Event()
+    held = defer(lambda: release.wait(TIMEOUT))  # keeps the one pool thread busy
+    queued = [defer(lambda i=i: i) for i in range(5)]
+    workers(0)
+    release.set()
+    assert held.result() is True
+    assert [d.result() for d in queued] == list(range(5))  # run by the asker
+    assert not concurrency._POOL.started
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_forked_child_starts_its_own_pool(workers: Callable[[int], int]) -> None:
     workers(1)
