@@ -347,13 +347,7 @@ class EnclaveService:
                                 finally:
                                     guard.waiting = False
                                 produced += 1
-                                data = piece.encode() if isinstance(piece, str) else bytes(piece)
-                                # Nearly every piece is one token; an empty one vanishes and a
-                                # longer one is split (_pieces), without a call for the common case.
-                                tokens = (
-                                    (data,) if 0 < len(data) <= MAX_TOKEN_LEN else _pieces(data)
-                                )
-                                for token in tokens:
+                                for token in _pieces(piece):
                                     try:
                                         sealed = session.seal_token(token)
                                     except StreamUsageError:

@@ -256,9 +256,9 @@ class SealedSafeOpen:
     def load_all(self, *, progress: Progress | None = None) -> dict[str, Any]:
         """Every tensor. Without a device: one parallel decryption of the whole shard into one
         buffer, tensors are views of it. With a device: tensor by tensor."""
-        for info in self.layout.tensors.values():
-            self._fw.check_dtype(info.dtype)
         if self._device is not None:
+            for info in self.layout.tensors.values():  # all checked before any is decrypted
+                self._fw.check_dtype(info.dtype)
             out = {}
             for info in self.layout.tensors.values():
                 out[info.name] = self.get_tensor(info.name)

@@ -33,9 +33,11 @@ from sealing.weights._keys import FileKeys, wipe
 #: (a future, a queue hop: tens of microseconds) is under 1%, small enough to spread a 100 MB
 #: tensor over every thread.
 BATCH_BYTES = 8 << 20
-#: The last this-many plaintext bytes of a decryption are handed out one chunk per task: when a
-#: thread is preempted (a shared machine) or started its last batch late, the others take the
-#: remaining chunks one at a time instead of waiting up to a whole batch for it at the end.
+#: At least the last this-many plaintext bytes of a decryption (whole batches are split, so up
+#: to one batch more) are handed out one chunk per task: when a thread is preempted (a shared
+#: machine) or started its last batch late, the others take the remaining chunks one at a time
+#: instead of waiting up to a whole batch for it at the end. Every decryption plans this way,
+#: a single tensor's range (``decrypt_range``) as well as a whole model's shards.
 TAIL_BYTES = BATCH_BYTES
 
 Progress = Callable[[int], None]

@@ -83,10 +83,9 @@ def test_plan_covers_every_chunk_once_in_order_with_a_single_chunk_tail() -> Non
     covered = [(j, i) for j, batch in plan for i in batch]
     expected = [(j, i) for j, f in enumerate(files) for i in range(-(-f.length // CS))]
     assert covered == expected  # every chunk once, in file order; the empty file has none
-    sizes = [len(batch) for _, batch in plan]
-    assert max(sizes) == 4  # BATCH_BYTES // CS
-    assert sizes[-4:] == [1, 1, 1, 1]  # the last TAIL_BYTES go one chunk per task
-    assert sum(sizes[:-4]) == len(covered) - 4
+    # Whole batches of BATCH_BYTES // CS = 4 chunks per file, then the last TAIL_BYTES (at
+    # least; whole batches are split) one chunk per task.
+    assert [len(batch) for _, batch in plan] == [1, 3, 4, 4, 1, 1, 1, 1]
 
 
 @pytest.mark.usefixtures("small_batches")

@@ -213,13 +213,17 @@ def test_open_token_and_open_record_agree(
             records.append(session.seal_cover())
         records += session.seal_token(token)
     records.append(session.close() if abort is None else session.abort(abort))
+    honest = list(records)
     for index, bit in flips:
         i = index % len(records)
         rec = bytearray(records[i])
         rec[bit] ^= 0x01
         records[i] = bytes(rec)
+    tampered = [i for i, (a, b) in enumerate(zip(records, honest, strict=True)) if a != b]
+    dropped = None
     if drop is not None and len(records) > 1:
-        del records[drop % len(records)]
+        dropped = drop % len(records)
+        del records[dropped]
 
     def run(use_token: bool) -> tuple[list[object], int | None, object]:
         client = ClientStream(secret, enc, 32)
@@ -242,6 +246,15 @@ def test_open_token_and_open_record_agree(
 
     by_token, by_record = run(True), run(False)
     assert by_token == by_record
+    # Every manipulation is caught, at the first record it touched: a changed record fails
+    # its tag; after a drop the next record has the wrong nonce, and a dropped final record
+    # leaves the stream unfinished (``finish`` fails, reported as index len(records)).
+    first_bad = [i for i in tampered if dropped is None or i < dropped]
+    if dropped is not None:
+        first_bad.append(dropped)
+    if first_bad:
+        assert by_token[1] == min(first_bad)
+        assert by_token[2] is None
     if not flips and drop is None:
         assert by_token == (
             [Token(t) for t in tokens],
