@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 
 from attest.errors import InputError, ParseError, VerificationError
+from attest.jsonutil import object_without_duplicates
 from attest.timeutil import require_aware
 
 #: lessee's EAR profile. Results under it carry the enclave key, nonce, policy digest and expiry.
@@ -245,15 +246,9 @@ class _DuplicateKey(Exception):  # noqa: N818 (internal signal, never escapes _s
 
 
 def _no_dupes(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # dict() keeps the last of equal keys: fewer entries than pairs means a duplicate.
-    # Built in C; only a document that has a duplicate pays for finding which one.
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        seen: set[str] = set()
-        for k, _ in pairs:
-            if k in seen:
-                raise _DuplicateKey(k)
-            seen.add(k)
+    out, duplicate = object_without_duplicates(pairs)
+    if duplicate is not None:
+        raise _DuplicateKey(duplicate)
     return out
 
 
@@ -343,18 +338,6 @@ def _int_claim(claims: Mapping[str, Any], name: str, required: bool) -> int | No
     return value
 
 
-@dataclass(frozen=True)
-class VerifiedEar:
-    """A verified token's claims, with the decoded payload (``payload``: the JSON bytes the
-    issuer signed) and the object parsed from them (``raw``; not to be mutated, ``result``
-    shares its values). For a caller that compares what was signed byte for byte -- the audit
-    replay does, once per logged decision -- without encoding the claims back."""
-
-    result: AttestationResult
-    payload: bytes
-    raw: Mapping[str, Any]
-
-
 #: Protected headers kept parsed, by their base64url text, and the longest text kept (ours is
 #: 36 characters; a header with a ``kid`` a few dozen more): bounds what a stream of odd
 #: tokens can make a long-lived verifier hold.
@@ -401,27 +384,6 @@ def verify_ear(
 
     Raises ``ParseError`` for a malformed token and ``EarError`` for a failed check.
     """
-    return verify_ear_payload(
-        token,
-        key,
-        at=at,
-        expected_nonce=expected_nonce,
-        expected_enclave_key=expected_enclave_key,
-        require_lessee_profile=require_lessee_profile,
-    ).result
-
-
-def verify_ear_payload(
-    token: str,
-    key: VerifyingKey,
-    *,
-    at: datetime,
-    expected_nonce: bytes | None = None,
-    expected_enclave_key: bytes | None = None,
-    require_lessee_profile: bool = True,
-) -> VerifiedEar:
-    """``verify_ear`` (the same checks, in the same order, with the same errors) that also
-    returns the signed payload bytes and the object parsed from them."""
     at = require_aware(at)
     if len(token) > MAX_TOKEN_BYTES:
         raise ParseError(f"token larger than {MAX_TOKEN_BYTES} bytes")
@@ -491,7 +453,7 @@ def verify_ear_payload(
         raise EarError("attestation result is for another nonce", reason="ear_nonce")
     if expected_enclave_key is not None and enclave_key != expected_enclave_key:
         raise EarError("attestation result attests another enclave key", reason="ear_key")
-    result = AttestationResult(
+    return AttestationResult(
         submods=_parse_submods(claims.get("submods")),
         issued_at=issued_at,
         expires_at=expires_at,
@@ -504,7 +466,6 @@ def verify_ear_payload(
         result_id=result_id if isinstance(result_id, str) else None,
         extra={k: v for k, v in claims.items() if k not in _KNOWN_CLAIMS},
     )
-    return VerifiedEar(result, payload, claims)
 
 
 def public_key_from_jwk(jwk: Mapping[str, Any]) -> VerifyingKey:

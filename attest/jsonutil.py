@@ -18,12 +18,25 @@ from attest.errors import InputError
 MAX_JSON_DEPTH = 64
 
 
+def object_without_duplicates(pairs: list[tuple[str, Any]]) -> tuple[dict[str, Any], str | None]:
+    """A JSON object's pairs as a dict, and its first duplicate key (None if there is none).
+
+    For ``object_pairs_hook``s: ``dict()`` keeps the last of equal keys, so fewer entries than
+    pairs means a duplicate. Built in C; only a document that has one pays for finding it."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                return out, key
+            seen.add(key)
+    return out, None
+
+
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise InputError(f"duplicate key {key!r}")
-        out[key] = value
+    out, duplicate = object_without_duplicates(pairs)
+    if duplicate is not None:
+        raise InputError(f"duplicate key {duplicate!r}")
     return out
 
 

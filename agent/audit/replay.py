@@ -152,10 +152,6 @@ MAX_MESSAGE_CHARS = 4000
 MAX_DIFF_ITEMS = 8
 #: Parsed policies kept per process: a log has a handful; this bounds a log with thousands.
 MAX_CACHED_POLICIES = 64
-#: Appraisal contexts kept per process, by (policy digest, RIM digests, archived roots): one per
-#: policy and broker collateral set, so a log has a handful; this bounds a log with thousands.
-#: Every context shares the replayer's caches, so each one is only a few references.
-MAX_CACHED_CONTEXTS = 64
 #: Archived trust roots kept parsed, by role and digest (an installation has a handful).
 MAX_CACHED_ROOTS = 64
 #: Collateral and policy blobs repeat across entries (the broker's RIMs, one policy), so the
@@ -375,27 +371,14 @@ class Verdict:
         findings: Sequence[AppraisalFinding],
         policy_digest: str,
     ) -> Verdict:
-        return cls.of_json(*verdict_json(devices, findings, policy_digest))
-
-    @classmethod
-    def of_json(
-        cls, submods: Mapping[str, Mapping[str, Any]], enclave: Sequence[Mapping[str, Any]]
-    ) -> Verdict:
-        """Our own verdict from ``verdict_json``'s parts."""
-        verdict = cls.build(submods, enclave)
+        """Our own verdict, in the form the broker signs (``agent.broker.service``): each
+        device's ``submodule(policy digest)`` in EAR JSON form, and the enclave findings."""
+        verdict = cls.build(
+            {d.name: d.submodule(policy_digest).to_json() for d in devices},
+            [f.to_json() for f in findings],
+        )
         assert verdict is not None  # our own appraisal always has the right shape
         return verdict
-
-
-def verdict_json(
-    devices: Sequence[DeviceAppraisal], findings: Sequence[AppraisalFinding], policy_digest: str
-) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
-    """The recomputed verdict in the form the broker signs (``agent.broker.service``): each
-    device's ``submodule(policy digest)`` in EAR JSON form, and the enclave-level findings."""
-    return (
-        {d.name: d.submodule(policy_digest).to_json() for d in devices},
-        [f.to_json() for f in findings],
-    )
 
 
 #: Leaf types whose canonical JSON text follows from equality alone, given the same exact type.
@@ -619,10 +602,6 @@ class EntryReplayer:
         # exactly what a fresh verification at that entry's time would give.
         self._shared = AppraisalContext()
         self._policies: dict[bytes, tuple[Policy, str]] = {}
-        self._contexts: dict[
-            tuple[bytes, tuple[bytes, ...], tuple[tuple[str, str], ...]],
-            tuple[AppraisalContext, tuple[str, ...]],
-        ] = {}
         self._roots: dict[tuple[str, bytes], tuple[RootCandidate, x509.Certificate, str]] = {}
 
     def _policy(self, sha256: bytes, data: bytes) -> tuple[Policy, str]:
@@ -776,33 +755,16 @@ class EntryReplayer:
         blob: Callable[[str, bytes], bytes],
         add: Callable[[str, str], None],
     ) -> tuple[AppraisalContext, tuple[str, ...]]:
-        """The appraisal context for this entry's archived RIMs and roots under its policy.
-
-        Every entry's collateral is checked as before (roles, numbering, each blob present with
-        matching bytes, each archived root readable); only the context built from it is shared
-        between entries with the same policy and the same collateral digests. Its inputs are
-        exactly those bytes (``blob`` checked them against the digests) and the policy parsed
-        from the bytes of that digest, so a hit is the context this entry would build."""
-        rims = self._rims(e, blob, add)
-        archived = self._archived_roots(e, blob, add)
-        key = (
-            e.policy.sha256,
-            tuple(digest for digest, _ in rims),
-            tuple((cand.role, digest) for cand, _, digest in archived),
-        )
-        hit = self._contexts.get(key)
-        if hit is None:
-            if len(self._contexts) >= MAX_CACHED_CONTEXTS:
-                self._contexts.clear()
-            hit = self._contexts[key] = self._context(policy, [r for _, r in rims], archived)
-        return hit
+        """The appraisal context for this entry's archived RIMs and roots under its policy
+        (it shares the replayer's verifier caches, so building one per entry is cheap)."""
+        return self._context(policy, self._rims(e, blob, add), self._archived_roots(e, blob, add))
 
     @staticmethod
     def _rims(
         e: LogEntry, blob: Callable[[str, bytes], bytes], add: Callable[[str, str], None]
-    ) -> list[tuple[bytes, bytes]]:
-        """The broker's RIMs in order, each as (SHA-256, bytes)."""
-        by_number: dict[int, tuple[bytes, bytes]] = {}
+    ) -> list[bytes]:
+        """The broker's RIMs in order."""
+        by_number: dict[int, bytes] = {}
         for ref in e.collateral:
             suffix = ref.role.removeprefix(RIM_ROLE_PREFIX)
             if ref.role.startswith(TRUST_ROOT_ROLE_PREFIX):
@@ -812,7 +774,7 @@ class EntryReplayer:
                 and suffix.isdigit()
                 and suffix == str(int(suffix))
             ):
-                by_number[int(suffix)] = (ref.sha256, blob(ref.role, ref.sha256))
+                by_number[int(suffix)] = blob(ref.role, ref.sha256)
             else:
                 add("collateral_unknown", f"collateral role {ref.role!r} is not one replay knows")
                 raise _Stop

@@ -46,9 +46,10 @@ MAX_GROUP_COMMIT = 64
 class _Write:
     """One pending state change: ``fn`` runs inside the group's transaction.
 
-    ``savepoint`` False is for a change that makes at most one modifying statement (reads
-    around it are fine): SQLite undoes a failed statement by itself, so the savepoint's two
-    extra statements per change would buy nothing.
+    ``savepoint`` False is for a change whose partial effect is acceptable if it fails: one
+    modifying statement (SQLite undoes a failed statement by itself; reads around it are
+    fine), or statements whose earlier ones may stand alone (``issue_nonce``'s purge of long-
+    expired nonces). The savepoint's two extra statements per change would then buy nothing.
     """
 
     fn: Callable[[sqlite3.Connection], Any]

@@ -65,7 +65,7 @@ def two_collateral_sets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[li
     yield items
 
 
-def test_entries_with_the_same_collateral_share_one_context(
+def test_each_entry_is_appraised_with_its_own_collateral(
     two_collateral_sets: list[EntryInput],
 ) -> None:
     r = _replayer()
@@ -73,12 +73,11 @@ def test_entries_with_the_same_collateral_share_one_context(
     results = [r.replay(item) for item in two_collateral_sets]
     assert all(x.verdict_equal and not x.findings for x in results)
     first, second, third = SEEN
-    assert first is second and third is not first  # one context per collateral set
-    assert list(first.rims) == list(RIMS) and list(third.rims) == list(reversed(RIMS))
-    assert len(r._contexts) == 2
+    assert list(first.rims) == list(second.rims) == list(RIMS)
+    assert list(third.rims) == list(reversed(RIMS))
 
 
-def test_a_shared_context_does_not_skip_the_entrys_collateral_checks(
+def test_every_entrys_collateral_is_checked(
     two_collateral_sets: list[EntryInput],
 ) -> None:
     r = _replayer()
@@ -89,16 +88,6 @@ def test_a_shared_context_does_not_skip_the_entrys_collateral_checks(
     out = r.replay(replace(second, blobs=blobs))
     assert [f.code for f in out.findings] == ["replay_blob_unusable"]
     assert out.verdict_equal is None
-
-
-def test_context_cache_is_bounded(
-    two_collateral_sets: list[EntryInput], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(replay, "MAX_CACHED_CONTEXTS", 1)
-    r = _replayer()
-    for item in [*two_collateral_sets, *two_collateral_sets]:
-        assert r.replay(item).verdict_equal
-        assert len(r._contexts) <= 1
 
 
 def test_evidence_is_parsed_for_every_entry(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -12,7 +13,6 @@ from hypothesis import strategies as st
 import attest.log.entry as entry_module
 from attest.errors import InputError, LesseeError
 from attest.log.entry import (
-    _JWS_RE,
     MAX_ENTRY_BYTES,
     BlobRef,
     EntryError,
@@ -243,6 +243,9 @@ def test_written_out_encoding_is_json_dumps(
         other = BlobRef("x" + role, "application/xml", bytes(32), size // 2)
         e = LogEntry(kind=EntryKind.ATTEST, evidence=(ref,), collateral=(other,), **common)
     assert e.raw == _canonical(e._to_json())
+
+
+_JWS_RE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\Z")
 
 
 @settings(max_examples=500, deadline=None)
