@@ -507,6 +507,9 @@ class _LinkCache:
             else:
                 with self._lock:
                     self.hits += 1
+                # Remembered here too: the chain that started the check may have failed at an
+                # earlier link and never commit this one (remembering twice is harmless).
+                self._remember((link.child_der, link.issuer_der), link.window())
                 return
             with self._lock:
                 self.misses += 1

@@ -16,6 +16,7 @@ from attest.errors import ChainError, InputError
 from attest.x509chain import (
     ChainCache,
     VerifiedChain,
+    _Link,
     _LinkCache,
     load_certificate,
     load_pem_chain,
@@ -160,6 +161,25 @@ def test_link_hit_only_inside_both_certificates_validity_window() -> None:
     assert before < child.not_valid_before_utc
     links.check(child, issuer, **_ders(child, issuer), at=before, what="t")
     assert (links.hits, links.misses) == (1, 3)
+
+
+def test_a_link_checked_for_another_chain_is_remembered_even_if_that_chain_fails() -> None:
+    """Chain A starts a link check and fails at an earlier link (it never commits this one);
+    chain B, which waited for A's check, counts a hit and remembers the link itself: the cache
+    then holds what checking B alone would have left."""
+    driver, _ = _rim_chains()
+    child, issuer = driver[0], driver[1]
+    link = _Link(child, issuer, **_ders(child, issuer))
+    links = _LinkCache(8)
+    a = links.claim(link, RIM_ERA, "chain A")
+    b = links.claim(link, RIM_ERA, "chain B")
+    assert (a.kind, b.kind) == ("own", "shared") and a.deferred is b.deferred
+    assert a.deferred is not None
+    a.deferred.run_here()
+    links.release(a)  # A stops at an earlier link: no commit
+    links.commit(b, link, "chain B")
+    assert links.hits == 1
+    assert links.claim(link, RIM_ERA, "chain C").kind == "hit"
 
 
 def _forged_l4(l3: x509.Certificate) -> x509.Certificate:

@@ -104,8 +104,6 @@ CA_VALIDITY = timedelta(days=30 * 365)
 #: NVIDIA's RIM signers live 2 years; an installation's emulation must keep working longer
 #: than that without regeneration, so the emulated signers get 10.
 RIM_SIGNER_VALIDITY = timedelta(days=10 * 365)
-#: The two RIM kinds a Hopper GPU has, each signed by its own leaf signer (as NVIDIA's are).
-RIM_KINDS = ("driver", "vbios")
 #: Common name of both leaf signers: NVIDIA names both of its leaves ``HCC RIM L4 Signer`` and
 #: tells them apart by key and serial only; the emulation does the same, with its prefix.
 RIM_SIGNER_ROLE = "HCC RIM L4 Signer"

@@ -314,13 +314,11 @@ def verify_rim_bytes(
     at: datetime,
     root: x509.Certificate | None = None,
     chain_cache: ChainCache | None = None,
-    certificates: CertificateMemo | None = None,
 ) -> VerifiedRim:
     """Parse and verify raw RIM bytes as of ``at``; raise ``RimParseError`` or a verification
     error. The document is read once: its fields are proven to be the signed ones by comparing
-    the canonical form of the parsed tree with the bytes signxml verified. ``certificates``
-    reuses KeyInfo certificates another RIM already loaded."""
-    rim, content = parse_rim_with_content(data, certificates=certificates)
+    the canonical form of the parsed tree with the bytes signxml verified."""
+    rim, content = parse_rim_with_content(data)
     return _verify(rim, content, at=at, root=root, chain_cache=chain_cache)
 
 

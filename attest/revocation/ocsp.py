@@ -1058,8 +1058,10 @@ class OcspPrefetch:
         at: datetime,
         allow_hold: bool = False,
         max_age: timedelta | None = None,
-        cache: OcspCache | None = None,
+        cache: OcspCache,
     ) -> None:
+        # The cache is required: its key is how ``check_chain_revocation`` finds a started
+        # check (without one it keys nothing, and every response would be checked twice).
         self._source = source
         self._at = require_aware(at)
         self._allow_hold = allow_hold
@@ -1103,9 +1105,7 @@ class OcspPrefetch:
                 cert_der=ders[i],
                 issuer_der=ders[i + 1],
             )
-            if key in self._started or (
-                self._cache is not None and self._cache.remembered(key, self._at)
-            ):
+            if key in self._started or self._cache.remembered(key, self._at):
                 continue
             pending = _PendingCheck(
                 bytes(der),
@@ -1121,12 +1121,10 @@ class OcspPrefetch:
             )
             self._started[key] = offer(Deferred(pending.run, leaf=True))
 
-    def _take(
-        self, key: bytes, *, at: datetime, allow_hold: bool, max_age: timedelta | None
-    ) -> Deferred[_Verified | OcspCheck] | None:
-        """The check started for this question, if it was started for the same time and
-        options (the key covers the bytes and options; ``at`` is compared here)."""
-        if at != self._at or allow_hold != self._allow_hold or max_age != self._max_age:
+    def _take(self, key: bytes, *, at: datetime) -> Deferred[_Verified | OcspCheck] | None:
+        """The check started for this question, if it was started for the same time (the key
+        covers the bytes and the options; ``at`` is compared here)."""
+        if at != self._at:
             return None
         return self._started.get(key)
 
@@ -1273,7 +1271,7 @@ def check_chain_revocation(
     for p in pending:
         job = None
         if prefetched is not None and p.key:
-            job = prefetched._take(p.key, at=at, allow_hold=allow_hold, max_age=max_age)
+            job = prefetched._take(p.key, at=at)
         if job is None:
             job = Deferred(p.run, leaf=True)
             fresh.append(job)

@@ -315,8 +315,9 @@ def test_every_cold_ocsp_check_is_started_ahead(
     workers: Callable[[int], int],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Cold: the 5 distinct responses (3 device, 2 RIM chain; the second RIM's chain asks the
-    same 2 questions, answered by the cache) are all started ahead and each checked once;
+    """Cold: the 7 distinct responses (3 device; 4 RIM chain: each RIM's own signer, then the
+    shared L3 and CA, which the second RIM's chain asks again and the cache answers) are all
+    started ahead and each checked once;
     warm with the same stapled set: nothing started, nothing offered to the pool."""
     pki, gpu = emulated
     evidence, at, nonce, _ = _stapled_variants(pki, gpu)
