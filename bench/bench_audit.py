@@ -22,7 +22,9 @@ appraisal). Then, in the same run:
   blob for that entry, as it must on a real log. Caches that hold on a real log (certificate
   chains, RIMs, policy, the broker's collateral) are warm on both sides;
 * ``replay_parallel_*``: the same with one worker per CPU, wall clock against the serial
-  replay's wall clock (workers start with cold caches; on a small log pool start-up shows).
+  replay's wall clock (workers start with cold caches; this process replays while the pool
+  starts, so a log shorter than the start-up runs at about the serial speed; the 1-GPU row pays
+  the ``forkserver``'s start, the 8-GPU row after it finds it running).
 
 Ratios use process CPU time (min of ``REPEAT`` interleaved runs, each with fresh caches): the
 machine is shared, and wall time there mostly measures the neighbours.

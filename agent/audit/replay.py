@@ -65,7 +65,9 @@ lists its SHA-256. Listed roots that are neither archived nor supplied are recor
 and named in a ``verdict_mismatch`` message.
 
 Parallelism: entries are independent until step 6, so steps 1-5 run in a process pool (each
-worker keeps its own verifier caches) and steps 6-7 run afterwards in the parent. The same
+worker keeps its own verifier caches) and steps 6-7 run afterwards in the parent. The pool
+starts in the background while the parent replays the first chunks itself; once a worker is up,
+the rest go to the pool, and a log the parent finishes first never waits for the pool. The same
 per-entry code runs in-process when ``workers == 1``; results are identical either way.
 
 Work is done once where its result cannot differ, and no check is skipped: blobs ``audit
@@ -83,6 +85,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
 import re
@@ -100,6 +103,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from agent.audit.bundle import Bundle
+from agent.audit.pool import BackgroundPool
 from agent.audit.verify import (
     MAX_FINDINGS_PER_CODE,
     AuditResult,
@@ -120,6 +124,8 @@ from attest.policy import Policy, load_policy
 from attest.snp.report import Product
 from attest.snp.verify import CertRole, classify
 from attest.x509chain import load_pem_chain
+
+_log = logging.getLogger(__name__)
 
 #: Version of the JSON report (``ReplayReport.to_json``); bump on any incompatible change.
 REPORT_VERSION = 1
@@ -144,6 +150,9 @@ CHUNK_ENTRIES = 16
 #: Chunks queued per worker beyond the one it runs: keeps workers busy while bounding the
 #: archived blobs the parent holds in memory at once.
 CHUNKS_AHEAD_PER_WORKER = 2
+#: Replay in this process while the worker pool starts (``_run_parallel``). Off only in tests,
+#: which need the workers to run a log far too small to outlast the pool's start.
+BRIDGE_POOL_START = True
 #: Most worker processes, whatever ``--workers`` says (each holds its own caches).
 MAX_WORKERS = 256
 #: Longest message of one finding: a verdict difference over 8 GPUs stays readable.
@@ -960,34 +969,77 @@ def _run_parallel(
     config: ReplayConfig,
     workers: int,
     on_progress: Callable[[int], None] | None,
+    *,
+    bridge: bool | None = None,
 ) -> list[EntryReplay]:
+    """Replay ``chunks`` on ``workers`` processes, in log order.
+
+    With ``bridge`` (default: :data:`BRIDGE_POOL_START`) this process replays entries itself
+    until a worker has started (``agent.audit.pool``: starting the pool costs about as much as
+    replaying a hundred one-GPU entries), then hands the rest of the log to the pool, starting
+    with the rest of the chunk it was in. Without it, everything goes to the pool.
+    """
+    if bridge is None:
+        bridge = BRIDGE_POOL_START
     results: dict[int, list[EntryReplay]] = {}
-    with concurrent.futures.ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=_pool_context(),
-        initializer=_init_worker,
-        initargs=(config,),
-    ) as pool:
-        pending: dict[concurrent.futures.Future[list[EntryReplay]], int] = {}
-        seq = 0
-        exhausted = False
-        while pending or not exhausted:
-            while not exhausted and len(pending) < workers * (1 + CHUNKS_AHEAD_PER_WORKER):
-                chunk = next(chunks, None)
-                if chunk is None:
-                    exhausted = True
-                    break
-                pending[pool.submit(_replay_chunk, chunk)] = seq
-                seq += 1
-            if not pending:
-                break
-            done, _ = concurrent.futures.wait(
-                pending, return_when=concurrent.futures.FIRST_COMPLETED
-            )
-            for fut in done:
-                results[pending.pop(fut)] = out = fut.result()
-                if on_progress is not None:
-                    on_progress(len(out))
+    pending: dict[concurrent.futures.Future[list[EntryReplay]], int] = {}
+    pool = BackgroundPool(
+        workers, mp_context=_pool_context(), initializer=_init_worker, initargs=(config,)
+    )
+    local = EntryReplayer(config) if bridge else None
+
+    def collect(block: bool) -> None:
+        done, _ = concurrent.futures.wait(
+            pending,
+            timeout=None if block else 0,
+            return_when=concurrent.futures.FIRST_COMPLETED,
+        )
+        for fut in done:
+            results[pending.pop(fut)] = out = fut.result()
+            if on_progress is not None:
+                on_progress(len(out))
+
+    seq = 0  # results are kept per piece of work, numbered in log order
+
+    def to_pool(items: list[EntryInput]) -> None:
+        nonlocal seq
+        while len(pending) >= workers * (1 + CHUNKS_AHEAD_PER_WORKER):
+            collect(block=True)
+        pending[pool.submit(_replay_chunk, items)] = seq
+        seq += 1
+
+    try:
+        if local is None:
+            pool.wait_started()
+        for chunk in chunks:
+            start = 0
+            if local is not None:
+                # Bridging: replay here entry by entry, and hand the rest of the chunk (and every
+                # later one) to the pool as soon as a worker is up, so that it never sits idle
+                # while this process finishes a chunk.
+                done_here: list[EntryReplay] = []
+                for item in chunk:
+                    if pool.ready():
+                        local = None
+                        break
+                    done_here.append(local.replay(item))
+                    if on_progress is not None:
+                        on_progress(1)
+                if done_here:
+                    results[seq] = done_here
+                    seq += 1
+                start = len(done_here)
+            if start < len(chunk):
+                to_pool(chunk[start:])
+        while pending:
+            collect(block=True)
+    finally:
+        pool.close()
+    if local is not None and pool.error is not None:  # bridged the whole log: say why
+        _log.warning(
+            "replay worker pool did not start (%s); replayed in this process",
+            type(pool.error).__name__,
+        )
     return [r for i in sorted(results) for r in results[i]]
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.audit import replay as replay_module
 from agent.audit.bundle import ENTRIES_NAME, EntryRecord, encode_record, parse_entries
 from agent.audit.replay import ReplayReport, replay_bundle_file
 from agent.broker.service import ReleaseRefusedError
@@ -159,7 +160,18 @@ def test_stand_in_log_with_release_replays_clean(stand_in: Built) -> None:
     assert report.summary()["verdicts_reproduced"] == 3
 
 
-def test_serial_and_parallel_replays_are_identical(real: Built, stand_in: Built) -> None:
+@pytest.fixture(params=[False, True], ids=["workers", "bridged"])
+def bridge(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Parallel replays both ways: every chunk on the workers (``BRIDGE_POOL_START`` off: these
+    logs are far too small to outlast the pool's start otherwise) and the default, where this
+    process replays while the pool starts."""
+    monkeypatch.setattr(replay_module, "BRIDGE_POOL_START", request.param)
+    return bool(request.param)
+
+
+def test_serial_and_parallel_replays_are_identical(
+    real: Built, stand_in: Built, bridge: bool
+) -> None:
     for b in (real, stand_in):
         bundle = b.dir / "log.zip"
         seen: list[int] = []
@@ -170,7 +182,47 @@ def test_serial_and_parallel_replays_are_identical(real: Built, stand_in: Built)
         assert sum(seen) == len(serial.entries)
 
 
-def test_parallel_finds_the_same_findings(fresh: Built) -> None:
+def test_bridged_replay_hands_over_to_the_workers(
+    stand_in: Built, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One entry per chunk, and the pool reported up after this process replayed the first:
+    the first chunk is replayed here, the rest by the workers, in log order all the same."""
+    from agent.audit.pool import BackgroundPool
+
+    asked: list[bool] = []
+
+    def ready(self: BackgroundPool) -> bool:
+        if not asked:
+            asked.append(False)
+            return False
+        self.wait_started()
+        asked.append(True)
+        return True
+
+    monkeypatch.setattr(replay_module, "CHUNK_ENTRIES", 1)
+    monkeypatch.setattr(BackgroundPool, "ready", ready)
+    bundle = stand_in.dir / "log.zip"
+    serial = _replay(stand_in, bundle, workers=1)
+    parallel = _replay(stand_in, bundle, workers=2)
+    assert asked == [False, True]  # asked once per chunk until the pool was up, then no more
+    assert parallel.to_json() == serial.to_json()
+
+
+def test_replay_without_worker_processes(stand_in: Built, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where no process can be started, a bridged replay finishes here with the same report;
+    with every entry meant for the workers, the start failure is the error."""
+    from tests.audit.test_pool import _NoProcesses
+
+    monkeypatch.setattr(replay_module, "_pool_context", _NoProcesses)
+    bundle = stand_in.dir / "log.zip"
+    serial = _replay(stand_in, bundle, workers=1)
+    assert _replay(stand_in, bundle, workers=2).to_json() == serial.to_json()
+    monkeypatch.setattr(replay_module, "BRIDGE_POOL_START", False)
+    with pytest.raises(OSError, match="no processes here"):
+        _replay(stand_in, bundle, workers=2)
+
+
+def test_parallel_finds_the_same_findings(fresh: Built, bridge: bool) -> None:
     token = fresh.attest(evidence())
     forge_attest(fresh, bundle=evidence(cc_mode_on=False), claim_status=Status.AFFIRMING)
     forge_release(fresh, token, nonce=b"\x01" * 32, key=enclave_key())

@@ -1,0 +1,115 @@
+"""``agent.audit.pool``: a process pool that starts while its owner works.
+
+Real processes (the replay's own ``forkserver`` context), no mocks: readiness only after a
+worker ran its initializer, work runs in the workers, a pool whose workers cannot start is never
+ready and says why, and closing a pool that is still starting neither hangs nor leaks it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing.context
+import os
+import time
+
+import pytest
+
+from agent.audit.pool import BackgroundPool
+from agent.audit.replay import _pool_context
+
+_INIT: dict[str, int] = {}
+
+
+def _init(value: int) -> None:
+    _INIT["value"] = value
+
+
+def _init_fails(value: int) -> None:
+    raise RuntimeError("this worker cannot start")
+
+
+def _initialised_value_and_pid() -> tuple[int, int]:
+    return _INIT["value"], os.getpid()
+
+
+def _wait_ready(pool: BackgroundPool, limit_s: float = 60.0) -> bool:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if pool.ready():
+            return True
+        if pool.error is not None:
+            return False
+        time.sleep(0.01)
+    return False
+
+
+def test_work_runs_in_initialised_workers() -> None:
+    pool = BackgroundPool(2, mp_context=_pool_context(), initializer=_init, initargs=(7,))
+    try:
+        assert _wait_ready(pool)
+        results = [pool.submit(_initialised_value_and_pid).result(60) for _ in range(4)]
+    finally:
+        pool.close()
+    assert {value for value, _ in results} == {7}  # the initializer ran in each worker
+    assert os.getpid() not in {pid for _, pid in results}  # and the work ran there, not here
+    assert pool.error is None
+
+
+def test_a_pool_whose_workers_cannot_start_is_never_ready() -> None:
+    pool = BackgroundPool(1, mp_context=_pool_context(), initializer=_init_fails, initargs=(1,))
+    try:
+        pool.wait_started()  # the executor exists; its worker dies in its initializer
+        assert not _wait_ready(pool)
+        assert pool.error is not None
+        assert not pool.ready()
+    finally:
+        pool.close()
+
+
+def test_submit_before_the_pool_exists_is_refused() -> None:
+    pool = BackgroundPool(1, mp_context=_pool_context(), initializer=_init, initargs=(1,))
+    try:
+        if not pool._started.is_set():  # usually still starting here; if not, nothing to test
+            with pytest.raises(RuntimeError, match="has not started"):
+                pool.submit(_initialised_value_and_pid)
+    finally:
+        pool.close()
+
+
+def test_closing_a_starting_pool_returns_at_once_and_stops_it() -> None:
+    pool = BackgroundPool(2, mp_context=_pool_context(), initializer=_init, initargs=(1,))
+    start = time.monotonic()
+    pool.close()  # the owner finished before the workers came up
+    assert time.monotonic() - start < 0.2
+    pool._thread.join(60)  # the helper shuts the executor down once it exists
+    assert not pool._thread.is_alive()
+    executor = pool._executor
+    assert executor is not None and pool.error is None
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        executor.submit(_initialised_value_and_pid)
+
+
+def test_size_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        BackgroundPool(0, mp_context=_pool_context(), initializer=_init, initargs=(1,))
+
+
+class _NoProcessesProcess(multiprocessing.context.ForkServerProcess):
+    def start(self) -> None:
+        raise OSError("no processes here")
+
+
+class _NoProcesses(multiprocessing.context.ForkServerContext):
+    """A start method that cannot start anything (as in a sandbox with a process limit)."""
+
+    Process = _NoProcessesProcess
+
+
+def test_a_pool_that_cannot_start_keeps_the_error() -> None:
+    pool = BackgroundPool(1, mp_context=_NoProcesses(), initializer=_init, initargs=(1,))
+    try:
+        with pytest.raises(OSError, match="no processes here"):
+            pool.wait_started()
+        assert not pool.ready()
+        assert isinstance(pool.error, OSError)
+    finally:
+        pool.close()  # nothing to stop; must not raise
