@@ -397,7 +397,10 @@ class EnclaveAgent:
             devices = device_statuses(submods if isinstance(submods, dict) else {})
             status = reply.status
         if status is not reply.status and self.broker_key is not None:
-            # The signed status wins; a relay that rewrote the plain field gains nothing.
+            # The worse of the signed and the plain status: a relay that rewrote the plain field
+            # can only make us refuse, and a signed status better than the broker's decision
+            # (a token from a broker without enclave-level submodules) is not believed.
+            status = Status.worst([status, reply.status])
             reply = convert.AttestReply(reply.result, status, reply.findings, reply.log_proof)
         log_verified = False
         if self.log_key is not None:

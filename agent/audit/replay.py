@@ -111,7 +111,7 @@ from agent.audit.verify import (
     Finding,
     verify_bundle,
 )
-from attest.appraise.common import DeviceAppraisal
+from attest.appraise.common import DeviceAppraisal, result_submodules
 from attest.appraise.composite import AppraisalContext, appraise_bundle
 from attest.binding import DEFAULT_PROTOCOL_LABEL, SessionBinding, derive_binding
 from attest.bundle import EvidenceBundle, load_bundle
@@ -383,7 +383,10 @@ class Verdict:
         """Our own verdict, in the form the broker signs (``agent.broker.service``): each
         device's ``submodule(policy digest)`` in EAR JSON form, and the enclave findings."""
         verdict = cls.build(
-            {d.name: d.submodule(policy_digest).to_json() for d in devices},
+            {
+                name: sub.to_json()
+                for name, sub in result_submodules(devices, findings, policy_digest).items()
+            },
             [f.to_json() for f in findings],
         )
         assert verdict is not None  # our own appraisal always has the right shape

@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from agent.broker.keywrap import KeyWrapper
 from agent.broker.store import BrokerStore, ModelRecord, NonceError, ResultRecord
 from agent.logstore import AppendReceipt, LogStore
-from attest.appraise.common import DeviceAppraisal
+from attest.appraise.common import DeviceAppraisal, findings_status, result_submodules
 from attest.binding import DEFAULT_PROTOCOL_LABEL, SessionBinding, derive_binding
 from attest.bundle import EvidenceBundle
 from attest.ear import AttestationResult, SigningKey, Status, issue_ear, verify_ear
@@ -70,10 +70,8 @@ class Appraisal:
     @property
     def status(self) -> Status:
         statuses = [d.status for d in self.devices]
-        if any(f.severity.value == "reject" for f in self.findings):
-            statuses.append(Status.CONTRAINDICATED)
-        elif self.findings:
-            statuses.append(Status.WARNING)
+        if self.findings:
+            statuses.append(findings_status(self.findings))
         return Status.worst(statuses) if statuses else Status.CONTRAINDICATED
 
     def all_findings(self) -> list[Finding]:
@@ -203,7 +201,7 @@ class Broker:
         result_id = secrets.token_hex(16)
         expires = now + timedelta(seconds=policy.freshness.result_ttl_seconds)
         result = AttestationResult(
-            submods={d.name: d.submodule(policy_digest) for d in appraisal.devices},
+            submods=result_submodules(appraisal.devices, appraisal.findings, policy_digest),
             issued_at=int(now.timestamp()),
             expires_at=int(expires.timestamp()),
             verifier_build=self.verifier_build,
@@ -219,9 +217,9 @@ class Broker:
             ),
         )
         token = issue_ear(result, self.result_key)
-        status = appraisal.status
-        if status is not result.status and appraisal.findings:
-            status = Status.worst([status, result.status])
+        # Equal by construction (``result_submodules``); the worse of the two is what is kept,
+        # so a future change that broke that could only make the broker stricter.
+        status = Status.worst([appraisal.status, result.status])
         self.store.put_result(
             ResultRecord(
                 result_id=result_id,

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from agent.cli._keys import load_signing_key
+from attest.appraise.common import result_submodules
 from attest.appraise.composite import AppraisalContext, appraise_bundle
 from attest.binding import DEFAULT_PROTOCOL_LABEL, derive_binding
 from attest.bundle import load_bundle
@@ -57,7 +58,7 @@ def _run(args: argparse.Namespace) -> int:
         bundle, binding, policy, at, context=AppraisalContext(rims=rims)
     )
     result = AttestationResult(
-        submods={d.name: d.submodule(policy.digest) for d in devices},
+        submods=result_submodules(devices, findings, policy.digest),
         issued_at=int(at.timestamp()),
         expires_at=int((at + timedelta(seconds=policy.freshness.result_ttl_seconds)).timestamp()),
         verifier_build="lessee 0.1.0 (cli)",
@@ -67,7 +68,7 @@ def _run(args: argparse.Namespace) -> int:
         result_id=secrets.token_hex(16),
         extra={"ear.lessee.findings": [f.to_json() for f in findings]} if findings else {},
     )
-    status = Status.worst([result.status, *([Status.CONTRAINDICATED] if findings else [])])
+    status = result.status  # enclave-level findings count through the ``enclave`` submodule
     print(issue_ear(result, key))
     for name in policy.unsafe_settings():
         print(f"lessee: WARNING: policy turns off a check: {name}", file=sys.stderr)

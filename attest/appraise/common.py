@@ -15,6 +15,40 @@ from attest.ear import (
 )
 from attest.findings import Finding, Severity
 
+#: The EAR submodule for findings about the enclave as a whole (no GPU evidence, a topology
+#: rule, a GPU whose evidence failed verification before it could be named a device). Without
+#: it a token whose device submodules all affirm would *say* affirming while the decision was
+#: not, and a relying party that reads only the signed status (the agent, the client SDK, any
+#: EAR consumer) would trust an enclave the broker refused. No device is ever named this.
+ENCLAVE_SUBMODULE = "enclave"
+
+
+def findings_status(findings: Iterable[Finding]) -> Status:
+    """A ``reject`` finding contraindicates, any other finding warns, none affirms."""
+    status = Status.AFFIRMING
+    for f in findings:
+        if f.severity is Severity.REJECT:
+            return Status.CONTRAINDICATED
+        status = Status.WARNING
+    return status
+
+
+def result_submodules(
+    devices: Iterable[DeviceAppraisal], findings: Iterable[Finding], policy_id: str
+) -> dict[str, Submodule]:
+    """The EAR submodules of one appraisal: one per device, and :data:`ENCLAVE_SUBMODULE` when
+    there are enclave-level findings, with their status (the findings themselves travel in the
+    result's ``ear.lessee.findings`` claim). The token's status, the worst of its submodules,
+    is then the decision's: the broker, ``lessee appraise`` and the auditor's replay all build
+    results with this."""
+    out = {d.name: d.submodule(policy_id) for d in devices}
+    findings = tuple(findings)
+    if findings:
+        if ENCLAVE_SUBMODULE in out:
+            raise ValueError(f"a device may not be named {ENCLAVE_SUBMODULE!r}")
+        out[ENCLAVE_SUBMODULE] = Submodule(findings_status(findings), policy_id=policy_id)
+    return out
+
 
 @dataclass(frozen=True)
 class DeviceAppraisal:
@@ -29,11 +63,7 @@ class DeviceAppraisal:
 
     @property
     def status(self) -> Status:
-        if any(f.severity is Severity.REJECT for f in self.findings):
-            return Status.CONTRAINDICATED
-        if self.findings:
-            return Status.WARNING
-        return Status.AFFIRMING
+        return findings_status(self.findings)
 
     def trust_vector(self) -> dict[str, int]:
         """Each AR4SI claim is affirming unless a finding in one of its fields says otherwise."""

@@ -16,12 +16,17 @@ from agent.agent import (
     call_broker,
     verify_log_proof,
 )
+from agent.client import broker_ear_check
 from agent.emulation import EmulatedCpuSource, EmulatedSnp, non_cc_gpu_source
 from agent.rpc import convert
 from agent.rpc.v1 import broker_pb2
+from attest.appraise.common import ENCLAVE_SUBMODULE
+from attest.bundle import EvidenceBundle
 from attest.ear import Status, verify_ear
+from attest.errors import VerificationError
 from attest.log.entry import decode_entry
 from sealing.hpke_suite import HpkeOpenError
+from sealing.stream import KeyBundle
 from tests.integration.conftest import (
     DATA_KEY,
     MODEL,
@@ -180,6 +185,51 @@ def test_bad_hardware_states_are_contraindicated(harness: Harness, case: str) ->
         agent.attest(MODEL)
     assert e.value.status is Status.CONTRAINDICATED
     assert any(field in line for line in e.value.findings), e.value.findings
+
+
+def test_enclave_level_findings_are_in_the_signed_status(harness: Harness) -> None:
+    """A sound CPU and no GPU evidence: the refusal is an enclave-level finding, on no device.
+    The signed status must say so (the ``enclave`` submodule), or the pinned agent and the
+    client SDK, which read only the signed token, would trust what the broker refused."""
+    agent = harness.agent()
+    session = agent.start_session(MODEL)
+    full = agent.collect(session)
+    bundle = EvidenceBundle(cpu=full.cpu, gpus=(), cc_mode_on=True, devtools_on=False)
+    reply = agent.send_evidence(session, bundle)
+    assert reply.status is Status.CONTRAINDICATED
+    claims = verify_ear(
+        reply.result,
+        harness.keys.result_key.public_key(),
+        at=harness.clock(),
+        expected_nonce=session.nonce,
+        expected_enclave_key=session.public_key,
+    )
+    assert claims.submods["cpu0"].status is Status.AFFIRMING  # the CPU itself is fine
+    assert claims.submods[ENCLAVE_SUBMODULE].status is Status.CONTRAINDICATED
+    assert claims.status is Status.CONTRAINDICATED
+    assert any("gpu.count" in f["field"] for f in claims.extra["ear.lessee.findings"])
+    with pytest.raises(AttestationRefusedError):
+        agent.check_result(session, reply)
+    check = broker_ear_check(harness.keys.result_key.public_key())
+    key_bundle = KeyBundle.build(session.enclave_key().public_key, reply.result.encode(), b"")
+    with pytest.raises(VerificationError) as refused:
+        check(key_bundle, harness.clock())
+    assert refused.value.reason == "ear_not_affirming"
+
+
+def test_agent_believes_the_worse_of_signed_and_plain_status(harness: Harness) -> None:
+    """A token whose signed status is better than the broker's plain decision (one issued
+    without the ``enclave`` submodule) is refused by the pinned agent all the same."""
+    agent = harness.agent()
+    session = agent.start_session(MODEL)
+    reply = agent.send_evidence(session, agent.collect(session))
+    assert reply.status is Status.AFFIRMING
+    downgraded = convert.AttestReply(
+        reply.result, Status.CONTRAINDICATED, ("enclave: gpu.count",), reply.log_proof
+    )
+    with pytest.raises(AttestationRefusedError) as e:
+        agent.check_result(session, downgraded)
+    assert e.value.status is Status.CONTRAINDICATED
 
 
 def test_unpinned_agent_still_gets_and_opens_the_key(harness: Harness) -> None:
