@@ -6,8 +6,9 @@
 * ``CpuEvidenceSource.collect(report_data64)`` returns the CPU TEE's report (SNP) or quote (TDX).
 
 Real sources: NVML via ``nvidia-ml-py`` (the ``lessee[nvml]`` extra) and the Linux configfs-tsm
-report interface (``/sys/kernel/config/tsm/report``, kernels >= 6.7; both SEV-SNP and TDX guests).
-Each raises ``HardwareUnavailableError`` with one clear sentence when the hardware is absent or not
+report interface (``/sys/kernel/config/tsm/report``, kernels >= 6.7). SEV-SNP guests are
+supported; a TDX guest is refused with a clear error until TDX collateral can be supplied (the
+quote alone can never pass the broker's verification). Each raises ``HardwareUnavailableError`` with one clear sentence when the hardware is absent or not
 in confidential-computing mode, so ``lessee agent`` can say what is missing. Emulated sources for
 machines without CC hardware live in ``agent.emulation``.
 """
@@ -15,18 +16,37 @@ machines without CC hardware live in ``agent.emulation``.
 from __future__ import annotations
 
 import importlib
+import itertools
 import os
 import secrets
+import struct
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from attest.bundle import DeviceEvidenceIn, SnpEvidenceIn, TdxEvidenceIn
-from attest.errors import LesseeError
+from attest.errors import LesseeError, ParseError
+from attest.snp.verify import MAX_AMD_CERT_INPUT_BYTES
 
 TSM_REPORT_DIR = Path("/sys/kernel/config/tsm/report")
 #: configfs-tsm outblobs are a report (1184 B SNP) or a quote (~5-8 KiB TDX); certs up to 64 KiB.
 MAX_TSM_BLOB_BYTES = 256 * 1024
+
+#: GHCB spec (56421) 4.1.8.1 certificate table entry: GUID (16 bytes), offset, length (u32 LE).
+SNP_CERT_TABLE_ENTRY = struct.Struct("<16sII")
+#: Entries before the terminator. A host has four kinds to give (VCEK or VLEK, ASK, ARK) and may
+#: add a few of its own (a CRL, platform information); more than this is not a table.
+MAX_SNP_CERT_TABLE_ENTRIES = 16
+#: The GUIDs the GHCB spec assigns, in RFC 4122 (big-endian) byte order as they appear in the
+#: table: go-sev-guest compares the raw 16 bytes with ``uuid.Parse`` output, virtee/sev spells
+#: the same bytes out. Other GUIDs (a CRL, vendor data) are bounds-checked and then dropped.
+SNP_CERT_GUIDS: dict[bytes, str] = {
+    uuid.UUID("63da758d-e664-4564-adc5-f4b93be8accd").bytes: "VCEK",
+    uuid.UUID("a8074bc2-a25a-483e-aae6-39c045a0b8a1").bytes: "VLEK",
+    uuid.UUID("4ab7b379-bbac-4fe4-a02f-05aef327c782").bytes: "ASK",
+    uuid.UUID("c0b406a4-a803-4952-9743-3fb6014cd0ae").bytes: "ARK",
+}
 
 
 class HardwareUnavailableError(LesseeError):
@@ -113,22 +133,124 @@ class TsmCpuSource:
         self._root = root
 
     def collect(self, report_data: bytes) -> SnpEvidenceIn | TdxEvidenceIn:
+        """One report for ``report_data``; the provider is checked before anything is requested.
+
+        SEV-SNP: ``outblob`` is the report and ``auxblob`` the host's certificate table, split
+        into one certificate per item (``parse_snp_cert_table``) because the broker loads each
+        item as one DER or PEM input. ``auxblob`` is read whenever it exists rather than when
+        its ``st_size`` is non-zero (a configfs attribute's size need not be the blob's); an
+        empty read means the host supplied no certificates.
+        TDX: refused (``HardwareUnavailableError``) until TDX collateral can be supplied.
+        """
         _require(len(report_data) == 64, "report data must be 64 bytes")
         entry = self._root / f"lessee-{secrets.token_hex(8)}"
         entry.mkdir()
         try:
-            (entry / "inblob").write_bytes(report_data)
             provider = (entry / "provider").read_text().strip()
-            outblob = _read_bounded(entry / "outblob")
-            if provider.startswith("sev_guest"):
-                aux = entry / "auxblob"
-                certs = (_read_bounded(aux),) if aux.exists() and aux.stat().st_size else ()
-                return SnpEvidenceIn(report=outblob, certificates=certs)
             if provider.startswith("tdx_guest"):
-                return TdxEvidenceIn(quote=outblob)
-            raise HardwareUnavailableError(f"unknown configfs-tsm provider {provider!r}")
+                raise HardwareUnavailableError(
+                    "TDX guest found, but the agent cannot attest it yet: the broker verifies a "
+                    "TDX quote only with its collateral (Intel PCS/PCCS JSON: TCB info, QE "
+                    "identity, CRLs), which the agent has no way to supply"
+                )
+            if not provider.startswith("sev_guest"):
+                raise HardwareUnavailableError(f"unknown configfs-tsm provider {provider!r}")
+            (entry / "inblob").write_bytes(report_data)
+            outblob = _read_bounded(entry / "outblob")
+            aux = entry / "auxblob"
+            certs = parse_snp_cert_table(_read_bounded(aux)) if aux.exists() else {}
+            return SnpEvidenceIn(report=outblob, certificates=tuple(certs.values()))
         finally:
             os.rmdir(entry)
+
+
+def parse_snp_cert_table(blob: bytes) -> dict[str, bytes]:
+    """The certificates of a SEV-SNP certificate table, by kind (``VCEK``, ``VLEK``, ``ASK``,
+    ``ARK``), in table order; ``{}`` for an empty blob (the host supplied none).
+
+    This is what configfs-tsm's ``auxblob`` holds for the ``sev_guest`` provider: the GHCB spec
+    (56421) 4.1.8.1 table of 24-byte entries (GUID, u32 LE offset, u32 LE length; offsets from
+    the start of the blob), ended by an all-zero entry, followed by the certificates. The
+    certificate bytes are passed through unchanged (DER from real hosts; the broker accepts DER
+    or PEM and verifies them). Strict, because a table that breaks these rules was not made by a
+    correct host and guessing what it meant could pair a report with the wrong certificate:
+
+    * at most ``MAX_SNP_CERT_TABLE_ENTRIES`` entries, then the all-zero terminator (required; an
+      all-zero GUID with a non-zero offset or length is refused);
+    * every entry's range lies inside the blob and after the table (terminator included), and
+      no two non-empty ranges overlap; gaps and trailing padding are allowed;
+    * a known kind appears at most once, is not empty and is at most
+      ``MAX_AMD_CERT_INPUT_BYTES``; entries with other GUIDs are checked the same way for
+      bounds and then dropped (hosts may add a CRL or platform data the broker does not use).
+
+    Anything else raises ``ParseError`` with the offending entry's offset.
+    """
+    if not blob:
+        return {}
+    size = SNP_CERT_TABLE_ENTRY.size
+    entries: list[tuple[int, bytes, int, int]] = []  # (entry offset, guid, data offset, length)
+    pos = 0
+    while True:
+        if pos + size > len(blob):
+            raise ParseError(
+                "SEV-SNP certificate table ends without its all-zero terminator entry",
+                offset=pos,
+                field="auxblob",
+            )
+        guid, offset, length = SNP_CERT_TABLE_ENTRY.unpack_from(blob, pos)
+        if guid == bytes(16):
+            if offset or length:
+                raise ParseError(
+                    "SEV-SNP certificate table entry has a zero GUID but a non-zero offset or "
+                    "length",
+                    offset=pos,
+                    field="auxblob",
+                )
+            break
+        if len(entries) == MAX_SNP_CERT_TABLE_ENTRIES:
+            raise ParseError(
+                f"SEV-SNP certificate table has more than {MAX_SNP_CERT_TABLE_ENTRIES} entries",
+                offset=pos,
+                field="auxblob",
+            )
+        entries.append((pos, guid, offset, length))
+        pos += size
+    table_end = pos + size
+    out: dict[str, bytes] = {}
+    ranges: list[tuple[int, int, int]] = []  # (data offset, end, entry offset)
+    for at, guid, offset, length in entries:
+        kind = SNP_CERT_GUIDS.get(guid)
+        label = kind or str(uuid.UUID(bytes=guid))
+        if offset < table_end or offset + length > len(blob):
+            raise ParseError(
+                f"SEV-SNP certificate table entry {label}: bytes [{offset}, {offset + length}) "
+                f"are not between the table's end ({table_end}) and the blob's end ({len(blob)})",
+                offset=at,
+                field="auxblob",
+            )
+        if length:
+            ranges.append((offset, offset + length, at))
+        if kind is None:
+            continue
+        if kind in out:
+            raise ParseError(
+                f"SEV-SNP certificate table has two {kind} entries", offset=at, field="auxblob"
+            )
+        if not 0 < length <= MAX_AMD_CERT_INPUT_BYTES:
+            raise ParseError(
+                f"SEV-SNP certificate table entry {kind} is {length} bytes; it must be 1.."
+                f"{MAX_AMD_CERT_INPUT_BYTES}",
+                offset=at,
+                field="auxblob",
+            )
+        out[kind] = blob[offset : offset + length]
+    ranges.sort()
+    for (_, prev_end, _), (start, _, at) in itertools.pairwise(ranges):
+        if start < prev_end:
+            raise ParseError(
+                "SEV-SNP certificate table entries overlap", offset=at, field="auxblob"
+            )
+    return out
 
 
 def _read_bounded(path: Path) -> bytes:
