@@ -8,9 +8,10 @@
 Real sources: NVML via ``nvidia-ml-py`` (the ``lessee[nvml]`` extra) and the Linux configfs-tsm
 report interface (``/sys/kernel/config/tsm/report``, kernels >= 6.7). SEV-SNP guests are
 supported; a TDX guest is refused with a clear error until TDX collateral can be supplied (the
-quote alone can never pass the broker's verification). Each raises ``HardwareUnavailableError`` with one clear sentence when the hardware is absent or not
-in confidential-computing mode, so ``lessee agent`` can say what is missing. Emulated sources for
-machines without CC hardware live in ``agent.emulation``.
+quote alone can never pass the broker's verification). Each raises ``HardwareUnavailableError``
+with one clear sentence when the hardware is absent or not in confidential-computing mode, so
+``lessee agent`` can say what is missing. Emulated sources for machines without CC hardware live
+in ``agent.emulation``.
 """
 
 from __future__ import annotations
