@@ -37,7 +37,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 
-from attest.errors import ParseError, VerificationError
+from attest.errors import InputError, ParseError, VerificationError
 
 #: Randomness is an argument everywhere in ``sealing``: ``rng(n)`` returns ``n`` random bytes.
 #: Production passes ``os.urandom``; known-answer generators pass a seeded function.
@@ -125,6 +125,13 @@ class HpkeOpenError(VerificationError):
         super().__init__("HPKE open failed", reason="hpke_open_failed")
 
 
+class HpkeSealError(InputError):
+    """The recipient public key cannot be sealed to (the KEM refused it)."""
+
+    def __init__(self) -> None:
+        super().__init__("HPKE seal failed: the recipient public key is not usable")
+
+
 def suite_params(suite: SuiteId) -> SuiteParams:
     """The sizes and RFC 9180 ids of ``suite``."""
     return SUITE_PARAMS[suite]
@@ -141,6 +148,40 @@ def parse_suite_id(value: int, *, offset: int | None = None) -> SuiteId:
 
 
 _PublicKeyObj = x25519.X25519PublicKey | hpke.MLKEM768X25519PublicKey
+
+_P25519 = 2**255 - 19
+#: Every 255-bit encoding of an X25519 point of small order (1, 2, 4 or 8), as u-coordinates
+#: with the unused top bit cleared: 0, 1, the two u of order 8, p - 1, and the non-canonical
+#: p and p + 1 (= 0 and 1); larger non-canonical forms of the others do not fit in 255 bits.
+#: The same list libsodium blocks. A set lookup, not a probe DH (~31 us per decode, on every
+#: Attest and every key bundle); ``tests/stream/test_hpke_suite.py`` checks each entry with a
+#: real DH.
+_SMALL_ORDER_U = frozenset(
+    {
+        0,
+        1,
+        325606250916557431795983626356110631294008115727848805560023387167927233504,
+        39382357235489614581723060781553021112529911719440698176882885853963445705823,
+        _P25519 - 1,
+        _P25519,
+        _P25519 + 1,
+    }
+)
+_U_MASK = (1 << 255) - 1
+
+
+def _refuse_small_order(raw: bytes) -> None:
+    """Refuse an X25519 public key of small order (e.g. 32 zero bytes).
+
+    Every DH with such a key gives the all-zero secret, which RFC 7748 section 6.1 says to
+    refuse and ``cryptography`` refuses only later, inside ``seal``, with a bare
+    ``ValueError``. Checking at decode time keeps the failure where the untrusted bytes arrive,
+    as a ``ParseError``.
+    """
+    if int.from_bytes(raw, "little") & _U_MASK in _SMALL_ORDER_U:
+        raise ParseError("X25519 public key has small order", field="public_key")
+
+
 _PrivateKeyObj = x25519.X25519PrivateKey | hpke.MLKEM768X25519PrivateKey
 
 
@@ -167,16 +208,18 @@ class HpkePublicKey:
                 field="public_key",
             )
         try:
+            xpk = x25519.X25519PublicKey.from_public_bytes(raw[-_X25519_LEN:])
             if suite is SuiteId.X25519_SHA256_AES256GCM:
-                key: _PublicKeyObj = x25519.X25519PublicKey.from_public_bytes(raw)
+                key: _PublicKeyObj = xpk
             else:
                 key = hpke.MLKEM768X25519PublicKey(
-                    mlkem.MLKEM768PublicKey.from_public_bytes(raw[:_MLKEM768_PK_LEN]),
-                    x25519.X25519PublicKey.from_public_bytes(raw[_MLKEM768_PK_LEN:]),
+                    mlkem.MLKEM768PublicKey.from_public_bytes(raw[:_MLKEM768_PK_LEN]), xpk
                 )
         except ValueError:
             # ML-KEM's encapsulation-key check (FIPS 203 §7.2 modulus check) failed.
             raise ParseError("public key is not a valid KEM key", field="public_key") from None
+        # Both suites: the hybrid's X25519 half too, since seal() fails on it just the same.
+        _refuse_small_order(raw[-_X25519_LEN:])
         return cls(suite, raw, key)
 
     @classmethod
@@ -263,7 +306,13 @@ def seal(pk: HpkePublicKey, info: bytes, aad: bytes, plaintext: bytes) -> bytes:
     """
     if len(plaintext) > MAX_PLAINTEXT_LEN:
         raise ValueError(f"plaintext is {len(plaintext)} bytes, the bound is {MAX_PLAINTEXT_LEN}")
-    return _SUITES[pk.suite].encrypt(bytes(plaintext), pk._key, info=bound_info(info, aad))
+    hinfo = bound_info(info, aad)
+    try:
+        return _SUITES[pk.suite].encrypt(bytes(plaintext), pk._key, info=hinfo)
+    except ValueError:
+        # The library refuses the recipient key during encapsulation (an all-zero X25519
+        # secret). ``from_raw`` already refuses such keys; this keeps any other path typed.
+        raise HpkeSealError() from None
 
 
 def open(sk: HpkePrivateKey, info: bytes, aad: bytes, blob: bytes) -> bytes:

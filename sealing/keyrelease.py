@@ -9,26 +9,55 @@ release for another model, version or result. Every failure to open is one opaqu
 
 from __future__ import annotations
 
+from attest.errors import InputError
 from sealing.hpke_suite import HpkeOpenError, HpkePrivateKey, HpkePublicKey, open, seal
+from sealing.weights._format import MAX_MODEL_VERSION
 
 KEY_RELEASE_LABEL = b"lessee/v1/key-release"
 DATA_KEY_BYTES = 32
 
-__all__ = ["KEY_RELEASE_LABEL", "HpkeOpenError", "open_data_key", "release_info", "seal_data_key"]
+__all__ = [
+    "KEY_RELEASE_LABEL",
+    "MAX_MODEL_VERSION",
+    "HpkeOpenError",
+    "open_data_key",
+    "release_info",
+    "seal_data_key",
+]
 
 
-def _lp(data: bytes) -> bytes:
+# The version is bound as a u32 (the width the broker's protocol uses). The sealed-weights
+# format caps versions at the same MAX_MODEL_VERSION (2^32 - 1), so one constant serves both
+# and every version that can be sealed can also be released.
+_MAX_FIELD_BYTES = 0xFFFF  # a 2-byte length prefix
+
+
+def _lp(data: bytes, field: str) -> bytes:
+    if len(data) > _MAX_FIELD_BYTES:
+        raise InputError(f"{field} is {len(data)} bytes, the bound is {_MAX_FIELD_BYTES}")
     return len(data).to_bytes(2, "big") + data
 
 
 def release_info(*, model_id: str, model_version: int, key_id: str, result_id: str) -> bytes:
-    """The HPKE info string: label and the release's identity, length-prefixed (injective)."""
+    """The HPKE info string: label and the release's identity, length-prefixed (injective).
+
+    Layout: ``u16be(len(label)) || label || u16be(len(model_id)) || model_id ||
+    u32be(model_version) || u16be(len(key_id)) || key_id || u16be(len(result_id)) ||
+    result_id`` (texts UTF-8). A version outside ``0..2^32-1`` or a text over 65535 bytes is an
+    ``InputError``, never a silent truncation or a bare ``OverflowError``.
+    """
+    if (
+        isinstance(model_version, bool)
+        or not isinstance(model_version, int)
+        or not 0 <= model_version <= MAX_MODEL_VERSION
+    ):
+        raise InputError(f"model version must be an integer in 0..{MAX_MODEL_VERSION}")
     return (
-        _lp(KEY_RELEASE_LABEL)
-        + _lp(model_id.encode())
+        _lp(KEY_RELEASE_LABEL, "label")
+        + _lp(model_id.encode(), "model id")
         + model_version.to_bytes(4, "big")
-        + _lp(key_id.encode())
-        + _lp(result_id.encode())
+        + _lp(key_id.encode(), "key id")
+        + _lp(result_id.encode(), "result id")
     )
 
 

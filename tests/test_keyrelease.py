@@ -2,8 +2,17 @@ from __future__ import annotations
 
 import pytest
 
+from attest.errors import InputError
 from sealing.hpke_suite import SuiteId, generate_keypair
-from sealing.keyrelease import HpkeOpenError, open_data_key, seal_data_key
+from sealing.keyrelease import (
+    KEY_RELEASE_LABEL,
+    MAX_MODEL_VERSION,
+    HpkeOpenError,
+    open_data_key,
+    release_info,
+    seal_data_key,
+)
+from sealing.weights import _format
 
 IDS = {"model_id": "llama", "model_version": 3, "key_id": "k1", "result_id": "r1"}
 
@@ -33,3 +42,40 @@ def test_default_suite_is_post_quantum_hybrid() -> None:
     sk = generate_keypair()
     assert sk.suite is SuiteId.MLKEM768_X25519_SHA256_AES256GCM
     assert len(sk.public_key.raw) == 1216
+
+
+def test_release_info_layout_is_exactly_the_documented_bytes() -> None:
+    """docs/formats/sealed-weights.md documents this layout; the broker and agent must agree."""
+    info = release_info(model_id="llama", model_version=0x01020304, key_id="k1", result_id="r1")
+    assert info == (
+        b"\x00\x15lessee/v1/key-release"
+        + b"\x00\x05llama"
+        + b"\x01\x02\x03\x04"
+        + b"\x00\x02k1"
+        + b"\x00\x02r1"
+    )
+
+
+def test_every_sealable_version_is_releasable() -> None:
+    """One range: what ``seal_bytes``/``lessee seal`` accept, release_info can bind."""
+    assert MAX_MODEL_VERSION == _format.MAX_MODEL_VERSION == 2**32 - 1
+    top = release_info(model_id="m", model_version=MAX_MODEL_VERSION, key_id="k", result_id="r")
+    assert top[2 + len(KEY_RELEASE_LABEL) + 3 : 2 + len(KEY_RELEASE_LABEL) + 7] == b"\xff" * 4
+    sk = generate_keypair(SuiteId.X25519_SHA256_AES256GCM)
+    ids = {**IDS, "model_version": MAX_MODEL_VERSION}
+    blob = seal_data_key(sk.public_key, bytes(32), **ids)  # type: ignore[arg-type]
+    assert open_data_key(sk, blob, **ids) == bytes(32)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("version", [2**32, 2**63 - 1, -1, True, 1.0])
+def test_out_of_range_versions_are_a_typed_input_error(version: object) -> None:
+    with pytest.raises(InputError, match="model version"):
+        release_info(model_id="m", model_version=version, key_id="k", result_id="r")  # type: ignore[arg-type]
+    sk = generate_keypair(SuiteId.X25519_SHA256_AES256GCM)
+    with pytest.raises(InputError, match="model version"):
+        seal_data_key(sk.public_key, bytes(32), **{**IDS, "model_version": version})  # type: ignore[arg-type]
+
+
+def test_an_overlong_text_field_is_a_typed_input_error() -> None:
+    with pytest.raises(InputError, match="result id"):
+        release_info(model_id="m", model_version=1, key_id="k", result_id="r" * 65536)

@@ -19,6 +19,7 @@ from agent.loader.keyfile import write_key_file
 from agent.loader.model import seal_model
 from attest.errors import InputError
 from sealing.weights import DEFAULT_CHUNK_SIZE, DEK_BYTES, key_fingerprint
+from sealing.weights._format import MAX_MODEL_VERSION
 from sealing.weights._keys import wipe
 
 KEY_NOTE = (
@@ -41,8 +42,9 @@ def _seal(args: argparse.Namespace) -> int:
         raise InputError("--key-out must not be inside MODEL_DIR or OUT_DIR (the key stays apart)")
     if key_out.exists():
         raise InputError(f"{key_out}: exists (refusing to overwrite a key)")
-    if args.model_version < 0:
-        raise InputError("--model-version must be >= 0")
+    if not 0 <= args.model_version <= MAX_MODEL_VERSION:
+        # key release carries the version as a u32: a larger one could be sealed, never released
+        raise InputError(f"--model-version must be in 0..{MAX_MODEL_VERSION}")
     dek = bytearray(os.urandom(DEK_BYTES))
     try:
         progress = Progress("sealing", quiet=args.quiet)

@@ -476,6 +476,9 @@ def inspect_sealed_dir(sealed_dir: str | Path) -> Inspection:
             problems.append("file missing")
         except SealedFormatError as exc:
             problems.append(str(exc))
+        except OSError as exc:
+            # A directory, a FIFO, a permission problem: one file's problem, not the report's.
+            problems.append(f"cannot read: {exc.strerror or type(exc).__name__}")
         if header is not None:
             if header.digest != e.header_digest:
                 problems.append("header digest differs from the manifest")

@@ -158,26 +158,62 @@ def _run(
     cancel: threading.Event,
 ) -> None:
     """Run tasks (inline or on the pool), report progress, and re-raise the first failure only
-    after every task has stopped (so no thread still writes into a buffer being wiped)."""
+    after every task has stopped (so no thread still writes into a buffer being wiped).
+
+    Any exception in the result loop counts, not only a task's: a progress callback may raise
+    (Ctrl-C, a broken pipe under a progress bar), and the caller wipes the output buffers as soon
+    as this returns by raising. A task still running would then keep writing into the wiped
+    buffer, and ``decrypt_into`` writes a chunk's plaintext *before* it checks the tag, so the
+    unauthenticated plaintext of a tampered chunk could be left there. So: cancel, wait for
+    every future, then raise.
+    """
     if executor is None or len(tasks) == 1:
         for task in tasks:
             done = task()
             if progress is not None:
                 progress(done)
         return
-    futures: list[Future[int]] = [executor.submit(task) for task in tasks]
+    futures: list[Future[int]] = []
     first: BaseException | None = None
-    for fut in futures:
-        try:
-            done = fut.result()
-        except BaseException as exc:  # collected, re-raised below once all tasks are done
-            cancel.set()
-            first = first or exc
-            continue
-        if progress is not None and first is None:
-            progress(done)
+    try:
+        for task in tasks:
+            futures.append(executor.submit(task))
+        for fut in futures:
+            try:
+                done = fut.result()
+            except BaseException as exc:  # collected, re-raised below once all tasks are done
+                cancel.set()
+                first = first or exc
+                continue
+            if progress is not None and first is None:
+                progress(done)
+    except BaseException as exc:  # progress callback, submit, or an interrupt while waiting
+        cancel.set()
+        first = first or exc
     if first is not None:
+        cancel.set()
+        _wait_all(futures)
         raise first
+
+
+def _wait_all(futures: Sequence[Future[int]]) -> None:
+    """Block until every future has finished (or was cancelled before it started).
+
+    Pending tasks are cancelled outright; running ones see ``cancel`` at their next chunk. A
+    second interrupt while waiting does not cut the wait short: returning early is exactly
+    what would let a worker write into a buffer after it was wiped.
+    """
+    for fut in futures:
+        fut.cancel()
+    for fut in futures:
+        while True:
+            try:
+                fut.exception()
+            except BaseException:  # CancelledError, or an interrupt: keep waiting
+                if fut.done():
+                    break
+                continue
+            break
 
 
 def decrypt_range(

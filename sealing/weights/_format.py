@@ -42,8 +42,11 @@ MAX_MODEL_ID_BYTES = 256
 MAX_NAME_BYTES = 255
 #: key ids are printable ASCII labels for the broker's key store.
 MAX_KEY_ID_BYTES = 128
-#: model versions are u64 on the wire; kept below 2^63 so every SQL store can hold them.
-MAX_MODEL_VERSION = (1 << 63) - 1
+#: Model versions are u64 fields in the header and manifest, but capped at 2^32 - 1: key
+#: release binds the version as 4 bytes (``sealing.keyrelease.release_info``) and the broker
+#: and its protocol carry a u32, so a model sealed with a larger version could never be
+#: released. Refusing it here (and in ``lessee seal``) fails at sealing time, not in the field.
+MAX_MODEL_VERSION = (1 << 32) - 1
 #: The largest header that can be valid: fixed part, three length-prefixed fields, tag.
 MAX_HEADER_BYTES = (
     HEADER_FIXED_BYTES

@@ -146,3 +146,42 @@ def test_inspect_garbage_is_bad_input(tmp_path: Path, capsys: pytest.CaptureFixt
     (tmp_path / "lessee-manifest.lsm").write_bytes(b"not a manifest")
     assert main(["sealed", "inspect", str(tmp_path)]) == 2
     assert "not a lessee sealed manifest" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("version", ["4294967296", "-1"])
+def test_seal_refuses_a_version_key_release_cannot_carry(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], version: str
+) -> None:
+    """Key release binds the version as a u32: refuse before any key or file is made."""
+    out, key = tmp_path / "out", tmp_path / "dek.json"
+    rc = main(
+        [
+            "seal",
+            str(VECTORS / "plain"),
+            str(out),
+            "--model-id",
+            "m",
+            "--model-version",
+            version,
+            "--key-out",
+            str(key),
+            "--quiet",
+        ]
+    )
+    assert rc == 2 and "--model-version must be in 0..4294967295" in capsys.readouterr().err
+    assert not key.exists() and not out.exists()
+
+
+def test_inspect_reports_a_directory_in_place_of_a_sealed_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unreadable entry (here a directory named X.sealed) is one problem line, not a crash."""
+    d = copy_sealed(tmp_path)
+    (d / "config.json.sealed").unlink()
+    (d / "config.json.sealed").mkdir()
+    rc = main(["sealed", "inspect", str(d), "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert rc == 1
+    assert [p for p in doc["problems"] if p.startswith("config.json:")] == [
+        "config.json: cannot read: Is a directory"
+    ]

@@ -10,7 +10,7 @@ from agent.cli._progress import Progress
 from attest.errors import InputError
 from sealing.errors import SealedFormatError, UnsupportedFormatError
 from sealing.weights import FileKind, parse_manifest, parse_shard_header, seal_bytes
-from sealing.weights._format import MAX_HEADER_BYTES, validate_name
+from sealing.weights._format import MAX_HEADER_BYTES, MAX_MODEL_VERSION, validate_name
 from sealing.weights.recipes import chunk_log2_of
 from tests.sealing.helpers import DEK, SHARD1, VECTORS, Rng
 
@@ -37,6 +37,7 @@ def _with(data: bytes, offset: int, value: bytes) -> bytes:
         (23, b"\x01", SealedFormatError, "reserved"),
         (24, b"\x01", SealedFormatError, "plaintext_length"),
         (32, b"\x80", SealedFormatError, "model_version"),
+        (32, (1 << 32).to_bytes(8, "big"), SealedFormatError, "model_version"),
         (72, b"\x01\x00", SealedFormatError, "model_id"),
     ],
 )
@@ -66,6 +67,7 @@ def test_header_round_trip_and_no_trailing_data() -> None:
         (12, b"\x00\x00\x00\x00", SealedFormatError, "length"),
         (24, b"\x00\x00\x00\x00", SealedFormatError, "entry_count"),
         (28, b"\x01", SealedFormatError, "reserved"),
+        (16, (1 << 32).to_bytes(8, "big"), SealedFormatError, "model_version"),
     ],
 )
 def test_manifest_field_errors(offset: int, value: bytes, error: type, field: str) -> None:
@@ -118,6 +120,25 @@ def test_sealing_refuses_bad_identity() -> None:
             key_id="k",
             rng=Rng(b"r"),
         )
+
+
+@pytest.mark.parametrize("version", [1 << 32, (1 << 63) - 1])
+def test_sealing_refuses_a_version_key_release_cannot_carry(version: int) -> None:
+    """Key release binds the version as a u32 (``release_info``): a model sealed with a larger
+    version could never be released, so sealing refuses it up front."""
+    kw: dict[str, object] = {
+        "kind": FileKind.OTHER,
+        "name": "f",
+        "model_id": "m",
+        "key_id": "k",
+        "rng": Rng(b"r"),
+    }
+    with pytest.raises(SealedFormatError, match=f"0..{MAX_MODEL_VERSION}") as exc:
+        seal_bytes(b"abc", DEK, model_version=version, **kw)  # type: ignore[arg-type]
+    assert exc.value.field == "model_version"
+    sealed = seal_bytes(b"abc", DEK, model_version=MAX_MODEL_VERSION, **kw)  # type: ignore[arg-type]
+    h = parse_shard_header(sealed[: int.from_bytes(sealed[12:16], "big")])
+    assert h.model_version == MAX_MODEL_VERSION == (1 << 32) - 1
 
 
 def test_progress_line() -> None:

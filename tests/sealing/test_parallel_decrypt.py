@@ -8,6 +8,8 @@ one-file path.
 
 from __future__ import annotations
 
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -172,3 +174,63 @@ def test_wipe_zeroes_every_byte_and_only_the_view(size: int) -> None:
     assert buf[:3] == b"\xff" * 3
     assert buf[3 + size :] == b"\xff" * 3
     assert buf[3 : 3 + size] == bytes(size)
+
+
+class _GatedSource(BytesSource):
+    """Holds back the read of one chunk until ``release`` is set, then a little longer: the
+    worker decrypting that chunk is still running when the caller's result loop fails."""
+
+    def __init__(self, data: bytes | bytearray, gated_offset: int) -> None:
+        super().__init__(data)
+        self.gated_offset = gated_offset
+        self.armed = False
+        self.release = threading.Event()
+
+    def read_exact_at(self, offset: int, buf: memoryview) -> None:
+        if self.armed and offset == self.gated_offset:
+            assert self.release.wait(10)
+            time.sleep(0.2)  # the wipe (microseconds) is long done by now unless _run waits
+        super().read_exact_at(offset, buf)
+
+
+@pytest.mark.parametrize("raised", [KeyboardInterrupt, BrokenPipeError])
+def test_a_raising_progress_callback_waits_for_every_worker_before_the_wipe(
+    monkeypatch: pytest.MonkeyPatch, raised: type[BaseException]
+) -> None:
+    """A progress bar that raises (Ctrl-C, a closed pipe) must not let a worker outlive the
+    wipe: ``decrypt_into`` writes a chunk's plaintext before it checks the tag, so a worker
+    still running after the wipe would leave a tampered chunk's unauthenticated plaintext in
+    the caller's buffer."""
+    monkeypatch.setattr(_chunks, "BATCH_BYTES", CS)  # one chunk per task
+    monkeypatch.setattr(_chunks, "TAIL_BYTES", CS)
+    data = np.random.default_rng(5).integers(1, 256, 4 * CS, dtype=np.uint8).tobytes()
+    sealed = bytearray(_sealed("f.bin", data))
+    header_len = int.from_bytes(sealed[12:16], "big")
+    victim = header_len + 1 * (CS + 16)  # chunk 1: not the final chunk, so opening passes
+    sealed[victim + 5] ^= 0x01
+    source = _GatedSource(sealed, victim)
+    calls: list[int] = []
+
+    def progress(done: int) -> None:
+        calls.append(done)
+        source.release.set()  # the worker on the tampered chunk goes on, then we fail
+        raise raised("progress bar gone")
+
+    with ThreadPoolExecutor(2) as pool:
+        f = open_sealed_file(
+            source,
+            len(sealed),
+            DEK,
+            model_id=MODEL_ID,
+            model_version=VERSION,
+            name="f.bin",
+            executor=pool,
+        )
+        source.armed = True
+        out = bytearray(b"\xaa" * f.length)
+        with pytest.raises(raised, match="progress bar gone"):
+            f.read_into(0, memoryview(out), progress=progress)
+        assert calls == [CS]
+        assert out == bytes(len(out))
+        time.sleep(0.5)  # a worker that outlived the call would have written by now
+        assert out == bytes(len(out))

@@ -10,12 +10,13 @@ from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attest.errors import ParseError
+from attest.errors import InputError, ParseError
 from sealing import hpke_suite
 from sealing.hpke_suite import (
     SUITE_PARAMS,
     HpkeOpenError,
     HpkePublicKey,
+    HpkeSealError,
     SuiteId,
     bound_info,
     generate_keypair,
@@ -191,3 +192,64 @@ def test_bounds_are_enforced() -> None:
         hpke_suite.seal(pk, b"", b"", bytes(hpke_suite.MAX_PLAINTEXT_LEN + 1))
     with pytest.raises(ValueError, match="rng"):
         generate_keypair(SuiteId.X25519_SHA256_AES256GCM, rng=lambda n: b"short")
+
+
+_P25519 = 2**255 - 19
+#: The u-coordinates of the X25519 points of order 1, 2, 4 and 8 (RFC 7748 §6.1 asks to refuse
+#: them; the list libsodium and others block): 0, 1, the two of order 8, and p - 1; then the
+#: non-canonical encodings p and p + 1 (= 0 and 1 mod p).
+_SMALL_ORDER_U = [
+    0,
+    1,
+    int.from_bytes(H("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"), "little"),
+    int.from_bytes(H("5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157"), "little"),
+    _P25519 - 1,
+    _P25519,
+    _P25519 + 1,
+]
+#: Each of them also with the unused top bit set (RFC 7748 masks it): 14 encodings in all.
+_SMALL_ORDER_RAW = [u.to_bytes(32, "little") for u in _SMALL_ORDER_U] + [
+    (u | 1 << 255).to_bytes(32, "little") for u in _SMALL_ORDER_U
+]
+
+
+def test_the_small_order_list_is_really_small_order() -> None:
+    """Independent of hpke_suite: every DH with these points is all-zero (cryptography refuses
+    it), so the list below tests what it claims to."""
+    for raw in _SMALL_ORDER_RAW:
+        with pytest.raises(ValueError):
+            x25519.X25519PrivateKey.generate().exchange(
+                x25519.X25519PublicKey.from_public_bytes(raw)
+            )
+
+
+@pytest.mark.parametrize("suite", list(SuiteId), ids=lambda s: s.name)
+@pytest.mark.parametrize("raw", _SMALL_ORDER_RAW, ids=lambda r: r.hex()[:8] + r.hex()[-2:])
+def test_small_order_x25519_keys_are_refused_at_decode(suite: SuiteId, raw: bytes) -> None:
+    """A small-order X25519 key (alone, or as the hybrid's X25519 half) would make every seal
+    fail later with a bare ValueError: refused where the bytes arrive, as a ParseError."""
+    prefix = KEYS[suite].public_key.raw[:-32]  # the valid ML-KEM half for the hybrid
+    with pytest.raises(ParseError, match="small order") as exc:
+        HpkePublicKey.from_raw(suite, prefix + raw)
+    assert exc.value.field == "public_key"
+    with pytest.raises(ParseError, match="small order"):
+        HpkePublicKey.decode(bytes([suite]) + prefix + raw)
+
+
+@pytest.mark.parametrize("suite", list(SuiteId), ids=lambda s: s.name)
+def test_seal_turns_a_kem_refusal_into_a_typed_error(suite: SuiteId) -> None:
+    """A key built around ``from_raw`` (as no caller should) still fails typed, not ValueError."""
+    valid = KEYS[suite].public_key
+    zero = x25519.X25519PublicKey.from_public_bytes(bytes(32))
+    key = (
+        zero
+        if suite is SuiteId.X25519_SHA256_AES256GCM
+        else hpke.MLKEM768X25519PublicKey(
+            mlkem.MLKEM768PublicKey.from_public_bytes(valid.raw[:-32]), zero
+        )
+    )
+    bad = HpkePublicKey(suite, valid.raw[:-32] + bytes(32), key)
+    with pytest.raises(HpkeSealError) as exc:
+        hpke_suite.seal(bad, b"info", b"", b"key")
+    assert isinstance(exc.value, InputError)
+    assert hpke_suite.seal(valid, b"info", b"", b"key")  # a good key still seals
