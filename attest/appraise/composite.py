@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -33,9 +34,9 @@ from attest.appraise.snp import appraise_snp
 from attest.appraise.tdx import appraise_tdx
 from attest.binding import SessionBinding
 from attest.bundle import DeviceEvidenceIn, EvidenceBundle, SnpEvidenceIn, TdxEvidenceIn
-from attest.errors import InputError, LesseeError
+from attest.errors import InputError, LesseeError, ParseError
 from attest.findings import Finding, Severity
-from attest.nvidia.evidence import Arch, DeviceEvidence, chain_arch
+from attest.nvidia.evidence import Arch, DeviceEvidence, chain_arch, parse_arch
 from attest.nvidia.rim import RimCollection, RimParseCache
 from attest.nvidia.rp_policy import (
     NvidiaRpPolicy,
@@ -97,6 +98,8 @@ MAX_CACHED_STAPLED_SETS = 64
 #: Only sets up to this size are kept (8 GPUs x 7 answers of ~1.5 KiB is ~84 KiB), so the memo
 #: holds at most 64 x 256 KiB = 16 MiB; a larger set is built per bundle as before.
 MAX_CACHED_STAPLED_SET_BYTES = 256 * 1024
+#: A declared architecture that is no known one is quoted in its finding up to this length.
+MAX_ARCH_REPR = 40
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -336,8 +339,83 @@ def _appraise_cpu(
     )
 
 
-def _version_tuple(text: str) -> tuple[int, ...]:
-    return tuple(int(part, 16) if not part.isdigit() else int(part) for part in text.split("."))
+#: NVIDIA driver versions are dotted decimal ("535.104.05"); VBIOS versions are dotted hex
+#: (``opaque.gpu_vbios_text``: "96.00.88.00.11", upper-cased in the claims). Bounded so that
+#: attacker-chosen report text never reaches ``int`` unchecked or makes huge numbers.
+_DRIVER_VERSION = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9}){0,7}")
+_VBIOS_VERSION = re.compile(r"[0-9A-Fa-f]{1,8}(?:\.[0-9A-Fa-f]{1,8}){0,7}")
+
+
+def _dotted(text: object, pattern: re.Pattern[str], base: int, what: str) -> tuple[int, ...]:
+    if not isinstance(text, str) or pattern.fullmatch(text) is None:
+        notation = "decimal" if base == 10 else "hex"
+        raise ParseError(f"not a {what} (1 to 8 dot-separated {notation} numbers)")
+    return tuple(int(part, base) for part in text.split("."))
+
+
+def driver_version_tuple(text: object) -> tuple[int, ...]:
+    """A driver version's parts as decimal numbers; ParseError for anything else.
+
+    Decimal, never hex: "535.104.05" is 535, 104, 5.
+    """
+    return _dotted(text, _DRIVER_VERSION, 10, "driver version")
+
+
+def vbios_version_tuple(text: object) -> tuple[int, ...]:
+    """A VBIOS version's parts as hex numbers (always hex: "96.00.1a" is 0x96, 0, 0x1a), so
+    "96.00.1a.00.01" is below "96.00.20.00.01"; ParseError for anything else."""
+    return _dotted(text, _VBIOS_VERSION, 16, "VBIOS version")
+
+
+def _at_least(actual: tuple[int, ...], minimum: tuple[int, ...]) -> bool:
+    """Compare with the shorter version padded by zeros ("535" equals "535.0")."""
+    width = max(len(actual), len(minimum))
+    pad = (0,) * width
+    return (actual + pad)[:width] >= (minimum + pad)[:width]
+
+
+def _minimum_version_finding(
+    c: FindingCollector,
+    field_name: str,
+    minimum: str,
+    actual: object,
+    parse: Callable[[object], tuple[int, ...]],
+) -> None:
+    """A REJECT finding unless ``actual`` parses and is at least ``minimum``.
+
+    ``actual`` comes from the parsed report even when its signature failed, so it is
+    attacker-chosen text: unparseable is a finding, never an exception (``appraise_bundle``
+    never raises for bad evidence).
+    """
+    expected = f">= {minimum}"
+    try:
+        floor = parse(minimum)
+    except ParseError as exc:
+        c.expect(False, field_name, expected, actual, detail=f"the policy's minimum: {exc}")
+        return
+    if actual is None:
+        c.expect(False, field_name, expected, None, detail="the report carries no version")
+        return
+    try:
+        version = parse(actual)
+    except ParseError as exc:
+        c.expect(False, field_name, expected, actual, detail=f"the report's version: {exc}")
+        return
+    c.expect(_at_least(version, floor), field_name, expected, actual)
+
+
+#: Failures that ``gpu.unsafe_skip_rim_match`` turns into warnings: the measurements do not
+#: match signed RIMs, or no usable RIM was there to match (``measres``, ``measurement[k]``, the
+#: driver/VBIOS index conflict, a RIM not fetched, of another version or kind, or without active
+#: measurements). A RIM that is present but fails its schema, signer chain (or its OCSP) or
+#: signature stays a REJECT, as does every failure of the report itself (signature, chain,
+#: nonce, FWID, arch).
+_SKIPPABLE_RIM_MATCH = re.compile(
+    r"measres"
+    r"|measurement\[[0-9]+\]"
+    r"|x-nvidia-(?:gpu|switch)-vbios-index-no-conflict"
+    r"|x-nvidia-(?:gpu|switch)(?:-[a-z]+)?-rim-(?:fetched|version-match|measurements-available)"
+)
 
 
 def _gpu_policy_findings(
@@ -352,7 +430,7 @@ def _gpu_policy_findings(
             and "cert-chain" in f.field
         ):
             severity = Severity.WARN
-        if gpu.unsafe_skip_rim_match and (f.field == "measres" or "rim" in f.field):
+        if gpu.unsafe_skip_rim_match and _SKIPPABLE_RIM_MATCH.fullmatch(f.field):
             severity = Severity.WARN
         c.findings.append(Finding(result.name, f.field, f.expected, f.actual, severity, f.detail))
     for w in result.warnings:
@@ -362,15 +440,21 @@ def _gpu_policy_findings(
         driver = result.claims.get("x-nvidia-gpu-driver-version")
         vbios = result.claims.get("x-nvidia-gpu-vbios-version")
         if gpu.minimum_driver_version is not None:
-            ok = isinstance(driver, str) and _version_tuple(driver) >= _version_tuple(
-                gpu.minimum_driver_version
+            _minimum_version_finding(
+                c,
+                "gpu.minimum_driver_version",
+                gpu.minimum_driver_version,
+                driver,
+                driver_version_tuple,
             )
-            c.expect(ok, "gpu.minimum_driver_version", f">= {gpu.minimum_driver_version}", driver)
         if gpu.minimum_vbios_version is not None:
-            ok = isinstance(vbios, str) and _version_tuple(vbios) >= _version_tuple(
-                gpu.minimum_vbios_version
+            _minimum_version_finding(
+                c,
+                "gpu.minimum_vbios_version",
+                gpu.minimum_vbios_version,
+                vbios,
+                vbios_version_tuple,
             )
-            c.expect(ok, "gpu.minimum_vbios_version", f">= {gpu.minimum_vbios_version}", vbios)
         c.expect(
             gpu.unsafe_allow_cc_off or bundle.cc_mode_on,
             "gpu.cc_mode",
@@ -387,12 +471,29 @@ def _gpu_policy_findings(
 
 
 def _to_device_evidence(
-    items: Sequence[DeviceEvidenceIn], start: int, ctx: AppraisalContext
+    items: Sequence[DeviceEvidenceIn],
+    start: int,
+    ctx: AppraisalContext,
+    unknown_arch: dict[int, str],
 ) -> list[DeviceEvidence]:
+    """The verifier's evidence, with the architecture the bundle *declares*.
+
+    The verifier compares the declared architecture with the leaf certificate's
+    (``resolve_arch``, gpu-verifier.md check 1), so a bundle that calls a Hopper report
+    ``BLACKWELL`` is contraindicated. A declared name that is no known architecture is put in
+    ``unknown_arch`` (evidence index -> a bounded repr) to become a REJECT finding on that
+    device; its evidence goes on with no declared arch so the rest of it is still checked.
+    """
     out = []
     for i, d in enumerate(items, start):
-        chain, arch = ctx.load_pem_chain(d.certificate_chain_pem)
-        out.append(DeviceEvidence(index=i, arch=arch, report_bytes=d.report, chain=chain))
+        chain, _ = ctx.load_pem_chain(d.certificate_chain_pem)
+        declared: Arch | None
+        try:
+            declared = parse_arch(d.arch, f"evidence[{i}]")
+        except InputError:
+            declared = None
+            unknown_arch[i] = repr(d.arch)[:MAX_ARCH_REPR]
+        out.append(DeviceEvidence(index=i, arch=declared, report_bytes=d.report, chain=chain))
     return out
 
 
@@ -419,9 +520,10 @@ def _appraise_devices(
         findings.append(
             Finding("enclave", "topology", "PPCIe set with NVSwitches", "no switch evidence")
         )
+    unknown_arch: dict[int, str] = {}
     try:
-        evidence = _to_device_evidence(bundle.gpus, 0, ctx) + _to_device_evidence(
-            bundle.switches, len(bundle.gpus), ctx
+        evidence = _to_device_evidence(bundle.gpus, 0, ctx, unknown_arch) + _to_device_evidence(
+            bundle.switches, len(bundle.gpus), ctx, unknown_arch
         )
     except InputError as exc:
         findings.append(Finding("enclave", "gpu.evidence", "readable certificate chains", str(exc)))
@@ -447,6 +549,19 @@ def _appraise_devices(
     rp = _nvidia_rp_policies(gpu)
     for d in result.devices:
         device_findings = _gpu_policy_findings(d, gpu, bundle, policy)
+        if d.index in unknown_arch:
+            prefix = "x-nvidia-switch" if d.name.startswith("switch") else "x-nvidia-gpu"
+            device_findings.insert(
+                0,
+                Finding(
+                    d.name,
+                    f"{prefix}-arch-check",
+                    [a.value for a in Arch],
+                    unknown_arch[d.index],
+                    Severity.REJECT,
+                    "the evidence declares an architecture that is not known",
+                ),
+            )
         kind = "switch" if d.name.startswith("switch") else "gpu"
         if kind in rp:
             device_findings += evaluate_device(rp[kind], d.name, d.claims)

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 
 from cryptography import x509
 
-from attest.errors import InputError
+from attest.errors import InputError, ParseError
 from attest.jsonutil import load_json
 from attest.nvidia.opaque import DeviceKind
 from attest.nvidia.spdm import MAX_REPORT_LENGTH, NONCE_LENGTH
@@ -91,7 +92,8 @@ def chain_arch(chain: tuple[x509.Certificate, ...]) -> Arch | None:
     return None
 
 
-def _parse_arch(value: object, where: str) -> Arch:
+def parse_arch(value: object, where: str) -> Arch:
+    """A declared architecture name (any case) -> ``Arch``; InputError for any other value."""
     if not isinstance(value, str):
         raise InputError(f"{where}: 'arch' must be a string")
     try:
@@ -101,17 +103,25 @@ def _parse_arch(value: object, where: str) -> Arch:
         raise InputError(f"{where}: unknown arch {value!r} (known: {known})") from None
 
 
+_NONCE_HEX = re.compile(f"[0-9a-fA-F]{{{2 * NONCE_LENGTH}}}")
+
+
 def parse_nonce(text: str, *, where: str = "nonce") -> bytes:
-    """A 32-byte nonce given as hex (an optional 0x prefix is accepted)."""
+    """A 32-byte nonce given as exactly 64 hex digits (an optional 0x prefix, and whitespace
+    around the whole, are accepted).
+
+    Checked with a full match, not by length and ``bytes.fromhex``: ``fromhex`` skips spaces
+    between bytes, so a length check on the text let "ab ab ..." through as a shorter nonce.
+    """
     t = text.strip()
     if t[:2].lower() == "0x":
         t = t[2:]
-    if len(t) != 2 * NONCE_LENGTH:
-        raise InputError(f"{where}: expected {2 * NONCE_LENGTH} hex digits, got {len(t)}")
-    try:
-        return bytes.fromhex(t)
-    except ValueError:
-        raise InputError(f"{where}: not hex") from None
+    if _NONCE_HEX.fullmatch(t) is None:
+        raise ParseError(
+            f"expected exactly {2 * NONCE_LENGTH} hex digits ({len(t)} characters given)",
+            field=where,
+        )
+    return bytes.fromhex(t)
 
 
 def _b64(value: object, where: str, limit: int) -> bytes:
@@ -144,7 +154,7 @@ def _from_json_entry(index: int, entry: object) -> DeviceEvidence:
     missing = sorted(REQUIRED_JSON_KEYS - set(entry))
     if missing:
         raise InputError(f"{where}: missing key(s) {', '.join(map(repr, missing))}")
-    arch = _parse_arch(entry["arch"], where)
+    arch = parse_arch(entry["arch"], where)
     chain = load_pem_chain(_b64(entry["certificate"], f"{where}.certificate", MAX_PEM_CHAIN_BYTES))
     report = _b64(entry["evidence"], f"{where}.evidence", MAX_REPORT_LENGTH)
     nonce_text = _opt_str(entry, "nonce", where)

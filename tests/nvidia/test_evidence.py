@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from attest.errors import InputError
+from attest.errors import InputError, ParseError
 from attest.nvidia.evidence import (
     MAX_DEVICES,
     MAX_EVIDENCE_FILE_BYTES,
@@ -81,7 +81,7 @@ def _entry(**changes: object) -> bytes:
         (_entry(evidence="@@@@"), "base64"),
         (_entry(certificate=base64.b64encode(b"not pem").decode()), "PEM"),
         (_entry(nonce="abcd"), "64 hex"),
-        (_entry(nonce="zz" * 32), "not hex"),
+        (_entry(nonce="zz" * 32), "exactly 64 hex digits"),
         (_entry(driver_version=5), "must be a string"),
         (b"[]", "no devices"),
         (b"[1]", "must be an object"),
@@ -116,3 +116,25 @@ def test_parse_nonce() -> None:
     assert parse_nonce("0x" + LEGACY_NONCE.upper()).hex() == LEGACY_NONCE
     with pytest.raises(InputError):
         parse_nonce(LEGACY_NONCE[:-2])
+    assert parse_nonce(f"  {LEGACY_NONCE}\n").hex() == LEGACY_NONCE  # around the whole: fine
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # 64 characters, but bytes.fromhex skips the spaces: 22 bytes, not 32.
+        "ab " * 20 + "cdcd",
+        # 64 hex digits with spaces between bytes: not the form NVIDIA writes.
+        " ".join(LEGACY_NONCE[i : i + 2] for i in range(0, 64, 2)),
+        LEGACY_NONCE[:32] + "\t" + LEGACY_NONCE[32:],
+        LEGACY_NONCE + "00",
+        "0x0x" + LEGACY_NONCE[4:],
+        "zz" * 32,
+        "\u0661" * 64,  # digits, but not ASCII hex digits
+        "",
+    ],
+)
+def test_parse_nonce_requires_exactly_64_hex_digits(text: str) -> None:
+    with pytest.raises(ParseError, match="exactly 64 hex digits") as info:
+        parse_nonce(text, where="--nonce")
+    assert info.value.field == "--nonce"
