@@ -37,8 +37,14 @@ MAX_POLICY_BYTES = 256 * 1024
 Hex48 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{96}$")]
 Hex32 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Sha256Fingerprint = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
-Version = Annotated[
-    str, StringConstraints(pattern=r"^[0-9A-Fa-f]+(\.[0-9A-Fa-f]+)*$", max_length=32)
+#: NVIDIA driver versions are dotted decimal ("535.104.05"), VBIOS versions dotted hex
+#: ("96.00.88.00.11"); the same shapes the appraisal parses (``attest.appraise.composite``),
+#: so a minimum that could never compare is refused when the policy loads, not at every GPU.
+DriverVersion = Annotated[
+    str, StringConstraints(pattern=r"^[0-9]{1,9}(\.[0-9]{1,9}){0,7}$", max_length=32)
+]
+VbiosVersion = Annotated[
+    str, StringConstraints(pattern=r"^[0-9A-Fa-f]{1,8}(\.[0-9A-Fa-f]{1,8}){0,7}$", max_length=32)
 ]
 
 
@@ -132,8 +138,8 @@ class GpuPolicy(_Strict):
         "BLACKWELL",
     )
     #: Minimum versions; None means "any version whose signed RIMs match" (RIM match is on).
-    minimum_driver_version: Version | None = None
-    minimum_vbios_version: Version | None = None
+    minimum_driver_version: DriverVersion | None = None
+    minimum_vbios_version: VbiosVersion | None = None
     #: Exact number of GPUs expected (None: at least one).
     count: int | None = Field(default=None, ge=1, le=64)
     unsafe_skip_rim_match: bool = False

@@ -50,11 +50,29 @@ def test_safe_defaults() -> None:
             _policy(snp={"allowed_measurements": [MEAS], "unsafe_allow_debug": "yes"}),
             "unsafe_allow_debug",
         ),
+        # Driver versions are decimal, VBIOS versions hex: a minimum that could never compare
+        # is refused when the policy loads, not at every GPU's appraisal.
+        (_policy(gpu={"minimum_driver_version": "545.0a"}), "minimum_driver_version"),
+        (_policy(gpu={"minimum_driver_version": "545..0"}), "minimum_driver_version"),
+        (_policy(gpu={"minimum_vbios_version": "96.00.1g"}), "minimum_vbios_version"),
+        (_policy(gpu={"minimum_vbios_version": "1.2.3.4.5.6.7.8.9"}), "minimum_vbios_version"),
     ],
 )
 def test_strict_errors_name_the_field(doc: dict[str, object], needle: str) -> None:
     with pytest.raises(InputError, match=needle):
         load_policy(json.dumps(doc))
+
+
+def test_version_minimums_in_their_notations_load() -> None:
+    p = load_policy(
+        json.dumps(
+            _policy(
+                gpu={"minimum_driver_version": "535.104.05", "minimum_vbios_version": "96.00.1A.00"}
+            )
+        )
+    )
+    assert p.gpu.minimum_driver_version == "535.104.05"
+    assert p.gpu.minimum_vbios_version == "96.00.1A.00"
 
 
 def test_unsafe_switches_are_listed() -> None:

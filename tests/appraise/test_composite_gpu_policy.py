@@ -17,7 +17,7 @@ from attest.appraise.composite import (
 )
 from attest.bundle import DeviceEvidenceIn
 from attest.ear import Status
-from attest.errors import ParseError
+from attest.errors import InputError, ParseError
 from attest.findings import Finding, Severity
 from attest.nvidia.claims import Failure
 from attest.nvidia.opaque import DeviceKind, parse_device_report
@@ -203,10 +203,24 @@ def test_tampered_driver_version_is_a_finding_not_an_exception() -> None:
     assert gpu.status is Status.CONTRAINDICATED
 
 
-def test_a_policy_minimum_that_is_not_decimal_rejects_instead_of_raising() -> None:
-    # The policy schema allows hex digits in any version; a driver minimum must be decimal.
-    gpu = _gpu(minimum_driver_version="545.0a")
-    f = _finding(gpu, "gpu.minimum_driver_version")
+def test_a_policy_minimum_that_is_not_decimal_is_refused_and_never_raises() -> None:
+    # The policy schema refuses a driver minimum that is not decimal when it loads...
+    with pytest.raises(InputError, match="minimum_driver_version"):
+        _policy(minimum_driver_version="545.0a")
+    # ...and a policy object that carries one anyway (built without validation) still gives a
+    # REJECT finding at appraisal, never an exception.
+    base = _policy()
+    policy = base.model_copy(
+        update={"gpu": base.gpu.model_copy(update={"minimum_driver_version": "545.0a"})}
+    )
+    devices, findings = appraise_bundle(
+        _bundle(gpus=(DeviceEvidenceIn("HOPPER", LEGACY_REPORT, LEGACY_CHAIN, rims=RIMS),)),
+        _binding(),
+        policy,
+        RIM_ERA,
+    )
+    assert findings == ()
+    f = _finding(devices[1], "gpu.minimum_driver_version")
     assert f is not None and f.severity is Severity.REJECT
     assert "the policy's minimum" in f.detail
 
