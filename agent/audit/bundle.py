@@ -9,11 +9,12 @@ timestamps and a fixed member order, so the same log state always exports to the
     checkpoints/NNNNNNNNNNNNNNNNNNNN.note   every signed checkpoint, sorted by tree size
     blobs/<sha256 hex>           evidence, collateral and policy documents, content-addressed
 
-The reader is strict about the container (member names, no duplicates, no compression, sizes
-bounded, framing exact) and raises ``BundleError`` (an ``InputError``: exit 2) when it cannot
-be read. It does *not* judge the contents: an index out of place, a leaf hash that does not
-match its entry, a blob whose bytes do not match its name are all left for the auditor
-(``agent.audit.verify``) to report as findings that name the entry.
+The reader is strict about the container (member names, no duplicates, no compression, no
+encryption or patched data, sizes bounded, framing exact) and raises ``BundleError`` (an
+``InputError``: exit 2) when it cannot be read, whatever ``zipfile`` raised underneath. It does
+*not* judge the contents: an index out of place, a leaf hash that does not match its entry, a
+blob whose bytes do not match its name are all left for the auditor (``agent.audit.verify``) to
+report as findings that name the entry.
 """
 
 from __future__ import annotations
@@ -60,6 +61,18 @@ _LH_FLAGS, _LH_NAME_LENGTH, _LH_EXTRA_LENGTH = 3, 10, 11
 _SPECIAL_FLAGS = 0x1 | 0x20 | 0x40
 #: Flag bit 11: the member name is UTF-8 (otherwise CP437, as ``zipfile`` reads it).
 _UTF8_NAME_FLAG = 0x800
+#: What ``zipfile`` raises on a damaged or unsupported archive, all reported as ``BundleError``:
+#: besides ``BadZipFile`` and I/O errors, ``NotImplementedError`` for a "version needed to
+#: extract" above 6.3 (raised when the directory is read) and for flag bits 5 and 6 (raised by
+#: ``open``), and ``ValueError`` (``UnicodeDecodeError``) for a name flagged UTF-8 that is not.
+#: A bundle file is untrusted input, so none of these may escape as an internal error.
+_ZIP_ERRORS: tuple[type[Exception], ...] = (
+    zipfile.BadZipFile,
+    OSError,
+    EOFError,
+    NotImplementedError,
+    ValueError,
+)
 #: Positional reads (POSIX); elsewhere every member takes ``zipfile``'s path.
 _pread = getattr(os, "pread", None)
 
@@ -165,7 +178,7 @@ class Bundle:
             raise BundleError(f"{path}: not a readable ZIP audit bundle ({exc})") from exc
         try:
             self._zip = zipfile.ZipFile(self._file, "r")
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        except _ZIP_ERRORS as exc:
             self._file.close()
             raise BundleError(f"{path}: not a readable ZIP audit bundle ({exc})") from exc
         try:
@@ -188,8 +201,13 @@ class Bundle:
             names.add(name)
             if info.compress_type != zipfile.ZIP_STORED:
                 raise BundleError(f"member {name!r} is compressed; bundles use STORED only")
-            if info.flag_bits & 0x1:
-                raise BundleError(f"member {name!r} is encrypted")
+            if info.flag_bits & _SPECIAL_FLAGS:
+                # Encrypted, "compressed patched data" or strongly encrypted: a bundle is
+                # written with none of them, and ``zipfile`` cannot read such a member.
+                special = info.flag_bits & _SPECIAL_FLAGS
+                raise BundleError(
+                    f"member {name!r} has flag bits {special:#x} (encryption or patched data)"
+                )
             if name in (MANIFEST_NAME, ENTRIES_NAME):
                 continue
             if m := _CHECKPOINT_RE.match(name):
@@ -225,7 +243,7 @@ class Bundle:
         try:
             with self._zip.open(info) as f:
                 data = f.read(limit + 1)
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        except _ZIP_ERRORS as exc:
             raise BundleError(f"member {name!r} cannot be read ({exc})") from exc
         if len(data) > limit:
             raise BundleError(f"member {name!r} larger than {limit} bytes")
@@ -311,7 +329,7 @@ class Bundle:
                 for chunk in iter(lambda: f.read(1 << 20), b""):
                     h.update(chunk)
                     size += len(chunk)
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        except _ZIP_ERRORS as exc:
             raise BundleError(f"blob {name_digest.hex()} cannot be read ({exc})") from exc
         return h.digest(), size
 

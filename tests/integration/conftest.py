@@ -67,28 +67,28 @@ def pki(pki_dir: Path) -> EmulationPki:
 
 @pytest.fixture(scope="session")
 def snp_emulation_ok(pki: EmulationPki) -> None:
-    """Skip (with the reason) while emulated SEV-SNP evidence cannot verify at all.
+    """Fail fast, with the verifier's own error, if emulated SEV-SNP evidence does not verify.
 
     The flow tests need an *affirming* result, so the emulated SNP chain must pass
-    ``attest.snp.verify`` with the emulation ARK as an extra root. At the time of writing the
-    emulation names its AMD CAs ``LESSEE EMULATION SEV-Milan`` / ``... ARK-Milan`` and
-    ``attest.snp.verify.classify`` accepts AMD's exact names only (a cross-module mismatch
-    reported to both owners); once either side changes, these tests run again unchanged.
+    ``attest.snp.verify`` with the emulation ARK as an extra root. This used to skip on any
+    exception while the emulation's CA names (``LESSEE EMULATION SEV-Milan`` / ``... ARK-Milan``)
+    were not accepted by ``attest.snp.verify.classify``; ``classify`` now strips
+    ``EMULATION_CN_PREFIX``, so that condition no longer exists and nothing is skipped: an error
+    here is a verifier or emulation regression, and every test depending on it must fail (a
+    skip would hide it), reported once here rather than as a confusing flow failure.
     """
     from agent.emulation import EmulatedSnp
     from attest.snp.verify import load_amd_certificates, verify_snp_report
 
     snp = EmulatedSnp(pki, measurement=EMULATED_LAUNCH_MEASUREMENT)
     vcek, ask_ark = snp.certificates()
-    try:
-        verify_snp_report(
-            snp.report(bytes(64)),
-            load_amd_certificates(vcek) + load_amd_certificates(ask_ark),
-            at=datetime.now(UTC),
-            extra_arks=[pki.ark.cert],
-        )
-    except Exception as exc:  # the reason is what the skip reports
-        pytest.skip(f"emulated SEV-SNP evidence does not verify: {exc}")
+    verified = verify_snp_report(
+        snp.report(bytes(64)),
+        load_amd_certificates(vcek) + load_amd_certificates(ask_ark),
+        at=datetime.now(UTC),
+        extra_arks=[pki.ark.cert],
+    )
+    assert verified.report.measurement == EMULATED_LAUNCH_MEASUREMENT
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import struct
 import zipfile
@@ -437,3 +438,143 @@ def test_member_reads_check_the_crc(clean: Path, monkeypatch: pytest.MonkeyPatch
     finally:
         path.unlink()
     assert isinstance(result, str) and "Bad CRC-32" in result
+
+
+#: A ZIP central-directory header (APPNOTE 4.3.12), the fields up to the name length:
+#: signature, version made by, version needed to extract, flags, method, ...
+_CENTRAL = struct.Struct("<4s4B4HL2L5H2L")
+_CD_VERSION_NEEDED, _CD_FLAGS, _CD_NAME_LENGTH, _CD_EXTRA_LENGTH = 3, 5, 12, 13
+_CD_COMMENT_LENGTH, _CD_LOCAL_OFFSET = 14, 18
+_LOCAL = struct.Struct("<4s2B4HL2L2H")
+_LH_FLAGS, _LH_NAME_LENGTH = 3, 10
+
+
+def _central_headers(raw: bytes) -> list[int]:
+    """Offsets of every central-directory header, in member order (read from ``zipfile``'s own
+    directory offset, not by searching for the signature, which member data could contain)."""
+    with zipfile.ZipFile(io.BytesIO(raw)) as z:
+        count = len(z.infolist())
+        off = z.start_dir
+    out = []
+    for _ in range(count):
+        assert raw[off : off + 4] == b"PK\x01\x02"
+        out.append(off)
+        fields = _CENTRAL.unpack_from(raw, off)
+        off += _CENTRAL.size + sum(
+            fields[i] for i in (_CD_NAME_LENGTH, _CD_EXTRA_LENGTH, _CD_COMMENT_LENGTH)
+        )
+    return out
+
+
+def _patched(clean: Path, member: int, field: int, value: int, *, local: bool = False) -> bytes:
+    """The clean bundle with one header field of member ``member`` set to ``value``."""
+    raw = bytearray((clean / "clean.zip").read_bytes())
+    off = _central_headers(bytes(raw))[member]
+    header = _CENTRAL
+    if local:
+        off = _CENTRAL.unpack_from(raw, off)[_CD_LOCAL_OFFSET]
+        header = _LOCAL
+    fields = list(header.unpack_from(raw, off))
+    fields[field] = value
+    header.pack_into(raw, off, *fields)
+    return bytes(raw)
+
+
+def _flag_value(clean: Path, member: int, bit: int) -> int:
+    raw = (clean / "clean.zip").read_bytes()
+    return int(_CENTRAL.unpack_from(raw, _central_headers(raw)[member])[_CD_FLAGS]) | bit
+
+
+def _unreadable_cases(clean: Path) -> dict[str, bytes]:
+    """Bundles ``zipfile`` refuses with something other than ``BadZipFile``/``OSError``."""
+    with zipfile.ZipFile(clean / "clean.zip") as z:
+        names = [i.filename for i in z.infolist()]
+    blob = next(i for i, n in enumerate(names) if n.startswith("blobs/"))
+    cases = {
+        # "Version needed to extract" 10.0 (zipfile reads <= 6.3): NotImplementedError at open.
+        "version": _patched(clean, 0, _CD_VERSION_NEEDED, 100),
+    }
+    for bit, what in ((0x1, "encrypted"), (0x20, "patched"), (0x40, "strong")):
+        for member in (0, blob):
+            # zipfile.open would raise NotImplementedError (0x20, 0x40) or RuntimeError (0x1).
+            cases[f"{what}-{names[member]}"] = _patched(
+                clean, member, _CD_FLAGS, _flag_value(clean, member, bit)
+            )
+    # A name flagged UTF-8 that is not: UnicodeDecodeError (a ValueError) while the directory
+    # is read (central header), or while the member is opened (local header of a blob, read
+    # by ``zipfile`` once the positional read declines it).
+    for local in (False, True):
+        raw = bytearray(
+            _patched(
+                clean,
+                blob,
+                _LH_FLAGS if local else _CD_FLAGS,
+                _flag_value(clean, blob, 0x800),
+                local=local,
+            )
+        )
+        central = _central_headers(bytes(raw))[blob]
+        if local:
+            start = _CENTRAL.unpack_from(raw, central)[_CD_LOCAL_OFFSET] + _LOCAL.size
+        else:
+            start = central + _CENTRAL.size
+        raw[start + len("blobs/")] = 0xFF
+        cases[f"utf8-{'local' if local else 'central'}"] = bytes(raw)
+    return cases
+
+
+def test_unsupported_zip_features_are_unreadable_bundles(
+    clean: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every way ``zipfile`` can refuse an archive -- including ``NotImplementedError`` (version
+    needed to extract above 6.3, flag bits 5 and 6) and ``ValueError`` (a bad UTF-8 name) --
+    is a ``BundleError``: exit 2 from ``lessee audit verify``, never an internal error."""
+    from agent.audit.bundle import Bundle
+
+    key = str(clean / "log.vkey")
+    cases = _unreadable_cases(clean)
+    assert len(cases) == 9
+    for name, raw in cases.items():
+        path = tmp_path / f"{name.replace('/', '_')}.zip"
+        path.write_bytes(raw)
+        # Both ways a blob is read (whole, or streamed for its digest) report it.
+        for read in (Bundle.read_blob, Bundle.blob_sha256):
+            with pytest.raises(BundleError), Bundle(path) as b:
+                for digest in b.blob_digests():
+                    read(b, digest)
+        capsys.readouterr()
+        assert main(["audit", "verify", str(path), "--log-key", key]) == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith("lessee: error:") and "internal error" not in err, (name, err)
+
+
+def test_header_bit_flips_never_escape_as_internal_errors(clean: Path) -> None:
+    """Exhaustive over the fields ``zipfile`` interprets: every bit of the first two members'
+    central-directory and local headers and of the end-of-central-directory record, flipped,
+    gives a ``LesseeError`` or a bundle whose members are byte-for-byte the exported ones
+    (a flip in a field no reader uses) -- never another exception."""
+    raw = (clean / "clean.zip").read_bytes()
+    original = _members(clean / "clean.zip")
+    central = _central_headers(raw)[:2]
+    spans = [(off, _CENTRAL.size) for off in central]
+    spans += [(_CENTRAL.unpack_from(raw, off)[_CD_LOCAL_OFFSET], _LOCAL.size) for off in central]
+    spans.append((raw.rindex(b"PK\x05\x06"), 22))
+    path = clean / "header-flip.zip"
+    flipped = 0
+    try:
+        for start, size in spans:
+            for pos in range(start, start + size):
+                for bit in range(8):
+                    b = bytearray(raw)
+                    b[pos] ^= 1 << bit
+                    path.write_bytes(bytes(b))
+                    flipped += 1
+                    try:
+                        result = verify_bundle_file(path, LOG_SIGNER.verifier())
+                    except LesseeError:
+                        continue
+                    if result.ok:
+                        assert _members(path) == original, (pos, bit)
+    finally:
+        path.unlink(missing_ok=True)
+    assert flipped == 8 * (2 * _CENTRAL.size + 2 * _LOCAL.size + 22)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from agent.logstore import LogStore
 from attest.log.checkpoint import verify_checkpoint
-from attest.log.merkle import MerkleTree, leaf_hash, verify_consistency
+from attest.log.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
 from tests.log.helpers import LOG_SIGNER, make_entry
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,6 +65,10 @@ def test_sigkill_mid_append(tmp_path: Path) -> None:
                 assert rows[index] == entry.raw, f"acknowledged entry {i} lost or changed"
                 for b in blobs:
                     assert store.blob(hashlib.sha256(b).digest()) == b
+            # Every signed root must be the root of the stored entries (recomputed here), and
+            # the proofs the recovered store serves -- built from its own stored hashes, not
+            # from this recomputation -- must verify against the signed checkpoints, as an
+            # auditor holding only the checkpoints would check them.
             tree = MerkleTree([leaf_hash(rows[k]) for k in range(size)])
             notes = store.checkpoints()
             prev = None
@@ -75,12 +79,20 @@ def test_sigkill_mid_append(tmp_path: Path) -> None:
                     verify_consistency(
                         prev.size,
                         cp.size,
-                        tree.consistency_proof(prev.size, cp.size),
+                        store.consistency_proof(prev.size, cp.size),
                         prev.root_hash,
                         cp.root_hash,
                     )
                 prev = cp
             assert prev is not None and prev.size == size
+            for i, index in acked:
+                verify_inclusion(
+                    index,
+                    size,
+                    leaf_hash(make_entry(i)[0].raw),
+                    store.inclusion_proof(index, size),
+                    prev.root_hash,
+                )
             # The log keeps working after the crash.
             entry, blobs = make_entry(round_ * 1_000_000 + 999_999)
             receipt = store.append(entry, blobs)
