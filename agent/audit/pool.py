@@ -6,8 +6,8 @@ development machine, the first ``submit`` returned after ~0.39 s -- as long as r
 one-GPU entries serially (~0.28 s) -- and a two-worker replay of that log took 0.54 s of wall
 time against 0.28 s serial. Here the pool is made, and each worker asked to report in, on a
 helper thread; the owner asks :meth:`BackgroundPool.ready` between pieces of its own work and
-switches to the pool only once a worker has answered. A log the owner finishes first never
-waits for the pool to come up.
+switches to the pool only once a worker has answered. An owner that finishes first hands it no
+work; closing still waits until the workers are up and stopped, so none is left half-started.
 """
 
 from __future__ import annotations
@@ -50,7 +50,6 @@ class BackgroundPool:
         self._started = threading.Event()
         self._lock = threading.Lock()
         self._closed = False
-        self._used = False
         self._executor: concurrent.futures.ProcessPoolExecutor | None = None
         self._probes: list[concurrent.futures.Future[bool]] = []
         self._thread = threading.Thread(
@@ -83,8 +82,8 @@ class BackgroundPool:
             self._executor, self._probes = executor, probes
             closed = self._closed
         self._started.set()
-        if closed:  # the owner finished before the pool came up
-            executor.shutdown(wait=False, cancel_futures=True)
+        if closed:  # the owner finished before the pool came up (and waits in ``close``)
+            executor.shutdown(wait=True, cancel_futures=True)
 
     def ready(self) -> bool:
         """Whether work may go to the pool now (never blocks)."""
@@ -112,18 +111,19 @@ class BackgroundPool:
         executor = self._executor
         if executor is None:
             raise RuntimeError("the pool has not started")
-        self._used = True
         return executor.submit(fn, *args)
 
     def close(self) -> None:
-        """Stop the pool. A pool that ran work is shut down and its processes reaped; one that
-        never got any is told to stop without waiting for its workers to finish starting."""
+        """Stop the pool and reap its processes, waiting for workers that are still starting.
+
+        Waiting matters even for a pool that never got work: a worker the ``forkserver`` is
+        still setting up when this process exits finds its queues' semaphores gone and prints a
+        traceback (seen on ``audit replay`` of short logs). So a caller that finished first
+        still waits here for the pool's start, at most ~0.4 s on the development machine."""
         with self._lock:
             self._closed = True
             executor = self._executor
         if executor is None:
-            return  # the helper thread shuts it down when (if) it comes up
-        if self._used:
-            executor.shutdown(wait=True, cancel_futures=True)
-        else:
-            executor.shutdown(wait=False, cancel_futures=True)
+            self._thread.join()  # the helper shuts the pool down as soon as it exists
+            return
+        executor.shutdown(wait=True, cancel_futures=True)

@@ -66,8 +66,9 @@ and named in a ``verdict_mismatch`` message.
 
 Parallelism: entries are independent until step 6, so steps 1-5 run in a process pool (each
 worker keeps its own verifier caches) and steps 6-7 run afterwards in the parent. The pool
-starts in the background while the parent replays the first chunks itself; once a worker is up,
-the rest go to the pool, and a log the parent finishes first never waits for the pool. The same
+starts in the background while the parent replays the first entries itself; once a worker is
+up, the rest go to the pool. A log the parent finishes first gives the pool no work (closing it
+still waits until its workers are up and stopped); a log of one chunk starts no pool. The same
 per-entry code runs in-process when ``workers == 1``; results are identical either way.
 
 Work is done once where its result cannot differ, and no check is skipped: blobs ``audit
@@ -89,6 +90,7 @@ import logging
 import multiprocessing
 import os
 import re
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -153,6 +155,10 @@ CHUNKS_AHEAD_PER_WORKER = 2
 #: Replay in this process while the worker pool starts (``_run_parallel``). Off only in tests,
 #: which need the workers to run a log far too small to outlast the pool's start.
 BRIDGE_POOL_START = True
+#: Start the worker pool only when the rest of the log, timed on the entries replayed so far,
+#: would take longer than this here: starting a pool took ~0.4 s on the 2-core development
+#: machine (the ``forkserver`` imports the verifier) and closing one waits for that start.
+POOL_START_BREAK_EVEN_S = 0.5
 #: Most worker processes, whatever ``--workers`` says (each holds its own caches).
 MAX_WORKERS = 256
 #: Longest message of one finding: a verdict difference over 8 GPUs stays readable.
@@ -973,23 +979,29 @@ def _run_parallel(
     workers: int,
     on_progress: Callable[[int], None] | None,
     *,
+    total: int,
     bridge: bool | None = None,
 ) -> list[EntryReplay]:
-    """Replay ``chunks`` on ``workers`` processes, in log order.
+    """Replay ``chunks`` (``total`` entries) on ``workers`` processes, in log order.
 
-    With ``bridge`` (default: :data:`BRIDGE_POOL_START`) this process replays entries itself
-    until a worker has started (``agent.audit.pool``: starting the pool costs about as much as
-    replaying a hundred one-GPU entries), then hands the rest of the log to the pool, starting
-    with the rest of the chunk it was in. Without it, everything goes to the pool.
+    With ``bridge`` (default: :data:`BRIDGE_POOL_START`) this process replays entries itself,
+    and starts the pool (``agent.audit.pool``) only once the entries it has timed say that the
+    rest of the log will take longer than :data:`POOL_START_BREAK_EVEN_S`: a pool costs ~0.4 s
+    to start and must be waited for when closed, so a short log is faster without one. Once a
+    worker is up, the rest of the log goes to the pool, starting with the rest of the chunk this
+    process was in. Without ``bridge``, everything goes to a pool started at once.
     """
     if bridge is None:
         bridge = BRIDGE_POOL_START
     results: dict[int, list[EntryReplay]] = {}
     pending: dict[concurrent.futures.Future[list[EntryReplay]], int] = {}
-    pool = BackgroundPool(
-        workers, mp_context=_pool_context(), initializer=_init_worker, initargs=(config,)
-    )
     local = EntryReplayer(config) if bridge else None
+    pool: BackgroundPool | None = None
+
+    def start_pool() -> BackgroundPool:
+        return BackgroundPool(
+            workers, mp_context=_pool_context(), initializer=_init_worker, initargs=(config,)
+        )
 
     def collect(block: bool) -> None:
         done, _ = concurrent.futures.wait(
@@ -1006,6 +1018,7 @@ def _run_parallel(
 
     def to_pool(items: list[EntryInput]) -> None:
         nonlocal seq
+        assert pool is not None
         while len(pending) >= workers * (1 + CHUNKS_AHEAD_PER_WORKER):
             collect(block=True)
         pending[pool.submit(_replay_chunk, items)] = seq
@@ -1013,16 +1026,19 @@ def _run_parallel(
 
     try:
         if local is None:
+            pool = start_pool()
             pool.wait_started()
+        replayed_here = 0
+        began = time.perf_counter()
         for chunk in chunks:
             start = 0
             if local is not None:
-                # Bridging: replay here entry by entry, and hand the rest of the chunk (and every
+                # Bridging: replay here entry by entry; hand the rest of the chunk (and every
                 # later one) to the pool as soon as a worker is up, so that it never sits idle
                 # while this process finishes a chunk.
                 done_here: list[EntryReplay] = []
                 for item in chunk:
-                    if pool.ready():
+                    if pool is not None and pool.ready():
                         local = None
                         break
                     done_here.append(local.replay(item))
@@ -1032,14 +1048,20 @@ def _run_parallel(
                     results[seq] = done_here
                     seq += 1
                 start = len(done_here)
+                replayed_here += start
+                if pool is None and replayed_here:
+                    per_entry = (time.perf_counter() - began) / replayed_here
+                    if per_entry * (total - replayed_here) > POOL_START_BREAK_EVEN_S:
+                        pool = start_pool()
             if start < len(chunk):
                 to_pool(chunk[start:])
         while pending:
             collect(block=True)
     finally:
-        pool.close()
-    if local is not None and pool.error is not None:  # bridged the whole log: say why
-        _log.warning(
+        if pool is not None:
+            pool.close()
+    if local is not None and pool is not None and pool.error is not None:
+        _log.warning(  # bridged the whole log: say why the workers did not help
             "replay worker pool did not start (%s); replayed in this process",
             type(pool.error).__name__,
         )
@@ -1179,7 +1201,9 @@ def replay_bundle(
             if on_progress is not None:
                 on_progress(1)
     else:
-        entries = _run_parallel(_chunks(inputs, CHUNK_ENTRIES), config, workers, on_progress)
+        entries = _run_parallel(
+            _chunks(inputs, CHUNK_ENTRIES), config, workers, on_progress, total=audit.entries
+        )
     out = _Findings()
     for r in entries:
         for finding in r.findings:

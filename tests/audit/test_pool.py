@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing.context
 import os
+import threading
 import time
 
 import pytest
@@ -65,27 +66,55 @@ def test_a_pool_whose_workers_cannot_start_is_never_ready() -> None:
         pool.close()
 
 
+_HOLD = threading.Event()
+
+
+class _HeldProcess(multiprocessing.context.ForkServerProcess):
+    def start(self) -> None:
+        assert _HOLD.wait(60), "held start never released"
+        super().start()
+
+
+class _HeldStart(multiprocessing.context.ForkServerContext):
+    """Starts workers only once ``_HOLD`` is set: a pool that is, for certain, still starting."""
+
+    Process = _HeldProcess
+
+
 def test_submit_before_the_pool_exists_is_refused() -> None:
-    pool = BackgroundPool(1, mp_context=_pool_context(), initializer=_init, initargs=(1,))
+    _HOLD.clear()
+    pool = BackgroundPool(1, mp_context=_HeldStart(), initializer=_init, initargs=(3,))
     try:
-        if not pool._started.is_set():  # usually still starting here; if not, nothing to test
-            with pytest.raises(RuntimeError, match="has not started"):
-                pool.submit(_initialised_value_and_pid)
+        assert not pool.ready()
+        with pytest.raises(RuntimeError, match="has not started"):
+            pool.submit(_initialised_value_and_pid)
+        _HOLD.set()
+        assert _wait_ready(pool)
+        assert pool.submit(_initialised_value_and_pid).result(60)[0] == 3
     finally:
+        _HOLD.set()
         pool.close()
 
 
-def test_closing_a_starting_pool_returns_at_once_and_stops_it() -> None:
-    pool = BackgroundPool(2, mp_context=_pool_context(), initializer=_init, initargs=(1,))
-    start = time.monotonic()
-    pool.close()  # the owner finished before the workers came up
-    assert time.monotonic() - start < 0.2
-    pool._thread.join(60)  # the helper shuts the executor down once it exists
-    assert not pool._thread.is_alive()
-    executor = pool._executor
-    assert executor is not None and pool.error is None
-    with pytest.raises(RuntimeError, match="after shutdown"):
-        executor.submit(_initialised_value_and_pid)
+def test_closing_waits_for_a_pool_that_is_still_starting() -> None:
+    """Closed while its start is held: ``close`` returns only after the pool came up and was
+    shut down, so no worker is left half-started when the process exits."""
+    _HOLD.clear()
+    pool = BackgroundPool(1, mp_context=_HeldStart(), initializer=_init, initargs=(1,))
+    releaser = threading.Timer(0.3, _HOLD.set)
+    releaser.start()
+    try:
+        start = time.monotonic()
+        pool.close()
+        assert time.monotonic() - start >= 0.25  # it waited for the held start
+        assert not pool._thread.is_alive()
+        executor = pool._executor
+        assert executor is not None
+        with pytest.raises(RuntimeError, match="after shutdown"):
+            executor.submit(_initialised_value_and_pid)
+    finally:
+        _HOLD.set()
+        releaser.join()
 
 
 def test_size_must_be_positive() -> None:

@@ -160,18 +160,16 @@ def test_stand_in_log_with_release_replays_clean(stand_in: Built) -> None:
     assert report.summary()["verdicts_reproduced"] == 3
 
 
-@pytest.fixture(params=[False, True], ids=["workers", "bridged"])
-def bridge(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
-    """Parallel replays both ways: every chunk on the workers (``BRIDGE_POOL_START`` off: these
-    logs are far too small to outlast the pool's start otherwise) and the default, where this
-    process replays while the pool starts."""
-    monkeypatch.setattr(replay_module, "BRIDGE_POOL_START", request.param)
-    return bool(request.param)
+@pytest.fixture
+def all_on_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every chunk on the workers (``BRIDGE_POOL_START`` off): these logs are far too small to
+    outlast the pool's start, so by default this process would replay them all itself (the
+    hand-over has its own test below)."""
+    monkeypatch.setattr(replay_module, "BRIDGE_POOL_START", False)
 
 
-def test_serial_and_parallel_replays_are_identical(
-    real: Built, stand_in: Built, bridge: bool
-) -> None:
+@pytest.mark.usefixtures("all_on_workers")
+def test_serial_and_parallel_replays_are_identical(real: Built, stand_in: Built) -> None:
     for b in (real, stand_in):
         bundle = b.dir / "log.zip"
         seen: list[int] = []
@@ -185,8 +183,8 @@ def test_serial_and_parallel_replays_are_identical(
 def test_bridged_replay_hands_over_to_the_workers(
     stand_in: Built, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """One entry per chunk, and the pool reported up after this process replayed the first:
-    the first chunk is replayed here, the rest by the workers, in log order all the same."""
+    """One entry per chunk, the pool started after the first and reported up after the second:
+    those two are replayed here, the rest by the workers, in log order all the same."""
     from agent.audit.pool import BackgroundPool
 
     asked: list[bool] = []
@@ -200,6 +198,7 @@ def test_bridged_replay_hands_over_to_the_workers(
         return True
 
     monkeypatch.setattr(replay_module, "CHUNK_ENTRIES", 1)
+    monkeypatch.setattr(replay_module, "POOL_START_BREAK_EVEN_S", 0.0)  # start it at once
     monkeypatch.setattr(BackgroundPool, "ready", ready)
     bundle = stand_in.dir / "log.zip"
     serial = _replay(stand_in, bundle, workers=1)
@@ -208,21 +207,40 @@ def test_bridged_replay_hands_over_to_the_workers(
     assert parallel.to_json() == serial.to_json()
 
 
-def test_replay_without_worker_processes(stand_in: Built, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where no process can be started, a bridged replay finishes here with the same report;
-    with every entry meant for the workers, the start failure is the error."""
+def test_a_short_log_starts_no_pool(stand_in: Built, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four entries, replayed here in far less than the pool's start: no pool at all."""
+    from agent.audit.pool import BackgroundPool
+
+    def no_pool(*args: object, **kwargs: object) -> BackgroundPool:
+        raise AssertionError("a pool was started for a short log")
+
+    monkeypatch.setattr(replay_module, "BackgroundPool", no_pool)
+    bundle = stand_in.dir / "log.zip"
+    assert _replay(stand_in, bundle, workers=2).to_json() == _replay(stand_in, bundle).to_json()
+
+
+def test_replay_without_worker_processes(
+    stand_in: Built, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Where no process can be started, a bridged replay finishes here with the same report and
+    says why; with every entry meant for the workers, the start failure is the error."""
     from tests.audit.test_pool import _NoProcesses
 
     monkeypatch.setattr(replay_module, "_pool_context", _NoProcesses)
+    monkeypatch.setattr(replay_module, "CHUNK_ENTRIES", 1)
+    monkeypatch.setattr(replay_module, "POOL_START_BREAK_EVEN_S", 0.0)  # a pool is tried
     bundle = stand_in.dir / "log.zip"
     serial = _replay(stand_in, bundle, workers=1)
-    assert _replay(stand_in, bundle, workers=2).to_json() == serial.to_json()
+    with caplog.at_level("WARNING", logger="agent.audit.replay"):
+        assert _replay(stand_in, bundle, workers=2).to_json() == serial.to_json()
+    assert "worker pool did not start (OSError)" in caplog.text
     monkeypatch.setattr(replay_module, "BRIDGE_POOL_START", False)
     with pytest.raises(OSError, match="no processes here"):
         _replay(stand_in, bundle, workers=2)
 
 
-def test_parallel_finds_the_same_findings(fresh: Built, bridge: bool) -> None:
+@pytest.mark.usefixtures("all_on_workers")
+def test_parallel_finds_the_same_findings(fresh: Built) -> None:
     token = fresh.attest(evidence())
     forge_attest(fresh, bundle=evidence(cc_mode_on=False), claim_status=Status.AFFIRMING)
     forge_release(fresh, token, nonce=b"\x01" * 32, key=enclave_key())
