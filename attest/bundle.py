@@ -5,7 +5,8 @@ it) and as a JSON file for ``lessee appraise --evidence-bundle`` and for the log
 JSON form (bytes as standard base64)::
 
     {"version": 1,
-     "cpu": {"snp": {"report": B64, "certificates": [B64, ...]}}      # or {"tdx": {"quote": B64, "collateral_json": B64}}
+     "cpu": {"snp": {"report": B64, "certificates": [B64, ...], "crl": B64}}  # "crl" optional
+            # or {"tdx": {"quote": B64, "collateral_json": B64}}
      "gpus": [{"arch": "HOPPER", "report": B64, "certificate_chain_pem": B64,
                "ocsp_responses": [B64...], "rims": [B64...]}],
      "switches": [...same shape...],
@@ -23,6 +24,7 @@ from typing import Any
 
 from attest.errors import InputError
 from attest.jsonutil import load_json
+from attest.snp.verify import MAX_CRL_BYTES
 
 #: A bundle with 8 GPUs, 4 switches, their chains, RIMs and OCSP responses is ~1 MiB.
 MAX_BUNDLE_BYTES = 8 * 1024 * 1024
@@ -43,8 +45,23 @@ class DeviceEvidenceIn:
 
 @dataclass(frozen=True)
 class SnpEvidenceIn:
+    """A SEV-SNP report, the certificates that sign it, and optionally AMD's CRL.
+
+    ``crl`` is AMD's CRL for the product (KDS ``/vcek/v1/<product>/crl``, DER or PEM, at most
+    ``MAX_CRL_BYTES``). It travels with the evidence, as TDX collateral and NVIDIA's stapled
+    OCSP answers do, so the log archives it and an audit replay re-checks it as of the logged
+    time. ``None``: not supplied (the appraisal then applies ``missing_revocation``).
+    """
+
     report: bytes
     certificates: tuple[bytes, ...] = ()
+    crl: bytes | None = None
+
+    def __post_init__(self) -> None:
+        # One meaning, one encoding: "no CRL" is None, never b"" (the JSON and protobuf forms
+        # could not tell an empty CRL from an absent one).
+        if self.crl is not None and not self.crl:
+            raise InputError("an SNP CRL is None when absent, never empty")
 
 
 @dataclass(frozen=True)
@@ -78,10 +95,11 @@ class EvidenceBundle:
             parts += [
                 b'{"snp":{"certificates":[',
                 b",".join([_b64_collateral(c) for c in cpu.certificates]),
-                b'],"report":',
-                _b64(cpu.report),
-                b"}}",
+                b"]",
             ]
+            if cpu.crl is not None:  # "crl" sorts between "certificates" and "report"
+                parts += [b',"crl":', _b64_collateral(cpu.crl)]
+            parts += [b',"report":', _b64(cpu.report), b"}}"]
         elif isinstance(cpu, TdxEvidenceIn):
             parts += [
                 b'{"tdx":{"collateral_json":',
@@ -160,18 +178,39 @@ def _b64_collateral(data: bytes) -> bytes:
     return _b64(data)
 
 
-def _bytes(obj: dict[str, Any], key: str, where: str, *, required: bool = True) -> bytes:
+def _bytes(
+    obj: dict[str, Any],
+    key: str,
+    where: str,
+    *,
+    required: bool = True,
+    limit: int = MAX_ITEM_BYTES,
+) -> bytes:
     value = obj.get(key)
     if value is None and not required:
         return b""
     if not isinstance(value, str):
         raise InputError(f"evidence bundle: {where}.{key} must be a base64 string")
-    if len(value) > MAX_ITEM_BYTES * 4 // 3 + 4:
-        raise InputError(f"evidence bundle: {where}.{key} is larger than {MAX_ITEM_BYTES} bytes")
+    if len(value) > (limit + 2) // 3 * 4:
+        raise InputError(f"evidence bundle: {where}.{key} is larger than {limit} bytes")
     try:
-        return base64.b64decode(value, validate=True)
+        data = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise InputError(f"evidence bundle: {where}.{key} is not base64") from exc
+    if len(data) > limit:
+        raise InputError(f"evidence bundle: {where}.{key} is larger than {limit} bytes")
+    return data
+
+
+def _crl(obj: dict[str, Any], where: str) -> bytes | None:
+    """The optional SNP CRL: absent means none; present it must be 1..MAX_CRL_BYTES bytes (an
+    empty string is refused rather than read as "none", so one meaning has one encoding)."""
+    if "crl" not in obj:
+        return None
+    data = _bytes(obj, "crl", where, limit=MAX_CRL_BYTES)
+    if not data:
+        raise InputError(f"evidence bundle: {where}.crl is empty (omit it when there is none)")
+    return data
 
 
 def _list(obj: dict[str, Any], key: str, where: str) -> tuple[bytes, ...]:
@@ -222,10 +261,11 @@ def load_bundle(data: bytes) -> EvidenceBundle:
         if len(c) != 1:
             raise InputError("evidence bundle: cpu must hold exactly one of snp, tdx")
         if "snp" in c:
-            s = _only(c["snp"], {"report", "certificates"}, "cpu.snp")
+            s = _only(c["snp"], {"report", "certificates", "crl"}, "cpu.snp")
             cpu = SnpEvidenceIn(
                 report=_bytes(s, "report", "cpu.snp"),
                 certificates=_list(s, "certificates", "cpu.snp"),
+                crl=_crl(s, "cpu.snp"),
             )
         else:
             t = _only(c["tdx"], {"quote", "collateral_json"}, "cpu.tdx")

@@ -110,6 +110,7 @@ def run() -> list[dict[str, object]]:
     gpus = [EmulatedGpu(pki, index=i) for i in range(GPUS)]
     snp = EmulatedSnp(pki, measurement=EMULATED_LAUNCH_MEASUREMENT)
     snp_certs = snp.certificates()
+    snp_crl = snp.crl(datetime.now(UTC))
     ocsp = {g.index: g.ocsp_responses(datetime.now(UTC)) for g in gpus}
     chains = {g.index: g.certificate_chain_pem() for g in gpus}
     rims = (gpus[0].driver_rim(), gpus[0].vbios_rim())  # one RIM pair serves all eight
@@ -124,7 +125,7 @@ def run() -> list[dict[str, object]]:
         cpu_report = snp.report(binding.report_data)
         reports = {g.index: g.report(binding.gpu_nonce) for g in gpus}
         bundle = EvidenceBundle(
-            cpu=SnpEvidenceIn(cpu_report, snp_certs),
+            cpu=SnpEvidenceIn(cpu_report, snp_certs, crl=snp_crl),
             gpus=tuple(
                 DeviceEvidenceIn("HOPPER", reports[g.index], chains[g.index], ocsp[g.index], rims)
                 for g in gpus

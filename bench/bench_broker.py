@@ -111,6 +111,7 @@ def _load(target: str, pki_dir: str, clients: int, duration: float, out: Any) ->
     chain, rims = gpu.certificate_chain_pem(), (gpu.driver_rim(), gpu.vbios_rim())
     ocsp = gpu.ocsp_responses(datetime.now(UTC))
     snp_certs = snp.certificates()
+    snp_crl = snp.crl(datetime.now(UTC))  # AMD's CRL, signed by the emulated ARK, made once
     channel = open_channel(target)
     stub = broker_pb2_grpc.KeyBrokerStub(channel)  # type: ignore[no-untyped-call]
     lock = threading.Lock()
@@ -126,7 +127,7 @@ def _load(target: str, pki_dir: str, clients: int, duration: float, out: Any) ->
         ch = stub.Challenge(broker_pb2.ChallengeRequest(model_id=MODEL), timeout=60)
         b = derive_binding(ch.nonce, pk, ch.protocol_label)
         bundle = EvidenceBundle(
-            cpu=SnpEvidenceIn(snp.report(b.report_data), snp_certs),
+            cpu=SnpEvidenceIn(snp.report(b.report_data), snp_certs, crl=snp_crl),
             gpus=(DeviceEvidenceIn("HOPPER", gpu.report(b.gpu_nonce), chain, ocsp, rims),),
             cc_mode_on=True,
             devtools_on=False,

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import base64
+import dataclasses
 import json
 
 import pytest
@@ -14,6 +16,7 @@ from attest.bundle import (
     load_bundle,
 )
 from attest.errors import InputError
+from attest.snp.verify import MAX_CRL_BYTES
 from tests.conftest import CPU, NVIDIA
 
 
@@ -45,6 +48,21 @@ def test_round_trip_real_evidence() -> None:
     assert load_bundle(t.to_json()) == t
 
 
+def test_snp_crl_round_trips_up_to_its_bound() -> None:
+    """The AMD CRL travels under cpu.snp.crl (base64), bounded by MAX_CRL_BYTES exactly."""
+    b = _real_bundle()
+    assert isinstance(b.cpu, SnpEvidenceIn)
+    largest = dataclasses.replace(b, cpu=dataclasses.replace(b.cpu, crl=b"\x30" * MAX_CRL_BYTES))
+    assert load_bundle(largest.to_json()) == largest
+    assert (
+        json.loads(largest.to_json())["cpu"]["snp"]["crl"]
+        == base64.b64encode(b"\x30" * MAX_CRL_BYTES).decode()
+    )
+    assert "crl" not in json.loads(b.to_json())["cpu"]["snp"]
+    with pytest.raises(InputError, match="never empty"):
+        SnpEvidenceIn(report=b"r", crl=b"")
+
+
 def test_missing_nvml_flags_read_as_unsafe() -> None:
     doc = json.loads(_real_bundle().to_json())
     del doc["cc_mode_on"], doc["devtools_on"]
@@ -63,6 +81,13 @@ def test_missing_nvml_flags_read_as_unsafe() -> None:
         lambda d: d.update(gpus=[d["gpus"][0]] * 65),
         lambda d: d.update(cc_mode_on="yes"),
         lambda d: d["cpu"]["snp"].update(certificates=["AA=="] * 17),
+        lambda d: d["cpu"]["snp"].update(crl=""),  # absent means none; empty is refused
+        lambda d: d["cpu"]["snp"].update(crl="!!"),
+        lambda d: d["cpu"]["snp"].update(crl=None),
+        lambda d: d["cpu"]["snp"].update(crl=["AA=="]),
+        lambda d: d["cpu"]["snp"].update(
+            crl=base64.b64encode(b"\x30" * (MAX_CRL_BYTES + 1)).decode()
+        ),
     ],
 )
 def test_strict(mutate) -> None:  # type: ignore[no-untyped-def]

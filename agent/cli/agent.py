@@ -6,6 +6,8 @@ the sealed weights into memory (reporting how many tensors it loaded). Evidence 
 configfs-tsm (SEV-SNP/TDX) and NVML (GPUs in CC mode); without that hardware the command says
 what is missing and exits 1. ``--emulate`` uses this installation's emulated hardware instead
 (``agent.emulation``): evidence a broker accepts only for a policy that pins the emulation roots.
+``--amd-crl FILE`` sends AMD's CRL with a real SEV-SNP report (the broker's default policy
+refuses the CPU without one); the emulation makes its own.
 
 Exit codes: 0 attested, key released, model loaded; 1 refused (findings printed) or hardware
 absent; 2 bad input.
@@ -26,11 +28,34 @@ EXIT_REJECTED = 1
 MAX_KEY_FILE_BYTES = 64 * 1024
 
 
+#: AMD's Key Distribution Service serves each product's CRL here (``<product>``: Milan, Genoa,
+#: Turin); lessee fetches nothing, the operator downloads it and passes ``--amd-crl``.
+AMD_CRL_URL = "https://kdsintf.amd.com/vcek/v1/<product>/crl"
+
+
+def read_amd_crl(path: str) -> bytes:
+    """The ``--amd-crl`` file: at most ``MAX_CRL_BYTES`` read (a larger file is refused without
+    reading it whole), and not empty. Its contents are checked by the broker (signed by the
+    ARK, current, the ASK not listed), which is where they count."""
+    from attest.snp.verify import MAX_CRL_BYTES
+
+    with Path(path).open("rb") as f:
+        data = f.read(MAX_CRL_BYTES + 1)
+    if len(data) > MAX_CRL_BYTES:
+        raise InputError(f"{path}: an AMD CRL is at most {MAX_CRL_BYTES} bytes")
+    if not data:
+        raise InputError(f"{path}: the AMD CRL file is empty")
+    return data
+
+
 def _sources(args: argparse.Namespace) -> tuple[Any, Any]:
     if not args.emulate:
         from agent.evidence.sources import NvmlGpuSource, TsmCpuSource
 
-        return TsmCpuSource(), NvmlGpuSource()
+        crl = read_amd_crl(args.amd_crl) if args.amd_crl else None
+        return TsmCpuSource(crl=crl), NvmlGpuSource()
+    if args.amd_crl:
+        raise InputError("--amd-crl is for real SEV-SNP hardware; --emulate makes its own CRL")
     from agent.agent import EMULATED_LAUNCH_MEASUREMENT
     from agent.emulation import (
         EmulatedCpuSource,
@@ -148,6 +173,16 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--emulation-dir", metavar="DIR", help="emulation PKI directory")
     parser.add_argument("--gpus", type=int, default=1, help="emulated GPUs (1..8)")
     parser.add_argument("--measurement", metavar="HEX", help="emulated launch measurement")
+    parser.add_argument(
+        "--amd-crl",
+        metavar="FILE",
+        help=(
+            "AMD's CRL for this SEV-SNP CPU's product (DER or PEM, at most 256 KiB), sent with"
+            f" the report; AMD publishes it at {AMD_CRL_URL}. Without it the broker's default"
+            " policy (missing_revocation: reject) refuses the CPU. It must be current (between"
+            " its lastUpdate and nextUpdate) when the broker appraises"
+        ),
+    )
     parser.add_argument("--broker-key", metavar="FILE", help="broker's EAR key (PEM or JWK)")
     parser.add_argument("--log-key", metavar="FILE", help="the log's vkey file")
     parser.add_argument("--tls-ca", metavar="PEM", help="CA of the broker's TLS certificate")

@@ -14,7 +14,8 @@ makes that something, once per installation, in a directory of its own:
 * AMD-shaped SEV-SNP chain: ARK (RSA-4096, RSASSA-PSS/SHA-384, self-signed) -> ASK -> VCEK
   (P-384, serial 0, AMD's TCB / productName / hwID extensions). The VCEK is derived from a
   per-installation chip secret and the TCB, as AMD derives it from the chip's fused secret;
-* issuer-signed OCSP responses for any certificate of these chains (``ocsp_response``).
+* issuer-signed OCSP responses for any certificate of these chains (``ocsp_response``);
+* AMD-shaped CRLs signed by the emulated ARK (``amd_crl``), current at the time asked for.
 
 Why per installation and never committed: a private key in a repository is a key anyone can use,
 and evidence signed by it would be indistinguishable from the emulation on every machine. Here
@@ -114,6 +115,17 @@ VCEK_VALIDITY = timedelta(days=7 * 365)
 BACKDATE = timedelta(days=1)
 #: How long a stapled emulated OCSP answer stays current (NVIDIA's responder: about a day).
 OCSP_VALIDITY = timedelta(days=1)
+
+#: An emulated AMD CRL's lastUpdate lies this far before the time it is made for (verifiers
+#: with a slightly slow clock still accept it), its nextUpdate this far after: AMD's KDS
+#: republishes its CRLs, and the emulation makes a new one whenever the old one is near its end.
+AMD_CRL_BACKDATE = timedelta(hours=1)
+AMD_CRL_VALIDITY = timedelta(days=7)
+#: The remembered CRL is reused while at least this much of it is left (so a stapled CRL never
+#: goes stale between collection and appraisal), and re-signed otherwise.
+AMD_CRL_MIN_REMAINING = timedelta(days=1)
+#: Serials one emulated CRL may list (tests revoke the ASK; AMD's list a handful).
+MAX_AMD_CRL_REVOKED = 16
 
 #: RSA size of AMD's ARK and ASK.
 AMD_RSA_BITS = 4096
@@ -604,7 +616,8 @@ class EmulationPki:
     """One installation's emulation roots, intermediates, device identities and keys.
 
     Obtain one with ``load_or_create`` (the normal path), ``create`` or ``load``. Immutable once
-    made, except for VCEKs, which are derived per TCB on first use and remembered in memory.
+    made, except for VCEKs, which are derived per TCB on first use and remembered in memory, and
+    the current AMD CRL, signed on demand and remembered while it is current (``amd_crl``).
     """
 
     def __init__(
@@ -640,6 +653,8 @@ class EmulationPki:
         self.ask = ask
         self._chip_secret = chip_secret
         self._vceks: dict[bytes, Issued[ec.EllipticCurvePrivateKey]] = {}
+        #: the last revocation-free CRL made, with its (lastUpdate, nextUpdate)
+        self._crl: tuple[bytes, datetime, datetime] | None = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -1000,3 +1015,48 @@ class EmulationPki:
         builder = builder.responder_id(ocsp.OCSPResponderEncoding.HASH, issuer.cert)
         response = builder.sign(issuer.key, hashes.SHA384())
         return response.public_bytes(Encoding.DER)
+
+    def amd_crl(self, *, at: datetime, revoked_serials: tuple[int, ...] = ()) -> bytes:
+        """AMD's CRL for the emulated Milan ARK, current at ``at`` (DER), in AMD's form.
+
+        Issuer = the ARK's subject, signed by the ARK with RSASSA-PSS/SHA-384/MGF1-SHA-384/salt
+        48 (``_AMD_PSS``, as the KDS CRLs), lastUpdate ``at - AMD_CRL_BACKDATE``, nextUpdate
+        ``at + AMD_CRL_VALIDITY``, listing ``revoked_serials`` (none normally; tests revoke the
+        ASK with ``(pki.ask.cert.serial_number,)``). A CRL is public data: it is made from the
+        ARK key at run time rather than stored, so it is always current and never goes stale
+        in the PKI directory. The revocation-free CRL is remembered and handed out again while
+        ``at`` lies in it with ``AMD_CRL_MIN_REMAINING`` left (one RSA-4096 signature per week,
+        not per report, and the same bytes in every bundle, as a host re-serves AMD's file).
+        """
+        at = require_aware(at)
+        if len(revoked_serials) > MAX_AMD_CRL_REVOKED:
+            raise InputError(f"an emulated CRL lists at most {MAX_AMD_CRL_REVOKED} serials")
+        if not revoked_serials:
+            with self._lock:
+                hit = self._crl
+            if (
+                hit is not None
+                and hit[1] + AMD_CRL_BACKDATE <= at <= hit[2] - AMD_CRL_MIN_REMAINING
+            ):
+                return hit[0]
+        last_update = at - AMD_CRL_BACKDATE
+        next_update = at + AMD_CRL_VALIDITY
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.ark.cert.subject)
+            .last_update(last_update)
+            .next_update(next_update)
+        )
+        for serial in revoked_serials:
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder()
+                .serial_number(serial)
+                .revocation_date(last_update)
+                .build()
+            )
+        crl = builder.sign(self.ark.key, hashes.SHA384(), rsa_padding=_AMD_PSS)
+        der = crl.public_bytes(Encoding.DER)
+        if not revoked_serials:
+            with self._lock:
+                self._crl = (der, crl.last_update_utc, crl.next_update_utc or next_update)
+        return der

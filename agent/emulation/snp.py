@@ -15,13 +15,15 @@ reserved byte zero:
   72-byte fields (the top 24 bytes of each zero).
 
 ``certificates()`` returns what a host's certificate table holds: the VCEK (DER) and the
-ASK + ARK (PEM), all from ``EmulationPki``.
+ASK + ARK (PEM), all from ``EmulationPki``; ``crl(at)`` AMD's CRL for the product as the KDS
+serves it (DER, signed by the ARK, current at ``at``, revoking nothing).
 """
 
 from __future__ import annotations
 
 import secrets
 import struct
+from datetime import datetime
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -162,3 +164,7 @@ class EmulatedSnp:
     def certificates(self) -> tuple[bytes, bytes]:
         """(VCEK as DER, ASK then ARK as PEM): the host's certificate table for this guest."""
         return self._vcek.der, self.pki.ask.pem + self.pki.ark.pem
+
+    def crl(self, at: datetime) -> bytes:
+        """AMD's CRL for this chip's product, current at ``at`` (``EmulationPki.amd_crl``)."""
+        return self.pki.amd_crl(at=at)

@@ -4,6 +4,7 @@
 machine without network access to NVIDIA would otherwise lack: each ``DeviceEvidenceIn`` carries
 the device chain, stapled OCSP responses current at collection time, and the two signed RIMs.
 ``cc_state()`` reports CC on only when every GPU is in CC mode, DevTools on when any GPU is.
+``EmulatedCpuSource`` likewise staples AMD's CRL (current at collection time) to the SNP report.
 
 ``non_cc_gpu_source`` builds the refusal case: a GPU whose ``cc_state`` says CC is off. Unlike
 NVML, which refuses to produce a CC report then, the emulated GPU still answers, so that the
@@ -70,14 +71,25 @@ class EmulatedGpuSource:
 
 
 class EmulatedCpuSource:
-    """A ``CpuEvidenceSource`` over an emulated SEV-SNP guest."""
+    """A ``CpuEvidenceSource`` over an emulated SEV-SNP guest.
 
-    def __init__(self, snp: EmulatedSnp) -> None:
+    The evidence carries AMD's CRL (emulated, current at ``clock()``) next to the certificates,
+    as a real agent given ``--amd-crl`` does: without it the default policy
+    (``missing_revocation: reject``) refuses the CPU.
+    """
+
+    def __init__(self, snp: EmulatedSnp, *, clock: Clock = _utcnow) -> None:
         self._snp = snp
+        self._clock = clock
 
     def collect(self, report_data: bytes) -> SnpEvidenceIn:
+        at = require_aware(self._clock(), name="clock()")
         vcek, ask_ark = self._snp.certificates()
-        return SnpEvidenceIn(report=self._snp.report(report_data), certificates=(vcek, ask_ark))
+        return SnpEvidenceIn(
+            report=self._snp.report(report_data),
+            certificates=(vcek, ask_ark),
+            crl=self._snp.crl(at),
+        )
 
 
 def non_cc_gpu_source(

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from attest.bundle import DeviceEvidenceIn, SnpEvidenceIn, TdxEvidenceIn
-from attest.errors import LesseeError, ParseError
-from attest.snp.verify import MAX_AMD_CERT_INPUT_BYTES
+from attest.errors import InputError, LesseeError, ParseError
+from attest.snp.verify import MAX_AMD_CERT_INPUT_BYTES, MAX_CRL_BYTES
 
 TSM_REPORT_DIR = Path("/sys/kernel/config/tsm/report")
 #: configfs-tsm outblobs are a report (1184 B SNP) or a quote (~5-8 KiB TDX); certs up to 64 KiB.
@@ -124,14 +124,23 @@ class NvmlGpuSource:
 
 
 class TsmCpuSource:
-    """SEV-SNP or TDX evidence through configfs-tsm (Linux >= 6.7)."""
+    """SEV-SNP or TDX evidence through configfs-tsm (Linux >= 6.7).
 
-    def __init__(self, root: Path = TSM_REPORT_DIR) -> None:
+    ``crl``: AMD's CRL for this CPU's product (KDS ``/vcek/v1/<product>/crl``, DER or PEM),
+    attached to every SNP report. The guest cannot get it from the hardware (configfs-tsm
+    offers none), so the operator supplies it (``lessee agent --amd-crl``); without it the
+    broker's default policy (``missing_revocation: reject``) refuses the CPU.
+    """
+
+    def __init__(self, root: Path = TSM_REPORT_DIR, *, crl: bytes | None = None) -> None:
+        if crl is not None and not 0 < len(crl) <= MAX_CRL_BYTES:
+            raise InputError(f"the AMD CRL must be 1..{MAX_CRL_BYTES} bytes, got {len(crl)}")
         _require(
             root.is_dir(),
             f"{root} not present: not a SEV-SNP/TDX guest, or the kernel lacks configfs-tsm",
         )
         self._root = root
+        self._crl = None if crl is None else bytes(crl)
 
     def collect(self, report_data: bytes) -> SnpEvidenceIn | TdxEvidenceIn:
         """One report for ``report_data``; the provider is checked before anything is requested.
@@ -140,7 +149,8 @@ class TsmCpuSource:
         into one certificate per item (``parse_snp_cert_table``) because the broker loads each
         item as one DER or PEM input. ``auxblob`` is read whenever it exists rather than when
         its ``st_size`` is non-zero (a configfs attribute's size need not be the blob's); an
-        empty read means the host supplied no certificates.
+        empty read means the host supplied no certificates. The AMD CRL given to the constructor,
+        if any, goes with the report.
         TDX: refused (``HardwareUnavailableError``) until TDX collateral can be supplied.
         """
         _require(len(report_data) == 64, "report data must be 64 bytes")
@@ -160,7 +170,7 @@ class TsmCpuSource:
             outblob = _read_bounded(entry / "outblob")
             aux = entry / "auxblob"
             certs = parse_snp_cert_table(_read_bounded(aux)) if aux.exists() else {}
-            return SnpEvidenceIn(report=outblob, certificates=tuple(certs.values()))
+            return SnpEvidenceIn(report=outblob, certificates=tuple(certs.values()), crl=self._crl)
         finally:
             os.rmdir(entry)
 

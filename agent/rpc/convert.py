@@ -49,6 +49,7 @@ from attest.findings import Finding
 from attest.log.merkle import HASH_SIZE
 from attest.log.note import MAX_NOTE_BYTES
 from attest.policy import MAX_POLICY_BYTES
+from attest.snp.verify import MAX_CRL_BYTES
 
 M = TypeVar("M", bound=Message)
 
@@ -165,6 +166,8 @@ def bundle_from_proto(msg: evidence_pb2.EvidenceBundle) -> EvidenceBundle:
             cpu = SnpEvidenceIn(
                 report=_bytes(msg.cpu.snp.report, "evidence.cpu.snp.report", hi=MAX_ITEM_BYTES),
                 certificates=_items(msg.cpu.snp.certificates, "evidence.cpu.snp.certificates"),
+                # proto3 bytes cannot be absent: empty is "no CRL", anything else is bounded
+                crl=_bytes(msg.cpu.snp.crl, "evidence.cpu.snp.crl", lo=0, hi=MAX_CRL_BYTES) or None,
             )
         elif which == "tdx":
             cpu = TdxEvidenceIn(
@@ -207,7 +210,9 @@ def bundle_to_proto(bundle: EvidenceBundle) -> evidence_pb2.EvidenceBundle:
     if isinstance(bundle.cpu, SnpEvidenceIn):
         cpu = evidence_pb2.CpuEvidence(
             snp=evidence_pb2.SnpEvidence(
-                report=bundle.cpu.report, certificates=list(bundle.cpu.certificates)
+                report=bundle.cpu.report,
+                certificates=list(bundle.cpu.certificates),
+                crl=bundle.cpu.crl or b"",
             )
         )
     elif isinstance(bundle.cpu, TdxEvidenceIn):

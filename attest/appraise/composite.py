@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from attest import roots
 from attest.appraise.common import DeviceAppraisal, FindingCollector
-from attest.appraise.snp import appraise_snp
+from attest.appraise.snp import SNP_CATEGORIES, appraise_snp
 from attest.appraise.tdx import appraise_tdx
 from attest.binding import SessionBinding
 from attest.bundle import DeviceEvidenceIn, EvidenceBundle, SnpEvidenceIn, TdxEvidenceIn
@@ -48,7 +48,7 @@ from attest.nvidia.verifier import DeviceResult, VerifierCaches, verify_gpu_evid
 from attest.nvidia.verifier import Status as VerifierStatus
 from attest.policy import CpuTee, GpuPolicy, MissingRevocation, Policy
 from attest.revocation.ocsp import RevocationMode, StapledOcsp
-from attest.snp.verify import load_amd_certificates, verify_snp_report
+from attest.snp.verify import AmdCrlCache, load_amd_certificates, verify_snp_report
 from attest.tdx.collateral import parse_collateral_json
 from attest.tdx.quote import parse_quote
 from attest.tdx.verify import verify_quote
@@ -194,7 +194,9 @@ class AppraisalContext:
       certificate objects coming back lets the verifier's identity memos hit too;
     * ``amd_certificates``: loaded AMD certificate inputs (VCEK DER, ASK/ARK PEM);
     * ``snp_chains``: verified AMD chains (keyed by chain and root DER; valid only inside the
-      window in which every certificate is).
+      window in which every certificate is);
+    * ``snp_crls``: AMD CRLs that passed (keyed by the SHA-256 of the CRL, the ARK and the
+      intermediate; valid only between the CRL's lastUpdate and nextUpdate).
     """
 
     rims: Sequence[bytes] = ()
@@ -211,6 +213,7 @@ class AppraisalContext:
     snp_chains: ChainCache = field(
         default_factory=lambda: ChainCache(MAX_CACHED_SNP_CHAINS), repr=False
     )
+    snp_crls: AmdCrlCache = field(default_factory=AmdCrlCache, repr=False)
     stapled_sets: _Memo[tuple[bytes, ...], StapledOcsp] = field(
         default_factory=lambda: _Memo(MAX_CACHED_STAPLED_SETS), repr=False
     )
@@ -278,6 +281,29 @@ def _verification_failed(name: str, field_name: str, exc: LesseeError) -> Device
     )
 
 
+#: ``appraise_snp``'s categories with the CRL finding under "hardware": the AMD chain that
+#: vouches for the chip is what revocation is about.
+_SNP_CATEGORIES_WITH_REVOCATION = {
+    **SNP_CATEGORIES,
+    "hardware": (*SNP_CATEGORIES["hardware"], "snp.revocation"),
+}
+
+
+def _snp_revocation_finding(policy: Policy) -> Finding:
+    """The finding for SNP evidence without AMD's CRL: the ASK/ASVK may have been revoked and
+    nothing says otherwise. A REJECT by default, a WARN only where the policy accepts missing
+    revocation data (``missing_revocation: warn``, as for the GPUs' missing OCSP answers)."""
+    warn = policy.missing_revocation is MissingRevocation.WARN
+    return Finding(
+        "cpu0",
+        "snp.revocation",
+        "checked",
+        "missing",
+        Severity.WARN if warn else Severity.REJECT,
+        "no AMD CRL came with the SEV-SNP evidence: the ASK/ASVK's revocation was not checked",
+    )
+
+
 def _appraise_cpu(
     bundle: EvidenceBundle,
     binding: SessionBinding,
@@ -313,11 +339,25 @@ def _appraise_cpu(
                 a for a in ctx.amd_extra_arks if _sha256(a) in policy.roots.extra_trusted_sha256
             ]
             verified = verify_snp_report(
-                cpu.report, certs, at=at, extra_arks=extra, cache=ctx.snp_chains
+                cpu.report,
+                certs,
+                at=at,
+                crl=cpu.crl,
+                extra_arks=extra,
+                cache=ctx.snp_chains,
+                crl_cache=ctx.snp_crls,
             )
         except LesseeError as exc:
+            # A CRL that is there but fails (signature, issuer, window, ASK revoked) lands here.
             return _verification_failed("cpu0", "snp.verification", exc)
-        return appraise_snp(verified, policy.snp, binding)
+        appraisal = appraise_snp(verified, policy.snp, binding)
+        if verified.revocation_checked:
+            return appraisal
+        return dataclasses.replace(
+            appraisal,
+            findings=(*appraisal.findings, _snp_revocation_finding(policy)),
+            categories=_SNP_CATEGORIES_WITH_REVOCATION,
+        )
     assert isinstance(cpu, TdxEvidenceIn)
     if CpuTee.TDX not in policy.cpu_tees or policy.tdx is None:
         return DeviceAppraisal(

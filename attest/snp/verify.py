@@ -37,6 +37,7 @@ import hashlib
 import hmac
 import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -475,16 +476,21 @@ def check_extensions_match_report(
     return tcb, True
 
 
-def check_amd_crl(
-    crl_data: bytes, *, ark: x509.Certificate, intermediate: x509.Certificate, at: datetime
-) -> None:
-    """Step 10: AMD's CRL (DER or PEM) is signed by the ARK, current at ``at``, and does not list
-    the intermediate. AMD's CRLs revoke ASKs/ASVKs by serial; VCEKs all have serial 0 and are
-    not revocable this way (AMD revokes a TCB by publishing a new one instead).
-    """
-    at = require_aware(at)
+def _require_crl_size(crl_data: bytes) -> None:
     if len(crl_data) > MAX_CRL_BYTES:
         raise InputError(f"CRL is {len(crl_data)} bytes; the limit is {MAX_CRL_BYTES}")
+
+
+def _check_amd_crl(
+    crl_data: bytes, *, ark: x509.Certificate, intermediate: x509.Certificate, at: datetime
+) -> tuple[datetime, datetime]:
+    """``check_amd_crl``, returning the window (lastUpdate, nextUpdate) in which it passes.
+
+    Only the window depends on ``at``: issuer, algorithm, signature and the revoked list depend
+    on the bytes alone, which is what lets ``AmdCrlCache`` answer from the window.
+    """
+    at = require_aware(at)
+    _require_crl_size(crl_data)
     try:
         if b"-----BEGIN X509 CRL-----" in crl_data:
             crl = x509.load_pem_x509_crl(crl_data)
@@ -505,10 +511,11 @@ def check_amd_crl(
         raise RevocationError(
             "CRL signature does not verify with the ARK", reason="crl_bad_signature"
         )
+    last_update = crl.last_update_utc
     next_update = crl.next_update_utc
-    if at < crl.last_update_utc:
+    if at < last_update:
         raise RevocationError(
-            f"CRL is not valid before {crl.last_update_utc.isoformat()}", reason="crl_not_yet_valid"
+            f"CRL is not valid before {last_update.isoformat()}", reason="crl_not_yet_valid"
         )
     if next_update is None or at > next_update:
         raise RevocationError(
@@ -519,6 +526,80 @@ def check_amd_crl(
         raise RevocationError(
             f"'{describe(intermediate)}' is revoked by AMD's CRL", reason="revoked"
         )
+    return last_update, next_update
+
+
+def check_amd_crl(
+    crl_data: bytes, *, ark: x509.Certificate, intermediate: x509.Certificate, at: datetime
+) -> None:
+    """Step 10: AMD's CRL (DER or PEM) is signed by the ARK, current at ``at``, and does not list
+    the intermediate. AMD's CRLs revoke ASKs/ASVKs by serial; VCEKs all have serial 0 and are
+    not revocable this way (AMD revokes a TCB by publishing a new one instead).
+    """
+    _check_amd_crl(crl_data, ark=ark, intermediate=intermediate, at=at)
+
+
+#: CRL verdicts an ``AmdCrlCache`` keeps: one per product (ARK) and intermediate for each CRL
+#: AMD publishes while a broker runs; the bound keeps memory finite, it never changes an answer.
+MAX_CACHED_CRLS = 64
+
+
+class AmdCrlCache:
+    """Remembers CRLs that passed ``check_amd_crl``, with the window in which they pass.
+
+    A broker sees the same CRL in every bundle of a host until AMD publishes the next one; each
+    check is a parse plus an RSA-4096 PSS verification (~0.1 ms). An entry is keyed by the
+    SHA-256 of the CRL's exact bytes, of the ARK's DER and of the intermediate's DER, and holds
+    (lastUpdate, nextUpdate): everything else the check looks at depends only on those bytes,
+    so a hit (``lastUpdate <= at <= nextUpdate``) is exactly what a fresh check would answer at
+    ``at``. Outside the window the full check runs again (and raises as it would). Failures are
+    never kept. Bounded (least recently used out first) and thread-safe; ``hits``/``misses``
+    count lookups.
+    """
+
+    def __init__(self, max_entries: int = MAX_CACHED_CRLS) -> None:
+        self._max = max_entries
+        self._entries: OrderedDict[bytes, tuple[datetime, datetime]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def check(
+        self,
+        crl_data: bytes,
+        *,
+        ark: x509.Certificate,
+        intermediate: x509.Certificate,
+        at: datetime,
+    ) -> None:
+        """``check_amd_crl(crl_data, ark=ark, intermediate=intermediate, at=at)``, remembered."""
+        at = require_aware(at)
+        _require_crl_size(crl_data)  # before hashing: an oversize input is refused, not hashed
+        key = b"".join(
+            (
+                hashlib.sha256(crl_data).digest(),
+                bytes.fromhex(_sha256_der(ark)),
+                bytes.fromhex(_sha256_der(intermediate)),
+            )
+        )
+        with self._lock:
+            window = self._entries.get(key)
+            if window is not None:
+                self._entries.move_to_end(key)
+                if window[0] <= at <= window[1]:
+                    self.hits += 1
+                    return
+            self.misses += 1
+        window = _check_amd_crl(crl_data, ark=ark, intermediate=intermediate, at=at)
+        with self._lock:
+            self._entries[key] = window
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
 
 
 @dataclass(frozen=True)
@@ -547,6 +628,7 @@ def verify_snp_report(
     crl: bytes | None = None,
     report_data: bytes | None = None,
     cache: ChainCache | None = None,
+    crl_cache: AmdCrlCache | None = None,
     extra_arks: Sequence[x509.Certificate] = (),
 ) -> VerifiedSnpReport:
     """Run checks 1-11 (module docstring) as of ``at``; raise on the first failure.
@@ -555,6 +637,8 @@ def verify_snp_report(
     ``load_amd_certificates``). Every supplied certificate must take part in the chain.
     ``extra_arks``: roots trusted besides AMD's pinned ARKs (the caller's policy named them,
     e.g. lessee's per-installation emulation root); a supplied ARK equal to one is used.
+    ``cache`` / ``crl_cache`` remember verified chains and CRL verdicts (a broker's context);
+    either gives exactly the answer of the uncached check.
     """
     at = require_aware(at)
     # 1. Parse; an unsigned report proves nothing.
@@ -659,7 +743,10 @@ def verify_snp_report(
 
     # 10. Revocation, when AMD's CRL is given.
     if crl is not None:
-        check_amd_crl(crl, ark=ark, intermediate=intermediate, at=at)
+        if crl_cache is not None:
+            crl_cache.check(crl, ark=ark, intermediate=intermediate, at=at)
+        else:
+            check_amd_crl(crl, ark=ark, intermediate=intermediate, at=at)
 
     # 11. The session binding, when the caller knows it.
     if report_data is not None:

@@ -26,7 +26,12 @@ from agent.evidence.sources import (
 )
 from attest.bundle import SnpEvidenceIn
 from attest.errors import InputError, ParseError
-from attest.snp.verify import MAX_AMD_CERT_INPUT_BYTES, load_amd_certificates, verify_snp_report
+from attest.snp.verify import (
+    MAX_AMD_CERT_INPUT_BYTES,
+    MAX_CRL_BYTES,
+    load_amd_certificates,
+    verify_snp_report,
+)
 from tests.conftest import TODAY
 from tests.snp.helpers import VIRTEE, virtee_report
 
@@ -284,6 +289,23 @@ def test_source_passes_the_parsed_certificates(
     assert list(root.iterdir()) == []  # the entry was removed
     v = _verify(ev)
     assert v.chain.root.public_bytes(Encoding.DER) == ark
+
+
+def test_source_attaches_the_amd_crl_it_was_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, root = _fake(
+        tmp_path, monkeypatch, provider="sev_guest", outblob=virtee_report(), auxblob=real_table()
+    )
+    crl = b"\x30\x82" + b"c" * 100
+    ev = TsmCpuSource(root, crl=crl).collect(REPORT_DATA)
+    assert isinstance(ev, SnpEvidenceIn)
+    assert ev.crl == crl
+    plain = TsmCpuSource(root).collect(REPORT_DATA)
+    assert isinstance(plain, SnpEvidenceIn) and plain.crl is None  # none given: none sent
+    for bad in (b"", b"c" * (MAX_CRL_BYTES + 1)):
+        with pytest.raises(InputError, match="AMD CRL"):
+            TsmCpuSource(root, crl=bad)
 
 
 @pytest.mark.parametrize("auxblob", [None, b""])

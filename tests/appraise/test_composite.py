@@ -7,10 +7,11 @@ from datetime import UTC, datetime
 
 import pytest
 
+from attest.appraise.common import DeviceAppraisal
 from attest.appraise.composite import AppraisalContext, appraise_bundle
 from attest.binding import SessionBinding
 from attest.bundle import DeviceEvidenceIn, EvidenceBundle, SnpEvidenceIn
-from attest.ear import Status
+from attest.ear import WARNING_VALUE, Status
 from attest.errors import InputError
 from attest.policy import Policy, load_policy
 from tests.conftest import CPU, LEGACY_NONCE, NVIDIA, RIM_ERA
@@ -63,17 +64,29 @@ def _binding(report_data: bytes | None = None) -> SessionBinding:
     return SessionBinding(report_data=rd, gpu_nonce=bytes.fromhex(LEGACY_NONCE))
 
 
+#: What the CPU gets for the real Milan vector, which comes without AMD's CRL: revocation of the
+#: ASK unknown, a warning under missing_revocation=warn.
+SNP_REVOCATION_WARNING = ("snp.revocation", "checked", "missing", "warn")
+
+
+def _cpu_findings(devices: tuple[DeviceAppraisal, ...]) -> list[tuple[str, object, object, str]]:
+    return [(f.field, f.expected, f.actual, f.severity.value) for f in devices[0].findings]
+
+
 def test_real_cpu_and_gpu_from_one_session_pass_with_only_revocation_warnings() -> None:
     # The two real reports were not made in one session; a binding object that carries both of
     # their values stands in for a session that produced both (the test of the rule, not of luck).
     devices, findings = appraise_bundle(_bundle(), _binding(), _policy(_snp_measurement()), RIM_ERA)
     assert findings == ()
     assert [d.name for d in devices] == ["cpu0", "gpu0"]
-    assert devices[0].status is Status.AFFIRMING
+    # No AMD CRL and no OCSP responses exist offline for these vectors: with
+    # missing_revocation=warn each is a warning, never silently good. The CPU's is the only
+    # finding it has (report, chain, binding and policy all pass).
+    assert devices[0].status is Status.WARNING
+    assert _cpu_findings(devices) == [SNP_REVOCATION_WARNING]
+    assert devices[0].trust_vector()["hardware"] == WARNING_VALUE
     gpu = devices[1]
     assert gpu.claims["measres"] == "success"
-    # No OCSP responses exist offline for NVIDIA's certificates: with missing_revocation=warn that
-    # is a warning, never silently good.
     assert gpu.status is Status.WARNING
     assert all(f.severity.value == "warn" for f in gpu.findings)
 
@@ -81,7 +94,7 @@ def test_real_cpu_and_gpu_from_one_session_pass_with_only_revocation_warnings() 
 def test_gpu_from_another_session_is_rejected() -> None:
     other = SessionBinding(report_data=_binding().report_data, gpu_nonce=b"\x11" * 32)
     devices, _ = appraise_bundle(_bundle(), other, _policy(_snp_measurement()), RIM_ERA)
-    assert devices[0].status is Status.AFFIRMING
+    assert _cpu_findings(devices) == [SNP_REVOCATION_WARNING]  # the CPU is still fine
     assert devices[1].status is Status.CONTRAINDICATED
     assert any("nonce" in f.field for f in devices[1].findings)
 
@@ -90,7 +103,9 @@ def test_cpu_from_another_session_is_rejected() -> None:
     devices, _ = appraise_bundle(
         _bundle(), _binding(b"\x22" * 64), _policy(_snp_measurement()), RIM_ERA
     )
-    assert [f.field for f in devices[0].findings] == ["snp.report_data"]
+    assert [f.field for f in devices[0].findings] == ["snp.report_data", "snp.revocation"]
+    assert devices[0].status is Status.CONTRAINDICATED
+    assert devices[0].findings[0].severity.value == "reject"
 
 
 def test_missing_revocation_rejects_by_default_and_cc_off_devtools_on_are_findings() -> None:
@@ -111,6 +126,9 @@ def test_missing_revocation_rejects_by_default_and_cc_off_devtools_on_are_findin
     fields = {f.field for f in gpu.findings if f.severity.value == "reject"}
     assert {"gpu.cc_mode", "gpu.devtools"} <= fields
     assert any("cert-chain" in f for f in fields)
+    # the same rule for the CPU: the real Milan vector has no AMD CRL, so it is refused for that
+    assert devices[0].status is Status.CONTRAINDICATED
+    assert _cpu_findings(devices) == [("snp.revocation", "checked", "missing", "reject")]
 
 
 def test_no_cpu_no_gpu() -> None:

@@ -31,6 +31,13 @@ GPUS = 2
 BAD_PEM = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
 
 
+class _Default:
+    """The setup's own CRL (``None`` means a bundle without one)."""
+
+
+DEFAULT = _Default()
+
+
 class Setup:
     def __init__(self, directory: Path) -> None:
         self.pki = EmulationPki.create(directory)
@@ -41,6 +48,7 @@ class Setup:
         self.snp = EmulatedSnp(self.pki, measurement=EMULATED_LAUNCH_MEASUREMENT)
         self.made = datetime.now(UTC)
         self.ocsp = {g.index: g.ocsp_responses(self.made) for g in self.gpus}
+        self.crl = self.snp.crl(self.made)
 
     def context(self) -> AppraisalContext:
         return AppraisalContext(
@@ -51,8 +59,8 @@ class Setup:
             amd_extra_arks=(self.pki.ark.cert,),
         )
 
-    def session(self, *, cpu_certs: tuple[bytes, ...] | None = None, chain: bytes | None = None
-                ) -> tuple[EvidenceBundle, SessionBinding]:  # fmt: skip
+    def session(self, *, cpu_certs: tuple[bytes, ...] | None = None, chain: bytes | None = None,
+                crl: bytes | _Default | None = DEFAULT) -> tuple[EvidenceBundle, SessionBinding]:  # fmt: skip
         binding = SessionBinding(report_data=os.urandom(64), gpu_nonce=os.urandom(32))
         gpus = tuple(
             DeviceEvidenceIn(
@@ -67,6 +75,7 @@ class Setup:
         cpu = SnpEvidenceIn(
             self.snp.report(binding.report_data),
             cpu_certs if cpu_certs is not None else self.snp.certificates(),
+            self.crl if isinstance(crl, _Default) else crl,
         )
         return EvidenceBundle(cpu=cpu, gpus=gpus, cc_mode_on=True, devtools_on=False), binding
 
@@ -96,6 +105,7 @@ def test_next_appraisal_hits_every_cache_and_agrees_with_a_fresh_context(setup: 
     assert ctx.pem_chains.hits == GPUS and len(ctx.pem_chains) == GPUS
     assert ctx.amd_certificates.hits == 2 and len(ctx.amd_certificates) == 2  # VCEK, ASK+ARK
     assert ctx.snp_chains.hits == 1
+    assert (ctx.snp_crls.misses, ctx.snp_crls.hits, len(ctx.snp_crls)) == (1, 1, 1)
     assert ctx.rim_parses.misses == 2 and ctx.rim_parses.hits == 2  # one pair per bundle
     assert ctx.stapled_sets.hits == 1
 
@@ -109,6 +119,57 @@ def test_snp_chain_cache_misses_outside_the_window(setup: Setup) -> None:
     warm = _verdict(setup, ctx, session, expired)
     assert warm[0][1] is Status.CONTRAINDICATED and warm[0][2] == ["snp.verification"]
     assert warm == _verdict(setup, setup.context(), session, expired)
+
+
+def _cpu_detail(
+    setup: Setup, ctx: AppraisalContext, session: tuple[EvidenceBundle, SessionBinding],
+    at: datetime,
+) -> tuple[Status, list[tuple[str, object, str]]]:  # fmt: skip
+    devices, _ = appraise_bundle(session[0], session[1], setup.policy, at, context=ctx)
+    cpu = devices[0]
+    return cpu.status, [(f.field, f.actual, f.severity.value) for f in cpu.findings]
+
+
+def test_snp_crl_cache_hits_inside_the_window_and_checks_again_outside(setup: Setup) -> None:
+    """A CRL verdict is reused only between its lastUpdate and nextUpdate, keyed by the CRL's
+    bytes: at any other time, or for other bytes, the full check runs and answers as a fresh
+    context does; failures (stale, not yet valid) are never kept."""
+    from cryptography import x509
+
+    crl = x509.load_der_x509_crl(setup.crl)
+    next_update = crl.next_update_utc
+    assert next_update is not None
+    ctx = setup.context()
+    inside = next_update - timedelta(seconds=1)
+    session = setup.session()
+    assert _cpu_detail(setup, ctx, session, inside) == (Status.AFFIRMING, [])
+    assert (ctx.snp_crls.misses, ctx.snp_crls.hits) == (1, 0)
+    assert _cpu_detail(setup, ctx, setup.session(), crl.last_update_utc) == (Status.AFFIRMING, [])
+    assert (ctx.snp_crls.misses, ctx.snp_crls.hits) == (1, 1)
+    for at, reason in (
+        (next_update + timedelta(seconds=1), "crl_stale"),
+        (crl.last_update_utc - timedelta(seconds=1), "crl_not_yet_valid"),
+    ):
+        verdict = _cpu_detail(setup, ctx, session, at)
+        assert verdict == (Status.CONTRAINDICATED, [("snp.verification", reason, "reject")])
+        assert verdict == _cpu_detail(setup, setup.context(), session, at)
+    assert (ctx.snp_crls.misses, ctx.snp_crls.hits, len(ctx.snp_crls)) == (3, 1, 1)
+    # a CRL of other bytes (the next publication, made with under a day of the first left) is
+    # checked in full, then kept beside the first
+    at = setup.made + timedelta(days=6, hours=12)
+    later = setup.pki.amd_crl(at=at)
+    assert later != setup.crl
+    assert _cpu_detail(setup, ctx, setup.session(crl=later), at) == (Status.AFFIRMING, [])
+    assert (ctx.snp_crls.misses, len(ctx.snp_crls)) == (4, 2)
+
+
+def test_snp_without_crl_is_refused_by_the_demo_policy(setup: Setup) -> None:
+    """The demo policy keeps missing_revocation: reject, so emulated evidence without its CRL
+    is refused for exactly that, and nothing is put in the CRL cache."""
+    ctx = setup.context()
+    verdict = _cpu_detail(setup, ctx, setup.session(crl=None), datetime.now(UTC))
+    assert verdict == (Status.CONTRAINDICATED, [("snp.revocation", "missing", "reject")])
+    assert len(ctx.snp_crls) == 0
 
 
 def test_unreadable_chain_is_a_finding_every_time_and_never_kept(setup: Setup) -> None:

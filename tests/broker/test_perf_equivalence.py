@@ -44,6 +44,8 @@ def _reference_json(b: EvidenceBundle) -> bytes:
                 "certificates": [b64(c) for c in b.cpu.certificates],
             }
         }
+        if b.cpu.crl is not None:  # the optional AMD CRL: present only when supplied
+            cpu["snp"]["crl"] = b64(b.cpu.crl)
     elif isinstance(b.cpu, TdxEvidenceIn):
         cpu = {"tdx": {"quote": b64(b.cpu.quote), "collateral_json": b64(b.cpu.collateral_json)}}
     doc = {
@@ -71,7 +73,12 @@ _devices = st.lists(
 ).map(tuple)
 _cpus = st.one_of(
     st.none(),
-    st.builds(SnpEvidenceIn, st.binary(max_size=64), _blobs),
+    st.builds(
+        SnpEvidenceIn,
+        st.binary(max_size=64),
+        _blobs,
+        st.one_of(st.none(), st.binary(min_size=1, max_size=64)),
+    ),
     st.builds(TdxEvidenceIn, st.binary(max_size=64), st.binary(max_size=64)),
 )
 _bundles = st.builds(EvidenceBundle, _cpus, _devices, _devices, st.booleans(), st.booleans())
@@ -142,6 +149,23 @@ def test_bundle_json_collateral_memo_changes_no_bytes() -> None:
     # neither the reports nor the oversized item were ever put in the memo
     assert _b64_cached.cache_info().currsize == misses + 1 == 5
     assert len(big) > MAX_CACHED_ENCODING_INPUT_BYTES
+
+
+def test_bundle_json_with_an_snp_crl_equals_json_dumps_and_round_trips() -> None:
+    """The optional "crl" key sorts between "certificates" and "report"; written only when a
+    CRL is present, so bundles without one keep their exact archived bytes."""
+    crl = b"0\x82\x03" + bytes(range(256)) * 3
+    with_crl = EvidenceBundle(
+        cpu=SnpEvidenceIn(b"report", (b"vcek", b"ask-ark"), crl), cc_mode_on=True
+    )
+    data = with_crl.to_json()
+    assert data == _reference_json(with_crl)
+    assert b'"certificates":["dmNlaw==","YXNrLWFyaw=="],"crl":"' in data
+    assert load_bundle(data) == with_crl
+    without = EvidenceBundle(cpu=SnpEvidenceIn(b"report", (b"vcek", b"ask-ark")), cc_mode_on=True)
+    assert b'"crl"' not in without.to_json()
+    assert without.to_json() == _reference_json(without)
+    assert load_bundle(without.to_json()).cpu == SnpEvidenceIn(b"report", (b"vcek", b"ask-ark"))
 
 
 def test_bundle_json_of_tdx_and_bytearray_items() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -15,6 +17,7 @@ from agent.rpc.v1 import broker_pb2, evidence_pb2
 from attest.bundle import DeviceEvidenceIn, EvidenceBundle, SnpEvidenceIn, TdxEvidenceIn
 from attest.ear import EarError
 from attest.errors import InputError, ParseError
+from attest.snp.verify import MAX_CRL_BYTES
 from tests.conftest import CPU, NVIDIA
 
 #: Real vendor evidence: a Hopper report + chain and a Milan SNP report + its certificates.
@@ -47,6 +50,26 @@ def test_bundle_round_trips_real_evidence() -> None:
     assert (args.nonce, args.model_id, args.bundle) == (b"n" * 32, "m", BUNDLE)
 
 
+def test_snp_crl_maps_both_ways_and_empty_is_none() -> None:
+    """The AMD CRL rides in SnpEvidence.crl (field 3): present it round-trips byte for byte (up to
+    MAX_CRL_BYTES), and proto3's empty default is read as "no CRL", never as an empty one."""
+    from attest.bundle import load_bundle
+
+    crl = b"\x30\x82" + b"L" * (MAX_CRL_BYTES - 2)
+    assert isinstance(BUNDLE.cpu, SnpEvidenceIn)
+    with_crl = dataclasses.replace(BUNDLE, cpu=dataclasses.replace(BUNDLE.cpu, crl=crl))
+    msg = convert.bundle_to_proto(with_crl)
+    assert msg.cpu.snp.crl == crl
+    back = convert.bundle_from_proto(
+        evidence_pb2.EvidenceBundle.FromString(msg.SerializeToString())
+    )
+    assert back == with_crl
+    assert load_bundle(back.to_json()) == with_crl  # what the log archives is what was appraised
+    plain = convert.bundle_to_proto(BUNDLE)
+    assert plain.cpu.snp.crl == b""
+    assert convert.bundle_from_proto(plain).cpu == SnpEvidenceIn(SNP_REPORT, SNP_CERTS, None)
+
+
 def test_bundle_to_json_and_proto_agree() -> None:
     # The log archives bundle.to_json(); what the broker appraised must be what it archived.
     from attest.bundle import load_bundle
@@ -64,6 +87,10 @@ def test_bundle_to_json_and_proto_agree() -> None:
         (lambda m: setattr(m.evidence.gpus[0], "arch", "H" * 33), "arch"),
         (lambda m: m.evidence.cpu.snp.ClearField("report"), "snp.report"),
         (lambda m: m.evidence.cpu.ClearField("snp"), "one of snp, tdx"),
+        (
+            lambda m: setattr(m.evidence.cpu.snp, "crl", b"c" * (MAX_CRL_BYTES + 1)),
+            r"snp\.crl must be 0\.\.262144 bytes",
+        ),
         (lambda m: [m.evidence.gpus[0].rims.append(b"r") for _ in range(17)], "at most 16"),
         (lambda m: setattr(m, "model_id", ""), "model_id is required"),
         (lambda m: setattr(m, "model_id", "x" * 129), "model_id"),

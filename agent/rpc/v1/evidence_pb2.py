@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61gent/rpc/v1/evidence.proto\x12\tlessee.v1\"s\n\x0e\x44\x65viceEvidence\x12\x0c\n\x04\x61rch\x18\x01 \x01(\t\x12\x0e\n\x06report\x18\x02 \x01(\x0c\x12\x1d\n\x15\x63\x65rtificate_chain_pem\x18\x03 \x01(\x0c\x12\x16\n\x0eocsp_responses\x18\x04 \x03(\x0c\x12\x0c\n\x04rims\x18\x05 \x03(\x0c\"3\n\x0bSnpEvidence\x12\x0e\n\x06report\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63\x65rtificates\x18\x02 \x03(\x0c\"5\n\x0bTdxEvidence\x12\r\n\x05quote\x18\x01 \x01(\x0c\x12\x17\n\x0f\x63ollateral_json\x18\x02 \x01(\x0c\"b\n\x0b\x43puEvidence\x12%\n\x03snp\x18\x01 \x01(\x0b\x32\x16.lessee.v1.SnpEvidenceH\x00\x12%\n\x03tdx\x18\x02 \x01(\x0b\x32\x16.lessee.v1.TdxEvidenceH\x00\x42\x05\n\x03tee\"\xb4\x01\n\x0e\x45videnceBundle\x12#\n\x03\x63pu\x18\x01 \x01(\x0b\x32\x16.lessee.v1.CpuEvidence\x12\'\n\x04gpus\x18\x02 \x03(\x0b\x32\x19.lessee.v1.DeviceEvidence\x12+\n\x08switches\x18\x03 \x03(\x0b\x32\x19.lessee.v1.DeviceEvidence\x12\x12\n\ncc_mode_on\x18\x04 \x01(\x08\x12\x13\n\x0b\x64\x65vtools_on\x18\x05 \x01(\x08\"P\n\x08LogProof\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x0e\n\x06hashes\x18\x03 \x03(\x0c\x12\x12\n\ncheckpoint\x18\x04 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61gent/rpc/v1/evidence.proto\x12\tlessee.v1\"s\n\x0e\x44\x65viceEvidence\x12\x0c\n\x04\x61rch\x18\x01 \x01(\t\x12\x0e\n\x06report\x18\x02 \x01(\x0c\x12\x1d\n\x15\x63\x65rtificate_chain_pem\x18\x03 \x01(\x0c\x12\x16\n\x0eocsp_responses\x18\x04 \x03(\x0c\x12\x0c\n\x04rims\x18\x05 \x03(\x0c\"@\n\x0bSnpEvidence\x12\x0e\n\x06report\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63\x65rtificates\x18\x02 \x03(\x0c\x12\x0b\n\x03\x63rl\x18\x03 \x01(\x0c\"5\n\x0bTdxEvidence\x12\r\n\x05quote\x18\x01 \x01(\x0c\x12\x17\n\x0f\x63ollateral_json\x18\x02 \x01(\x0c\"b\n\x0b\x43puEvidence\x12%\n\x03snp\x18\x01 \x01(\x0b\x32\x16.lessee.v1.SnpEvidenceH\x00\x12%\n\x03tdx\x18\x02 \x01(\x0b\x32\x16.lessee.v1.TdxEvidenceH\x00\x42\x05\n\x03tee\"\xb4\x01\n\x0e\x45videnceBundle\x12#\n\x03\x63pu\x18\x01 \x01(\x0b\x32\x16.lessee.v1.CpuEvidence\x12\'\n\x04gpus\x18\x02 \x03(\x0b\x32\x19.lessee.v1.DeviceEvidence\x12+\n\x08switches\x18\x03 \x03(\x0b\x32\x19.lessee.v1.DeviceEvidence\x12\x12\n\ncc_mode_on\x18\x04 \x01(\x08\x12\x13\n\x0b\x64\x65vtools_on\x18\x05 \x01(\x08\"P\n\x08LogProof\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x0e\n\x06hashes\x18\x03 \x03(\x0c\x12\x12\n\ncheckpoint\x18\x04 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,13 +34,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DEVICEEVIDENCE']._serialized_start=42
   _globals['_DEVICEEVIDENCE']._serialized_end=157
   _globals['_SNPEVIDENCE']._serialized_start=159
-  _globals['_SNPEVIDENCE']._serialized_end=210
-  _globals['_TDXEVIDENCE']._serialized_start=212
-  _globals['_TDXEVIDENCE']._serialized_end=265
-  _globals['_CPUEVIDENCE']._serialized_start=267
-  _globals['_CPUEVIDENCE']._serialized_end=365
-  _globals['_EVIDENCEBUNDLE']._serialized_start=368
-  _globals['_EVIDENCEBUNDLE']._serialized_end=548
-  _globals['_LOGPROOF']._serialized_start=550
-  _globals['_LOGPROOF']._serialized_end=630
+  _globals['_SNPEVIDENCE']._serialized_end=223
+  _globals['_TDXEVIDENCE']._serialized_start=225
+  _globals['_TDXEVIDENCE']._serialized_end=278
+  _globals['_CPUEVIDENCE']._serialized_start=280
+  _globals['_CPUEVIDENCE']._serialized_end=378
+  _globals['_EVIDENCEBUNDLE']._serialized_start=381
+  _globals['_EVIDENCEBUNDLE']._serialized_end=561
+  _globals['_LOGPROOF']._serialized_start=563
+  _globals['_LOGPROOF']._serialized_end=643
 # @@protoc_insertion_point(module_scope)

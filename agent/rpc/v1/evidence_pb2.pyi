@@ -21,12 +21,14 @@ class DeviceEvidence(_message.Message):
     def __init__(self, arch: _Optional[str] = ..., report: _Optional[bytes] = ..., certificate_chain_pem: _Optional[bytes] = ..., ocsp_responses: _Optional[_Iterable[bytes]] = ..., rims: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class SnpEvidence(_message.Message):
-    __slots__ = ("report", "certificates")
+    __slots__ = ("report", "certificates", "crl")
     REPORT_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATES_FIELD_NUMBER: _ClassVar[int]
+    CRL_FIELD_NUMBER: _ClassVar[int]
     report: bytes
     certificates: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, report: _Optional[bytes] = ..., certificates: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    crl: bytes
+    def __init__(self, report: _Optional[bytes] = ..., certificates: _Optional[_Iterable[bytes]] = ..., crl: _Optional[bytes] = ...) -> None: ...
 
 class TdxEvidence(_message.Message):
     __slots__ = ("quote", "collateral_json")
