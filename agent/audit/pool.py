@@ -2,7 +2,7 @@
 
 Why: the replay's workers fork from a ``forkserver`` that first imports the whole verifier,
 and ``ProcessPoolExecutor.submit`` blocks until the first worker exists. Measured on the 2-core
-development machine, the first ``submit`` returned after ~0.39 s -- as long as replaying 120
+development machine, the first ``submit`` returned after ~0.39 s -- longer than replaying 120
 one-GPU entries serially (~0.28 s) -- and a two-worker replay of that log took 0.54 s of wall
 time against 0.28 s serial. Here the pool is made, and each worker asked to report in, on a
 helper thread; the owner asks :meth:`BackgroundPool.ready` between pieces of its own work and
@@ -73,9 +73,17 @@ class BackgroundPool:
                 initializer=initializer,
                 initargs=initargs,
             )
+        except Exception as exc:  # not even an executor: work in-process
+            self.error = exc.with_traceback(None)
+            self._started.set()
+            return
+        try:
             probes = [executor.submit(_report_in) for _ in range(self.size)]
-        except Exception as exc:  # no processes here (a sandbox, a limit): work in-process
-            self.error = exc
+        except Exception as exc:  # no (more) processes here (a sandbox, a limit, ENOMEM)
+            # Workers started before the failure are stopped and reaped here, not left to the
+            # garbage collector (the traceback would keep the executor alive).
+            executor.shutdown(wait=True, cancel_futures=True)
+            self.error = exc.with_traceback(None)
             self._started.set()
             return
         with self._lock:

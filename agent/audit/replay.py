@@ -113,7 +113,7 @@ from agent.audit.verify import (
     Finding,
     verify_bundle,
 )
-from attest.appraise.common import DeviceAppraisal, result_submodules
+from attest.appraise.common import ENCLAVE_SUBMODULE, DeviceAppraisal, result_submodules
 from attest.appraise.composite import AppraisalContext, appraise_bundle
 from attest.binding import DEFAULT_PROTOCOL_LABEL, SessionBinding, derive_binding
 from attest.bundle import EvidenceBundle, load_bundle
@@ -708,6 +708,16 @@ class EntryReplayer:
             add("ear_malformed", "the result's submodules or findings are not in lessee's form")
             raise _Stop
         facts["logged_status"] = logged.status
+        signed = claims.status  # what a relying party that reads only the token is told
+        if Status.worst([signed, logged.status]) is not signed:
+            # A broker from before the ``enclave`` submodule: findings about the enclave as a
+            # whole made the decision worse than every device's submodule, and the token said
+            # the better status (the agent and the client SDK read only that).
+            add(
+                "ear_status_understated",
+                f"the token's submodules say {signed.value}, but with its enclave-level findings "
+                f"the result is {logged.status.value}",
+            )
         if claims.policy_digest != policy_digest:
             add(
                 "policy_digest_mismatch",
@@ -754,6 +764,16 @@ class EntryReplayer:
         facts["roots_unavailable"] = missing
         devices, enclave = self.config.appraise(bundle, binding, policy, e.time, ctx)
         ours = Verdict.recomputed(devices, enclave, policy_digest)
+        if ENCLAVE_SUBMODULE not in logged.submods and ENCLAVE_SUBMODULE in ours.submods:
+            # The logged result predates the ``enclave`` submodule (``ear_status_understated``
+            # above reports what that hid); the enclave findings and the status are compared
+            # all the same, so only the representation is set aside.
+            rebuilt = Verdict.build(
+                {n: s for n, s in ours.submods.items() if n != ENCLAVE_SUBMODULE},
+                list(ours.enclave),
+            )
+            assert rebuilt is not None
+            ours = rebuilt
         facts["recomputed_status"] = ours.status
         diffs = [] if same_verdict(logged, ours) else compare_verdicts(logged, ours)
         facts["verdict_equal"] = not diffs
@@ -870,10 +890,12 @@ def _replay_chunk(items: list[EntryInput]) -> list[EntryReplay]:
 
 def _pool_context() -> multiprocessing.context.BaseContext:
     """``forkserver`` where it exists: workers fork from a clean single-threaded server (a fork
-    of a threaded parent can deadlock), with the replay modules preloaded so they start fast."""
+    of a threaded parent can deadlock), with the replay modules preloaded so they start fast
+    (through ``agent.audit._forkserver_preload``, which keeps a Ctrl-C during that import from
+    printing the server's traceback)."""
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload([__name__])
+        ctx.set_forkserver_preload(["agent.audit._forkserver_preload"])
         return ctx
     return multiprocessing.get_context("spawn")
 
@@ -1202,7 +1224,11 @@ def replay_bundle(
                 on_progress(1)
     else:
         entries = _run_parallel(
-            _chunks(inputs, CHUNK_ENTRIES), config, workers, on_progress, total=audit.entries
+            _chunks(inputs, CHUNK_ENTRIES),
+            config,
+            workers,
+            on_progress,
+            total=sum(1 for e in audit.decoded if e is not None),  # what ``_inputs`` yields
         )
     out = _Findings()
     for r in entries:

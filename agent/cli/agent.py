@@ -30,7 +30,11 @@ MAX_KEY_FILE_BYTES = 64 * 1024
 
 #: AMD's Key Distribution Service serves each product's CRL here (``<product>``: Milan, Genoa,
 #: Turin); lessee fetches nothing, the operator downloads it and passes ``--amd-crl``.
-AMD_CRL_URL = "https://kdsintf.amd.com/vcek/v1/<product>/crl"
+#: AMD's CRLs: ASK revocations for VCEK-signed reports, ASVK revocations for VLEK-signed ones.
+AMD_CRL_URL = (
+    "https://kdsintf.amd.com/vcek/v1/<product>/crl (for a VLEK-signed report:"
+    " .../vlek/v1/<product>/crl)"
+)
 
 
 def read_amd_crl(path: str) -> bytes:

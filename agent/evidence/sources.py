@@ -126,7 +126,8 @@ class NvmlGpuSource:
 class TsmCpuSource:
     """SEV-SNP or TDX evidence through configfs-tsm (Linux >= 6.7).
 
-    ``crl``: AMD's CRL for this CPU's product (KDS ``/vcek/v1/<product>/crl``, DER or PEM),
+    ``crl``: AMD's CRL for this CPU's product and signing key (KDS ``/vcek/v1/<product>/crl``,
+    or ``/vlek/v1/<product>/crl`` when the report is VLEK-signed; DER or PEM),
     attached to every SNP report. The guest cannot get it from the hardware (configfs-tsm
     offers none), so the operator supplies it (``lessee agent --amd-crl``); without it the
     broker's default policy (``missing_revocation: reject``) refuses the CPU.

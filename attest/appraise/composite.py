@@ -447,9 +447,10 @@ def _minimum_version_finding(
 #: Failures that ``gpu.unsafe_skip_rim_match`` turns into warnings: the measurements do not
 #: match signed RIMs, or no usable RIM was there to match (``measres``, ``measurement[k]``, the
 #: driver/VBIOS index conflict, a RIM not fetched, of another version or kind, or without active
-#: measurements). A RIM that is present but fails its schema, signer chain (or its OCSP) or
-#: signature stays a REJECT, as does every failure of the report itself (signature, chain,
-#: nonce, FWID, arch).
+#: measurements). A RIM that does not parse is dropped when the collection is built and so
+#: counts as not fetched (a warning here too); one that parses but fails its signer chain (or
+#: its OCSP) or signature stays a REJECT, as does every failure of the report itself
+#: (signature, chain, nonce, FWID, arch).
 _SKIPPABLE_RIM_MATCH = re.compile(
     r"measres"
     r"|measurement\[[0-9]+\]"

@@ -35,7 +35,7 @@ from agent.broker.keywrap import KeyWrapper
 from agent.broker.service import Appraisal, Broker
 from agent.broker.store import SqliteBrokerStore
 from agent.logstore import LogStore
-from attest.appraise.common import DeviceAppraisal, FindingCollector
+from attest.appraise.common import DeviceAppraisal, FindingCollector, result_submodules
 from attest.appraise.composite import GPU_CATEGORIES, AppraisalContext
 from attest.binding import SessionBinding, derive_binding
 from attest.bundle import DeviceEvidenceIn, EvidenceBundle, SnpEvidenceIn
@@ -110,14 +110,18 @@ def stand_in_appraise(
 ) -> tuple[tuple[DeviceAppraisal, ...], tuple[Finding, ...]]:
     """Stand-in for appraising emulated hardware (see the module docstring): affirming iff CC
     is on and DevTools off; the session's GPU nonce is carried as a claim, so a replay with
-    another binding gets another verdict."""
+    another binding gets another verdict. A bundle without GPU evidence gets, as from the real
+    appraisal, an enclave-level ``gpu.count`` finding and no GPU device."""
+    cpu = DeviceAppraisal("cpu0", (), {"hardware": ("cpu.",)})
+    if not bundle.gpus:
+        return (cpu,), (Finding("enclave", "gpu.count", ">= 1", 0, detail="no GPU evidence"),)
     c = FindingCollector("gpu0")
     c.expect(bundle.cc_mode_on, "gpu.cc_mode", "on", "off")
     c.expect(not bundle.devtools_on, "gpu.devtools", "off", "on")
     gpu = DeviceAppraisal(
         "gpu0", tuple(c.findings), GPU_CATEGORIES, {"x-test-gpu-nonce": binding.gpu_nonce.hex()}
     )
-    return (DeviceAppraisal("cpu0", (), {"hardware": ("cpu.",)}), gpu), ()
+    return (cpu, gpu), ()
 
 
 def _broker_appraiser(
@@ -240,11 +244,14 @@ def forge_attest(
     rims: tuple[bytes, ...] = (),
     append: bool = True,
     result_id: str | None = None,
+    without_enclave_submodule: bool = False,
 ) -> tuple[str, bytes, bytes]:
     """What a dishonest broker could log: an attest entry built like ``Broker.attest`` but with
     any nonce and result signer, a status that overrides every submodule (``claim_status``) or
     any other ``edit`` of the submodules, a result computed under ``claimed_policy_json`` while
-    ``policy_json`` is logged, or (``append=False``) a signed result that is never logged."""
+    ``policy_json`` is logged, or (``append=False``) a signed result that is never logged.
+    ``without_enclave_submodule``: the result as brokers before the ``enclave`` submodule signed
+    it (enclave-level findings only in the top-level claim)."""
     b.clock.tick()
     at = b.clock()
     nonce = nonce if nonce is not None else hashlib.sha256(at.isoformat().encode()).digest()
@@ -253,7 +260,11 @@ def forge_attest(
     policy = load_policy(claimed_policy_json or policy_text)
     binding = derive_binding(nonce, key)
     devices, findings = b.appraise(bundle, binding, policy, at, AppraisalContext(rims=rims))
-    submods = {d.name: d.submodule(policy.digest) for d in devices}
+    submods = (
+        {d.name: d.submodule(policy.digest) for d in devices}
+        if without_enclave_submodule
+        else result_submodules(devices, findings, policy.digest)
+    )
     if claim_status is not None:
         submods = {
             n: Submodule(claim_status, s.trust_vector, s.policy_id, s.extra)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import multiprocessing.context
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -142,3 +144,50 @@ def test_a_pool_that_cannot_start_keeps_the_error() -> None:
         assert isinstance(pool.error, OSError)
     finally:
         pool.close()  # nothing to stop; must not raise
+
+
+_STARTS = {"n": 0}
+
+
+class _SecondStartFailsProcess(multiprocessing.context.ForkServerProcess):
+    def start(self) -> None:
+        _STARTS["n"] += 1
+        if _STARTS["n"] == 2:
+            raise OSError("process limit reached on the second worker")
+        super().start()
+
+
+class _SecondStartFails(multiprocessing.context.ForkServerContext):
+    """One worker starts, the next cannot (a process limit, ENOMEM)."""
+
+    Process = _SecondStartFailsProcess
+
+
+def test_a_half_started_pool_is_stopped_and_reaped() -> None:
+    _STARTS["n"] = 0
+    pool = BackgroundPool(2, mp_context=_SecondStartFails(), initializer=_init, initargs=(1,))
+    try:
+        with pytest.raises(OSError, match="second worker"):
+            pool.wait_started()
+        assert not pool.ready()
+        assert isinstance(pool.error, OSError)
+    finally:
+        pool.close()
+    assert _STARTS["n"] == 2
+    assert multiprocessing.active_children() == []  # the worker that did start was reaped
+
+
+def test_the_forkserver_preload_ignores_ctrl_c_only_while_importing() -> None:
+    """Imported as the forkserver imports it: afterwards SIGINT is back to Python's default
+    (the server's workers restore what it finds then) and the replay modules are loaded."""
+    code = (
+        "import signal, sys\n"
+        "import agent.audit._forkserver_preload\n"
+        "assert signal.getsignal(signal.SIGINT) is signal.default_int_handler\n"
+        "assert 'agent.audit.replay' in sys.modules\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "ok"

@@ -8,6 +8,7 @@ import json
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -217,6 +218,36 @@ def test_a_short_log_starts_no_pool(stand_in: Built, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(replay_module, "BackgroundPool", no_pool)
     bundle = stand_in.dir / "log.zip"
     assert _replay(stand_in, bundle, workers=2).to_json() == _replay(stand_in, bundle).to_json()
+
+
+def test_a_log_timed_as_long_starts_the_pool(
+    stand_in: Built, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rest of the log is estimated from the entries timed so far: with a clock that says
+    each entry took a second, the pool starts after the first entry (and the rest goes to it);
+    the short log above, timed for real, starts none."""
+    import itertools
+    import types
+
+    from agent.audit.pool import BackgroundPool
+
+    started: list[int] = []
+
+    class Spy(BackgroundPool):
+        def __init__(self, size: int, **kwargs: Any) -> None:
+            started.append(size)
+            super().__init__(size, **kwargs)
+
+    ticks = itertools.count()
+    monkeypatch.setattr(replay_module, "BackgroundPool", Spy)
+    monkeypatch.setattr(replay_module, "CHUNK_ENTRIES", 1)
+    monkeypatch.setattr(
+        replay_module, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks)))
+    )
+    bundle = stand_in.dir / "log.zip"
+    parallel = _replay(stand_in, bundle, workers=2)
+    assert started == [2]
+    assert parallel.to_json() == _replay(stand_in, bundle).to_json()
 
 
 def test_replay_without_worker_processes(
@@ -579,3 +610,34 @@ def _enclave_key_of(token: str) -> bytes:
     claims = verify_ear(token, VERIFIER_KEY.public_key(), at=RIM_ERA.replace(hour=3, minute=1))
     assert claims.enclave_key is not None
     return claims.enclave_key
+
+
+# ---- results signed before the ``enclave`` submodule ----------------------------------------
+
+
+def _cpu_only() -> EvidenceBundle:
+    """No GPU evidence: the refusal is an enclave-level finding, on no device."""
+    full = evidence()
+    return EvidenceBundle(cpu=full.cpu, gpus=(), cc_mode_on=True, devtools_on=False)
+
+
+def test_a_result_without_the_enclave_submodule_is_named_understated(fresh: Built) -> None:
+    """Logged as brokers before the ``enclave`` submodule signed it: the verdict itself is
+    reproduced (findings and status compared as always), and what the old token hid -- a
+    better signed status than the decision -- is its own finding."""
+    forge_attest(fresh, bundle=_cpu_only(), without_enclave_submodule=True)
+    report = _replay(fresh)
+    assert _codes(report) == {("ear_status_understated", 0)}
+    assert report.entries[0].verdict_equal
+    assert report.entries[0].logged_status is Status.CONTRAINDICATED
+    assert "with its enclave-level findings the result is contraindicated" in (
+        report.findings[0].message
+    )
+
+
+def test_a_result_with_the_enclave_submodule_replays_clean(fresh: Built) -> None:
+    forge_attest(fresh, bundle=_cpu_only())
+    report = _replay(fresh)
+    assert report.ok, [f.line() for f in report.all_findings]
+    assert report.entries[0].logged_status is Status.CONTRAINDICATED
+    assert report.entries[0].verdict_equal
