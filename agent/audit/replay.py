@@ -19,7 +19,10 @@ Per entry (each failure is a ``Finding`` naming the entry; the replay keeps goin
 3. **Result.** The logged EAR verifies with the pinned verifier key as of the logged time
    (``ear_invalid`` with the reason; for a release, an expired result is
    ``release_after_expiry``); its ``eat_nonce`` is the logged nonce (``nonce_mismatch``); for
-   an attest entry its ``iat`` is the logged time, to the second (``ear_time_mismatch``).
+   an attest entry its ``iat`` is the logged time, to the second (``ear_time_mismatch``); the
+   token's own status (the worst of its submodules) is not better than the result with its
+   enclave-level findings (``ear_status_understated``: a broker from before the ``enclave``
+   submodule).
 4. **Binding.** ``derive_binding(nonce, EAR enclave key, protocol label)`` equals the logged
    binding (``binding_mismatch``); the recomputed binding is what the appraisal uses.
 5. **Appraisal** (attest entries). One ``evidence-bundle`` blob (``evidence_unusable``) that
