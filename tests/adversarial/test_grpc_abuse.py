@@ -46,11 +46,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import agent.rpc.server as broker_server
-from agent.agent import EMULATED_LAUNCH_MEASUREMENT, open_channel
+from agent.agent import open_channel
 from agent.audit.verify import verify_bundle_file
 from agent.broker.config import BrokerConfig
 from agent.client import EnclaveClient, EnclaveUnavailable, GenerationAborted, broker_ear_check
-from agent.emulation import EmulatedSnp, EmulationPki, non_cc_gpu_source
+from agent.emulation import EmulationPki, non_cc_gpu_source
 from agent.enclave import EchoGenerator, EnclaveConfig, EnclaveService, ScriptedGenerator
 from agent.enclave.service import GENERATE_METHOD, EnclaveServer, StreamOutcome, serve_enclave
 from agent.rpc import convert
@@ -63,7 +63,7 @@ from attest.log.entry import EntryKind
 from sealing.stream import AbortReason, ClientStream, GenerationParams, verify_bundle
 from tests.adversarial.h2raw import RawH2Client, grpc_message
 from tests.enclave.conftest import BROKER, LoopThread, enclave_key, make_bundle
-from tests.integration.conftest import MODEL, Harness, reason_of
+from tests.integration.conftest import MODEL, Harness, assert_emulated_snp_verifies, reason_of
 
 # ---- bounds of this file ---------------------------------------------------------------------
 
@@ -159,19 +159,9 @@ def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def pki(pki_dir: Path) -> EmulationPki:
     pki = EmulationPki.load(pki_dir)
-    from attest.snp.verify import load_amd_certificates, verify_snp_report
-
-    snp = EmulatedSnp(pki, measurement=EMULATED_LAUNCH_MEASUREMENT)
-    vcek, ask_ark = snp.certificates()
     # The same precondition as tests/integration/conftest.py::snp_emulation_ok, and like it no
-    # longer a skip: the emulated chain verifies, so an error here is a regression to report.
-    verified = verify_snp_report(
-        snp.report(bytes(64)),
-        load_amd_certificates(vcek) + load_amd_certificates(ask_ark),
-        at=datetime.now(UTC),
-        extra_arks=[pki.ark.cert],
-    )
-    assert verified.report.measurement == EMULATED_LAUNCH_MEASUREMENT
+    # skip: the emulated chain verifies, so an error here is a regression to report.
+    assert_emulated_snp_verifies(pki)
     return pki
 
 

@@ -77,6 +77,12 @@ def snp_emulation_ok(pki: EmulationPki) -> None:
     here is a verifier or emulation regression, and every test depending on it must fail (a
     skip would hide it), reported once here rather than as a confusing flow failure.
     """
+    assert_emulated_snp_verifies(pki)
+
+
+def assert_emulated_snp_verifies(pki: EmulationPki) -> None:
+    """Emulated SEV-SNP evidence passes ``attest.snp.verify`` with the emulation ARK as an extra
+    root (the precondition of every flow that needs an affirming result)."""
     from agent.emulation import EmulatedSnp
     from attest.snp.verify import load_amd_certificates, verify_snp_report
 
