@@ -178,11 +178,27 @@ def test_a_half_started_pool_is_stopped_and_reaped() -> None:
 
 
 def test_the_forkserver_preload_ignores_ctrl_c_only_while_importing() -> None:
-    """Imported as the forkserver imports it: afterwards SIGINT is back to Python's default
-    (the server's workers restore what it finds then) and the replay modules are loaded."""
+    """Imported as the forkserver imports it (the name ``_pool_context`` gives the server):
+    while the replay modules load, SIGINT is ignored (a finder that sees their import records
+    the handler then); afterwards it is back to Python's default, which the server's workers
+    restore, and the modules are loaded."""
     code = (
         "import signal, sys\n"
-        "import agent.audit._forkserver_preload\n"
+        "seen = []\n"
+        "class Watch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'agent.audit.replay':\n"
+        "            seen.append(signal.getsignal(signal.SIGINT))\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, Watch())\n"
+        "from agent.audit.replay import _pool_context\n"
+        "del sys.modules['agent.audit.replay']\n"
+        "seen.clear()\n"
+        "import multiprocessing.forkserver as fs\n"
+        "_pool_context()\n"
+        "(name,) = fs._forkserver._preload_modules\n"
+        "__import__(name)\n"
+        "assert seen == [signal.SIG_IGN], seen\n"
         "assert signal.getsignal(signal.SIGINT) is signal.default_int_handler\n"
         "assert 'agent.audit.replay' in sys.modules\n"
         "print('ok')\n"

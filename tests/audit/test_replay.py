@@ -224,8 +224,9 @@ def test_a_log_timed_as_long_starts_the_pool(
     stand_in: Built, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The rest of the log is estimated from the entries timed so far: with a clock that says
-    each entry took a second, the pool starts after the first entry (and the rest goes to it);
-    the short log above, timed for real, starts none."""
+    each entry took a second, the pool is started after the first entry (whether it comes up in
+    time to take work is the hand-over test's subject); the short log above, timed for real,
+    starts none."""
     import itertools
     import types
 

@@ -6,8 +6,9 @@ import hashlib
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,9 +101,9 @@ def test_group_commit_under_concurrency(tmp_path: Path) -> None:
 
 def test_group_commit_takes_every_queued_append(tmp_path: Path) -> None:
     """Appends that arrive while the database is busy all go into the next transaction: the
-    writer is held in its BEGIN with one append (the write lock is taken elsewhere), eight more
-    queue behind it, and they are committed together: checkpoints at 0, 1 and 9, no more.
-    Waits on the queue itself, not on a sleep, so a slow machine cannot split the batch."""
+    writer is held in its BEGIN with a batch of one append (the write lock is taken elsewhere),
+    eight more queue behind it, and they are committed together: checkpoints at 0, 1 and 9.
+    Waits on the writer and the queue themselves, never on a sleep."""
     threads = 8
     db = tmp_path / "log.db"
 
@@ -113,12 +114,23 @@ def test_group_commit_takes_every_queued_append(tmp_path: Path) -> None:
             time.sleep(0.005)
 
     with LogStore(db, LOG_SIGNER) as store:
+        batches: list[int] = []
+        in_commit = threading.Event()
+        commit = store._commit  # the writer looks it up on the instance for every batch
+
+        def spy(batch: Sequence[Any]) -> None:
+            batches.append(len(batch))
+            in_commit.set()
+            commit(batch)
+
+        store._commit = spy  # type: ignore[method-assign]
         blocker = sqlite3.connect(db, isolation_level=None, timeout=0)
         try:
             blocker.execute("BEGIN IMMEDIATE")  # the writer's BEGIN waits (busy timeout 5 s)
             first = threading.Thread(target=store.append, args=make_entry(0))
             first.start()
-            wait_for(lambda: store._queue.qsize() == 0 and first.is_alive())  # writer took it
+            assert in_commit.wait(60)  # the writer took it, alone, and is now in its BEGIN
+            assert batches == [1]
             ts = [
                 threading.Thread(target=store.append, args=make_entry(k))
                 for k in range(1, threads + 1)
@@ -132,11 +144,11 @@ def test_group_commit_takes_every_queued_append(tmp_path: Path) -> None:
         for t in [first, *ts]:
             t.join()
         assert store.size == threads + 1
+        assert batches == [1, threads]
         sizes = [
             verify_checkpoint(c, LOG_SIGNER.verifier()).checkpoint.size for c in store.checkpoints()
         ]
-        # [0, 9] only if the eight were queued before the writer closed its first batch.
-        assert sizes in ([0, 1, threads + 1], [0, threads + 1]), sizes
+        assert sizes == [0, 1, threads + 1], sizes
 
 
 def test_baseline_one_transaction_per_entry(tmp_path: Path) -> None:
