@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from agent.bounded_read import read_bounded
 from attest.errors import InputError
 
 EXIT_OK = 0
@@ -38,15 +39,11 @@ AMD_CRL_URL = (
 
 
 def read_amd_crl(path: str) -> bytes:
-    """The ``--amd-crl`` file: at most ``MAX_CRL_BYTES`` read (a larger file is refused without
-    reading it whole), and not empty. Its contents are checked by the broker (signed by the
-    ARK, current, the ASK not listed), which is where they count."""
+    """The ``--amd-crl`` file, bounded and not empty. Its contents are checked by the broker
+    (signed by the ARK, current, the ASK not listed), which is where they count."""
     from attest.snp.verify import MAX_CRL_BYTES
 
-    with Path(path).open("rb") as f:
-        data = f.read(MAX_CRL_BYTES + 1)
-    if len(data) > MAX_CRL_BYTES:
-        raise InputError(f"{path}: an AMD CRL is at most {MAX_CRL_BYTES} bytes")
+    data = read_bounded(path, MAX_CRL_BYTES, "AMD CRL")
     if not data:
         raise InputError(f"{path}: the AMD CRL file is empty")
     return data

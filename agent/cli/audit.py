@@ -17,7 +17,6 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 from agent.audit.bundle import Bundle
 from agent.audit.replay import (
@@ -31,6 +30,7 @@ from agent.audit.replay import (
     replay_bundle,
 )
 from agent.audit.verify import verify_bundle_file
+from agent.bounded_read import read_bounded
 from agent.cli._keys import load_verifying_key
 from agent.cli._progress import Progress
 from attest.binding import DEFAULT_PROTOCOL_LABEL
@@ -41,16 +41,9 @@ from attest.log.note import MAX_NOTE_BYTES, NoteVerifier
 EXIT_OK, EXIT_FINDINGS = 0, 1
 
 
-def _read_bounded(path: str, limit: int, what: str) -> bytes:
-    p = Path(path)
-    if p.stat().st_size > limit:
-        raise InputError(f"{path}: {what} larger than {limit} bytes")
-    return p.read_bytes()
-
-
 def read_log_key(path: str) -> NoteVerifier:
     """A vkey file: one line ``<name>+<hash>+<base64>`` (a trailing newline is fine)."""
-    raw = _read_bounded(path, MAX_VKEY_FILE_BYTES, "log key")
+    raw = read_bounded(path, MAX_VKEY_FILE_BYTES, "log key")
     try:
         text = raw.decode("ascii")
     except UnicodeDecodeError as exc:
@@ -64,7 +57,7 @@ def read_log_key(path: str) -> NoteVerifier:
 def _verify(args: argparse.Namespace) -> int:
     log_key = read_log_key(args.log_key)
     previous = [
-        (path, _read_bounded(path, MAX_NOTE_BYTES, "checkpoint"))
+        (path, read_bounded(path, MAX_NOTE_BYTES, "checkpoint"))
         for path in args.previous_checkpoint or []
     ]
     result = verify_bundle_file(args.bundle, log_key, previous=previous)
@@ -117,7 +110,7 @@ def _read_candidates(args: list[str]) -> list[RootCandidate]:
     out: list[RootCandidate] = []
     for arg in args:
         role, path = parse_candidate_arg(arg)
-        data = _read_bounded(path, MAX_CANDIDATE_FILE_BYTES, "trust-root candidate file")
+        data = read_bounded(path, MAX_CANDIDATE_FILE_BYTES, "trust-root candidate file")
         try:
             out.extend(load_root_candidates(data, role=role))
         except InputError as exc:
@@ -130,7 +123,7 @@ def _replay(args: argparse.Namespace) -> int:
     verifier_key = load_verifying_key(args.verifier_key)
     candidates = _read_candidates(args.trust_root_candidates or [])
     previous = [
-        (path, _read_bounded(path, MAX_NOTE_BYTES, "checkpoint"))
+        (path, read_bounded(path, MAX_NOTE_BYTES, "checkpoint"))
         for path in args.previous_checkpoint or []
     ]
     workers = args.workers if args.workers is not None else default_workers()

@@ -15,9 +15,9 @@ import asyncio
 import json
 import math
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
+from agent.bounded_read import read_bounded
 from attest.ear import VerifyingKey, public_key_from_jwk
 from attest.errors import InputError
 
@@ -32,19 +32,12 @@ MAX_BUNDLE_FILE_BYTES = 256 * 1024
 MAX_CA_FILE_BYTES = 1024 * 1024
 
 
-def _read(path: str, limit: int, what: str) -> bytes:
-    p = Path(path)
-    if p.stat().st_size > limit:
-        raise InputError(f"{path}: {what} larger than {limit} bytes")
-    return p.read_bytes()
-
-
 def load_broker_key(path: str) -> VerifyingKey:
     """The broker's EAR verification key: a PEM public key (Ed25519 or P-256) or a JWK."""
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-    data = _read(path, MAX_KEY_FILE_BYTES, "broker key")
+    data = read_bounded(path, MAX_KEY_FILE_BYTES, "broker key")
     text = data.strip()
     if text.startswith(b"{"):
         try:
@@ -86,11 +79,11 @@ async def _generate(args: argparse.Namespace) -> int:
     from agent.client import EnclaveClient
 
     broker_key = load_broker_key(args.broker_key)
-    bundle = _read(args.bundle, MAX_BUNDLE_FILE_BYTES, "bundle") if args.bundle else None
+    bundle = read_bounded(args.bundle, MAX_BUNDLE_FILE_BYTES, "bundle") if args.bundle else None
     credentials = None
     if args.tls_ca:
         credentials = grpc.ssl_channel_credentials(
-            root_certificates=_read(args.tls_ca, MAX_CA_FILE_BYTES, "CA file")
+            root_certificates=read_bounded(args.tls_ca, MAX_CA_FILE_BYTES, "CA file")
         )
     params = _params(args)
     async with EnclaveClient(

@@ -25,10 +25,10 @@ import argparse
 import json
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
 
 from cryptography import x509
 
+from agent.bounded_read import read_bounded
 from attest.errors import InputError
 from attest.snp.report import TCB_NAMES, AttestationReport, Product, parse_report
 from attest.snp.verify import (
@@ -45,13 +45,6 @@ REPORT_DATA_BYTES = 64
 DEBUG_VERDICT = (
     "signature and chain verified; DEBUG policy set - the default policy rejects this VM"
 )
-
-
-def _read_bounded(path: str, limit: int, what: str) -> bytes:
-    p = Path(path)
-    if p.stat().st_size > limit:
-        raise InputError(f"{path}: {what} larger than {limit} bytes")
-    return p.read_bytes()
 
 
 def _flags(report: AttestationReport) -> str:
@@ -163,10 +156,10 @@ def run_verify(data: bytes, args: argparse.Namespace) -> int:
     certs: list[x509.Certificate] = []
     for path in getattr(args, "certs", None) or []:
         certs.extend(
-            load_amd_certificates(_read_bounded(path, MAX_AMD_CERT_INPUT_BYTES, "certificate file"))
+            load_amd_certificates(read_bounded(path, MAX_AMD_CERT_INPUT_BYTES, "certificate file"))
         )
     crl_path = getattr(args, "collateral", None)
-    crl = _read_bounded(crl_path, MAX_CRL_BYTES, "CRL") if crl_path else None
+    crl = read_bounded(crl_path, MAX_CRL_BYTES, "CRL") if crl_path else None
     expected = _expected_report_data(getattr(args, "report_data", None))
 
     verified = verify_snp_report(data, certs, at=at, crl=crl, report_data=expected)

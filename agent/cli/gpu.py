@@ -20,8 +20,8 @@ import argparse
 import json
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
 
+from agent.bounded_read import read_bounded
 from attest.errors import InputError
 from attest.nvidia.evidence import (
     MAX_EVIDENCE_FILE_BYTES,
@@ -45,23 +45,17 @@ MAX_OCSP_FILE_BYTES = 64 * 1024
 MAX_EVIDENCE_FILES = 16
 
 
-def _read(path: str, limit: int, what: str) -> bytes:
-    p = Path(path)
-    size = p.stat().st_size
-    if size > limit:
-        raise InputError(f"{path}: {what} is {size} bytes; the limit is {limit}")
-    return p.read_bytes()
-
-
 def _load(paths: list[str], certs: str | None) -> list[DeviceEvidence]:
     if len(paths) > MAX_EVIDENCE_FILES:
         raise InputError(f"{len(paths)} evidence files; the limit is {MAX_EVIDENCE_FILES}")
     if certs is not None and len(paths) != 1:
         raise InputError("--certs goes with exactly one bare report")
-    chain = _read(certs, MAX_PEM_CHAIN_BYTES, "certificate chain") if certs else None
+    chain = read_bounded(certs, MAX_PEM_CHAIN_BYTES, "certificate chain") if certs else None
     out: list[DeviceEvidence] = []
     for path in paths:
-        for ev in load_evidence(_read(path, MAX_EVIDENCE_FILE_BYTES, "evidence"), certs=chain):
+        for ev in load_evidence(
+            read_bounded(path, MAX_EVIDENCE_FILE_BYTES, "evidence"), certs=chain
+        ):
             out.append(
                 DeviceEvidence(
                     index=len(out),
@@ -150,7 +144,7 @@ def _ocsp_source(mode: str, files: list[str] | None) -> object:
             raise InputError("--revocation stapled needs --ocsp FILE (DER OCSP responses)")
         if len(files) > MAX_OCSP_FILES:
             raise InputError(f"{len(files)} OCSP files; the limit is {MAX_OCSP_FILES}")
-        return StapledOcsp([_read(f, MAX_OCSP_FILE_BYTES, "OCSP response") for f in files])
+        return StapledOcsp([read_bounded(f, MAX_OCSP_FILE_BYTES, "OCSP response") for f in files])
     if files:
         raise InputError(
             f"--ocsp files are stapled responses; they need --revocation stapled, not {mode}"

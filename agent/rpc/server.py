@@ -40,6 +40,7 @@ from cryptography import x509
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from agent.bounded_read import read_bounded
 from agent.broker.appraiser import composite_appraiser
 from agent.broker.config import BROKER_DB, LOG_DB, BrokerConfig, prepare_state_dir
 from agent.broker.keywrap import KeyWrapper
@@ -147,12 +148,6 @@ def configure_json_logging(stream: TextIO = sys.stderr, level: int = logging.INF
 # ---- collateral and roots -----------------------------------------------------------------
 
 
-def _read_bounded(path: Path, limit: int, what: str) -> bytes:
-    if path.stat().st_size > limit:
-        raise InputError(f"{path}: {what} larger than {limit} bytes")
-    return path.read_bytes()
-
-
 def load_rims(directory: Path) -> tuple[bytes, ...]:
     """Every ``*.xml`` / ``*.swidtag`` file of ``directory`` (bounded count and size)."""
     if not directory.is_dir():
@@ -162,7 +157,7 @@ def load_rims(directory: Path) -> tuple[bytes, ...]:
     )
     if len(files) > MAX_RIM_FILES:
         raise InputError(f"{directory}: more than {MAX_RIM_FILES} RIM files")
-    return tuple(_read_bounded(p, MAX_RIM_FILE_BYTES, "RIM") for p in files)
+    return tuple(read_bounded(p, MAX_RIM_FILE_BYTES, "RIM") for p in files)
 
 
 @dataclass(frozen=True)
@@ -188,7 +183,7 @@ def load_emulation_roots(pki_dir: Path) -> EmulationRoots:
     check them against the fingerprints its ``manifest.json`` recorded at creation."""
     try:
         manifest = json.loads(
-            _read_bounded(pki_dir / "manifest.json", MAX_ROOT_PEM_BYTES, "manifest")
+            read_bounded(pki_dir / "manifest.json", MAX_ROOT_PEM_BYTES, "manifest")
         )
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise InputError(f"{pki_dir}/manifest.json is not JSON") from None
@@ -196,7 +191,7 @@ def load_emulation_roots(pki_dir: Path) -> EmulationRoots:
         raise InputError(f"{pki_dir}: not a lessee emulation PKI")
 
     def cert(rel: str) -> x509.Certificate:
-        data = _read_bounded(pki_dir / rel, MAX_ROOT_PEM_BYTES, "root certificate")
+        data = read_bounded(pki_dir / rel, MAX_ROOT_PEM_BYTES, "root certificate")
         try:
             return x509.load_pem_x509_certificate(data)
         except ValueError:
@@ -212,7 +207,7 @@ def load_emulation_roots(pki_dir: Path) -> EmulationRoots:
 
 
 def _tls_file(path: Path) -> bytes:
-    return _read_bounded(path, MAX_TLS_FILE_BYTES, "TLS file")
+    return read_bounded(path, MAX_TLS_FILE_BYTES, "TLS file")
 
 
 def server_options() -> list[tuple[str, int]]:
