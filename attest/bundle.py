@@ -47,8 +47,8 @@ class DeviceEvidenceIn:
 class SnpEvidenceIn:
     """A SEV-SNP report, the certificates that sign it, and optionally AMD's CRL.
 
-    ``crl`` is AMD's CRL for the product (KDS ``/vcek/v1/<product>/crl``, DER or PEM, at most
-    ``MAX_CRL_BYTES``). It travels with the evidence, as TDX collateral and NVIDIA's stapled
+    ``crl`` is AMD's CRL for the product and signing key (KDS ``/vcek/v1/<product>/crl``, or
+    ``/vlek/v1/<product>/crl`` for a VLEK-signed report; DER or PEM, at most ``MAX_CRL_BYTES``). It travels with the evidence, as TDX collateral and NVIDIA's stapled
     OCSP answers do, so the log archives it and an audit replay re-checks it as of the logged
     time. ``None``: not supplied (the appraisal then applies ``missing_revocation``).
     """
