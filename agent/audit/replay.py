@@ -126,8 +126,8 @@ from attest.findings import Finding as AppraisalFinding
 from attest.log.entry import MAX_BLOB_SIZE, EntryKind, LogEntry
 from attest.log.note import NoteVerifier
 from attest.policy import Policy, load_policy
-from attest.snp.report import Product
-from attest.snp.verify import CertRole, classify
+from attest.snp.report import Product, SigningKey
+from attest.snp.verify import CertRole, classify, held_crl_name
 from attest.x509chain import load_pem_chain
 
 _log = logging.getLogger(__name__)
@@ -140,6 +140,14 @@ EVIDENCE_MEDIA_TYPE = "application/json"
 RIM_ROLE_PREFIX = "broker-rim-"
 #: Archived trust roots (agent.broker.appraiser): ``trust-root-<role>-<n>``.
 TRUST_ROOT_ROLE_PREFIX = "trust-root-"
+#: AMD CRLs the broker held (agent.broker.appraiser): ``broker-amd-crl-<kind>-<product>``, in
+#: lower case as every log role (``broker-amd-crl-vlek-genoa``).
+AMD_CRL_ROLE_PREFIX = "broker-amd-crl-"
+_HELD_CRL_ROLES = {
+    AMD_CRL_ROLE_PREFIX + held_crl_name(kind, product).lower(): (kind, product)
+    for kind in (SigningKey.VCEK, SigningKey.VLEK)
+    for product in Product
+}
 #: Claim names the broker puts in the EAR (see ``agent.broker.service``).
 MODEL_ID_CLAIM = "ear.lessee.model-id"
 FINDINGS_CLAIM = "ear.lessee.findings"
@@ -796,9 +804,33 @@ class EntryReplayer:
         blob: Callable[[str, bytes], bytes],
         add: Callable[[str, str], None],
     ) -> tuple[AppraisalContext, tuple[str, ...]]:
-        """The appraisal context for this entry's archived RIMs and roots under its policy
-        (it shares the replayer's verifier caches, so building one per entry is cheap)."""
-        return self._context(policy, self._rims(e, blob, add), self._archived_roots(e, blob, add))
+        """The appraisal context for this entry's archived RIMs, roots and held AMD CRLs under
+        its policy (it shares the replayer's verifier caches, so building one per entry is
+        cheap)."""
+        return self._context(
+            policy,
+            self._rims(e, blob, add),
+            self._archived_roots(e, blob, add),
+            self._held_crls(e, blob, add),
+        )
+
+    @staticmethod
+    def _held_crls(
+        e: LogEntry, blob: Callable[[str, bytes], bytes], add: Callable[[str, str], None]
+    ) -> dict[tuple[SigningKey, Product], bytes]:
+        """The AMD CRLs the broker held, by (kind, product), as it checked reports with them.
+        Checked per report exactly as the broker did (``verify_snp_report``'s ``held_crls``),
+        so only the name is read here; one named twice or unknown is not guessed at."""
+        out: dict[tuple[SigningKey, Product], bytes] = {}
+        for ref in e.collateral:
+            if not ref.role.startswith(AMD_CRL_ROLE_PREFIX):
+                continue
+            key = _HELD_CRL_ROLES.get(ref.role)
+            if key is None or key in out:
+                add("collateral_unknown", f"held AMD CRL role {ref.role!r} is unknown or repeated")
+                raise _Stop
+            out[key] = blob(ref.role, ref.sha256)
+        return out
 
     @staticmethod
     def _rims(
@@ -808,8 +840,8 @@ class EntryReplayer:
         by_number: dict[int, bytes] = {}
         for ref in e.collateral:
             suffix = ref.role.removeprefix(RIM_ROLE_PREFIX)
-            if ref.role.startswith(TRUST_ROOT_ROLE_PREFIX):
-                continue  # archived trust roots: read by ``_archived_roots``
+            if ref.role.startswith((TRUST_ROOT_ROLE_PREFIX, AMD_CRL_ROLE_PREFIX)):
+                continue  # archived trust roots and held CRLs: read by their own methods
             if (
                 ref.role.startswith(RIM_ROLE_PREFIX)
                 and suffix.isdigit()
@@ -855,6 +887,7 @@ class EntryReplayer:
         policy: Policy,
         rims: list[bytes],
         archived: Sequence[tuple[RootCandidate, x509.Certificate, str]] = (),
+        amd_crls: Mapping[tuple[SigningKey, Product], bytes] | None = None,
     ) -> tuple[AppraisalContext, tuple[str, ...]]:
         listed = set(policy.roots.extra_trusted_sha256)
         chosen: dict[str, x509.Certificate] = {}
@@ -868,7 +901,9 @@ class EntryReplayer:
             else:
                 chosen.setdefault(cand.role, cert)
         supplied = {digest for _, _, digest in offered}
-        ctx = self._shared.sharing_caches(rims=rims, candidates=chosen, amd_extra_arks=arks)
+        ctx = self._shared.sharing_caches(
+            rims=rims, candidates=chosen, amd_extra_arks=arks, amd_crls=amd_crls
+        )
         return ctx, tuple(sorted(listed - supplied))
 
 

@@ -12,9 +12,14 @@ from attest.appraise.composite import AppraisalContext, appraise_bundle
 from attest.binding import SessionBinding
 from attest.bundle import EvidenceBundle
 from attest.policy import Policy
+from attest.snp.verify import held_crl_name
 
 #: Collateral role prefix of archived trust roots: ``trust-root-<role>-<n>``.
 TRUST_ROOT_ROLE_PREFIX = "trust-root-"
+#: Collateral role prefix of the AMD CRLs the broker holds: ``broker-amd-crl-<kind>-<product>``,
+#: lower case (log roles are; ``broker-amd-crl-vcek-milan``).
+AMD_CRL_ROLE_PREFIX = "broker-amd-crl-"
+AMD_CRL_MEDIA_TYPE = "application/pkix-crl"
 
 
 def composite_appraiser(context: AppraisalContext | None = None) -> Appraiser:
@@ -23,6 +28,12 @@ def composite_appraiser(context: AppraisalContext | None = None) -> Appraiser:
     ctx = context if context is not None else AppraisalContext()
     rim_collateral = tuple(
         (f"broker-rim-{i}", "application/xml", rim) for i, rim in enumerate(ctx.rims)
+    )
+    # The AMD CRLs it holds, every one with every entry (as its RIMs): the replay must check
+    # a report against the same list, and which one applied depends on the report.
+    rim_collateral += tuple(
+        (f"{AMD_CRL_ROLE_PREFIX}{held_crl_name(*key).lower()}", AMD_CRL_MEDIA_TYPE, crl)
+        for key, crl in sorted(ctx.amd_crls.items())
     )
     # Candidate roots in archive order, each with its DER and digest, computed once: they are
     # fixed for the appraiser's life, and encoding and hashing them per Attest was a visible

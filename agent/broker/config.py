@@ -309,6 +309,8 @@ class BrokerConfig:
     client_ca: Path | None = None
     admin_listen: str | None = None
     rims_dir: Path | None = None
+    #: AMD CRLs the broker holds (``<kind>-<product>.crl``; ``agent.rpc.server.load_amd_crls``).
+    amd_crls_dir: Path | None = None
     trust_emulation: Path | None = None
     clock: Callable[[], datetime] = utc_now
     max_workers: int = DEFAULT_MAX_WORKERS

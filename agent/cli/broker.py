@@ -47,6 +47,7 @@ def _serve(args: argparse.Namespace) -> int:
         client_ca=Path(args.client_ca) if args.client_ca else None,
         admin_listen=args.admin_listen,
         rims_dir=Path(args.rims) if args.rims else None,
+        amd_crls_dir=Path(args.amd_crls) if args.amd_crls else None,
         trust_emulation=trust,
         max_workers=args.workers,
     )
@@ -190,6 +191,14 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--client-ca", metavar="PEM", help="CA of admin client certificates")
     p.add_argument("--admin-listen", metavar="ADDR", help="admin port (mutual TLS)")
     p.add_argument("--rims", metavar="DIR", help="RIM files the broker holds itself")
+    p.add_argument(
+        "--amd-crls",
+        metavar="DIR",
+        help="AMD CRLs the broker holds itself, named <kind>-<product>.crl (vcek-Milan.crl, "
+        "vlek-Genoa.crl, ...): checked instead of the CRL in the evidence for SEV-SNP reports "
+        "of that kind and product (the host could send the other list); refresh them before "
+        "their nextUpdate and restart, or every such report is refused",
+    )
     p.add_argument(
         "--trust-emulation",
         nargs="?",

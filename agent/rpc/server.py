@@ -61,6 +61,8 @@ from agent.rpc.broker_service import (
 )
 from attest.appraise.composite import AppraisalContext
 from attest.errors import InputError
+from attest.snp.report import Product, SigningKey
+from attest.snp.verify import MAX_CRL_BYTES, load_held_crl, parse_held_crl_name
 
 #: The largest request (Attest with a full bundle); smaller per-method bounds apply after.
 MAX_RECEIVE_MESSAGE_BYTES = MAX_ATTEST_REQUEST_BYTES
@@ -158,6 +160,32 @@ def load_rims(directory: Path) -> tuple[bytes, ...]:
     if len(files) > MAX_RIM_FILES:
         raise InputError(f"{directory}: more than {MAX_RIM_FILES} RIM files")
     return tuple(read_bounded(p, MAX_RIM_FILE_BYTES, "RIM") for p in files)
+
+
+def load_amd_crls(directory: Path) -> dict[tuple[SigningKey, Product], bytes]:
+    """AMD CRLs the broker holds itself, one file per list: ``<kind>-<product>.crl``, the two
+    path parts of its KDS address (``vcek-Milan.crl`` from
+    ``https://kdsintf.amd.com/vcek/v1/Milan/crl``; ``vlek-Genoa.crl`` from ``.../vlek/v1/Genoa/crl``).
+
+    Why the broker's own: the VCEK and VLEK lists are both signed by the product's ARK and look
+    alike, so a CRL in the evidence proves only that it is *an* AMD list; the host could send
+    the one that does not name its revoked ASVK or ASK. A held list is checked instead of the
+    evidence's for reports of its kind and product, and archived with every log entry.
+    Every file must be such a list (DER or PEM, bounded, issued by ``ARK-<product>``); any other
+    file is an error, so a misnamed CRL never sits there unused.
+    """
+    if not directory.is_dir():
+        raise InputError(f"{directory}: not a directory of AMD CRLs")
+    out: dict[tuple[SigningKey, Product], bytes] = {}
+    for path in sorted(directory.iterdir()):
+        key = parse_held_crl_name(path.name.removesuffix(".crl")) if path.suffix == ".crl" else None
+        if key is None or not path.is_file():
+            raise InputError(
+                f"{path}: not an AMD CRL file; name them <kind>-<product>.crl, kind vcek or "
+                f"vlek, product {', '.join(p.value for p in Product)} (e.g. vcek-Milan.crl)"
+            )
+        out[key] = load_held_crl(read_bounded(path, MAX_CRL_BYTES, "AMD CRL"), *key)
+    return out
 
 
 @dataclass(frozen=True)
@@ -303,6 +331,7 @@ def build_broker(config: BrokerConfig) -> tuple[Broker, _Resources, EmulationRoo
     """Open the state directory and make a ``Broker`` over it (no network)."""
     keys = prepare_state_dir(config.state_dir)
     rims = load_rims(config.rims_dir) if config.rims_dir is not None else ()
+    amd_crls = load_amd_crls(config.amd_crls_dir) if config.amd_crls_dir is not None else {}
     emulation = (
         load_emulation_roots(config.trust_emulation) if config.trust_emulation is not None else None
     )
@@ -317,6 +346,7 @@ def build_broker(config: BrokerConfig) -> tuple[Broker, _Resources, EmulationRoo
             else {}
         ),
         amd_extra_arks=(emulation.amd_ark,) if emulation else (),
+        amd_crls=amd_crls,
     )
     store = SqliteBrokerStore(config.state_dir / BROKER_DB)
     try:

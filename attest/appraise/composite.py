@@ -48,6 +48,7 @@ from attest.nvidia.verifier import DeviceResult, VerifierCaches, verify_gpu_evid
 from attest.nvidia.verifier import Status as VerifierStatus
 from attest.policy import CpuTee, GpuPolicy, MissingRevocation, Policy
 from attest.revocation.ocsp import RevocationMode, StapledOcsp
+from attest.snp.report import Product, SigningKey
 from attest.snp.verify import AmdCrlCache, load_amd_certificates, verify_snp_report
 from attest.tdx.collateral import parse_collateral_json
 from attest.tdx.quote import parse_quote
@@ -202,6 +203,10 @@ class AppraisalContext:
     rims: Sequence[bytes] = ()
     candidates: Mapping[str, x509.Certificate] = field(default_factory=dict)
     amd_extra_arks: Sequence[x509.Certificate] = ()
+    #: AMD CRLs the broker holds itself, by (signing key kind, product): checked instead of the
+    #: evidence's CRL for a report of that kind and product (``verify_snp_report``'s
+    #: ``held_crls``), since the host could send the other, equally valid, list.
+    amd_crls: Mapping[tuple[SigningKey, Product], bytes] = field(default_factory=dict)
     _caches: dict[tuple[str, str], VerifierCaches] = field(default_factory=dict, repr=False)
     rim_parses: RimParseCache = field(default_factory=RimParseCache, repr=False)
     pem_chains: _Memo[bytes, tuple[tuple[x509.Certificate, ...], Arch | None]] = field(
@@ -225,15 +230,17 @@ class AppraisalContext:
         rims: Sequence[bytes],
         candidates: Mapping[str, x509.Certificate],
         amd_extra_arks: Sequence[x509.Certificate],
+        amd_crls: Mapping[tuple[SigningKey, Product], bytes] | None = None,
     ) -> AppraisalContext:
-        """A context with other inputs (an audited entry's archived RIMs and roots) that shares
-        every cache of this one. Safe: each cache is keyed by exact bytes and trust anchors, so
+        """A context with other inputs (an audited entry's archived RIMs, roots and held AMD
+        CRLs; ``amd_crls`` None: none held) that shares every cache of this one. Safe: each cache is keyed by exact bytes and trust anchors, so
         a hit is what a fresh verification with the new inputs would give."""
         return dataclasses.replace(
             self,
             rims=tuple(rims),
             candidates=dict(candidates),
             amd_extra_arks=tuple(amd_extra_arks),
+            amd_crls=dict(amd_crls or {}),
         )
 
     def caches_for(self, anchors: TrustAnchors) -> VerifierCaches:
@@ -343,6 +350,7 @@ def _appraise_cpu(
                 certs,
                 at=at,
                 crl=cpu.crl,
+                held_crls=ctx.amd_crls,
                 extra_arks=extra,
                 cache=ctx.snp_chains,
                 crl_cache=ctx.snp_crls,

@@ -21,7 +21,8 @@ The checks, in the order ``verify_snp_report`` runs them (docs/snp.md explains e
 9. VCEK only: hwID equals CHIP_ID (Turin: the 8-byte prefix, the rest zero), unless the report
    masks CHIP_ID; a VLEK carries no hwID;
 10. optionally, AMD's CRL for the product (signed by the ARK, current at ``at``) does not list
-    the ASK/ASVK;
+    the ASK/ASVK: the verifier's own CRL for the report's key kind when it holds one
+    (``held_crls``), else the one supplied with the evidence;
 11. optionally, REPORT_DATA equals the expected 64 bytes (the session binding).
 
 AMD's VCEK and VLEK certificates have serial number 0, which RFC 5280 forbids and which
@@ -38,7 +39,7 @@ import hmac
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -53,6 +54,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.utils import CryptographyDeprecationWarning
+from cryptography.x509.oid import NameOID
 
 from attest.errors import ChainError, InputError, ParseError, RevocationError, VerificationError
 from attest.snp.report import (
@@ -481,6 +483,17 @@ def _require_crl_size(crl_data: bytes) -> None:
         raise InputError(f"CRL is {len(crl_data)} bytes; the limit is {MAX_CRL_BYTES}")
 
 
+def _load_crl(data: bytes, what: str) -> x509.CertificateRevocationList:
+    """A bounded CRL, DER or PEM; ``InputError`` (its text after ``what``) for anything else."""
+    _require_crl_size(data)
+    try:
+        if b"-----BEGIN X509 CRL-----" in data:
+            return x509.load_pem_x509_crl(data)
+        return x509.load_der_x509_crl(data)
+    except ValueError as exc:
+        raise InputError(f"{what}malformed CRL: {exc}") from exc
+
+
 def _check_amd_crl(
     crl_data: bytes, *, ark: x509.Certificate, intermediate: x509.Certificate, at: datetime
 ) -> tuple[datetime, datetime]:
@@ -490,14 +503,7 @@ def _check_amd_crl(
     on the bytes alone, which is what lets ``AmdCrlCache`` answer from the window.
     """
     at = require_aware(at)
-    _require_crl_size(crl_data)
-    try:
-        if b"-----BEGIN X509 CRL-----" in crl_data:
-            crl = x509.load_pem_x509_crl(crl_data)
-        else:
-            crl = x509.load_der_x509_crl(crl_data)
-    except ValueError as exc:
-        raise InputError(f"malformed CRL: {exc}") from exc
+    crl = _load_crl(crl_data, "")
     if crl.issuer != ark.subject:
         raise RevocationError(f"CRL issuer is not '{describe(ark)}'", reason="crl_issuer")
     if crl.signature_algorithm_oid != x509.SignatureAlgorithmOID.RSASSA_PSS or not isinstance(
@@ -537,6 +543,45 @@ def check_amd_crl(
     not revocable this way (AMD revokes a TCB by publishing a new one instead).
     """
     _check_amd_crl(crl_data, ark=ark, intermediate=intermediate, at=at)
+
+
+def held_crl_name(kind: SigningKey, product: Product) -> str:
+    """The name of a verifier-held AMD CRL: ``<kind>-<product>`` (``vcek-Milan``,
+    ``vlek-Genoa``), the two path parts of its KDS address
+    (``https://kdsintf.amd.com/<kind>/v1/<product>/crl``)."""
+    return f"{kind.value}-{product.value}"
+
+
+def parse_held_crl_name(name: str) -> tuple[SigningKey, Product] | None:
+    """The (kind, product) a ``held_crl_name`` names, or None for any other text."""
+    kind_text, sep, product_text = name.partition("-")
+    if not sep:
+        return None
+    kind = next((k for k in (SigningKey.VCEK, SigningKey.VLEK) if k.value == kind_text), None)
+    product = next((p for p in Product if p.value == product_text), None)
+    return None if kind is None or product is None else (kind, product)
+
+
+def load_held_crl(data: bytes, kind: SigningKey, product: Product) -> bytes:
+    """Check that ``data`` (DER or PEM) can be the AMD CRL held for ``kind`` and ``product``:
+    bounded, well formed, issued by ``ARK-<product>``. Returns the bytes.
+
+    What can be checked without a report: the signature, the freshness (a CRL without a
+    nextUpdate is never current) and the revoked list are checked per report (step 10) against
+    the chain's ARK as of the report's time, since a held CRL outlives its nextUpdate unless
+    refreshed and must then fail, never pass. Which *kind* of list it is cannot be read from a
+    CRL at all: the operator names it.
+    """
+    crl = _load_crl(data, f"{held_crl_name(kind, product)}: ")
+    names = crl.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
+    issuer = names[0].value if len(names) == 1 else None
+    if not isinstance(issuer, str) or issuer.removeprefix(EMULATION_CN_PREFIX) != (
+        f"ARK-{product.value}"
+    ):
+        raise InputError(
+            f"{held_crl_name(kind, product)}: CRL issuer is {issuer!r}, not 'ARK-{product.value}'"
+        )
+    return bytes(data)
 
 
 #: CRL verdicts an ``AmdCrlCache`` keeps: one per product (ARK) and intermediate for each CRL
@@ -630,6 +675,7 @@ def verify_snp_report(
     cache: ChainCache | None = None,
     crl_cache: AmdCrlCache | None = None,
     extra_arks: Sequence[x509.Certificate] = (),
+    held_crls: Mapping[tuple[SigningKey, Product], bytes] | None = None,
 ) -> VerifiedSnpReport:
     """Run checks 1-11 (module docstring) as of ``at``; raise on the first failure.
 
@@ -639,6 +685,11 @@ def verify_snp_report(
     e.g. lessee's per-installation emulation root); a supplied ARK equal to one is used.
     ``cache`` / ``crl_cache`` remember verified chains and CRL verdicts (a broker's context);
     either gives exactly the answer of the uncached check.
+    ``held_crls``: AMD CRLs the verifier's operator fetched itself, by (signing key kind,
+    product): the VCEK list (revoked ASKs) and the VLEK list (revoked ASVKs) are both signed by
+    the product's ARK and cannot be told apart by their content, so only a CRL chosen by the
+    verifier for the report's own key kind is the *right* list. One held for this report's
+    (kind, product) is checked instead of ``crl`` (the evidence's, chosen by the host).
     """
     at = require_aware(at)
     # 1. Parse; an unsigned report proves nothing.
@@ -741,7 +792,11 @@ def verify_snp_report(
     # 8-9. The leaf certifies this TCB and (VCEK) this chip.
     tcb, chip_checked = check_extensions_match_report(ext, report, product, kind)
 
-    # 10. Revocation, when AMD's CRL is given.
+    # 10. Revocation, when AMD's CRL is given: the verifier's own list for this key kind and
+    # product when it holds one, else the evidence's.
+    held = held_crls.get((kind, product)) if held_crls else None
+    if held is not None:
+        crl = held
     if crl is not None:
         if crl_cache is not None:
             crl_cache.check(crl, ark=ark, intermediate=intermediate, at=at)
