@@ -26,12 +26,12 @@ def composite_appraiser(context: AppraisalContext | None = None) -> Appraiser:
     """An appraiser over every device of a bundle. RIMs the broker holds itself (``context.rims``)
     are archived as collateral in the log entry, so a replay years later has the same bytes."""
     ctx = context if context is not None else AppraisalContext()
-    rim_collateral = tuple(
+    held_collateral = tuple(
         (f"broker-rim-{i}", "application/xml", rim) for i, rim in enumerate(ctx.rims)
     )
     # The AMD CRLs it holds, every one with every entry (as its RIMs): the replay must check
     # a report against the same list, and which one applied depends on the report.
-    rim_collateral += tuple(
+    held_collateral += tuple(
         (f"{AMD_CRL_ROLE_PREFIX}{held_crl_name(*key).lower()}", AMD_CRL_MEDIA_TYPE, crl)
         for key, crl in sorted(ctx.amd_crls.items())
     )
@@ -49,7 +49,7 @@ def composite_appraiser(context: AppraisalContext | None = None) -> Appraiser:
         bundle: EvidenceBundle, binding: SessionBinding, policy: Policy, at: datetime
     ) -> Appraisal:
         devices, findings = appraise_bundle(bundle, binding, policy, at, context=ctx)
-        collateral = list(rim_collateral)
+        collateral = list(held_collateral)
         # Roots the policy trusted besides the vendors' are archived too, so an auditor can
         # re-verify years later without being handed them (they are used only if the logged
         # policy lists their SHA-256, exactly as here).

@@ -233,8 +233,9 @@ class AppraisalContext:
         amd_crls: Mapping[tuple[SigningKey, Product], bytes] | None = None,
     ) -> AppraisalContext:
         """A context with other inputs (an audited entry's archived RIMs, roots and held AMD
-        CRLs; ``amd_crls`` None: none held) that shares every cache of this one. Safe: each cache is keyed by exact bytes and trust anchors, so
-        a hit is what a fresh verification with the new inputs would give."""
+        CRLs; ``amd_crls`` None: none held) that shares every cache of this one. Safe: each
+        cache is keyed by exact bytes and trust anchors, so a hit is what a fresh verification
+        with the new inputs would give."""
         return dataclasses.replace(
             self,
             rims=tuple(rims),

@@ -109,3 +109,47 @@ def test_replay_reproduces_both_verdicts_with_the_archived_list(logged: Logged) 
     attests = [e for e in report.entries if e.kind.value == "attest"]
     assert [e.recomputed_status for e in attests] == logged.statuses
     assert all(e.verdict_equal for e in attests)
+
+
+@pytest.mark.parametrize(
+    "roles",
+    [
+        ["broker-amd-crl-vcek-Milan"],  # the file name's case: log roles are lower case
+        ["broker-amd-crl-vcek-rome"],
+        ["broker-amd-crl-none-milan"],
+        ["broker-amd-crl-vcek-milan", "broker-amd-crl-vcek-milan"],
+    ],
+)
+def test_an_unknown_or_repeated_held_list_is_named_not_guessed(roles: list[str]) -> None:
+    from types import SimpleNamespace
+
+    from agent.audit.replay import EntryReplayer, _Stop
+
+    found: list[tuple[str, str]] = []
+    entry = SimpleNamespace(collateral=[SimpleNamespace(role=r, sha256=bytes(32)) for r in roles])
+    with pytest.raises(_Stop):
+        EntryReplayer._held_crls(
+            entry,  # type: ignore[arg-type]
+            lambda role, digest: b"crl",
+            lambda code, message: found.append((code, message)),
+        )
+    assert [code for code, _ in found] == ["collateral_unknown"]
+    assert roles[-1] in found[0][1]
+
+
+def test_held_lists_are_read_by_kind_and_product() -> None:
+    from types import SimpleNamespace
+
+    from agent.audit.replay import EntryReplayer
+
+    roles = ["trust-root-amd_ark-0", "broker-amd-crl-vlek-genoa", "broker-amd-crl-vcek-milan"]
+    entry = SimpleNamespace(collateral=[SimpleNamespace(role=r, sha256=bytes(32)) for r in roles])
+    held = EntryReplayer._held_crls(
+        entry,  # type: ignore[arg-type]
+        lambda role, digest: role.encode(),
+        lambda code, message: pytest.fail(message),
+    )
+    assert held == {
+        (SigningKey.VLEK, Product.GENOA): b"broker-amd-crl-vlek-genoa",
+        (SigningKey.VCEK, Product.MILAN): b"broker-amd-crl-vcek-milan",
+    }
