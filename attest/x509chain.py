@@ -79,7 +79,12 @@ def signature_bits_canonical(cert: x509.Certificate) -> bool:
     the same certificate: harmless for the signature, but it makes "the exact bytes" ambiguous
     (caches, archives and audits key on exact bytes).
     """
-    der = certificate_der(cert)
+    return signed_der_canonical(certificate_der(cert))
+
+
+def signed_der_canonical(der: bytes) -> bool:
+    """``signature_bits_canonical`` for the DER of any X.509 SIGNED{} structure (certificate,
+    CRL: SEQUENCE { tbs, signatureAlgorithm, signature BIT STRING })."""
     try:
         _, start, end = _tlv(der, 0)
         _, _, pos = _tlv(der, start)  # tbsCertificate

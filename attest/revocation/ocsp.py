@@ -227,6 +227,33 @@ def _der_tlv(buf: bytes, pos: int) -> tuple[int, int, int]:
     return tag, pos, pos + length
 
 
+def _response_signature_bits_canonical(der: bytes) -> bool:
+    """Is the BasicOCSPResponse's signature BIT STRING's unused-bits byte 0, as DER requires?
+
+    ``cryptography`` ignores that byte (as for certificates: ``signature_bits_canonical``), so
+    without this check the same signed response has 255 other encodings that verify: harmless
+    for the status, but the response's exact bytes are what caches key on and what the log
+    archives. Found by ``tests/revocation/test_ocsp_properties.py`` (a flipped unused-bits byte
+    was still judged good). Only called on a response ``cryptography`` parsed as successful.
+    """
+    try:
+        _, start, _ = _der_tlv(der, 0)  # OCSPResponse
+        _, _, pos = _der_tlv(der, start)  # responseStatus
+        _, pos, _ = _der_tlv(der, pos)  # [0] EXPLICIT responseBytes
+        _, pos, _ = _der_tlv(der, pos)  # ResponseBytes SEQUENCE
+        _, _, pos = _der_tlv(der, pos)  # responseType
+        tag, inner, inner_end = _der_tlv(der, pos)  # response OCTET STRING
+        if tag != 0x04:
+            return False
+        _, start, _ = _der_tlv(der, inner)  # BasicOCSPResponse
+        _, _, pos = _der_tlv(der, start)  # tbsResponseData
+        _, _, pos = _der_tlv(der, pos)  # signatureAlgorithm
+        tag, bits_start, bits_end = _der_tlv(der, pos)
+    except ValueError:
+        return False
+    return tag == 0x03 and inner_end >= bits_end > bits_start and der[bits_start] == 0
+
+
 def _public_key_bits(key: CertificatePublicKeyTypes) -> bytes:
     """The subjectPublicKey BIT STRING contents (what OCSP key hashes cover, RFC 6960 §4.1.1)."""
     spki = key.public_bytes(
@@ -582,6 +609,10 @@ def _verify(
         raise _InvalidResponseError(
             "unsuccessful_status",
             f"responder answered '{resp.response_status.name.lower()}', not 'successful'",
+        )
+    if not _response_signature_bits_canonical(der):
+        raise _InvalidResponseError(
+            "malformed", "response signature BIT STRING is not DER (unused bits must be 0)"
         )
     # 2. Signed by the issuer or by a responder the issuer authorised, valid at `at`.
     if issuer_bits is None:  # once: steps 2 and 3 both hash it

@@ -70,6 +70,7 @@ from attest.x509chain import (
     VerifiedChain,
     describe,
     signature_bits_canonical,
+    signed_der_canonical,
     verify_chain,
 )
 
@@ -488,10 +489,16 @@ def _load_crl(data: bytes, what: str) -> x509.CertificateRevocationList:
     _require_crl_size(data)
     try:
         if b"-----BEGIN X509 CRL-----" in data:
-            return x509.load_pem_x509_crl(data)
-        return x509.load_der_x509_crl(data)
+            crl = x509.load_pem_x509_crl(data)
+            der = crl.public_bytes(Encoding.DER)
+        else:
+            crl = x509.load_der_x509_crl(data)
+            der = data
     except ValueError as exc:
         raise InputError(f"{what}malformed CRL: {exc}") from exc
+    if not signed_der_canonical(der):  # the exact bytes are archived and cache keys
+        raise InputError(f"{what}malformed CRL: signature BIT STRING is not DER (unused bits)")
+    return crl
 
 
 def _check_amd_crl(
@@ -582,6 +589,14 @@ def load_held_crl(data: bytes, kind: SigningKey, product: Product) -> bytes:
             f"{held_crl_name(kind, product)}: CRL issuer is {issuer!r}, not 'ARK-{product.value}'"
         )
     return bytes(data)
+
+
+def held_crl_dates(data: bytes) -> tuple[datetime, datetime | None]:
+    """(thisUpdate, nextUpdate) of a held CRL already accepted by ``load_held_crl``. A reload
+    compares thisUpdate so that it never replaces a list with an older one (a rollback to a
+    list made before an ASK or ASVK was revoked); the broker logs both."""
+    crl = _load_crl(data, "")
+    return crl.last_update_utc, crl.next_update_utc
 
 
 #: CRL verdicts an ``AmdCrlCache`` keeps: one per product (ARK) and intermediate for each CRL

@@ -32,7 +32,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 
 from attest.errors import InputError, ParseError
 from attest.jsonutil import json_depth
-from attest.x509chain import load_pem_chain
+from attest.x509chain import load_pem_chain, signed_der_canonical
 
 #: A QuoteCollateralV3 JSON larger than this is refused (real ones are 16-19 KB; a Processor
 #: CA PCK CRL can add some hundred KB as hex).
@@ -588,6 +588,10 @@ def parse_crl(der: bytes, *, what: str = "CRL") -> Crl:
         _ = (crl.signature_hash_algorithm, [(r.serial_number, r.extensions) for r in crl])
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise CollateralParseError(f"{what}: malformed DER CRL: {exc}", field=what) from exc
+    if not signed_der_canonical(bytes(der)):  # the exact bytes are archived and cache keys
+        raise CollateralParseError(
+            f"{what}: malformed DER CRL: signature BIT STRING is not DER (unused bits)", field=what
+        )
     return Crl(crl=crl, der=bytes(der))
 
 
