@@ -1,10 +1,12 @@
 """``lessee broker``: run the key broker, register sealed models, print its keys, export its log.
 
-* ``serve --state DIR --listen ADDR``: run until SIGTERM/SIGINT (graceful stop). Plaintext only
-  on loopback; anywhere else ``--tls-cert``/``--tls-key``. ``--client-ca`` + ``--admin-listen``
-  open an admin port that requires client certificates. ``--rims DIR`` adds RIMs the broker
-  holds itself; ``--trust-emulation [PKI_DIR]`` offers this installation's emulation roots as
-  candidates (used only by models whose policy pins them). JSON log lines go to stderr.
+* ``serve --state DIR --listen ADDR``: run until SIGTERM/SIGINT (graceful stop); SIGHUP re-reads
+  ``--rims`` and ``--amd-crls`` (all or nothing: ``RunningBroker.reload_held_collateral``).
+  Plaintext only on loopback; anywhere else ``--tls-cert``/``--tls-key``. ``--client-ca`` +
+  ``--admin-listen`` open an admin port that requires client certificates. ``--rims DIR`` adds
+  RIMs the broker holds itself, ``--amd-crls DIR`` the AMD CRLs it holds;
+  ``--trust-emulation [PKI_DIR]`` offers this installation's emulation roots as candidates
+  (used only by models whose policy pins them). JSON log lines go to stderr.
 * ``register --target ADDR --key-file FILE --policy FILE``: store a sealed model's data key
   (from ``lessee seal --key-out``) and its policy. ``--model-id``/``--model-version``/
   ``--manifest-digest`` default to the key file's and must agree with it when given.
@@ -24,8 +26,12 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from attest.errors import InputError
+
+if TYPE_CHECKING:
+    from agent.rpc.server import RunningBroker
 
 EXIT_OK = 0
 
@@ -54,11 +60,18 @@ def _serve(args: argparse.Namespace) -> int:
     configure_json_logging(sys.stderr)
     running = serve_broker(config)
     stop = threading.Event()
+    reload_wanted = threading.Event()
+    wake = threading.Event()
+    hup = getattr(signal, "SIGHUP", None)  # absent on Windows
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
+        # Only flags here: the reload reads files and may log, which a signal handler should
+        # not do in the middle of whatever the main thread was doing.
+        (reload_wanted if signum == hup else stop).set()
+        wake.set()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    handled = (signal.SIGTERM, signal.SIGINT) + ((hup,) if hup is not None else ())
+    previous = {s: signal.signal(s, on_signal) for s in handled}
     try:
         print(
             f"lessee broker: listening on {running.target}"
@@ -73,12 +86,36 @@ def _serve(args: argparse.Namespace) -> int:
                 "policy pins them): " + json.dumps(running.emulation.fingerprints()),
                 flush=True,
             )
-        stop.wait()
+        while not stop.is_set():
+            wake.wait()
+            wake.clear()
+            if reload_wanted.is_set() and not stop.is_set():
+                reload_wanted.clear()
+                _reload(running)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
         running.stop(args.grace)
     return EXIT_OK
+
+
+def _reload(running: RunningBroker) -> None:
+    """SIGHUP: hold the RIMs and AMD CRLs now in the ``--rims``/``--amd-crls`` directories.
+    A refused reload keeps the broker serving with what it held (and says why)."""
+    try:
+        report = running.reload_held_collateral()
+    except InputError as exc:
+        print(f"lessee broker: {exc}", file=sys.stderr, flush=True)
+        return
+    print(
+        f"lessee broker: reloaded {report.rims} RIM(s) and {len(report.amd_crls)} AMD CRL(s)"
+        + (
+            f"; no longer held: {', '.join(report.amd_crls_dropped)}"
+            if report.amd_crls_dropped
+            else ""
+        ),
+        flush=True,
+    )
 
 
 def _register(args: argparse.Namespace) -> int:
@@ -197,7 +234,9 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="AMD CRLs the broker holds itself, named <kind>-<product>.crl (vcek-Milan.crl, "
         "vlek-Genoa.crl, ...): checked instead of the CRL in the evidence for SEV-SNP reports "
         "of that kind and product (the host could send the other list); refresh them before "
-        "their nextUpdate and restart, or every such report is refused",
+        "their nextUpdate, or every such report is refused: replace the files and send the "
+        "broker SIGHUP (re-reads --rims and --amd-crls; a bad file or an older list is "
+        "refused and the held ones kept)",
     )
     p.add_argument(
         "--trust-emulation",

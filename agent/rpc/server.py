@@ -32,6 +32,7 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -41,7 +42,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from agent.bounded_read import read_bounded
-from agent.broker.appraiser import composite_appraiser
+from agent.broker.appraiser import CompositeAppraiser, ReloadReport, composite_appraiser
 from agent.broker.config import BROKER_DB, LOG_DB, BrokerConfig, prepare_state_dir
 from agent.broker.keywrap import KeyWrapper
 from agent.broker.service import Broker
@@ -272,10 +273,12 @@ class RunningBroker(grpc.Server):
         port: int,
         admin_port: int | None,
         emulation: EmulationRoots | None,
+        config: BrokerConfig | None = None,
     ) -> None:
         self._server = server
         self.broker = broker
         self._res = resources
+        self._config = config
         self.host = host
         self.port = port
         self.admin_port = admin_port
@@ -325,6 +328,49 @@ class RunningBroker(grpc.Server):
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
         return self._server.wait_for_termination(timeout)
+
+    def reload_held_collateral(self) -> ReloadReport:
+        """Re-read the ``--rims`` and ``--amd-crls`` directories and hold what they contain from
+        now on (``lessee broker serve`` does this on SIGHUP): a held CRL past its nextUpdate
+        refuses every report of its kind and product, so lists are refreshed while serving.
+
+        All or nothing, and logged either way: a directory that would stop the broker at start
+        (a misnamed, malformed, oversized or wrongly issued file, an unreadable directory) or
+        a CRL older than the one held for the same kind and product leaves everything as it was
+        and raises ``InputError``. Calls running meanwhile finish with what they started with.
+        """
+        config = self._config
+        appraiser = self.broker.appraiser
+        if config is None or not isinstance(appraiser, CompositeAppraiser):
+            raise InputError("this broker was not started with reloadable collateral")
+        try:
+            rims = load_rims(config.rims_dir) if config.rims_dir is not None else ()
+            crls = load_amd_crls(config.amd_crls_dir) if config.amd_crls_dir is not None else {}
+            report = appraiser.reload(rims=rims, amd_crls=crls)
+        except (InputError, OSError) as exc:
+            text = str(exc)  # an InputError's text, or errno, reason and path: never bytes
+            log_event("held_collateral_reload_failed", error=text)
+            raise InputError(
+                f"reload refused, the previous collateral is still held: {text}"
+            ) from None
+        log_event(
+            "held_collateral_reloaded",
+            rims=report.rims,
+            amd_crls=report.amd_crls,
+            amd_crls_dropped=list(report.amd_crls_dropped),
+            amd_crls_stale=stale_held_crls(report, config.clock()),
+        )
+        return report
+
+
+def stale_held_crls(report: ReloadReport, now: datetime) -> list[str]:
+    """Held lists already past their nextUpdate (or without one) at ``now``: every SEV-SNP
+    report of that kind and product is refused (``crl_stale``) until the list is refreshed."""
+    return [
+        name
+        for name, (_, next_update) in report.amd_crls.items()
+        if next_update is None or datetime.fromisoformat(next_update) < now
+    ]
 
 
 def build_broker(config: BrokerConfig) -> tuple[Broker, _Resources, EmulationRoots | None]:
@@ -443,7 +489,9 @@ def serve_broker(config: BrokerConfig) -> RunningBroker:
         port=port,
         admin_port=admin_port,
         emulation=emulation,
+        config=config,
     )
+    held = broker.appraiser.describe() if isinstance(broker.appraiser, CompositeAppraiser) else None
     log_event(
         "broker_started",
         listen=config.listen,
@@ -453,6 +501,9 @@ def serve_broker(config: BrokerConfig) -> RunningBroker:
         log_size=res.log.size,
         emulation_candidates=emulation is not None,
         at=time.time(),
+        held_rims=held.rims if held else 0,
+        held_amd_crls=held.amd_crls if held else {},
+        held_amd_crls_stale=stale_held_crls(held, config.clock()) if held else [],
     )
     return running
 

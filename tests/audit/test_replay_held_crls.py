@@ -65,20 +65,77 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Logged]:
         b.broker.appraiser = composite_appraiser(
             AppraisalContext(amd_extra_arks=(pki.ark.cert,), amd_crls=amd_crls)
         )
-        b.clock.tick()
-        ch = b.broker.challenge(MODEL)
-        key = enclave_key()
-        binding = derive_binding(ch.nonce, key)
-        bundle = EvidenceBundle(
-            cpu=SnpEvidenceIn(snp.report(binding.report_data), snp.certificates(), clean)
-        )
-        out = b.broker.attest(nonce=ch.nonce, enclave_public_key=key, model_id=MODEL, bundle=bundle)
-        statuses.append(out.status)
-        claims = verify_ear(out.result, VERIFIER_KEY.public_key(), at=b.clock.now)
-        cpu.append(claims.submods["cpu0"])
+        status, submod = _attest(b, snp, clean)
+        statuses.append(status)
+        cpu.append(submod)
     b.export()
     yield Logged(b, held, statuses, cpu)
     b.close()
+
+
+def _attest(b: Built, snp: EmulatedSnp, crl: bytes) -> tuple[Status, Submodule]:
+    """One Attest of SEV-SNP evidence carrying ``crl``: the result's status and CPU submodule."""
+    b.clock.tick()
+    ch = b.broker.challenge(MODEL)
+    key = enclave_key()
+    binding = derive_binding(ch.nonce, key)
+    bundle = EvidenceBundle(
+        cpu=SnpEvidenceIn(snp.report(binding.report_data), snp.certificates(), crl)
+    )
+    out = b.broker.attest(nonce=ch.nonce, enclave_public_key=key, model_id=MODEL, bundle=bundle)
+    claims = verify_ear(out.result, VERIFIER_KEY.public_key(), at=b.clock.now)
+    return out.status, claims.submods["cpu0"]
+
+
+def test_a_reload_between_entries_replays_each_with_its_own_list(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """One broker, its held list replaced mid-log (``CompositeAppraiser.reload``, what SIGHUP
+    does): each entry archives the list it was checked against, so the replay reproduces the
+    verdict before the reload and the one after it."""
+    d = tmp_path_factory.mktemp("held-crls-reload")
+    pki = EmulationPki.create(d / "pki")
+    policy = json.dumps(
+        {
+            "name": "held-crls",
+            "cpu_tees": ["snp"],
+            "snp": {"allowed_measurements": [MEASUREMENT.hex()]},
+            "roots": {"extra_trusted_sha256": [pki.ark.sha256]},
+        }
+    )
+    b = build(d, stand_in=False, policy_json=policy)
+    try:
+        b.clock.now = datetime.now(UTC).replace(microsecond=0)
+        snp = EmulatedSnp(pki, measurement=MEASUREMENT)
+        clean = snp.crl(b.clock.now)
+        revoking = pki.amd_crl(at=b.clock.now, revoked_serials=(pki.ask.cert.serial_number,))
+        appraiser = composite_appraiser(
+            AppraisalContext(
+                amd_extra_arks=(pki.ark.cert,), amd_crls={(SigningKey.VCEK, Product.MILAN): clean}
+            )
+        )
+        b.broker.appraiser = appraiser
+        before = _attest(b, snp, clean)[1].status
+        appraiser.reload(rims=(), amd_crls={(SigningKey.VCEK, Product.MILAN): revoking})
+        after = _attest(b, snp, clean)[1].status
+        assert (before, after) == (Status.AFFIRMING, Status.CONTRAINDICATED)
+        b.export()
+        with Bundle(b.dir / "log.zip") as bundle:
+            archived = [
+                bundle.read_blob(c.sha256)
+                for e in (decode_entry(r.data) for r in bundle.records)
+                for c in e.collateral
+                if c.role == "broker-amd-crl-vcek-milan"
+            ]
+        assert archived == [clean, revoking]
+        report = replay_bundle_file(
+            b.dir / "log.zip", LOG_SIGNER.verifier(), VERIFIER_KEY.public_key()
+        )
+        assert report.ok, [f.line() for f in report.all_findings]
+        attests = [e for e in report.entries if e.kind.value == "attest"]
+        assert len(attests) == 2 and all(e.verdict_equal for e in attests)
+    finally:
+        b.close()
 
 
 def test_the_held_list_decides_and_is_archived(logged: Logged) -> None:
