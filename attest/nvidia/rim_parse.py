@@ -38,6 +38,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from lxml import etree
 
 from attest.errors import ParseError
+from attest.x509chain import signed_der_canonical
 
 #: Largest RIM accepted. NVIDIA's are about 20 KiB (64 resources, up to 4 alternatives); 256 KiB
 #: leaves room for bigger parts without letting a hostile file cost real parse time.
@@ -606,6 +607,8 @@ def _load_certificate(der: bytes, field: str) -> x509.Certificate:
         cert.public_key()
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise _err(f"malformed certificate: {str(exc)[:120]}", field) from None
+    if not signed_der_canonical(der):  # as every certificate lessee loads (x509chain)
+        raise _err("malformed certificate: signature BIT STRING is not DER (unused bits)", field)
     return cert
 
 

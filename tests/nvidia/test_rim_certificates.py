@@ -47,3 +47,28 @@ def test_memo_is_bounded() -> None:
     memo = CertificateMemo(max_entries=2)
     parse_rim_with_content(DRIVER, certificates=memo)
     assert len(memo) == 2
+
+
+def test_a_keyinfo_certificate_with_a_non_der_signature_bit_string_is_refused() -> None:
+    """The XML signature does not cover KeyInfo, so an embedded certificate's bytes are only
+    as fixed as their encoding: with its signature's unused-bits octet changed (the last octet
+    even, so still valid BER) ``cryptography`` loads the same certificate. The RIM is refused,
+    as every certificate lessee loads is (``attest.x509chain.signed_der_canonical``)."""
+    import base64
+    import re
+
+    from attest.x509chain import _tlv
+
+    match = list(re.finditer(rb"<(?:\w+:)?X509Certificate>([^<]+)</", DRIVER))[1]
+    der = bytearray(base64.b64decode(match.group(1)))
+    assert der[-1] & 1 == 0
+    _, start, _ = _tlv(bytes(der), 0)
+    _, _, pos = _tlv(bytes(der), start)  # tbsCertificate
+    _, _, pos = _tlv(bytes(der), pos)  # signatureAlgorithm
+    _, bits, _ = _tlv(bytes(der), pos)
+    assert der[bits] == 0
+    der[bits] = 1
+    bad = DRIVER[: match.start(1)] + base64.b64encode(bytes(der)) + DRIVER[match.end(1) :]
+    parse_rim(DRIVER)
+    with pytest.raises(RimParseError, match="signature BIT STRING is not DER"):
+        parse_rim(bad)
