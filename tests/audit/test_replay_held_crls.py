@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -42,9 +43,8 @@ class Logged:
     cpu: list[Submodule]
 
 
-@pytest.fixture(scope="module")
-def logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Logged]:
-    d = tmp_path_factory.mktemp("held-crls")
+def _broker(d: Path) -> tuple[EmulationPki, Built]:
+    """An emulation PKI and a real broker whose policy needs the SEV-SNP CPU only."""
     pki = EmulationPki.create(d / "pki")
     policy = json.dumps(
         {
@@ -54,7 +54,13 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Logged]:
             "roots": {"extra_trusted_sha256": [pki.ark.sha256]},
         }
     )
-    b = build(d, stand_in=False, policy_json=policy)
+    return pki, build(d, stand_in=False, policy_json=policy)
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Logged]:
+    d = tmp_path_factory.mktemp("held-crls")
+    pki, b = _broker(d)
     b.clock.now = datetime.now(UTC).replace(microsecond=0)
     snp = EmulatedSnp(pki, measurement=MEASUREMENT)
     clean = snp.crl(b.clock.now)
@@ -94,16 +100,7 @@ def test_a_reload_between_entries_replays_each_with_its_own_list(
     does): each entry archives the list it was checked against, so the replay reproduces the
     verdict before the reload and the one after it."""
     d = tmp_path_factory.mktemp("held-crls-reload")
-    pki = EmulationPki.create(d / "pki")
-    policy = json.dumps(
-        {
-            "name": "held-crls",
-            "cpu_tees": ["snp"],
-            "snp": {"allowed_measurements": [MEASUREMENT.hex()]},
-            "roots": {"extra_trusted_sha256": [pki.ark.sha256]},
-        }
-    )
-    b = build(d, stand_in=False, policy_json=policy)
+    pki, b = _broker(d)
     try:
         b.clock.now = datetime.now(UTC).replace(microsecond=0)
         snp = EmulatedSnp(pki, measurement=MEASUREMENT)
