@@ -13,8 +13,12 @@
 * ``keys --state DIR``: print the EAR verifier key (PEM and JWK) and the log's vkey.
 * ``export-log --state DIR --out FILE``: write the whole log as an audit bundle for
   ``lessee audit verify``.
+* ``fetch-amd-crls --dir DIR [--notify-pid PID]``: fetch AMD's CRLs from KDS into an
+  ``--amd-crls`` directory, checked and never rolled back (``agent.amd_crl_fetch``); SIGHUP the
+  broker when one changed.
 
-Exit codes follow the CLI contract: 0 done; 1 refused by the broker; 2 bad input or usage.
+Exit codes follow the CLI contract: 0 done; 1 refused by the broker (or, for fetch-amd-crls,
+a list that could not be fetched or was unfit); 2 bad input or usage.
 """
 
 from __future__ import annotations
@@ -118,6 +122,51 @@ def _reload(running: RunningBroker) -> None:
     )
 
 
+def _fetch_amd_crls(args: argparse.Namespace) -> int:
+    """Fetch AMD's CRLs into the broker's --amd-crls directory (checked; never a rollback)."""
+    import os
+
+    from cryptography import x509
+
+    from agent.amd_crl_fetch import KINDS, update_crl_directory
+    from agent.broker.config import utc_now
+    from attest.snp.report import Product, SigningKey
+
+    extra: tuple[x509.Certificate, ...] = ()
+    if args.trust_emulation is not None:
+        from agent.emulation.pki import default_pki_dir
+        from agent.rpc.server import load_emulation_roots
+
+        pki = Path(args.trust_emulation) if args.trust_emulation else default_pki_dir()
+        extra = (load_emulation_roots(pki).amd_ark,)
+    products = [Product(p) for p in args.product] if args.product else list(Product)
+    kinds = [SigningKey(k) for k in args.kind] if args.kind else list(KINDS)
+    outcomes = update_crl_directory(
+        Path(args.dir),
+        at=utc_now(),
+        products=products,
+        kinds=kinds,
+        base_url=args.kds_url,
+        timeout=args.timeout,
+        extra_arks=extra,
+    )
+    for o in outcomes:
+        dates = ""
+        if o.this_update is not None and o.next_update is not None:
+            dates = f" (thisUpdate {o.this_update:%Y-%m-%dT%H:%MZ}, "
+            dates += f"nextUpdate {o.next_update:%Y-%m-%dT%H:%MZ})"
+        print(f"{o.name}: {o.status}{dates}" + (f": {o.error}" if o.error else ""))
+    if args.notify_pid is not None and any(o.status == "written" for o in outcomes):
+        try:
+            os.kill(args.notify_pid, signal.SIGHUP)
+        except OSError as exc:
+            raise InputError(
+                f"cannot signal broker pid {args.notify_pid}: {exc.strerror}"
+            ) from None
+        print(f"sent SIGHUP to {args.notify_pid}: the broker reloads its held lists")
+    return 1 if any(o.status == "failed" for o in outcomes) else EXIT_OK
+
+
 def _register(args: argparse.Namespace) -> int:
     from agent.agent import call_broker, open_channel
     from agent.loader.keyfile import read_key_file
@@ -216,6 +265,12 @@ def _export_log(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _products() -> list[str]:
+    from attest.snp.report import Product
+
+    return [p.value for p in Product]
+
+
 def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
     sub.required = True
@@ -249,6 +304,42 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=32, help="server threads")
     p.add_argument("--grace", type=float, default=5.0, help="seconds to finish calls on stop")
     p.set_defaults(func=_serve)
+
+    p = sub.add_parser(
+        "fetch-amd-crls",
+        help="fetch AMD's SEV-SNP CRLs into an --amd-crls directory",
+        description="Fetch <kind>-<product>.crl from AMD's KDS (<kds-url>/<kind>/v1/<product>"
+        "/crl) into DIR. Each answer is checked before it is written: issued and signed by the "
+        "product's pinned ARK, current now, DER-strict; a list is never replaced by an older "
+        "one, and each file is replaced atomically. A 404 (no such list) is reported as "
+        "'absent'. Exit 0 when every list was written, unchanged, kept or absent; 1 when any "
+        "failed (its file untouched). Run it from cron well inside the lists' validity, with "
+        "--notify-pid to make a running broker reload them.",
+    )
+    p.add_argument("--dir", required=True, metavar="DIR", help="the broker's --amd-crls directory")
+    p.add_argument(
+        "--product",
+        action="append",
+        choices=_products(),
+        help="repeatable; default all",
+    )
+    p.add_argument(
+        "--kind", action="append", choices=["vcek", "vlek"], help="repeatable; default both"
+    )
+    p.add_argument("--kds-url", default="https://kdsintf.amd.com", metavar="URL", help="KDS base")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    p.add_argument(
+        "--trust-emulation",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PKI_DIR",
+        help="also accept lists signed by this installation's emulated ARK (tests, demos)",
+    )
+    p.add_argument(
+        "--notify-pid", type=int, metavar="PID", help="send SIGHUP to this broker if a list changed"
+    )
+    p.set_defaults(func=_fetch_amd_crls)
 
     p = sub.add_parser("register", help="register a sealed model's key and policy")
     p.add_argument("--target", required=True, metavar="ADDR", help="broker (admin) address")

@@ -501,15 +501,11 @@ def _load_crl(data: bytes, what: str) -> x509.CertificateRevocationList:
     return crl
 
 
-def _check_amd_crl(
-    crl_data: bytes, *, ark: x509.Certificate, intermediate: x509.Certificate, at: datetime
-) -> tuple[datetime, datetime]:
-    """``check_amd_crl``, returning the window (lastUpdate, nextUpdate) in which it passes.
-
-    Only the window depends on ``at``: issuer, algorithm, signature and the revoked list depend
-    on the bytes alone, which is what lets ``AmdCrlCache`` answer from the window.
-    """
-    at = require_aware(at)
+def verify_amd_crl_signature(
+    crl_data: bytes, ark: x509.Certificate
+) -> x509.CertificateRevocationList:
+    """The CRL (DER or PEM, bounded) if ``ark`` issued and signed it as AMD signs its CRLs
+    (RSASSA-PSS/SHA-384); ``RevocationError`` otherwise. Its dates are the caller's to check."""
     crl = _load_crl(crl_data, "")
     if crl.issuer != ark.subject:
         raise RevocationError(f"CRL issuer is not '{describe(ark)}'", reason="crl_issuer")
@@ -524,6 +520,19 @@ def _check_amd_crl(
         raise RevocationError(
             "CRL signature does not verify with the ARK", reason="crl_bad_signature"
         )
+    return crl
+
+
+def _check_amd_crl(
+    crl_data: bytes, *, ark: x509.Certificate, intermediate: x509.Certificate, at: datetime
+) -> tuple[datetime, datetime]:
+    """``check_amd_crl``, returning the window (lastUpdate, nextUpdate) in which it passes.
+
+    Only the window depends on ``at``: issuer, algorithm, signature and the revoked list depend
+    on the bytes alone, which is what lets ``AmdCrlCache`` answer from the window.
+    """
+    at = require_aware(at)
+    crl = verify_amd_crl_signature(crl_data, ark)
     last_update = crl.last_update_utc
     next_update = crl.next_update_utc
     if at < last_update:
