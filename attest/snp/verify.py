@@ -494,7 +494,11 @@ def _load_crl(data: bytes, what: str) -> x509.CertificateRevocationList:
         else:
             crl = x509.load_der_x509_crl(data)
             der = data
-    except ValueError as exc:
+        # cryptography decodes these lazily: a damaged name, date, extension or revoked entry
+        # would otherwise raise a bare ValueError later, inside a check (found by hypothesis).
+        _ = (crl.issuer, crl.last_update_utc, crl.next_update_utc, crl.extensions)
+        _ = (crl.signature_hash_algorithm, [(r.serial_number, r.extensions) for r in crl])
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise InputError(f"{what}malformed CRL: {exc}") from exc
     if not signed_der_canonical(der):  # the exact bytes are archived and cache keys
         raise InputError(f"{what}malformed CRL: signature BIT STRING is not DER (unused bits)")

@@ -13,12 +13,15 @@ import http.server
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.amd_crl_fetch import (
     AmdCrlFetchError,
@@ -34,6 +37,11 @@ from attest.snp.verify import MAX_CRL_BYTES
 
 REPO = Path(__file__).resolve().parents[2]
 MILAN_VCEK = ([Product.MILAN], [SigningKey.VCEK])
+
+
+#: One PKI and list for the property test (hypothesis runs it many times; made once).
+_HYPOTHESIS_PKI = EmulationPki.create(Path(tempfile.mkdtemp(prefix="lessee-fetch-")) / "pki")
+_HYPOTHESIS_CRL = _HYPOTHESIS_PKI.amd_crl(at=datetime.now(UTC))
 
 
 class Kds:
@@ -217,3 +225,25 @@ def test_the_cli_fetches_and_makes_a_serving_broker_reload(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_hostile_answers_only_raise_the_typed_error(data: st.DataObject) -> None:
+    """Whatever KDS (or whoever answers for it) sends: a checked list or ``AmdCrlFetchError``;
+    a mutated list is never accepted as a different one."""
+    pki = _HYPOTHESIS_PKI
+    crl = _HYPOTHESIS_CRL
+    now = datetime.now(UTC)
+    if data.draw(st.booleans()):
+        body = data.draw(st.binary(max_size=4096))
+    else:
+        mutated = bytearray(crl)
+        at = data.draw(st.integers(0, len(mutated) - 1))
+        mutated[at] ^= data.draw(st.integers(1, 255))
+        body = bytes(mutated)
+    try:
+        check_fetched_crl(body, SigningKey.VCEK, Product.MILAN, at=now, extra_arks=(pki.ark.cert,))
+    except AmdCrlFetchError:
+        return
+    assert body == crl, "a changed list was accepted"

@@ -13,6 +13,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from attest.errors import InputError, RevocationError
 from attest.snp.verify import check_amd_crl, verify_snp_report
@@ -133,3 +135,16 @@ def test_verify_wires_the_crl_to_the_pinned_ark(pki: dict) -> None:  # type: ign
     with pytest.raises(RevocationError) as e:
         verify_snp_report(virtee_report(), virtee_certs(), at=TODAY, crl=forged)
     assert e.value.reason == "crl_bad_signature"
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_changed_lists_only_raise_typed_errors(pki: dict, data: st.DataObject) -> None:  # type: ignore[type-arg]
+    """One changed byte anywhere: ``InputError`` (it does not decode, including fields
+    ``cryptography`` decodes lazily: a CRL's issuer name once escaped as ``ValueError``) or
+    ``RevocationError`` (it decodes but is not the list the ARK signed); never accepted."""
+    crl = bytearray(_crl(pki["ark_key"], revoked=(7, 8)))
+    at = data.draw(st.integers(0, len(crl) - 1))
+    crl[at] ^= data.draw(st.integers(1, 255))
+    with pytest.raises((InputError, RevocationError)):
+        check_amd_crl(bytes(crl), ark=pki["ark"], intermediate=pki["ask"], at=TODAY)
