@@ -42,9 +42,10 @@ MAX_CERT_BYTES = 16 * 1024
 _PEM_BEGIN = b"-----BEGIN CERTIFICATE-----"
 
 
-#: What cryptography raises for a certificate it cannot decode (names and extensions are
-#: decoded lazily, so these can surface long after loading unless decoded up front).
-_DECODE_ERRORS = (
+#: What cryptography raises for a certificate or CRL it cannot decode (names and extensions are
+#: decoded lazily, so these can surface long after loading unless decoded up front; a bad
+#: version is ``InvalidVersion``, not a ``ValueError``).
+X509_DECODE_ERRORS = (
     ValueError,
     TypeError,  # a name attribute re-tagged (e.g. as BIT STRING) surfaces as TypeError
     x509.InvalidVersion,
@@ -121,7 +122,7 @@ def load_pem_chain(
         raise InputError(f"certificate chain holds {count} certificates; the limit is {max_certs}")
     try:
         return tuple(_decode_eagerly(c) for c in x509.load_pem_x509_certificates(data))
-    except (*_DECODE_ERRORS, UnsupportedAlgorithm) as exc:
+    except (*X509_DECODE_ERRORS, UnsupportedAlgorithm) as exc:
         raise InputError(f"malformed PEM certificate chain: {exc}") from exc
 
 
@@ -133,7 +134,7 @@ def load_certificate(data: bytes) -> x509.Certificate:
         if _PEM_BEGIN in data:
             return _decode_eagerly(x509.load_pem_x509_certificate(data))
         return _decode_eagerly(x509.load_der_x509_certificate(data))
-    except (*_DECODE_ERRORS, UnsupportedAlgorithm) as exc:
+    except (*X509_DECODE_ERRORS, UnsupportedAlgorithm) as exc:
         raise InputError(f"malformed certificate: {exc}") from exc
 
 

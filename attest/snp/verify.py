@@ -498,7 +498,7 @@ def _load_crl(data: bytes, what: str) -> x509.CertificateRevocationList:
         # would otherwise raise a bare ValueError later, inside a check (found by hypothesis).
         _ = (crl.issuer, crl.last_update_utc, crl.next_update_utc, crl.extensions)
         _ = (crl.signature_hash_algorithm, [(r.serial_number, r.extensions) for r in crl])
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+    except _CERT_DECODE_ERRORS as exc:  # InvalidVersion too: a bad version is not a ValueError
         raise InputError(f"{what}malformed CRL: {exc}") from exc
     if not signed_der_canonical(der):  # the exact bytes are archived and cache keys
         raise InputError(f"{what}malformed CRL: signature BIT STRING is not DER (unused bits)")

@@ -32,7 +32,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 
 from attest.errors import InputError, ParseError
 from attest.jsonutil import json_depth
-from attest.x509chain import load_pem_chain, signed_der_canonical
+from attest.x509chain import X509_DECODE_ERRORS, load_pem_chain, signed_der_canonical
 
 #: A QuoteCollateralV3 JSON larger than this is refused (real ones are 16-19 KB; a Processor
 #: CA PCK CRL can add some hundred KB as hex).
@@ -586,7 +586,7 @@ def parse_crl(der: bytes, *, what: str = "CRL") -> Crl:
         crl = x509.load_der_x509_crl(bytes(der))
         _ = (crl.issuer, crl.last_update_utc, crl.next_update_utc, crl.extensions)
         _ = (crl.signature_hash_algorithm, [(r.serial_number, r.extensions) for r in crl])
-    except (ValueError, UnsupportedAlgorithm) as exc:
+    except (*X509_DECODE_ERRORS, UnsupportedAlgorithm) as exc:
         raise CollateralParseError(f"{what}: malformed DER CRL: {exc}", field=what) from exc
     if not signed_der_canonical(bytes(der)):  # the exact bytes are archived and cache keys
         raise CollateralParseError(

@@ -73,3 +73,29 @@ def test_held_amd_crl_with_a_changed_unused_bits_octet_is_refused(tmp_path: Path
     pem = x509.load_der_x509_crl(bad).public_bytes(Encoding.PEM)
     with pytest.raises(InputError, match="signature BIT STRING is not DER"):
         load_held_crl(pem, *key)
+
+
+def _bad_version(der: bytes) -> bytes:
+    """``der`` with its version (v2, INTEGER 1) set to 0, which cryptography refuses with
+    ``InvalidVersion``, an exception that is not a ``ValueError``."""
+    _, start, _ = _tlv(der, 0)
+    _, tbs, _ = _tlv(der, start)  # tbsCertList contents
+    tag, value, end = _tlv(der, tbs)
+    assert (tag, der[value:end]) == (0x02, b"\x01")
+    return der[:value] + b"\x00" + der[end:]
+
+
+def test_a_crl_with_a_bad_version_is_a_typed_error(tmp_path: Path) -> None:
+    """Found by hypothesis (``tests/snp/test_crl.py``): the version byte changed escaped the
+    AMD CRL check as ``cryptography.x509.InvalidVersion``; the TDX CRL parser had the same gap."""
+    from attest.snp.verify import check_amd_crl
+
+    pck = _bad_version(h.read(h.GTG / "pckcrl"))
+    with pytest.raises(CollateralParseError, match="malformed DER CRL"):
+        parse_crl(pck)
+    pki = EmulationPki.create(tmp_path / "pki")
+    amd = _bad_version(pki.amd_crl(at=datetime.now(UTC)))
+    with pytest.raises(InputError, match="malformed CRL"):
+        load_held_crl(amd, SigningKey.VCEK, Product.MILAN)
+    with pytest.raises(InputError, match="malformed CRL"):
+        check_amd_crl(amd, ark=pki.ark.cert, intermediate=pki.ask.cert, at=datetime.now(UTC))
