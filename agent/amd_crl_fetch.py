@@ -21,8 +21,6 @@ A 404 means AMD publishes no such list (for example no VLEK list for a product):
 
 from __future__ import annotations
 
-import os
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -33,6 +31,7 @@ from pathlib import Path
 
 from cryptography import x509
 
+from agent.fetching import NoRedirect, require_https, write_atomically
 from attest.errors import InputError, RevocationError, VerificationError
 from attest.snp.report import Product, SigningKey
 from attest.snp.verify import (
@@ -50,7 +49,6 @@ AMD_KDS_URL = "https://kdsintf.amd.com"
 DEFAULT_TIMEOUT_S = 10.0
 #: The key kinds whose intermediates AMD revokes by CRL (VCEK: ASKs; VLEK: ASVKs).
 KINDS = (SigningKey.VCEK, SigningKey.VLEK)
-_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
 class AmdCrlFetchError(VerificationError):
@@ -73,25 +71,8 @@ class FetchOutcome:
     error: str | None = None
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """KDS does not redirect; following one could leave https or KDS."""
-
-    def redirect_request(self, *args: object, **kwargs: object) -> None:
-        return None
-
-
 def kds_crl_url(base_url: str, kind: SigningKey, product: Product) -> str:
     return f"{base_url.rstrip('/')}/{kind.value}/v1/{product.value}/crl"
-
-
-def _check_base_url(base_url: str) -> None:
-    parsed = urllib.parse.urlsplit(base_url)
-    if not parsed.netloc:
-        raise InputError(f"KDS URL has no host: {base_url!r}")
-    if parsed.scheme != "https" and not (
-        parsed.scheme == "http" and parsed.hostname in _LOOPBACK_HOSTS
-    ):
-        raise InputError(f"KDS URL must be https (http on loopback only): {base_url!r}")
 
 
 def fetch_amd_crl(
@@ -102,9 +83,9 @@ def fetch_amd_crl(
     timeout: float = DEFAULT_TIMEOUT_S,
 ) -> bytes | None:
     """The bytes KDS serves for this list (unchecked), or None when it has none (404)."""
-    _check_base_url(base_url)
+    require_https(base_url, "KDS")
     url = kds_crl_url(base_url, kind, product)
-    opener = urllib.request.build_opener(_NoRedirect)
+    opener = urllib.request.build_opener(NoRedirect())
     request = urllib.request.Request(url, headers={"Accept": "application/pkix-crl"})  # noqa: S310
     name = held_crl_name(kind, product)
     try:
@@ -157,19 +138,6 @@ def check_fetched_crl(
     return this_update, next_update
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".fetch-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def update_crl_directory(
     directory: Path,
     *,
@@ -183,7 +151,7 @@ def update_crl_directory(
     """Fetch, check and write ``<kind>-<product>.crl`` into ``directory`` for every pair; one
     outcome per pair, in order. A failure of one list leaves its file untouched and does not
     stop the others."""
-    _check_base_url(base_url)
+    require_https(base_url, "KDS")
     if not directory.is_dir():
         raise InputError(f"{directory}: not a directory")
     out: list[FetchOutcome] = []
@@ -221,5 +189,5 @@ def _store(
             held_this = None  # a damaged file is replaced by a checked list
         if held_this is not None and held_this > this_update:
             return FetchOutcome(name, "kept", held_this, held_next)
-    _write_atomically(path, data)
+    write_atomically(path, data)
     return FetchOutcome(name, "written", this_update, next_update)

@@ -25,7 +25,6 @@ import hashlib
 import http.client
 import os
 import secrets
-import tempfile
 import threading
 import urllib.error
 import urllib.parse
@@ -34,10 +33,10 @@ from collections import OrderedDict
 from collections.abc import Callable, MutableMapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
 
 from cryptography import x509
 
+from agent.fetching import NoRedirect, write_atomically
 from attest.errors import InputError, RevocationError
 from attest.revocation.ocsp import (
     MAX_OCSP_RESPONSE_BYTES,
@@ -60,21 +59,6 @@ _OCSP_RESPONSE_TYPE = "application/ocsp-response"
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """An OCSP POST answered with a redirect is an error, not something to follow as a GET."""
-
-    def redirect_request(  # noqa: PLR0917 - the stdlib signature
-        self,
-        req: urllib.request.Request,
-        fp: IO[bytes],
-        code: int,
-        msg: str,
-        headers: http.client.HTTPMessage,
-        newurl: str,
-    ) -> urllib.request.Request | None:
-        return None
 
 
 class _MemoryStore:
@@ -120,14 +104,7 @@ class _DiskStore:
         return None if len(data) > MAX_OCSP_RESPONSE_BYTES else data
 
     def put(self, key: str, der: bytes) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self._dir, prefix=".tmp-", suffix=CACHE_FILE_SUFFIX)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(der)
-            os.replace(tmp, self._path(key))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(self._path(key), der, fsync=False)  # a cache: a lost write is refetched
 
     def drop(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
@@ -169,7 +146,7 @@ class OnlineOcsp:
             self._store = _DiskStore(Path(cache))
         else:
             self._store = _MemoryStore(cache)
-        self._opener = urllib.request.build_opener(_NoRedirect())
+        self._opener = urllib.request.build_opener(NoRedirect())
         #: Counters for tests and the benchmark: network round trips and cache answers.
         self.fetches = 0
         self.cache_hits = 0

@@ -17,13 +17,13 @@ import binascii
 import json
 import os
 import re
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 
+from agent.fetching import NoRedirect, require_https, write_atomically
 from attest.errors import InputError, VerificationError
 from attest.nvidia.rim import (
     MAX_RIM_BYTES,
@@ -49,7 +49,6 @@ RIM_SUFFIXES = (".swidtag", ".xml")
 _NVTRUST_VBIOS_NAME = re.compile(
     r"([0-9A-Za-z]{1,16})_([0-9A-Za-z]{1,16})_([0-9A-Za-z]{1,16})_([0-9A-Fa-f]{10})(_[^/]*)?"
 )
-_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
 class RimFetchError(VerificationError):
@@ -160,17 +159,11 @@ class OnlineRimSource:
         timeout: float = DEFAULT_TIMEOUT_S,
         cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        parsed = urllib.parse.urlsplit(base_url)
-        if parsed.scheme != "https" and not (
-            parsed.scheme == "http" and parsed.hostname in _LOOPBACK_HOSTS
-        ):
-            raise InputError(f"RIM service URL must be https: {base_url!r}")
-        if not parsed.netloc:
-            raise InputError(f"RIM service URL has no host: {base_url!r}")
+        require_https(base_url, "RIM service")
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         self.timeout = timeout
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self._opener = urllib.request.build_opener(_NoRedirect)
+        self._opener = urllib.request.build_opener(NoRedirect())
 
     def _cache_path(self, rim_id: str) -> Path | None:
         return None if self.cache_dir is None else self.cache_dir / f"{rim_id}.xml"
@@ -191,16 +184,7 @@ class OnlineRimSource:
         if path is None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".rim-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(path, data)
 
     def _fetch(self, rim_id: str) -> bytes | None:
         url = self.base_url + urllib.parse.quote(rim_id, safe="")
@@ -257,13 +241,6 @@ def decode_service_response(body: bytes, rim_id: str) -> bytes:
     except RimParseError as exc:
         raise RimFetchError(f"RIM service answer for {rim_id} is not a valid RIM: {exc}") from None
     return data
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """The service does not redirect; following one could leave https or the service."""
-
-    def redirect_request(self, *args: object, **kwargs: object) -> None:
-        return None
 
 
 class ChainedRimSource:

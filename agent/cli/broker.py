@@ -265,6 +265,13 @@ def _export_log(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _trust_emulation_arg(p: argparse.ArgumentParser, help_text: str) -> None:
+    """``--trust-emulation [PKI_DIR]`` (no value: the default emulation PKI directory)."""
+    p.add_argument(
+        "--trust-emulation", nargs="?", const="", default=None, metavar="PKI_DIR", help=help_text
+    )
+
+
 def _products() -> list[str]:
     from attest.snp.report import Product
 
@@ -293,13 +300,8 @@ def register(parser: argparse.ArgumentParser) -> None:
         "broker SIGHUP (re-reads --rims and --amd-crls; a bad file or an older list is "
         "refused and the held ones kept)",
     )
-    p.add_argument(
-        "--trust-emulation",
-        nargs="?",
-        const="",
-        default=None,
-        metavar="PKI_DIR",
-        help="offer this installation's emulation roots as candidates (a policy must pin them)",
+    _trust_emulation_arg(
+        p, "offer this installation's emulation roots as candidates (a policy must pin them)"
     )
     p.add_argument("--workers", type=int, default=32, help="server threads")
     p.add_argument("--grace", type=float, default=5.0, help="seconds to finish calls on stop")
@@ -328,13 +330,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--kds-url", default="https://kdsintf.amd.com", metavar="URL", help="KDS base")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
-    p.add_argument(
-        "--trust-emulation",
-        nargs="?",
-        const="",
-        default=None,
-        metavar="PKI_DIR",
-        help="also accept lists signed by this installation's emulated ARK (tests, demos)",
+    _trust_emulation_arg(
+        p, "also accept lists signed by this installation's emulated ARK (tests, demos)"
     )
     p.add_argument(
         "--notify-pid", type=int, metavar="PID", help="send SIGHUP to this broker if a list changed"

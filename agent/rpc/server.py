@@ -173,12 +173,15 @@ def load_amd_crls(directory: Path) -> dict[tuple[SigningKey, Product], bytes]:
     the one that does not name its revoked ASVK or ASK. A held list is checked instead of the
     evidence's for reports of its kind and product, and archived with every log entry.
     Every file must be such a list (DER or PEM, bounded, issued by ``ARK-<product>``); any other
-    file is an error, so a misnamed CRL never sits there unused.
+    file is an error, so a misnamed CRL never sits there unused. Hidden files (``.name``) are
+    not read: a temporary of ``lessee broker fetch-amd-crls`` interrupted mid-write is one.
     """
     if not directory.is_dir():
         raise InputError(f"{directory}: not a directory of AMD CRLs")
     out: dict[tuple[SigningKey, Product], bytes] = {}
     for path in sorted(directory.iterdir()):
+        if path.name.startswith("."):
+            continue  # hidden: a writer's temporary (fetch-amd-crls), an editor's swap file
         key = parse_held_crl_name(path.name.removesuffix(".crl")) if path.suffix == ".crl" else None
         if key is None or not path.is_file():
             raise InputError(

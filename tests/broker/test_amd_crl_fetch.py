@@ -247,3 +247,17 @@ def test_hostile_answers_only_raise_the_typed_error(data: st.DataObject) -> None
     except AmdCrlFetchError:
         return
     assert body == crl, "a changed list was accepted"
+
+
+def test_a_left_over_temporary_does_not_stop_the_broker(pki: EmulationPki, tmp_path: Path) -> None:
+    """A fetch killed between writing its temporary and the rename leaves ``.tmp-*.part``; the
+    broker's loader skips hidden files (and still refuses any other stray file)."""
+    from agent.rpc.server import load_amd_crls
+
+    crl = pki.amd_crl(at=datetime.now(UTC))
+    (tmp_path / "vcek-Milan.crl").write_bytes(crl)
+    (tmp_path / ".tmp-abc.part").write_bytes(crl[:100])
+    assert load_amd_crls(tmp_path) == {(SigningKey.VCEK, Product.MILAN): crl}
+    (tmp_path / "tmp-abc.part").write_bytes(crl[:100])
+    with pytest.raises(InputError, match="not an AMD CRL file"):
+        load_amd_crls(tmp_path)
