@@ -22,7 +22,6 @@ A 404 means AMD publishes no such list (for example no VLEK list for a product):
 from __future__ import annotations
 
 import urllib.error
-import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
