@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -151,9 +152,10 @@ def test_a_list_not_current_or_not_signed_by_the_ark_is_refused(
 ) -> None:
     now = datetime.now(UTC)
     crl = pki.amd_crl(at=now)
+    parsed = x509.load_der_x509_crl(crl)
     assert check_fetched_crl(
         crl, SigningKey.VCEK, Product.MILAN, at=now, extra_arks=(pki.ark.cert,)
-    )
+    ) == (parsed.last_update_utc, parsed.next_update_utc)
     with pytest.raises(AmdCrlFetchError, match="not issued by the pinned ARK-Milan"):
         check_fetched_crl(crl, SigningKey.VCEK, Product.MILAN, at=now)  # emulation not trusted
     with pytest.raises(AmdCrlFetchError, match="not current at"):
