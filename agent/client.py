@@ -90,6 +90,11 @@ MAX_STATUS_DETAIL_CHARS = 120
 
 _T = TypeVar("_T")
 
+# _NOT_A_RECORD: a stream message that does not parse as ``StreamRecord`` reaches the loop as
+# ``None`` (grpc's deserializer wrapper logs the decode error and returns None instead of
+# raising). Only the relay can cause that, so it is a manipulated stream: the same opaque
+# StreamError as any other malformed record, not an AttributeError escaping the SDK.
+
 
 class EnclaveUnavailable(LesseeError):  # noqa: N818 (reads as a state: "enclave unavailable")
     """No authenticated response: the RPC failed before the stream's head arrived.
@@ -267,6 +272,11 @@ class EnclaveClient:
             )
         except grpc.aio.AioRpcError as exc:
             raise _unavailable(exc, "GetKeyBundle") from None
+        if reply is None:  # not protobuf: grpc logs the decode error and hands us None
+            raise BundleError(
+                "the enclave's key bundle reply is not a KeyBundle message",
+                reason="bundle_malformed",
+            )
         try:
             return KeyBundle.decode(reply.bundle)
         except ParseError as exc:
@@ -349,6 +359,8 @@ class EnclaveClient:
             got_head = False
             try:
                 async for message in call:
+                    if message is None:  # not a StreamRecord (see _NOT_A_RECORD)
+                        raise StreamError()
                     if not got_head:
                         stream.open_head(message.record)
                         got_head = True
@@ -378,6 +390,8 @@ class EnclaveClient:
             got_head = False
             try:
                 async for message in call:
+                    if message is None:  # not a StreamRecord (see _NOT_A_RECORD)
+                        raise StreamError()
                     if not got_head:
                         stream.open_head(message.record)
                         got_head = True

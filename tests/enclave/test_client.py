@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
+import grpc
 import pytest
 
 from agent.client import (
@@ -18,13 +20,15 @@ from agent.client import (
     broker_ear_check,
 )
 from agent.enclave import EchoGenerator, ScriptedGenerator
+from agent.enclave.service import ENCLAVE_SERVICE
 from agent.rpc.v1 import enclave_pb2
 from attest.ear import AttestationResult, EarError, Status
 from attest.errors import InputError, ParseError, VerificationError
-from sealing.stream import KeyBundle
+from sealing.stream import KeyBundle, StreamError
 from tests.enclave.conftest import (
     BROKER,
     OTHER_BROKER,
+    LoopThread,
     Stack,
     StackFactory,
     enclave_key,
@@ -229,3 +233,81 @@ def _params():  # type: ignore[no-untyped-def]
     from sealing.stream import GenerationParams
 
     return GenerationParams()
+
+
+class _GarbageEnclave:
+    """A party in the relay's position that answers with bytes that are not protobuf: as the
+    bundle reply, or as a stream message after a well-formed head."""
+
+    def __init__(self, loop: LoopThread, *, bundle: bytes | None) -> None:
+        self.loop = loop
+        self.bundle = bundle
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+
+    async def _get_key_bundle(self, request: bytes, context: object) -> bytes:
+        if self.bundle is None:
+            return b"\xff\xff\xff"
+        return enclave_pb2.KeyBundle(bundle=self.bundle).SerializeToString()
+
+    async def _generate(self, request: bytes, context: object) -> AsyncIterator[bytes]:
+        yield enclave_pb2.StreamRecord(record=b"\x01" + bytes(32)).SerializeToString()
+        yield b"\xff\xff\xff"
+
+    async def start(self) -> None:
+        self.server = grpc.aio.server()
+        handler = grpc.method_handlers_generic_handler(
+            ENCLAVE_SERVICE,
+            {
+                "GetKeyBundle": grpc.unary_unary_rpc_method_handler(self._get_key_bundle),
+                "Generate": grpc.unary_stream_rpc_method_handler(self._generate),
+            },
+        )
+        self.server.add_generic_rpc_handlers((handler,))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        await self.server.start()
+
+
+@pytest.mark.parametrize("where", ["bundle", "stream", "stream-first-message"])
+def test_garbage_protobuf_from_the_relay_is_a_typed_error(where: str) -> None:
+    """grpc hands the caller ``None`` for a message its deserializer refused; that must end in
+    the SDK's typed errors (BundleError, StreamError), never an AttributeError."""
+    loop = LoopThread()
+    fake = _GarbageEnclave(
+        loop, bundle=None if where == "bundle" else make_bundle(enclave_key()).raw
+    )
+    if where == "stream-first-message":
+
+        async def first(request: bytes, context: object) -> AsyncIterator[bytes]:
+            yield b"\xff\xff\xff"
+
+        fake._generate = first  # type: ignore[method-assign]
+    try:
+        loop.run(fake.start())
+
+        async def run() -> str:
+            async with EnclaveClient(
+                f"127.0.0.1:{fake.port}", bundle_check=BROKER.public_key(), timeout=5
+            ) as client:
+                return await client.generate_text("secret prompt")
+
+        with pytest.raises(VerificationError) as info:
+            asyncio.run(run())
+        if where == "bundle":
+            assert isinstance(info.value, BundleError)
+            assert info.value.reason == "bundle_malformed"
+        else:
+            assert isinstance(info.value, StreamError)
+
+        async def tokens() -> list[bytes]:
+            async with EnclaveClient(
+                f"127.0.0.1:{fake.port}", bundle_check=BROKER.public_key(), timeout=5
+            ) as client:
+                return [t.data async for t in client.generate_tokens("secret prompt")]
+
+        with pytest.raises(BundleError if where == "bundle" else StreamError):
+            asyncio.run(tokens())
+    finally:
+        if fake.server is not None:
+            loop.run(fake.server.stop(0))
+        loop.close()
