@@ -181,8 +181,16 @@ _FAIL = object()
 
 def _pieces(piece: str | bytes) -> list[bytes]:
     """One engine piece as token payloads: UTF-8 bytes, split at MAX_TOKEN_LEN (the client's
-    incremental decoder rejoins a character split across the cut); empty pieces vanish."""
-    data = piece.encode("utf-8") if isinstance(piece, str) else bytes(piece)
+    incremental decoder rejoins a character split across the cut); empty pieces vanish.
+
+    Anything but text or bytes is a ``TypeError`` (``bytes(5)`` would silently be five zero
+    bytes); the callers treat it, like a ``UnicodeEncodeError``, as the engine failing."""
+    if isinstance(piece, str):
+        data = piece.encode("utf-8")
+    elif isinstance(piece, bytes | bytearray | memoryview):
+        data = bytes(piece)
+    else:
+        raise TypeError("an engine must yield str or bytes pieces")
     if len(data) <= MAX_TOKEN_LEN:
         return [data] if data else []
     return [data[i : i + MAX_TOKEN_LEN] for i in range(0, len(data), MAX_TOKEN_LEN)]
@@ -332,7 +340,13 @@ class EnclaveService:
                                     break
                                 guard.waiting = True
                                 try:
-                                    piece = await anext(engine)
+                                    # The piece is encoded here, inside the engine's error
+                                    # handling: a piece that cannot be encoded (a str with a
+                                    # lone surrogate, a non-text object) is the engine failing,
+                                    # so an authenticated ABORT, not a stream cut that the
+                                    # client must blame on the relay, and no log line quoting
+                                    # the piece (UnicodeEncodeError's message holds characters).
+                                    tokens = _pieces(await anext(engine))
                                 except StopAsyncIteration:
                                     break
                                 except asyncio.CancelledError:
@@ -347,7 +361,7 @@ class EnclaveService:
                                 finally:
                                     guard.waiting = False
                                 produced += 1
-                                for token in _pieces(piece):
+                                for token in tokens:
                                     try:
                                         sealed = session.seal_token(token)
                                     except StreamUsageError:

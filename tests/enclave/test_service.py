@@ -385,3 +385,28 @@ def test_opened_request_matches_what_the_client_sealed(stack: Stack) -> None:
     params = GenerationParams(max_new_tokens=9, temperature_milli=700, top_p_milli=900)
     assert spy_stack.collect("exact prompt ✓", params=params) == (["k"], None)
     assert seen == [("exact prompt ✓", params)]
+
+
+@pytest.mark.parametrize("cover", [None, 0.005], ids=["direct", "cover"])
+@pytest.mark.parametrize("bad", ["bad\ud800x", 5], ids=["lone-surrogate", "not-text"])
+def test_a_piece_that_cannot_be_encoded_is_an_authenticated_abort(
+    stack_factory: StackFactory,
+    cover: float | None,
+    bad: object,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An engine bug in the piece itself (a str with a lone surrogate cannot be UTF-8 encoded;
+    an int is not a piece, and ``bytes(5)`` would be five zero bytes) is the engine failing: an
+    authenticated ABORT(INTERNAL), as for an engine that raises. Not a stream cut without its
+    final record (which the client must blame on the relay), and no log line quoting the
+    piece's characters."""
+    stack = stack_factory(
+        ScriptedGenerator(["ok", bad, "never"]),  # type: ignore[list-item]
+        config=EnclaveConfig(cover_interval=cover),
+    )
+    with caplog.at_level("DEBUG"):
+        pieces, err = stack.collect()
+    assert pieces == ["ok"]
+    assert isinstance(err, GenerationAborted) and err.reason == AbortReason.INTERNAL
+    assert stack.service.stats.outcomes == {StreamOutcome.ENGINE_ERROR: 1}
+    assert "\\ud800" not in caplog.text and "bad" not in caplog.text
