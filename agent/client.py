@@ -90,11 +90,6 @@ MAX_STATUS_DETAIL_CHARS = 120
 
 _T = TypeVar("_T")
 
-# _NOT_A_RECORD: a stream message that does not parse as ``StreamRecord`` reaches the loop as
-# ``None`` (grpc's deserializer wrapper logs the decode error and returns None instead of
-# raising). Only the relay can cause that, so it is a manipulated stream: the same opaque
-# StreamError as any other malformed record, not an AttributeError escaping the SDK.
-
 
 class EnclaveUnavailable(LesseeError):  # noqa: N818 (reads as a state: "enclave unavailable")
     """No authenticated response: the RPC failed before the stream's head arrived.
@@ -359,7 +354,10 @@ class EnclaveClient:
             got_head = False
             try:
                 async for message in call:
-                    if message is None:  # not a StreamRecord (see _NOT_A_RECORD)
+                    if message is None:
+                        # Not a StreamRecord: grpc's deserializer logs the decode error and
+                        # hands None on. Only the relay can cause that, so it is a manipulated
+                        # stream (the opaque StreamError), not an AttributeError from the SDK.
                         raise StreamError()
                     if not got_head:
                         stream.open_head(message.record)
@@ -390,7 +388,7 @@ class EnclaveClient:
             got_head = False
             try:
                 async for message in call:
-                    if message is None:  # not a StreamRecord (see _NOT_A_RECORD)
+                    if message is None:  # not a StreamRecord (see generate_tokens)
                         raise StreamError()
                     if not got_head:
                         stream.open_head(message.record)
