@@ -1233,6 +1233,7 @@ def replay_bundle(
     verifier_key: VerifyingKey,
     *,
     previous: Sequence[tuple[str, bytes]] = (),
+    witnesses: Sequence[NoteVerifier] = (),
     candidates: Sequence[RootCandidate] = (),
     protocol_label: str = DEFAULT_PROTOCOL_LABEL,
     workers: int = 1,
@@ -1241,6 +1242,7 @@ def replay_bundle(
 ) -> ReplayReport:
     """``verify_bundle``, then steps 1-7 above. Raises only for unreadable input.
 
+    ``witnesses``: cosigner keys whose cosignatures ``verify_bundle`` checks where present.
     ``workers`` > 1 replays in that many processes (``appraise`` must then be a module-level
     function, since it is sent to them by reference). ``on_progress(n)`` is told as entries
     finish.
@@ -1250,7 +1252,7 @@ def replay_bundle(
     if len(candidates) > MAX_ROOT_CANDIDATES:
         raise InputError(f"at most {MAX_ROOT_CANDIDATES} trust-root candidates")
     keeper = BlobKeeper(KEPT_BLOB_BYTES, MAX_CACHED_BLOB_BYTES)
-    audit = verify_bundle(bundle, log_key, previous=previous, keeper=keeper)
+    audit = verify_bundle(bundle, log_key, previous=previous, keeper=keeper, witnesses=witnesses)
     config = ReplayConfig(_spki(verifier_key), tuple(candidates), protocol_label, appraise)
     inputs = _inputs(bundle, audit, keeper)
     if workers == 1:

@@ -9,7 +9,9 @@ the auditor keeps going so one run reports everything):
 3. **Blobs.** Every blob an entry references is present, its bytes hash to its digest, and its
    size matches; no blob is present that no entry references.
 4. **Checkpoints.** Each checkpoint note carries a valid signature by the pinned log key and
-   the bundle's origin. Two signed checkpoints of the same size with different roots are a
+   the bundle's origin. Cosignatures (c2sp.org/tlog-cosignature) from the witnesses the
+   auditor pins are verified and counted; one that does not verify is a finding of its own and
+   leaves the log's signature standing. Two signed checkpoints of the same size with different roots are a
    fork. Each checkpoint's root must equal the root recomputed from the entries themselves
    (this is "every entry included": a root over the recomputed leaf hashes matches the signed
    one only if every entry below that size is exactly the one the log signed). Consecutive
@@ -34,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from agent.audit.bundle import Bundle
-from attest.errors import LesseeError
+from attest.errors import InputError, LesseeError
 from attest.log.checkpoint import Checkpoint, verify_checkpoint
 from attest.log.entry import LogEntry, decode_entry
 from attest.log.merkle import MerkleTree, ProofError, leaf_hash, verify_consistency
@@ -72,6 +74,8 @@ class AuditResult:
     tree_size: int
     root_hash: str
     checkpoints_verified: int
+    #: Cosignatures by pinned witnesses that verified, over all checkpoints.
+    witness_cosignatures: int = 0
     findings: list[Finding] = field(default_factory=list)
     #: Decoded entries by position (``None`` where decoding failed), for replay.
     decoded: list[LogEntry | None] = field(default_factory=list, repr=False)
@@ -88,6 +92,7 @@ class AuditResult:
             "tree_size": self.tree_size,
             "root_hash": self.root_hash,
             "checkpoints_verified": self.checkpoints_verified,
+            "witness_cosignatures": self.witness_cosignatures,
             "findings": [asdict(f) for f in self.findings],
         }
 
@@ -241,20 +246,65 @@ def _check_blobs(
         out.add("blob_unreferenced", f"blob {digest.hex()} is referenced by no entry")
 
 
+def check_witness_keys(witnesses: Sequence[NoteVerifier]) -> None:
+    """Refuse witness keys that are not cosigners, or repeated: as input, before any check,
+    so that a wrong key file is an error (exit 2), not a finding on every checkpoint."""
+    seen: set[tuple[str, bytes]] = set()
+    for w in witnesses:
+        if not w.kind.startswith("cosignature"):
+            raise InputError(
+                f"witness key {w.name} is a {w.kind} key, not a tlog-cosignature (type 0x04) key"
+            )
+        if (w.name, bytes(w.key_id)) in seen:
+            raise InputError(f"witness key {w.name} given twice")
+        seen.add((w.name, bytes(w.key_id)))
+
+
+def _cosignatures(
+    note: bytes,
+    log_key: NoteVerifier,
+    witnesses: Sequence[NoteVerifier],
+    origin: str,
+    out: _Findings,
+    *,
+    code: str,
+    label: str,
+) -> int:
+    """Verify the pinned witnesses' cosignatures on a checkpoint whose log signature verified;
+    return how many verified. Checked apart from the log's signature so that a forged witness
+    line is named as such and does not hide the checkpoint from the other checks."""
+    if not witnesses:
+        return 0
+    try:
+        signed = verify_checkpoint(note, log_key, witnesses=witnesses, expected_origin=origin)
+    except LesseeError as exc:
+        out.add(code, str(exc), checkpoint=label)
+        return 0
+    return len(signed.cosigners())
+
+
 def _verify_checkpoints(
-    bundle: Bundle, log_key: NoteVerifier, out: _Findings
-) -> list[tuple[str, Checkpoint]]:
+    bundle: Bundle,
+    log_key: NoteVerifier,
+    out: _Findings,
+    witnesses: Sequence[NoteVerifier] = (),
+) -> tuple[list[tuple[str, Checkpoint]], int]:
     good: list[tuple[str, Checkpoint]] = []
+    cosigned = 0
+    origin = bundle.manifest.origin
     for name, note in bundle.checkpoints:
         label = name.removeprefix("checkpoints/")
         try:
-            cp = verify_checkpoint(note, log_key, expected_origin=bundle.manifest.origin).checkpoint
+            cp = verify_checkpoint(note, log_key, expected_origin=origin).checkpoint
         except LesseeError as exc:
             out.add("checkpoint_signature", str(exc), checkpoint=label)
             continue
         good.append((label, cp))
+        cosigned += _cosignatures(
+            note, log_key, witnesses, origin, out, code="checkpoint_cosignature", label=label
+        )
     good.sort(key=lambda item: item[1].size)
-    return good
+    return good, cosigned
 
 
 def _check_checkpoints(
@@ -336,6 +386,7 @@ def _check_previous(
     newest: Checkpoint | None,
     real: MerkleTree,
     out: _Findings,
+    witnesses: Sequence[NoteVerifier] = (),
 ) -> None:
     for label, note in previous:
         try:
@@ -343,6 +394,15 @@ def _check_previous(
         except LesseeError as exc:
             out.add("previous_checkpoint_signature", str(exc), checkpoint=label)
             continue
+        _cosignatures(
+            note,
+            log_key,
+            witnesses,
+            origin,
+            out,
+            code="previous_checkpoint_cosignature",
+            label=label,
+        )
         if newest is None or prev.size > newest.size:
             out.add(
                 "previous_checkpoint_ahead",
@@ -378,10 +438,14 @@ def verify_bundle(
     *,
     previous: Sequence[tuple[str, bytes]] = (),
     keeper: BlobKeeper | None = None,
+    witnesses: Sequence[NoteVerifier] = (),
 ) -> AuditResult:
-    """Run every check above on an open bundle. Raises only for unreadable input.
+    """Run every check above on an open bundle. Raises only for unreadable input (and for
+    ``witnesses`` that are not distinct cosigner keys).
 
-    ``keeper`` (the replay's) receives the bytes of blobs that matched, within its bounds."""
+    ``keeper`` (the replay's) receives the bytes of blobs that matched, within its bounds;
+    ``witnesses`` are the cosigners whose cosignatures are verified where present."""
+    check_witness_keys(witnesses)
     out = _Findings()
     _check_framing(bundle, out)
     recomputed, decoded = _check_entries(bundle, out)
@@ -390,7 +454,7 @@ def verify_bundle(
     recorded_hashes = [r.leaf_hash for r in bundle.records]
     # One tree when nothing was edited (the usual case): the same leaves give the same tree.
     recorded = real if recorded_hashes == recomputed else MerkleTree(recorded_hashes)
-    good = _verify_checkpoints(bundle, log_key, out)
+    good, cosigned = _verify_checkpoints(bundle, log_key, out, witnesses)
     if not good:
         out.add("no_checkpoint", "no checkpoint signed by the log key")
     _check_checkpoints(good, real, recorded, out)
@@ -406,7 +470,13 @@ def verify_bundle(
                 f"manifest says tree size {bundle.manifest.tree_size}, newest checkpoint {newest.size}",
             )
     _check_previous(
-        previous, log_key, origin=bundle.manifest.origin, newest=newest, real=real, out=out
+        previous,
+        log_key,
+        origin=bundle.manifest.origin,
+        newest=newest,
+        real=real,
+        out=out,
+        witnesses=witnesses,
     )
     return AuditResult(
         origin=bundle.manifest.origin,
@@ -414,14 +484,19 @@ def verify_bundle(
         tree_size=newest.size if newest else 0,
         root_hash=newest.root_hash.hex() if newest else "",
         checkpoints_verified=len(good),
+        witness_cosignatures=cosigned,
         findings=out.finish(),
         decoded=decoded,
     )
 
 
 def verify_bundle_file(
-    path: str | Path, log_key: NoteVerifier, *, previous: Sequence[tuple[str, bytes]] = ()
+    path: str | Path,
+    log_key: NoteVerifier,
+    *,
+    previous: Sequence[tuple[str, bytes]] = (),
+    witnesses: Sequence[NoteVerifier] = (),
 ) -> AuditResult:
     """Open, verify and close a bundle file."""
     with Bundle(path) as bundle:
-        return verify_bundle(bundle, log_key, previous=previous)
+        return verify_bundle(bundle, log_key, previous=previous, witnesses=witnesses)

@@ -29,7 +29,7 @@ from agent.audit.replay import (
     parse_candidate_arg,
     replay_bundle,
 )
-from agent.audit.verify import verify_bundle_file
+from agent.audit.verify import check_witness_keys, verify_bundle_file
 from agent.bounded_read import read_bounded
 from agent.cli._keys import load_verifying_key
 from agent.cli._progress import Progress
@@ -54,13 +54,34 @@ def read_log_key(path: str) -> NoteVerifier:
     return load_verifier(lines[0])
 
 
+def read_witness_keys(paths: list[str] | None) -> list[NoteVerifier]:
+    """``--witness-key`` files: one tlog-cosignature (type 0x04) vkey each. A key of another
+    type is refused here (exit 2) rather than left to match nothing."""
+    witnesses = [read_log_key(path) for path in paths or []]
+    check_witness_keys(witnesses)
+    return witnesses
+
+
+def _add_witness_key(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--witness-key",
+        action="append",
+        metavar="VKEY_FILE",
+        help=(
+            "a witness's tlog-cosignature vkey; its cosignatures on the checkpoints are "
+            "verified where present, and a bad one is a finding (repeatable)"
+        ),
+    )
+
+
 def _verify(args: argparse.Namespace) -> int:
     log_key = read_log_key(args.log_key)
+    witnesses = read_witness_keys(args.witness_key)
     previous = [
         (path, read_bounded(path, MAX_NOTE_BYTES, "checkpoint"))
         for path in args.previous_checkpoint or []
     ]
-    result = verify_bundle_file(args.bundle, log_key, previous=previous)
+    result = verify_bundle_file(args.bundle, log_key, previous=previous, witnesses=witnesses)
     if args.json:
         print(json.dumps(result.to_json(), indent=1))
     else:
@@ -69,7 +90,8 @@ def _verify(args: argparse.Namespace) -> int:
         verdict = "OK" if result.ok else f"REJECTED ({len(result.findings)} findings)"
         print(
             f"{verdict}: {result.entries} entries, {result.checkpoints_verified} signed "
-            f"checkpoints, tree size {result.tree_size}, root {result.root_hash or '-'}",
+            f"checkpoints ({result.witness_cosignatures} witness cosignatures), "
+            f"tree size {result.tree_size}, root {result.root_hash or '-'}",
             file=sys.stdout,
         )
     return EXIT_OK if result.ok else EXIT_FINDINGS
@@ -93,6 +115,7 @@ def _add_verify(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         metavar="FILE",
         help="a signed checkpoint seen earlier; the bundle must be consistent with it (repeatable)",
     )
+    _add_witness_key(p)
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(func=_verify)
 
@@ -121,6 +144,7 @@ def _read_candidates(args: list[str]) -> list[RootCandidate]:
 def _replay(args: argparse.Namespace) -> int:
     log_key = read_log_key(args.log_key)
     verifier_key = load_verifying_key(args.verifier_key)
+    witnesses = read_witness_keys(args.witness_key)
     candidates = _read_candidates(args.trust_root_candidates or [])
     previous = [
         (path, read_bounded(path, MAX_NOTE_BYTES, "checkpoint"))
@@ -136,6 +160,7 @@ def _replay(args: argparse.Namespace) -> int:
             log_key,
             verifier_key,
             previous=previous,
+            witnesses=witnesses,
             candidates=candidates,
             protocol_label=args.protocol_label,
             workers=workers,
@@ -196,6 +221,7 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         metavar="FILE",
         help="a signed checkpoint seen earlier; the bundle must be consistent with it (repeatable)",
     )
+    _add_witness_key(p)
     p.add_argument(
         "--protocol-label",
         default=DEFAULT_PROTOCOL_LABEL,

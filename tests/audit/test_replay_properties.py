@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import timedelta
+import zipfile
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from agent.audit.replay import (
     EntryInput,
     EntryReplayer,
     ReplayConfig,
+    ReplayReport,
     RootCandidate,
     Verdict,
     _spki,
@@ -33,6 +35,7 @@ from attest.binding import derive_binding
 from attest.ear import AttestationResult, Status, issue_ear
 from attest.errors import InputError
 from attest.log.entry import BlobRef, attest_entry
+from attest.log.note import NoteSignature, format_note, parse_note
 from attest.policy import load_policy
 from attest.x509chain import load_pem_chain
 from tests.audit.helpers import (
@@ -45,7 +48,7 @@ from tests.audit.helpers import (
     real_policy,
 )
 from tests.conftest import RIM_ERA
-from tests.log.helpers import LOG_SIGNER
+from tests.log.helpers import LOG_SIGNER, WITNESS
 
 AT = RIM_ERA + timedelta(hours=5)
 NONCE = hashlib.sha256(b"property nonce").digest()
@@ -361,4 +364,42 @@ def test_report_json_is_plain_json(tmp_path: Path) -> None:
         "tree_size",
         "root_hash",
         "checkpoints_verified",
+        "witness_cosignatures",
     }
+
+
+def test_replay_checks_pinned_witness_cosignatures(tmp_path: Path) -> None:
+    """``replay`` runs ``verify`` with the auditor's witness keys: a forged cosignature on the
+    newest checkpoint fails the replay (stage ``verify``), a genuine one is counted."""
+    b = build(tmp_path, stand_in=False)
+    try:
+        b.attest(evidence())
+        clean = b.export()
+    finally:
+        b.close()
+    with zipfile.ZipFile(clean) as z:
+        members = {i.filename: z.read(i) for i in z.infolist()}
+    newest = max(n for n in members if n.startswith("checkpoints/"))
+    note = parse_note(members[newest])
+    at = datetime(2026, 11, 28, tzinfo=UTC)
+    good = WITNESS.cosign(note.text, at)
+    forged = NoteSignature(good.name, good.key_id, good.signature[:8] + bytes(64))
+
+    def replay_with(line: NoteSignature) -> ReplayReport:
+        members[newest] = format_note(note.text, [*note.signatures, line])
+        path = tmp_path / "cosigned.zip"
+        with zipfile.ZipFile(path, "w") as z:
+            for name, data in members.items():
+                z.writestr(name, data)
+        return replay_bundle_file(
+            path, LOG_SIGNER.verifier(), VERIFIER_KEY.public_key(), witnesses=[WITNESS.verifier()]
+        )
+
+    ok = replay_with(good)
+    assert ok.ok and ok.audit.witness_cosignatures == 1
+    bad = replay_with(forged)
+    assert not bad.ok and bad.audit.witness_cosignatures == 0
+    found = [f for f in bad.to_json()["findings"] if f["code"] == "checkpoint_cosignature"]
+    assert [(f["stage"], f["checkpoint"]) for f in found] == [
+        ("verify", newest.removeprefix("checkpoints/"))
+    ]

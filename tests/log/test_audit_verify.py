@@ -8,6 +8,7 @@ import json
 import struct
 import zipfile
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -27,8 +28,8 @@ from agent.logstore import LogStore
 from attest.errors import LesseeError
 from attest.log.checkpoint import format_checkpoint
 from attest.log.merkle import leaf_hash
-from attest.log.note import sign_note
-from tests.log.helpers import LOG_SIGNER, OTHER_SIGNER, evidence_bytes, make_entry
+from attest.log.note import NoteSignature, format_note, parse_note, sign_note
+from tests.log.helpers import LOG_SIGNER, OTHER_SIGNER, WITNESS, evidence_bytes, make_entry
 
 N = 10
 Members = dict[str, bytes]
@@ -578,3 +579,44 @@ def test_header_bit_flips_never_escape_as_internal_errors(clean: Path) -> None:
     finally:
         path.unlink(missing_ok=True)
     assert flipped == 8 * (2 * _CENTRAL.size + 2 * _LOCAL.size + 22)
+
+
+def _cosign(note: bytes, *lines: NoteSignature) -> bytes:
+    parsed = parse_note(note)
+    return format_note(parsed.text, [*parsed.signatures, *lines])
+
+
+def test_witness_cosignatures_are_verified_when_the_auditor_names_the_witness(
+    clean: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """c2sp.org/tlog-cosignature: a cosignature from a witness the auditor pins is checked; a
+    forged one names its checkpoint and fails the audit (exit 1), a valid one is counted.
+    Without ``--witness-key`` cosignatures are from unknown keys and only counted by the note
+    parser, as the signed-note spec says."""
+    at = datetime(2026, 11, 28, 13, 0, tzinfo=UTC)
+    good_name, bad_name = (f"checkpoints/{i:020d}.note" for i in (N, N - 1))
+
+    def change(m: Members) -> None:
+        text = parse_note(m[good_name]).text
+        m[good_name] = _cosign(m[good_name], WITNESS.cosign(text, at))
+        other = parse_note(m[bad_name]).text
+        line = WITNESS.cosign(other, at)
+        forged = NoteSignature(line.name, line.key_id, line.signature[:-1] + b"\x00")
+        m[bad_name] = _cosign(m[bad_name], forged)
+
+    bundle = _tamper(clean, "cosigned", change)
+    (tmp_path / "w1.vkey").write_text(WITNESS.verifier().vkey() + "\n")
+    # Unpinned: the log's own signatures verify, the witness lines are not the auditor's trust.
+    rc, report = _audit(clean, bundle, capsys=capsys)
+    assert rc == 0 and report["witness_cosignatures"] == 0, report
+    rc, report = _audit(clean, bundle, "--witness-key", str(tmp_path / "w1.vkey"), capsys=capsys)
+    assert rc == 1
+    assert _codes(report) == {("checkpoint_cosignature", f"{N - 1:020d}.note")}
+    assert report["witness_cosignatures"] == 1
+    # The forged cosignature does not cost the checkpoint its log signature: it is still used.
+    assert report["checkpoints_verified"] == N + 1
+    # A key that is not a cosigner (type 0x04) is refused as input, not silently ignored.
+    (tmp_path / "log-as-witness.vkey").write_text(LOG_SIGNER.verifier().vkey() + "\n")
+    key, bad = str(clean / "log.vkey"), str(tmp_path / "log-as-witness.vkey")
+    assert main(["audit", "verify", str(bundle), "--log-key", key, "--witness-key", bad]) == 2
+    assert "not a tlog-cosignature" in capsys.readouterr().err
