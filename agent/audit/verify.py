@@ -246,6 +246,16 @@ def _check_blobs(
         out.add("blob_unreferenced", f"blob {digest.hex()} is referenced by no entry")
 
 
+def check_log_key(log_key: NoteVerifier) -> None:
+    """A cosigner key never signs for the log (``verify_checkpoint`` refuses it): naming one as
+    the log key is bad input (exit 2), not one ``checkpoint_signature`` per checkpoint."""
+    if log_key.kind.startswith("cosignature"):
+        raise InputError(
+            f"log key {log_key.name} is a witness cosigning key; it cannot stand in for the "
+            "log's key"
+        )
+
+
 def check_witness_keys(witnesses: Sequence[NoteVerifier]) -> None:
     """Refuse witness keys that are not cosigners, or repeated: as input, before any check,
     so that a wrong key file is an error (exit 2), not a finding on every checkpoint."""
@@ -440,11 +450,12 @@ def verify_bundle(
     keeper: BlobKeeper | None = None,
     witnesses: Sequence[NoteVerifier] = (),
 ) -> AuditResult:
-    """Run every check above on an open bundle. Raises only for unreadable input (and for
-    ``witnesses`` that are not distinct cosigner keys).
+    """Run every check above on an open bundle. Raises only for unreadable input (and for a
+    cosigner as ``log_key`` or ``witnesses`` that are not distinct cosigner keys).
 
     ``keeper`` (the replay's) receives the bytes of blobs that matched, within its bounds;
     ``witnesses`` are the cosigners whose cosignatures are verified where present."""
+    check_log_key(log_key)
     check_witness_keys(witnesses)
     out = _Findings()
     _check_framing(bundle, out)

@@ -620,3 +620,15 @@ def test_witness_cosignatures_are_verified_when_the_auditor_names_the_witness(
     key, bad = str(clean / "log.vkey"), str(tmp_path / "log-as-witness.vkey")
     assert main(["audit", "verify", str(bundle), "--log-key", key, "--witness-key", bad]) == 2
     assert "not a tlog-cosignature" in capsys.readouterr().err
+
+
+def test_a_witness_key_given_as_the_log_key_is_bad_input(
+    clean: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A cosigner key can never sign a checkpoint for the log, so ``--log-key`` naming one is a
+    mistake in the input (exit 2), not one finding per checkpoint (exit 1)."""
+    (tmp_path / "w1.vkey").write_text(WITNESS.verifier().vkey() + "\n")
+    args = ["audit", "verify", str(clean / "clean.zip"), "--log-key", str(tmp_path / "w1.vkey")]
+    assert main(args) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "cannot stand in for the log's key" in err
