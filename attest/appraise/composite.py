@@ -580,6 +580,13 @@ def _appraise_devices(
         return [], findings
     rims = [r for d in (*bundle.gpus, *bundle.switches) for r in d.rims] + list(ctx.rims)
     ocsp = [o for d in (*bundle.gpus, *bundle.switches) for o in d.ocsp_responses]
+    try:
+        stapled = ctx.stapled(ocsp)
+    except InputError as exc:
+        # A finding like an unreadable chain, not an exception: the broker has already spent
+        # the nonce, and only a result records the decision in the log.
+        findings.append(Finding("enclave", "gpu.ocsp", "well-formed stapled OCSP", str(exc)))
+        return [], findings
     anchors = TrustAnchors.for_policy(policy, candidates=ctx.candidates)
     result = verify_gpu_evidence(
         evidence,
@@ -587,7 +594,7 @@ def _appraise_devices(
         expected_nonce=binding.gpu_nonce,
         rim_source=RimCollection(rims, parse_cache=ctx.rim_parses),
         revocation_mode=RevocationMode.STAPLED,
-        ocsp_source=ctx.stapled(ocsp),
+        ocsp_source=stapled,
         allow_hold="certificate_hold" in gpu.allowed_ocsp_statuses,
         caches=ctx.caches_for(anchors),
     )

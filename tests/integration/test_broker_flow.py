@@ -21,11 +21,11 @@ from agent.emulation import EmulatedCpuSource, EmulatedSnp, non_cc_gpu_source
 from agent.rpc import convert
 from agent.rpc.v1 import broker_pb2
 from attest.appraise.common import ENCLAVE_SUBMODULE
-from attest.bundle import EvidenceBundle
+from attest.bundle import DeviceEvidenceIn, EvidenceBundle
 from attest.ear import Status, verify_ear
 from attest.errors import VerificationError
 from attest.log.entry import decode_entry
-from sealing.hpke_suite import HpkeOpenError
+from sealing.hpke_suite import HpkeOpenError, SuiteId
 from sealing.stream import KeyBundle
 from tests.integration.conftest import (
     DATA_KEY,
@@ -275,3 +275,72 @@ def test_nonce_rows_are_single_use_in_the_database(harness: Harness) -> None:
     used = db.execute("SELECT COUNT(*) FROM nonces WHERE used_at IS NOT NULL").fetchone()[0]
     results = db.execute("SELECT COUNT(DISTINCT nonce), COUNT(*) FROM results").fetchone()
     assert used == 3 and results == (3, 3)
+
+
+def test_malformed_stapled_ocsp_is_a_logged_finding_not_a_burnt_nonce(harness: Harness) -> None:
+    """A stapled OCSP answer that is not DER is bad evidence like a bad chain or report: the
+    broker consumed the nonce before appraising, so it must answer with a signed, logged
+    contraindicated result (the decision is recorded), not an INVALID_ARGUMENT that spends the
+    nonce and leaves no trace in the log."""
+    agent = harness.agent()
+    session = agent.start_session(MODEL)
+    bundle = agent.collect(session)
+    gpu = bundle.gpus[0]
+    bad = DeviceEvidenceIn(
+        gpu.arch,
+        gpu.report,
+        gpu.certificate_chain_pem,
+        (*gpu.ocsp_responses, b"\x30\x80"),
+        gpu.rims,
+    )
+    bundle = EvidenceBundle(bundle.cpu, (bad,), (), bundle.cc_mode_on, bundle.devtools_on)
+    assert harness.server is not None
+    size = harness.server.log_store.size
+    reply = agent.send_evidence(session, bundle)
+    assert reply.status is Status.CONTRAINDICATED
+    assert any("ocsp" in line.lower() for line in reply.findings), reply.findings
+    assert harness.server.log_store.size == size + 1
+    assert decode_entry(agent.fetch_entry(reply.log_proof.index)).result == reply.result
+
+
+def test_nonce_expiry_holds_across_a_restart(harness: Harness) -> None:
+    """The expiry is stored with the nonce: a broker restarted after it passed refuses it."""
+    agent = harness.agent()
+    session = agent.start_session(MODEL)
+    bundle = agent.collect(session)
+    harness.restart()
+    harness.clock.advance(121)  # the policy's nonce TTL is the default 120 s
+    with pytest.raises(BrokerRefusedError) as e:
+        harness.agent().send_evidence(session, bundle)
+    assert (e.value.code, e.value.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "nonce_expired")
+
+
+def test_emulated_evidence_is_refused_when_the_policy_does_not_pin_the_emulation(
+    harness: Harness,
+) -> None:
+    """``--trust-emulation`` only offers candidates: a model whose policy does not list their
+    fingerprints gets contraindicated results for emulated hardware, and no key."""
+    harness.register(OTHER_MODEL, OTHER_DATA_KEY, OTHER_MANIFEST, roots={})
+    agent = harness.agent()
+    session = agent.start_session(OTHER_MODEL)
+    reply = agent.send_evidence(session, agent.collect(session))
+    assert reply.status is Status.CONTRAINDICATED
+    with pytest.raises(BrokerRefusedError) as e:
+        call_broker(
+            "ReleaseKey",
+            harness.stub.ReleaseKey,
+            broker_pb2.ReleaseKeyRequest(result=reply.result, model_id=OTHER_MODEL),
+            30.0,
+        )
+    assert e.value.reason == "not_affirming"
+
+
+def test_plain_x25519_enclave_key_gets_its_key_over_grpc(harness: Harness) -> None:
+    """The classical suite is an option end to end: the broker seals to the suite the enclave
+    key names."""
+    agent = harness.agent()
+    agent.suite = SuiteId.X25519_SHA256_AES256GCM
+    attested = agent.attest(MODEL)
+    key, release = agent.release(attested)
+    assert bytes(key) == DATA_KEY
+    assert release.suite == SuiteId.X25519_SHA256_AES256GCM.name
