@@ -323,6 +323,13 @@ class BrokerConfig:
             raise InputError(
                 "an admin port needs --client-ca (it accepts client certificates only)"
             )
+        if self.client_ca is not None and self.admin_listen is None:
+            # Only the admin port asks for client certificates; unused, the CA would let an
+            # operator believe the enclave-facing port required them.
+            raise InputError(
+                "--client-ca is used only on the admin port: give --admin-listen too "
+                "(the enclave-facing port never asks for client certificates)"
+            )
         if not 1 <= self.max_workers <= 1024 or not 1 <= self.max_concurrent_rpcs <= 1 << 16:
             raise InputError("max_workers / max_concurrent_rpcs out of range")
 

@@ -73,6 +73,20 @@ def test_config_rules() -> None:
         BrokerConfig(state_dir=Path("s"), admin_listen="127.0.0.1:1")
 
 
+def test_client_ca_without_admin_port_is_refused() -> None:
+    """Client certificates are checked on the admin port only: a --client-ca without
+    --admin-listen would be silently unused, and an operator would believe the enclave-facing
+    port required client certificates."""
+    with pytest.raises(InputError, match="--admin-listen"):
+        BrokerConfig(
+            state_dir=Path("s"),
+            listen="0.0.0.0:7443",
+            tls_cert=Path("c"),
+            tls_key=Path("k"),
+            client_ca=Path("ca"),
+        )
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.binary(min_size=32, max_size=32), st.from_regex(r"[a-z0-9./-]{1,40}", fullmatch=True))
 def test_note_key_round_trip(seed: bytes, name: str) -> None:
