@@ -89,8 +89,21 @@ class NvmlGpuSource:
         except Exception as exc:  # NVMLError_* subclasses; no driver, no GPU
             raise HardwareUnavailableError(f"NVML could not start: {exc}") from None
 
+    def _call(self, name: str, *args: Any) -> Any:
+        """One NVML call; an NVML error (``NotSupported`` from a GPU or driver without
+        confidential computing, ``FunctionNotFound`` from an older driver) becomes one typed
+        sentence naming the call, so ``lessee agent`` says what is missing instead of failing
+        with an untyped exception."""
+        try:
+            return getattr(self._nvml, name)(*args)
+        except Exception as exc:  # pynvml's NVMLError_* family (no common base we can import)
+            raise HardwareUnavailableError(
+                f"NVML {name} failed ({exc}): no GPU with confidential computing here, or the "
+                "driver does not support it"
+            ) from None
+
     def cc_state(self) -> CcState:
-        state = self._nvml.nvmlSystemGetConfComputeState()
+        state = self._call("nvmlSystemGetConfComputeState")
         on = int(getattr(state, "ccFeature", 0)) == getattr(
             self._nvml, "NVML_CC_SYSTEM_FEATURE_ENABLED", 1
         )
@@ -106,16 +119,16 @@ class NvmlGpuSource:
             state.cc_mode_on,
             "GPUs are not in confidential-computing mode (nvidia-smi conf-compute -f on)",
         )
-        count = int(self._nvml.nvmlDeviceGetCount())
+        count = int(self._call("nvmlDeviceGetCount"))
         _require(count > 0, "no NVIDIA GPU found")
         out = []
         for i in range(count):
-            handle = self._nvml.nvmlDeviceGetHandleByIndex(i)
-            report = self._nvml.nvmlDeviceGetConfComputeGpuAttestationReport(handle, nonce)
-            certs = self._nvml.nvmlDeviceGetConfComputeGpuCertificate(handle)
+            handle = self._call("nvmlDeviceGetHandleByIndex", i)
+            report = self._call("nvmlDeviceGetConfComputeGpuAttestationReport", handle, nonce)
+            certs = self._call("nvmlDeviceGetConfComputeGpuCertificate", handle)
             report_bytes = bytes(report.attestationReport[: report.attestationReportSize])
             chain = bytes(certs.attestationCertChain[: certs.attestationCertChainSize])
-            arch_code = int(self._nvml.nvmlDeviceGetArchitecture(handle))
+            arch_code = int(self._call("nvmlDeviceGetArchitecture", handle))
             arch = {9: "HOPPER", 10: "BLACKWELL"}.get(arch_code, f"ARCH{arch_code}")
             out.append(
                 DeviceEvidenceIn(arch=arch, report=report_bytes, certificate_chain_pem=chain)
