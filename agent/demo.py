@@ -167,6 +167,21 @@ def _tampered(bundle: EvidenceBundle) -> EvidenceBundle:
     )
 
 
+def _remove_previous_sealed_model(sealed: Path) -> None:
+    """Make room for this run's sealed model in a ``--workdir`` an earlier run used (the sealer
+    refuses a non-empty output directory). Only a directory that is a sealed model (it has the
+    manifest) and nothing else is removed, so a wrong ``--workdir`` never loses other files."""
+    from agent.loader import MANIFEST_NAME, SEALED_SUFFIX
+
+    if not sealed.is_dir():
+        return
+    names = [p.name for p in sealed.iterdir()]
+    if MANIFEST_NAME in names and all(
+        n == MANIFEST_NAME or n.endswith(SEALED_SUFFIX) for n in names
+    ):
+        shutil.rmtree(sealed)
+
+
 def _first_reject(findings: tuple[str, ...], *needles: str) -> str | None:
     for line in findings:
         if any(n in line for n in needles):
@@ -224,6 +239,7 @@ def _with_broker(
     fps = pki.root_fingerprints()
     rep.step("3. a small model, generated and sealed")
     originals = make_model(layout.model)
+    _remove_previous_sealed_model(layout.sealed)
     dek = bytearray(os.urandom(32))
     try:
         sealed = seal_model(

@@ -248,3 +248,18 @@ def test_demo_runs_end_to_end(
         assert text in out, text
     assert (tmp_path / "demo" / "audit-log.bundle").is_file()
     assert (tmp_path / "demo" / "keys" / "model.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_demo_runs_again_in_the_same_workdir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], snp_emulation_ok: None
+) -> None:
+    """``--workdir`` keeps what the demo made; running it again there (to inspect a fresh run)
+    must work too, reusing the PKI and broker state and replacing the demo's own outputs."""
+    workdir = tmp_path / "demo"
+    assert main(["demo", "--workdir", str(workdir)]) == 0, capsys.readouterr().out
+    capsys.readouterr()
+    code = main(["demo", "--workdir", str(workdir)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.out + captured.err
+    assert f"sealed model: {workdir / 'sealed-model'}" in captured.out
+    assert f"exported log (audit bundle): {workdir / 'audit-log.bundle'}" in captured.out
