@@ -352,3 +352,59 @@ def test_refusal_errors_carry_reason_codes(harness: Harness) -> None:
     with pytest.raises(BrokerRefusedError) as e:
         agent.release(attested)
     assert e.value.reason == "result_used" and e.value.code is grpc.StatusCode.PERMISSION_DENIED
+
+
+class _PastDeadlineContext:
+    """A servicer context whose caller's deadline has already passed when the handler runs."""
+
+    def __init__(self) -> None:
+        self.aborted: tuple[grpc.StatusCode, str] | None = None
+
+    def time_remaining(self) -> float:
+        return -0.5
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:1"
+
+    def set_trailing_metadata(self, md: object) -> None:
+        pass
+
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self.aborted = (code, details)
+        raise RuntimeError("aborted")
+
+
+def test_deadline_passed_on_arrival_is_deadline_exceeded_and_keeps_the_nonce(
+    harness: Harness,
+) -> None:
+    """The documented mapping: a call whose deadline passed before the handler ran is answered
+    DEADLINE_EXCEEDED before any state changes, so the nonce can still be used."""
+    from types import SimpleNamespace
+
+    from agent.rpc.broker_service import (
+        AttestationLogServicer,
+        BrokerAdminServicer,
+        KeyBrokerServicer,
+        generic_handlers,
+    )
+
+    assert harness.server is not None
+    handlers = generic_handlers(
+        KeyBrokerServicer(harness.server.broker),
+        BrokerAdminServicer(harness.server.broker),
+        AttestationLogServicer(harness.server.log_store),
+    )
+    method = METHODS[1]
+    handler = next(
+        h for h in (g.service(SimpleNamespace(method=method)) for g in handlers) if h is not None
+    )
+    request = _attest_request(harness)
+    context = _PastDeadlineContext()
+    with pytest.raises(RuntimeError, match="aborted"):
+        handler.unary_unary(request.SerializeToString(), context)
+    assert context.aborted is not None
+    assert context.aborted[0] is grpc.StatusCode.DEADLINE_EXCEEDED
+    reply = broker_pb2.AttestResponse.FromString(
+        _raw(harness, method)(request.SerializeToString(), timeout=30)
+    )
+    assert reply.status == "affirming"  # the nonce was not consumed by the late call
