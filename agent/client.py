@@ -5,9 +5,11 @@ What a call does, in order:
 1. get the enclave's key bundle (from the enclave's ``GetKeyBundle``, through the untrusted
    relay, or from bytes the caller pinned) and decode it strictly;
 2. verify it *as of now*: either with the pinned broker key (the EAR must verify under that key,
-   be affirming, unexpired, and name exactly this bundle's encoded enclave key), or with a
-   caller-supplied :data:`~sealing.stream.KeyAttestationCheck` (for example one that checks the
-   evidence itself with ``attest/``, for zero trust in the broker);
+   be affirming, unexpired, and name exactly this bundle's encoded enclave key), or, for zero
+   trust in the broker, with :func:`evidence_check` (the client appraises the enclave's own
+   evidence, carried in a version-2 bundle, with ``attest/`` under its own policy: the reports
+   must carry the binding of the session nonce and *this* key), or with any other
+   caller-supplied :data:`~sealing.stream.KeyAttestationCheck`;
 3. seal the prompt to the verified key (``ClientStream.start``) and call ``Generate``;
 4. open the head and each record in order, yielding text as it decodes (tokens are raw bytes and
    a byte-level token may end inside a UTF-8 character, so decoding is incremental);
@@ -48,8 +50,14 @@ from agent.enclave.service import (
     MAX_RESPONSE_MESSAGE,
 )
 from agent.rpc.v1 import enclave_pb2
+from attest.appraise.common import findings_status
+from attest.appraise.composite import AppraisalContext, appraise_bundle
+from attest.binding import DEFAULT_PROTOCOL_LABEL, derive_binding
+from attest.bundle import load_bundle
 from attest.ear import AttestationResult, Status, VerifyingKey, verify_ear
 from attest.errors import InputError, LesseeError, ParseError, VerificationError
+from attest.findings import Severity
+from attest.policy import Policy
 from sealing.stream import (
     DEFAULT_RECORD_SIZE,
     DEFAULT_REQUEST_PAD_BLOCK,
@@ -77,6 +85,7 @@ __all__ = [
     "SyncEnclaveClient",
     "TokenDecodeError",
     "broker_ear_check",
+    "evidence_check",
 ]
 
 #: Default deadline of one ``Generate`` call (and of one bundle fetch). Matches the enclave's
@@ -165,6 +174,75 @@ def broker_ear_check(
             )
         if log_proof_check is not None:
             log_proof_check(bundle, result, at)
+
+    return check
+
+
+#: Reject findings named in an ``evidence_not_affirming`` error (the rest are counted).
+MAX_NAMED_FINDINGS = 3
+
+
+def evidence_check(
+    policy: Policy,
+    *,
+    context: AppraisalContext | None = None,
+    protocol_label: str = DEFAULT_PROTOCOL_LABEL,
+) -> KeyAttestationCheck:
+    """The check for zero trust in the broker: appraise the enclave's own evidence.
+
+    The bundle must carry the evidence it attested with and that session's nonce (version 2).
+    The evidence is parsed and appraised with ``attest/`` exactly as the broker appraises it
+    (every signature to the pinned vendor roots, or to roots ``policy`` pins; revocation from
+    the collateral stapled in the evidence or held in ``context``; measurements and RIMs), as
+    of ``at``, under the *client's* ``policy``, against the binding of the bundle's nonce and
+    *this bundle's* encoded key: reports made for another key cannot carry it, so the verdict
+    is about exactly the key the prompt will be sealed to. Only an affirming verdict passes.
+
+    The broker's result, if any, is not consulted (a broker that lies changes nothing here).
+    What the broker's nonce no longer gives: freshness. Evidence does not expire, so a key
+    whose enclave was compromised later keeps passing until a revocation or a measurement the
+    policy refuses catches it; appraising as of now checks every certificate, OCSP answer and
+    RIM at this moment (docs/streams.md, "zero trust in the broker").
+    """
+    ctx = context if context is not None else AppraisalContext()
+
+    def check(bundle: KeyBundle, at: datetime) -> None:
+        if not bundle.evidence:
+            raise VerificationError(
+                "the key bundle carries no evidence (a version-1 bundle): the enclave must "
+                "publish its evidence for a client that does not trust the broker",
+                reason="bundle_no_evidence",
+            )
+        try:
+            evidence = load_bundle(bundle.evidence)
+            binding = derive_binding(bundle.nonce, bundle.public_key.encode(), protocol_label)
+        except InputError as exc:
+            raise VerificationError(
+                f"the bundle's evidence is malformed: {exc}", reason="evidence_malformed"
+            ) from None
+        devices, enclave = appraise_bundle(evidence, binding, policy, at, context=ctx)
+        statuses = [d.status for d in devices]
+        if enclave:
+            statuses.append(findings_status(enclave))
+        status = Status.worst(statuses) if statuses else Status.CONTRAINDICATED
+        if status is Status.AFFIRMING:
+            return
+        rejects = [
+            f"{f.device}: {f.field}"
+            for f in (*enclave, *(f for d in devices for f in d.findings))
+            if f.severity is Severity.REJECT
+        ]
+        named = "; ".join(rejects[:MAX_NAMED_FINDINGS])
+        more = (
+            f" (+{len(rejects) - MAX_NAMED_FINDINGS} more)"
+            if len(rejects) > MAX_NAMED_FINDINGS
+            else ""
+        )
+        raise VerificationError(
+            f"the enclave's evidence appraises as {status.value} under this policy"
+            + (f": {named}{more}" if named else ""),
+            reason="evidence_not_affirming",
+        )
 
     return check
 

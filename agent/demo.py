@@ -15,9 +15,13 @@ What it does, in order (each step printed as it happens):
 5. runs the agent on emulated hardware: attest (result summary per device; EAR signature and
    log inclusion checked with the pinned broker keys) -> release -> load the weights into
    memory and compare them with the originals;
-6. shows four refusals: tampered evidence, a replayed nonce, a debug-mode CPU and a GPU not in
+6. serves the enclave's encrypted token stream with the attested key and a version-2 key bundle
+   (its evidence and session nonce included); one client pins the broker's key, a second trusts
+   no broker and appraises that evidence itself; a recording relay shows it saw no plaintext;
+7. shows four refusals: tampered evidence, a replayed nonce, a debug-mode CPU and a GPU not in
    CC mode (each with the broker's finding), plus a release attempt with a refused result;
-7. exports the attestation log and runs ``lessee audit verify`` on it.
+8. exports the attestation log and runs ``lessee audit verify`` and ``lessee audit replay`` on
+   it.
 
 Exit 0 only if every step had exactly the expected outcome. ``--workdir DIR`` keeps everything
 (and says where each thing is); without it a temporary directory is removed at the end.
@@ -50,7 +54,7 @@ from agent.agent import (
     wipe,
 )
 from agent.broker.config import LOG_VKEY, BrokerConfig, BrokerKeys, prepare_state_dir
-from agent.client import EnclaveClient
+from agent.client import EnclaveClient, evidence_check
 from agent.emulation import (
     EmulatedCpuSource,
     EmulatedGpu,
@@ -66,10 +70,16 @@ from agent.evidence.sources import CpuEvidenceSource, GpuEvidenceSource
 from agent.loader import seal_model
 from agent.loader.keyfile import write_key_file
 from agent.rpc import convert
-from agent.rpc.server import RunningBroker, serve_broker
+from agent.rpc.server import (
+    RunningBroker,
+    appraisal_context,
+    load_emulation_roots,
+    serve_broker,
+)
 from agent.rpc.v1 import broker_pb2, broker_pb2_grpc
 from attest.bundle import DeviceEvidenceIn, EvidenceBundle
 from attest.ear import Status, VerifyingKey
+from attest.policy import Policy, load_policy
 from sealing.hpke_suite import HpkePrivateKey
 from sealing.stream import KeyBundle, record_len
 from sealing.weights import key_fingerprint
@@ -338,7 +348,18 @@ def _with_broker(
         )
 
         rep.step("6. encrypted token stream: client -> host relay -> attested enclave")
-        _stream_demo(rep, session.enclave_key(), attested.result, keys.result_key.public_key())
+        _stream_demo(
+            rep,
+            session.enclave_key(),
+            attested.result,
+            keys.result_key.public_key(),
+            zero_trust=(
+                bundle.to_json(),
+                session.nonce,
+                load_policy(policy_json),
+                layout.emulation,
+            ),
+        )
 
         rep.step("7. refusals")
         _refusal_tampered(rep, agent())
@@ -378,13 +399,29 @@ def _with_broker(
 DEMO_PROMPT = "Summarise the quarterly numbers for the board, in confidence"
 
 
-def _stream_demo(rep: _Report, key: HpkePrivateKey, result: str, broker_key: VerifyingKey) -> None:
+def _stream_demo(
+    rep: _Report,
+    key: HpkePrivateKey,
+    result: str,
+    broker_key: VerifyingKey,
+    *,
+    zero_trust: tuple[bytes, bytes, Policy, Path],
+) -> None:
     """Serve the enclave's streaming service with the attested key, send one prompt through a
-    recording relay, and show what the relay saw."""
+    recording relay, and show what the relay saw; then the same with a client that trusts no
+    broker (``zero_trust``: the evidence and nonce the enclave attested with, the client's own
+    policy and the emulation PKI whose roots that policy pins)."""
+    evidence, nonce, policy, pki_dir = zero_trust
+    check = evidence_check(
+        policy, context=appraisal_context(emulation=load_emulation_roots(pki_dir))
+    )
 
-    async def run() -> tuple[list[str], ByteTap, int]:  # tokens, what the relay saw, records
+    async def run() -> tuple[list[str], list[str], ByteTap, int]:
+        # The tokens of each client, what the relay saw of the first, its records.
         service = EnclaveService(
-            key, KeyBundle.build(key.public_key, result.encode(), b""), EchoGenerator(upper=True)
+            key,
+            KeyBundle.build(key.public_key, result.encode(), b"", evidence=evidence, nonce=nonce),
+            EchoGenerator(upper=True),
         )
         server = await serve_enclave(service)
         tap = ByteTap(server.port)
@@ -392,15 +429,24 @@ def _stream_demo(rep: _Report, key: HpkePrivateKey, result: str, broker_key: Ver
         try:
             async with EnclaveClient(tap.target, bundle_check=broker_key) as client:
                 tokens = [t async for t in client.generate(DEMO_PROMPT)]
+            records = service.stats.records_sent
+            async with EnclaveClient(f"127.0.0.1:{server.port}", bundle_check=check) as client:
+                own = [t async for t in client.generate(DEMO_PROMPT)]
         finally:
             await tap.stop()
             await server.stop(0)
-        return tokens, tap, service.stats.records_sent
+        return tokens, own, tap, records
 
-    tokens, tap, records = asyncio.run(run())
+    tokens, own, tap, records = asyncio.run(run())
     text = "".join(tokens)
     rep.expect(
         text == DEMO_PROMPT.upper(), f"client verified the key bundle and received: {text!r}"
+    )
+    rep.expect(
+        "".join(own) == text,
+        "zero trust in the broker: a second client appraised the enclave's own evidence "
+        "(carried in its key bundle) under its own policy, ignored the broker's result, "
+        "and received the same answer",
     )
     seen = bytes(tap.to_server) + bytes(tap.to_client)
     # Words of 5+ letters: a 2-3 byte word turns up in 10 KiB of random bytes by chance.

@@ -1,9 +1,17 @@
 """``lessee client generate``: send one prompt to an attested enclave, end to end encrypted.
 
-The command verifies the enclave's key bundle with the broker's pinned key before the prompt
-leaves the machine, prints the answer as it streams in, and ends with exit 0 only after the
-enclave's authenticated clean end. Exit 1: the bundle was rejected, the stream was manipulated
-or truncated, the enclave aborted, or it could not be reached. Exit 2: bad arguments or files.
+The command verifies the enclave's key bundle before the prompt leaves the machine, in one of
+two modes, prints the answer as it streams in, and ends with exit 0 only after the enclave's
+authenticated clean end:
+
+* ``--broker-key FILE``: the broker's EAR in the bundle must verify under this pinned key, be
+  affirming and unexpired, and attest exactly the bundle's key;
+* ``--policy FILE`` (zero trust in the broker): the enclave's own evidence, which a version-2
+  bundle carries, is appraised here with ``attest/`` under this policy, against the binding of
+  the bundle's nonce and exactly its key (``agent.client.evidence_check``).
+
+Exit 1: the bundle was rejected, the stream was manipulated or truncated, the enclave aborted,
+or it could not be reached. Exit 2: bad arguments or files.
 
 There is deliberately no option to skip the attestation check.
 """
@@ -15,19 +23,22 @@ import asyncio
 import json
 import math
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent.bounded_read import read_bounded
 from attest.ear import VerifyingKey, public_key_from_jwk
 from attest.errors import InputError
+from attest.policy import MAX_POLICY_BYTES
+from sealing.stream.bundle import MAX_BUNDLE_LEN
 
 if TYPE_CHECKING:
-    from sealing.stream import GenerationParams
+    from sealing.stream import GenerationParams, KeyAttestationCheck
 
 #: Largest broker key file read: a PEM public key or JWK is a few hundred bytes.
 MAX_KEY_FILE_BYTES = 64 * 1024
-#: Largest bundle file read: the bundle format's own bound, rounded up.
-MAX_BUNDLE_FILE_BYTES = 256 * 1024
+#: Largest bundle file read: the bundle format's own bound (a version-2 bundle carries evidence).
+MAX_BUNDLE_FILE_BYTES = MAX_BUNDLE_LEN
 #: Largest TLS root file read (a PEM bundle of a few CAs).
 MAX_CA_FILE_BYTES = 1024 * 1024
 
@@ -73,12 +84,33 @@ def _params(args: argparse.Namespace) -> GenerationParams:
     )
 
 
+def _bundle_check(args: argparse.Namespace) -> KeyAttestationCheck | VerifyingKey:
+    """The pinned broker key, or (``--policy``) the check that appraises the evidence here."""
+    if args.policy is None:
+        if args.trust_emulation is not None or args.rims is not None:
+            raise InputError("--trust-emulation and --rims go with --policy (zero trust)")
+        return load_broker_key(args.broker_key)
+    from agent.client import evidence_check
+    from agent.rpc.server import appraisal_context, load_emulation_roots, load_rims
+    from attest.policy import load_policy
+
+    policy = load_policy(read_bounded(args.policy, MAX_POLICY_BYTES, "policy"))
+    emulation = None
+    if args.trust_emulation is not None:
+        from agent.emulation.pki import default_pki_dir
+
+        pki = Path(args.trust_emulation) if args.trust_emulation else default_pki_dir()
+        emulation = load_emulation_roots(pki)
+    rims = load_rims(Path(args.rims)) if args.rims is not None else ()
+    return evidence_check(policy, context=appraisal_context(rims=rims, emulation=emulation))
+
+
 async def _generate(args: argparse.Namespace) -> int:
     import grpc
 
     from agent.client import EnclaveClient
 
-    broker_key = load_broker_key(args.broker_key)
+    check = _bundle_check(args)
     bundle = read_bounded(args.bundle, MAX_BUNDLE_FILE_BYTES, "bundle") if args.bundle else None
     credentials = None
     if args.tls_ca:
@@ -88,7 +120,7 @@ async def _generate(args: argparse.Namespace) -> int:
     params = _params(args)
     async with EnclaveClient(
         args.target,
-        bundle_check=broker_key,
+        bundle_check=check,
         bundle=bundle,
         credentials=credentials,
         timeout=args.timeout,
@@ -118,16 +150,41 @@ def register(parser: argparse.ArgumentParser) -> None:
         "generate",
         help="send a prompt to an attested enclave and stream the answer",
         description=(
-            "Verify the enclave's key bundle (the broker's EAR must attest exactly its key), "
-            "seal the prompt to that key, and print the decrypted tokens as they arrive."
+            "Verify the enclave's key bundle, seal the prompt to that key, and print the "
+            "decrypted tokens as they arrive. Two ways to verify, one required: --broker-key "
+            "(the broker's EAR must verify under this key and attest exactly the bundle's key) "
+            "or --policy (zero trust in the broker: the enclave's own evidence, carried in its "
+            "bundle, is appraised here under this policy and must carry the binding of the "
+            "session nonce and exactly the bundle's key; evidence does not expire, so freshness "
+            "rests on revocation data and the policy, see docs/streams.md)."
         ),
     )
     gen.add_argument("--target", required=True, metavar="HOST:PORT", help="the enclave (or relay)")
-    gen.add_argument(
+    mode = gen.add_mutually_exclusive_group(required=True)
+    mode.add_argument(
         "--broker-key",
-        required=True,
         metavar="FILE",
         help="the broker's EAR verification key (PEM public key, Ed25519 or P-256, or a JWK)",
+    )
+    mode.add_argument(
+        "--policy",
+        metavar="FILE",
+        help="zero trust in the broker: appraise the enclave's evidence under this policy "
+        "(JSON, the broker's format; only an affirming verdict lets the prompt go)",
+    )
+    gen.add_argument(
+        "--trust-emulation",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PKI_DIR",
+        help="with --policy: offer this installation's emulation roots (no value: the default "
+        "emulation PKI) as candidates; they count only where the policy pins them",
+    )
+    gen.add_argument(
+        "--rims",
+        metavar="DIR",
+        help="with --policy: NVIDIA RIMs (*.xml, *.swidtag) to use besides any in the evidence",
     )
     gen.add_argument("--prompt", required=True, metavar="TEXT")
     gen.add_argument(

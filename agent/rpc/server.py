@@ -29,7 +29,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -235,6 +235,30 @@ def load_emulation_roots(pki_dir: Path) -> EmulationRoots:
     return roots
 
 
+def appraisal_context(
+    *,
+    rims: Sequence[bytes] = (),
+    amd_crls: Mapping[tuple[SigningKey, Product], bytes] | None = None,
+    emulation: EmulationRoots | None = None,
+) -> AppraisalContext:
+    """The appraisal context of a broker, or of a client that appraises an enclave's evidence
+    itself (``lessee client generate --policy``): held RIMs and AMD CRLs, and the emulation
+    roots offered as *candidates* (trusted only where the policy pins their SHA-256)."""
+    return AppraisalContext(
+        rims=tuple(rims),
+        candidates=(
+            {
+                "nvidia_device_root": emulation.nvidia_device_root,
+                "nvidia_rim_root": emulation.nvidia_rim_root,
+            }
+            if emulation
+            else {}
+        ),
+        amd_extra_arks=(emulation.amd_ark,) if emulation else (),
+        amd_crls=dict(amd_crls or {}),
+    )
+
+
 # ---- the server ---------------------------------------------------------------------------
 
 
@@ -384,19 +408,7 @@ def build_broker(config: BrokerConfig) -> tuple[Broker, _Resources, EmulationRoo
     emulation = (
         load_emulation_roots(config.trust_emulation) if config.trust_emulation is not None else None
     )
-    context = AppraisalContext(
-        rims=rims,
-        candidates=(
-            {
-                "nvidia_device_root": emulation.nvidia_device_root,
-                "nvidia_rim_root": emulation.nvidia_rim_root,
-            }
-            if emulation
-            else {}
-        ),
-        amd_extra_arks=(emulation.amd_ark,) if emulation else (),
-        amd_crls=amd_crls,
-    )
+    context = appraisal_context(rims=rims, amd_crls=amd_crls, emulation=emulation)
     store = SqliteBrokerStore(config.state_dir / BROKER_DB)
     try:
         log = LogStore(config.state_dir / LOG_DB, keys.log_signer)

@@ -7,10 +7,17 @@ key* (the EAR verifier and the log verifier belong to ``attest``; this module st
 knows neither). Only a :class:`VerifiedKeyBundle` can start a stream, so an unverified key cannot
 be used by accident.
 
-Wire format v1 (all integers big-endian; see ``docs/formats/token-stream.md``)::
+A bundle may also carry the enclave's own evidence (the ``attest`` evidence bundle it attested
+with) and the broker's nonce for that session: with them a client that does not trust the broker
+appraises the evidence itself, and the binding (nonce, this key) in the reports is what ties the
+evidence to this key. Such a bundle is version 2; one without evidence stays version 1, byte for
+byte what it was.
 
-    magic "LSKB" | version u8 = 1 | suite u8 | key_id [32] | pk_len u16 | pk [pk_len]
+Wire format (all integers big-endian; see ``docs/formats/token-stream.md``)::
+
+    magic "LSKB" | version u8 (1 or 2) | suite u8 | key_id [32] | pk_len u16 | pk [pk_len]
     | result_len u32 | attestation_result [result_len] | proof_len u32 | log_proof [proof_len]
+    version 2 only: | nonce_len u8 | nonce [nonce_len] | evidence_len u32 | evidence [evidence_len]
 """
 
 from __future__ import annotations
@@ -26,12 +33,20 @@ from sealing.hpke_suite import SUITE_PARAMS, HpkePublicKey, SuiteId, parse_suite
 
 MAGIC = b"LSKB"
 VERSION = 1
+#: The version that also carries the enclave's evidence and the session nonce.
+VERSION_WITH_EVIDENCE = 2
 KEY_ID_LEN = 32
 #: An EAR JWT with one submodule per device (8 GPUs, 4 NVSwitches, the CPU) and NVIDIA's claims
 #: is a few KiB; 64 KiB leaves an order of magnitude of room and refuses anything absurd.
 MAX_ATTESTATION_RESULT_LEN = 64 * 1024
 #: An RFC 9162 inclusion proof is at most 64 hashes (2 KiB) plus a signed checkpoint (< 1 KiB).
 MAX_LOG_PROOF_LEN = 16 * 1024
+#: The session nonce's bounds (``attest.binding``'s: 16..64 bytes).
+MIN_NONCE_LEN, MAX_NONCE_LEN = 16, 64
+#: The evidence bundle JSON of an HGX enclave (8 GPU reports with chains, stapled OCSP answers
+#: and RIMs, 4 NVSwitches, the CPU report and its chain) is a few hundred KiB; the broker takes
+#: up to 8 MiB (``attest.bundle.MAX_BUNDLE_BYTES``), and so does a client.
+MAX_EVIDENCE_LEN = 8 * 1024 * 1024
 _FIXED_LEN = len(MAGIC) + 1 + 1 + KEY_ID_LEN + 2
 #: The largest bundle any valid combination can produce.
 MAX_BUNDLE_LEN = (
@@ -41,6 +56,10 @@ MAX_BUNDLE_LEN = (
     + MAX_ATTESTATION_RESULT_LEN
     + 4
     + MAX_LOG_PROOF_LEN
+    + 1
+    + MAX_NONCE_LEN
+    + 4
+    + MAX_EVIDENCE_LEN
 )
 
 
@@ -49,7 +68,9 @@ class KeyBundle:
     """A decoded (not yet verified) key bundle. ``raw`` holds the exact bytes received.
 
     Construction checks the internal consistency that needs no trust: the key id is the hash of
-    the encoded key, the suite byte matches the key's suite.
+    the encoded key, the suite byte matches the key's suite. ``evidence`` and ``nonce`` are
+    empty in a version-1 bundle; in a version-2 bundle both are present, and nothing about them
+    is trusted until a check appraises the evidence.
     """
 
     suite: SuiteId
@@ -58,6 +79,8 @@ class KeyBundle:
     attestation_result: bytes
     log_proof: bytes
     raw: bytes = field(repr=False)
+    nonce: bytes = b""
+    evidence: bytes = field(default=b"", repr=False)
 
     def __post_init__(self) -> None:
         if self.public_key.suite is not self.suite:
@@ -71,27 +94,45 @@ class KeyBundle:
             )
         if len(self.log_proof) > MAX_LOG_PROOF_LEN:
             raise ParseError(f"log proof exceeds {MAX_LOG_PROOF_LEN} bytes", field="log_proof")
+        if bool(self.evidence) != bool(self.nonce):
+            raise ParseError("evidence and its session nonce come together", field="evidence")
+        if self.nonce and not MIN_NONCE_LEN <= len(self.nonce) <= MAX_NONCE_LEN:
+            raise ParseError(f"nonce must be {MIN_NONCE_LEN}..{MAX_NONCE_LEN} bytes", field="nonce")
+        if len(self.evidence) > MAX_EVIDENCE_LEN:
+            raise ParseError(f"evidence exceeds {MAX_EVIDENCE_LEN} bytes", field="evidence")
 
     @classmethod
     def build(
-        cls, public_key: HpkePublicKey, attestation_result: bytes, log_proof: bytes
+        cls,
+        public_key: HpkePublicKey,
+        attestation_result: bytes,
+        log_proof: bytes,
+        *,
+        evidence: bytes = b"",
+        nonce: bytes = b"",
     ) -> KeyBundle:
-        """Assemble a bundle on the enclave side and encode it canonically."""
+        """Assemble a bundle on the enclave side and encode it canonically: version 2 when the
+        enclave's ``evidence`` (the evidence bundle JSON it attested with) and the session
+        ``nonce`` are given, for clients that appraise the evidence themselves; else version 1."""
         result, proof = bytes(attestation_result), bytes(log_proof)
-        raw = b"".join(
-            (
-                MAGIC,
-                bytes([VERSION, public_key.suite]),
-                public_key.key_id,
-                struct.pack(">H", len(public_key.raw)),
-                public_key.raw,
-                struct.pack(">I", len(result)),
-                result,
-                struct.pack(">I", len(proof)),
-                proof,
-            )
+        evidence, nonce = bytes(evidence), bytes(nonce)
+        parts = [
+            MAGIC,
+            bytes([VERSION_WITH_EVIDENCE if evidence else VERSION, public_key.suite]),
+            public_key.key_id,
+            struct.pack(">H", len(public_key.raw)),
+            public_key.raw,
+            struct.pack(">I", len(result)),
+            result,
+            struct.pack(">I", len(proof)),
+            proof,
+        ]
+        if evidence:
+            parts += [bytes([len(nonce) & 0xFF]), nonce, struct.pack(">I", len(evidence)), evidence]
+        raw = b"".join(parts)
+        return cls(
+            public_key.suite, public_key.key_id, public_key, result, proof, raw, nonce, evidence
         )
-        return cls(public_key.suite, public_key.key_id, public_key, result, proof, raw)
 
     @classmethod
     def decode(cls, data: bytes) -> KeyBundle:
@@ -104,8 +145,9 @@ class KeyBundle:
             raise ParseError("bundle truncated", offset=len(data), field="header")
         if data[:4] != MAGIC:
             raise ParseError("bad magic", offset=0, field="magic")
-        if data[4] != VERSION:
-            raise ParseError(f"unsupported bundle version {data[4]}", offset=4, field="version")
+        version = data[4]
+        if version not in (VERSION, VERSION_WITH_EVIDENCE):
+            raise ParseError(f"unsupported bundle version {version}", offset=4, field="version")
         suite = parse_suite_id(data[5], offset=5)
         key_id = data[6 : 6 + KEY_ID_LEN]
         off = 6 + KEY_ID_LEN
@@ -132,10 +174,30 @@ class KeyBundle:
             )
         proof = _take(data, off, proof_len, "log_proof")
         off += proof_len
+        nonce = evidence = b""
+        if version == VERSION_WITH_EVIDENCE:
+            nonce_len = _take(data, off, 1, "nonce_len")[0]
+            if not MIN_NONCE_LEN <= nonce_len <= MAX_NONCE_LEN:
+                raise ParseError(
+                    f"nonce_len {nonce_len} out of bounds", offset=off, field="nonce_len"
+                )
+            off += 1
+            nonce = _take(data, off, nonce_len, "nonce")
+            off += nonce_len
+            evidence_len = _u32(data, off, "evidence_len")
+            off += 4
+            if not 0 < evidence_len <= MAX_EVIDENCE_LEN:
+                raise ParseError(
+                    f"evidence_len {evidence_len} out of bounds",
+                    offset=off - 4,
+                    field="evidence_len",
+                )
+            evidence = _take(data, off, evidence_len, "evidence")
+            off += evidence_len
         if off != len(data):
             raise ParseError("trailing bytes after the bundle", offset=off, field="bundle")
         public_key = HpkePublicKey.from_raw(suite, pk_raw)
-        return cls(suite, key_id, public_key, result, proof, data)
+        return cls(suite, key_id, public_key, result, proof, data, nonce, evidence)
 
 
 def _take(data: bytes, off: int, n: int, name: str) -> bytes:

@@ -498,6 +498,18 @@ def _key_bundle_seeds() -> tuple[Seed, ...]:
                 LengthField(o + 2 + klen + 4 + len(b.attestation_result), 4, "big")]  # fmt: skip
         bounds = [4, 5, 6, 38, 40, 40 + klen, 44 + klen, 44 + klen + len(b.attestation_result)]
         out.append(Seed(suite.name.lower(), raw, _layout([0, 4, 5, 6], lens, bounds, len(raw))))
+    # Version 2: the same bundle with an evidence document and the session nonce after it.
+    pk = stream_key(int(SuiteId.X25519_SHA256_AES256GCM)).public_key
+    evidence = b'{"cc_mode_on":true,"devtools_on":false,"gpus":[],"switches":[],"version":1}'
+    b = KeyBundle.build(pk, lessee_ear_token().encode(), b"\x01" * 64, evidence=evidence,
+                        nonce=bytes(range(32)))  # fmt: skip
+    raw = b.raw
+    end_v1 = len(raw) - (1 + 32 + 4 + len(evidence))
+    lens = [LengthField(o + 2 + len(pk.raw), 4, "big"),
+            LengthField(o + 2 + len(pk.raw) + 4 + len(b.attestation_result), 4, "big"),
+            LengthField(end_v1, 1, "big"), LengthField(end_v1 + 33, 4, "big")]  # fmt: skip
+    bounds = [4, 5, 6, 38, end_v1, end_v1 + 1, end_v1 + 33, end_v1 + 37]
+    out.append(Seed("x25519_v2_evidence", raw, _layout([0, 4, 5, 6], lens, bounds, len(raw))))
     return tuple(out)
 
 

@@ -239,6 +239,7 @@ def test_demo_runs_end_to_end(
     for text in (
         "attestation result: affirming",
         "equal to the originals",
+        "zero trust in the broker: a second client appraised the enclave's own evidence",
         "tampered evidence",
         "replayed nonce: FAILED_PRECONDITION [nonce_used]",
         "debug-mode CPU",

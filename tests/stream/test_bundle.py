@@ -13,7 +13,13 @@ from hypothesis import strategies as st
 from attest.errors import InputError, ParseError, VerificationError
 from sealing.hpke_suite import SuiteId, generate_keypair
 from sealing.stream import ClientStream, KeyBundle, VerifiedKeyBundle, verify_bundle
-from sealing.stream.bundle import MAX_ATTESTATION_RESULT_LEN, MAX_LOG_PROOF_LEN
+from sealing.stream.bundle import (
+    MAX_ATTESTATION_RESULT_LEN,
+    MAX_EVIDENCE_LEN,
+    MAX_LOG_PROOF_LEN,
+    MAX_NONCE_LEN,
+    MIN_NONCE_LEN,
+)
 from tests.stream.conftest import KEYS, NOW, accept_all
 
 
@@ -52,7 +58,8 @@ def test_layout_is_byte_exact() -> None:
     ("mutate", "field"),
     [
         (lambda r: b"XSKB" + r[4:], "magic"),
-        (lambda r: r[:4] + b"\x02" + r[5:], "version"),
+        (lambda r: r[:4] + b"\x03" + r[5:], "version"),
+        (lambda r: r[:4] + b"\x02" + r[5:], "nonce_len"),  # version 2 without its evidence
         (lambda r: r[:5] + b"\x09" + r[6:], "suite"),
         (lambda r: r[:5] + b"\x01" + r[6:], "pk_len"),  # X25519 key under the hybrid suite id
         (lambda r: r[:6] + bytes(32) + r[38:], "key_id"),
@@ -76,6 +83,90 @@ def test_bounds_on_opaque_fields() -> None:
     with pytest.raises(ParseError):
         KeyBundle.build(pk, b"r", bytes(MAX_LOG_PROOF_LEN + 1))
     assert KeyBundle.build(pk, bytes(MAX_ATTESTATION_RESULT_LEN), bytes(MAX_LOG_PROOF_LEN))
+
+
+EVIDENCE = b'{"version":1,"gpus":[]}'
+NONCE = bytes(range(32))
+
+
+def _bundle_v2(suite: SuiteId = SuiteId.X25519_SHA256_AES256GCM) -> KeyBundle:
+    pk = KEYS[suite].public_key
+    return KeyBundle.build(pk, b"result", b"proof", evidence=EVIDENCE, nonce=NONCE)
+
+
+def test_version_2_carries_the_evidence_and_nonce_byte_exactly() -> None:
+    b = _bundle_v2()
+    v1 = KeyBundle.build(b.public_key, b"result", b"proof")
+    assert b.raw == (
+        b"LSKB\x02" + v1.raw[5:] + bytes([32]) + NONCE + struct.pack(">I", len(EVIDENCE)) + EVIDENCE
+    )
+    again = KeyBundle.decode(b.raw)
+    assert again == b and (again.evidence, again.nonce) == (EVIDENCE, NONCE)
+    assert (v1.evidence, v1.nonce) == (b"", b"") and v1.raw[4] == 1  # no evidence: still v1
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (
+            lambda r: (
+                r[: -len(EVIDENCE) - 4 - 32 - 1]
+                + bytes([MIN_NONCE_LEN - 1])
+                + r[-len(EVIDENCE) - 4 - 32 :]
+            ),
+            "nonce_len",
+        ),
+        (
+            lambda r: (
+                r[: -len(EVIDENCE) - 4 - 32 - 1]
+                + bytes([MAX_NONCE_LEN + 1])
+                + r[-len(EVIDENCE) - 4 - 32 :]
+            ),
+            "nonce_len",
+        ),
+        (lambda r: r[: -len(EVIDENCE) - 4] + struct.pack(">I", 0), "evidence_len"),
+        (
+            lambda r: r[: -len(EVIDENCE) - 4] + struct.pack(">I", MAX_EVIDENCE_LEN + 1) + EVIDENCE,
+            "evidence_len",
+        ),
+        (lambda r: r[:-1], "evidence"),
+        (lambda r: r + b"\x00", "bundle"),
+    ],
+)
+def test_version_2_fields_are_strict(mutate: object, field: str) -> None:
+    with pytest.raises(ParseError) as info:
+        KeyBundle.decode(mutate(_bundle_v2().raw))  # type: ignore[operator]
+    assert info.value.field == field
+
+
+def test_evidence_and_nonce_come_together_and_bounded() -> None:
+    pk = KEYS[SuiteId.X25519_SHA256_AES256GCM].public_key
+    for kwargs in (
+        {"evidence": EVIDENCE},
+        {"nonce": NONCE},
+        {"evidence": EVIDENCE, "nonce": bytes(MIN_NONCE_LEN - 1)},
+        {"evidence": EVIDENCE, "nonce": bytes(MAX_NONCE_LEN + 1)},
+        {"evidence": bytes(MAX_EVIDENCE_LEN + 1), "nonce": NONCE},
+    ):
+        with pytest.raises(ParseError):
+            KeyBundle.build(pk, b"r", b"", **kwargs)  # type: ignore[arg-type]
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_version_2_flips_and_truncations_give_typed_errors(data: st.DataObject) -> None:
+    raw = _bundle_v2(data.draw(st.sampled_from(list(SuiteId)))).raw
+    i = data.draw(st.integers(0, len(raw) - 1))
+    flipped = bytearray(raw)
+    flipped[i] ^= data.draw(st.integers(1, 255))
+    try:
+        b = KeyBundle.decode(bytes(flipped))
+    except ParseError:
+        pass
+    else:  # only opaque bytes (result, proof, nonce, evidence) may change without an error
+        assert b.raw != raw and b.public_key.raw == KeyBundle.decode(raw).public_key.raw
+    with pytest.raises(ParseError):
+        KeyBundle.decode(raw[: data.draw(st.integers(0, len(raw) - 1))])
 
 
 @settings(max_examples=300, deadline=None)

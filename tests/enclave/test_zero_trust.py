@@ -1,0 +1,312 @@
+"""Zero trust in the broker: the client appraises the enclave's own evidence (a version-2 key
+bundle) with ``attest/`` under its own policy, over real gRPC through the test relay.
+
+The evidence is emulated SEV-SNP + Hopper evidence made for the bundle's exact key and nonce by
+this installation's emulation PKI (roots generated per test session, never committed), so every
+signature, chain, RIM and OCSP answer in it is real and checked. The broker's EAR in these
+bundles is deliberately one the client cannot or must not trust (another broker's key, or a
+contraindicated status): the zero-trust client never reads it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from agent.agent import EMULATED_LAUNCH_MEASUREMENT
+from agent.cli.main import main
+from agent.client import evidence_check
+from agent.demo import demo_policy
+from agent.emulation import (
+    EmulatedCpuSource,
+    EmulatedGpu,
+    EmulatedGpuSource,
+    EmulatedSnp,
+    EmulationPki,
+)
+from agent.rpc.server import appraisal_context, load_emulation_roots
+from attest.appraise.composite import AppraisalContext
+from attest.binding import derive_binding
+from attest.bundle import DeviceEvidenceIn, EvidenceBundle
+from attest.ear import Status
+from attest.errors import VerificationError
+from attest.policy import Policy, load_policy
+from sealing.hpke_suite import HpkePrivateKey
+from sealing.stream import KeyBundle
+from tests.enclave.conftest import BROKER, OTHER_BROKER, StackFactory, enclave_key, make_ear
+
+NONCE = bytes(range(32))
+OTHER_NONCE = bytes(range(1, 33))
+
+
+@pytest.fixture(scope="module")
+def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("zero-trust") / "pki"
+    EmulationPki.create(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pki(pki_dir: Path) -> EmulationPki:
+    return EmulationPki.load(pki_dir)
+
+
+def _policy_doc(pki: EmulationPki, *, pin_roots: bool = True) -> dict[str, object]:
+    doc = demo_policy(list(pki.root_fingerprints().values()) if pin_roots else [], "00" * 32)
+    del doc["model_manifest_digests"]  # a release rule; the stream client has no model
+    if not pin_roots:
+        del doc["roots"]
+    return doc
+
+
+@pytest.fixture(scope="module")
+def policy(pki: EmulationPki) -> Policy:
+    return load_policy(json.dumps(_policy_doc(pki)))
+
+
+@pytest.fixture(scope="module")
+def context(pki_dir: Path) -> AppraisalContext:
+    return appraisal_context(emulation=load_emulation_roots(pki_dir))
+
+
+def evidence_for(
+    pki: EmulationPki,
+    attested_key: bytes,
+    nonce: bytes = NONCE,
+    *,
+    measurement: bytes = EMULATED_LAUNCH_MEASUREMENT,
+    edit: Callable[[EvidenceBundle], EvidenceBundle] | None = None,
+) -> bytes:
+    """Emulated evidence whose reports carry the binding of (``nonce``, ``attested_key``)."""
+    binding = derive_binding(nonce, attested_key)
+    cpu = EmulatedCpuSource(EmulatedSnp(pki, measurement=measurement)).collect(binding.report_data)
+    gpu = EmulatedGpuSource([EmulatedGpu(pki, index=0)])
+    state = gpu.cc_state()
+    bundle = EvidenceBundle(
+        cpu=cpu,
+        gpus=gpu.collect(binding.gpu_nonce),
+        cc_mode_on=state.cc_mode_on,
+        devtools_on=state.devtools_on,
+    )
+    return (edit(bundle) if edit is not None else bundle).to_json()
+
+
+def zero_trust_bundle(
+    key: HpkePrivateKey,
+    evidence: bytes,
+    nonce: bytes = NONCE,
+    *,
+    ear_status: Status = Status.AFFIRMING,
+) -> KeyBundle:
+    """A version-2 bundle whose EAR the zero-trust client cannot verify (another broker's key)."""
+    ear = make_ear(key.public_key.encode(), broker=OTHER_BROKER, status=ear_status)
+    return KeyBundle.build(key.public_key, ear.encode(), b"", evidence=evidence, nonce=nonce)
+
+
+def _flip_gpu_report_byte(bundle: EvidenceBundle) -> EvidenceBundle:
+    g = bundle.gpus[0]
+    report = bytearray(g.report)
+    report[100] ^= 0x01
+    gpu = DeviceEvidenceIn(g.arch, bytes(report), g.certificate_chain_pem, g.ocsp_responses, g.rims)
+    return EvidenceBundle(
+        bundle.cpu, (gpu,), bundle.switches, bundle.cc_mode_on, bundle.devtools_on
+    )
+
+
+def test_the_client_trusts_the_evidence_not_the_broker(
+    stack_factory: StackFactory, pki: EmulationPki, policy: Policy, context: AppraisalContext
+) -> None:
+    key = enclave_key()
+    # The broker's result says CONTRAINDICATED and is signed by a key nobody pinned: a client
+    # that pins the broker refuses; the zero-trust client appraises the evidence and streams.
+    bundle = zero_trust_bundle(
+        key, evidence_for(pki, key.public_key.encode()), ear_status=Status.CONTRAINDICATED
+    )
+    stack = stack_factory(key=key, bundle=bundle)
+    pieces, err = stack.collect(
+        "hello zero trust", bundle_check=evidence_check(policy, context=context)
+    )
+    assert err is None and "".join(pieces) == "hello zero trust"
+    assert stack.service.stats.requests == 1
+
+    pieces, err = stack.collect("hello", bundle_check=BROKER.public_key())
+    assert pieces == [] and isinstance(err, VerificationError)
+    assert stack.service.stats.requests == 1  # refused before anything was sent
+
+
+def _refused(
+    stack_factory: StackFactory,
+    key: HpkePrivateKey,
+    bundle: KeyBundle,
+    policy: Policy,
+    context: AppraisalContext,
+) -> VerificationError:
+    stack = stack_factory(key=key, bundle=bundle)
+    pieces, err = stack.collect(
+        "secret prompt", bundle_check=evidence_check(policy, context=context)
+    )
+    assert pieces == []
+    assert stack.service.stats.requests == 0, "the prompt left the client"
+    assert stack.relay.generate_exchanges() == []
+    assert isinstance(err, VerificationError)
+    return err
+
+
+def test_evidence_made_for_another_key_is_refused(
+    stack_factory: StackFactory, pki: EmulationPki, policy: Policy, context: AppraisalContext
+) -> None:
+    """A host that swaps in its own key keeps the genuine evidence, whose binding names the
+    genuine key: the reports cannot carry the binding of the swapped key."""
+    key, genuine = enclave_key(label="host-key"), enclave_key()
+    bundle = zero_trust_bundle(key, evidence_for(pki, genuine.public_key.encode()))
+    err = _refused(stack_factory, key, bundle, policy, context)
+    assert err.reason == "evidence_not_affirming"
+    assert "report_data" in str(err) or "nonce" in str(err)
+
+
+def test_another_sessions_nonce_is_refused(
+    stack_factory: StackFactory, pki: EmulationPki, policy: Policy, context: AppraisalContext
+) -> None:
+    key = enclave_key()
+    evidence = evidence_for(pki, key.public_key.encode(), OTHER_NONCE)
+    err = _refused(stack_factory, key, zero_trust_bundle(key, evidence, NONCE), policy, context)
+    assert err.reason == "evidence_not_affirming"
+
+
+def test_a_policy_that_pins_no_emulation_root_refuses_emulated_evidence(
+    stack_factory: StackFactory, pki: EmulationPki, context: AppraisalContext
+) -> None:
+    """Emulation roots are only candidates: offered by ``--trust-emulation``, used only where
+    the client's own policy pins them."""
+    key = enclave_key()
+    strict = load_policy(json.dumps(_policy_doc(pki, pin_roots=False)))
+    bundle = zero_trust_bundle(key, evidence_for(pki, key.public_key.encode()))
+    assert _refused(stack_factory, key, bundle, strict, context).reason == "evidence_not_affirming"
+
+
+def test_a_measurement_the_policy_does_not_allow_is_refused(
+    stack_factory: StackFactory, pki: EmulationPki, policy: Policy, context: AppraisalContext
+) -> None:
+    key = enclave_key()
+    evidence = evidence_for(pki, key.public_key.encode(), measurement=bytes(48))
+    err = _refused(stack_factory, key, zero_trust_bundle(key, evidence), policy, context)
+    assert err.reason == "evidence_not_affirming" and "measurement" in str(err)
+
+
+def test_a_tampered_gpu_report_is_refused(
+    stack_factory: StackFactory, pki: EmulationPki, policy: Policy, context: AppraisalContext
+) -> None:
+    key = enclave_key()
+    evidence = evidence_for(pki, key.public_key.encode(), edit=_flip_gpu_report_byte)
+    err = _refused(stack_factory, key, zero_trust_bundle(key, evidence), policy, context)
+    assert err.reason == "evidence_not_affirming" and "gpu0" in str(err)
+
+
+def test_evidence_past_its_stapled_revocation_data_is_refused(
+    pki: EmulationPki, policy: Policy, context: AppraisalContext
+) -> None:
+    """Evidence does not expire, but the OCSP answers stapled in it do: appraised as of two days
+    later, the same bundle fails, so an enclave must re-attest to keep serving zero-trust
+    clients (the freshness bound docs/streams.md states)."""
+    key = enclave_key()
+    bundle = zero_trust_bundle(key, evidence_for(pki, key.public_key.encode()))
+    check = evidence_check(policy, context=context)
+    now = datetime.now(UTC)
+    check(bundle, now)
+    with pytest.raises(VerificationError) as info:
+        check(bundle, now + timedelta(days=2))
+    assert info.value.reason == "evidence_not_affirming" and "ocsp" in str(info.value)
+
+
+def test_a_bundle_without_evidence_is_refused(
+    stack_factory: StackFactory, policy: Policy, context: AppraisalContext
+) -> None:
+    key = enclave_key()
+    ear = make_ear(key.public_key.encode())
+    bundle = KeyBundle.build(key.public_key, ear.encode(), b"")  # version 1
+    assert _refused(stack_factory, key, bundle, policy, context).reason == "bundle_no_evidence"
+
+
+@pytest.mark.parametrize("evidence", [b"{", b"[]", b'{"version": 1, "extra": 0}', b"\xff" * 40])
+def test_malformed_evidence_is_refused(
+    stack_factory: StackFactory,
+    policy: Policy,
+    context: AppraisalContext,
+    evidence: bytes,
+) -> None:
+    key = enclave_key()
+    err = _refused(stack_factory, key, zero_trust_bundle(key, evidence), policy, context)
+    assert err.reason == "evidence_malformed"
+
+
+# ---- the CLI ----------------------------------------------------------------------------------
+
+
+def _cli(target: str, *mode: str) -> int:
+    return main(
+        [
+            "client",
+            "generate",
+            "--target",
+            target,
+            "--prompt",
+            "via the cli",
+            "--timeout",
+            "20",
+            *mode,
+        ]
+    )
+
+
+def test_cli_zero_trust_mode(
+    stack_factory: StackFactory,
+    pki: EmulationPki,
+    pki_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    key = enclave_key()
+    stack = stack_factory(
+        key=key, bundle=zero_trust_bundle(key, evidence_for(pki, key.public_key.encode()))
+    )
+    good, strict = tmp_path / "policy.json", tmp_path / "strict.json"
+    good.write_text(json.dumps(_policy_doc(pki)))
+    strict.write_text(json.dumps(_policy_doc(pki, pin_roots=False)))
+
+    assert _cli(stack.target, "--policy", str(good), "--trust-emulation", str(pki_dir)) == 0
+    assert capsys.readouterr().out == "via the cli\n"
+
+    # Without the emulation roots offered, or under a policy that pins none: refused, exit 1.
+    assert _cli(stack.target, "--policy", str(good)) == 1
+    err = capsys.readouterr().err
+    assert "contraindicated" in err and "via the cli" not in err
+    assert _cli(stack.target, "--policy", str(strict), "--trust-emulation", str(pki_dir)) == 1
+    capsys.readouterr()
+    assert stack.service.stats.requests == 1
+
+
+def test_cli_modes_are_exclusive_and_required(
+    stack_factory: StackFactory, pki_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stack = stack_factory()
+    pem = tmp_path / "broker.pem"
+    pem.write_bytes(
+        BROKER.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    policy = tmp_path / "policy.json"
+    policy.write_text("{}")
+    assert _cli(stack.target, "--broker-key", str(pem), "--policy", str(policy)) == 2
+    assert "not allowed with" in capsys.readouterr().err
+    assert _cli(stack.target) == 2
+    assert "--broker-key --policy is required" in capsys.readouterr().err
+    # Emulation roots mean nothing without a policy that may pin them: bad input, not ignored.
+    assert _cli(stack.target, "--broker-key", str(pem), "--trust-emulation", str(pki_dir)) == 2
+    assert "--policy" in capsys.readouterr().err
+    assert stack.service.stats.requests == 0
