@@ -6,12 +6,18 @@
 * ``CpuEvidenceSource.collect(report_data64)`` returns the CPU TEE's report (SNP) or quote (TDX).
 
 Real sources: NVML via ``nvidia-ml-py`` (the ``lessee[nvml]`` extra) and the Linux configfs-tsm
-report interface (``/sys/kernel/config/tsm/report``, kernels >= 6.7). SEV-SNP guests are
-supported; a TDX guest is refused with a clear error until TDX collateral can be supplied (the
-quote alone can never pass the broker's verification). Each raises ``HardwareUnavailableError``
-with one clear sentence when the hardware is absent or not in confidential-computing mode, so
-``lessee agent`` can say what is missing. Emulated sources for machines without CC hardware live
-in ``agent.emulation``.
+report interface (``/sys/kernel/config/tsm/report``, kernels >= 6.7), for SEV-SNP guests
+(provider ``sev_guest``) and TDX guests (``tdx_guest``). Neither hardware hands the guest
+everything the broker checks, so the operator supplies the rest and the source attaches it:
+AMD's CRL for SNP (``crl``), Intel's collateral for TDX (``tdx_collateral``: TCB Info, QE
+Identity, PCK and root CA CRLs, from Intel PCS or the platform's PCCS), because a quote without
+collateral can never pass the broker's verification. Which TEE this guest is shows only in
+configfs-tsm's ``provider``, so ``TsmCpuSource`` reads it when it is made and refuses inputs
+that do not fit (``TeeMismatchError``) before anything is attested.
+
+Each source raises ``HardwareUnavailableError`` with one clear sentence when the hardware is
+absent or not in confidential-computing mode, so ``lessee agent`` can say what is missing.
+Emulated sources for machines without CC hardware live in ``agent.emulation``.
 """
 
 from __future__ import annotations
@@ -26,9 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from attest.bundle import DeviceEvidenceIn, SnpEvidenceIn, TdxEvidenceIn
+from attest.bundle import MAX_ITEM_BYTES, DeviceEvidenceIn, SnpEvidenceIn, TdxEvidenceIn
 from attest.errors import InputError, LesseeError, ParseError
 from attest.snp.verify import MAX_AMD_CERT_INPUT_BYTES, MAX_CRL_BYTES
+from attest.tdx.collateral import MAX_COLLATERAL_JSON_BYTES, parse_collateral_json
+from attest.tdx.quote import MAX_QUOTE_BUFFER_BYTES
 
 TSM_REPORT_DIR = Path("/sys/kernel/config/tsm/report")
 #: configfs-tsm outblobs are a report (1184 B SNP) or a quote (~5-8 KiB TDX); certs up to 64 KiB.
@@ -136,25 +144,125 @@ class NvmlGpuSource:
         return tuple(out)
 
 
+class TeeMismatchError(InputError):
+    """What the operator supplied does not fit the TEE this guest is (collateral for the other
+    vendor, or none where the broker cannot verify without it).
+
+    An ``InputError`` (``lessee agent`` exit 2): the fix is on the command line, and it is found
+    before the broker is asked for anything, not after a refusal the operator must decode.
+    """
+
+
+#: Where the operator gets each kind of supplement; said in every message that asks for one.
+TDX_COLLATERAL_SOURCE = (
+    "Intel PCS (TCB Info for the platform's FMSPC and QE Identity under "
+    "/tdx/certification/v4/, the PCK CRL and Intel's root CA CRL) or the platform's PCCS, "
+    "assembled as one QuoteCollateralV3 JSON document, the form dcap-qvl and PCCS clients store"
+)
+#: The broker takes at most this much collateral JSON: its gRPC and bundle limit per item
+#: (``MAX_ITEM_BYTES``) is below the parser's own (``MAX_COLLATERAL_JSON_BYTES``).
+MAX_TDX_COLLATERAL_BYTES = min(MAX_ITEM_BYTES, MAX_COLLATERAL_JSON_BYTES)
+
+
+def check_tdx_collateral(data: bytes) -> bytes:
+    """``data`` if it is TDX collateral in the form the broker verifies, else ``InputError``.
+
+    Only the structure is checked (``parse_collateral_json``: the nine QuoteCollateralV3 keys,
+    signed documents, CRLs and issuer chains that decode); signatures, freshness and whether it
+    fits this platform's quote are the broker's checks, as of its own time. A wrong or truncated
+    file is still caught here, when the agent starts, not after the broker has spent a nonce.
+    """
+    if not 0 < len(data) <= MAX_TDX_COLLATERAL_BYTES:
+        raise InputError(
+            f"the TDX collateral must be 1..{MAX_TDX_COLLATERAL_BYTES} bytes, got {len(data)}"
+        )
+    try:
+        parse_collateral_json(data)
+    except ParseError as exc:
+        raise InputError(
+            f"not TDX collateral in the broker's format (QuoteCollateralV3 JSON): {exc}"
+        ) from None
+    return bytes(data)
+
+
 class TsmCpuSource:
     """SEV-SNP or TDX evidence through configfs-tsm (Linux >= 6.7).
 
-    ``crl``: AMD's CRL for this CPU's product and signing key (KDS ``/vcek/v1/<product>/crl``,
-    or ``/vlek/v1/<product>/crl`` when the report is VLEK-signed; DER or PEM),
-    attached to every SNP report. The guest cannot get it from the hardware (configfs-tsm
-    offers none), so the operator supplies it (``lessee agent --amd-crl``); without it the
-    broker's default policy (``missing_revocation: reject``) refuses the CPU.
+    The guest's TEE is read from configfs-tsm's ``provider`` when the source is made, so inputs
+    for the wrong TEE are refused (``TeeMismatchError``) before the agent talks to the broker.
+
+    ``crl`` (SEV-SNP only): AMD's CRL for this CPU's product and signing key (KDS
+    ``/vcek/v1/<product>/crl``, or ``/vlek/v1/<product>/crl`` when the report is VLEK-signed;
+    DER or PEM), attached to every SNP report. The guest cannot get it from the hardware
+    (configfs-tsm offers none), so the operator supplies it (``lessee agent --amd-crl``);
+    without it the broker's default policy (``missing_revocation: reject``) refuses the CPU.
+
+    ``tdx_collateral`` (TDX, required): Intel's collateral for this platform as QuoteCollateralV3
+    JSON (``check_tdx_collateral``), attached unchanged to every quote. configfs-tsm gives only
+    the quote, and the broker verifies a quote only with its collateral, so a TDX guest without
+    it is refused here rather than sending evidence that can only be refused.
     """
 
-    def __init__(self, root: Path = TSM_REPORT_DIR, *, crl: bytes | None = None) -> None:
+    def __init__(
+        self,
+        root: Path = TSM_REPORT_DIR,
+        *,
+        crl: bytes | None = None,
+        tdx_collateral: bytes | None = None,
+    ) -> None:
         if crl is not None and not 0 < len(crl) <= MAX_CRL_BYTES:
             raise InputError(f"the AMD CRL must be 1..{MAX_CRL_BYTES} bytes, got {len(crl)}")
+        if crl is not None and tdx_collateral is not None:
+            raise TeeMismatchError(
+                "an AMD CRL (SEV-SNP) and TDX collateral were both given; a guest is one or the "
+                "other"
+            )
+        collateral = None if tdx_collateral is None else check_tdx_collateral(tdx_collateral)
         _require(
             root.is_dir(),
             f"{root} not present: not a SEV-SNP/TDX guest, or the kernel lacks configfs-tsm",
         )
         self._root = root
         self._crl = None if crl is None else bytes(crl)
+        self._tdx_collateral = collateral
+        self.provider = self._probe_provider()
+
+    def _entry(self) -> Path:
+        entry = self._root / f"lessee-{secrets.token_hex(8)}"
+        entry.mkdir()
+        return entry
+
+    def _probe_provider(self) -> str:
+        """``sev_guest`` or ``tdx_guest``, from an entry made and removed for the purpose
+        (nothing is requested: configfs-tsm generates only when ``outblob`` is read); then the
+        operator's supplements are checked against it."""
+        entry = self._entry()
+        try:
+            provider = _provider(entry)
+        finally:
+            os.rmdir(entry)
+        if provider == "tdx_guest":
+            if self._crl is not None:
+                raise TeeMismatchError(
+                    "this is a TDX guest (configfs-tsm provider tdx_guest); an AMD CRL "
+                    "(--amd-crl) is for SEV-SNP guests"
+                )
+            self._collateral()
+        elif self._tdx_collateral is not None:  # sev_guest
+            raise TeeMismatchError(
+                "this is a SEV-SNP guest (configfs-tsm provider sev_guest); TDX collateral "
+                "(--tdx-collateral) is for TDX guests"
+            )
+        return provider
+
+    def _collateral(self) -> bytes:
+        if self._tdx_collateral is None:
+            raise TeeMismatchError(
+                "this is a TDX guest: the broker verifies its quote only with Intel's "
+                "collateral, which the guest cannot get from the hardware; pass it with "
+                f"--tdx-collateral FILE (from {TDX_COLLATERAL_SOURCE})"
+            )
+        return self._tdx_collateral
 
     def collect(self, report_data: bytes) -> SnpEvidenceIn | TdxEvidenceIn:
         """One report for ``report_data``; the provider is checked before anything is requested.
@@ -165,21 +273,25 @@ class TsmCpuSource:
         its ``st_size`` is non-zero (a configfs attribute's size need not be the blob's); an
         empty read means the host supplied no certificates. The AMD CRL given to the constructor,
         if any, goes with the report.
-        TDX: refused (``HardwareUnavailableError``) until TDX collateral can be supplied.
+        TDX: ``outblob`` is the quote (the kernel's ``tdx_guest`` provider hands over exactly the
+        quote's bytes, no capture buffer), read up to the largest quote the broker parses
+        (``MAX_QUOTE_BUFFER_BYTES``) and passed on unchanged with the collateral given to the
+        constructor. Neither is checked here beyond that: the broker verifies both.
         """
         _require(len(report_data) == 64, "report data must be 64 bytes")
-        entry = self._root / f"lessee-{secrets.token_hex(8)}"
-        entry.mkdir()
+        entry = self._entry()
         try:
-            provider = (entry / "provider").read_text().strip()
-            if provider.startswith("tdx_guest"):
-                raise HardwareUnavailableError(
-                    "TDX guest found, but the agent cannot attest it yet: the broker verifies a "
-                    "TDX quote only with its collateral (Intel PCS/PCCS JSON: TCB info, QE "
-                    "identity, CRLs), which the agent has no way to supply"
-                )
-            if not provider.startswith("sev_guest"):
-                raise HardwareUnavailableError(f"unknown configfs-tsm provider {provider!r}")
+            provider = _provider(entry)
+            _require(
+                provider == self.provider,
+                f"configfs-tsm provider changed from {self.provider!r} to {provider!r}",
+            )
+            if provider == "tdx_guest":
+                collateral = self._collateral()
+                (entry / "inblob").write_bytes(report_data)
+                quote = _read_bounded(entry / "outblob", MAX_QUOTE_BUFFER_BYTES)
+                _require(bool(quote), "configfs-tsm returned an empty TDX quote")
+                return TdxEvidenceIn(quote=quote, collateral_json=collateral)
             (entry / "inblob").write_bytes(report_data)
             outblob = _read_bounded(entry / "outblob")
             aux = entry / "auxblob"
@@ -187,6 +299,15 @@ class TsmCpuSource:
             return SnpEvidenceIn(report=outblob, certificates=tuple(certs.values()), crl=self._crl)
         finally:
             os.rmdir(entry)
+
+
+def _provider(entry: Path) -> str:
+    """The entry's provider, one of the two this source knows; anything else is hardware the
+    agent cannot attest (``HardwareUnavailableError``)."""
+    provider = (entry / "provider").read_text().strip()
+    if provider not in ("sev_guest", "tdx_guest"):
+        raise HardwareUnavailableError(f"unknown configfs-tsm provider {provider!r}")
+    return provider
 
 
 def parse_snp_cert_table(blob: bytes) -> dict[str, bytes]:
@@ -278,8 +399,8 @@ def parse_snp_cert_table(blob: bytes) -> dict[str, bytes]:
     return out
 
 
-def _read_bounded(path: Path) -> bytes:
+def _read_bounded(path: Path, limit: int = MAX_TSM_BLOB_BYTES) -> bytes:
     with path.open("rb") as f:
-        data = f.read(MAX_TSM_BLOB_BYTES + 1)
-    _require(len(data) <= MAX_TSM_BLOB_BYTES, f"{path} is larger than {MAX_TSM_BLOB_BYTES} bytes")
+        data = f.read(limit + 1)
+    _require(len(data) <= limit, f"{path} is larger than {limit} bytes")
     return data

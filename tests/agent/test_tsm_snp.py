@@ -1,5 +1,6 @@
 """configfs-tsm on SEV-SNP: the host's certificate table (``auxblob``) becomes certificates the
-broker can load and verify; a malformed table is a ``ParseError``; TDX is refused clearly.
+broker can load and verify; a malformed table is a ``ParseError``; an unknown provider is
+refused clearly. TDX through the same fake tree: test_tsm_tdx.py.
 
 The tables are built from the real AMD certificates in tests/assets/cpu/snp (virtee/sev's Milan
 VCEK, ASK and ARK) and the real Milan report they sign, laid out as GHCB spec 4.1.8.1 says.
@@ -332,16 +333,6 @@ def test_source_malformed_auxblob_is_parse_error(
     )
     with pytest.raises(ParseError, match="terminator"):
         TsmCpuSource(root).collect(REPORT_DATA)
-    assert list(root.iterdir()) == []
-
-
-def test_source_refuses_tdx_without_collateral(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    fake, root = _fake(tmp_path, monkeypatch, provider="tdx_guest", outblob=b"quote", auxblob=None)
-    with pytest.raises(HardwareUnavailableError, match="collateral"):
-        TsmCpuSource(root).collect(REPORT_DATA)
-    assert fake.inblob is None  # no quote was requested
     assert list(root.iterdir()) == []
 
 
