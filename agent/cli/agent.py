@@ -7,10 +7,14 @@ configfs-tsm (SEV-SNP/TDX) and NVML (GPUs in CC mode); without that hardware the
 what is missing and exits 1. ``--emulate`` uses this installation's emulated hardware instead
 (``agent.emulation``): evidence a broker accepts only for a policy that pins the emulation roots.
 ``--amd-crl FILE`` sends AMD's CRL with a real SEV-SNP report (the broker's default policy
-refuses the CPU without one); the emulation makes its own.
+refuses the CPU without one); the emulation makes its own. ``--tdx-collateral FILE`` sends
+Intel's collateral (QuoteCollateralV3 JSON) with a real TDX quote: the broker verifies a quote
+only with it and the guest cannot get it from the hardware, so a TDX guest without it is bad
+input. Each is refused on the other vendor's guest, found when the agent starts.
 
 Exit codes: 0 attested, key released, model loaded; 1 refused (findings printed) or hardware
-absent; 2 bad input.
+absent; 2 bad input (a file unreadable, oversize or malformed; a supplement for the other TEE;
+a TDX guest without ``--tdx-collateral``).
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ from attest.errors import InputError
 EXIT_OK = 0
 EXIT_REJECTED = 1
 MAX_KEY_FILE_BYTES = 64 * 1024
+#: ``agent.evidence.sources.MAX_TDX_COLLATERAL_BYTES`` in KiB, for ``--help`` without importing
+#: the evidence code (a test keeps the two equal).
+MAX_TDX_COLLATERAL_KIB = 512
 
 
 #: AMD's Key Distribution Service serves each product's CRL here (``<product>``: Milan, Genoa,
@@ -49,14 +56,32 @@ def read_amd_crl(path: str) -> bytes:
     return data
 
 
+def read_tdx_collateral(path: str) -> bytes:
+    """The ``--tdx-collateral`` file, bounded, not empty and structurally TDX collateral in the
+    form the broker verifies, so a wrong file is bad input (exit 2) when the agent starts, not a
+    refusal after attesting. Signatures and freshness are the broker's checks."""
+    from agent.evidence.sources import MAX_TDX_COLLATERAL_BYTES, check_tdx_collateral
+
+    data = read_bounded(path, MAX_TDX_COLLATERAL_BYTES, "TDX collateral")
+    if not data:
+        raise InputError(f"{path}: the TDX collateral file is empty")
+    try:
+        return check_tdx_collateral(data)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
+
+
 def _sources(args: argparse.Namespace) -> tuple[Any, Any]:
     if not args.emulate:
         from agent.evidence.sources import NvmlGpuSource, TsmCpuSource
 
         crl = read_amd_crl(args.amd_crl) if args.amd_crl else None
-        return TsmCpuSource(crl=crl), NvmlGpuSource()
+        collateral = read_tdx_collateral(args.tdx_collateral) if args.tdx_collateral else None
+        return TsmCpuSource(crl=crl, tdx_collateral=collateral), NvmlGpuSource()
     if args.amd_crl:
         raise InputError("--amd-crl is for real SEV-SNP hardware; --emulate makes its own CRL")
+    if args.tdx_collateral:
+        raise InputError("--tdx-collateral is for real TDX hardware; --emulate is SEV-SNP")
     from agent.agent import EMULATED_LAUNCH_MEASUREMENT
     from agent.emulation import (
         EmulatedCpuSource,
@@ -174,14 +199,28 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--emulation-dir", metavar="DIR", help="emulation PKI directory")
     parser.add_argument("--gpus", type=int, default=1, help="emulated GPUs (1..8)")
     parser.add_argument("--measurement", metavar="HEX", help="emulated launch measurement")
-    parser.add_argument(
+    supplement = parser.add_mutually_exclusive_group()
+    supplement.add_argument(
         "--amd-crl",
         metavar="FILE",
         help=(
             "AMD's CRL for this SEV-SNP CPU's product (DER or PEM, at most 256 KiB), sent with"
             f" the report; AMD publishes it at {AMD_CRL_URL}. Without it the broker's default"
             " policy (missing_revocation: reject) refuses the CPU. It must be current (between"
-            " its lastUpdate and nextUpdate) when the broker appraises"
+            " its lastUpdate and nextUpdate) when the broker appraises. Refused on a TDX guest"
+        ),
+    )
+    supplement.add_argument(
+        "--tdx-collateral",
+        metavar="FILE",
+        help=(
+            "Intel's collateral for this TDX platform, sent with every quote: one"
+            " QuoteCollateralV3 JSON document (the format of 'lessee cpu verify --collateral'"
+            f" and docs/tdx.md, at most {MAX_TDX_COLLATERAL_KIB} KiB) from Intel PCS or the"
+            " platform's PCCS (TCB Info for its FMSPC, QE Identity, PCK CRL, root CA CRL)."
+            " Required on a TDX guest: the broker verifies a quote only with it. Checked"
+            " structurally at start; it must be current when the broker appraises. Refused on"
+            " a SEV-SNP guest"
         ),
     )
     parser.add_argument("--broker-key", metavar="FILE", help="broker's EAR key (PEM or JWK)")
