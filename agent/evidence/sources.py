@@ -15,6 +15,11 @@ collateral can never pass the broker's verification. Which TEE this guest is sho
 configfs-tsm's ``provider``, so ``TsmCpuSource`` reads it when it is made and refuses inputs
 that do not fit (``TeeMismatchError``) before anything is attested.
 
+configfs-tsm only: the older SEV-SNP ioctls on ``/dev/sev-guest`` pass the kernel buffer
+*addresses*, which ``fcntl.ioctl`` cannot give without ``ctypes`` and a fake cannot test, and
+their layout and retry rules changed across the kernels that lack configfs-tsm (the reasons in
+full: docs/broker.md, "Running the agent").
+
 Each source raises ``HardwareUnavailableError`` with one clear sentence when the hardware is
 absent or not in confidential-computing mode, so ``lessee agent`` can say what is missing.
 Emulated sources for machines without CC hardware live in ``agent.emulation``.
@@ -220,7 +225,8 @@ class TsmCpuSource:
         collateral = None if tdx_collateral is None else check_tdx_collateral(tdx_collateral)
         _require(
             root.is_dir(),
-            f"{root} not present: not a SEV-SNP/TDX guest, or the kernel lacks configfs-tsm",
+            f"{root} not present: not a SEV-SNP/TDX guest, or the kernel lacks configfs-tsm "
+            "(Linux >= 6.7; lessee does not use /dev/sev-guest, see docs/broker.md)",
         )
         self._root = root
         self._crl = None if crl is None else bytes(crl)
