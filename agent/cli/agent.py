@@ -20,13 +20,20 @@ a TDX guest without ``--tdx-collateral``).
 from __future__ import annotations
 
 import argparse
+import asyncio
+import importlib
 import json
+import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.bounded_read import read_bounded
 from attest.errors import InputError
+
+if TYPE_CHECKING:
+    from agent.agent import Attested, LoadedModel
+    from agent.enclave.generator import TokenGenerator
 
 EXIT_OK = 0
 EXIT_REJECTED = 1
@@ -34,6 +41,78 @@ MAX_KEY_FILE_BYTES = 64 * 1024
 #: ``agent.evidence.sources.MAX_TDX_COLLATERAL_BYTES`` in KiB, for ``--help`` without importing
 #: the evidence code (a test keeps the two equal).
 MAX_TDX_COLLATERAL_KIB = 512
+
+
+#: Seconds in-flight streams get to finish after SIGTERM/SIGINT before the service stops.
+SERVE_STOP_GRACE_S = 5.0
+
+
+def load_generator(spec: str, model: LoadedModel) -> TokenGenerator:
+    """``echo`` (the toy engine) or ``MODULE:FACTORY``: ``FACTORY(model)`` must return an
+    object with an async ``generate(prompt, params)``; anything else is bad input (exit 2)
+    before the service starts, not a failure in the first request."""
+    from agent.enclave.generator import EchoGenerator
+
+    if spec == "echo":
+        return EchoGenerator()
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise InputError(f"--generator must be 'echo' or MODULE:FACTORY, got {spec!r}")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise InputError(f"--generator {spec}: cannot import it ({type(exc).__name__})") from None
+    engine = factory(model)
+    if not callable(getattr(engine, "generate", None)):
+        raise InputError(f"--generator {spec}: the factory's result has no generate() method")
+    generator: TokenGenerator = engine
+    return generator
+
+
+def _serve(
+    args: argparse.Namespace, attested: Attested, evidence: bytes, generator: TokenGenerator
+) -> None:
+    """Serve the enclave's streaming service with the attested key until SIGTERM or SIGINT."""
+    from agent.enclave.service import EnclaveService, serve_enclave
+    from sealing.stream import KeyBundle
+
+    session = attested.session
+    key = session.enclave_key()
+    bundle = KeyBundle.build(
+        key.public_key, attested.result.encode("ascii"), b"", evidence=evidence, nonce=session.nonce
+    )
+    cert = (
+        read_bounded(args.tls_cert, MAX_KEY_FILE_BYTES, "TLS certificate")
+        if args.tls_cert
+        else None
+    )
+    tls_key = read_bounded(args.tls_key, MAX_KEY_FILE_BYTES, "TLS key") if args.tls_key else None
+
+    async def run() -> None:
+        server = await serve_enclave(
+            EnclaveService(key, bundle, generator),
+            address=args.serve,
+            server_cert_chain=cert,
+            server_private_key=tls_key,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        host = args.serve.rsplit(":", 1)[0]
+        print(
+            f"lessee agent: serving encrypted token streams on {host}:{server.port}"
+            + (" (TLS)" if cert else "")
+            + f"; key bundle v2, key id {key.public_key.key_id.hex()[:16]}",
+            flush=True,
+        )
+        try:
+            await stop.wait()
+        finally:
+            await server.stop(SERVE_STOP_GRACE_S)
+        print("lessee agent: stopped", flush=True)
+
+    asyncio.run(run())
 
 
 #: AMD's Key Distribution Service serves each product's CRL here (``<product>``: Milan, Genoa,
@@ -117,6 +196,10 @@ def _run(args: argparse.Namespace) -> int:
     sealed = Path(args.sealed)
     if not sealed.is_dir():
         raise InputError(f"{sealed}: not a sealed model directory")
+    if (args.serve is None) != (args.generator is None):
+        raise InputError("--serve and --generator go together")
+    if (args.tls_cert is None) != (args.tls_key is None) or (args.tls_cert and not args.serve):
+        raise InputError("--tls-cert and --tls-key go together, and with --serve")
     if not 1 <= args.gpus <= 8:
         raise InputError("--gpus must be 1..8")
     broker_key = load_verifying_key(args.broker_key) if args.broker_key else None
@@ -129,7 +212,11 @@ def _run(args: argparse.Namespace) -> int:
             channel, cpu=cpu, gpu=gpu, broker_key=broker_key, log_key=log_key, timeout=args.timeout
         )
         try:
-            attested = agent.attest(args.model_id)
+            # The steps of ``agent.attest``, with the evidence kept for the key bundle that
+            # ``--serve`` publishes (clients that trust no broker appraise it themselves).
+            session = agent.start_session(args.model_id)
+            evidence = agent.collect(session)
+            attested = agent.check_result(session, agent.send_evidence(session, evidence))
         except AttestationRefusedError as exc:
             out |= {"status": exc.status.value, "devices": exc.devices, "findings": exc.findings}
             _print(out, args.json)
@@ -161,6 +248,8 @@ def _run(args: argparse.Namespace) -> int:
         "tensor_bytes": loaded.total_bytes,
     }
     _print(out, args.json)
+    if args.serve is not None:
+        _serve(args, attested, evidence.to_json(), load_generator(args.generator, loaded))
     return EXIT_OK
 
 
@@ -228,4 +317,19 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-ca", metavar="PEM", help="CA of the broker's TLS certificate")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per broker call")
     parser.add_argument("--json", action="store_true", help="machine-readable summary")
+    parser.add_argument(
+        "--serve",
+        metavar="HOST:PORT",
+        help="then serve the enclave's encrypted token stream here (port 0: any free port) until "
+        "SIGTERM/SIGINT, with the attested key and a key bundle carrying the broker's result "
+        "and this enclave's evidence; the relay in front of it sees only ciphertext",
+    )
+    parser.add_argument(
+        "--generator",
+        metavar="ENGINE",
+        help="with --serve: 'echo' (toy engine) or MODULE:FACTORY, a callable given the loaded "
+        "model that returns a TokenGenerator (docs/streams.md)",
+    )
+    parser.add_argument("--tls-cert", metavar="PEM", help="with --serve: TLS certificate chain")
+    parser.add_argument("--tls-key", metavar="PEM", help="with --serve: TLS private key")
     parser.set_defaults(func=_run)

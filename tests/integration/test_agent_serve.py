@@ -1,0 +1,133 @@
+"""``lessee agent --serve``: after attest -> release -> load, the agent serves the enclave's
+encrypted token stream with the attested key. A real broker on loopback, the agent as a real
+subprocess on emulated hardware, and ``lessee client generate`` in both verification modes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from agent.cli.agent import load_generator
+from agent.cli.main import main
+from agent.demo import demo_policy, make_model
+from agent.loader import seal_model
+from agent.loader.keyfile import write_key_file
+from attest.errors import InputError
+from tests.integration.conftest import Harness
+
+REPO = Path(__file__).resolve().parents[2]
+MODEL_ID = "served"
+
+
+@pytest.fixture
+def sealed_model(harness: Harness, tmp_path: Path) -> tuple[Path, str]:
+    """A sealed model registered with the harness broker; (sealed dir, policy file)."""
+    make_model(tmp_path / "model")
+    dek = bytearray(os.urandom(32))
+    sealed = seal_model(
+        tmp_path / "model", tmp_path / "sealed", dek, model_id=MODEL_ID, model_version=1,
+        rng=os.urandom,
+    )  # fmt: skip
+    key_file = tmp_path / "model.key"
+    write_key_file(key_file, dek, key_id="k", model_id=MODEL_ID, model_version=1,
+                   manifest_digest=sealed.manifest_digest)  # fmt: skip
+    policy = tmp_path / "policy.json"
+    policy.write_text(
+        json.dumps(
+            demo_policy(list(harness.pki.root_fingerprints().values()), sealed.manifest_digest)
+        )
+    )
+    assert harness.server is not None
+    assert main(["broker", "register", "--target", harness.server.target, "--key-file",
+                 str(key_file), "--policy", str(policy)]) == 0  # fmt: skip
+    return tmp_path / "sealed", str(policy)
+
+
+@pytest.fixture
+def served(
+    harness: Harness, sealed_model: tuple[Path, str]
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """The agent subprocess, serving; yields (its target, the process)."""
+    assert harness.server is not None
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli.main", "agent", "--broker", harness.server.target,
+         "--model-id", MODEL_ID, "--sealed", str(sealed_model[0]), "--emulate",
+         "--emulation-dir", str(harness.pki_dir), "--serve", "127.0.0.1:0", "--generator", "echo"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for _ in range(20):
+            line = proc.stdout.readline()
+            lines.append(line)
+            if "serving encrypted token streams on" in line or not line:
+                break
+        assert "serving encrypted token streams on 127.0.0.1:" in lines[-1], lines
+        assert any("attestation affirming" in x for x in lines), lines
+        yield lines[-1].split(" on ", 1)[1].split(";")[0], proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_agent_serves_the_attested_key_to_both_kinds_of_client(
+    harness: Harness,
+    sealed_model: tuple[Path, str],
+    served: tuple[str, subprocess.Popen[str]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    target, proc = served
+    pem = tmp_path / "broker.pem"
+    pem.write_bytes(
+        harness.keys.result_key.public_key().public_bytes(
+            Encoding.PEM, PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    base = ["client", "generate", "--target", target, "--prompt", "sealed to the enclave"]
+    # Pinning the broker: the bundle's EAR is the one the broker issued for this key.
+    assert main([*base, "--broker-key", str(pem)]) == 0
+    assert capsys.readouterr().out == "sealed to the enclave\n"
+    # Trusting no broker: the bundle carries the evidence the broker appraised, and the client
+    # appraises it under the same policy with the emulation roots offered.
+    policy = sealed_model[1]
+    assert main([*base, "--policy", policy, "--trust-emulation", str(harness.pki_dir)]) == 0
+    assert capsys.readouterr().out == "sealed to the enclave\n"
+    # SIGTERM: the service stops and the agent exits 0.
+    proc.terminate()
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "lessee agent: stopped" in out
+
+
+def test_serve_flags_are_checked_before_anything_is_attested(
+    harness: Harness, sealed_model: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert harness.server is not None
+    base = ["agent", "--broker", harness.server.target, "--model-id", MODEL_ID, "--sealed",
+            str(sealed_model[0]), "--emulate", "--emulation-dir", str(harness.pki_dir)]  # fmt: skip
+    assert main([*base, "--serve", "127.0.0.1:0"]) == 2
+    assert "--serve and --generator go together" in capsys.readouterr().err
+    assert main([*base, "--generator", "echo"]) == 2
+    assert main([*base, "--tls-cert", "x.pem"]) == 2
+    assert "--tls-cert and --tls-key go together" in capsys.readouterr().err
+
+
+def test_generator_specs() -> None:
+    from agent.enclave.generator import EchoGenerator
+
+    assert isinstance(load_generator("echo", None), EchoGenerator)  # type: ignore[arg-type]
+    for bad in ("", "nomodule", "json:", ":x", "no.such.module:f", "json:no_such_attr"):
+        with pytest.raises(InputError):
+            load_generator(bad, None)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="no generate"):
+        load_generator("builtins:str", None)  # type: ignore[arg-type]
