@@ -18,8 +18,9 @@ What it does, in order (each step printed as it happens):
 6. serves the enclave's encrypted token stream with the attested key and a version-2 key bundle
    (its evidence and session nonce included); one client pins the broker's key, a second trusts
    no broker and appraises that evidence itself; a recording relay shows it saw no plaintext;
-7. shows four refusals: tampered evidence, a replayed nonce, a debug-mode CPU and a GPU not in
-   CC mode (each with the broker's finding), plus a release attempt with a refused result;
+7. shows the refusals: tampered evidence, a replayed nonce, evidence made for another nonce, a
+   debug-mode CPU and a GPU not in CC mode (each with the broker's finding), plus a release
+   attempt with a refused result;
 8. exports the attestation log and runs ``lessee audit verify`` and ``lessee audit replay`` on
    it.
 
@@ -364,6 +365,7 @@ def _with_broker(
         rep.step("7. refusals")
         _refusal_tampered(rep, agent())
         _refusal_replay(rep, good, session, bundle)
+        _refusal_wrong_nonce(rep, agent())
         debug_cpu = EmulatedCpuSource(
             EmulatedSnp(pki, measurement=EMULATED_LAUNCH_MEASUREMENT, policy_debug=True)
         )
@@ -483,6 +485,20 @@ def _refusal_tampered(rep: _Report, agent: EnclaveAgent) -> None:
     rep.expect(
         reply.status is Status.CONTRAINDICATED and line is not None,
         f"tampered evidence (one bit of the GPU report flipped): {reply.status.value}",
+    )
+    rep.info(f"  finding: {line or '(none)'}")
+
+
+def _refusal_wrong_nonce(rep: _Report, agent: EnclaveAgent) -> None:
+    """Evidence made for another session's nonce, sent under this session's: the reports carry
+    a binding the broker does not derive from this nonce and key."""
+    session = agent.start_session(MODEL_ID)
+    other = agent.start_session(MODEL_ID)  # its nonce goes unused and expires
+    reply = agent.send_evidence(session, agent.collect(other))
+    line = _first_reject(reply.findings, "report_data")
+    rep.expect(
+        reply.status is Status.CONTRAINDICATED and line is not None,
+        f"evidence made for another nonce: {reply.status.value}",
     )
     rep.info(f"  finding: {line or '(none)'}")
 

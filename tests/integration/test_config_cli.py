@@ -242,6 +242,7 @@ def test_demo_runs_end_to_end(
         "zero trust in the broker: a second client appraised the enclave's own evidence",
         "tampered evidence",
         "replayed nonce: FAILED_PRECONDITION [nonce_used]",
+        "evidence made for another nonce: contraindicated",
         "debug-mode CPU",
         "GPU not in CC mode",
         "lessee audit verify exit code 0",
