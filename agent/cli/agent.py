@@ -43,6 +43,19 @@ MAX_KEY_FILE_BYTES = 64 * 1024
 MAX_TDX_COLLATERAL_KIB = 512
 
 
+#: ``--suite`` names of the enclave key's HPKE suite (the key release and the token streams).
+SUITE_NAMES = ("xwing", "x25519")
+
+
+def _suites() -> dict[str, Any]:
+    from sealing.hpke_suite import SuiteId
+
+    return {
+        "xwing": SuiteId.MLKEM768_X25519_SHA256_AES256GCM,
+        "x25519": SuiteId.X25519_SHA256_AES256GCM,
+    }
+
+
 #: Seconds in-flight streams get to finish after SIGTERM/SIGINT before the service stops.
 SERVE_STOP_GRACE_S = 5.0
 
@@ -209,7 +222,13 @@ def _run(args: argparse.Namespace) -> int:
     channel = open_channel(args.broker, tls_ca=Path(args.tls_ca) if args.tls_ca else None)
     with channel:
         agent = EnclaveAgent(
-            channel, cpu=cpu, gpu=gpu, broker_key=broker_key, log_key=log_key, timeout=args.timeout
+            channel,
+            cpu=cpu,
+            gpu=gpu,
+            broker_key=broker_key,
+            log_key=log_key,
+            suite=_suites()[args.suite],
+            timeout=args.timeout,
         )
         try:
             # The steps of ``agent.attest``, with the evidence kept for the key bundle that
@@ -316,6 +335,14 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-key", metavar="FILE", help="the log's vkey file")
     parser.add_argument("--tls-ca", metavar="PEM", help="CA of the broker's TLS certificate")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per broker call")
+    parser.add_argument(
+        "--suite",
+        choices=SUITE_NAMES,
+        default="xwing",
+        help="the enclave key's HPKE suite: xwing (ML-KEM-768+X25519, the default, so a "
+        "recorded key release or stream stays confidential against a future quantum computer) "
+        "or x25519 (classical, for clients that cannot do ML-KEM)",
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable summary")
     parser.add_argument(
         "--serve",

@@ -131,3 +131,24 @@ def test_generator_specs() -> None:
             load_generator(bad, None)  # type: ignore[arg-type]
     with pytest.raises(InputError, match="no generate"):
         load_generator("builtins:str", None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("name", "suite"),
+    [("x25519", "X25519_SHA256_AES256GCM"), ("xwing", "MLKEM768_X25519_SHA256_AES256GCM")],
+)
+def test_agent_suite_option(
+    harness: Harness,
+    sealed_model: tuple[Path, str],
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+    suite: str,
+) -> None:
+    """The issue's classical option is reachable from the command line; the key is released to
+    that suite (the broker seals to whatever suite the attested key is)."""
+    assert harness.server is not None
+    code = main(["agent", "--broker", harness.server.target, "--model-id", MODEL_ID, "--sealed",
+                 str(sealed_model[0]), "--emulate", "--emulation-dir", str(harness.pki_dir),
+                 "--suite", name, "--json"])  # fmt: skip
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["suite"] == suite and out["tensors"] > 0
