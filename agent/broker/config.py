@@ -296,7 +296,9 @@ class BrokerConfig:
     ``listen`` is ``host:port`` (``[v6]:port`` for IPv6; port 0 picks a free one). Plaintext is
     allowed only when the host is a loopback address; anywhere else ``tls_cert``/``tls_key``
     are required. ``client_ca`` with ``admin_listen`` opens a second port that requires a
-    client certificate issued by that CA: admin calls are accepted there, or from loopback.
+    client certificate issued by that CA: admin calls are accepted there, or from loopback
+    unless ``loopback_admin`` is off (then only there: a local proxy or tunnel to the broker
+    would otherwise make every caller behind it an admin).
 
     ``trust_emulation`` names an emulation PKI directory whose roots become *candidates*: they
     are used only for a model whose policy pins their SHA-256 in ``roots.extra_trusted_sha256``.
@@ -308,6 +310,7 @@ class BrokerConfig:
     tls_key: Path | None = None
     client_ca: Path | None = None
     admin_listen: str | None = None
+    loopback_admin: bool = True
     rims_dir: Path | None = None
     #: AMD CRLs the broker holds (``<kind>-<product>.crl``; ``agent.rpc.server.load_amd_crls``).
     amd_crls_dir: Path | None = None
@@ -329,6 +332,11 @@ class BrokerConfig:
             raise InputError(
                 "--client-ca is used only on the admin port: give --admin-listen too "
                 "(the enclave-facing port never asks for client certificates)"
+            )
+        if not self.loopback_admin and self.admin_listen is None:
+            raise InputError(
+                "--no-loopback-admin leaves admin calls only to the admin port: give "
+                "--admin-listen and --client-ca (or no model could ever be registered)"
             )
         if not 1 <= self.max_workers <= 1024 or not 1 <= self.max_concurrent_rpcs <= 1 << 16:
             raise InputError("max_workers / max_concurrent_rpcs out of range")

@@ -3,7 +3,8 @@
 * ``serve --state DIR --listen ADDR``: run until SIGTERM/SIGINT (graceful stop); SIGHUP re-reads
   ``--rims`` and ``--amd-crls`` (all or nothing: ``RunningBroker.reload_held_collateral``).
   Plaintext only on loopback; anywhere else ``--tls-cert``/``--tls-key``. ``--client-ca`` +
-  ``--admin-listen`` open an admin port that requires client certificates. ``--rims DIR`` adds
+  ``--admin-listen`` open an admin port that requires client certificates (admin calls are also
+  taken from loopback peers unless ``--no-loopback-admin``). ``--rims DIR`` adds
   RIMs the broker holds itself, ``--amd-crls DIR`` the AMD CRLs it holds;
   ``--trust-emulation [PKI_DIR]`` offers this installation's emulation roots as candidates
   (used only by models whose policy pins them). JSON log lines go to stderr.
@@ -56,6 +57,7 @@ def _serve(args: argparse.Namespace) -> int:
         tls_key=Path(args.tls_key) if args.tls_key else None,
         client_ca=Path(args.client_ca) if args.client_ca else None,
         admin_listen=args.admin_listen,
+        loopback_admin=not args.no_loopback_admin,
         rims_dir=Path(args.rims) if args.rims else None,
         amd_crls_dir=Path(args.amd_crls) if args.amd_crls else None,
         trust_emulation=trust,
@@ -289,6 +291,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-key", metavar="PEM", help="server private key")
     p.add_argument("--client-ca", metavar="PEM", help="CA of admin client certificates")
     p.add_argument("--admin-listen", metavar="ADDR", help="admin port (mutual TLS)")
+    p.add_argument(
+        "--no-loopback-admin",
+        action="store_true",
+        help="accept admin calls only on the admin port (with a client certificate), not from "
+        "any loopback peer: use when a local proxy or tunnel fronts the broker",
+    )
     p.add_argument("--rims", metavar="DIR", help="RIM files the broker holds itself")
     p.add_argument(
         "--amd-crls",

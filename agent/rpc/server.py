@@ -57,7 +57,9 @@ from agent.rpc.broker_service import (
     AttestationLogServicer,
     BrokerAdminServicer,
     KeyBrokerServicer,
+    default_admin_check,
     generic_handlers,
+    has_verified_client_certificate,
     log_event,
 )
 from attest.appraise.composite import AppraisalContext
@@ -463,7 +465,12 @@ def serve_broker(config: BrokerConfig) -> RunningBroker:
         server.add_generic_rpc_handlers(
             generic_handlers(
                 KeyBrokerServicer(broker),
-                BrokerAdminServicer(broker),
+                BrokerAdminServicer(
+                    broker,
+                    default_admin_check
+                    if config.loopback_admin
+                    else has_verified_client_certificate,
+                ),
                 AttestationLogServicer(res.log),
             )
         )

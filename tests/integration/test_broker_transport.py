@@ -345,6 +345,56 @@ def test_tls_and_admin_access_off_loopback(tmp_path: Path) -> None:
         running.stop(1.0)
 
 
+def test_no_loopback_admin_leaves_admin_calls_to_the_admin_port(tmp_path: Path) -> None:
+    """By default a loopback peer may make admin calls; with ``loopback_admin`` off (``broker
+    serve --no-loopback-admin``) a loopback caller without a client certificate is refused,
+    so a local proxy or tunnel in front of the broker does not make its callers admins."""
+    files = _pki(tmp_path, "127.0.0.1")
+    register = broker_pb2.RegisterModelRequest(
+        model_id=MODEL,
+        model_version=1,
+        data_key=DATA_KEY,
+        policy_json='{"name": "t", "cpu_tees": ["snp"], "snp": {"unsafe_any_measurement": true}}',
+        manifest_digest=MANIFEST,
+    )
+    with pytest.raises(InputError, match="--admin-listen"):
+        BrokerConfig(state_dir=tmp_path / "s0", loopback_admin=False)
+    for loopback_admin in (True, False):
+        running = serve_broker(
+            BrokerConfig(
+                state_dir=tmp_path / f"state-{loopback_admin}",
+                listen="127.0.0.1:0",
+                tls_cert=files["server_cert"],
+                tls_key=files["server_key"],
+                client_ca=files["ca"],
+                admin_listen="127.0.0.1:0",
+                loopback_admin=loopback_admin,
+            )
+        )
+        try:
+            # The enclave-facing port, from a loopback peer with no client certificate.
+            with open_channel(f"127.0.0.1:{running.port}", tls_ca=files["ca"]) as ch:
+                admin = broker_pb2_grpc.BrokerAdminStub(ch)  # type: ignore[no-untyped-call]
+                if loopback_admin:
+                    assert admin.RegisterModel(register, timeout=30).key_id.startswith(MODEL)
+                else:
+                    assert _code(admin.RegisterModel, register) is grpc.StatusCode.PERMISSION_DENIED
+            assert running.admin_port is not None
+            with open_channel(
+                f"127.0.0.1:{running.admin_port}",
+                tls_ca=files["ca"],
+                client_cert=files["client_cert"],
+                client_key=files["client_key"],
+            ) as ch:
+                admin = broker_pb2_grpc.BrokerAdminStub(ch)  # type: ignore[no-untyped-call]
+                other = broker_pb2.RegisterModelRequest()
+                other.CopyFrom(register)
+                other.model_id = "via-admin-port"
+                assert admin.RegisterModel(other, timeout=30).key_id.startswith("via-admin-port/")
+        finally:
+            running.stop(1.0)
+
+
 def test_refusal_errors_carry_reason_codes(harness: Harness) -> None:
     agent = harness.agent()
     attested = agent.attest(MODEL)
