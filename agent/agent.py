@@ -45,9 +45,8 @@ from attest.binding import DEFAULT_PROTOCOL_LABEL, SessionBinding, derive_bindin
 from attest.bundle import EvidenceBundle
 from attest.ear import MAX_TOKEN_BYTES, Status, VerifyingKey, verify_ear
 from attest.errors import InputError, LesseeError, VerificationError
-from attest.log.checkpoint import verify_checkpoint
 from attest.log.entry import decode_entry
-from attest.log.merkle import leaf_hash, verify_inclusion
+from attest.log.entryproof import verify_entry_inclusion
 from attest.log.note import NoteVerifier
 from sealing.hpke_suite import DEFAULT_SUITE, HpkePrivateKey, SuiteId, generate_keypair
 from sealing.keyrelease import open_data_key
@@ -253,6 +252,10 @@ class Attested:
     log_index: int
     result_verified: bool
     log_verified: bool
+    #: The broker's inclusion proof of the result's log entry, and the entry's bytes once
+    #: fetched (with a pinned log key): what :meth:`EnclaveAgent.key_bundle_log_proof` needs.
+    log_proof: convert.LogProofIn | None = None
+    log_entry: bytes = field(default=b"", repr=False)
 
 
 @dataclass(frozen=True)
@@ -291,13 +294,8 @@ def device_statuses(claims_submods: Mapping[str, Any]) -> dict[str, str]:
 
 def verify_log_proof(proof: convert.LogProofIn, entry: bytes, log_key: NoteVerifier) -> None:
     """Check that ``entry`` is at ``proof.index`` under the checkpoint, signed by ``log_key``."""
-    signed = verify_checkpoint(proof.checkpoint, log_key)
-    if signed.checkpoint.size != proof.tree_size:
-        raise VerificationError(
-            "log proof's tree size differs from its checkpoint", reason="log_proof_size"
-        )
-    verify_inclusion(
-        proof.index, proof.tree_size, leaf_hash(entry), proof.hashes, signed.checkpoint.root_hash
+    verify_entry_inclusion(
+        entry, proof.index, proof.tree_size, proof.hashes, proof.checkpoint, log_key=log_key
     )
 
 
@@ -403,6 +401,7 @@ class EnclaveAgent:
             status = Status.worst([status, reply.status])
             reply = convert.AttestReply(reply.result, status, reply.findings, reply.log_proof)
         log_verified = False
+        entry = b""
         if self.log_key is not None:
             entry = self.fetch_entry(reply.log_proof.index)
             verify_log_proof(reply.log_proof, entry, self.log_key)
@@ -425,6 +424,8 @@ class EnclaveAgent:
             log_index=reply.log_proof.index,
             result_verified=self.broker_key is not None,
             log_verified=log_verified,
+            log_proof=reply.log_proof,
+            log_entry=entry,
         )
 
     def attest(self, model_id: str) -> Attested:
@@ -445,6 +446,16 @@ class EnclaveAgent:
             )
         )
         return attested.session.open_release(reply, attested.result_id), reply
+
+    def key_bundle_log_proof(self, attested: Attested) -> bytes:
+        """The ``log_proof`` of the key bundle this enclave publishes for ``attested``: the
+        broker's inclusion proof with the logged entry, fetched from the log unless the check
+        already did. Clients verify it with the log's key (``agent.client.log_inclusion_check``),
+        so an entry fetched unchecked here costs nothing: a wrong one is refused there."""
+        if attested.log_proof is None:
+            raise InputError("this attestation carries no log proof")
+        entry = attested.log_entry or self.fetch_entry(attested.log_proof.index)
+        return convert.key_bundle_log_proof(attested.log_proof, entry)
 
     def fetch_entry(self, index: int) -> bytes:
         reply = call_broker(

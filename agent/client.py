@@ -9,7 +9,9 @@ What a call does, in order:
    trust in the broker, with :func:`evidence_check` (the client appraises the enclave's own
    evidence, carried in a version-2 bundle, with ``attest/`` under its own policy: the reports
    must carry the binding of the session nonce and *this* key), or with any other
-   caller-supplied :data:`~sealing.stream.KeyAttestationCheck`;
+   caller-supplied :data:`~sealing.stream.KeyAttestationCheck`; with the log's pinned key
+   (:func:`log_inclusion_check`, or ``evidence_check(..., log_key=...)``) also that the bundle's
+   log proof shows exactly this attestation result logged, for this nonce and this key;
 3. seal the prompt to the verified key (``ClientStream.start``) and call ``Generate``;
 4. open the head and each record in order, yielding text as it decodes (tokens are raw bytes and
    a byte-level token may end inside a UTF-8 character, so decoding is incremental);
@@ -57,6 +59,9 @@ from attest.bundle import load_bundle
 from attest.ear import AttestationResult, Status, VerifyingKey, verify_ear
 from attest.errors import InputError, LesseeError, ParseError, VerificationError
 from attest.findings import Severity
+from attest.log.entry import EntryKind, LogEntry
+from attest.log.entryproof import decode_entry_proof
+from attest.log.note import NoteVerifier
 from attest.policy import Policy
 from sealing.stream import (
     DEFAULT_RECORD_SIZE,
@@ -86,6 +91,8 @@ __all__ = [
     "TokenDecodeError",
     "broker_ear_check",
     "evidence_check",
+    "log_inclusion_check",
+    "verify_bundle_log_proof",
 ]
 
 #: Default deadline of one ``Generate`` call (and of one bundle fetch). Matches the enclave's
@@ -153,7 +160,9 @@ def broker_ear_check(
 
     The log proof is opaque to the stream layer and is *not* covered by the EAR's signature: it
     is checked only when ``log_proof_check`` is given (it runs after the EAR passed, with the
-    verified result, so it can match the logged entry to ``result.result_id``).
+    verified result, so it can match the logged entry to the result); pass
+    :func:`log_inclusion_check` with the log's pinned key. Without it, a broker that signs a
+    result it never logs goes unnoticed by this client.
     """
 
     def check(bundle: KeyBundle, at: datetime) -> None:
@@ -178,6 +187,83 @@ def broker_ear_check(
     return check
 
 
+def verify_bundle_log_proof(
+    bundle: KeyBundle,
+    log_key: NoteVerifier,
+    *,
+    result: AttestationResult | None = None,
+    origin: str | None = None,
+    protocol_label: str = DEFAULT_PROTOCOL_LABEL,
+) -> LogEntry:
+    """Check that the bundle's log proof shows *this bundle's* attestation result in the log
+    that ``log_key`` signs, for this bundle's session and key; return the logged entry.
+
+    In order: the proof decodes (``attest.log.entryproof``); its checkpoint verifies under
+    ``log_key`` (and names ``origin`` when given); the inclusion proof leads from the entry's
+    leaf hash at its index to that checkpoint's root; the entry decodes and is an ``attest``
+    entry; its ``result`` is byte for byte the bundle's attestation result (so the broker cannot
+    give an enclave a result it did not log); its nonce is the EAR's ``eat_nonce`` (``result``,
+    when the caller verified the EAR) and the bundle's session nonce (version 2); and its
+    binding is the one derived from that nonce and exactly this bundle's encoded key, so the
+    logged appraisal is about this key. Every failure is a :class:`VerificationError` whose
+    ``reason`` starts with ``log_``.
+    """
+    if not bundle.log_proof:
+        raise VerificationError("the key bundle carries no log proof", reason="log_proof_missing")
+    try:
+        proof = decode_entry_proof(bundle.log_proof)
+    except ParseError as exc:
+        raise VerificationError(
+            f"the bundle's log proof is malformed: {exc}", reason="log_proof_malformed"
+        ) from None
+    entry = proof.verify(log_key, expected_origin=origin)
+    if entry.kind is not EntryKind.ATTEST:
+        raise VerificationError(
+            f"the logged entry is a {entry.kind.value} entry, not an attest entry",
+            reason="log_entry_kind",
+        )
+    if entry.result.encode("ascii") != bundle.attestation_result:
+        raise VerificationError(
+            "the logged entry does not carry this bundle's attestation result",
+            reason="log_entry_mismatch",
+        )
+    for nonce in (result.nonce if result is not None else None, bundle.nonce or None):
+        if nonce is not None and nonce != entry.nonce:
+            raise VerificationError(
+                "the logged entry is for another session nonce", reason="log_entry_nonce"
+            )
+    try:
+        binding = derive_binding(entry.nonce, bundle.public_key.encode(), protocol_label)
+    except InputError:
+        binding = None
+    if binding is None or binding.report_data != entry.binding:
+        raise VerificationError(
+            "the logged entry's binding is not that of its nonce and this bundle's key",
+            reason="log_entry_binding",
+        )
+    return entry
+
+
+def log_inclusion_check(
+    log_key: NoteVerifier,
+    *,
+    origin: str | None = None,
+    protocol_label: str = DEFAULT_PROTOCOL_LABEL,
+) -> LogProofCheck:
+    """The ``log_proof_check`` of :func:`broker_ear_check` for a pinned log key (a C2SP
+    signed-note verifier, as ``lessee audit verify --log-key`` reads): runs
+    :func:`verify_bundle_log_proof` with the verified EAR, so the entry must also carry the
+    EAR's nonce. A checkpoint does not expire: what this adds is accountability (the result is
+    in the log auditors replay), not freshness, which the EAR's expiry gives."""
+
+    def check(bundle: KeyBundle, result: AttestationResult, at: datetime) -> None:
+        verify_bundle_log_proof(
+            bundle, log_key, result=result, origin=origin, protocol_label=protocol_label
+        )
+
+    return check
+
+
 #: Reject findings named in an ``evidence_not_affirming`` error (the rest are counted).
 MAX_NAMED_FINDINGS = 3
 
@@ -187,6 +273,8 @@ def evidence_check(
     *,
     context: AppraisalContext | None = None,
     protocol_label: str = DEFAULT_PROTOCOL_LABEL,
+    log_key: NoteVerifier | None = None,
+    log_origin: str | None = None,
 ) -> KeyAttestationCheck:
     """The check for zero trust in the broker: appraise the enclave's own evidence.
 
@@ -203,6 +291,11 @@ def evidence_check(
     whose enclave was compromised later keeps passing until a revocation or a measurement the
     policy refuses catches it; appraising as of now checks every certificate, OCSP answer and
     RIM at this moment (docs/streams.md, "zero trust in the broker").
+
+    With ``log_key``, the bundle's log proof must also verify (:func:`verify_bundle_log_proof`,
+    the EAR unread but compared byte for byte with the logged entry, whose nonce must be the
+    bundle's): trusting the broker for nothing, the client still learns that this session's
+    appraisal is in the public log, where an auditor replays it.
     """
     ctx = context if context is not None else AppraisalContext()
 
@@ -226,6 +319,10 @@ def evidence_check(
             statuses.append(findings_status(enclave))
         status = Status.worst(statuses) if statuses else Status.CONTRAINDICATED
         if status is Status.AFFIRMING:
+            if log_key is not None:
+                verify_bundle_log_proof(
+                    bundle, log_key, origin=log_origin, protocol_label=protocol_label
+                )
             return
         rejects = [
             f"{f.device}: {f.field}"

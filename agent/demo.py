@@ -55,7 +55,7 @@ from agent.agent import (
     wipe,
 )
 from agent.broker.config import LOG_VKEY, BrokerConfig, BrokerKeys, prepare_state_dir
-from agent.client import EnclaveClient, evidence_check
+from agent.client import EnclaveClient, broker_ear_check, evidence_check, log_inclusion_check
 from agent.emulation import (
     EmulatedCpuSource,
     EmulatedGpu,
@@ -80,6 +80,7 @@ from agent.rpc.server import (
 from agent.rpc.v1 import broker_pb2, broker_pb2_grpc
 from attest.bundle import DeviceEvidenceIn, EvidenceBundle
 from attest.ear import Status, VerifyingKey
+from attest.log.note import NoteVerifier
 from attest.policy import Policy, load_policy
 from sealing.hpke_suite import HpkePrivateKey
 from sealing.stream import KeyBundle, record_len
@@ -354,6 +355,7 @@ def _with_broker(
             session.enclave_key(),
             attested.result,
             keys.result_key.public_key(),
+            log=(good.key_bundle_log_proof(attested), keys.log_signer.verifier()),
             zero_trust=(
                 bundle.to_json(),
                 session.nonce,
@@ -407,29 +409,37 @@ def _stream_demo(
     result: str,
     broker_key: VerifyingKey,
     *,
+    log: tuple[bytes, NoteVerifier],
     zero_trust: tuple[bytes, bytes, Policy, Path],
 ) -> None:
     """Serve the enclave's streaming service with the attested key, send one prompt through a
     recording relay, and show what the relay saw; then the same with a client that trusts no
     broker (``zero_trust``: the evidence and nonce the enclave attested with, the client's own
-    policy and the emulation PKI whose roots that policy pins)."""
+    policy and the emulation PKI whose roots that policy pins). ``log``: the bundle's log proof
+    and the log key both clients pin, so each also checks that the result was logged."""
+    log_proof, log_key = log
     evidence, nonce, policy, pki_dir = zero_trust
     check = evidence_check(
-        policy, context=appraisal_context(emulation=load_emulation_roots(pki_dir))
+        policy,
+        context=appraisal_context(emulation=load_emulation_roots(pki_dir)),
+        log_key=log_key,
     )
+    broker_check = broker_ear_check(broker_key, log_proof_check=log_inclusion_check(log_key))
 
     async def run() -> tuple[list[str], list[str], ByteTap, int]:
         # The tokens of each client, what the relay saw of the first, its records.
         service = EnclaveService(
             key,
-            KeyBundle.build(key.public_key, result.encode(), b"", evidence=evidence, nonce=nonce),
+            KeyBundle.build(
+                key.public_key, result.encode(), log_proof, evidence=evidence, nonce=nonce
+            ),
             EchoGenerator(upper=True),
         )
         server = await serve_enclave(service)
         tap = ByteTap(server.port)
         await tap.start()
         try:
-            async with EnclaveClient(tap.target, bundle_check=broker_key) as client:
+            async with EnclaveClient(tap.target, bundle_check=broker_check) as client:
                 tokens = [t async for t in client.generate(DEMO_PROMPT)]
             records = service.stats.records_sent
             async with EnclaveClient(f"127.0.0.1:{server.port}", bundle_check=check) as client:
@@ -449,6 +459,12 @@ def _stream_demo(
         "zero trust in the broker: a second client appraised the enclave's own evidence "
         "(carried in its key bundle) under its own policy, ignored the broker's result, "
         "and received the same answer",
+    )
+    rep.expect(
+        True,
+        f"both clients verified the bundle's log proof ({len(log_proof)} bytes) with the "
+        "pinned log key: its result is the logged attest entry, included under the signed "
+        "checkpoint, for this nonce and this key",
     )
     seen = bytes(tap.to_server) + bytes(tap.to_client)
     # Words of 5+ letters: a 2-3 byte word turns up in 10 KiB of random bytes by chance.

@@ -46,6 +46,7 @@ from attest.bundle import (
 from attest.ear import MAX_TOKEN_BYTES, Status
 from attest.errors import InputError
 from attest.findings import Finding
+from attest.log.entryproof import EntryProof
 from attest.log.merkle import HASH_SIZE
 from attest.log.note import MAX_NOTE_BYTES
 from attest.policy import MAX_POLICY_BYTES
@@ -250,6 +251,16 @@ def log_proof_to_proto(receipt: AppendReceipt) -> evidence_pb2.LogProof:
         hashes=list(receipt.inclusion_proof),
         checkpoint=receipt.checkpoint.decode("utf-8"),
     )
+
+
+def key_bundle_log_proof(proof: LogProofIn, entry: bytes) -> bytes:
+    """The ``log_proof`` bytes of an enclave's key bundle (``attest.log.entryproof``): the
+    Attest reply's inclusion proof with the logged entry it proves. Nothing here is trusted or
+    checked against the log: a client checks all of it with the log's key, so the enclave only
+    passes on what the broker's log gave it."""
+    return EntryProof(
+        proof.index, proof.tree_size, tuple(proof.hashes), bytes(entry), proof.checkpoint
+    ).encode()
 
 
 def log_proof_from_proto(msg: evidence_pb2.LogProof) -> LogProofIn:

@@ -39,8 +39,10 @@ KEY_ID_LEN = 32
 #: An EAR JWT with one submodule per device (8 GPUs, 4 NVSwitches, the CPU) and NVIDIA's claims
 #: is a few KiB; 64 KiB leaves an order of magnitude of room and refuses anything absurd.
 MAX_ATTESTATION_RESULT_LEN = 64 * 1024
-#: An RFC 9162 inclusion proof is at most 64 hashes (2 KiB) plus a signed checkpoint (< 1 KiB).
-MAX_LOG_PROOF_LEN = 16 * 1024
+#: The log proof (``attest.log.entryproof``) carries the attest log entry itself, which holds the
+#: EAR (bounded above at 64 KiB) and its blob references, with an RFC 9162 inclusion proof of at
+#: most 64 hashes (2 KiB) and a signed checkpoint: that format's bound is ~178 KiB (tested to fit).
+MAX_LOG_PROOF_LEN = 192 * 1024
 #: The session nonce's bounds (``attest.binding``'s: 16..64 bytes).
 MIN_NONCE_LEN, MAX_NONCE_LEN = 16, 64
 #: The evidence bundle JSON of an HGX enclave (8 GPU reports with chains, stapled OCSP answers
