@@ -10,6 +10,11 @@ authenticated clean end:
   bundle carries, is appraised here with ``attest/`` under this policy, against the binding of
   the bundle's nonce and exactly its key (``agent.client.evidence_check``).
 
+With either, ``--log-key VKEY_FILE`` (the log's signed-note vkey, as ``lessee audit verify``
+takes) also requires the bundle's log proof to verify: the result is the logged attest entry,
+included under a checkpoint that key signed, for this nonce and this key. Without it the log
+proof is not checked.
+
 Exit 1: the bundle was rejected, the stream was manipulated or truncated, the enclave aborted,
 or it could not be reached. Exit 2: bad arguments or files.
 
@@ -85,11 +90,22 @@ def _params(args: argparse.Namespace) -> GenerationParams:
 
 
 def _bundle_check(args: argparse.Namespace) -> KeyAttestationCheck | VerifyingKey:
-    """The pinned broker key, or (``--policy``) the check that appraises the evidence here."""
+    """The pinned broker key, or (``--policy``) the check that appraises the evidence here;
+    either with the log proof checked too under ``--log-key``."""
+    log_key = None
+    if args.log_key is not None:
+        from agent.cli.audit import read_log_key
+
+        log_key = read_log_key(args.log_key)
     if args.policy is None:
         if args.trust_emulation is not None or args.rims is not None:
             raise InputError("--trust-emulation and --rims go with --policy (zero trust)")
-        return load_broker_key(args.broker_key)
+        broker_key = load_broker_key(args.broker_key)
+        if log_key is None:
+            return broker_key
+        from agent.client import broker_ear_check, log_inclusion_check
+
+        return broker_ear_check(broker_key, log_proof_check=log_inclusion_check(log_key))
     from agent.client import evidence_check
     from agent.rpc.server import appraisal_context, load_emulation_roots, load_rims
     from attest.policy import load_policy
@@ -102,7 +118,9 @@ def _bundle_check(args: argparse.Namespace) -> KeyAttestationCheck | VerifyingKe
         pki = Path(args.trust_emulation) if args.trust_emulation else default_pki_dir()
         emulation = load_emulation_roots(pki)
     rims = load_rims(Path(args.rims)) if args.rims is not None else ()
-    return evidence_check(policy, context=appraisal_context(rims=rims, emulation=emulation))
+    return evidence_check(
+        policy, context=appraisal_context(rims=rims, emulation=emulation), log_key=log_key
+    )
 
 
 async def _generate(args: argparse.Namespace) -> int:
@@ -156,7 +174,9 @@ def register(parser: argparse.ArgumentParser) -> None:
             "or --policy (zero trust in the broker: the enclave's own evidence, carried in its "
             "bundle, is appraised here under this policy and must carry the binding of the "
             "session nonce and exactly the bundle's key; evidence does not expire, so freshness "
-            "rests on revocation data and the policy, see docs/streams.md)."
+            "rests on revocation data and the policy, see docs/streams.md). With --log-key, "
+            "the bundle's log proof must verify as well; without it, the log proof is not "
+            "checked."
         ),
     )
     gen.add_argument("--target", required=True, metavar="HOST:PORT", help="the enclave (or relay)")
@@ -185,6 +205,13 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--rims",
         metavar="DIR",
         help="with --policy: NVIDIA RIMs (*.xml, *.swidtag) to use besides any in the evidence",
+    )
+    gen.add_argument(
+        "--log-key",
+        metavar="VKEY_FILE",
+        help="the broker log's vkey (as lessee audit verify --log-key takes): the bundle's log "
+        "proof must then show its attestation result logged, included under a checkpoint this "
+        "key signed, for this nonce and key. Without it the log proof is NOT checked",
     )
     gen.add_argument("--prompt", required=True, metavar="TEXT")
     gen.add_argument(

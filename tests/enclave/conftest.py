@@ -71,6 +71,8 @@ def make_ear(
     broker: ed25519.Ed25519PrivateKey = BROKER,
     status: Status = Status.AFFIRMING,
     ttl_s: int = 3600,
+    nonce: bytes = b"\x01" * 32,
+    result_id: str = "result-1",
 ) -> str:
     now = int(time.time())
     result = AttestationResult(
@@ -78,10 +80,10 @@ def make_ear(
         issued_at=now - 5,
         expires_at=now + ttl_s,
         verifier_build="tests",
-        nonce=b"\x01" * 32,
+        nonce=nonce,
         enclave_key=enclave_key_encoded,
         policy_digest="sha256:" + "00" * 32,
-        result_id="result-1",
+        result_id=result_id,
     )
     return issue_ear(result, broker)
 

@@ -11,7 +11,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from agent.cli.main import main
 from agent.enclave import ScriptedGenerator
-from tests.enclave.conftest import BROKER, OTHER_BROKER, Stack, StackFactory, make_bundle
+from tests.enclave.conftest import (
+    BROKER,
+    OTHER_BROKER,
+    Stack,
+    StackFactory,
+    enclave_key,
+    make_bundle,
+)
+from tests.enclave.logproof import FORGER, LOG_SIGNER, Log, log, logged_bundle
+
+__all__ = ["log"]  # the fixture, imported for pytest
 
 
 def _pem(key: object) -> bytes:
@@ -138,3 +148,41 @@ def test_unreachable_target_exit_1(broker_pem: Path, capsys: pytest.CaptureFixtu
     )
     assert code == 1
     assert "unauthenticated" in capsys.readouterr().err
+
+
+def test_generate_with_log_key(
+    stack_factory: StackFactory,
+    broker_pem: Path,
+    tmp_path: Path,
+    log: Log,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--log-key: the bundle's log proof must verify under that vkey, or nothing is sent."""
+    key = enclave_key()
+    vkey, forged = tmp_path / "log.vkey", tmp_path / "forged.vkey"
+    vkey.write_text(LOG_SIGNER.verifier().vkey() + "\n")
+    forged.write_text(FORGER.verifier().vkey() + "\n")
+    stack = stack_factory(key=key, bundle=logged_bundle(log, key))
+    assert _run(stack, broker_pem, "--log-key", str(vkey), prompt="logged") == 0
+    assert capsys.readouterr().out == "logged\n"
+    assert _run(stack, broker_pem, "--log-key", str(forged)) == 1
+    assert "checkpoint does not verify" in capsys.readouterr().err
+
+    # A bundle without a real proof passes on the broker key alone, never with --log-key.
+    bare = stack_factory(key=key, bundle=make_bundle(key))
+    assert _run(bare, broker_pem, "--log-key", str(vkey)) == 1
+    assert "log proof is malformed" in capsys.readouterr().err
+    assert _run(bare, broker_pem, prompt="unchecked") == 0
+    assert capsys.readouterr().out == "unchecked\n"
+    assert len(stack.relay.generate_exchanges()) == 1
+    assert len(bare.relay.generate_exchanges()) == 1
+
+    # A vkey file that is not one: bad input (exit 2), not a rejection.
+    (tmp_path / "bad.vkey").write_text("not a vkey\n")
+    assert _run(stack, broker_pem, "--log-key", str(tmp_path / "bad.vkey")) == 2
+
+
+def test_help_says_the_log_proof_needs_the_log_key(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["client", "generate", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "VKEY_FILE" in out and "Without it the log proof is NOT checked" in out

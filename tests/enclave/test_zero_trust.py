@@ -39,6 +39,9 @@ from attest.policy import Policy, load_policy
 from sealing.hpke_suite import HpkePrivateKey
 from sealing.stream import KeyBundle
 from tests.enclave.conftest import BROKER, OTHER_BROKER, StackFactory, enclave_key, make_ear
+from tests.enclave.logproof import FORGER, LOG_SIGNER, Log, entry_for, log, proof_bytes
+
+__all__ = ["log"]  # the fixture, imported for pytest
 
 NONCE = bytes(range(32))
 OTHER_NONCE = bytes(range(1, 33))
@@ -310,3 +313,62 @@ def test_cli_modes_are_exclusive_and_required(
     assert _cli(stack.target, "--broker-key", str(pem), "--trust-emulation", str(pki_dir)) == 2
     assert "--policy" in capsys.readouterr().err
     assert stack.service.stats.requests == 0
+
+
+def _logged_zero_trust_bundle(
+    log: Log, pki: EmulationPki, key: HpkePrivateKey, *, logged_nonce: bytes = NONCE
+) -> KeyBundle:
+    """A version-2 bundle whose (unverifiable) EAR the broker logged, for ``logged_nonce``."""
+    ear = make_ear(key.public_key.encode(), broker=OTHER_BROKER)
+    entry, blobs = entry_for(key, ear, nonce=logged_nonce)
+    proof = proof_bytes(log.append(entry, blobs), entry.raw)
+    evidence = evidence_for(pki, key.public_key.encode())
+    return KeyBundle.build(key.public_key, ear.encode(), proof, evidence=evidence, nonce=NONCE)
+
+
+def test_zero_trust_with_the_log_key_checks_the_log_proof(
+    stack_factory: StackFactory,
+    pki: EmulationPki,
+    policy: Policy,
+    context: AppraisalContext,
+    log: Log,
+) -> None:
+    """Trusting the broker for nothing, the client still learns this session was logged: the
+    entry carries the bundle's result byte for byte, its nonce and the binding of this key."""
+    key = enclave_key()
+    check = evidence_check(policy, context=context, log_key=LOG_SIGNER.verifier())
+    stack = stack_factory(key=key, bundle=_logged_zero_trust_bundle(log, pki, key))
+    pieces, err = stack.collect("logged", bundle_check=check)
+    assert err is None and "".join(pieces) == "logged"
+
+    # The broker logged this result for another session's nonce: refused before sending.
+    stack = stack_factory(
+        key=key, bundle=_logged_zero_trust_bundle(log, pki, key, logged_nonce=OTHER_NONCE)
+    )
+    pieces, err = stack.collect("secret prompt", bundle_check=check)
+    assert pieces == [] and isinstance(err, VerificationError)
+    assert err.reason == "log_entry_nonce"
+    assert stack.relay.generate_exchanges() == []
+
+
+def test_cli_zero_trust_with_log_key(
+    stack_factory: StackFactory,
+    pki: EmulationPki,
+    pki_dir: Path,
+    tmp_path: Path,
+    log: Log,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    key = enclave_key()
+    good = tmp_path / "policy.json"
+    good.write_text(json.dumps(_policy_doc(pki)))
+    vkey, forged = tmp_path / "log.vkey", tmp_path / "forged.vkey"
+    vkey.write_text(LOG_SIGNER.verifier().vkey() + "\n")
+    forged.write_text(FORGER.verifier().vkey() + "\n")
+    stack = stack_factory(key=key, bundle=_logged_zero_trust_bundle(log, pki, key))
+    mode = ("--policy", str(good), "--trust-emulation", str(pki_dir))
+    assert _cli(stack.target, *mode, "--log-key", str(vkey)) == 0
+    assert capsys.readouterr().out == "via the cli\n"
+    assert _cli(stack.target, *mode, "--log-key", str(forged)) == 1
+    assert "checkpoint does not verify" in capsys.readouterr().err
+    assert len(stack.relay.generate_exchanges()) == 1  # the refused run sent nothing
