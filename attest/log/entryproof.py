@@ -157,8 +157,18 @@ def decode_entry_proof(data: bytes) -> EntryProof:
         raise EntryProofError("bad magic", offset=0, field="magic")
     if version != VERSION:
         raise EntryProofError(f"unsupported log proof version {version}", offset=4, field="version")
-    if count > MAX_HASHES:
-        raise EntryProofError(f"more than {MAX_HASHES} hashes", offset=21, field="hash_count")
+    if not 0 < tree_size <= MAX_TREE_SIZE:
+        raise EntryProofError("tree_size must be in [1, 2**64)", offset=13, field="tree_size")
+    if index >= tree_size:
+        raise EntryProofError("index must be below tree_size", offset=5, field="index")
+    if count != inclusion_proof_length(index, tree_size):
+        # Checked before the hashes are read: the count is implied, so any other is framing.
+        raise EntryProofError(
+            f"{count} proof hashes, index {index} of {tree_size} needs "
+            f"{inclusion_proof_length(index, tree_size)}",
+            offset=21,
+            field="hash_count",
+        )
     off = _HEADER.size
     blob = _take(data, off, count * HASH_SIZE, "hashes")
     hashes = tuple(blob[i : i + HASH_SIZE] for i in range(0, len(blob), HASH_SIZE))

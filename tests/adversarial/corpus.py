@@ -820,6 +820,44 @@ def _audit_entries_seeds() -> tuple[Seed, ...]:
     return (Seed("entries3", data, _layout(offs, lens, bounds, len(data))),)
 
 
+def log_proof_seed(index: int, size: int) -> bytes:
+    """A key bundle's log proof (``attest.log.entryproof``): entry ``index`` of ``size`` test
+    entries (tests/log/helpers.py), its inclusion proof and a checkpoint signed by the committed
+    test log key."""
+    from attest.log.checkpoint import format_checkpoint
+    from attest.log.entryproof import EntryProof
+    from attest.log.merkle import MerkleTree, leaf_hash
+    from attest.log.note import format_note
+    from tests.log.helpers import LOG_SIGNER, make_entry
+
+    raws = [make_entry(i)[0].raw for i in range(size)]
+    tree = MerkleTree([leaf_hash(r) for r in raws])
+    text = format_checkpoint(LOG_SIGNER.name, size, tree.root()).text
+    note = format_note(text, [LOG_SIGNER.sign(text)])
+    hashes = tuple(tree.inclusion_proof(index))
+    return EntryProof(index, size, hashes, raws[index], note).encode()
+
+
+@cache
+def _log_proof_seeds() -> tuple[Seed, ...]:
+    out = []
+    for index, size in ((2, 5), (0, 1)):
+        data = log_proof_seed(index, size)
+        count = data[21]
+        e = 22 + 32 * count
+        entry_len = int.from_bytes(data[e : e + 4], "big")
+        c = e + 4 + entry_len
+        lens = [LengthField(5, 8, "big"), LengthField(13, 8, "big"), LengthField(21, 1, "big"),
+                LengthField(e, 4, "big"), LengthField(c, 4, "big")]  # fmt: skip
+        bounds = [4, 5, 13, 21, 22, *range(54, e, 32), e, e + 4, c, c + 4]
+        out.append(
+            Seed(
+                f"entry{index}_of_{size}", data, _layout([0, 4, 5, 13, 21], lens, bounds, len(data))
+            )
+        )
+    return tuple(out)
+
+
 #: family -> (format, seed loader). Formats pick the mutation operators.
 FAMILIES: dict[str, tuple[str, Callable[[], tuple[Seed, ...]]]] = {
     "spdm": ("binary", _spdm_seeds),
@@ -831,6 +869,7 @@ FAMILIES: dict[str, tuple[str, Callable[[], tuple[Seed, ...]]]] = {
     "stream_record": ("binary", _record_seeds),
     "stream_request": ("binary", _request_seeds),
     "key_bundle": ("binary", _key_bundle_seeds),
+    "log_proof": ("binary", _log_proof_seeds),
     "keyrelease": ("binary", _keyrelease_seeds),
     "protobuf": ("binary", _protobuf_seeds),
     "audit_entries": ("binary", _audit_entries_seeds),

@@ -4,7 +4,7 @@
     python -m tests.adversarial.fuzz_atheris --list
 
 TARGET is a name from tests/adversarial/targets.py marked ``atheris=True`` (or a short alias:
-spdm, snp, tdx, ocsp, shard, record, entry, bundle, protobuf). ``attest``, ``sealing`` and
+spdm, snp, tdx, ocsp, shard, record, entry, bundle, logproof, protobuf). ``attest``, ``sealing`` and
 ``agent`` are instrumented for coverage. With no CORPUS_DIR the run is seeded with the real
 vectors plus ``LESSEE_FUZZ_SEEDS`` (default 200) mutants from corpus.py, written to a fresh
 temporary directory (under ``LESSEE_FUZZ_WORKDIR`` if set; libFuzzer adds what it finds
@@ -40,6 +40,7 @@ ALIASES = {
     "record": "stream.RecordOpener.open",
     "entry": "log.decode_entry",
     "bundle": "stream.KeyBundle.decode",
+    "logproof": "log.decode_entry_proof",
     "protobuf": "rpc.v1 FromString",
 }
 #: Generated mutants added to the seed corpus when no corpus directory is given.

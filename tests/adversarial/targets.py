@@ -486,6 +486,25 @@ def _bundle_decode(data: bytes, _seed: str) -> Any:
     return KeyBundle.decode(data)
 
 
+def _log_proof_decode(data: bytes, _seed: str) -> Any:
+    from attest.log.entryproof import decode_entry_proof
+
+    return decode_entry_proof(data)
+
+
+def _log_proof_verify(data: bytes, _seed: str) -> Any:
+    from attest.log.entryproof import decode_entry_proof
+    from tests.log.helpers import LOG_SIGNER
+
+    proof = decode_entry_proof(data)
+    return proof, proof.verify(LOG_SIGNER.verifier())
+
+
+def _log_proof_fp(result: Any) -> Any:
+    proof, entry = result
+    return (proof.index, proof.tree_size, entry.raw)
+
+
 def _keyrelease_open(data: bytes, _seed: str) -> Any:
     from sealing.hpke_suite import SuiteId
     from sealing.keyrelease import open_data_key
@@ -643,6 +662,10 @@ TARGETS: tuple[Target, ...] = (
            "opens", fingerprint=_raw),
     Target("stream.KeyBundle.decode", "T-STREAM-03", "key_bundle", _bundle_decode,
            (InputError,), "decodes", atheris=True),
+    Target("log.decode_entry_proof", "T-STREAM-03", "log_proof", _log_proof_decode,
+           (ParseError,), "decodes", atheris=True),
+    Target("log.EntryProof.verify", "T-STREAM-03", "log_proof", _log_proof_verify, TYPED,
+           "checkpoint signature + inclusion pass, entry decodes", fingerprint=_log_proof_fp),
     Target("keyrelease.open_data_key", "T-RELEASE-01", "keyrelease", _keyrelease_open,
            TYPED, "opens", fingerprint=lambda r: r),
     Target("rpc.convert.*_from_proto", "T-RPC-01", "protobuf", _rpc_convert,
