@@ -12,7 +12,18 @@ Intel's collateral (QuoteCollateralV3 JSON) with a real TDX quote: the broker ve
 only with it and the guest cannot get it from the hardware, so a TDX guest without it is bad
 input. Each is refused on the other vendor's guest, found when the agent starts.
 
-Exit codes: 0 attested, key released, model loaded; 1 refused (findings printed) or hardware
+``--serve HOST:PORT --generator ENGINE`` then keeps running as the enclave's inference service
+(``lessee.v1.Enclave``: ``GetKeyBundle`` and the end-to-end encrypted ``Generate``) until
+SIGTERM or SIGINT: requests are opened with the key the broker's result attests, and the key
+bundle it publishes carries that result, its log inclusion proof and the evidence it was
+appraised on (a version-2 bundle, so clients that trust no broker can appraise it themselves).
+``ENGINE`` is ``echo`` (lessee's toy engine, for trials) or ``MODULE:FACTORY``, a callable given
+the loaded model (``agent.agent.LoadedModel``) that returns a ``TokenGenerator``
+(docs/streams.md, "Plugging in an engine"). ``--suite x25519`` makes the enclave key classical
+instead of X-Wing (ML-KEM-768+X25519, the default).
+
+Exit codes: 0 attested, key released, model loaded (with ``--serve``: and then stopped by a
+signal); 1 refused (findings printed) or hardware
 absent; 2 bad input (a file unreadable, oversize or malformed; a supplement for the other TEE;
 a TDX guest without ``--tdx-collateral``).
 """
@@ -83,7 +94,11 @@ def load_generator(spec: str, model: LoadedModel) -> TokenGenerator:
 
 
 def _serve(
-    args: argparse.Namespace, attested: Attested, evidence: bytes, generator: TokenGenerator
+    args: argparse.Namespace,
+    attested: Attested,
+    evidence: bytes,
+    log_proof: bytes,
+    generator: TokenGenerator,
 ) -> None:
     """Serve the enclave's streaming service with the attested key until SIGTERM or SIGINT."""
     from agent.enclave.service import EnclaveService, serve_enclave
@@ -92,7 +107,11 @@ def _serve(
     session = attested.session
     key = session.enclave_key()
     bundle = KeyBundle.build(
-        key.public_key, attested.result.encode("ascii"), b"", evidence=evidence, nonce=session.nonce
+        key.public_key,
+        attested.result.encode("ascii"),
+        log_proof,
+        evidence=evidence,
+        nonce=session.nonce,
     )
     cert = (
         read_bounded(args.tls_cert, MAX_KEY_FILE_BYTES, "TLS certificate")
@@ -248,6 +267,8 @@ def _run(args: argparse.Namespace) -> int:
             "log_index": attested.log_index,
         }
         dek, release = agent.release(attested)
+        # The key bundle's log proof, while the broker is at hand (``--serve`` publishes it).
+        log_proof = agent.key_bundle_log_proof(attested) if args.serve is not None else b""
     try:
         loaded = load_sealed_model(
             sealed,
@@ -268,7 +289,8 @@ def _run(args: argparse.Namespace) -> int:
     }
     _print(out, args.json)
     if args.serve is not None:
-        _serve(args, attested, evidence.to_json(), load_generator(args.generator, loaded))
+        generator = load_generator(args.generator, loaded)
+        _serve(args, attested, evidence.to_json(), log_proof, generator)
     return EXIT_OK
 
 

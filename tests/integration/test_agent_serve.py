@@ -93,7 +93,8 @@ def test_agent_serves_the_attested_key_to_both_kinds_of_client(
             Encoding.PEM, PublicFormat.SubjectPublicKeyInfo
         )
     )
-    base = ["client", "generate", "--target", target, "--prompt", "sealed to the enclave"]
+    base = ["client", "generate", "--target", target, "--prompt", "sealed to the enclave",
+            "--log-key", str(harness.state / "log.vkey")]  # the served log proof must verify too  # fmt: skip
     # Pinning the broker: the bundle's EAR is the one the broker issued for this key.
     assert main([*base, "--broker-key", str(pem)]) == 0
     assert capsys.readouterr().out == "sealed to the enclave\n"
