@@ -379,10 +379,18 @@ def verify_ear(
     expected_nonce: bytes | None = None,
     expected_enclave_key: bytes | None = None,
     require_lessee_profile: bool = True,
+    allow_expired: bool = False,
 ) -> AttestationResult:
     """Verify ``token`` with the pinned ``key`` as of ``at`` and return its claims.
 
     Raises ``ParseError`` for a malformed token and ``EarError`` for a failed check.
+
+    ``allow_expired``: return the claims of a token that passes every check but expiry (the
+    signature is checked first, so they are still the issuer's own). Only for callers that
+    must read a result *as evidence* after it lapsed -- the auditor cross-checking a late
+    release, the broker logging its refusal of one -- and that judge ``expires_at``
+    themselves; never for deciding whether a result may be relied on. Every other check
+    (algorithm, signature, ``iat`` in the future, profile, required claims, nonce, key) holds.
     """
     at = require_aware(at)
     if len(token) > MAX_TOKEN_BYTES:
@@ -423,7 +431,7 @@ def verify_ear(
     now = int(at.timestamp())
     if issued_at > now + MAX_CLOCK_SKEW_SECONDS:
         raise EarError("attestation result issued in the future", reason="ear_not_yet_valid")
-    if expires_at is not None and now > expires_at + MAX_CLOCK_SKEW_SECONDS:
+    if not allow_expired and expires_at is not None and now > expires_at + MAX_CLOCK_SKEW_SECONDS:
         raise EarError("attestation result has expired", reason="ear_expired")
     vid = claims.get("ear.verifier-id")
     if (

@@ -119,6 +119,37 @@ def test_expired_wrong_nonce_wrong_key_and_other_signer() -> None:
         verify_ear(token, ed25519.Ed25519PrivateKey.generate().public_key(), at=NOW)
 
 
+def test_allow_expired_returns_signed_claims_and_nothing_else() -> None:
+    """``allow_expired`` lifts the expiry check only: the claims of an expired token signed
+    by the pinned key come back; another signer, a tampered payload, a future ``iat``, a
+    wrong nonce or key are refused exactly as without it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    token = issue_ear(_result(), key)
+    late = datetime(2026, 11, 29, tzinfo=UTC)
+    claims = verify_ear(token, key.public_key(), at=late, allow_expired=True)
+    assert claims.result_id == verify_ear(token, key.public_key(), at=NOW).result_id
+    assert claims.expires_at is not None and claims.expires_at < late.timestamp()
+    with pytest.raises(EarError) as e:
+        verify_ear(token, key.public_key(), at=late)  # the default is unchanged
+    assert e.value.reason == "ear_expired"
+    other = ec.generate_private_key(ec.SECP256R1()).public_key()
+    with pytest.raises(EarError) as e:
+        verify_ear(token, other, at=late, allow_expired=True)
+    assert e.value.reason == "ear_signature"
+    h, p, s = token.split(".")
+    tampered = h + "." + p[:-2] + ("A" if p[-2] != "A" else "B") + p[-1] + "." + s
+    with pytest.raises((EarError, ParseError)):
+        verify_ear(tampered, key.public_key(), at=late, allow_expired=True)
+    with pytest.raises(EarError) as e:
+        verify_ear(token, key.public_key(), at=datetime(2020, 1, 1, tzinfo=UTC), allow_expired=True)
+    assert e.value.reason == "ear_not_yet_valid"
+    with pytest.raises(EarError) as e:
+        verify_ear(
+            token, key.public_key(), at=late, allow_expired=True, expected_nonce=b"\x09" * 32
+        )
+    assert e.value.reason == "ear_nonce"
+
+
 def test_none_and_hmac_refused_and_payload_tamper() -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     token = issue_ear(_result(), key)
