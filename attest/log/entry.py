@@ -11,7 +11,8 @@ Encoding: canonical JSON, version 1 (see docs/log.md §"Entry encoding" for the 
   Anything that is not the one canonical spelling of a valid entry is refused, so an entry's
   leaf hash identifies its meaning exactly.
 * ``"v": 1`` comes first in every entry's meaning: a decoder refuses versions it does not know
-  rather than guessing.
+  rather than guessing, and kinds it does not know just as loudly (``release_refused`` was
+  added to version 1 as a new kind, not as version 2, for that reason: see docs/log.md).
 
 Bytes (nonce, binding, digests) are lowercase hex; times are RFC 3339 UTC with exactly six
 fractional digits. Evidence, collateral and the policy document are *not* inline: an entry
@@ -78,6 +79,28 @@ class EntryError(ParseError):
 class EntryKind(StrEnum):
     ATTEST = "attest"
     RELEASE = "release"
+    #: A ReleaseKey the broker refused for a result it issued itself (the token verified with
+    #: its own key). A new kind in version 1: a decoder that predates it refuses the entry by
+    #: its kind (``entry_malformed``) instead of reading it as a release.
+    RELEASE_REFUSED = "release_refused"
+
+
+class RefusalReason(StrEnum):
+    """Why the broker refused a release: the closed set of ``reason`` values, in the order
+    ``Broker.release_key`` checks them (the replay reads that order: a refusal for one reason
+    says every check before it passed)."""
+
+    UNKNOWN_RESULT = "unknown_result"
+    MODEL_MISMATCH = "model_mismatch"
+    NOT_AFFIRMING = "not_affirming"
+    POLICY_CHANGED = "policy_changed"
+    MANIFEST_PIN = "manifest_pin"
+    EXPIRED = "expired"
+    KEY_MISMATCH = "key_mismatch"
+    RESULT_USED = "result_used"
+
+
+_KINDS_TEXT = ", ".join(k.value for k in EntryKind)
 
 
 def _label(value: object, name: str, pattern: re.Pattern[str], limit: int) -> str:
@@ -237,6 +260,7 @@ _COMMON_KEYS = {"v", "kind", "time", "nonce", "binding", "policy", "verifier", "
 _KEYS = {
     EntryKind.ATTEST: _COMMON_KEYS | {"evidence", "collateral"},
     EntryKind.RELEASE: _COMMON_KEYS | {"model_id", "recipient_key_sha256"},
+    EntryKind.RELEASE_REFUSED: _COMMON_KEYS | {"model_id", "recipient_key_sha256", "reason"},
 }
 
 
@@ -247,6 +271,9 @@ class LogEntry:
     ``attest``: the appraisal of one evidence set; ``evidence`` (at least one item) and
     ``collateral`` reference the bytes that were appraised. ``release``: a data key sealed to
     ``recipient_key_sha256`` for ``model_id`` on the strength of ``result``.
+    ``release_refused``: the fields of the release that was asked for (``policy`` is the
+    model's policy at the time, ``recipient_key_sha256`` the digest of the result's enclave
+    key) and the ``reason`` it was refused; no key was released.
     """
 
     kind: EntryKind
@@ -260,11 +287,12 @@ class LogEntry:
     collateral: tuple[BlobRef, ...] = ()
     model_id: str | None = None
     recipient_key_sha256: bytes | None = None
+    reason: RefusalReason | None = None
     raw: bytes = field(default=b"", repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, EntryKind):
-            raise EntryError("kind must be attest or release", field="kind")
+            raise EntryError(f"kind must be one of {_KINDS_TEXT}", field="kind")
         object.__setattr__(self, "time", require_aware(self.time, name="time"))
         if not MIN_NONCE_BYTES <= len(self.nonce) <= MAX_NONCE_BYTES:
             raise EntryError(
@@ -292,14 +320,21 @@ class LogEntry:
                 raise EntryError("an attest entry has no model_id or recipient key")
         else:
             if self.evidence or self.collateral:
-                raise EntryError("a release entry carries no evidence or collateral")
+                raise EntryError(f"a {self.kind.value} entry carries no evidence or collateral")
             if self.model_id is None or self.recipient_key_sha256 is None:
-                raise EntryError("a release entry needs model_id and recipient_key_sha256")
+                raise EntryError(
+                    f"a {self.kind.value} entry needs model_id and recipient_key_sha256"
+                )
             _label(self.model_id, "model_id", _PRINTABLE_RE, MAX_LABEL_CHARS)
             if len(self.recipient_key_sha256) != SHA256_SIZE:
                 raise EntryError(
                     "recipient key digest must be 32 bytes", field="recipient_key_sha256"
                 )
+        if self.kind is EntryKind.RELEASE_REFUSED:
+            if not isinstance(self.reason, RefusalReason):
+                raise EntryError("a release_refused entry needs a refusal reason", field="reason")
+        elif self.reason is not None:
+            raise EntryError(f"a {self.kind.value} entry has no reason", field="reason")
         encoded = self._encode()
         if len(encoded) > MAX_ENTRY_BYTES:
             raise EntryError(f"entry larger than {MAX_ENTRY_BYTES} bytes")
@@ -331,10 +366,13 @@ class LogEntry:
                 f'"kind":"attest",{common_tail}{end}'
             )
         else:
+            # ``reason`` sorts between ``policy`` and ``recipient_key_sha256``; its values are
+            # fixed lowercase labels, which need no escaping.
             key = self.recipient_key_sha256
+            reason = f'"reason":"{self.reason.value}",' if self.reason is not None else ""
             text = (
-                f'{{"binding":"{self.binding.hex()}","kind":"release",'
-                f'"model_id":{s(self.model_id or "")},{common_tail}'
+                f'{{"binding":"{self.binding.hex()}","kind":"{self.kind.value}",'
+                f'"model_id":{s(self.model_id or "")},{common_tail}{reason}'
                 f'"recipient_key_sha256":"{key.hex() if key is not None else ""}",{end}'
             )
         return text.encode("ascii")
@@ -357,6 +395,8 @@ class LogEntry:
             obj["model_id"] = self.model_id
             key = self.recipient_key_sha256
             obj["recipient_key_sha256"] = key.hex() if key is not None else ""
+            if self.reason is not None:
+                obj["reason"] = self.reason.value
         return obj
 
 
@@ -411,7 +451,7 @@ def decode_entry(data: bytes) -> LogEntry:
     try:
         kind = EntryKind(str(obj.get("kind")))
     except ValueError as exc:
-        raise EntryError("kind must be attest or release", field="kind") from exc
+        raise EntryError(f"kind must be one of {_KINDS_TEXT}", field="kind") from exc
     if set(obj) != _KEYS[kind]:
         extra = sorted(set(obj) - _KEYS[kind])
         missing = sorted(_KEYS[kind] - set(obj))
@@ -438,7 +478,19 @@ def decode_entry(data: bytes) -> LogEntry:
         recipient_key_sha256=_hex(
             obj["recipient_key_sha256"], "recipient_key_sha256", SHA256_SIZE, SHA256_SIZE
         ),
+        reason=_reason(obj["reason"]) if kind is EntryKind.RELEASE_REFUSED else None,
     )
+
+
+def _reason(value: object) -> RefusalReason:
+    if type(value) is not str:
+        raise EntryError("reason must be a string", field="reason")
+    try:
+        return RefusalReason(value)
+    except ValueError:
+        raise EntryError(
+            f"reason must be one of {', '.join(r.value for r in RefusalReason)}", field="reason"
+        ) from None
 
 
 def attest_entry(
@@ -488,4 +540,31 @@ def release_entry(
         result=result,
         model_id=model_id,
         recipient_key_sha256=recipient_key_sha256,
+    )
+
+
+def release_refused_entry(
+    *,
+    at: datetime,
+    nonce: bytes,
+    binding: bytes,
+    policy: BlobRef,
+    verifier: str,
+    result: str,
+    model_id: str,
+    recipient_key_sha256: bytes,
+    reason: RefusalReason,
+) -> LogEntry:
+    """Build the entry for one refused key release (no key was released)."""
+    return LogEntry(
+        kind=EntryKind.RELEASE_REFUSED,
+        time=at,
+        nonce=nonce,
+        binding=binding,
+        policy=policy,
+        verifier=verifier,
+        result=result,
+        model_id=model_id,
+        recipient_key_sha256=recipient_key_sha256,
+        reason=reason,
     )
