@@ -10,7 +10,9 @@ Flow (docs/architecture.md §3):
    proof it returns.
 3. ``release_key`` accepts only an EAR this broker signed, unexpired, ``affirming``, issued for
    this model under the model's current policy, and not used for a release before; it seals the
-   model's data key to the attested enclave key with HPKE and logs the release.
+   model's data key to the attested enclave key with HPKE and logs the release. A refusal of a
+   result this broker signed is logged too (``release_refused``, once per result and reason)
+   before the caller is answered; see ``Broker.release_key``.
 
 Time comes from an injected clock, randomness from ``secrets``; nothing here logs key material.
 """
@@ -31,10 +33,16 @@ from agent.logstore import AppendReceipt, LogStore
 from attest.appraise.common import DeviceAppraisal, findings_status, result_submodules
 from attest.binding import DEFAULT_PROTOCOL_LABEL, SessionBinding, derive_binding
 from attest.bundle import EvidenceBundle
-from attest.ear import AttestationResult, SigningKey, Status, issue_ear, verify_ear
-from attest.errors import InputError, VerificationError
+from attest.ear import AttestationResult, EarError, SigningKey, Status, issue_ear, verify_ear
+from attest.errors import InputError, LesseeError, VerificationError
 from attest.findings import Finding
-from attest.log.entry import BlobRef, attest_entry, release_entry
+from attest.log.entry import (
+    BlobRef,
+    RefusalReason,
+    attest_entry,
+    release_entry,
+    release_refused_entry,
+)
 from attest.policy import Policy, load_policy
 from sealing.hpke_suite import HpkePublicKey
 from sealing.keyrelease import DATA_KEY_BYTES, seal_data_key
@@ -261,9 +269,112 @@ class Broker:
         return cached if cached is not None else HpkePublicKey.decode(enclave_key)
 
     def release_key(self, *, result: str, model_id: str) -> ReleaseOutcome:
+        """Release the model's data key on the strength of ``result``, or refuse.
+
+        Every refusal of a token that verifies with this broker's own result key -- a result
+        this broker issued -- is logged as a ``release_refused`` entry before the caller is
+        answered (with the same error as before: the entry changes nothing the caller sees).
+        A token whose only fault is expiry is one of ours too (its signature was checked
+        first), so it is logged with reason ``expired``. Tokens that do not verify (garbage,
+        another signer, a malformed or foreign token) are *not* logged: anybody can send
+        those, and an unauthenticated caller must not be able to grow the tamper-evident log
+        with bytes of its choosing. What is logged is bounded too: at most one entry per
+        (result, reason) (``BrokerStore.claim_refusal``, durable, so a restart does not reset
+        it), and results exist only through Attest, which logs an entry of its own.
+        """
         model, policy, _ = self._model(model_id)
         now = self.clock()
-        claims = verify_ear(result, self.result_key.public_key(), at=now)
+        key = self.result_key.public_key()
+        try:
+            claims = verify_ear(result, key, at=now)
+        except EarError as exc:
+            if exc.reason != "ear_expired":
+                raise
+            try:  # signed by us, only too old: the claims say what to log
+                late = verify_ear(result, key, at=now, allow_expired=True)
+            except LesseeError:
+                raise exc from None
+            self._log_refusal(
+                claims=late,
+                token=result,
+                model=model,
+                model_id=model_id,
+                now=now,
+                reason=RefusalReason.EXPIRED,
+            )
+            raise
+        try:
+            return self._release(
+                claims=claims, result=result, model=model, policy=policy, model_id=model_id, now=now
+            )
+        except ReleaseRefusedError as exc:
+            self._log_refusal(
+                claims=claims,
+                token=result,
+                model=model,
+                model_id=model_id,
+                now=now,
+                reason=RefusalReason(exc.reason),
+            )
+            raise
+
+    def _log_refusal(
+        self,
+        *,
+        claims: AttestationResult,
+        token: str,
+        model: ModelRecord,
+        model_id: str,
+        now: datetime,
+        reason: RefusalReason,
+    ) -> None:
+        """Append the ``release_refused`` entry for a refusal of one of our own results,
+        unless one for this (result, reason) is already logged.
+
+        The claim in the store comes first and is undone if the entry cannot be appended, so
+        a retry logs it; a crash between the two loses that one entry (never duplicates it),
+        as a crash between claiming and logging a release would. The binding and recipient
+        digest are those of the result's own enclave key and nonce, as a release would have
+        logged them; ``policy`` is the model's policy now, which the decision was made under.
+        """
+        result_id = claims.result_id
+        if result_id is None or claims.nonce is None or claims.enclave_key is None:
+            return  # not lessee's profile: verify_ear refuses that before we get here
+        if not self.store.claim_refusal(
+            result_id=result_id, reason=reason.value, refused_at=now.timestamp()
+        ):
+            return
+        try:
+            policy_bytes = model.policy_json.encode()
+            binding = derive_binding(claims.nonce, claims.enclave_key, self.protocol_label)
+            entry = release_refused_entry(
+                at=now,
+                nonce=claims.nonce,
+                binding=binding.report_data,
+                policy=BlobRef.of("policy", "application/json", policy_bytes),
+                verifier=self.verifier_build,
+                result=token,
+                model_id=model_id,
+                recipient_key_sha256=hashlib.sha256(claims.enclave_key).digest(),
+                reason=reason,
+            )
+            self.log.append(entry, [policy_bytes])
+        except BaseException:
+            self.store.forget_refusal(result_id=result_id, reason=reason.value)
+            raise
+
+    def _release(
+        self,
+        *,
+        claims: AttestationResult,
+        result: str,
+        model: ModelRecord,
+        policy: Policy,
+        model_id: str,
+        now: datetime,
+    ) -> ReleaseOutcome:
+        """The release decision for a verified token: each refusal is a ``ReleaseRefusedError``
+        whose reason is a ``RefusalReason`` value, checked in that enum's order."""
         record = self.store.get_result(claims.result_id or "")
         if record is None:
             raise ReleaseRefusedError(

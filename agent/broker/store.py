@@ -117,6 +117,8 @@ class BrokerStore(Protocol):
     def record_release(self, *, result_id: str, model_id: str, released_at: float) -> None: ...
     def claim_release(self, *, result_id: str, model_id: str, released_at: float) -> bool: ...
     def count_releases(self, result_id: str) -> int: ...
+    def claim_refusal(self, *, result_id: str, reason: str, refused_at: float) -> bool: ...
+    def forget_refusal(self, *, result_id: str, reason: str) -> None: ...
 
 
 _SCHEMA = """
@@ -138,6 +140,10 @@ CREATE TABLE IF NOT EXISTS releases (
   model_id TEXT NOT NULL, released_at REAL NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS releases_one_per_result ON releases(result_id);
+CREATE TABLE IF NOT EXISTS refusals (
+  result_id TEXT NOT NULL, reason TEXT NOT NULL, refused_at REAL NOT NULL,
+  PRIMARY KEY (result_id, reason)
+);
 """
 
 
@@ -364,3 +370,26 @@ class SqliteBrokerStore:
             .fetchone()
         )
         return int(row[0])
+
+    def claim_refusal(self, *, result_id: str, reason: str, refused_at: float) -> bool:
+        """Note that a refusal of ``result_id`` for ``reason`` is being logged; False if one
+        already was.
+
+        Bounds the log: at most one ``release_refused`` entry per (result, reason), across
+        restarts and replicas sharing this database, however often a caller retries. No
+        foreign key to ``results``: an ``unknown_result`` refusal names a result this database
+        does not hold. One conditional INSERT, as ``claim_release``.
+        """
+        inserted = self._write_statement(
+            _statement(
+                "INSERT OR IGNORE INTO refusals(result_id, reason, refused_at) VALUES (?,?,?)",
+                (result_id, reason, refused_at),
+            )
+        )
+        return inserted == 1
+
+    def forget_refusal(self, *, result_id: str, reason: str) -> None:
+        """Undo ``claim_refusal`` when its entry could not be logged, so a retry logs it."""
+        self._write_statement(
+            _statement("DELETE FROM refusals WHERE result_id=? AND reason=?", (result_id, reason))
+        )
