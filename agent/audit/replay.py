@@ -120,10 +120,10 @@ from attest.appraise.common import ENCLAVE_SUBMODULE, DeviceAppraisal, result_su
 from attest.appraise.composite import AppraisalContext, appraise_bundle
 from attest.binding import DEFAULT_PROTOCOL_LABEL, SessionBinding, derive_binding
 from attest.bundle import EvidenceBundle, load_bundle
-from attest.ear import AttestationResult, Status, VerifyingKey, verify_ear
+from attest.ear import MAX_CLOCK_SKEW_SECONDS, AttestationResult, Status, VerifyingKey, verify_ear
 from attest.errors import InputError, LesseeError, ParseError, VerificationError
 from attest.findings import Finding as AppraisalFinding
-from attest.log.entry import MAX_BLOB_SIZE, EntryKind, LogEntry
+from attest.log.entry import MAX_BLOB_SIZE, EntryKind, LogEntry, RefusalReason
 from attest.log.note import NoteVerifier
 from attest.policy import Policy, load_policy
 from attest.snp.report import Product, SigningKey
@@ -565,13 +565,20 @@ class EntryReplay:
     verdict_equal: bool | None = None
     #: SHA-256 of roots the policy trusts that no candidate supplied.
     roots_unavailable: tuple[str, ...] = ()
-    #: Release entries: the logged recipient key digest.
+    #: Release and refusal entries: the logged recipient key digest.
     recipient_key_sha256: bytes | None = None
+    #: Refusal entries: the logged reason.
+    reason: RefusalReason | None = None
+    #: Release and refusal entries: the model id the result itself names.
+    result_model_id: str | None = None
+    #: Whether the result's policy digest is the logged policy's (None: not established).
+    policy_matches: bool | None = None
 
     def to_json(self) -> dict[str, object]:
         return {
             "index": self.index,
             "kind": self.kind.value,
+            "reason": self.reason.value if self.reason is not None else None,
             "time": self.time.isoformat(),
             "result_id": self.result_id,
             "model_id": self.model_id,
@@ -665,6 +672,7 @@ class EntryReplayer:
             binding=e.binding,
             findings=tuple(findings),
             recipient_key_sha256=e.recipient_key_sha256,
+            reason=e.reason,
             **facts,
         )
 
@@ -689,19 +697,29 @@ class EntryReplayer:
             add("policy_invalid", f"logged policy does not load: {exc}")
             raise _Stop from None
 
-        # 3. The logged result, with the pinned key, as of the logged time.
+        # 3. The logged result, with the pinned key, as of the logged time. For a release or
+        # a refusal an expired result still yields its claims (its signature is checked
+        # first): a late release is a finding of its own, and must still be cross-checked; a
+        # refusal for expiry carries an expired result by nature.
+        release_like = e.kind is not EntryKind.ATTEST
         try:
-            claims = verify_ear(e.result, self.key, at=e.time)
+            claims = verify_ear(e.result, self.key, at=e.time, allow_expired=release_like)
         except VerificationError as exc:
-            reason = getattr(exc, "reason", "verification_failed")
-            if e.kind is EntryKind.RELEASE and reason == "ear_expired":
-                add("release_after_expiry", f"the result had expired at the release time ({exc})")
-            else:
-                add("ear_invalid", f"{reason}: {exc}")
+            add("ear_invalid", f"{getattr(exc, 'reason', 'verification_failed')}: {exc}")
             raise _Stop from None
         except ParseError as exc:
             add("ear_malformed", str(exc))
             raise _Stop from None
+        logged_at = int(e.time.timestamp())
+        if (
+            e.kind is EntryKind.RELEASE
+            and claims.expires_at is not None
+            and logged_at > claims.expires_at
+        ):
+            add(
+                "release_after_expiry",
+                f"released at {logged_at}, the result expired at {claims.expires_at}",
+            )
         enclave_key = claims.enclave_key or b""
         facts.update(
             result_id=claims.result_id,
@@ -709,11 +727,12 @@ class EntryReplayer:
             enclave_key_sha256=hashlib.sha256(enclave_key).digest(),
             expires_at=claims.expires_at,
             model_id=(
-                e.model_id
-                if e.kind is EntryKind.RELEASE
-                else _str_or_none(claims.extra.get(MODEL_ID_CLAIM))
+                e.model_id if release_like else _str_or_none(claims.extra.get(MODEL_ID_CLAIM))
             ),
         )
+        if release_like:
+            # The model the result was issued for, to judge a ``model_mismatch`` refusal.
+            facts["result_model_id"] = _str_or_none(claims.extra.get(MODEL_ID_CLAIM))
         logged = Verdict.logged(claims)
         if logged is None:
             add("ear_malformed", "the result's submodules or findings are not in lessee's form")
@@ -729,7 +748,11 @@ class EntryReplayer:
                 f"the token's submodules say {signed.value}, but with its enclave-level findings "
                 f"the result is {logged.status.value}",
             )
-        if claims.policy_digest != policy_digest:
+        facts["policy_matches"] = claims.policy_digest == policy_digest
+        if claims.policy_digest != policy_digest and e.kind is not EntryKind.RELEASE_REFUSED:
+            # A refusal logs the model's policy at the time, which differs from the result's
+            # for ``policy_changed`` (and may for reasons checked before it): the cross-checks
+            # judge ``policy_matches`` against the logged reason instead.
             add(
                 "policy_digest_mismatch",
                 f"result names policy {claims.policy_digest}, logged policy is {policy_digest}",
@@ -741,9 +764,9 @@ class EntryReplayer:
                 "ear_time_mismatch",
                 f"result issued at {claims.issued_at}, entry logged at {int(e.time.timestamp())}",
             )
-        if e.kind is EntryKind.RELEASE and e.recipient_key_sha256 != facts["enclave_key_sha256"]:
+        if release_like and e.recipient_key_sha256 != facts["enclave_key_sha256"]:
             add(
-                "release_key_mismatch",
+                f"{_prefix(e.kind)}_key_mismatch",
                 "recipient key digest is not SHA-256 of the result's enclave key",
             )
 
@@ -755,7 +778,7 @@ class EntryReplayer:
             raise _Stop from None
         if binding.report_data != e.binding:
             add("binding_mismatch", "logged binding is not derived from the nonce and enclave key")
-        if e.kind is EntryKind.RELEASE:
+        if release_like:
             return
 
         # 5. Re-appraise with the archived evidence and collateral.
@@ -911,6 +934,11 @@ def _str_or_none(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _prefix(kind: EntryKind) -> str:
+    """Finding codes of a release entry start ``release_``, of a refusal ``refusal_``."""
+    return "refusal" if kind is EntryKind.RELEASE_REFUSED else "release"
+
+
 # ---- the process pool -----------------------------------------------------------------------
 
 _WORKER: EntryReplayer | None = None
@@ -959,11 +987,13 @@ class ReplayReport:
 
     def summary(self) -> dict[str, int]:
         attest = [e for e in self.entries if e.kind is EntryKind.ATTEST]
+        kinds = Counter(e.kind for e in self.entries)
         return {
             "entries": self.audit.entries,
             "replayed": len(self.entries),
             "attest": len(attest),
-            "release": len(self.entries) - len(attest),
+            "release": kinds[EntryKind.RELEASE],
+            "release_refused": kinds[EntryKind.RELEASE_REFUSED],
             "verdicts_reproduced": sum(1 for e in attest if e.verdict_equal),
             "affirming": sum(1 for e in attest if e.logged_status is Status.AFFIRMING),
             "findings": len(self.all_findings),
@@ -1149,13 +1179,44 @@ class _Findings:
         return self.items
 
 
+#: Refusal reasons no later release of the same result can make right: the result's status and
+#: expiry never change, and a result the broker could not find, or found under another key,
+#: means its state and its log disagree. (``result_used`` is not here: a concurrent caller's
+#: refusal can be logged just before the winning release; ``release_repeated`` covers a second
+#: release.) The other reasons are transient: the caller asked for another model, or the
+#: model's policy or manifest pin changed and may change back.
+PERMANENT_REFUSALS = frozenset(
+    {
+        RefusalReason.UNKNOWN_RESULT,
+        RefusalReason.NOT_AFFIRMING,
+        RefusalReason.EXPIRED,
+        RefusalReason.KEY_MISMATCH,
+    }
+)
+_REFUSAL_ORDER = tuple(RefusalReason)
+
+
 def cross_check(entries: Sequence[EntryReplay]) -> list[Finding]:
-    """Steps 6-7 over per-entry results in log order (pure: no bundle, no keys)."""
+    """Steps 6-8 over per-entry results in log order (pure: no bundle, no keys)."""
     out: list[Finding] = []
     nonces: dict[bytes, int] = {}
     attests: dict[str, EntryReplay] = {}
     released: dict[str, int] = {}
+    refused: dict[str, dict[RefusalReason, int]] = {}
+    # ``result_used`` is judged against every release in the log, not only earlier ones: a
+    # concurrent caller's refusal can be committed before the winner's release entry.
+    ever_released = {
+        r.result_id: r.index
+        for r in reversed(entries)
+        if r.kind is EntryKind.RELEASE and r.result_id is not None
+    }
     for r in entries:
+        if r.kind is EntryKind.RELEASE_REFUSED:
+            out.extend(_check_refusal(r, attests, ever_released, refused))
+            continue
+        if r.kind is EntryKind.RELEASE:
+            out.extend(_check_release(r, attests, released, refused))
+            continue
         if r.kind is EntryKind.ATTEST:
             first = nonces.setdefault(r.nonce, r.index)
             if first != r.index:
@@ -1172,23 +1233,54 @@ def cross_check(entries: Sequence[EntryReplay]) -> list[Finding]:
                             r.index,
                         )
                     )
-            continue
-        out.extend(_check_release(r, attests, released))
+    return out
+
+
+def _same_result(r: EntryReplay, a: EntryReplay) -> list[tuple[str, str]]:
+    """(code suffix, message) for each way a release or refusal ``r`` departs from the attest
+    entry ``a`` that issued its result: the token, enclave key, nonce, binding, time."""
+    where = f"attest entry {a.index}"
+    out: list[tuple[str, str]] = []
+    if r.result_sha256 != a.result_sha256:
+        out.append(("result_differs", f"the result is not the one {where} logged"))
+    if r.recipient_key_sha256 != a.enclave_key_sha256:
+        out.append(("key_mismatch", f"recipient key is not the enclave key {where} attested"))
+    if r.nonce != a.nonce:
+        out.append(("nonce_mismatch", f"nonce differs from {where}"))
+    if r.binding != a.binding:
+        out.append(("binding_mismatch", f"binding differs from {where}"))
+    if r.time < a.time:
+        out.append(("before_attest", f"logged before {where} ({a.time.isoformat()})"))
     return out
 
 
 def _check_release(
-    r: EntryReplay, attests: Mapping[str, EntryReplay], released: dict[str, int]
+    r: EntryReplay,
+    attests: Mapping[str, EntryReplay],
+    released: dict[str, int],
+    refused: Mapping[str, Mapping[RefusalReason, int]],
 ) -> list[Finding]:
     def f(code: str, message: str) -> Finding:
         return Finding(code, message, r.index)
 
     if r.result_id is None:
         return []  # its result did not verify: already a finding on this entry
+    out: list[Finding] = []
+    for reason, index in sorted(refused.get(r.result_id, {}).items(), key=lambda kv: kv[1]):
+        if reason in PERMANENT_REFUSALS:
+            out.append(
+                f(
+                    "release_after_refusal",
+                    f"entry {index} refused result {r.result_id} for {reason.value}, "
+                    "which no later release can make right",
+                )
+            )
     a = attests.get(r.result_id)
     if a is None:
-        return [f("release_without_attest", f"no earlier attest entry issued result {r.result_id}")]
-    out: list[Finding] = []
+        out.append(
+            f("release_without_attest", f"no earlier attest entry issued result {r.result_id}")
+        )
+        return out
     where = f"attest entry {a.index}"
     if a.logged_status is not Status.AFFIRMING:
         status = a.logged_status.value if a.logged_status else "unverifiable"
@@ -1196,25 +1288,13 @@ def _check_release(
     elif a.recomputed_status is not Status.AFFIRMING:
         status = a.recomputed_status.value if a.recomputed_status else "not reproducible"
         out.append(f("release_verdict_not_reproduced", f"{where} re-appraises as {status}"))
-    if r.result_sha256 != a.result_sha256:
-        out.append(
-            f("release_result_differs", f"the released result is not the one {where} logged")
-        )
-    if r.recipient_key_sha256 != a.enclave_key_sha256:
-        out.append(
-            f("release_key_mismatch", f"recipient key is not the enclave key {where} attested")
-        )
+    out.extend(f(f"release_{code}", message) for code, message in _same_result(r, a))
     if r.model_id != a.model_id:
         out.append(
             f("release_model_mismatch", f"model {r.model_id!r}, {where} was for {a.model_id!r}")
         )
-    if r.nonce != a.nonce:
-        out.append(f("release_nonce_mismatch", f"nonce differs from {where}"))
-    if r.binding != a.binding:
-        out.append(f("release_binding_mismatch", f"binding differs from {where}"))
-    if r.time < a.time:
-        out.append(f("release_before_attest", f"logged before {where} ({a.time.isoformat()})"))
-    if a.expires_at is not None and int(r.time.timestamp()) > a.expires_at:
+    late = any(x.code == "release_after_expiry" for x in r.findings)  # by its own token
+    if not late and a.expires_at is not None and int(r.time.timestamp()) > a.expires_at:
         out.append(
             f(
                 "release_after_expiry",
@@ -1224,6 +1304,123 @@ def _check_release(
     first = released.setdefault(r.result_id, r.index)
     if first != r.index:
         out.append(f("release_repeated", f"result {r.result_id} already released in entry {first}"))
+    return out
+
+
+def _check_refusal(
+    r: EntryReplay,
+    attests: Mapping[str, EntryReplay],
+    ever_released: Mapping[str, int],
+    refused: dict[str, dict[RefusalReason, int]],
+) -> list[Finding]:
+    """Step 8: a ``release_refused`` entry. It never counts as a release. Its result must have
+    been issued by an earlier attest entry (token, key, nonce, binding as for a release), at
+    most one refusal is logged per (result, reason), and the logged reason must agree with
+    the log wherever that can be decided offline (``_reason_disagreements``)."""
+
+    def f(code: str, message: str) -> Finding:
+        return Finding(code, message, r.index)
+
+    if r.result_id is None or r.reason is None:
+        return []  # its result did not verify: already a finding on this entry
+    out: list[Finding] = []
+    seen = refused.setdefault(r.result_id, {})
+    first = seen.setdefault(r.reason, r.index)
+    if first != r.index:
+        out.append(
+            f(
+                "refusal_repeated",
+                f"result {r.result_id} already refused for {r.reason.value} in entry {first}",
+            )
+        )
+    a = attests.get(r.result_id)
+    if r.reason is RefusalReason.UNKNOWN_RESULT:
+        where = f"attest entry {a.index} issued it" if a else "no attest entry logged it"
+        out.append(
+            f(
+                "refusal_reason_inconsistent",
+                "unknown_result, but the result verifies with the broker's own key, so the "
+                f"broker issued it ({where}): its state lost the result",
+            )
+        )
+        return out
+    if a is None:
+        out.append(
+            f("refusal_without_attest", f"no earlier attest entry issued result {r.result_id}")
+        )
+        return out
+    out.extend(f(f"refusal_{code}", message) for code, message in _same_result(r, a))
+    out.extend(
+        f("refusal_reason_inconsistent", f"{r.reason.value}, but {message}")
+        for message in _reason_disagreements(r, a, ever_released)
+    )
+    return out
+
+
+def _reason_disagreements(
+    r: EntryReplay, a: EntryReplay, ever_released: Mapping[str, int]
+) -> list[str]:
+    """How the logged reason of refusal ``r`` disagrees with the log (``a``: the attest entry
+    of its result). ``Broker.release_key`` checks in ``RefusalReason`` order, so a refusal
+    says its own check failed *and* every check before it passed; both are judged where the
+    log decides them:
+
+    * ``model_mismatch``: the requested model is not the one the result names;
+    * ``not_affirming``: ``a`` logged a verdict that is not affirming;
+    * ``policy_changed``: the logged policy (the model's at the time) is not the result's;
+    * ``manifest_pin``: not decidable (the registered manifest digest is not logged);
+    * ``expired``: logged after the result's ``exp``. It is also logged for a token refused
+      as expired before any other check (past the EAR's clock skew), so it implies nothing
+      about the checks before it;
+    * ``key_mismatch``: never right: the broker's record of the result names another key
+      than the token it signed and ``a`` logged, so its state and its log disagree;
+    * ``result_used``: a release of the result is in the log (usually earlier; a concurrent
+      caller's refusal can be committed just before the winner's release entry).
+
+    Except for ``expired``, the result had not expired past the EAR's clock skew (the broker
+    refuses such a token before its other checks, and as ``expired``).
+    """
+    out: list[str] = []
+    reason, exp = r.reason, r.expires_at
+    assert reason is not None
+    logged_at = int(r.time.timestamp())
+    model_ok = r.model_id == r.result_model_id and r.model_id == a.model_id
+    affirming = a.logged_status is Status.AFFIRMING
+    when = f"logged at {logged_at}, the result expires at {exp}"
+    if reason is RefusalReason.MODEL_MISMATCH and model_ok:
+        out.append(f"the result was issued for the requested model {r.model_id!r}")
+    elif reason is RefusalReason.NOT_AFFIRMING and affirming:
+        out.append(f"attest entry {a.index} logged an affirming verdict")
+    elif reason is RefusalReason.POLICY_CHANGED and r.policy_matches:
+        out.append("the logged policy is the one the result names")
+    elif reason is RefusalReason.EXPIRED and (exp is None or r.time.timestamp() <= exp):
+        out.append(f"it had not expired ({when})")
+    elif reason is RefusalReason.KEY_MISMATCH:
+        out.append(
+            f"the token is the one attest entry {a.index} logged for this key: the broker's "
+            "record of the result and its log disagree"
+        )
+    elif reason is RefusalReason.RESULT_USED and r.result_id not in ever_released:
+        out.append(f"no release of result {r.result_id} is in the log")
+    if reason is RefusalReason.EXPIRED:
+        return out
+    if exp is not None and logged_at > exp + MAX_CLOCK_SKEW_SECONDS:
+        out.append(
+            f"the result had expired past the clock skew, so it is refused as expired "
+            f"first ({when})"
+        )
+    passed = _REFUSAL_ORDER[: _REFUSAL_ORDER.index(reason)]
+    if RefusalReason.MODEL_MISMATCH in passed and not model_ok:
+        out.append(
+            f"the model {r.model_id!r} is not the result's {a.model_id!r} (checked before it)"
+        )
+    if RefusalReason.NOT_AFFIRMING in passed and not affirming:
+        status = a.logged_status.value if a.logged_status else "unverifiable"
+        out.append(f"attest entry {a.index} logged {status} (checked before it)")
+    if RefusalReason.POLICY_CHANGED in passed and r.policy_matches is False:
+        out.append("the logged policy is not the result's (checked before it)")
+    if RefusalReason.EXPIRED in passed and exp is not None and logged_at > exp:
+        out.append(f"the result had expired ({when}; checked before it)")
     return out
 
 

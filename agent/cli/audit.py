@@ -175,7 +175,8 @@ def _replay(args: argparse.Namespace) -> int:
         s = report.summary()
         verdict = "OK" if report.ok else f"REJECTED ({s['findings']} findings)"
         print(
-            f"{verdict}: {s['entries']} entries ({s['attest']} attest, {s['release']} release), "
+            f"{verdict}: {s['entries']} entries ({s['attest']} attest, {s['release']} release, "
+            f"{s['release_refused']} refused), "
             f"{s['verdicts_reproduced']}/{s['attest']} verdicts reproduced, "
             f"{report.audit.checkpoints_verified} signed checkpoints, "
             f"root {report.audit.root_hash or '-'}"

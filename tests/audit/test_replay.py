@@ -43,7 +43,8 @@ Members = dict[str, bytes]
 
 @pytest.fixture(scope="module")
 def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
-    """Three attest entries on the real vectors, appraised for real (all contraindicated)."""
+    """Three attest entries on the real vectors, appraised for real (all contraindicated), and
+    the broker's logged refusal to release a key for the last one."""
     b = build(tmp_path_factory.mktemp("real"), stand_in=False)
     for _ in range(3):
         token = b.attest(evidence())
@@ -57,7 +58,8 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
 
 @pytest.fixture(scope="module")
 def stand_in(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
-    """attest (affirming) + release, attest (CC off: contraindicated), attest (affirming)."""
+    """attest (affirming) + release, attest (CC off: contraindicated) + its logged refusal,
+    attest (affirming)."""
     b = build(tmp_path_factory.mktemp("stand_in"), stand_in=True)
     b.release(b.attest(evidence()))
     refused = b.attest(evidence(cc_mode_on=False))
@@ -123,10 +125,11 @@ def test_real_log_replays_clean_through_the_cli(real: Built) -> None:
     assert report["ok"] is True and report["findings"] == []
     summary = report["summary"]
     assert summary == {
-        "entries": 3,
-        "replayed": 3,
+        "entries": 4,
+        "replayed": 4,
         "attest": 3,
         "release": 0,
+        "release_refused": 1,
         "verdicts_reproduced": 3,
         "affirming": 0,
         "findings": 0,
@@ -135,12 +138,14 @@ def test_real_log_replays_clean_through_the_cli(real: Built) -> None:
     assert isinstance(entries, list)
     # The real vectors were not made in a broker session: contraindicated, and reproducibly so.
     assert {e["logged_status"] for e in entries} == {"contraindicated"}
-    assert all(e["recomputed_status"] == "contraindicated" for e in entries)
+    assert all(e["recomputed_status"] == "contraindicated" for e in entries[:3])
+    assert entries[3]["kind"] == "release_refused" and entries[3]["reason"] == "not_affirming"
+    assert entries[3]["recomputed_status"] is None  # a refusal re-appraises nothing
 
 
 def test_real_log_uses_the_archived_broker_rims(real: Built) -> None:
     report = _replay(real, real.dir / "log.zip")
-    assert report.ok and all(e.verdict_equal for e in report.entries)
+    assert report.ok and all(e.verdict_equal for e in report.entries[:3])
     with zipfile.ZipFile(real.dir / "log.zip") as z:
         blobs = {n for n in z.namelist() if n.startswith("blobs/")}
     rim_digests = {
@@ -156,8 +161,10 @@ def test_stand_in_log_with_release_replays_clean(stand_in: Built) -> None:
         ("attest", Status.AFFIRMING),
         ("release", Status.AFFIRMING),
         ("attest", Status.CONTRAINDICATED),
+        ("release_refused", Status.CONTRAINDICATED),
         ("attest", Status.AFFIRMING),
     ]
+    assert report.entries[3].reason == "not_affirming"
     assert report.summary()["verdicts_reproduced"] == 3
 
 
@@ -209,7 +216,7 @@ def test_bridged_replay_hands_over_to_the_workers(
 
 
 def test_a_short_log_starts_no_pool(stand_in: Built, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Four entries, replayed here in far less than the pool's start: no pool at all."""
+    """Five entries, replayed here in far less than the pool's start: no pool at all."""
     from agent.audit.pool import BackgroundPool
 
     def no_pool(*args: object, **kwargs: object) -> BackgroundPool:
@@ -442,13 +449,6 @@ def test_release_checks_key_model_expiry_and_repeats(fresh: Built) -> None:
     assert ("release_after_expiry", 6) in codes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "audit7: a release whose result fails verify_ear as expired stops before its result id "
-        "is known, so the cross-entry release checks never run for it"
-    ),
-)
 def test_a_release_long_after_expiry_is_still_cross_checked(fresh: Built) -> None:
     """An expired token is still a token the broker signed: a release long after its ``exp``
     must still be checked against the attest entries, so a stale release of a result that no
@@ -570,8 +570,10 @@ def test_cli_text_progress_and_exit_codes(
     rc = main([*args, str(real.dir / "verifier.pem"), "--workers", "2"])
     out, err = capsys.readouterr()
     assert rc == 0
-    assert out.startswith("OK: 3 entries (3 attest, 0 release), 3/3 verdicts reproduced")
-    assert err.startswith("replay: 100.0% 3/3 entries")  # off a terminal: one summary line
+    assert out.startswith(
+        "OK: 4 entries (3 attest, 0 release, 1 refused), 3/3 verdicts reproduced"
+    )
+    assert err.startswith("replay: 100.0% 4/4 entries")  # off a terminal: one summary line
     # Another verifier key: every result fails its signature check; --quiet: no progress line.
     (tmp_path / "other.pem").write_bytes(public_pem(OTHER_KEY))
     rc = main([*args, str(tmp_path / "other.pem"), "--quiet"])
@@ -582,7 +584,7 @@ def test_cli_text_progress_and_exit_codes(
         "entry 1",
         "entry 2",
     ]
-    assert out.count(": ear_invalid: ") == 3 and out.splitlines()[-1].startswith("REJECTED (3")
+    assert out.count(": ear_invalid: ") == 4 and out.splitlines()[-1].startswith("REJECTED (4")
 
 
 @pytest.mark.parametrize(
