@@ -6,7 +6,14 @@ import hashlib
 from datetime import UTC, datetime, timedelta
 
 from attest.log.cosignature import Cosigner
-from attest.log.entry import BlobRef, LogEntry, attest_entry, release_entry
+from attest.log.entry import (
+    BlobRef,
+    LogEntry,
+    RefusalReason,
+    attest_entry,
+    release_entry,
+    release_refused_entry,
+)
 from attest.log.note import NoteSigner
 
 #: Test seeds are SHA-256 of a label, so anyone can regenerate them; they guard nothing.
@@ -51,5 +58,24 @@ def make_entry(i: int) -> tuple[LogEntry, list[bytes]]:
         result=EAR,
         model_id="example/model-7b",
         recipient_key_sha256=hashlib.sha256(b"enclave key %d" % (i // 2)).digest(),
+    )
+    return entry, [POLICY]
+
+
+def make_refusal_entry(
+    i: int, reason: RefusalReason = RefusalReason.NOT_AFFIRMING
+) -> tuple[LogEntry, list[bytes]]:
+    """Entry ``i`` as a refused release (the fields ``make_entry`` gives a release)."""
+    nonce = hashlib.sha256(b"nonce %d" % i).digest()[:16]
+    entry = release_refused_entry(
+        at=T0 + timedelta(seconds=i),
+        nonce=nonce,
+        binding=hashlib.sha256(b"binding %d" % (i // 2)).digest(),
+        policy=BlobRef.of("policy", "application/json", POLICY),
+        verifier="lessee 0.1.0",
+        result=EAR,
+        model_id="example/model-7b",
+        recipient_key_sha256=hashlib.sha256(b"enclave key %d" % (i // 2)).digest(),
+        reason=reason,
     )
     return entry, [POLICY]

@@ -18,15 +18,17 @@ from attest.log.entry import (
     EntryError,
     EntryKind,
     LogEntry,
+    RefusalReason,
     _canonical,
     _parse_time,
     _plain_jws,
     decode_entry,
 )
-from tests.log.helpers import EAR, POLICY, T0, make_entry
+from tests.log.helpers import EAR, POLICY, T0, make_entry, make_refusal_entry
 
 ATTEST, _ = make_entry(0)
 RELEASE, _ = make_entry(1)
+REFUSED, _ = make_refusal_entry(1, RefusalReason.POLICY_CHANGED)
 
 
 def test_roundtrip_and_exact_bytes() -> None:
@@ -42,6 +44,65 @@ def test_roundtrip_and_exact_bytes() -> None:
     assert RELEASE.kind is EntryKind.RELEASE and RELEASE.model_id == "example/model-7b"
     assert [r.role for r in ATTEST.blob_refs()] == ["policy", "cpu0.report"]
     assert ATTEST.policy == BlobRef.of("policy", "application/json", POLICY)
+
+
+def test_refusal_roundtrip_and_exact_bytes() -> None:
+    """A refused release is a release entry's fields plus ``reason``, in sorted key order;
+    the written-out bytes are pinned, so any change to the encoding is a deliberate one."""
+    again = decode_entry(REFUSED.raw)
+    assert again == REFUSED and again.raw == REFUSED.raw
+    assert again.kind is EntryKind.RELEASE_REFUSED and again.reason is RefusalReason.POLICY_CHANGED
+    obj = json.loads(REFUSED.raw)
+    assert list(obj) == sorted(obj)
+    assert REFUSED.raw == _canonical(REFUSED._to_json())
+    release = json.loads(RELEASE.raw)
+    assert obj == release | {"kind": "release_refused", "reason": "policy_changed"}
+    assert REFUSED.raw == (
+        b'{"binding":"' + RELEASE.binding.hex().encode() + b'","kind":"release_refused",'
+        b'"model_id":"example/model-7b","nonce":"' + RELEASE.nonce.hex().encode() + b'",'
+        b'"policy":{"media_type":"application/json","role":"policy","sha256":"'
+        + RELEASE.policy.sha256.hex().encode()
+        + b'","size":32},"reason":"policy_changed","recipient_key_sha256":"'
+        + (RELEASE.recipient_key_sha256 or b"").hex().encode()
+        + b'","result":"'
+        + EAR.encode()
+        + b'","time":"2026-11-28T12:00:01.123456Z",'
+        b'"v":1,"verifier":"lessee 0.1.0"}'
+    )
+    assert [r.value for r in RefusalReason] == [
+        "unknown_result",
+        "model_mismatch",
+        "not_affirming",
+        "policy_changed",
+        "manifest_pin",
+        "expired",
+        "key_mismatch",
+        "result_used",
+    ]
+
+
+def test_reason_only_on_refusals() -> None:
+    fields = {
+        f: getattr(RELEASE, f)
+        for f in ("time", "nonce", "binding", "policy", "verifier", "result", "model_id")
+    }
+    key = RELEASE.recipient_key_sha256
+    with pytest.raises(EntryError, match="needs a refusal reason"):
+        LogEntry(kind=EntryKind.RELEASE_REFUSED, recipient_key_sha256=key, **fields)
+    with pytest.raises(EntryError, match="has no reason"):
+        LogEntry(
+            kind=EntryKind.RELEASE,
+            recipient_key_sha256=key,
+            reason=RefusalReason.EXPIRED,
+            **fields,
+        )
+    with pytest.raises(EntryError, match="needs a refusal reason"):
+        LogEntry(
+            kind=EntryKind.RELEASE_REFUSED,
+            recipient_key_sha256=key,
+            reason="expired",  # type: ignore[arg-type]  (a plain string is not the enum)
+            **fields,
+        )
 
 
 def test_time_normalised_to_utc() -> None:
@@ -118,6 +179,22 @@ def _mutate(raw: bytes, **changes: object) -> bytes:
         _mutate(RELEASE.raw, recipient_key_sha256="00" * 31),
         _mutate(RELEASE.raw, model_id=None),
         _mutate(RELEASE.raw, evidence=[]),
+        _mutate(RELEASE.raw, reason="expired"),  # a release has no reason
+        _mutate(ATTEST.raw, reason="expired"),
+        _mutate(REFUSED.raw, reason=None),  # a refusal needs one
+        _mutate(REFUSED.raw, reason="because"),  # not in the closed set
+        _mutate(REFUSED.raw, reason="EXPIRED"),
+        _mutate(REFUSED.raw, reason="expired "),
+        _mutate(REFUSED.raw, reason=""),
+        _mutate(REFUSED.raw, reason=1),
+        _mutate(REFUSED.raw, reason=["expired"]),
+        _mutate(REFUSED.raw, model_id=None),
+        _mutate(REFUSED.raw, recipient_key_sha256=None),
+        _mutate(REFUSED.raw, collateral=[]),
+        _mutate(REFUSED.raw, kind="release-refused"),
+        _mutate(REFUSED.raw, kind="refused"),
+        REFUSED.raw.replace(b'"reason":"policy_changed"', b'"reason":"policy\\u005fchanged"'),
+        REFUSED.raw.replace(b'"reason"', b'"reason":"expired","reason"'),  # duplicate key
         ATTEST.raw.replace(b'"v":1', b'"v":1.0'),
         ATTEST.raw.replace(b"{", b"{ ", 1),  # not canonical
         ATTEST.raw + b"\n",  # trailing data
@@ -174,6 +251,60 @@ def test_truncation(cut: int) -> None:
 
 
 @settings(max_examples=300, deadline=None)
+@given(pos=st.integers(0, len(REFUSED.raw) - 1), value=st.integers(0, 255))
+def test_single_byte_changes_of_a_refusal(pos: int, value: int) -> None:
+    """Any one-byte change of a refusal either fails to decode or is another canonical entry
+    (never the same entry under a second spelling, never a release read from a refusal)."""
+    data = bytearray(REFUSED.raw)
+    if data[pos] == value:
+        return
+    data[pos] = value
+    try:
+        entry = decode_entry(bytes(data))
+    except EntryError:
+        return
+    assert entry.raw == bytes(data) and entry != REFUSED
+    assert entry.kind is EntryKind.RELEASE_REFUSED and entry.reason is not None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    nonce=st.binary(min_size=16, max_size=64),
+    binding=st.binary(min_size=32, max_size=64),
+    seconds=st.integers(0, 10**9),
+    micro=st.integers(0, 999_999),
+    model=st.from_regex(r"[ -~]{1,128}", fullmatch=True),
+    reason=st.sampled_from(RefusalReason),
+    key=st.binary(min_size=32, max_size=32),
+)
+def test_refusal_roundtrip(
+    nonce: bytes,
+    binding: bytes,
+    seconds: int,
+    micro: int,
+    model: str,
+    reason: RefusalReason,
+    key: bytes,
+) -> None:
+    at = datetime(1990, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds, microseconds=micro)
+    e = LogEntry(
+        kind=EntryKind.RELEASE_REFUSED,
+        time=at,
+        nonce=nonce,
+        binding=binding,
+        policy=REFUSED.policy,
+        verifier="lessee 0.1.0",
+        result=EAR,
+        model_id=model,
+        recipient_key_sha256=key,
+        reason=reason,
+    )
+    again = decode_entry(e.raw)
+    assert again == e and again.raw == e.raw and again.reason is reason
+    assert e.raw == _canonical(e._to_json())
+
+
+@settings(max_examples=300, deadline=None)
 @given(data=st.binary(max_size=300) | st.text(max_size=300).map(str.encode))
 def test_random_bytes(data: bytes) -> None:
     with pytest.raises(LesseeError):
@@ -219,10 +350,17 @@ _PRINTABLE = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x
     role=st.from_regex(r"[a-z0-9][a-z0-9._-]{0,12}", fullmatch=True),
     result=st.sampled_from([EAR, "a.b.c", "a-_.b.c"]),
     size=st.integers(0, 64 * 1024 * 1024),
-    release=st.booleans(),
+    kind=st.sampled_from(EntryKind),
+    reason=st.sampled_from(RefusalReason),
 )
 def test_written_out_encoding_is_json_dumps(
-    verifier: str, model: str, role: str, result: str, size: int, release: bool
+    verifier: str,
+    model: str,
+    role: str,
+    result: str,
+    size: int,
+    kind: EntryKind,
+    reason: RefusalReason,
 ) -> None:
     """``LogEntry._encode`` spells the entry exactly as ``json.dumps(sort_keys=True)`` does,
     quotes and backslashes included."""
@@ -235,9 +373,11 @@ def test_written_out_encoding_is_json_dumps(
         "result": result,
     }
     ref = BlobRef(role, "application/octet-stream", bytes(range(32)), size)
-    if release:
+    if kind is EntryKind.RELEASE:
+        e = LogEntry(kind=kind, model_id=model, recipient_key_sha256=bytes(32), **common)
+    elif kind is EntryKind.RELEASE_REFUSED:
         e = LogEntry(
-            kind=EntryKind.RELEASE, model_id=model, recipient_key_sha256=bytes(32), **common
+            kind=kind, model_id=model, recipient_key_sha256=bytes(32), reason=reason, **common
         )
     else:
         other = BlobRef("x" + role, "application/xml", bytes(32), size // 2)
