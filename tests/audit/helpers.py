@@ -41,7 +41,13 @@ from attest.binding import SessionBinding, derive_binding
 from attest.bundle import DeviceEvidenceIn, EvidenceBundle, SnpEvidenceIn
 from attest.ear import AttestationResult, SigningKey, Status, Submodule, issue_ear
 from attest.findings import Finding
-from attest.log.entry import BlobRef, attest_entry, release_entry
+from attest.log.entry import (
+    BlobRef,
+    RefusalReason,
+    attest_entry,
+    release_entry,
+    release_refused_entry,
+)
 from attest.policy import Policy, load_policy
 from sealing.hpke_suite import SuiteId, generate_keypair
 from tests.conftest import CPU, NVIDIA, RIM_ERA
@@ -330,6 +336,35 @@ def forge_release(
             result=token,
             model_id=model_id,
             recipient_key_sha256=recipient or hashlib.sha256(key).digest(),
+        ),
+        [policy_bytes],
+    )
+
+
+def forge_refusal(
+    b: Built,
+    token: str,
+    reason: RefusalReason,
+    *,
+    nonce: bytes,
+    key: bytes,
+    model_id: str = MODEL,
+    advance: float = 7.25,
+) -> None:
+    """A ``release_refused`` entry appended directly, with whatever reason the test chooses."""
+    b.clock.tick(advance)
+    policy_bytes = b.policy_json.encode()
+    b.log.append(
+        release_refused_entry(
+            at=b.clock(),
+            nonce=nonce,
+            binding=derive_binding(nonce, key).report_data,
+            policy=BlobRef.of("policy", "application/json", policy_bytes),
+            verifier="lessee 0.1.0",
+            result=token,
+            model_id=model_id,
+            recipient_key_sha256=hashlib.sha256(key).digest(),
+            reason=reason,
         ),
         [policy_bytes],
     )

@@ -570,9 +570,7 @@ def test_cli_text_progress_and_exit_codes(
     rc = main([*args, str(real.dir / "verifier.pem"), "--workers", "2"])
     out, err = capsys.readouterr()
     assert rc == 0
-    assert out.startswith(
-        "OK: 4 entries (3 attest, 0 release, 1 refused), 3/3 verdicts reproduced"
-    )
+    assert out.startswith("OK: 4 entries (3 attest, 0 release, 1 refused), 3/3 verdicts reproduced")
     assert err.startswith("replay: 100.0% 4/4 entries")  # off a terminal: one summary line
     # Another verifier key: every result fails its signature check; --quiet: no progress line.
     (tmp_path / "other.pem").write_bytes(public_pem(OTHER_KEY))

@@ -100,7 +100,8 @@ def test_reason_only_on_refusals() -> None:
         LogEntry(
             kind=EntryKind.RELEASE_REFUSED,
             recipient_key_sha256=key,
-            reason="expired",  # type: ignore[arg-type]  (a plain string is not the enum)
+            # A plain string is not the enum: refused rather than taken on trust.
+            reason="expired",  # type: ignore[arg-type]
             **fields,
         )
 
