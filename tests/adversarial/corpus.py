@@ -729,9 +729,14 @@ def _note_seeds() -> tuple[Seed, ...]:
 
 @cache
 def _log_entry_seeds() -> tuple[Seed, ...]:
-    from tests.log.helpers import make_entry
+    from attest.log.entry import RefusalReason
+    from tests.log.helpers import make_entry, make_refusal_entry
 
-    return tuple(Seed(f"entry{i}", make_entry(i)[0].raw) for i in (0, 1))
+    # One seed per entry kind: attest, release, release_refused.
+    return (
+        *(Seed(f"entry{i}", make_entry(i)[0].raw) for i in (0, 1)),
+        Seed("entry_refused", make_refusal_entry(3, RefusalReason.RESULT_USED)[0].raw),
+    )
 
 
 @cache

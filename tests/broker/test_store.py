@@ -147,3 +147,19 @@ def test_claim_release_exactly_once_under_concurrency(tmp_path: Path) -> None:
         t.join()
     assert sorted(wins) == [False] * 7 + [True]
     assert s.count_releases("r1") == 1
+
+
+def test_claim_refusal_once_per_result_and_reason_across_reopen(tmp_path: Path) -> None:
+    """The bound on logged refusals: one claim per (result, reason), durable; forgetting a
+    claim (its entry could not be logged) lets the next one through."""
+    s = SqliteBrokerStore(tmp_path / "b.db")
+    assert s.claim_refusal(result_id="r1", reason="not_affirming", refused_at=NOW)
+    assert not s.claim_refusal(result_id="r1", reason="not_affirming", refused_at=NOW + 1)
+    assert s.claim_refusal(result_id="r1", reason="expired", refused_at=NOW)
+    assert s.claim_refusal(result_id="unknown", reason="unknown_result", refused_at=NOW)
+    s.close()
+    s = SqliteBrokerStore(tmp_path / "b.db")
+    assert not s.claim_refusal(result_id="r1", reason="not_affirming", refused_at=NOW)
+    s.forget_refusal(result_id="r1", reason="not_affirming")
+    assert s.claim_refusal(result_id="r1", reason="not_affirming", refused_at=NOW)
+    s.close()

@@ -344,3 +344,43 @@ def test_plain_x25519_enclave_key_gets_its_key_over_grpc(harness: Harness) -> No
     key, release = agent.release(attested)
     assert bytes(key) == DATA_KEY
     assert release.suite == SuiteId.X25519_SHA256_AES256GCM.name
+
+
+def test_refusals_of_its_own_results_are_logged_once_over_grpc(harness: Harness) -> None:
+    """A refused ReleaseKey for a result this broker issued answers exactly as before and adds
+    one ``release_refused`` entry, once per (result, reason); garbage adds nothing."""
+    from attest.log.entry import EntryKind
+
+    assert harness.server is not None
+    log = harness.server.log_store
+    harness.register(OTHER_MODEL, OTHER_DATA_KEY, OTHER_MANIFEST)
+    attested = harness.agent().attest(MODEL)
+
+    def release(result: str, model_id: str) -> grpc.RpcError:
+        with pytest.raises(grpc.RpcError) as e:
+            harness.stub.ReleaseKey(
+                broker_pb2.ReleaseKeyRequest(result=result, model_id=model_id), timeout=30
+            )
+        return e.value
+
+    size = log.size
+    for _ in range(2):
+        err = release(attested.result, OTHER_MODEL)
+        assert err.code() is grpc.StatusCode.PERMISSION_DENIED
+        assert reason_of(err) == "model_mismatch"
+        assert log.size == size + 1
+    entry = decode_entry(log.entries(size, size + 1)[0])
+    assert entry.kind is EntryKind.RELEASE_REFUSED and entry.reason == "model_mismatch"
+    assert entry.result == attested.result and entry.model_id == OTHER_MODEL
+    for garbage in ("a.b.c", attested.result[:-4] + "AAAA"):
+        assert release(garbage, MODEL).code() in (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            grpc.StatusCode.PERMISSION_DENIED,
+        )
+    assert log.size == size + 1
+    harness.clock.advance(300 + 61)  # past the EAR's skew: refused by verify_ear, still ours
+    for _ in range(2):
+        err = release(attested.result, MODEL)
+        assert (err.code(), reason_of(err)) == (grpc.StatusCode.PERMISSION_DENIED, "ear_expired")
+    assert log.size == size + 2
+    assert decode_entry(log.entries(size + 1, size + 2)[0]).reason == "expired"
