@@ -17,8 +17,8 @@ Per entry (each failure is a ``Finding`` naming the entry; the replay keeps goin
 2. **Policy.** The document loads (``policy_invalid``) and its digest is the EAR's
    ``ear.lessee.policy-digest`` (``policy_digest_mismatch``).
 3. **Result.** The logged EAR verifies with the pinned verifier key as of the logged time
-   (``ear_invalid`` with the reason; for a release, an expired result is
-   ``release_after_expiry``); its ``eat_nonce`` is the logged nonce (``nonce_mismatch``); for
+   (``ear_invalid`` with the reason; for a release or a refusal an expired result still yields
+   its claims, and a release after its ``exp`` is ``release_after_expiry``); its ``eat_nonce`` is the logged nonce (``nonce_mismatch``); for
    an attest entry its ``iat`` is the logged time, to the second (``ear_time_mismatch``); the
    token's own status (the worst of its submodules) is not better than the result with its
    enclave-level findings (``ear_status_understated``: a broker from before the ``enclave``
@@ -60,6 +60,13 @@ Across the log (in log order):
    wrote both times). At most one release per result (``release_repeated``).
 7. **Nonces and results.** No nonce appears in two attest entries (``nonce_reused``) and no
    result id is issued twice (``result_id_reused``).
+8. **Refusals** (``release_refused``; never counted as releases). The refused result was issued
+   by an earlier attest entry (``refusal_without_attest``) with the same token, key, nonce and
+   binding, not before it (``refusal_result_differs``, ``refusal_key_mismatch``, ...); at most
+   one refusal per (result, reason) (``refusal_repeated``); and the reason agrees with the log
+   where that is decidable offline (``refusal_reason_inconsistent``, see
+   ``_reason_disagreements``). A release of a result refused earlier for a reason that cannot
+   change is ``release_after_refusal``.
 
 Emulated roots: a policy may trust extra roots by SHA-256 (``roots.extra_trusted_sha256``). The
 broker archives those it used (``trust-root-<role>-<n>`` collateral); the auditor may supply

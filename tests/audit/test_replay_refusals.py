@@ -381,3 +381,15 @@ def test_a_refusal_edited_to_another_reason(every_reason: Built, tmp_path: Path)
     codes = _codes(_replay(every_reason, path))
     assert ("entry_modified", index) in codes
     assert ("refusal_reason_inconsistent", index) in codes
+
+
+def test_every_reason_the_broker_refuses_with_is_in_the_closed_set() -> None:
+    """``Broker.release_key`` logs ``RefusalReason(exc.reason)``: a new refusal reason must be
+    added to the entry format (and to the replay's rules) before the broker can use it."""
+    import inspect
+    import re
+
+    from agent.broker import service
+
+    used = set(re.findall(r'reason="([a-z_]+)"', inspect.getsource(service.Broker._release)))
+    assert used == {r.value for r in RefusalReason}
