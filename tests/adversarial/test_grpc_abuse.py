@@ -59,7 +59,7 @@ from agent.rpc.server import RunningBroker, serve_broker
 from agent.rpc.v1 import broker_pb2, broker_pb2_grpc, enclave_pb2
 from attest.bundle import MAX_ITEM_BYTES
 from attest.ear import AttestationResult, Status, Submodule, issue_ear
-from attest.log.entry import EntryKind
+from attest.log.entry import EntryKind, decode_entry
 from sealing.stream import AbortReason, ClientStream, GenerationParams, verify_bundle
 from tests.adversarial.h2raw import RawH2Client, grpc_message
 from tests.enclave.conftest import BROKER, LoopThread, enclave_key, make_bundle
@@ -227,6 +227,16 @@ def _attest_request(h: Harness, model: str = MODEL, **agent_kw: Any) -> broker_p
 def _log_size(h: Harness) -> int:
     assert h.server is not None
     return h.server.log_store.size
+
+
+def _refusals_since(h: Harness, size: int) -> list[tuple[str, str | None]]:
+    """(kind, reason) of every entry appended since the log had ``size`` entries."""
+    assert h.server is not None
+    out = []
+    for raw in h.server.log_store.entries(size, h.server.log_store.size):
+        e = decode_entry(raw)
+        out.append((e.kind.value, e.reason.value if e.reason is not None else None))
+    return out
 
 
 def _db(h: Harness) -> sqlite3.Connection:
@@ -579,7 +589,10 @@ def _broker_ear(
 
 def test_release_before_any_attest(broker: AbuseHarness) -> None:
     """ReleaseKey with no Attest behind it: a token the broker signed but never recorded, a
-    token that is not an EAR, an unknown model. Refused, nothing logged, nothing stored."""
+    token that is not an EAR, an unknown model. Refused, nothing stored, and nothing logged but
+    one ``release_refused`` entry for the token that verifies under the broker's own key (a
+    refusal of a result it signed is a decision; garbage is not, and an unknown model is
+    refused before any token is read); the same refusal again logs nothing more."""
     size = _log_size(broker)
     with _db(broker) as db:
         releases = db.execute("SELECT COUNT(*) FROM releases").fetchone()[0]
@@ -597,7 +610,9 @@ def test_release_before_any_attest(broker: AbuseHarness) -> None:
         if reason is not None:
             assert reason_of(exc) == reason
         assert token not in (exc.details() or "")
-    assert _log_size(broker) == size
+    assert _refusals_since(broker, size) == [("release_refused", "unknown_result")]
+    _call(broker.stub.ReleaseKey, broker_pb2.ReleaseKeyRequest(result=unrecorded, model_id=MODEL))
+    assert _log_size(broker) == size + 1
     with _db(broker) as db:
         assert db.execute("SELECT COUNT(*) FROM releases").fetchone()[0] == releases
 
@@ -668,7 +683,10 @@ def test_one_result_released_by_many_at_once_exactly_one_wins(broker: AbuseHarne
         (grpc.StatusCode.PERMISSION_DENIED, "result_used")
     }
     assert len(won) == 1, f"one result released {len(won)} times"
-    assert _log_size(broker) == size + 1
+    # The release, and the losers' refusal once (one entry per result and reason).
+    assert sorted(_refusals_since(broker, size)) == sorted(
+        [("release", None)] + ([("release_refused", "result_used")] if lost else [])
+    )
 
 
 def test_contraindicated_result_is_never_released(broker: AbuseHarness) -> None:
@@ -685,7 +703,7 @@ def test_contraindicated_result_is_never_released(broker: AbuseHarness) -> None:
     assert {(_code(r), reason_of(r)) for r in results} == {
         (grpc.StatusCode.PERMISSION_DENIED, "not_affirming")
     }
-    assert _log_size(broker) == size
+    assert _refusals_since(broker, size) == [("release_refused", "not_affirming")]
 
 
 # ---- hostile messages ----------------------------------------------------------------------------
