@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import hashlib
 import string
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -205,7 +206,8 @@ def verify_bundle_log_proof(
     give an enclave a result it did not log); its nonce is the EAR's ``eat_nonce`` (``result``,
     when the caller verified the EAR) and the bundle's session nonce (version 2); and its
     binding is the one derived from that nonce and exactly this bundle's encoded key, so the
-    logged appraisal is about this key. Every failure is a :class:`VerificationError` whose
+    logged appraisal is about this key; and a version-2 bundle's evidence is byte for byte the
+    evidence that entry logged (its one evidence blob's SHA-256). Every failure is a :class:`VerificationError` whose
     ``reason`` starts with ``log_``.
     """
     if not bundle.log_proof:
@@ -240,6 +242,16 @@ def verify_bundle_log_proof(
         raise VerificationError(
             "the logged entry's binding is not that of its nonce and this bundle's key",
             reason="log_entry_binding",
+        )
+    if bundle.evidence and [r.sha256 for r in entry.evidence] != [
+        hashlib.sha256(bundle.evidence).digest()
+    ]:
+        # A version-2 bundle's evidence must be the very bytes the broker appraised and logged
+        # (the agent sends what it publishes; both are the canonical evidence JSON): then a
+        # zero-trust client's decision rests on evidence the auditors' replay re-appraises.
+        raise VerificationError(
+            "the bundle's evidence is not the evidence the logged attestation appraised",
+            reason="log_entry_evidence",
         )
     return entry
 

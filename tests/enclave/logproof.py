@@ -36,9 +36,11 @@ def entry_for(
     nonce: bytes = NONCE,
     binding_key: bytes | None = None,
     release: bool = False,
+    evidence: bytes | None = None,
 ) -> tuple[LogEntry, list[bytes]]:
     """The broker's entry for ``result`` (and the blobs it references); ``binding_key``: bind
-    another key than ``key``'s; ``release``: a release entry instead of an attest entry."""
+    another key than ``key``'s; ``release``: a release entry instead of an attest entry;
+    ``evidence``: the evidence bytes the entry logs (a stand-in by default)."""
     attested = binding_key if binding_key is not None else key.public_key.encode()
     binding = derive_binding(nonce, attested).report_data
     policy = BlobRef.of("policy", "application/json", POLICY)
@@ -54,7 +56,7 @@ def entry_for(
         digest = hashlib.sha256(key.public_key.encode()).digest()
         entry = release_entry(**common, model_id="m", recipient_key_sha256=digest)  # type: ignore[arg-type]
         return entry, [POLICY]
-    evidence = b"evidence for " + nonce
+    evidence = evidence if evidence is not None else b"evidence for " + nonce
     refs = [BlobRef.of("evidence-bundle", "application/json", evidence)]
     return attest_entry(**common, evidence=refs), [POLICY, evidence]  # type: ignore[arg-type]
 

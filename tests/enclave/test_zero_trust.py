@@ -316,13 +316,20 @@ def test_cli_modes_are_exclusive_and_required(
 
 
 def _logged_zero_trust_bundle(
-    log: Log, pki: EmulationPki, key: HpkePrivateKey, *, logged_nonce: bytes = NONCE
+    log: Log,
+    pki: EmulationPki,
+    key: HpkePrivateKey,
+    *,
+    logged_nonce: bytes = NONCE,
+    logged_evidence: bytes | None = None,
 ) -> KeyBundle:
-    """A version-2 bundle whose (unverifiable) EAR the broker logged, for ``logged_nonce``."""
+    """A version-2 bundle whose (unverifiable) EAR the broker logged, for ``logged_nonce``,
+    with the bundle's evidence as the logged evidence unless ``logged_evidence`` says other."""
     ear = make_ear(key.public_key.encode(), broker=OTHER_BROKER)
-    entry, blobs = entry_for(key, ear, nonce=logged_nonce)
-    proof = proof_bytes(log.append(entry, blobs), entry.raw)
     evidence = evidence_for(pki, key.public_key.encode())
+    logged = logged_evidence if logged_evidence is not None else evidence
+    entry, blobs = entry_for(key, ear, nonce=logged_nonce, evidence=logged)
+    proof = proof_bytes(log.append(entry, blobs), entry.raw)
     return KeyBundle.build(key.public_key, ear.encode(), proof, evidence=evidence, nonce=NONCE)
 
 
@@ -348,6 +355,18 @@ def test_zero_trust_with_the_log_key_checks_the_log_proof(
     pieces, err = stack.collect("secret prompt", bundle_check=check)
     assert pieces == [] and isinstance(err, VerificationError)
     assert err.reason == "log_entry_nonce"
+    assert stack.relay.generate_exchanges() == []
+
+    # The bundle's evidence is not what the broker appraised and logged (it appraised other,
+    # equally valid evidence of this key): refused, so a zero-trust client only ever relies on
+    # evidence the auditors' replay re-appraises.
+    other = evidence_for(pki, key.public_key.encode())
+    stack = stack_factory(
+        key=key, bundle=_logged_zero_trust_bundle(log, pki, key, logged_evidence=other)
+    )
+    pieces, err = stack.collect("secret prompt", bundle_check=check)
+    assert pieces == [] and isinstance(err, VerificationError)
+    assert err.reason == "log_entry_evidence"
     assert stack.relay.generate_exchanges() == []
 
 
