@@ -1191,7 +1191,10 @@ class _Findings:
 #: means its state and its log disagree. (``result_used`` is not here: a concurrent caller's
 #: refusal can be logged just before the winning release; ``release_repeated`` covers a second
 #: release.) The other reasons are transient: the caller asked for another model, or the
-#: model's policy or manifest pin changed and may change back.
+#: model's policy or manifest pin changed and may change back. ``expired`` counts only against
+#: a release logged at or after the refusal's time: a release decided in time (before the
+#: result's ``exp``) can be appended after a concurrent caller's refusal for expiry, since the
+#: winner unwraps and seals the key between its expiry check and its append.
 PERMANENT_REFUSALS = frozenset(
     {
         RefusalReason.UNKNOWN_RESULT,
@@ -1209,7 +1212,7 @@ def cross_check(entries: Sequence[EntryReplay]) -> list[Finding]:
     nonces: dict[bytes, int] = {}
     attests: dict[str, EntryReplay] = {}
     released: dict[str, int] = {}
-    refused: dict[str, dict[RefusalReason, int]] = {}
+    refused: dict[str, dict[RefusalReason, EntryReplay]] = {}
     # ``result_used`` is judged against every release in the log, not only earlier ones: a
     # concurrent caller's refusal can be committed before the winner's release entry.
     ever_released = {
@@ -1265,7 +1268,7 @@ def _check_release(
     r: EntryReplay,
     attests: Mapping[str, EntryReplay],
     released: dict[str, int],
-    refused: Mapping[str, Mapping[RefusalReason, int]],
+    refused: Mapping[str, Mapping[RefusalReason, EntryReplay]],
 ) -> list[Finding]:
     def f(code: str, message: str) -> Finding:
         return Finding(code, message, r.index)
@@ -1273,12 +1276,14 @@ def _check_release(
     if r.result_id is None:
         return []  # its result did not verify: already a finding on this entry
     out: list[Finding] = []
-    for reason, index in sorted(refused.get(r.result_id, {}).items(), key=lambda kv: kv[1]):
+    for reason, refusal in sorted(refused.get(r.result_id, {}).items(), key=lambda kv: kv[1].index):
+        if reason is RefusalReason.EXPIRED and r.time < refusal.time:
+            continue  # decided before the refusal, appended after it (see PERMANENT_REFUSALS)
         if reason in PERMANENT_REFUSALS:
             out.append(
                 f(
                     "release_after_refusal",
-                    f"entry {index} refused result {r.result_id} for {reason.value}, "
+                    f"entry {refusal.index} refused result {r.result_id} for {reason.value}, "
                     "which no later release can make right",
                 )
             )
@@ -1318,7 +1323,7 @@ def _check_refusal(
     r: EntryReplay,
     attests: Mapping[str, EntryReplay],
     ever_released: Mapping[str, int],
-    refused: dict[str, dict[RefusalReason, int]],
+    refused: dict[str, dict[RefusalReason, EntryReplay]],
 ) -> list[Finding]:
     """Step 8: a ``release_refused`` entry. It never counts as a release. Its result must have
     been issued by an earlier attest entry (token, key, nonce, binding as for a release), at
@@ -1332,12 +1337,12 @@ def _check_refusal(
         return []  # its result did not verify: already a finding on this entry
     out: list[Finding] = []
     seen = refused.setdefault(r.result_id, {})
-    first = seen.setdefault(r.reason, r.index)
-    if first != r.index:
+    first = seen.setdefault(r.reason, r)
+    if first.index != r.index:
         out.append(
             f(
                 "refusal_repeated",
-                f"result {r.result_id} already refused for {r.reason.value} in entry {first}",
+                f"result {r.result_id} already refused for {r.reason.value} in entry {first.index}",
             )
         )
     a = attests.get(r.result_id)

@@ -8,6 +8,7 @@ import hashlib
 import json
 import sqlite3
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -393,3 +394,56 @@ def test_every_reason_the_broker_refuses_with_is_in_the_closed_set() -> None:
 
     used = set(re.findall(r'reason="([a-z_]+)"', inspect.getsource(service.Broker._release)))
     assert used == {r.value for r in RefusalReason}
+
+
+def test_a_release_racing_a_refusal_for_expiry_is_not_a_finding(fresh: Built) -> None:
+    """Review: an honest broker can log a refusal for expiry just *before* the release it had
+    already decided in time (the winner's key unwrap and sealing run between its expiry check
+    and its append; a KMS makes that slow). The release was logged at a time before the
+    result's expiry, so ``release_after_refusal`` for ``expired`` must not accuse the broker:
+    only a release decided after such a refusal is one."""
+    import threading
+
+    from agent.broker.keywrap import KeyWrapper
+
+    token = fresh.attest(evidence())
+    exp = verify_ear(token, VERIFIER_KEY.public_key(), at=fresh.clock()).expires_at
+    assert exp is not None
+    real = fresh.broker.wrapper
+    entered, go = threading.Event(), threading.Event()
+
+    class SlowWrapper(KeyWrapper):
+        def __init__(self) -> None:
+            pass
+
+        def unwrap(self, wrapped: bytes, *, key_id: str, model_id: str) -> bytes:
+            entered.set()
+            assert go.wait(30)
+            return real.unwrap(wrapped, key_id=key_id, model_id=model_id)
+
+    fresh.broker.wrapper = SlowWrapper()
+    fresh.clock.now = datetime.fromtimestamp(exp - 1, UTC)  # the winner decides in time
+    errors: list[BaseException] = []
+
+    def winner() -> None:
+        try:
+            fresh.broker.release_key(result=token, model_id=MODEL)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    t = threading.Thread(target=winner)
+    t.start()
+    assert entered.wait(30)
+    fresh.clock.now = datetime.fromtimestamp(exp + 2, UTC)  # a retry arrives just too late
+    with pytest.raises(ReleaseRefusedError) as info:
+        fresh.broker.release_key(result=token, model_id=MODEL)
+    assert info.value.reason == "expired"
+    go.set()
+    t.join(30)
+    assert not errors
+    kinds = [(e.kind, e.reason) for e in _entries(fresh)]
+    assert kinds[-2:] == [
+        (EntryKind.RELEASE_REFUSED, RefusalReason.EXPIRED),
+        (EntryKind.RELEASE, None),
+    ]
+    assert _codes(_replay(fresh)) == set()
