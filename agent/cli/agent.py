@@ -43,6 +43,8 @@ from agent.bounded_read import read_bounded
 from attest.errors import InputError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from agent.agent import Attested, LoadedModel
     from agent.enclave.generator import TokenGenerator
 
@@ -71,14 +73,15 @@ def _suites() -> dict[str, Any]:
 SERVE_STOP_GRACE_S = 5.0
 
 
-def load_generator(spec: str, model: LoadedModel) -> TokenGenerator:
-    """``echo`` (the toy engine) or ``MODULE:FACTORY``: ``FACTORY(model)`` must return an
-    object with an async ``generate(prompt, params)``; anything else is bad input (exit 2)
-    before the service starts, not a failure in the first request."""
+def generator_factory(spec: str) -> Callable[[LoadedModel], Any]:
+    """The factory ``--generator`` names: ``echo`` (the toy engine) or ``MODULE:FACTORY``,
+    imported now. ``_run`` resolves it before it attests, because a release is one-shot (the
+    result is spent and logged): a spec that cannot work is bad input (exit 2) while nothing
+    has been asked of the broker, not after the data key was released."""
     from agent.enclave.generator import EchoGenerator
 
     if spec == "echo":
-        return EchoGenerator()
+        return lambda _model: EchoGenerator()
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise InputError(f"--generator must be 'echo' or MODULE:FACTORY, got {spec!r}")
@@ -86,7 +89,19 @@ def load_generator(spec: str, model: LoadedModel) -> TokenGenerator:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise InputError(f"--generator {spec}: cannot import it ({type(exc).__name__})") from None
-    engine = factory(model)
+    if not callable(factory):
+        raise InputError(f"--generator {spec}: {attr} is not callable")
+    made: Callable[[LoadedModel], Any] = factory
+    return made
+
+
+def load_generator(
+    spec: str, model: LoadedModel, factory: Callable[[LoadedModel], Any] | None = None
+) -> TokenGenerator:
+    """``FACTORY(model)`` (``factory``, or the one ``spec`` names) must return an object with
+    an async ``generate(prompt, params)``; anything else is bad input (exit 2) before the
+    service starts, not a failure in the first request."""
+    engine = (factory or generator_factory(spec))(model)
     if not callable(getattr(engine, "generate", None)):
         raise InputError(f"--generator {spec}: the factory's result has no generate() method")
     generator: TokenGenerator = engine
@@ -99,8 +114,11 @@ def _serve(
     evidence: bytes,
     log_proof: bytes,
     generator: TokenGenerator,
+    *,
+    tls: tuple[bytes | None, bytes | None] = (None, None),
 ) -> None:
-    """Serve the enclave's streaming service with the attested key until SIGTERM or SIGINT."""
+    """Serve the enclave's streaming service with the attested key until SIGTERM or SIGINT;
+    ``tls``: the PEM certificate chain and key, read by ``_run`` before it attested."""
     from agent.enclave.service import EnclaveService, serve_enclave
     from sealing.stream import KeyBundle
 
@@ -113,12 +131,7 @@ def _serve(
         evidence=evidence,
         nonce=session.nonce,
     )
-    cert = (
-        read_bounded(args.tls_cert, MAX_KEY_FILE_BYTES, "TLS certificate")
-        if args.tls_cert
-        else None
-    )
-    tls_key = read_bounded(args.tls_key, MAX_KEY_FILE_BYTES, "TLS key") if args.tls_key else None
+    cert, tls_key = tls
 
     async def run() -> None:
         server = await serve_enclave(
@@ -234,6 +247,15 @@ def _run(args: argparse.Namespace) -> int:
         raise InputError("--tls-cert and --tls-key go together, and with --serve")
     if not 1 <= args.gpus <= 8:
         raise InputError("--gpus must be 1..8")
+    # Everything --serve needs that can fail on the operator's input is read now: after the
+    # release the result is spent, so a bad engine or TLS file must stop us before Attest.
+    factory = generator_factory(args.generator) if args.generator is not None else None
+    tls = (
+        read_bounded(args.tls_cert, MAX_KEY_FILE_BYTES, "TLS certificate")
+        if args.tls_cert
+        else None,
+        read_bounded(args.tls_key, MAX_KEY_FILE_BYTES, "TLS key") if args.tls_key else None,
+    )
     broker_key = load_verifying_key(args.broker_key) if args.broker_key else None
     log_key = read_log_key(args.log_key) if args.log_key else None
     cpu, gpu = _sources(args)
@@ -289,8 +311,8 @@ def _run(args: argparse.Namespace) -> int:
     }
     _print(out, args.json)
     if args.serve is not None:
-        generator = load_generator(args.generator, loaded)
-        _serve(args, attested, evidence.to_json(), log_proof, generator)
+        generator = load_generator(args.generator, loaded, factory)
+        _serve(args, attested, evidence.to_json(), log_proof, generator, tls=tls)
     return EXIT_OK
 
 

@@ -157,3 +157,46 @@ def test_cli_tdx_collateral_exit_codes(tmp_path: Path, capsys: pytest.CaptureFix
     crl.write_bytes(b"x")
     assert main([*argv, "--tdx-collateral", str(COLLATERAL), "--amd-crl", str(crl)]) == 2
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (["--generator", "no-colon"], "MODULE:FACTORY"),
+        (["--generator", "lessee_no_such_module_xyz:make"], "cannot import"),
+        (["--generator", "json:no_such_factory"], "cannot import"),
+        (
+            [
+                "--generator",
+                "echo",
+                "--tls-cert",
+                "/nonexistent/c.pem",
+                "--tls-key",
+                "/nonexistent/k.pem",
+            ],
+            "c.pem",
+        ),
+    ],
+)
+def test_serve_inputs_are_checked_before_the_broker_is_asked(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    match: str,
+) -> None:
+    """Review: a release is one-shot (the result is spent and logged), so a ``--serve`` input
+    that cannot work (an engine that cannot be imported, a TLS file that cannot be read) must
+    be exit 2 before the agent attests, not after the data key was released."""
+    import agent.agent as agent_mod
+
+    def no_broker(*_: object, **__: object) -> None:
+        raise AssertionError("the broker was contacted before the --serve inputs were checked")
+
+    monkeypatch.setattr(agent_cli, "_sources", lambda _args: (object(), object()))
+    monkeypatch.setattr(agent_mod, "open_channel", no_broker)
+    (tmp_path / "sealed").mkdir()
+    argv = ["agent", "--broker", "127.0.0.1:1", "--model-id", "m", "--sealed"]
+    argv += [str(tmp_path / "sealed"), "--serve", "127.0.0.1:0", *extra]
+    assert main(argv) == 2
+    assert match in capsys.readouterr().err
