@@ -253,7 +253,9 @@ def load_bundle(data: bytes) -> EvidenceBundle:
         raise InputError(f"evidence bundle is larger than {MAX_BUNDLE_BYTES} bytes")
     doc = load_json(data, what="evidence bundle")
     top = _only(doc, {"version", "cpu", "gpus", "switches", "cc_mode_on", "devtools_on"}, "bundle")
-    if top.get("version") != 1:
+    if type(top.get("version")) is not int or top["version"] != 1:
+        # ``True == 1`` and ``1.0 == 1`` in Python: only the integer 1 is the version, so one
+        # bundle has one spelling (the log archives it, and clients compare it by hash).
         raise InputError("evidence bundle: version must be 1")
     cpu: SnpEvidenceIn | TdxEvidenceIn | None = None
     if top.get("cpu") is not None:

@@ -115,3 +115,11 @@ def test_json_depth_skips_strings_and_counts_nesting() -> None:
     with pytest.raises(InputError, match="nested deeper"):
         load_json("[" * (MAX_JSON_DEPTH + 1) + "]" * (MAX_JSON_DEPTH + 1), what="t")
     assert load_json("[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH, what="t") is not None
+
+
+@pytest.mark.parametrize("version", ["true", "1.0", '"1"'])
+def test_the_version_is_the_integer_one_only(version: str) -> None:
+    """``true`` and ``1.0`` equal ``1`` in Python; a bundle has one spelling (found by review)."""
+    with pytest.raises(InputError, match="version must be 1"):
+        load_bundle(('{"version":' + version + "}").encode())
+    assert load_bundle(b'{"version":1}').cpu is None
