@@ -6,7 +6,7 @@ Whatever the log: the checks never raise; a refusal never counts as a release (t
 findings of a log are those of the same log with its refusals removed, plus only
 ``release_after_refusal``); ``refusal_repeated`` is raised exactly for a repeated (result,
 reason) pair; and ``release_after_refusal`` exactly for a release after a refusal of its result
-for a permanent reason.
+for a permanent reason (for ``expired``, only a release logged at or after that refusal's time).
 """
 
 from __future__ import annotations
@@ -96,7 +96,10 @@ def test_refusal_checks_over_generated_logs(log: list[EntryReplay]) -> None:
     # refusal_repeated exactly for a repeated (result, reason); release_after_refusal exactly
     # for a release after a permanent refusal of its result (one finding per such reason).
     seen: set[tuple[str, RefusalReason]] = set()
-    permanent: dict[str, set[RefusalReason]] = {}
+    #: result -> permanent reason -> time of its first refusal (an ``expired`` refusal counts
+    #: only against a release logged at or after that time: an in-time release can be appended
+    #: just after a concurrent caller's expiry refusal).
+    permanent: dict[str, dict[RefusalReason, datetime]] = {}
     want_repeated: Counter[tuple[str, int | None]] = Counter()
     want_after: Counter[tuple[str, int | None]] = Counter()
     for e in log:
@@ -107,9 +110,13 @@ def test_refusal_checks_over_generated_logs(log: list[EntryReplay]) -> None:
                 want_repeated[("refusal_repeated", e.index)] += 1
             seen.add((e.result_id, e.reason))
             if e.reason in PERMANENT_REFUSALS:
-                permanent.setdefault(e.result_id, set()).add(e.reason)
+                permanent.setdefault(e.result_id, {}).setdefault(e.reason, e.time)
         elif e.kind is EntryKind.RELEASE:
-            n = len(permanent.get(e.result_id, ()))
+            n = sum(
+                1
+                for reason, at in permanent.get(e.result_id, {}).items()
+                if reason is not RefusalReason.EXPIRED or e.time >= at
+            )
             if n:
                 want_after[("release_after_refusal", e.index)] += n
     assert _codes(findings, "refusal_repeated") == want_repeated
