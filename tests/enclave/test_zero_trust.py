@@ -47,18 +47,6 @@ NONCE = bytes(range(32))
 OTHER_NONCE = bytes(range(1, 33))
 
 
-@pytest.fixture(scope="module")
-def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("zero-trust") / "pki"
-    EmulationPki.create(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def pki(pki_dir: Path) -> EmulationPki:
-    return EmulationPki.load(pki_dir)
-
-
 def _policy_doc(pki: EmulationPki, *, pin_roots: bool = True) -> dict[str, object]:
     doc = demo_policy(list(pki.root_fingerprints().values()) if pin_roots else [], "00" * 32)
     del doc["model_manifest_digests"]  # a release rule; the stream client has no model

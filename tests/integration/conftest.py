@@ -54,18 +54,6 @@ class MutableClock:
 
 
 @pytest.fixture(scope="session")
-def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("emulation") / "pki"
-    EmulationPki.create(path)
-    return path
-
-
-@pytest.fixture(scope="session")
-def pki(pki_dir: Path) -> EmulationPki:
-    return EmulationPki.load(pki_dir)
-
-
-@pytest.fixture(scope="session")
 def snp_emulation_ok(pki: EmulationPki) -> None:
     """Fail fast, with the verifier's own error, if emulated SEV-SNP evidence does not verify.
 
