@@ -150,13 +150,6 @@ LEDGER = Ledger()
 
 
 @pytest.fixture(scope="module")
-def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("abuse-emulation") / "pki"
-    EmulationPki.create(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def pki(pki_dir: Path) -> EmulationPki:
     pki = EmulationPki.load(pki_dir)
     # The same precondition as tests/integration/conftest.py::snp_emulation_ok, and like it no
