@@ -53,7 +53,7 @@ from agent.enclave.service import (
     MAX_RESPONSE_MESSAGE,
 )
 from agent.rpc.v1 import enclave_pb2
-from attest.appraise.common import findings_status
+from attest.appraise.common import appraisal_status
 from attest.appraise.composite import AppraisalContext, appraise_bundle
 from attest.binding import DEFAULT_PROTOCOL_LABEL, derive_binding
 from attest.bundle import load_bundle
@@ -207,8 +207,8 @@ def verify_bundle_log_proof(
     when the caller verified the EAR) and the bundle's session nonce (version 2); and its
     binding is the one derived from that nonce and exactly this bundle's encoded key, so the
     logged appraisal is about this key; and a version-2 bundle's evidence is byte for byte the
-    evidence that entry logged (its one evidence blob's SHA-256). Every failure is a :class:`VerificationError` whose
-    ``reason`` starts with ``log_``.
+    evidence that entry logged (its one evidence blob's SHA-256). Every failure is a
+    :class:`VerificationError` whose ``reason`` starts with ``log_``.
     """
     if not bundle.log_proof:
         raise VerificationError("the key bundle carries no log proof", reason="log_proof_missing")
@@ -326,10 +326,7 @@ def evidence_check(
                 f"the bundle's evidence is malformed: {exc}", reason="evidence_malformed"
             ) from None
         devices, enclave = appraise_bundle(evidence, binding, policy, at, context=ctx)
-        statuses = [d.status for d in devices]
-        if enclave:
-            statuses.append(findings_status(enclave))
-        status = Status.worst(statuses) if statuses else Status.CONTRAINDICATED
+        status = appraisal_status(devices, enclave)
         if status is Status.AFFIRMING:
             if log_key is not None:
                 verify_bundle_log_proof(

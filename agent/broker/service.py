@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 from agent.broker.keywrap import KeyWrapper
 from agent.broker.store import BrokerStore, ModelRecord, NonceError, ResultRecord
 from agent.logstore import AppendReceipt, LogStore
-from attest.appraise.common import DeviceAppraisal, findings_status, result_submodules
+from attest.appraise.common import DeviceAppraisal, appraisal_status, result_submodules
 from attest.binding import DEFAULT_PROTOCOL_LABEL, SessionBinding, derive_binding
 from attest.bundle import EvidenceBundle
 from attest.ear import AttestationResult, EarError, SigningKey, Status, issue_ear, verify_ear
@@ -77,10 +77,7 @@ class Appraisal:
 
     @property
     def status(self) -> Status:
-        statuses = [d.status for d in self.devices]
-        if self.findings:
-            statuses.append(findings_status(self.findings))
-        return Status.worst(statuses) if statuses else Status.CONTRAINDICATED
+        return appraisal_status(self.devices, self.findings)
 
     def all_findings(self) -> list[Finding]:
         return [*self.findings, *(f for d in self.devices for f in d.findings)]

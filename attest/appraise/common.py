@@ -33,6 +33,18 @@ def findings_status(findings: Iterable[Finding]) -> Status:
     return status
 
 
+def appraisal_status(devices: Iterable[DeviceAppraisal], findings: Iterable[Finding]) -> Status:
+    """The decision of one appraisal: the worst of every device's status and of the enclave
+    findings' (``findings_status``); nothing appraised at all contraindicates. The broker signs
+    it and a zero-trust client (``agent.client.evidence_check``) requires it affirming, so both
+    reach a verdict from the same ``appraise_bundle`` output the same way."""
+    statuses = [d.status for d in devices]
+    findings = tuple(findings)
+    if findings:
+        statuses.append(findings_status(findings))
+    return Status.worst(statuses) if statuses else Status.CONTRAINDICATED
+
+
 def result_submodules(
     devices: Iterable[DeviceAppraisal], findings: Iterable[Finding], policy_id: str
 ) -> dict[str, Submodule]:
