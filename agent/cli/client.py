@@ -15,8 +15,10 @@ takes) also requires the bundle's log proof to verify: the result is the logged 
 included under a checkpoint that key signed, for this nonce and this key. Without it the log
 proof is not checked.
 
-Exit 1: the bundle was rejected, the stream was manipulated or truncated, the enclave aborted,
-or it could not be reached. Exit 2: bad arguments or files.
+Exit 1: the bundle was rejected, the stream was manipulated or truncated, or the enclave could
+not be reached. Exit 2: bad arguments or files. Exit 3: the enclave itself ended the stream early
+with an authenticated abort: what was printed is authentic but incomplete (a relay cannot forge
+this, so a script can tell it from a manipulated stream, which is exit 1).
 
 There is deliberately no option to skip the attestation check.
 """
@@ -39,6 +41,9 @@ from sealing.stream.bundle import MAX_BUNDLE_LEN
 
 if TYPE_CHECKING:
     from sealing.stream import GenerationParams, KeyAttestationCheck
+
+#: The enclave aborted the stream (authenticated): the printed answer is authentic, incomplete.
+EXIT_ABORTED = 3
 
 #: Largest broker key file read: a PEM public key or JWK is a few hundred bytes.
 MAX_KEY_FILE_BYTES = 64 * 1024
@@ -126,7 +131,7 @@ def _bundle_check(args: argparse.Namespace) -> KeyAttestationCheck | VerifyingKe
 async def _generate(args: argparse.Namespace) -> int:
     import grpc
 
-    from agent.client import EnclaveClient
+    from agent.client import EnclaveClient, GenerationAborted
 
     check = _bundle_check(args)
     bundle = read_bounded(args.bundle, MAX_BUNDLE_FILE_BYTES, "bundle") if args.bundle else None
@@ -150,10 +155,20 @@ async def _generate(args: argparse.Namespace) -> int:
                 out.write(piece)
                 out.flush()
                 printed = True
+        except GenerationAborted as exc:
+            aborted: GenerationAborted | None = exc
+        else:
+            aborted = None
         finally:
             if printed:  # end the line, so an error message after it starts on its own
                 out.write("\n")
                 out.flush()
+    if aborted is not None:
+        print(
+            f"lessee: {aborted} -- the answer above is authentic but incomplete",
+            file=sys.stderr,
+        )
+        return EXIT_ABORTED
     return 0
 
 
@@ -176,7 +191,10 @@ def register(parser: argparse.ArgumentParser) -> None:
             "session nonce and exactly the bundle's key; evidence does not expire, so freshness "
             "rests on revocation data and the policy, see docs/streams.md). With --log-key, "
             "the bundle's log proof must verify as well; without it, the log proof is not "
-            "checked."
+            "checked. Exit codes: 0 the enclave's authenticated clean end; 1 the bundle was "
+            "rejected, the stream was manipulated or truncated, or the enclave could not be "
+            "reached; 2 bad arguments or files; 3 the enclave aborted the stream itself "
+            "(authenticated: the printed answer is authentic but incomplete)."
         ),
     )
     gen.add_argument("--target", required=True, metavar="HOST:PORT", help="the enclave (or relay)")

@@ -90,13 +90,15 @@ def test_wrong_broker_key_is_rejected(
     assert stack.relay.generate_exchanges() == []
 
 
-def test_abort_and_manipulation_exit_1(
+def test_abort_exits_3_and_manipulation_exits_1(
     stack_factory: StackFactory, broker_pem: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """A script tells the enclave's own (authenticated) abort from a manipulated stream."""
     aborted = stack_factory(ScriptedGenerator(["partial", " answer"], fail_after=1))
-    assert _run(aborted, broker_pem) == 1
+    assert _run(aborted, broker_pem) == 3
     out, err = capsys.readouterr()
     assert out == "partial\n" and "aborted the stream (INTERNAL)" in err
+    assert "authentic but incomplete" in err
     tampered = stack_factory()
     tampered.relay.rewrite = lambda r: r[:-1]  # truncation: the final record never arrives
     assert _run(tampered, broker_pem) == 1
