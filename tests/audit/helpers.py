@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
@@ -313,6 +314,25 @@ def forge_attest(
     return token, nonce, key
 
 
+def _forged(
+    b: Built, token: str, nonce: bytes, key: bytes, model_id: str, advance: float
+) -> tuple[dict[str, Any], bytes]:
+    """The fields a release-kind entry shares (and the policy bytes it references), as a broker
+    that skipped its checks would log them."""
+    b.clock.tick(advance)
+    policy_bytes = b.policy_json.encode()
+    fields = {
+        "at": b.clock(),
+        "nonce": nonce,
+        "binding": derive_binding(nonce, key).report_data,
+        "policy": BlobRef.of("policy", "application/json", policy_bytes),
+        "verifier": "lessee 0.1.0",
+        "result": token,
+        "model_id": model_id,
+    }
+    return fields, policy_bytes
+
+
 def forge_release(
     b: Built,
     token: str,
@@ -324,21 +344,9 @@ def forge_release(
     advance: float = 7.25,
 ) -> None:
     """A release entry appended directly, as a broker that skipped its checks would log it."""
-    b.clock.tick(advance)
-    policy_bytes = b.policy_json.encode()
-    b.log.append(
-        release_entry(
-            at=b.clock(),
-            nonce=nonce,
-            binding=derive_binding(nonce, key).report_data,
-            policy=BlobRef.of("policy", "application/json", policy_bytes),
-            verifier="lessee 0.1.0",
-            result=token,
-            model_id=model_id,
-            recipient_key_sha256=recipient or hashlib.sha256(key).digest(),
-        ),
-        [policy_bytes],
-    )
+    fields, policy_bytes = _forged(b, token, nonce, key, model_id, advance)
+    digest = recipient or hashlib.sha256(key).digest()
+    b.log.append(release_entry(**fields, recipient_key_sha256=digest), [policy_bytes])
 
 
 def forge_refusal(
@@ -352,19 +360,9 @@ def forge_refusal(
     advance: float = 7.25,
 ) -> None:
     """A ``release_refused`` entry appended directly, with whatever reason the test chooses."""
-    b.clock.tick(advance)
-    policy_bytes = b.policy_json.encode()
+    fields, policy_bytes = _forged(b, token, nonce, key, model_id, advance)
+    digest = hashlib.sha256(key).digest()
     b.log.append(
-        release_refused_entry(
-            at=b.clock(),
-            nonce=nonce,
-            binding=derive_binding(nonce, key).report_data,
-            policy=BlobRef.of("policy", "application/json", policy_bytes),
-            verifier="lessee 0.1.0",
-            result=token,
-            model_id=model_id,
-            recipient_key_sha256=hashlib.sha256(key).digest(),
-            reason=reason,
-        ),
+        release_refused_entry(**fields, recipient_key_sha256=digest, reason=reason),
         [policy_bytes],
     )
