@@ -12,7 +12,8 @@ What a call does, in order:
    caller-supplied :data:`~sealing.stream.KeyAttestationCheck`; with the log's pinned key
    (:func:`log_inclusion_check`, or ``evidence_check(..., log_key=...)``) also that the bundle's
    log proof shows exactly this attestation result logged, for this nonce and this key;
-3. seal the prompt to the verified key (``ClientStream.start``) and call ``Generate``;
+3. seal the prompt to the verified key, stamped with ``clock()`` as its send time
+   (``ClientStream.start``), and call ``Generate``;
 4. open the head and each record in order, yielding text as it decodes (tokens are raw bytes and
    a byte-level token may end inside a UTF-8 character, so decoding is incremental);
 5. on the transport's end, require the final record.
@@ -27,7 +28,11 @@ Errors (all ``attest.errors`` types, so the CLI maps them to exit codes):
 * :class:`EnclaveUnavailable`: no authenticated data arrived (connection refused, a gRPC error
   status before the head). The status comes from an unauthenticated party, so it is reported
   as what it is, never as the enclave's verdict; :class:`GenerationTimeout` when the caller's
-  own deadline passed mid-stream.
+  own deadline passed mid-stream. Three refusals of the enclave's replay guard have their own
+  subclasses, each saying what to do: :class:`RequestReplayRefused` (``ALREADY_EXISTS``: this
+  request reached the enclave before, so someone replayed or duplicated it on the way),
+  :class:`ClientClockRefused` (``OUT_OF_RANGE``: the send time is outside the enclave's window;
+  check this machine's clock) and :class:`EnclaveBusy` (``RESOURCE_EXHAUSTED``: retry later).
 * :class:`BundleError` / ``EarError``: the key bundle did not verify; nothing was sent.
 * :class:`TokenDecodeError`: authenticated output that is not UTF-8 (an engine bug).
 """
@@ -37,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import hashlib
+import math
 import string
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -82,11 +88,14 @@ from sealing.stream import (
 __all__ = [
     "DEFAULT_TIMEOUT_S",
     "BundleError",
+    "ClientClockRefused",
+    "EnclaveBusy",
     "EnclaveClient",
     "EnclaveUnavailable",
     "GenerationAborted",
     "GenerationTimeout",
     "LogProofCheck",
+    "RequestReplayRefused",
     "StreamError",
     "SyncEnclaveClient",
     "TokenDecodeError",
@@ -122,6 +131,27 @@ class EnclaveUnavailable(LesseeError):  # noqa: N818 (reads as a state: "enclave
 
 class GenerationTimeout(EnclaveUnavailable):
     """The caller's own deadline passed before the final record: the output is incomplete."""
+
+
+class RequestReplayRefused(EnclaveUnavailable):
+    """``ALREADY_EXISTS`` before the head: the enclave says it accepted this request before.
+
+    This client sends each sealed request once, so a copy reached the enclave first: the relay
+    replayed or duplicated it. That copy got the only answer the enclave gives to this request,
+    in keys only this client could derive, and it was not delivered here. A retry seals a new
+    request. (Unauthenticated, like every status: a relay can also just say so.)
+    """
+
+
+class ClientClockRefused(EnclaveUnavailable):
+    """``OUT_OF_RANGE`` before the head: the enclave refused the request's send time as outside
+    its window (two minutes either side by default). Check this machine's clock; otherwise the
+    request was held back on the way for longer than the window."""
+
+
+class EnclaveBusy(EnclaveUnavailable):
+    """``RESOURCE_EXHAUSTED`` before the head: the enclave (or gRPC in front of it) refused the
+    request for load, e.g. its replay guard is at its bound of live request ids. Retry later."""
 
 
 class GenerationAborted(LesseeError):  # noqa: N818 (an outcome, named as one)
@@ -371,6 +401,35 @@ def _unavailable(exc: grpc.aio.AioRpcError, what: str) -> EnclaveUnavailable:
     return EnclaveUnavailable(f"{what} failed with {code} (unauthenticated){suffix}", code=code)
 
 
+def _refused_before_head(exc: grpc.aio.AioRpcError, sent_at: int) -> EnclaveUnavailable:
+    """The typed error of a ``Generate`` that failed before the head (``sent_at``: the send time
+    this client sealed into the request, named when the enclave refuses it)."""
+    code = exc.code()
+    prefix = f"Generate failed with {code.name} (unauthenticated)"
+    if code is grpc.StatusCode.ALREADY_EXISTS:
+        return RequestReplayRefused(
+            f"{prefix}: the enclave had already received this request, which this client sent "
+            "once: it was replayed or duplicated on the way (by the relay), and that copy got "
+            "the only answer, which nobody else can read; retrying sends a new request",
+            code=code.name,
+        )
+    if code is grpc.StatusCode.OUT_OF_RANGE:
+        stamp = datetime.fromtimestamp(sent_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return ClientClockRefused(
+            f"{prefix}: the enclave refused the request's send time ({stamp}, this machine's "
+            "clock) as outside its window; check this machine's clock, or the request was held "
+            "back on the way",
+            code=code.name,
+        )
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        detail = _safe_detail(exc.details())
+        return EnclaveBusy(
+            f"{prefix}: the enclave is busy{f' ({detail})' if detail else ''}; retry later",
+            code=code.name,
+        )
+    return _unavailable(exc, "Generate")
+
+
 def channel_options() -> list[tuple[str, int]]:
     """Message-size bounds on the client channel (the enclave's limits, mirrored)."""
     return [
@@ -476,11 +535,13 @@ class EnclaveClient:
     def _start(
         self, verified: VerifiedKeyBundle, prompt: str, params: GenerationParams | None
     ) -> tuple[ClientStream, grpc.aio.UnaryStreamCall[Any, Any], float]:
-        """Seal the request to the verified key and start the call; returns the stream, the
-        call and the local deadline."""
+        """Seal the request to the verified key, stamped with ``clock()`` (whole POSIX seconds)
+        as its send time, and start the call; returns the stream, the call and the local
+        deadline."""
         stream = ClientStream.start(
             verified,
             prompt,
+            sent_at=math.floor(self._clock().timestamp()),
             params=params,
             record_size=self._record_size,
             pad_block=self._pad_block,
@@ -494,12 +555,18 @@ class EnclaveClient:
         return stream, call, deadline
 
     def _failed(
-        self, exc: grpc.aio.AioRpcError, got_head: bool, deadline: float, attempt: int
+        self,
+        exc: grpc.aio.AioRpcError,
+        stream: ClientStream,
+        got_head: bool,
+        deadline: float,
+        attempt: int,
     ) -> bool:
         """The call failed. Before the head: retry once (True) if the enclave says our key is
-        stale (it restarted with a new key), else raise :class:`EnclaveUnavailable`. After the
-        head: only the caller's own deadline gets its own error; anything else returns False
-        and is left to ``finish()``, which refuses a stream without its final record."""
+        stale (it restarted with a new key), else raise :class:`EnclaveUnavailable` (or the
+        subclass for a replay guard's refusal). After the head: only the caller's own deadline
+        gets its own error; anything else returns False and is left to ``finish()``, which
+        refuses a stream without its final record."""
         if not got_head:
             if (
                 exc.code() is grpc.StatusCode.FAILED_PRECONDITION
@@ -508,7 +575,7 @@ class EnclaveClient:
             ):
                 self._fetched = None
                 return True
-            raise _unavailable(exc, "Generate") from None
+            raise _refused_before_head(exc, stream.sent_at) from None
         if (
             exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED
             and asyncio.get_running_loop().time() >= deadline
@@ -551,7 +618,7 @@ class EnclaveClient:
                     if data is not None:
                         yield Token(data)
             except grpc.aio.AioRpcError as exc:
-                if self._failed(exc, got_head, deadline, attempt):
+                if self._failed(exc, stream, got_head, deadline, attempt):
                     continue
             finally:
                 call.cancel()  # no-op after a clean end; stops the enclave if we broke off
@@ -584,7 +651,7 @@ class EnclaveClient:
                         if text:
                             yield text
             except grpc.aio.AioRpcError as exc:
-                if self._failed(exc, got_head, deadline, attempt):
+                if self._failed(exc, stream, got_head, deadline, attempt):
                     continue
             except UnicodeDecodeError:
                 raise TokenDecodeError() from None

@@ -15,8 +15,10 @@ takes) also requires the bundle's log proof to verify: the result is the logged 
 included under a checkpoint that key signed, for this nonce and this key. Without it the log
 proof is not checked.
 
-Exit 1: the bundle was rejected, the stream was manipulated or truncated, or the enclave could
-not be reached. Exit 2: bad arguments or files. Exit 3: the enclave itself ended the stream early
+Exit 1: the bundle was rejected, the stream was manipulated or truncated, the enclave could not
+be reached, or it refused the request before answering (one line says which: replayed on the way,
+so someone sent a copy first; its send time outside the enclave's window, so check this
+machine's clock; or busy, so retry later). Exit 2: bad arguments or files. Exit 3: the enclave itself ended the stream early
 with an authenticated abort: what was printed is authentic but incomplete (a relay cannot forge
 this, so a script can tell it from a manipulated stream, which is exit 1).
 
@@ -191,9 +193,12 @@ def register(parser: argparse.ArgumentParser) -> None:
             "session nonce and exactly the bundle's key; evidence does not expire, so freshness "
             "rests on revocation data and the policy, see docs/streams.md). With --log-key, "
             "the bundle's log proof must verify as well; without it, the log proof is not "
-            "checked. Exit codes: 0 the enclave's authenticated clean end; 1 the bundle was "
-            "rejected, the stream was manipulated or truncated, or the enclave could not be "
-            "reached; 2 bad arguments or files; 3 the enclave aborted the stream itself "
+            "checked. The request carries this machine's clock: the enclave refuses it if that "
+            "is more than its window (two minutes by default) off, and refuses any copy of a "
+            "request it already answered. Exit codes: 0 the enclave's authenticated clean end; "
+            "1 the bundle was rejected, the stream was manipulated or truncated, the enclave "
+            "could not be reached, or it refused the request (replayed, clock off, busy); "
+            "2 bad arguments or files; 3 the enclave aborted the stream itself "
             "(authenticated: the printed answer is authentic but incomplete)."
         ),
     )

@@ -11,10 +11,18 @@ Why the errors look the way they do. A caller who cannot produce a valid request
 thing: *malformed* (``INVALID_ARGUMENT`` naming the clear-header field that is wrong) or *rejected*
 (``INVALID_ARGUMENT``, one fixed message for every ciphertext that does not open, so no oracle),
 or *stale key* (``FAILED_PRECONDITION``: the key id in the clear header is not ours; the client
-should fetch the bundle again). After the head has gone out, every problem is reported *inside*
-the encrypted stream as an ABORT record, which the relay can neither forge nor tell apart from a
+should fetch the bundle again). A request that opens is then admitted by the replay guard
+(``sealing.stream.replay``), still before any head: a request id accepted before within the
+window is *replayed* (``ALREADY_EXISTS``); a request whose authenticated send time is outside the
+window is *stale* (``OUT_OF_RANGE``: a clock or a delay, which fixing the clock can cure, unlike
+the malformed input of ``INVALID_ARGUMENT``; not ``FAILED_PRECONDITION``, on which the SDK
+refetches the bundle); a guard at its bound of live ids refuses new requests
+(``RESOURCE_EXHAUSTED``, fail closed). So a replayed request yields no response at all, not even
+one the relay cannot read. After the head has gone out, every problem is reported *inside* the
+encrypted stream as an ABORT record, which the relay can neither forge nor tell apart from a
 clean end. Nothing the service logs or returns contains a prompt, a token, or key material:
-log lines carry counts, durations and outcome names only.
+log lines carry counts, durations and outcome names only (a replay refusal is logged by its
+kind, without the request id).
 
 Cancellation: when the client disconnects or its deadline passes, ``grpc.aio`` cancels the
 handler; the engine's iterator is then closed (``aclose``) so the engine stops generating.
@@ -29,6 +37,7 @@ import logging
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -48,10 +57,15 @@ from sealing.stream import (
     EnclaveStreamSession,
     GenerationParams,
     KeyBundle,
+    ReplayCacheFull,
+    ReplayGuard,
+    RequestReplayed,
+    RequestStale,
     StreamError,
     StreamUsageError,
 )
 from sealing.stream.bundle import MAX_BUNDLE_LEN
+from sealing.stream.replay import DEFAULT_MAX_REPLAY_ENTRIES, DEFAULT_REPLAY_WINDOW_S
 from sealing.stream.request import HEADER_LEN, MAX_RECORD_SIZE, MAX_REQUEST_PLAINTEXT
 from sealing.stream.response import record_len
 
@@ -138,12 +152,18 @@ class StreamOutcome(enum.Enum):
 class EnclaveConfig:
     """Service settings. ``cover_interval`` (seconds) turns on fixed-cadence timing cover; it is
     off by default because it adds up to one interval of latency per token and caps throughput
-    at one record per interval (``docs/streams.md``)."""
+    at one record per interval (``docs/streams.md``).
+
+    ``replay_window_s``: a request is accepted only while its send time is within this many
+    seconds of the enclave's clock, either side; ``replay_max_entries``: the replay guard's bound
+    of live request ids, past which new requests are refused (``sealing.stream.replay``)."""
 
     max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS
     max_stream_seconds: float = DEFAULT_MAX_STREAM_SECONDS
     cover_interval: float | None = None
     stalled_write_grace_s: float = DEFAULT_STALLED_WRITE_GRACE_S
+    replay_window_s: int = DEFAULT_REPLAY_WINDOW_S
+    replay_max_entries: int = DEFAULT_MAX_REPLAY_ENTRIES
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_concurrent_streams <= MAX_CONCURRENT_STREAMS:
@@ -154,6 +174,11 @@ class EnclaveConfig:
             raise InputError(f"stalled_write_grace_s must be in (0, {MAX_STALLED_WRITE_GRACE_S}]")
         if self.cover_interval is not None:
             CoverSchedule(self.cover_interval, 0.0)  # validates the interval bounds
+        self.replay_guard()  # validates the window and the bound
+
+    def replay_guard(self) -> ReplayGuard:
+        """A new, empty replay guard with these settings."""
+        return ReplayGuard(window_seconds=self.replay_window_s, max_entries=self.replay_max_entries)
 
 
 @dataclass
@@ -164,6 +189,9 @@ class ServiceStats:
     malformed: int = 0
     rejected: int = 0
     stale_key: int = 0
+    replayed: int = 0
+    stale_time: int = 0
+    replay_cache_full: int = 0
     active: int = 0
     outcomes: dict[StreamOutcome, int] = field(default_factory=dict)
     records_sent: int = 0
@@ -172,7 +200,15 @@ class ServiceStats:
 _MALFORMED = "malformed request"
 _REJECTED = "request rejected"
 _STALE_KEY = "request is for another enclave key; fetch the key bundle again"
+_REPLAYED = "request already received (replayed); seal a new request"
+_STALE_TIME = "request time outside the enclave's window; check the client's clock"
+_REPLAY_CACHE_FULL = "enclave busy (replay cache full); retry later"
 _INTERNAL = "internal error"
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
 
 # Sentinels the cover-mode producer puts on its queue after the last token.
 _END = object()
@@ -248,6 +284,10 @@ class EnclaveService:
     """Holds the enclave private key, the encoded key bundle and the engine; serves both RPCs.
 
     The private key never leaves this object: it is used only by ``EnclaveStreamSession.accept``.
+    ``clock`` is the enclave's wall clock, which the replay guard compares each request's send
+    time with. The guard is new and empty (from ``config``) unless ``replay_guard`` is given: a
+    guard shared by every service of the same key, since a request id must be accepted once per
+    key, not once per service.
     """
 
     def __init__(
@@ -259,6 +299,8 @@ class EnclaveService:
         config: EnclaveConfig | None = None,
         log_proof: evidence_pb2.LogProof | None = None,
         rng: Rng = os.urandom,
+        clock: Callable[[], datetime] = _utcnow,
+        replay_guard: ReplayGuard | None = None,
     ) -> None:
         if bundle.public_key.encode() != private_key.public_key.encode():
             # Serving a bundle for another key would make every client seal to a key we lack.
@@ -268,6 +310,8 @@ class EnclaveService:
         self._generator = generator
         self.config = config or EnclaveConfig()
         self._rng = rng
+        self._clock = clock
+        self.replay_guard = replay_guard if replay_guard is not None else self.config.replay_guard()
         self.stats = ServiceStats()
 
     # -- RPC: GetKeyBundle -------------------------------------------------------------------
@@ -387,12 +431,32 @@ class EnclaveService:
         sealed_request: bytes,
         context: grpc.aio.ServicerContext[enclave_pb2.GenerateRequest, enclave_pb2.StreamRecord],
     ) -> EnclaveStreamSession:
-        """Open the sealed request, or end the RPC with a status that reveals nothing secret."""
+        """Open the sealed request and admit it through the replay guard, or end the RPC with a
+        status that reveals nothing secret. Nothing has been sent yet: a refused request gets no
+        head, so no response of any kind exists for it."""
         try:
-            return EnclaveStreamSession.accept(self._key, sealed_request, rng=self._rng)
+            return EnclaveStreamSession.accept(
+                self._key,
+                sealed_request,
+                replay_guard=self.replay_guard,
+                now=self._clock().timestamp(),
+                rng=self._rng,
+            )
         except StreamError:  # ciphertext did not open: one message for every cause
             self.stats.rejected += 1
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _REJECTED)
+        except RequestReplayed:  # opened, and accepted once before within the window
+            self.stats.replayed += 1
+            _log.warning("request refused: replayed")
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, _REPLAYED)
+        except RequestStale:  # opened, but its send time is outside the window
+            self.stats.stale_time += 1
+            _log.info("request refused: send time outside the window")
+            await context.abort(grpc.StatusCode.OUT_OF_RANGE, _STALE_TIME)
+        except ReplayCacheFull:  # fail closed rather than forget a live id
+            self.stats.replay_cache_full += 1
+            _log.warning("request refused: replay cache full (%d ids)", len(self.replay_guard))
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, _REPLAY_CACHE_FULL)
         except ParseError as exc:  # clear header, or a plaintext that breaks the format
             self.stats.malformed += 1
             where = f" ({exc.field})" if exc.field else ""

@@ -3,7 +3,9 @@
 The format is specified byte by byte in ``docs/formats/token-stream.md``. The pieces:
 
 * :mod:`.bundle`: the enclave's attested key bundle and its verification hook;
-* :mod:`.request`: the HPKE-sealed request (request secret, parameters, padded prompt);
+* :mod:`.request`: the HPKE-sealed request (request secret, send time, parameters, padded
+  prompt);
+* :mod:`.replay`: the enclave's replay guard (each request id accepted once, within a window);
 * :mod:`.response`: response keys (OHTTP-style) and fixed-size AEAD records;
 * :mod:`.session`: the two state machines, :class:`EnclaveStreamSession` and :class:`ClientStream`;
 * :mod:`.cover`: the optional fixed-cadence cover schedule.
@@ -11,7 +13,16 @@ The format is specified byte by byte in ``docs/formats/token-stream.md``. The pi
 
 from sealing.stream.bundle import KeyAttestationCheck, KeyBundle, VerifiedKeyBundle, verify_bundle
 from sealing.stream.cover import CoverSchedule, Emit
-from sealing.stream.errors import StreamError, StreamUsageError
+from sealing.stream.errors import (
+    ReplayCacheFull,
+    RequestRefused,
+    RequestReplayed,
+    RequestStale,
+    StaleDirection,
+    StreamError,
+    StreamUsageError,
+)
+from sealing.stream.replay import ReplayGuard
 from sealing.stream.request import (
     DEFAULT_RECORD_SIZE,
     DEFAULT_REQUEST_PAD_BLOCK,
@@ -47,6 +58,12 @@ __all__ = [
     "KeyBundle",
     "Outcome",
     "RecordType",
+    "ReplayCacheFull",
+    "ReplayGuard",
+    "RequestRefused",
+    "RequestReplayed",
+    "RequestStale",
+    "StaleDirection",
     "StreamAborted",
     "StreamEnd",
     "StreamError",

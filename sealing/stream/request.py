@@ -9,18 +9,27 @@ request can be opened only by that key, for this protocol, under this version.
 The request secret is what makes the response keys unusable for anyone but the client: the
 enclave derives them from the secret and its own fresh response nonce (see ``response.py``).
 
-Wire format v1::
+Version 2 adds the client's clock: ``sent_at``, POSIX seconds when the request was sealed,
+inside the ciphertext (so the relay can neither read nor change it). With the request id (a
+digest of the HPKE ``enc``, unique per seal), it lets the enclave refuse a replayed request
+(``replay.py``): the pattern of TLS 1.3 0-RTT anti-replay (RFC 8446 section 8) and OHTTP's
+date-based anti-replay (RFC 9458 section 6.5). Version 1 carries no time, so its replay cannot be
+refused: it is no longer accepted.
 
-    version u8 = 1 | suite u8 | key_id [32] | enc [Nenc] | ct [len(plaintext) + 16]
+Wire format v2::
 
-Plaintext v1::
+    version u8 = 2 | suite u8 | key_id [32] | enc [Nenc] | ct [len(plaintext) + 16]
 
-    request_secret [32] | record_size u16 | max_new_tokens u32 | temperature_milli u16
-    | top_p_milli u16 | prompt_len u32 | prompt (UTF-8) [prompt_len] | zero padding
+Plaintext v2::
+
+    request_secret [32] | sent_at u64 | record_size u16 | max_new_tokens u32
+    | temperature_milli u16 | top_p_milli u16 | prompt_len u32 | prompt (UTF-8) [prompt_len]
+    | zero padding
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 from dataclasses import dataclass, field
@@ -39,14 +48,24 @@ from sealing.hpke_suite import (
 )
 from sealing.stream.errors import StreamError
 
-VERSION = 1
-#: Domain-separation label of the request's HPKE info (followed by 0x00 and the header).
+VERSION = 2
+#: Version 1 (no ``sent_at``): refused with its own message, so an old client learns why.
+VERSION_1 = 1
+#: Domain-separation label of the request's HPKE info (followed by 0x00 and the header). It names
+#: the token-stream protocol; the request version is in the header, which the info carries too.
 REQUEST_INFO_LABEL = b"lessee token-stream v1 request"
 KEY_ID_LEN = 32
 HEADER_LEN = 1 + 1 + KEY_ID_LEN
 REQUEST_SECRET_LEN = 32
-_PARAMS = struct.Struct(">HIHHI")
-#: Fixed part of the plaintext: secret, record_size, max_new_tokens, temperature, top_p, prompt_len.
+#: Length of the request id: SHA-256 of the HPKE ``enc`` (see :func:`request_id`).
+REQUEST_ID_LEN = 32
+#: ``sent_at`` is a u64 of POSIX seconds.
+MAX_SENT_AT = (1 << 64) - 1
+_PARAMS = struct.Struct(">QHIHHI")
+#: Offset of ``record_size`` in the plaintext (after the secret and ``sent_at``).
+_RECORD_SIZE_OFFSET = REQUEST_SECRET_LEN + 8
+#: Fixed part of the plaintext: secret, sent_at, record_size, max_new_tokens, temperature, top_p,
+#: prompt_len.
 PLAINTEXT_FIXED_LEN = REQUEST_SECRET_LEN + _PARAMS.size
 
 #: Largest request plaintext (prompt + padding). 1 MiB holds a prompt of ~250k tokens, beyond
@@ -101,6 +120,17 @@ def request_info(header: bytes) -> bytes:
     return REQUEST_INFO_LABEL + b"\x00" + header
 
 
+def request_id(enc: bytes) -> bytes:
+    """The id under which the enclave remembers a request: SHA-256 of its HPKE ``enc``.
+
+    ``enc`` is the encapsulation of a fresh ephemeral key, so it is unique per seal, and it is
+    bound into the HPKE key schedule (DHKEM's ``kem_context``, X-Wing's combiner and ML-KEM's
+    re-encryption check), so a relay that changes it makes the request fail to open. A digest
+    rather than ``enc`` itself: 32 bytes per entry whatever the suite (X-Wing's ``enc`` is 1120).
+    """
+    return hashlib.sha256(enc).digest()
+
+
 @dataclass(frozen=True)
 class SealedRequest:
     """What the client keeps after sealing: the wire bytes, and the secret and ``enc`` it needs
@@ -110,20 +140,26 @@ class SealedRequest:
     enc: bytes = field(repr=False)
     request_secret: bytes = field(repr=False)
     record_size: int
+    sent_at: int
 
 
 def seal_request(
     public_key: HpkePublicKey,
     prompt: str,
     *,
+    sent_at: int,
     params: GenerationParams | None = None,
     record_size: int = DEFAULT_RECORD_SIZE,
     pad_block: int = DEFAULT_REQUEST_PAD_BLOCK,
     rng: Rng = os.urandom,
 ) -> SealedRequest:
-    """Seal ``prompt`` to ``public_key``. Callers use :class:`~sealing.stream.session.ClientStream`,
-    which passes a *verified* bundle's key; this function is the format itself."""
+    """Seal ``prompt`` to ``public_key``, stamped ``sent_at`` (POSIX seconds of the client's
+    clock: the caller reads its clock, this module has none). Callers use
+    :class:`~sealing.stream.session.ClientStream`, which passes a *verified* bundle's key; this
+    function is the format itself."""
     params = params or GenerationParams()
+    if isinstance(sent_at, bool) or not isinstance(sent_at, int) or not 0 <= sent_at <= MAX_SENT_AT:
+        raise InputError("sent_at must be an integer of POSIX seconds, 0..2^64-1")
     if not MIN_RECORD_SIZE <= record_size <= MAX_RECORD_SIZE:
         raise InputError(f"record_size must be {MIN_RECORD_SIZE}..{MAX_RECORD_SIZE}")
     if not 1 <= pad_block <= MAX_REQUEST_PLAINTEXT:
@@ -137,6 +173,7 @@ def seal_request(
     plain = (
         secret
         + _PARAMS.pack(
+            sent_at,
             record_size,
             params.max_new_tokens,
             params.temperature_milli,
@@ -150,12 +187,16 @@ def seal_request(
     header = request_header(public_key.suite, public_key.key_id)
     blob = hpke_suite.seal(public_key, request_info(header), b"", plain)
     enc_len = SUITE_PARAMS[public_key.suite].enc_len
-    return SealedRequest(header + blob, blob[:enc_len], secret, record_size)
+    return SealedRequest(header + blob, blob[:enc_len], secret, record_size, sent_at)
 
 
 @dataclass(frozen=True)
 class StreamRequest:
-    """A request opened by the enclave. ``raw`` is the wire bytes; the secret is kept apart."""
+    """A request opened by the enclave. ``raw`` is the wire bytes; the secret is kept apart.
+
+    ``sent_at`` is the client's claim of when it sealed the request, authenticated (inside the
+    ciphertext) but not checked here: the replay guard judges it against the enclave's clock.
+    """
 
     suite: SuiteId
     key_id: bytes
@@ -165,12 +206,25 @@ class StreamRequest:
     record_size: int
     raw: bytes = field(repr=False)
     request_secret: bytes = field(repr=False)
+    sent_at: int
+
+    @property
+    def request_id(self) -> bytes:
+        """SHA-256 of ``enc``: what the enclave's replay guard remembers (:func:`request_id`)."""
+        return request_id(self.enc)
 
 
 def parse_request_header(data: bytes) -> tuple[SuiteId, bytes]:
     """Check the clear header and total length of a request; return (suite, key_id)."""
     if len(data) < HEADER_LEN:
         raise ParseError("request truncated", offset=len(data), field="header")
+    if data[0] == VERSION_1:
+        raise ParseError(
+            "request version 1 carries no send time, so its replay cannot be refused; "
+            "the enclave takes version 2 only (upgrade the client)",
+            offset=0,
+            field="version",
+        )
     if data[0] != VERSION:
         raise ParseError(f"unsupported request version {data[0]}", offset=0, field="version")
     suite = parse_suite_id(data[1], offset=1)
@@ -206,11 +260,13 @@ def open_request(private_key: HpkePrivateKey, data: bytes) -> StreamRequest:
     except HpkeOpenError:
         raise StreamError() from None
     secret = plain[:REQUEST_SECRET_LEN]
-    record_size, max_new, temp, top_p, prompt_len = _PARAMS.unpack_from(plain, REQUEST_SECRET_LEN)
+    sent_at, record_size, max_new, temp, top_p, prompt_len = _PARAMS.unpack_from(
+        plain, REQUEST_SECRET_LEN
+    )
     if not MIN_RECORD_SIZE <= record_size <= MAX_RECORD_SIZE:
         raise ParseError(
             f"record_size {record_size} out of bounds",
-            offset=REQUEST_SECRET_LEN,
+            offset=_RECORD_SIZE_OFFSET,
             field="record_size",
         )
     end = PLAINTEXT_FIXED_LEN + prompt_len
@@ -228,7 +284,7 @@ def open_request(private_key: HpkePrivateKey, data: bytes) -> StreamRequest:
             "prompt is not UTF-8", offset=PLAINTEXT_FIXED_LEN, field="prompt"
         ) from None
     except InputError as exc:
-        raise ParseError(str(exc), offset=REQUEST_SECRET_LEN + 2, field="params") from None
+        raise ParseError(str(exc), offset=_RECORD_SIZE_OFFSET + 2, field="params") from None
     return StreamRequest(
         suite=suite,
         key_id=key_id,
@@ -238,4 +294,5 @@ def open_request(private_key: HpkePrivateKey, data: bytes) -> StreamRequest:
         record_size=record_size,
         raw=data,
         request_secret=secret,
+        sent_at=sent_at,
     )

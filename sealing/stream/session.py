@@ -8,12 +8,16 @@ tokens, refusing any manipulation with one opaque :class:`StreamError`:
 * reordered, dropped or duplicated record: the seq-th nonce does not match, tag fails;
 * record spliced from another stream (another request, or the same request replayed to the
   enclave): different response keys, tag fails;
+* request replayed to the enclave: :meth:`EnclaveStreamSession.accept` refuses it through the
+  enclave's :class:`~sealing.stream.replay.ReplayGuard` before any response exists (and were it
+  accepted twice, the two responses would have unrelated keys, as above);
 * truncation (the relay stops forwarding): :meth:`ClientStream.finish` sees no final record;
 * record after the final one, record before the head: refused by state;
 * a flipped final flag: the flag is in the AAD and must agree with the encrypted type.
 
 After the first failure a ``ClientStream`` stays failed: a stream is either intact or refused.
-Neither class touches a socket or a clock; the gRPC service and client SDK drive them.
+Neither class touches a socket or a clock (times are arguments); the gRPC service and client SDK
+drive them.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from attest.errors import ParseError
 from sealing.hpke_suite import HpkePrivateKey, Rng
 from sealing.stream.bundle import VerifiedKeyBundle
 from sealing.stream.errors import StreamError, StreamUsageError
+from sealing.stream.replay import ReplayGuard
 from sealing.stream.request import (
     DEFAULT_RECORD_SIZE,
     DEFAULT_REQUEST_PAD_BLOCK,
@@ -134,15 +139,23 @@ class EnclaveStreamSession:
         private_key: HpkePrivateKey,
         request: bytes,
         *,
+        replay_guard: ReplayGuard,
+        now: float,
         rng: Rng = os.urandom,
         max_records: int = MAX_RECORDS_PER_STREAM,
     ) -> EnclaveStreamSession:
-        """Open ``request`` with the enclave key and draw a fresh response nonce from ``rng``.
+        """Open ``request`` with the enclave key, admit it through ``replay_guard`` as of ``now``
+        (the enclave's clock, POSIX seconds), and draw a fresh response nonce from ``rng``.
 
-        A fresh nonce per accepted request is the replay defence: the same request bytes
-        accepted twice give two unrelated key sets, both derived from a secret the relay lacks.
+        The guard is required: it is what makes a replayed request yield nothing at all
+        (:class:`~sealing.stream.errors.RequestReplayed`, or ``RequestStale`` once outside the
+        window), and it records the id only after the request opened, so bytes that do not open
+        never enter it. Use one guard per enclave key. The fresh nonce is defence in depth: the
+        same request accepted twice (by two guards) gives two unrelated key sets, both derived
+        from a secret the relay lacks.
         """
         opened = open_request(private_key, request)
+        replay_guard.check_and_record(opened.request_id, opened.sent_at, now)
         return cls(
             opened.request_secret,
             opened.enc,
@@ -241,6 +254,7 @@ class ClientStream:
         record_size: int,
         *,
         request: bytes = b"",
+        sent_at: int = 0,
         max_records: int = MAX_RECORDS_PER_STREAM,
     ) -> None:
         """Low-level constructor from key material (known-answer tests). Normal code calls
@@ -249,6 +263,8 @@ class ClientStream:
             raise StreamUsageError(f"record_size must be {MIN_RECORD_SIZE}..{MAX_RECORD_SIZE}")
         #: The request bytes to send to the enclave.
         self.request = request
+        #: The send time sealed into :attr:`request` (POSIX seconds; 0 when built from keys).
+        self.sent_at = sent_at
         self._secret = request_secret
         self._enc = enc
         self._record_size = record_size
@@ -268,19 +284,22 @@ class ClientStream:
         bundle: VerifiedKeyBundle,
         prompt: str,
         *,
+        sent_at: int,
         params: GenerationParams | None = None,
         record_size: int = DEFAULT_RECORD_SIZE,
         pad_block: int = DEFAULT_REQUEST_PAD_BLOCK,
         rng: Rng = os.urandom,
         max_records: int = MAX_RECORDS_PER_STREAM,
     ) -> ClientStream:
-        """Seal ``prompt`` to the verified enclave key; send :attr:`request`, then feed the
-        response head to :meth:`open_head` and each record to :meth:`open_record`."""
+        """Seal ``prompt`` to the verified enclave key, stamped ``sent_at`` (POSIX seconds of the
+        client's clock, which the enclave compares with its own); send :attr:`request`, then
+        feed the response head to :meth:`open_head` and each record to :meth:`open_record`."""
         if not isinstance(bundle, VerifiedKeyBundle):
             raise TypeError("ClientStream.start needs a VerifiedKeyBundle (see verify_bundle)")
         sealed = seal_request(
             bundle.public_key,
             prompt,
+            sent_at=sent_at,
             params=params,
             record_size=record_size,
             pad_block=pad_block,
@@ -291,6 +310,7 @@ class ClientStream:
             sealed.enc,
             record_size,
             request=sealed.wire,
+            sent_at=sealed.sent_at,
             max_records=max_records,
         )
 

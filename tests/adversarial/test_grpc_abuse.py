@@ -341,7 +341,10 @@ class Enclave:
             at=datetime.now(UTC),
         )
         stream = ClientStream.start(
-            verified, prompt, params=GenerationParams(max_new_tokens=max_new_tokens)
+            verified,
+            prompt,
+            sent_at=int(time.time()),
+            params=GenerationParams(max_new_tokens=max_new_tokens),
         )
         return stream.request
 
@@ -478,7 +481,7 @@ def test_generate_sealed_to_another_key_is_stale(enclave_factory: Callable[..., 
     verified = verify_bundle(
         make_bundle(other), check=broker_ear_check(BROKER.public_key()), at=datetime.now(UTC)
     )
-    sealed = ClientStream.start(verified, "secret prompt").request
+    sealed = ClientStream.start(verified, "secret prompt", sent_at=int(time.time())).request
     with grpc.insecure_channel(e.server.target) as ch:
         call = ch.unary_stream(GENERATE_METHOD, None, None)(
             enclave_pb2.GenerateRequest(sealed_request=sealed).SerializeToString(), timeout=10

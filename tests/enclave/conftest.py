@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeVar
 
 import pytest
@@ -27,7 +28,7 @@ from agent.enclave.generator import TokenGenerator
 from agent.enclave.service import serve_enclave
 from attest.ear import AttestationResult, Status, Submodule, issue_ear
 from sealing.hpke_suite import HpkePrivateKey, SuiteId, generate_keypair
-from sealing.stream import KeyBundle
+from sealing.stream import KeyBundle, ReplayGuard
 from tests.enclave.relay import ByteTap, Relay
 
 T = TypeVar("T")
@@ -194,10 +195,20 @@ def stack_factory() -> Iterator[StackFactory]:
         bundle: KeyBundle | None = None,
         tap: bool = False,
         tls: tuple[bytes, bytes] | None = None,
+        clock: Callable[[], datetime] | None = None,
+        replay_guard: ReplayGuard | None = None,
     ) -> Stack:
         gen = generator if generator is not None else EchoGenerator()
         key = key or enclave_key(suite)
-        service = EnclaveService(key, bundle or make_bundle(key), gen, config=config)
+        extra: dict[str, Any] = {} if clock is None else {"clock": clock}
+        service = EnclaveService(
+            key,
+            bundle or make_bundle(key),
+            gen,
+            config=config,
+            replay_guard=replay_guard,
+            **extra,
+        )
 
         async def start() -> Stack:
             server = await serve_enclave(

@@ -43,6 +43,7 @@ class Exchange:
     received: list[bytes] = field(default_factory=list)
     forwarded: list[bytes] = field(default_factory=list)
     upstream_status: str = "OK"
+    upstream_details: str = ""
 
     @property
     def received_records(self) -> list[bytes]:
@@ -69,6 +70,12 @@ class Relay:
         self.bundle_rewrite_once = False
         #: Rewrites the sealed request before it goes to the enclave.
         self.request_rewrite: Callable[[bytes], bytes] | None = None
+        #: Replay each Generate request to the enclave once the original's head has arrived
+        #: (the original stream is then forwarded on), recorded as a "Replay" exchange.
+        self.replay_after_head = False
+        #: Send a copy of each Generate request to the enclave (and read its whole answer)
+        #: *before* forwarding the original, recorded as a "Replay" exchange.
+        self.replay_first = False
         self._server: grpc.aio.Server | None = None
         self._channel: grpc.aio.Channel | None = None
         self.port = 0
@@ -79,6 +86,11 @@ class Relay:
 
     def generate_exchanges(self) -> list[Exchange]:
         return [e for e in self.exchanges if e.method == "Generate"]
+
+    def replay_exchanges(self) -> list[Exchange]:
+        """The relay's own copies of requests (``replay_after_head``, ``replay_first``,
+        :meth:`replay_exchange`): what the enclave answered each."""
+        return [e for e in self.exchanges if e.method == "Replay"]
 
     def all_bytes(self) -> bytes:
         """Every byte the relay received or forwarded, concatenated."""
@@ -135,13 +147,18 @@ class Relay:
             request = enclave_pb2.GenerateRequest(
                 sealed_request=self.request_rewrite(msg.sealed_request)
             ).SerializeToString()
+        if self.replay_first:
+            await self.replay_exchange(request)
         call = self._upstream_stream(request)
         rewrite, end_status = self.rewrite, self.end_status
+        replay_after_head = self.replay_after_head
         try:
             if rewrite is None:
                 async for message in call:
                     exchange.received.append(message)
                     exchange.forwarded.append(message)
+                    if replay_after_head and len(exchange.received) == 1:
+                        await self.replay_exchange(request)
                     yield message
             else:
                 with contextlib.suppress(grpc.aio.AioRpcError):
@@ -157,8 +174,15 @@ class Relay:
         if end_status is not None:
             await context.abort(end_status, "relay cut the stream")
 
-    async def replay(self, request: bytes) -> list[bytes]:
-        """Send recorded raw request bytes to the enclave as the relay itself; return the record
-        payloads of the answer (head first)."""
-        messages = [m async for m in self._upstream_stream(request)]
-        return [enclave_pb2.StreamRecord.FromString(m).record for m in messages]
+    async def replay_exchange(self, request: bytes) -> Exchange:
+        """Send raw request bytes to the enclave as the relay itself and record the answer (its
+        messages and final status) as a "Replay" exchange; never raises for a status."""
+        exchange = Exchange("Replay", request)
+        self.exchanges.append(exchange)
+        try:
+            async for message in self._upstream_stream(request):
+                exchange.received.append(message)
+        except grpc.aio.AioRpcError as exc:
+            exchange.upstream_status = exc.code().name
+            exchange.upstream_details = exc.details() or ""
+        return exchange

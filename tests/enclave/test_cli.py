@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,26 @@ def test_abort_exits_3_and_manipulation_exits_1(
     assert _run(tampered, broker_pem) == 1
     out, err = capsys.readouterr()
     assert out == "hello there\n" and err == "lessee: rejected: token stream rejected\n"
+
+
+def test_replay_guard_refusals_exit_1_with_one_clear_line(
+    stack_factory: StackFactory, broker_pem: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The enclave's clock 200 s ahead: the request's time is refused, and the line says to
+    check the clock. A relay that replays the request first: the line says it was replayed."""
+    skewed = stack_factory(clock=lambda: datetime.now(UTC) + timedelta(seconds=200))
+    assert _run(skewed, broker_pem) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("lessee: rejected: Generate failed with OUT_OF_RANGE (unauthenticated)")
+    assert "check this machine's clock" in err and err.count("\n") == 1
+    replaying = stack_factory()
+    replaying.relay.replay_first = True
+    assert _run(replaying, broker_pem) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("lessee: rejected: Generate failed with ALREADY_EXISTS (unauthenticated)")
+    assert "replayed or duplicated on the way" in err and err.count("\n") == 1
 
 
 def test_bad_input_exit_2(

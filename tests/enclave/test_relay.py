@@ -8,15 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.client import EnclaveClient, EnclaveUnavailable, GenerationAborted
-from agent.enclave import EchoGenerator, ScriptedGenerator
+from agent.client import (
+    ClientClockRefused,
+    EnclaveBusy,
+    EnclaveClient,
+    EnclaveUnavailable,
+    GenerationAborted,
+    RequestReplayRefused,
+)
+from agent.enclave import EchoGenerator, EnclaveConfig, ScriptedGenerator
 from agent.rpc.v1 import enclave_pb2
 from sealing.hpke_suite import SuiteId
 from sealing.stream import (
@@ -29,6 +38,7 @@ from sealing.stream import (
 )
 from sealing.stream.response import HEAD_LEN
 from tests.enclave.conftest import Stack, StackFactory
+from tests.enclave.relay import Exchange
 
 PROMPT = "alpha bravo charlie delta echo foxtrot"
 EXPECTED = EchoGenerator().tokens_for(PROMPT, GenerationParams())
@@ -199,24 +209,129 @@ def test_replayed_response_is_refused(stack: Stack) -> None:
     assert pieces == []
 
 
-def test_replayed_request_yields_nothing_usable(stack: Stack) -> None:
-    """The relay replays a recorded request: the enclave answers under a fresh response nonce,
-    so the answer shares nothing with the original and is ciphertext to the relay."""
+def _refused_unanswered(exchange: Exchange, code: str) -> None:
+    """The enclave refused the relay's copy with ``code`` before any head: no response exists."""
+    assert exchange.upstream_status == code
+    assert exchange.received == [] and exchange.received_records == []
+
+
+def test_replayed_request_is_refused_before_any_response(stack: Stack) -> None:
+    """The relay replays a request while the original streams: the enclave refuses the copy with
+    ALREADY_EXISTS before sending a head, so no second response exists (not even one the relay
+    cannot read), and the original stream is untouched."""
+    stack.relay.replay_after_head = True
+    assert stack.collect(PROMPT) == (EXPECTED, None)
+    (original,) = stack.relay.generate_exchanges()
+    (replayed,) = stack.relay.replay_exchanges()
+    assert replayed.request == original.request
+    _refused_unanswered(replayed, "ALREADY_EXISTS")
+    assert replayed.upstream_details == "request already received (replayed); seal a new request"
+    assert original.forwarded == original.received
+    assert len(original.received) == 1 + len(EXPECTED) + 1
+    stats = stack.service.stats
+    assert (stats.requests, stats.replayed, stats.records_sent) == (2, 1, len(EXPECTED) + 1)
+
+
+def test_request_replayed_after_the_stream_ended_is_refused(stack: Stack) -> None:
     assert stack.collect(PROMPT) == (EXPECTED, None)
     original = stack.relay.generate_exchanges()[0]
-    replayed = stack.loop.run(stack.relay.replay(original.request))
-    first = original.received_records
-    assert len(replayed) == len(first)
-    assert replayed[0] != first[0]  # a fresh response nonce
-    assert not set(replayed[1:]) & set(first[1:])
-    # A client that never sent this request (fresh secret) cannot open the replayed answer.
-    stranger = stack.call(lambda c: c.key_bundle())
-    client = ClientStream.start(stranger, PROMPT)
-    client.open_head(replayed[0])
+    for _ in range(3):
+        replayed = stack.loop.run(stack.relay.replay_exchange(original.request))
+        _refused_unanswered(replayed, "ALREADY_EXISTS")
+    assert stack.service.stats.replayed == 3
+    assert len(stack.service.replay_guard) == 1
+    assert stack.collect(PROMPT) == (EXPECTED, None)  # a new request is a new id
+
+
+def test_relay_replaying_first_leaves_the_client_a_clear_error(stack: Stack) -> None:
+    """The relay sends a copy of the request before the original: the copy takes the one
+    answer (unreadable to the relay), and the client learns that its request was replayed."""
+    stack.relay.replay_first = True
+    pieces, err = stack.collect(PROMPT)
+    assert pieces == []
+    assert isinstance(err, RequestReplayRefused) and err.code == "ALREADY_EXISTS"
+    assert "replayed or duplicated on the way" in str(err)
+    (copy,) = stack.relay.replay_exchanges()
+    (original,) = stack.relay.generate_exchanges()
+    assert copy.request == original.request
+    assert len(copy.received) == 1 + len(EXPECTED) + 1  # the copy got the only answer
+    assert original.received == [] and original.upstream_status == "ALREADY_EXISTS"
+    # ... which the relay cannot read: a client without this request's secret fails on it.
+    stranger = ClientStream.start(
+        stack.call(lambda c: c.key_bundle()), PROMPT, sent_at=int(time.time())
+    )
+    stranger.open_head(copy.received_records[0])
     with pytest.raises(StreamError):
-        client.open_record(replayed[1])
+        stranger.open_record(copy.received_records[1])
     for needle in EXPECTED:
-        assert needle.strip().encode() not in b"".join(replayed)
+        assert needle.strip().encode() not in b"".join(copy.received)
+
+
+@pytest.mark.parametrize("skew_s", [-121.0, 121.0], ids=["clock-behind", "clock-ahead"])
+def test_request_outside_the_time_window_is_refused(
+    stack_factory: StackFactory, skew_s: float
+) -> None:
+    """The enclave's clock differs from the client's by more than the window (either way): the
+    request is refused as stale before any head, and the SDK says to check the clock."""
+    stack = stack_factory(clock=lambda: datetime.now(UTC) + timedelta(seconds=skew_s))
+    pieces, err = stack.collect(PROMPT)
+    assert pieces == []
+    assert isinstance(err, ClientClockRefused) and err.code == "OUT_OF_RANGE"
+    assert "check this machine's clock" in str(err)
+    (exchange,) = stack.relay.generate_exchanges()
+    _refused_unanswered(exchange, "OUT_OF_RANGE")
+    assert stack.service.stats.stale_time == 1 and len(stack.service.replay_guard) == 0
+
+
+def test_client_clock_within_the_window_is_accepted(stack_factory: StackFactory) -> None:
+    """A client clock 100 s ahead (inside the default 120 s) is fine; so is an enclave 100 s
+    ahead of real time."""
+    client_ahead = stack_factory()
+    pieces, err = client_ahead.collect(
+        PROMPT, clock=lambda: datetime.now(UTC) + timedelta(seconds=100)
+    )
+    assert (pieces, err) == (EXPECTED, None)
+    enclave_ahead = stack_factory(clock=lambda: datetime.now(UTC) + timedelta(seconds=100))
+    assert enclave_ahead.collect(PROMPT) == (EXPECTED, None)
+
+
+def test_client_clock_far_ahead_is_refused(stack: Stack) -> None:
+    """The client's own clock 200 s ahead (its bundle check still passes: the EAR is valid for
+    an hour): the enclave refuses the request's time, and the error names it."""
+    ahead = datetime.now(UTC) + timedelta(seconds=200)
+    pieces, err = stack.collect(PROMPT, clock=lambda: ahead)
+    assert pieces == [] and isinstance(err, ClientClockRefused)
+    assert ahead.strftime("%Y-%m-%dT%H:%M:%SZ") in str(err)
+    assert stack.service.stats.stale_time == 1
+
+
+def test_requests_that_fail_to_open_do_not_poison_the_replay_cache(stack: Stack) -> None:
+    """The relay damages a request (its enc unchanged, a ciphertext byte flipped): refused as
+    not opening, and nothing recorded, so the genuine bytes still get their one answer."""
+    stack.relay.request_rewrite = lambda req: _flip(req, len(req) - 5)
+    pieces, err = stack.collect(PROMPT)
+    assert pieces == [] and isinstance(err, EnclaveUnavailable)
+    assert err.code == "INVALID_ARGUMENT"
+    assert len(stack.service.replay_guard) == 0
+    (damaged,) = stack.relay.generate_exchanges()
+    genuine = stack.loop.run(stack.relay.replay_exchange(damaged.request))
+    assert genuine.upstream_status == "OK" and len(genuine.received) == 1 + len(EXPECTED) + 1
+    assert len(stack.service.replay_guard) == 1
+
+
+def test_full_replay_cache_fails_closed(stack_factory: StackFactory) -> None:
+    """At its bound of live ids the guard refuses new requests (RESOURCE_EXHAUSTED, before any
+    head) instead of forgetting an id; the remembered request's replay is still refused."""
+    stack = stack_factory(config=EnclaveConfig(replay_max_entries=1))
+    assert stack.collect(PROMPT) == (EXPECTED, None)
+    pieces, err = stack.collect(PROMPT)
+    assert pieces == [] and isinstance(err, EnclaveBusy) and err.code == "RESOURCE_EXHAUSTED"
+    assert "retry later" in str(err)
+    first, second = stack.relay.generate_exchanges()
+    _refused_unanswered(second, "RESOURCE_EXHAUSTED")
+    replayed = stack.loop.run(stack.relay.replay_exchange(first.request))
+    _refused_unanswered(replayed, "ALREADY_EXISTS")
+    assert (stack.service.stats.replay_cache_full, stack.service.stats.replayed) == (1, 1)
 
 
 def test_request_modified_by_relay_is_rejected_and_enclave_survives(stack: Stack) -> None:

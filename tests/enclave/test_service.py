@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import os
+import time
 from typing import Any
 
 import grpc
@@ -19,7 +21,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.client import EnclaveClient, GenerationAborted
+from agent.client import ClientClockRefused, EnclaveClient, GenerationAborted
 from agent.enclave import EchoGenerator, EnclaveConfig, EnclaveService, ScriptedGenerator
 from agent.enclave.service import (
     GENERATE_METHOD,
@@ -29,7 +31,7 @@ from agent.enclave.service import (
 from agent.rpc.v1 import enclave_pb2
 from attest.errors import InputError
 from sealing import hpke_suite
-from sealing.stream import AbortReason, ClientStream, GenerationParams
+from sealing.stream import AbortReason, ClientStream, GenerationParams, ReplayGuard
 from sealing.stream.request import REQUEST_SECRET_LEN, request_header, request_info
 from tests.enclave.conftest import Stack, StackFactory, enclave_key, make_bundle
 
@@ -60,7 +62,7 @@ async def _raw_generate(target: str, sealed: bytes) -> tuple[grpc.StatusCode, st
 
 def _valid_request(stack: Stack, prompt: str = "hi") -> bytes:
     verified = stack.call(lambda c: c.key_bundle())
-    return ClientStream.start(verified, prompt).request
+    return ClientStream.start(verified, prompt, sent_at=int(time.time())).request
 
 
 def _sealed_plaintext(stack: Stack, plain: bytes) -> bytes:
@@ -71,7 +73,8 @@ def _sealed_plaintext(stack: Stack, plain: bytes) -> bytes:
 
 
 def _bad_plaintexts() -> dict[str, bytes]:
-    fixed = bytes(REQUEST_SECRET_LEN)
+    # The secret, then sent_at (now: the format is checked before the time, but be realistic).
+    fixed = bytes(REQUEST_SECRET_LEN) + int(time.time()).to_bytes(8, "big")
     good_params = (32).to_bytes(2, "big") + (5).to_bytes(4, "big") + bytes(4)
     return {
         "padding": fixed + good_params + (2).to_bytes(4, "big") + b"hi" + b"\x00\x01",
@@ -90,6 +93,7 @@ def test_malformed_plaintext_is_invalid_argument(stack: Stack, field: str) -> No
     assert details == f"malformed request ({field})"
     assert count == 0
     assert stack.service.stats.malformed == 1
+    assert len(stack.service.replay_guard) == 0  # opened, but never admitted
 
 
 def test_bad_requests_get_safe_status_codes_and_server_survives(stack: Stack) -> None:
@@ -97,7 +101,8 @@ def test_bad_requests_get_safe_status_codes_and_server_survives(stack: Stack) ->
     other = enclave_key(label="other")
     cases: list[tuple[bytes, grpc.StatusCode, str]] = [
         (b"", grpc.StatusCode.INVALID_ARGUMENT, "malformed request (header)"),
-        (b"\x02" + good[1:], grpc.StatusCode.INVALID_ARGUMENT, "malformed request (version)"),
+        (b"\x01" + good[1:], grpc.StatusCode.INVALID_ARGUMENT, "malformed request (version)"),
+        (b"\x03" + good[1:], grpc.StatusCode.INVALID_ARGUMENT, "malformed request (version)"),
         (
             good[:1] + b"\x7f" + good[2:],
             grpc.StatusCode.INVALID_ARGUMENT,
@@ -133,10 +138,18 @@ def test_bad_requests_get_safe_status_codes_and_server_survives(stack: Stack) ->
     for sealed, want_code, want_details in cases:
         code, details, count = asyncio.run(_raw_generate(stack.server.target, sealed))
         assert (code, details, count) == (want_code, want_details, 0), sealed[:4]
-    # Same request again (a replay) is answered, under a fresh response nonce each time.
+    # None of those damaged copies was recorded: the genuine request still gets its one answer,
+    # and only one: sent again (a replay), it is refused before any head.
+    assert len(stack.service.replay_guard) == 0
     assert asyncio.run(_raw_generate(stack.server.target, good))[0] is grpc.StatusCode.OK
+    assert asyncio.run(_raw_generate(stack.server.target, good)) == (
+        grpc.StatusCode.ALREADY_EXISTS,
+        "request already received (replayed); seal a new request",
+        0,
+    )
     assert stack.service.stats.rejected == 4
     assert stack.service.stats.stale_key == 2
+    assert stack.service.stats.replayed == 1
     assert stack.collect("still alive") == (["still", " alive"], None)
 
 
@@ -290,9 +303,55 @@ def test_config_bounds() -> None:
         {"max_stream_seconds": 1e9},
         {"cover_interval": 0.0},
         {"cover_interval": 60.0},
+        {"replay_window_s": 0},
+        {"replay_window_s": 3601},
+        {"replay_window_s": 1.5},
+        {"replay_max_entries": 0},
+        {"replay_max_entries": (1 << 22) + 1},
     ):
         with pytest.raises(InputError):
             EnclaveConfig(**bad)
+
+
+def test_replay_window_is_configurable(stack_factory: StackFactory) -> None:
+    """``EnclaveConfig.replay_window_s``: with a 5 s window an enclave clock 10 s ahead refuses
+    the request as stale; one 3 s ahead takes it."""
+    config = EnclaveConfig(replay_window_s=5)
+    far = stack_factory(config=config, clock=lambda: dt.datetime.now(dt.UTC) + dt.timedelta(0, 10))
+    pieces, err = far.collect("p")
+    assert pieces == [] and isinstance(err, ClientClockRefused)
+    near = stack_factory(config=config, clock=lambda: dt.datetime.now(dt.UTC) + dt.timedelta(0, 3))
+    assert near.collect("p") == (["p"], None)
+    assert near.service.replay_guard.window_seconds == 5
+
+
+def test_services_of_one_key_can_share_a_guard(stack_factory: StackFactory) -> None:
+    """A request accepted by one service is refused by another that serves the same key with
+    the same guard (a request id is accepted once per key)."""
+    guard = ReplayGuard()
+    a, b = stack_factory(replay_guard=guard), stack_factory(replay_guard=guard)
+    assert a.service.replay_guard is b.service.replay_guard is guard
+    assert a.collect("p") == (["p"], None)
+    (exchange,) = a.relay.generate_exchanges()
+    sealed = enclave_pb2.GenerateRequest.FromString(exchange.request).sealed_request
+    code, _, count = asyncio.run(_raw_generate(b.server.target, sealed))
+    assert (code, count) == (grpc.StatusCode.ALREADY_EXISTS, 0)
+    assert b.service.stats.replayed == 1
+
+
+def test_replay_refusals_are_logged_without_secrets(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = _valid_request(stack, "the secret prompt")
+    with caplog.at_level("DEBUG", logger="lessee.enclave"):
+        assert asyncio.run(_raw_generate(stack.server.target, good))[0] is grpc.StatusCode.OK
+        assert asyncio.run(_raw_generate(stack.server.target, good))[0] is (
+            grpc.StatusCode.ALREADY_EXISTS
+        )
+    assert "request refused: replayed" in caplog.text
+    enc = good[34:66]
+    for secret in (enc.hex(), hashlib.sha256(enc).hexdigest(), "secret prompt"):
+        assert secret not in caplog.text
 
 
 def test_service_refuses_a_bundle_for_another_key() -> None:

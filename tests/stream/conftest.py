@@ -19,6 +19,7 @@ from sealing.stream import (
     EnclaveStreamSession,
     Event,
     KeyBundle,
+    ReplayGuard,
     VerifiedKeyBundle,
     verify_bundle,
 )
@@ -26,6 +27,8 @@ from sealing.stream import (
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 STREAM_VECTORS = VECTORS / "stream"
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+#: ``NOW`` as the POSIX seconds that requests are stamped with and that enclaves judge them by.
+SENT_AT = int(NOW.timestamp())
 
 
 def load_generator() -> ModuleType:
@@ -79,6 +82,21 @@ def feed(client: ClientStream, head: bytes, records: list[bytes]) -> list[Event]
     return events
 
 
+def accept(key: HpkePrivateKey, request: bytes, **kwargs: Any) -> EnclaveStreamSession:
+    """``EnclaveStreamSession.accept`` as of ``NOW``, with a new replay guard unless one is
+    given: each call is then an enclave that has not seen the request (the session tests look
+    at the record layer; the guard has its own tests, tests/stream/test_replay.py)."""
+    kwargs.setdefault("replay_guard", ReplayGuard())
+    kwargs.setdefault("now", float(SENT_AT))
+    return EnclaveStreamSession.accept(key, request, **kwargs)
+
+
+def start(bundle: VerifiedKeyBundle, prompt: str, **kwargs: Any) -> ClientStream:
+    """``ClientStream.start`` stamped ``NOW`` unless a send time is given."""
+    kwargs.setdefault("sent_at", SENT_AT)
+    return ClientStream.start(bundle, prompt, **kwargs)
+
+
 def make_stream(
     tokens: list[bytes],
     *,
@@ -88,8 +106,8 @@ def make_stream(
     abort: int | None = None,
 ) -> tuple[ClientStream, EnclaveStreamSession, list[bytes]]:
     """A client and an enclave session over one request, and the enclave's records."""
-    client = ClientStream.start(verified(suite), "prompt", record_size=record_size)
-    session = EnclaveStreamSession.accept(KEYS[suite], client.request)
+    client = start(verified(suite), "prompt", record_size=record_size)
+    session = accept(KEYS[suite], client.request)
     records: list[bytes] = []
     for i, tok in enumerate(tokens):
         if i in covers:

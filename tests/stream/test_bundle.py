@@ -224,4 +224,4 @@ def test_only_verify_bundle_makes_a_verified_bundle() -> None:
     with pytest.raises(TypeError):
         VerifiedKeyBundle(_bundle(), NOW)
     with pytest.raises(TypeError):
-        ClientStream.start(_bundle(), "hi")  # type: ignore[arg-type]
+        ClientStream.start(_bundle(), "hi", sent_at=0)  # type: ignore[arg-type]

@@ -22,7 +22,7 @@ from sealing.stream import (
     record_len,
 )
 from sealing.stream.response import RecordSealer, RecordType, derive_response_keys, encode_head
-from tests.stream.conftest import KEYS, feed, make_stream, verified
+from tests.stream.conftest import KEYS, accept, feed, make_stream, start, verified
 
 tokens_st = st.lists(st.binary(min_size=1, max_size=80), max_size=10)
 
@@ -129,10 +129,11 @@ def test_every_manipulation_is_detected(
     tokens: list[bytes], abort: int | None, data: st.DataObject
 ) -> None:
     """Reordered, dropped, duplicated, truncated, modified, spliced (from a stream of the same
-    request replayed to the enclave: the closest possible relative) or extended streams all
-    end in StreamError, at the bad record or at finish()."""
+    request accepted a second time, by an enclave whose replay guard has not seen it: the
+    closest possible relative) or extended streams all end in StreamError, at the bad record or
+    at finish()."""
     client, session, records = make_stream(tokens, abort=abort)
-    replayed = EnclaveStreamSession.accept(KEYS[SuiteId.X25519_SHA256_AES256GCM], client.request)
+    replayed = accept(KEYS[SuiteId.X25519_SHA256_AES256GCM], client.request)
     other = [r for t in tokens for r in replayed.seal_token(t)] + [replayed.close()]
     bad = _manipulate(records, other, data)
     with pytest.raises(StreamError):
@@ -143,18 +144,19 @@ def test_every_manipulation_is_detected(
 
 def test_head_from_another_response_is_detected() -> None:
     client, session, records = make_stream([b"a", b"b"])
-    replayed = EnclaveStreamSession.accept(KEYS[SuiteId.X25519_SHA256_AES256GCM], client.request)
+    replayed = accept(KEYS[SuiteId.X25519_SHA256_AES256GCM], client.request)
     assert replayed.head != session.head
     with pytest.raises(StreamError):
         feed(client, replayed.head, records)
 
 
 def test_replayed_request_gives_keys_the_relay_cannot_use() -> None:
-    """The relay replays a request: the enclave answers under a fresh response nonce. Without
-    the request secret (only inside the HPKE ciphertext) the relay opens nothing; its best
-    guess of the secret fails like any other."""
+    """Defence in depth behind the replay guard: were a request accepted twice (two guards),
+    the second answer is under a fresh response nonce. Without the request secret (only inside
+    the HPKE ciphertext) the relay opens nothing; its best guess of the secret fails like any
+    other."""
     client, _, _ = make_stream([])
-    replay = EnclaveStreamSession.accept(KEYS[SuiteId.X25519_SHA256_AES256GCM], client.request)
+    replay = accept(KEYS[SuiteId.X25519_SHA256_AES256GCM], client.request)
     records = [*replay.seal_token(b"secret token"), replay.close()]
     relay = ClientStream(os.urandom(32), client.request[34:66], 32)
     relay.open_head(replay.head)
@@ -169,10 +171,10 @@ def test_streams_with_an_injected_rng_are_reproducible_and_fresh_otherwise() -> 
     def fixed(n: int) -> bytes:
         return b"\x07" * n
 
-    a = EnclaveStreamSession.accept(key, client.request, rng=fixed)
-    b = EnclaveStreamSession.accept(key, client.request, rng=fixed)
+    a = accept(key, client.request, rng=fixed)
+    b = accept(key, client.request, rng=fixed)
     assert a.head == b.head and a.seal_token(b"t") == b.seal_token(b"t")
-    c = EnclaveStreamSession.accept(key, client.request)
+    c = accept(key, client.request)
     assert c.head != a.head
 
 
@@ -197,8 +199,8 @@ def test_enclave_usage_errors() -> None:
             call()
     with pytest.raises(StreamUsageError):
         session.abort(1)
-    client = ClientStream.start(verified(), "p")
-    fresh = EnclaveStreamSession.accept(KEYS[SuiteId.X25519_SHA256_AES256GCM], client.request)
+    client = start(verified(), "p")
+    fresh = accept(KEYS[SuiteId.X25519_SHA256_AES256GCM], client.request)
     with pytest.raises(StreamUsageError):
         fresh.seal_token(b"")
     with pytest.raises(StreamUsageError):
@@ -208,10 +210,8 @@ def test_enclave_usage_errors() -> None:
 
 
 def test_record_limit_reserves_the_final_record() -> None:
-    client = ClientStream.start(verified(), "p", max_records=4)
-    session = EnclaveStreamSession.accept(
-        KEYS[SuiteId.X25519_SHA256_AES256GCM], client.request, max_records=4
-    )
+    client = start(verified(), "p", max_records=4)
+    session = accept(KEYS[SuiteId.X25519_SHA256_AES256GCM], client.request, max_records=4)
     records = [session.seal_cover(), *session.seal_token(b"a"), session.seal_cover()]
     with pytest.raises(StreamUsageError):
         session.seal_cover()
