@@ -20,7 +20,9 @@ appraised on (a version-2 bundle, so clients that trust no broker can appraise i
 ``ENGINE`` is ``echo`` (lessee's toy engine, for trials) or ``MODULE:FACTORY``, a callable given
 the loaded model (``agent.agent.LoadedModel``) that returns a ``TokenGenerator``
 (docs/streams.md, "Plugging in an engine"). ``--suite x25519`` makes the enclave key classical
-instead of X-Wing (ML-KEM-768+X25519, the default).
+instead of X-Wing (ML-KEM-768+X25519, the default). ``--replay-window SECONDS`` sets how far a request's
+sealed send time may be from this enclave's clock (default 120 s either side); within it each
+request is answered at most once, so a request the relay replays gets no response at all.
 
 Exit codes: 0 attested, key released, model loaded (with ``--serve``: and then stopped by a
 signal); 1 refused (findings printed) or hardware
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
 
     from agent.agent import Attested, LoadedModel
     from agent.enclave.generator import TokenGenerator
+    from agent.enclave.service import EnclaveConfig
 
 EXIT_OK = 0
 EXIT_REJECTED = 1
@@ -55,6 +58,11 @@ MAX_KEY_FILE_BYTES = 64 * 1024
 #: the evidence code (a test keeps the two equal).
 MAX_TDX_COLLATERAL_KIB = 512
 
+
+#: ``sealing.stream.replay.MAX_REPLAY_WINDOW_S``, for ``--help`` without importing the stream
+#: code (a test keeps the two equal).
+MAX_REPLAY_WINDOW_S = 3600
+DEFAULT_REPLAY_WINDOW_S = 120
 
 #: ``--suite`` names of the enclave key's HPKE suite (the key release and the token streams).
 SUITE_NAMES = ("xwing", "x25519")
@@ -116,9 +124,11 @@ def _serve(
     generator: TokenGenerator,
     *,
     tls: tuple[bytes | None, bytes | None] = (None, None),
+    config: EnclaveConfig | None = None,
 ) -> None:
     """Serve the enclave's streaming service with the attested key until SIGTERM or SIGINT;
-    ``tls``: the PEM certificate chain and key, read by ``_run`` before it attested."""
+    ``tls``: the PEM certificate chain and key, read by ``_run`` before it attested;
+    ``config``: the service settings (``_enclave_config``)."""
     from agent.enclave.service import EnclaveService, serve_enclave
     from sealing.stream import KeyBundle
 
@@ -135,7 +145,7 @@ def _serve(
 
     async def run() -> None:
         server = await serve_enclave(
-            EnclaveService(key, bundle, generator),
+            EnclaveService(key, bundle, generator, config=config),
             address=args.serve,
             server_cert_chain=cert,
             server_private_key=tls_key,
@@ -247,6 +257,8 @@ def _run(args: argparse.Namespace) -> int:
         raise InputError("--tls-cert and --tls-key go together, and with --serve")
     if not 1 <= args.gpus <= 8:
         raise InputError("--gpus must be 1..8")
+    if args.replay_window is not None and args.serve is None:
+        raise InputError("--replay-window goes with --serve")
     # Everything --serve needs that can fail on the operator's input is read now: after the
     # release the result is spent, so a bad engine or TLS file must stop us before Attest.
     factory = generator_factory(args.generator) if args.generator is not None else None
@@ -256,6 +268,7 @@ def _run(args: argparse.Namespace) -> int:
         else None,
         read_bounded(args.tls_key, MAX_KEY_FILE_BYTES, "TLS key") if args.tls_key else None,
     )
+    config = _enclave_config(args.replay_window)
     broker_key = load_verifying_key(args.broker_key) if args.broker_key else None
     log_key = read_log_key(args.log_key) if args.log_key else None
     cpu, gpu = _sources(args)
@@ -312,8 +325,20 @@ def _run(args: argparse.Namespace) -> int:
     _print(out, args.json)
     if args.serve is not None:
         generator = load_generator(args.generator, loaded, factory)
-        _serve(args, attested, evidence.to_json(), log_proof, generator, tls=tls)
+        _serve(args, attested, evidence.to_json(), log_proof, generator, tls=tls, config=config)
     return EXIT_OK
+
+
+def _enclave_config(replay_window: int | None) -> EnclaveConfig | None:
+    """The service settings ``--serve`` runs with (None: the defaults); made before Attest, so a
+    bad value is refused while the release is still unspent."""
+    if replay_window is None:
+        return None
+    from agent.enclave.service import EnclaveConfig
+
+    if not 1 <= replay_window <= MAX_REPLAY_WINDOW_S:
+        raise InputError(f"--replay-window must be 1..{MAX_REPLAY_WINDOW_S} seconds")
+    return EnclaveConfig(replay_window_s=replay_window)
 
 
 def _print(out: dict[str, Any], as_json: bool) -> None:
@@ -400,6 +425,16 @@ def register(parser: argparse.ArgumentParser) -> None:
         metavar="ENGINE",
         help="with --serve: 'echo' (toy engine) or MODULE:FACTORY, a callable given the loaded "
         "model that returns a TokenGenerator (docs/streams.md)",
+    )
+    parser.add_argument(
+        "--replay-window",
+        type=int,
+        metavar="SECONDS",
+        help="with --serve: accept a request only while the send time the client sealed into it "
+        f"is within this many seconds of this enclave's clock, either side (default "
+        f"{DEFAULT_REPLAY_WINDOW_S}, at most {MAX_REPLAY_WINDOW_S}); each request is answered "
+        "at most once within it, so a replay by the relay gets no response. Wider tolerates "
+        "worse client clocks, and lets a relay hold a request back longer",
     )
     parser.add_argument("--tls-cert", metavar="PEM", help="with --serve: TLS certificate chain")
     parser.add_argument("--tls-key", metavar="PEM", help="with --serve: TLS private key")

@@ -4,18 +4,22 @@ subprocess on emulated hardware, and ``lessee client generate`` in both verifica
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from agent.cli import agent as agent_cli
 from agent.cli.agent import load_generator
 from agent.cli.main import main
+from agent.client import ClientClockRefused, EnclaveClient
 from agent.demo import demo_policy, make_model
 from agent.loader import seal_model
 from agent.loader.keyfile import write_key_file
@@ -24,6 +28,8 @@ from tests.integration.conftest import Harness
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL_ID = "served"
+#: The served agent's ``--replay-window`` (narrower than the default, to see it take effect).
+REPLAY_WINDOW_S = 30
 
 
 @pytest.fixture
@@ -59,7 +65,8 @@ def served(
     proc = subprocess.Popen(
         [sys.executable, "-m", "agent.cli.main", "agent", "--broker", harness.server.target,
          "--model-id", MODEL_ID, "--sealed", str(sealed_model[0]), "--emulate",
-         "--emulation-dir", str(harness.pki_dir), "--serve", "127.0.0.1:0", "--generator", "echo"],
+         "--emulation-dir", str(harness.pki_dir), "--serve", "127.0.0.1:0", "--generator", "echo",
+         "--replay-window", str(REPLAY_WINDOW_S)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -103,6 +110,23 @@ def test_agent_serves_the_attested_key_to_both_kinds_of_client(
     policy = sealed_model[1]
     assert main([*base, "--policy", policy, "--trust-emulation", str(harness.pki_dir)]) == 0
     assert capsys.readouterr().out == "sealed to the enclave\n"
+    # --replay-window took effect: a client whose clock is 60 s behind is refused before any
+    # response (the default window of 120 s would have let it through); 20 s behind is fine.
+    key = harness.keys.result_key.public_key()
+    now = datetime.now(UTC)
+
+    async def generate(skew_s: int) -> str:
+        client = EnclaveClient(
+            target, bundle_check=key, clock=lambda: now - timedelta(seconds=skew_s)
+        )
+        try:
+            return await client.generate_text("clock check")
+        finally:
+            await client.close()
+
+    assert asyncio.run(generate(20)) == "clock check"
+    with pytest.raises(ClientClockRefused, match="check this machine's clock"):
+        asyncio.run(generate(2 * REPLAY_WINDOW_S))
     # SIGTERM: the service stops and the agent exits 0.
     proc.terminate()
     out, err = proc.communicate(timeout=30)
@@ -121,6 +145,21 @@ def test_serve_flags_are_checked_before_anything_is_attested(
     assert main([*base, "--generator", "echo"]) == 2
     assert main([*base, "--tls-cert", "x.pem"]) == 2
     assert "--tls-cert and --tls-key go together" in capsys.readouterr().err
+    assert main([*base, "--replay-window", "30"]) == 2
+    assert "--replay-window goes with --serve" in capsys.readouterr().err
+    serve = [*base, "--serve", "127.0.0.1:0", "--generator", "echo"]
+    for bad in ("0", str(agent_cli.MAX_REPLAY_WINDOW_S + 1)):
+        assert main([*serve, "--replay-window", bad]) == 2
+        assert "--replay-window must be 1..3600 seconds" in capsys.readouterr().err
+    # Each refusal came before Attest: the model's one-shot release is still unspent.
+    assert harness.server.broker.log.size == 0
+
+
+def test_replay_window_constants_match_the_stream_layer() -> None:
+    from sealing.stream import replay
+
+    assert agent_cli.MAX_REPLAY_WINDOW_S == replay.MAX_REPLAY_WINDOW_S
+    assert agent_cli.DEFAULT_REPLAY_WINDOW_S == replay.DEFAULT_REPLAY_WINDOW_S
 
 
 def test_generator_specs() -> None:
