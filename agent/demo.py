@@ -17,7 +17,8 @@ What it does, in order (each step printed as it happens):
    memory and compare them with the originals;
 6. serves the enclave's encrypted token stream with the attested key and a version-2 key bundle
    (its evidence and session nonce included); one client pins the broker's key, a second trusts
-   no broker and appraises that evidence itself; a recording relay shows it saw no plaintext;
+   no broker and appraises that evidence itself; a recording relay shows it saw no plaintext,
+   and a request sent twice is answered once (the copy is refused before any response);
 7. shows the refusals: tampered evidence, a replayed nonce, evidence made for another nonce, a
    debug-mode CPU and a GPU not in CC mode (each with the broker's finding), plus a release
    attempt with a refused result;
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -40,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import grpc
 import numpy as np
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -55,7 +58,13 @@ from agent.agent import (
     wipe,
 )
 from agent.broker.config import LOG_VKEY, BrokerConfig, BrokerKeys, prepare_state_dir
-from agent.client import EnclaveClient, broker_ear_check, evidence_check, log_inclusion_check
+from agent.client import (
+    EnclaveClient,
+    broker_ear_check,
+    channel_options,
+    evidence_check,
+    log_inclusion_check,
+)
 from agent.emulation import (
     EmulatedCpuSource,
     EmulatedGpu,
@@ -65,7 +74,7 @@ from agent.emulation import (
     non_cc_gpu_source,
 )
 from agent.enclave.generator import EchoGenerator
-from agent.enclave.service import EnclaveService, serve_enclave
+from agent.enclave.service import ENCLAVE_LOGGER, GENERATE_METHOD, EnclaveService, serve_enclave
 from agent.enclave.tap import ByteTap
 from agent.evidence.sources import CpuEvidenceSource, GpuEvidenceSource
 from agent.loader import seal_model
@@ -77,13 +86,13 @@ from agent.rpc.server import (
     load_emulation_roots,
     serve_broker,
 )
-from agent.rpc.v1 import broker_pb2, broker_pb2_grpc
+from agent.rpc.v1 import broker_pb2, broker_pb2_grpc, enclave_pb2
 from attest.bundle import DeviceEvidenceIn, EvidenceBundle
 from attest.ear import Status, VerifyingKey
 from attest.log.note import NoteVerifier
 from attest.policy import Policy, load_policy
 from sealing.hpke_suite import HpkePrivateKey
-from sealing.stream import KeyBundle, record_len
+from sealing.stream import ClientStream, KeyBundle, VerifiedKeyBundle, record_len
 from sealing.weights import key_fingerprint
 
 MODEL_ID = "lessee-demo-model"
@@ -426,8 +435,9 @@ def _stream_demo(
     )
     broker_check = broker_ear_check(broker_key, log_proof_check=log_inclusion_check(log_key))
 
-    async def run() -> tuple[list[str], list[str], ByteTap, int]:
-        # The tokens of each client, what the relay saw of the first, its records.
+    async def run() -> tuple[list[str], list[str], ByteTap, int, tuple[int, str]]:
+        # The tokens of each client, what the relay saw of the first, its records, and what a
+        # replayed request got.
         service = EnclaveService(
             key,
             KeyBundle.build(
@@ -441,15 +451,17 @@ def _stream_demo(
         try:
             async with EnclaveClient(tap.target, bundle_check=broker_check) as client:
                 tokens = [t async for t in client.generate(DEMO_PROMPT)]
+                verified = await client.key_bundle()
             records = service.stats.records_sent
+            replay = await _replayed_request(server.port, verified)
             async with EnclaveClient(f"127.0.0.1:{server.port}", bundle_check=check) as client:
                 own = [t async for t in client.generate(DEMO_PROMPT)]
         finally:
             await tap.stop()
             await server.stop(0)
-        return tokens, own, tap, records
+        return tokens, own, tap, records, replay
 
-    tokens, own, tap, records = asyncio.run(run())
+    tokens, own, tap, records, (answered, replayed) = asyncio.run(run())
     text = "".join(tokens)
     rep.expect(
         text == DEMO_PROMPT.upper(), f"client verified the key bundle and received: {text!r}"
@@ -478,6 +490,37 @@ def _stream_demo(
         not leaked,
         f"neither the prompt nor the answer, nor any of their words, is in the relay's bytes ({len(leaked)} found)",
     )
+    rep.expect(
+        answered > 0 and replayed == "ALREADY_EXISTS",
+        f"a request the relay sent twice: the first copy answered ({answered} records), the "
+        f"second refused before any response ({replayed}): the enclave answers a request once",
+    )
+
+
+async def _replayed_request(port: int, verified: VerifiedKeyBundle) -> tuple[int, str]:
+    """The relay's replay: one sealed request sent twice, straight to the enclave. Returns the
+    records the first copy got and the status the second got (``OK`` would be a failure)."""
+    stream = ClientStream.start(verified, DEMO_PROMPT, sent_at=int(time.time()))
+    request = enclave_pb2.GenerateRequest(sealed_request=stream.request)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=channel_options()) as ch:
+        call = ch.unary_stream(
+            GENERATE_METHOD,
+            request_serializer=enclave_pb2.GenerateRequest.SerializeToString,
+            response_deserializer=enclave_pb2.StreamRecord.FromString,
+        )
+        first = [message async for message in call(request)]
+        # The service warns of every replay (for its operator); here the demo expects one and
+        # prints the outcome itself.
+        service_log = logging.getLogger(ENCLAVE_LOGGER)
+        level = service_log.level
+        service_log.setLevel(logging.ERROR)
+        try:
+            second = [message async for message in call(request)]
+        except grpc.aio.AioRpcError as exc:
+            return len(first), exc.code().name
+        finally:
+            service_log.setLevel(level)
+    return len(first), f"OK with {len(second)} records"
 
 
 def _refusal(

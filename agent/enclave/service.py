@@ -80,7 +80,9 @@ __all__ = [
     "serve_enclave",
 ]
 
-_log = logging.getLogger("lessee.enclave")
+#: The service's logger (counts, durations, outcome names and refusals; never a secret).
+ENCLAVE_LOGGER = "lessee.enclave"
+_log = logging.getLogger(ENCLAVE_LOGGER)
 
 #: Full name of the gRPC service (checked against the generated descriptor at import time).
 ENCLAVE_SERVICE = "lessee.v1.Enclave"

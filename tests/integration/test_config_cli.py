@@ -241,6 +241,7 @@ def test_demo_runs_end_to_end(
         "equal to the originals",
         "zero trust in the broker: a second client appraised the enclave's own evidence",
         "both clients verified the bundle's log proof",
+        "second refused before any response (ALREADY_EXISTS)",
         "tampered evidence",
         "replayed nonce: FAILED_PRECONDITION [nonce_used]",
         "evidence made for another nonce: contraindicated",
