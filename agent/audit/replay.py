@@ -15,7 +15,11 @@ Per entry (each failure is a ``Finding`` naming the entry; the replay keeps goin
    bundle and used only if their bytes hash to the entry's reference (``replay_blob_unusable``
    otherwise; ``audit verify`` reports the blob itself as missing or replaced).
 2. **Policy.** The document loads (``policy_invalid``) and its digest is the EAR's
-   ``ear.lessee.policy-digest`` (``policy_digest_mismatch``).
+   ``ear.lessee.policy-digest`` (``policy_digest_mismatch``). A version-2 release names the
+   sealed model it released (``model_version``, ``manifest_sha256``): if the logged policy
+   pins manifests (``model_manifest_digests``), the logged manifest is one of them
+   (``release_manifest_not_pinned``; the broker's ``manifest_pin`` rule). A version-1 release
+   does not log its manifest, so for it the pin is not decidable and not checked.
 3. **Result.** The logged EAR verifies with the pinned verifier key as of the logged time
    (``ear_invalid`` with the reason; for a release or a refusal an expired result still yields
    its claims, and a release after its ``exp`` is ``release_after_expiry``); its ``eat_nonce`` is the logged nonce (``nonce_mismatch``); for
@@ -65,8 +69,9 @@ Across the log (in log order):
    binding, not before it (``refusal_result_differs``, ``refusal_key_mismatch``, ...); at most
    one refusal per (result, reason) (``refusal_repeated``); and the reason agrees with the log
    where that is decidable offline (``refusal_reason_inconsistent``, see
-   ``_reason_disagreements``). A release of a result refused earlier for a reason that cannot
-   change is ``release_after_refusal``.
+   ``_reason_disagreements``; ``manifest_pin`` is decidable for version-2 refusals only, which
+   log the manifest the broker looked at). A release of a result refused earlier for a reason
+   that cannot change is ``release_after_refusal``.
 
 Emulated roots: a policy may trust extra roots by SHA-256 (``roots.extra_trusted_sha256``). The
 broker archives those it used (``trust-root-<role>-<n>`` collateral); the auditor may supply
@@ -140,6 +145,8 @@ from attest.x509chain import load_pem_chain
 _log = logging.getLogger(__name__)
 
 #: Version of the JSON report (``ReplayReport.to_json``); bump on any incompatible change.
+#: Fields added to it are optional for a reader (version 1 still): each entry's
+#: ``model_version`` and ``manifest_sha256`` are null for attest and version-1 entries.
 REPORT_VERSION = 1
 #: The role the broker gives the evidence bundle, and the prefix of its own RIMs.
 EVIDENCE_ROLE = "evidence-bundle"
@@ -580,6 +587,14 @@ class EntryReplay:
     result_model_id: str | None = None
     #: Whether the result's policy digest is the logged policy's (None: not established).
     policy_matches: bool | None = None
+    #: Version-2 release and refusal entries: the logged registered model version and sealed
+    #: manifest digest (None on attest and version-1 entries).
+    model_version: int | None = None
+    manifest_sha256: bytes | None = None
+    #: Whether the logged policy admits the logged manifest: True if it pins no manifests or
+    #: pins this one, False if it pins others only (the broker's ``manifest_pin``), None where
+    #: not decidable (attest and version-1 entries, or the policy did not load).
+    manifest_admitted: bool | None = None
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -589,6 +604,8 @@ class EntryReplay:
             "time": self.time.isoformat(),
             "result_id": self.result_id,
             "model_id": self.model_id,
+            "model_version": self.model_version,
+            "manifest_sha256": self.manifest_sha256.hex() if self.manifest_sha256 else None,
             "logged_status": self.logged_status.value if self.logged_status else None,
             "recomputed_status": self.recomputed_status.value if self.recomputed_status else None,
             "verdict_equal": self.verdict_equal,
@@ -680,6 +697,8 @@ class EntryReplayer:
             findings=tuple(findings),
             recipient_key_sha256=e.recipient_key_sha256,
             reason=e.reason,
+            model_version=e.model_version,
+            manifest_sha256=e.manifest_sha256,
             **facts,
         )
 
@@ -703,6 +722,17 @@ class EntryReplayer:
         except InputError as exc:
             add("policy_invalid", f"logged policy does not load: {exc}")
             raise _Stop from None
+        if e.manifest_sha256 is not None:  # version 2: the pin is decidable
+            pinned = policy.model_manifest_digests
+            admitted = not pinned or e.manifest_sha256.hex() in pinned
+            facts["manifest_admitted"] = admitted
+            if e.kind is EntryKind.RELEASE and not admitted:
+                add(
+                    "release_manifest_not_pinned",
+                    f"released model version {e.model_version} with manifest "
+                    f"{e.manifest_sha256.hex()}, which the logged policy's "
+                    f"model_manifest_digests ({len(pinned)} pinned) do not list",
+                )
 
         # 3. The logged result, with the pinned key, as of the logged time. For a release or
         # a refusal an expired result still yields its claims (its signature is checked
@@ -1380,7 +1410,9 @@ def _reason_disagreements(
     * ``model_mismatch``: the requested model is not the one the result names;
     * ``not_affirming``: ``a`` logged a verdict that is not affirming;
     * ``policy_changed``: the logged policy (the model's at the time) is not the result's;
-    * ``manifest_pin``: not decidable (the registered manifest digest is not logged);
+    * ``manifest_pin``: the logged policy pins manifests and the logged manifest is not
+      among them (version-2 entries; for version 1 not decidable: the registered manifest
+      digest is not logged there);
     * ``expired``: logged after the result's ``exp``. It is also logged for a token refused
       as expired before any other check (past the EAR's clock skew), so it implies nothing
       about the checks before it;
@@ -1405,6 +1437,11 @@ def _reason_disagreements(
         out.append(f"attest entry {a.index} logged an affirming verdict")
     elif reason is RefusalReason.POLICY_CHANGED and r.policy_matches:
         out.append("the logged policy is the one the result names")
+    elif reason is RefusalReason.MANIFEST_PIN and r.manifest_admitted:
+        out.append(
+            "the logged policy pins no manifests or pins the logged one "
+            f"({r.manifest_sha256.hex() if r.manifest_sha256 else '?'})"
+        )
     elif reason is RefusalReason.EXPIRED and (exp is None or r.time.timestamp() <= exp):
         out.append(f"it had not expired ({when})")
     elif reason is RefusalReason.KEY_MISMATCH:
@@ -1431,6 +1468,8 @@ def _reason_disagreements(
         out.append(f"attest entry {a.index} logged {status} (checked before it)")
     if RefusalReason.POLICY_CHANGED in passed and r.policy_matches is False:
         out.append("the logged policy is not the result's (checked before it)")
+    if RefusalReason.MANIFEST_PIN in passed and r.manifest_admitted is False:
+        out.append("the logged policy does not pin the logged manifest (checked before it)")
     if RefusalReason.EXPIRED in passed and exp is not None and logged_at > exp:
         out.append(f"the result had expired ({when}; checked before it)")
     return out

@@ -10,7 +10,8 @@ Flow (docs/architecture.md §3):
    proof it returns.
 3. ``release_key`` accepts only an EAR this broker signed, unexpired, ``affirming``, issued for
    this model under the model's current policy, and not used for a release before; it seals the
-   model's data key to the attested enclave key with HPKE and logs the release. A refusal of a
+   model's data key to the attested enclave key with HPKE and logs the release (naming the
+   registered model version and sealed-manifest digest it released). A refusal of a
    result this broker signed is logged too (``release_refused``, once per result and reason)
    before the caller is answered; see ``Broker.release_key``.
 
@@ -37,6 +38,7 @@ from attest.ear import AttestationResult, EarError, SigningKey, Status, issue_ea
 from attest.errors import InputError, LesseeError, VerificationError
 from attest.findings import Finding
 from attest.log.entry import (
+    MAX_MODEL_VERSION,
     BlobRef,
     RefusalReason,
     attest_entry,
@@ -149,7 +151,7 @@ class Broker:
             raise InputError(f"data key must be {DATA_KEY_BYTES} bytes")
         if len(manifest_digest) != 32:
             raise InputError("manifest digest must be 32 bytes (SHA-256)")
-        if not 0 <= model_version < 2**32:
+        if not 0 <= model_version <= MAX_MODEL_VERSION:
             raise InputError("model version must fit in 32 bits")
         policy = load_policy(policy_json)
         key_id = f"{model_id}/v{model_version}/{secrets.token_hex(8)}"
@@ -332,7 +334,10 @@ class Broker:
         a retry logs it; a crash between the two loses that one entry (never duplicates it),
         as a crash between claiming and logging a release would. The binding and recipient
         digest are those of the result's own enclave key and nonce, as a release would have
-        logged them; ``policy`` is the model's policy now, which the decision was made under.
+        logged them; ``policy`` is the model's policy now, which the decision was made under,
+        and ``model_version``/``manifest_sha256`` (a version-2 entry) are the model record the
+        decision looked at. Every logged refusal has one: an unknown model is refused by
+        ``_model`` before any token is read, and that refusal is not logged.
         """
         result_id = claims.result_id
         if result_id is None or claims.nonce is None or claims.enclave_key is None:
@@ -354,6 +359,8 @@ class Broker:
                 model_id=model_id,
                 recipient_key_sha256=hashlib.sha256(claims.enclave_key).digest(),
                 reason=reason,
+                model_version=model.model_version,
+                manifest_sha256=model.manifest_digest,
             )
             self.log.append(entry, [policy_bytes])
         except BaseException:
@@ -434,6 +441,8 @@ class Broker:
             result=result,
             model_id=model_id,
             recipient_key_sha256=record.enclave_key_digest,
+            model_version=model.model_version,
+            manifest_sha256=model.manifest_digest,
         )
         receipt = self.log.append(entry, [policy_bytes])
         return ReleaseOutcome(

@@ -1,6 +1,6 @@
 """One log entry: what the broker decided, when, on which evidence, under which policy.
 
-Encoding: canonical JSON, version 1 (see docs/log.md §"Entry encoding" for the choice).
+Encoding: canonical JSON, versions 1 and 2 (see docs/log.md §"Entry encoding" for the choice).
 
 * UTF-8, no insignificant whitespace, object keys sorted, no floats, integers below 2**53,
   no duplicate keys: the RFC 8785 (JCS) rules for the subset of JSON we use. Every string we
@@ -13,6 +13,15 @@ Encoding: canonical JSON, version 1 (see docs/log.md §"Entry encoding" for the 
 * ``"v": 1`` comes first in every entry's meaning: a decoder refuses versions it does not know
   rather than guessing, and kinds it does not know just as loudly (``release_refused`` was
   added to version 1 as a new kind, not as version 2, for that reason: see docs/log.md).
+* Version 2 is for ``release`` and ``release_refused`` entries only: they add which sealed
+  model the decision was about, ``model_version`` (the registered version, an integer in
+  ``0..MAX_MODEL_VERSION``) and ``manifest_sha256`` (the registered manifest's SHA-256). New
+  *fields* in an existing kind are the case the version is for: a version-1 decoder would
+  refuse the unknown keys anyway, but ``"v": 2`` says why, and a version-1 release (written
+  before these fields existed) keeps its exact bytes and meaning, so old logs still verify and
+  replay. Each version has its own closed key set: a version-1 release with the new fields, a
+  version-2 release without them, and a version-2 attest entry (attest entries stay version 1)
+  are all refused. The broker writes version 2 for every release and refusal.
 
 Bytes (nonce, binding, digests) are lowercase hex; times are RFC 3339 UTC with exactly six
 fractional digits. Evidence, collateral and the policy document are *not* inline: an entry
@@ -36,7 +45,15 @@ from attest.errors import ParseError
 from attest.jsonutil import object_without_duplicates
 from attest.timeutil import require_aware
 
+#: Version of attest entries, and of release and refusal entries from before version 2.
 ENTRY_VERSION = 1
+#: Version of release and refusal entries that name the sealed model (``model_version``,
+#: ``manifest_sha256``): what the broker writes.
+RELEASE_ENTRY_VERSION = 2
+ENTRY_VERSIONS = (ENTRY_VERSION, RELEASE_ENTRY_VERSION)
+#: Largest registered model version: the broker's bound, which is the sealed-weights format's
+#: (``sealing.weights._format.MAX_MODEL_VERSION``, tested equal).
+MAX_MODEL_VERSION = (1 << 32) - 1
 #: Largest encoded entry. Entries hold digests, not blobs; the result JWT dominates.
 MAX_ENTRY_BYTES = 256 * 1024
 #: Largest signed result (an EAR JWT with a few submodules is a few kB).
@@ -257,10 +274,16 @@ _REF_CACHE: dict[tuple[str, str, str, int], BlobRef] = {}
 
 
 _COMMON_KEYS = {"v", "kind", "time", "nonce", "binding", "policy", "verifier", "result"}
+_MANIFEST_KEYS = {"model_version", "manifest_sha256"}
+#: The closed key set of each (kind, version); a pair not here is refused.
 _KEYS = {
-    EntryKind.ATTEST: _COMMON_KEYS | {"evidence", "collateral"},
-    EntryKind.RELEASE: _COMMON_KEYS | {"model_id", "recipient_key_sha256"},
-    EntryKind.RELEASE_REFUSED: _COMMON_KEYS | {"model_id", "recipient_key_sha256", "reason"},
+    (EntryKind.ATTEST, 1): _COMMON_KEYS | {"evidence", "collateral"},
+    (EntryKind.RELEASE, 1): _COMMON_KEYS | {"model_id", "recipient_key_sha256"},
+    (EntryKind.RELEASE_REFUSED, 1): _COMMON_KEYS | {"model_id", "recipient_key_sha256", "reason"},
+    (EntryKind.RELEASE, 2): _COMMON_KEYS | {"model_id", "recipient_key_sha256"} | _MANIFEST_KEYS,
+    (EntryKind.RELEASE_REFUSED, 2): _COMMON_KEYS
+    | {"model_id", "recipient_key_sha256", "reason"}
+    | _MANIFEST_KEYS,
 }
 
 
@@ -274,6 +297,10 @@ class LogEntry:
     ``release_refused``: the fields of the release that was asked for (``policy`` is the
     model's policy at the time, ``recipient_key_sha256`` the digest of the result's enclave
     key) and the ``reason`` it was refused; no key was released.
+
+    ``model_version`` and ``manifest_sha256``: on release and refusal entries of version 2
+    (both or neither; ``version`` follows from them), the model's registered version and
+    sealed-manifest digest when the broker decided; None on version-1 and attest entries.
     """
 
     kind: EntryKind
@@ -288,6 +315,8 @@ class LogEntry:
     model_id: str | None = None
     recipient_key_sha256: bytes | None = None
     reason: RefusalReason | None = None
+    model_version: int | None = None
+    manifest_sha256: bytes | None = None
     raw: bytes = field(default=b"", repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -318,6 +347,8 @@ class LogEntry:
                 )
             if self.model_id is not None or self.recipient_key_sha256 is not None:
                 raise EntryError("an attest entry has no model_id or recipient key")
+            if self.model_version is not None or self.manifest_sha256 is not None:
+                raise EntryError("an attest entry has no model_version or manifest_sha256")
         else:
             if self.evidence or self.collateral:
                 raise EntryError(f"a {self.kind.value} entry carries no evidence or collateral")
@@ -330,6 +361,17 @@ class LogEntry:
                 raise EntryError(
                     "recipient key digest must be 32 bytes", field="recipient_key_sha256"
                 )
+            if (self.model_version is None) != (self.manifest_sha256 is None):
+                raise EntryError(
+                    f"a {self.kind.value} entry has both model_version and manifest_sha256 "
+                    "(version 2) or neither (version 1)"
+                )
+            if self.model_version is not None:
+                _int(self.model_version, "model_version", MAX_MODEL_VERSION)
+            if self.manifest_sha256 is not None and (
+                type(self.manifest_sha256) is not bytes or len(self.manifest_sha256) != SHA256_SIZE
+            ):
+                raise EntryError("manifest digest must be 32 bytes", field="manifest_sha256")
         if self.kind is EntryKind.RELEASE_REFUSED:
             if not isinstance(self.reason, RefusalReason):
                 raise EntryError("a release_refused entry needs a refusal reason", field="reason")
@@ -341,6 +383,11 @@ class LogEntry:
         if self.raw and self.raw != encoded:
             raise EntryError("entry bytes are not the canonical encoding of their content")
         object.__setattr__(self, "raw", encoded)
+
+    @property
+    def version(self) -> int:
+        """The entry's ``"v"``: 2 for a release or refusal naming its sealed model, else 1."""
+        return ENTRY_VERSION if self.model_version is None else RELEASE_ENTRY_VERSION
 
     def blob_refs(self) -> tuple[BlobRef, ...]:
         """Every blob this entry depends on: the policy, then evidence, then collateral."""
@@ -356,7 +403,7 @@ class LogEntry:
         common_tail = f'"nonce":"{self.nonce.hex()}","policy":{_ref_json(self.policy)},'
         end = (
             f'"result":"{self.result}","time":{s(format_time(self.time))},'
-            f'"v":{ENTRY_VERSION},"verifier":{s(self.verifier)}}}'
+            f'"v":{self.version},"verifier":{s(self.verifier)}}}'
         )
         if self.kind is EntryKind.ATTEST:
             text = (
@@ -367,19 +414,25 @@ class LogEntry:
             )
         else:
             # ``reason`` sorts between ``policy`` and ``recipient_key_sha256``; its values are
-            # fixed lowercase labels, which need no escaping.
+            # fixed lowercase labels, which need no escaping. Version 2's ``manifest_sha256``
+            # sorts before ``model_id`` and ``model_version`` after it (hex and an integer).
             key = self.recipient_key_sha256
             reason = f'"reason":"{self.reason.value}",' if self.reason is not None else ""
+            if self.manifest_sha256 is not None:
+                manifest = f'"manifest_sha256":"{self.manifest_sha256.hex()}",'
+                version = f'"model_version":{self.model_version},'
+            else:
+                manifest = version = ""
             text = (
-                f'{{"binding":"{self.binding.hex()}","kind":"{self.kind.value}",'
-                f'"model_id":{s(self.model_id or "")},{common_tail}{reason}'
+                f'{{"binding":"{self.binding.hex()}","kind":"{self.kind.value}",{manifest}'
+                f'"model_id":{s(self.model_id or "")},{version}{common_tail}{reason}'
                 f'"recipient_key_sha256":"{key.hex() if key is not None else ""}",{end}'
             )
         return text.encode("ascii")
 
     def _to_json(self) -> dict[str, Any]:
         obj: dict[str, Any] = {
-            "v": ENTRY_VERSION,
+            "v": self.version,
             "kind": self.kind.value,
             "time": format_time(self.time),
             "nonce": self.nonce.hex(),
@@ -397,6 +450,9 @@ class LogEntry:
             obj["recipient_key_sha256"] = key.hex() if key is not None else ""
             if self.reason is not None:
                 obj["reason"] = self.reason.value
+            if self.manifest_sha256 is not None:
+                obj["model_version"] = self.model_version
+                obj["manifest_sha256"] = self.manifest_sha256.hex()
         return obj
 
 
@@ -446,16 +502,22 @@ def decode_entry(data: bytes) -> LogEntry:
         raise EntryError("entry is not ASCII JSON") from exc
     if not isinstance(obj, dict):
         raise EntryError("entry is not a JSON object")
-    if obj.get("v") != ENTRY_VERSION or type(obj.get("v")) is not int:
-        raise EntryError(f"unsupported entry version {obj.get('v')!r}", field="v")
+    version = obj.get("v")
+    if type(version) is not int or version not in ENTRY_VERSIONS:
+        raise EntryError(f"unsupported entry version {version!r}", field="v")
     try:
         kind = EntryKind(str(obj.get("kind")))
     except ValueError as exc:
         raise EntryError(f"kind must be one of {_KINDS_TEXT}", field="kind") from exc
-    if set(obj) != _KEYS[kind]:
-        extra = sorted(set(obj) - _KEYS[kind])
-        missing = sorted(_KEYS[kind] - set(obj))
-        raise EntryError(f"{kind.value} entry keys wrong (extra {extra}, missing {missing})")
+    keys = _KEYS.get((kind, version))
+    if keys is None:
+        raise EntryError(f"a {kind.value} entry is never version {version}", field="v")
+    if set(obj) != keys:
+        extra = sorted(set(obj) - keys)
+        missing = sorted(keys - set(obj))
+        raise EntryError(
+            f"{kind.value} entry version {version} keys wrong (extra {extra}, missing {missing})"
+        )
     common: dict[str, Any] = {
         "kind": kind,
         "time": _parse_time(obj["time"]),
@@ -472,6 +534,11 @@ def decode_entry(data: bytes) -> LogEntry:
             evidence=_refs(obj["evidence"], "evidence"),
             collateral=_refs(obj["collateral"], "collateral"),
         )
+    model_version: int | None = None
+    manifest: bytes | None = None
+    if version == RELEASE_ENTRY_VERSION:
+        model_version = _int(obj["model_version"], "model_version", MAX_MODEL_VERSION)
+        manifest = _hex(obj["manifest_sha256"], "manifest_sha256", SHA256_SIZE, SHA256_SIZE)
     return LogEntry(
         **common,
         model_id=obj["model_id"] if isinstance(obj["model_id"], str) else "",
@@ -479,6 +546,8 @@ def decode_entry(data: bytes) -> LogEntry:
             obj["recipient_key_sha256"], "recipient_key_sha256", SHA256_SIZE, SHA256_SIZE
         ),
         reason=_reason(obj["reason"]) if kind is EntryKind.RELEASE_REFUSED else None,
+        model_version=model_version,
+        manifest_sha256=manifest,
     )
 
 
@@ -528,8 +597,11 @@ def release_entry(
     result: str,
     model_id: str,
     recipient_key_sha256: bytes,
+    model_version: int | None = None,
+    manifest_sha256: bytes | None = None,
 ) -> LogEntry:
-    """Build the entry for one key release."""
+    """Build the entry for one key release: version 2 with ``model_version`` and
+    ``manifest_sha256`` (what the broker writes), version 1 without them (as old logs hold)."""
     return LogEntry(
         kind=EntryKind.RELEASE,
         time=at,
@@ -540,6 +612,8 @@ def release_entry(
         result=result,
         model_id=model_id,
         recipient_key_sha256=recipient_key_sha256,
+        model_version=model_version,
+        manifest_sha256=manifest_sha256,
     )
 
 
@@ -554,8 +628,11 @@ def release_refused_entry(
     model_id: str,
     recipient_key_sha256: bytes,
     reason: RefusalReason,
+    model_version: int | None = None,
+    manifest_sha256: bytes | None = None,
 ) -> LogEntry:
-    """Build the entry for one refused key release (no key was released)."""
+    """Build the entry for one refused key release (no key was released); version 2 with
+    ``model_version`` and ``manifest_sha256``, version 1 without them (as for a release)."""
     return LogEntry(
         kind=EntryKind.RELEASE_REFUSED,
         time=at,
@@ -567,4 +644,6 @@ def release_refused_entry(
         model_id=model_id,
         recipient_key_sha256=recipient_key_sha256,
         reason=reason,
+        model_version=model_version,
+        manifest_sha256=manifest_sha256,
     )

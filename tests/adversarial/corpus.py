@@ -732,10 +732,16 @@ def _log_entry_seeds() -> tuple[Seed, ...]:
     from attest.log.entry import RefusalReason
     from tests.log.helpers import make_entry, make_refusal_entry
 
-    # One seed per entry kind: attest, release, release_refused.
+    # One seed per entry kind and version: attest, release and release_refused (version 1, as
+    # older logs hold them, and version 2, naming the model version and manifest).
     return (
         *(Seed(f"entry{i}", make_entry(i)[0].raw) for i in (0, 1)),
         Seed("entry_refused", make_refusal_entry(3, RefusalReason.RESULT_USED)[0].raw),
+        Seed("entry_release_v2", make_entry(5, v2=True)[0].raw),
+        Seed(
+            "entry_refused_v2",
+            make_refusal_entry(7, RefusalReason.MANIFEST_PIN, v2=True)[0].raw,
+        ),
     )
 
 

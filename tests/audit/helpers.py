@@ -64,6 +64,8 @@ OTHER_KEY: SigningKey = ed25519.Ed25519PrivateKey.from_private_bytes(
     hashlib.sha256(b"lessee replay test other verifier key").digest()
 )
 MASTER_KEY = hashlib.sha256(b"lessee replay test master key").digest()
+#: The sealed manifest ``build`` registers the model with (version 1).
+MANIFEST = hashlib.sha256(b"manifest").digest()
 
 SNP_REPORT = bytes.fromhex((CPU / "snp/virtee-sev/report_milan.hex").read_text().strip())
 SNP_CERTS = (
@@ -224,7 +226,7 @@ def build(
         model_version=1,
         data_key=hashlib.sha256(b"data key").digest(),
         policy_json=policy,
-        manifest_digest=hashlib.sha256(b"manifest").digest(),
+        manifest_digest=MANIFEST,
     )
     (directory / "log.vkey").write_text(LOG_SIGNER.verifier().vkey() + "\n")
     (directory / "verifier.pem").write_bytes(public_pem(VERIFIER_KEY))
@@ -342,11 +344,23 @@ def forge_release(
     model_id: str = MODEL,
     recipient: bytes | None = None,
     advance: float = 7.25,
+    manifest: bytes | None = None,
+    model_version: int = 1,
 ) -> None:
-    """A release entry appended directly, as a broker that skipped its checks would log it."""
+    """A release entry appended directly, as a broker that skipped its checks would log it:
+    version 1 (as older brokers wrote) unless ``manifest`` names the released manifest
+    (version 2, with ``model_version``)."""
     fields, policy_bytes = _forged(b, token, nonce, key, model_id, advance)
     digest = recipient or hashlib.sha256(key).digest()
-    b.log.append(release_entry(**fields, recipient_key_sha256=digest), [policy_bytes])
+    b.log.append(
+        release_entry(
+            **fields,
+            recipient_key_sha256=digest,
+            model_version=model_version if manifest is not None else None,
+            manifest_sha256=manifest,
+        ),
+        [policy_bytes],
+    )
 
 
 def forge_refusal(
@@ -358,11 +372,20 @@ def forge_refusal(
     key: bytes,
     model_id: str = MODEL,
     advance: float = 7.25,
+    manifest: bytes | None = None,
+    model_version: int = 1,
 ) -> None:
-    """A ``release_refused`` entry appended directly, with whatever reason the test chooses."""
+    """A ``release_refused`` entry appended directly, with whatever reason the test chooses
+    (version 2 with ``manifest``, as for ``forge_release``)."""
     fields, policy_bytes = _forged(b, token, nonce, key, model_id, advance)
     digest = hashlib.sha256(key).digest()
     b.log.append(
-        release_refused_entry(**fields, recipient_key_sha256=digest, reason=reason),
+        release_refused_entry(
+            **fields,
+            recipient_key_sha256=digest,
+            reason=reason,
+            model_version=model_version if manifest is not None else None,
+            manifest_sha256=manifest,
+        ),
         [policy_bytes],
     )

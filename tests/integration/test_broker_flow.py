@@ -29,6 +29,7 @@ from sealing.hpke_suite import HpkeOpenError, SuiteId
 from sealing.stream import KeyBundle
 from tests.integration.conftest import (
     DATA_KEY,
+    MANIFEST,
     MODEL,
     OTHER_DATA_KEY,
     OTHER_MANIFEST,
@@ -52,7 +53,11 @@ def test_affirming_flow_releases_the_registered_key(harness: Harness) -> None:
     entry = agent.fetch_entry(release.log_proof.index)
     verify_log_proof(release.log_proof, entry, harness.keys.log_signer.verifier())
     assert release.log_proof.index > attested.log_index
-    assert decode_entry(entry).model_id == MODEL
+    logged = decode_entry(entry)
+    assert logged.model_id == MODEL
+    # Entry version 2: which sealed model was released, as the agent was told.
+    assert logged.version == 2 and logged.model_version == release.model_version == 1
+    assert logged.manifest_sha256 == release.manifest_digest == MANIFEST
 
 
 def test_replayed_nonce_is_refused_and_not_logged(harness: Harness) -> None:
@@ -372,6 +377,8 @@ def test_refusals_of_its_own_results_are_logged_once_over_grpc(harness: Harness)
     entry = decode_entry(log.entries(size, size + 1)[0])
     assert entry.kind is EntryKind.RELEASE_REFUSED and entry.reason == "model_mismatch"
     assert entry.result == attested.result and entry.model_id == OTHER_MODEL
+    # The model record the refusal was decided under (the requested model's).
+    assert (entry.version, entry.model_version, entry.manifest_sha256) == (2, 1, OTHER_MANIFEST)
     for garbage in ("a.b.c", attested.result[:-4] + "AAAA"):
         assert release(garbage, MODEL).code() in (
             grpc.StatusCode.INVALID_ARGUMENT,

@@ -25,14 +25,18 @@ WITNESS2 = Cosigner("witness.lessee.test/w2", hashlib.sha256(b"lessee test witne
 T0 = datetime(2026, 11, 28, 12, 0, 0, 123456, tzinfo=UTC)
 POLICY = b'{"policy":"default","version":1}'
 EAR = "eyJhbGciOiJFUzI1NiJ9.eyJlYXIiOiJ0ZXN0In0.c2lnbmF0dXJl"
+#: What a version-2 release or refusal names: the registered model version and manifest digest.
+MODEL_VERSION = 7
+MANIFEST = hashlib.sha256(b"sealed manifest of example/model-7b").digest()
 
 
 def evidence_bytes(i: int) -> bytes:
     return b"SNP report for entry %d " % i + bytes(64)
 
 
-def make_entry(i: int) -> tuple[LogEntry, list[bytes]]:
-    """Entry ``i``: even = attest (CPU report + shared policy), odd = release."""
+def make_entry(i: int, *, v2: bool = False) -> tuple[LogEntry, list[bytes]]:
+    """Entry ``i``: even = attest (CPU report + shared policy), odd = release (version 1, as
+    older brokers wrote it; ``v2``: version 2, naming ``MODEL_VERSION`` and ``MANIFEST``)."""
     nonce = hashlib.sha256(b"nonce %d" % i).digest()[:16]
     binding = hashlib.sha256(b"binding %d" % (i // 2)).digest()
     policy = BlobRef.of("policy", "application/json", POLICY)
@@ -58,12 +62,14 @@ def make_entry(i: int) -> tuple[LogEntry, list[bytes]]:
         result=EAR,
         model_id="example/model-7b",
         recipient_key_sha256=hashlib.sha256(b"enclave key %d" % (i // 2)).digest(),
+        model_version=MODEL_VERSION if v2 else None,
+        manifest_sha256=MANIFEST if v2 else None,
     )
     return entry, [POLICY]
 
 
 def make_refusal_entry(
-    i: int, reason: RefusalReason = RefusalReason.NOT_AFFIRMING
+    i: int, reason: RefusalReason = RefusalReason.NOT_AFFIRMING, *, v2: bool = False
 ) -> tuple[LogEntry, list[bytes]]:
     """Entry ``i`` as a refused release (the fields ``make_entry`` gives a release)."""
     nonce = hashlib.sha256(b"nonce %d" % i).digest()[:16]
@@ -77,5 +83,7 @@ def make_refusal_entry(
         model_id="example/model-7b",
         recipient_key_sha256=hashlib.sha256(b"enclave key %d" % (i // 2)).digest(),
         reason=reason,
+        model_version=MODEL_VERSION if v2 else None,
+        manifest_sha256=MANIFEST if v2 else None,
     )
     return entry, [POLICY]

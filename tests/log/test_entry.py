@@ -14,6 +14,7 @@ import attest.log.entry as entry_module
 from attest.errors import InputError, LesseeError
 from attest.log.entry import (
     MAX_ENTRY_BYTES,
+    MAX_MODEL_VERSION,
     BlobRef,
     EntryError,
     EntryKind,
@@ -24,11 +25,21 @@ from attest.log.entry import (
     _plain_jws,
     decode_entry,
 )
-from tests.log.helpers import EAR, POLICY, T0, make_entry, make_refusal_entry
+from tests.log.helpers import (
+    EAR,
+    MANIFEST,
+    MODEL_VERSION,
+    POLICY,
+    T0,
+    make_entry,
+    make_refusal_entry,
+)
 
 ATTEST, _ = make_entry(0)
 RELEASE, _ = make_entry(1)
 REFUSED, _ = make_refusal_entry(1, RefusalReason.POLICY_CHANGED)
+RELEASE2, _ = make_entry(1, v2=True)
+REFUSED2, _ = make_refusal_entry(1, RefusalReason.MANIFEST_PIN, v2=True)
 
 
 def test_roundtrip_and_exact_bytes() -> None:
@@ -79,6 +90,104 @@ def test_refusal_roundtrip_and_exact_bytes() -> None:
         "key_mismatch",
         "result_used",
     ]
+
+
+def test_version_2_release_and_refusal_exact_bytes() -> None:
+    """Version 2 is a version-1 release or refusal plus ``model_version`` and
+    ``manifest_sha256``, in sorted key order, with ``"v":2``; pinned bytes, so any change to
+    the encoding is a deliberate one."""
+    for v2, v1 in ((RELEASE2, RELEASE), (REFUSED2, REFUSED)):
+        again = decode_entry(v2.raw)
+        assert again == v2 and again.raw == v2.raw and again.version == 2
+        assert (again.model_version, again.manifest_sha256) == (MODEL_VERSION, MANIFEST)
+        assert v2.raw == _canonical(v2._to_json())
+        obj = json.loads(v2.raw)
+        assert list(obj) == sorted(obj)
+        old = json.loads(v1.raw)
+        assert obj == old | {
+            "v": 2,
+            "model_version": MODEL_VERSION,
+            "manifest_sha256": MANIFEST.hex(),
+            **({"reason": "manifest_pin"} if v2.kind is EntryKind.RELEASE_REFUSED else {}),
+        }
+    assert RELEASE2.raw == (
+        b'{"binding":"' + RELEASE.binding.hex().encode() + b'","kind":"release",'
+        b'"manifest_sha256":"' + MANIFEST.hex().encode() + b'",'
+        b'"model_id":"example/model-7b","model_version":7,'
+        b'"nonce":"' + RELEASE.nonce.hex().encode() + b'",'
+        b'"policy":{"media_type":"application/json","role":"policy","sha256":"'
+        + RELEASE.policy.sha256.hex().encode()
+        + b'","size":32},"recipient_key_sha256":"'
+        + (RELEASE.recipient_key_sha256 or b"").hex().encode()
+        + b'","result":"'
+        + EAR.encode()
+        + b'","time":"2026-11-28T12:00:01.123456Z",'
+        b'"v":2,"verifier":"lessee 0.1.0"}'
+    )
+
+
+def test_version_1_entries_keep_their_bytes_and_meaning() -> None:
+    """Old logs still verify: version-1 releases and refusals decode to entries without the
+    new fields and re-encode to the very same bytes; attest entries are version 1 always."""
+    for e in (ATTEST, RELEASE, REFUSED):
+        again = decode_entry(e.raw)
+        assert again.raw == e.raw and again.version == 1
+        assert again.model_version is None and again.manifest_sha256 is None
+        assert b'"v":1,' in e.raw and b"manifest_sha256" not in e.raw
+    assert decode_entry(RELEASE2.raw) != RELEASE  # the version is part of the meaning
+
+
+def test_version_2_fields_checked_when_built() -> None:
+    fields = {
+        f: getattr(RELEASE, f)
+        for f in ("time", "nonce", "binding", "policy", "verifier", "result", "model_id")
+    }
+    key = RELEASE.recipient_key_sha256
+    with pytest.raises(EntryError, match="both model_version and manifest_sha256"):
+        LogEntry(kind=EntryKind.RELEASE, recipient_key_sha256=key, model_version=1, **fields)
+    with pytest.raises(EntryError, match="both model_version and manifest_sha256"):
+        LogEntry(
+            kind=EntryKind.RELEASE, recipient_key_sha256=key, manifest_sha256=MANIFEST, **fields
+        )
+    for bad in (-1, MAX_MODEL_VERSION + 1, True):
+        with pytest.raises(EntryError, match="model_version must be an integer"):
+            LogEntry(
+                kind=EntryKind.RELEASE,
+                recipient_key_sha256=key,
+                model_version=bad,
+                manifest_sha256=MANIFEST,
+                **fields,
+            )
+    with pytest.raises(EntryError, match="manifest digest must be 32 bytes"):
+        LogEntry(
+            kind=EntryKind.RELEASE,
+            recipient_key_sha256=key,
+            model_version=1,
+            manifest_sha256=MANIFEST[:31],
+            **fields,
+        )
+    with pytest.raises(EntryError, match="attest entry has no model_version"):
+        LogEntry(
+            kind=EntryKind.ATTEST,
+            evidence=ATTEST.evidence,
+            model_version=1,
+            manifest_sha256=MANIFEST,
+            **{k: v for k, v in fields.items() if k != "model_id"},
+        )
+    top = LogEntry(
+        kind=EntryKind.RELEASE,
+        recipient_key_sha256=key,
+        model_version=MAX_MODEL_VERSION,
+        manifest_sha256=MANIFEST,
+        **fields,
+    )
+    assert decode_entry(top.raw) == top
+
+
+def test_model_version_bound_is_the_brokers_and_the_sealed_formats() -> None:
+    from sealing.weights._format import MAX_MODEL_VERSION as SEALED_MAX
+
+    assert MAX_MODEL_VERSION == SEALED_MAX == 2**32 - 1
 
 
 def test_reason_only_on_refusals() -> None:
@@ -194,6 +303,35 @@ def _mutate(raw: bytes, **changes: object) -> bytes:
         _mutate(REFUSED.raw, collateral=[]),
         _mutate(REFUSED.raw, kind="release-refused"),
         _mutate(REFUSED.raw, kind="refused"),
+        # version 2: release and refusal entries only, with exactly both new fields
+        _mutate(ATTEST.raw, v=2, model_version=1, manifest_sha256="00" * 32),
+        _mutate(ATTEST.raw, model_version=1, manifest_sha256="00" * 32),
+        _mutate(RELEASE.raw, model_version=1, manifest_sha256="00" * 32),  # v1 with them
+        _mutate(REFUSED.raw, model_version=1, manifest_sha256="00" * 32),
+        _mutate(RELEASE.raw, model_version=1),
+        _mutate(RELEASE.raw, v=2),  # v2 without them
+        _mutate(REFUSED.raw, v=2),
+        _mutate(RELEASE2.raw, model_version=None),
+        _mutate(RELEASE2.raw, manifest_sha256=None),
+        _mutate(REFUSED2.raw, manifest_sha256=None),
+        _mutate(RELEASE2.raw, v=1),
+        _mutate(RELEASE2.raw, v=3),
+        _mutate(RELEASE2.raw, model_version=-1),
+        _mutate(RELEASE2.raw, model_version=MAX_MODEL_VERSION + 1),
+        _mutate(RELEASE2.raw, model_version=True),
+        _mutate(RELEASE2.raw, model_version="7"),
+        _mutate(RELEASE2.raw, manifest_sha256="AB" * 32),
+        _mutate(RELEASE2.raw, manifest_sha256="00" * 31),
+        _mutate(RELEASE2.raw, manifest_sha256="00" * 33),
+        _mutate(REFUSED2.raw, manifest_sha256=""),
+        _mutate(REFUSED2.raw, reason=None),
+        _mutate(REFUSED2.raw, evidence=[]),
+        RELEASE2.raw.replace(b'"model_version":7', b'"model_version":7.0'),
+        RELEASE2.raw.replace(b'"model_version":7', b'"model_version":07'),
+        RELEASE2.raw.replace(b'"model_version":7', b'"model_version":7e0'),
+        RELEASE2.raw.replace(b'"v":2', b'"v":2.0'),
+        RELEASE2.raw.replace(b'"model_id"', b'"model_version":7,"model_id"'),  # duplicate
+        REFUSED2.raw.replace(b'"manifest_sha256":"', b'"manifest_sha256": "'),
         REFUSED.raw.replace(b'"reason":"policy_changed"', b'"reason":"policy\\u005fchanged"'),
         REFUSED.raw.replace(b'"reason"', b'"reason":"expired","reason"'),  # duplicate key
         ATTEST.raw.replace(b'"v":1', b'"v":1.0'),
@@ -306,6 +444,23 @@ def test_refusal_roundtrip(
 
 
 @settings(max_examples=300, deadline=None)
+@given(pos=st.integers(0, len(RELEASE2.raw) - 1), value=st.integers(0, 255))
+def test_single_byte_changes_of_a_version_2_release(pos: int, value: int) -> None:
+    """A one-byte change of a version-2 release fails to decode or is another canonical
+    version-2 entry: never read as version 1 (the fields would have to go) or as an attest."""
+    data = bytearray(RELEASE2.raw)
+    if data[pos] == value:
+        return
+    data[pos] = value
+    try:
+        entry = decode_entry(bytes(data))
+    except EntryError:
+        return
+    assert entry.raw == bytes(data) and entry != RELEASE2
+    assert entry.version == 2 and entry.kind is not EntryKind.ATTEST
+
+
+@settings(max_examples=300, deadline=None)
 @given(data=st.binary(max_size=300) | st.text(max_size=300).map(str.encode))
 def test_random_bytes(data: bytes) -> None:
     with pytest.raises(LesseeError):
@@ -319,13 +474,26 @@ def test_random_bytes(data: bytes) -> None:
     seconds=st.integers(0, 10**9),
     micro=st.integers(0, 999_999),
     model=st.from_regex(r"[ -~]{1,128}", fullmatch=True),
+    manifest=st.none()
+    | st.tuples(st.integers(0, MAX_MODEL_VERSION), st.binary(min_size=32, max_size=32)),
+    kind=st.sampled_from([EntryKind.RELEASE, EntryKind.RELEASE_REFUSED]),
+    reason=st.sampled_from(RefusalReason),
 )
 def test_release_roundtrip(
-    nonce: bytes, binding: bytes, seconds: int, micro: int, model: str
+    nonce: bytes,
+    binding: bytes,
+    seconds: int,
+    micro: int,
+    model: str,
+    manifest: tuple[int, bytes] | None,
+    kind: EntryKind,
+    reason: RefusalReason,
 ) -> None:
+    """Releases and refusals of either version round-trip, and both encoders agree."""
     at = datetime(1990, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds, microseconds=micro)
+    version, digest = manifest if manifest is not None else (None, None)
     e = type(RELEASE)(
-        kind=EntryKind.RELEASE,
+        kind=kind,
         time=at,
         nonce=nonce,
         binding=binding,
@@ -334,9 +502,15 @@ def test_release_roundtrip(
         result=EAR,
         model_id=model,
         recipient_key_sha256=bytes(32),
+        reason=reason if kind is EntryKind.RELEASE_REFUSED else None,
+        model_version=version,
+        manifest_sha256=digest,
     )
     again = decode_entry(e.raw)
-    assert again == e and again.time == at
+    assert again == e and again.time == at and again.raw == e.raw
+    assert (again.model_version, again.manifest_sha256) == (version, digest)
+    assert again.version == (1 if manifest is None else 2)
+    assert e.raw == _canonical(e._to_json())
 
 
 # ---- the fast paths of decoding (issue 7): same bytes, same values, same errors ----------
@@ -353,6 +527,8 @@ _PRINTABLE = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x
     size=st.integers(0, 64 * 1024 * 1024),
     kind=st.sampled_from(EntryKind),
     reason=st.sampled_from(RefusalReason),
+    manifest=st.none()
+    | st.tuples(st.integers(0, MAX_MODEL_VERSION), st.binary(min_size=32, max_size=32)),
 )
 def test_written_out_encoding_is_json_dumps(
     verifier: str,
@@ -362,6 +538,7 @@ def test_written_out_encoding_is_json_dumps(
     size: int,
     kind: EntryKind,
     reason: RefusalReason,
+    manifest: tuple[int, bytes] | None,
 ) -> None:
     """``LogEntry._encode`` spells the entry exactly as ``json.dumps(sort_keys=True)`` does,
     quotes and backslashes included."""
@@ -374,6 +551,8 @@ def test_written_out_encoding_is_json_dumps(
         "result": result,
     }
     ref = BlobRef(role, "application/octet-stream", bytes(range(32)), size)
+    if manifest is not None and kind is not EntryKind.ATTEST:  # version 2
+        common |= {"model_version": manifest[0], "manifest_sha256": manifest[1]}
     if kind is EntryKind.RELEASE:
         e = LogEntry(kind=kind, model_id=model, recipient_key_sha256=bytes(32), **common)
     elif kind is EntryKind.RELEASE_REFUSED:
