@@ -150,6 +150,11 @@ class Relay:
         if self.replay_first:
             await self.replay_exchange(request)
         call = self._upstream_stream(request)
+        # A proxy ends the upstream call when its own call ends, however it ends: on a loaded
+        # machine grpc.aio could cancel this handler while it was suspended outside this
+        # generator, so neither a CancelledError here nor the generator's finalisation was
+        # certain to reach the upstream call, and the enclave kept generating for nobody.
+        context.add_done_callback(lambda _: call.cancel())
         rewrite, end_status = self.rewrite, self.end_status
         replay_after_head = self.replay_after_head
         try:

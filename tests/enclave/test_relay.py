@@ -401,12 +401,15 @@ def test_random_manipulations_never_yield_a_wrong_clean_stream(
 
 
 def test_client_cancel_stops_the_engine(stack_factory: StackFactory) -> None:
-    gen = ScriptedGenerator(["tok"] * 200, delay_s=0.01)
+    # The engine would run for ~20 s, far past the wait below: only the cancellation can close
+    # it early (on a loaded machine, a 2 s engine could finish before a slow cancel arrived,
+    # and a finished engine is not "closed").
+    gen = ScriptedGenerator(["tok"] * 2000, delay_s=0.01)
     stack = stack_factory(gen)
 
     async def first_then_stop(client: EnclaveClient) -> list[str]:
         out = []
-        async for piece in client.generate("p"):
+        async for piece in client.generate("p", params=GenerationParams(max_new_tokens=2000)):
             out.append(piece)
             break
         return out
@@ -414,7 +417,7 @@ def test_client_cancel_stops_the_engine(stack_factory: StackFactory) -> None:
     assert stack.call(first_then_stop) == ["tok"]
 
     async def wait_closed() -> None:
-        for _ in range(200):
+        for _ in range(1000):  # up to ~10 s
             if gen.closed == 1 and stack.service.stats.active == 0:
                 return
             await asyncio.sleep(0.01)
