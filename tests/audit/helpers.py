@@ -30,7 +30,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from agent.audit.replay import ReplayAppraise, composite_appraise
+from agent.audit.replay import ReplayAppraise, ReplayReport, composite_appraise
 from agent.broker.appraiser import composite_appraiser
 from agent.broker.keywrap import KeyWrapper
 from agent.broker.service import Appraisal, Broker
@@ -389,3 +389,8 @@ def forge_refusal(
         ),
         [policy_bytes],
     )
+
+
+def finding_codes(report: ReplayReport) -> set[tuple[str, int | None]]:
+    """Every finding of a replay as (code, entry index): what the replay tests compare."""
+    return {(f.code, f.entry) for f in report.all_findings}

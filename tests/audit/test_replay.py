@@ -28,6 +28,7 @@ from tests.audit.helpers import (
     build,
     enclave_key,
     evidence,
+    finding_codes,
     forge_attest,
     forge_release,
     public_pem,
@@ -71,13 +72,6 @@ def stand_in(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
     b.close()
 
 
-@pytest.fixture
-def fresh(tmp_path: Path) -> Iterator[Built]:
-    b = build(tmp_path, stand_in=True)
-    yield b
-    b.close()
-
-
 def _replay(b: Built, bundle: Path | None = None, **kw: object) -> ReplayReport:
     return replay_bundle_file(
         bundle or b.export(),
@@ -86,10 +80,6 @@ def _replay(b: Built, bundle: Path | None = None, **kw: object) -> ReplayReport:
         appraise=b.appraise,
         **kw,
     )
-
-
-def _codes(report: ReplayReport) -> set[tuple[str, int | None]]:
-    return {(f.code, f.entry) for f in report.all_findings}
 
 
 def _cli(b: Built, bundle: Path, *extra: str) -> tuple[int, dict[str, object]]:
@@ -323,7 +313,7 @@ def test_edited_entry(stand_in: Built) -> None:
         _set_records(m, recs)
 
     report = _replay(stand_in, _tamper(stand_in, "edited", change))
-    codes = _codes(report)
+    codes = finding_codes(report)
     assert ("entry_modified", 1) in codes
     # The edit changed the release's model id: replay names that too.
     assert ("release_model_mismatch", 1) in codes
@@ -336,7 +326,7 @@ def test_deleted_entry(stand_in: Built) -> None:
         _set_records(m, recs)
 
     report = _replay(stand_in, _tamper(stand_in, "deleted", change))
-    codes = _codes(report)
+    codes = finding_codes(report)
     assert ("entry_missing", 0) in codes
     # Without its attest entry the release has nothing to stand on.
     assert ("release_without_attest", 1) in codes
@@ -349,7 +339,7 @@ def test_reordered_entries(stand_in: Built) -> None:
         _set_records(m, recs)
 
     report = _replay(stand_in, _tamper(stand_in, "reordered", change))
-    codes = _codes(report)
+    codes = finding_codes(report)
     assert ("entry_out_of_place", 0) in codes and ("entry_out_of_place", 1) in codes
     assert ("release_without_attest", 1) in codes  # the release now precedes its attest
 
@@ -378,7 +368,7 @@ def test_replaced_evidence_blob(real: Built) -> None:
         m[name] = evidence(cc_mode_on=False).to_json()
 
     report = _replay(real, _tamper(real, "evidence", change))
-    codes = _codes(report)
+    codes = finding_codes(report)
     assert {("blob_digest_mismatch", i) for i in range(3)} <= codes
     assert {("replay_blob_unusable", i) for i in range(3)} <= codes
     assert all(e.recomputed_status is None for e in report.entries)  # never appraised
@@ -391,7 +381,7 @@ def test_replaced_policy_blob(real: Built) -> None:
         m[name] = real_policy(name="another").encode()
 
     report = _replay(real, _tamper(real, "policy", change))
-    codes = _codes(report)
+    codes = finding_codes(report)
     assert ("blob_digest_mismatch", 0) in codes and ("replay_blob_unusable", 0) in codes
     message = next(f.message for f in report.findings if f.code == "replay_blob_unusable")
     assert message.startswith("policy:")
@@ -401,8 +391,8 @@ def test_result_names_another_policy_than_the_logged_one(fresh: Built) -> None:
     """The broker appraised under one policy and logged another document."""
     forge_attest(fresh, bundle=evidence(), claimed_policy_json=real_policy())
     report = _replay(fresh)
-    codes = {c for c, _ in _codes(report)}
-    assert ("policy_digest_mismatch", 0) in _codes(report)
+    codes = {c for c, _ in finding_codes(report)}
+    assert ("policy_digest_mismatch", 0) in finding_codes(report)
     assert codes == {"policy_digest_mismatch", "verdict_mismatch"}  # policy ids differ too
 
 
@@ -419,7 +409,7 @@ def test_release_without_affirming_result(real: Built, tmp_path: Path) -> None:
         report = _replay(b)
     finally:
         b.close()
-    assert _codes(report) == {("release_not_affirming", 1)}
+    assert finding_codes(report) == {("release_not_affirming", 1)}
     assert "attest entry 0 logged contraindicated" in report.findings[0].message
 
 
@@ -429,7 +419,7 @@ def test_release_of_a_result_never_logged(fresh: Built) -> None:
     token, nonce, key = forge_attest(fresh, bundle=evidence(), append=False)
     forge_release(fresh, token, nonce=nonce, key=key)
     report = _replay(fresh)
-    assert _codes(report) == {("release_without_attest", 1)}
+    assert finding_codes(report) == {("release_without_attest", 1)}
 
 
 def test_release_checks_key_model_expiry_and_repeats(fresh: Built) -> None:
@@ -440,7 +430,7 @@ def test_release_checks_key_model_expiry_and_repeats(fresh: Built) -> None:
     forge_release(fresh, token, nonce=nonce, key=key, recipient=b"\x07" * 32)  # 4
     forge_release(fresh, token, nonce=nonce, key=key, advance=300)  # 5: after exp, within skew
     forge_release(fresh, token, nonce=nonce, key=key, advance=3600)  # 6: long after exp
-    codes = _codes(_replay(fresh))
+    codes = finding_codes(_replay(fresh))
     assert not any(e == 1 for _, e in codes)
     assert ("release_repeated", 2) in codes
     assert ("release_model_mismatch", 3) in codes
@@ -456,7 +446,7 @@ def test_a_release_long_after_expiry_is_still_cross_checked(fresh: Built) -> Non
     fresh.attest(evidence())
     token, nonce, key = forge_attest(fresh, bundle=evidence(), append=False)
     forge_release(fresh, token, nonce=nonce, key=key, advance=3600)
-    codes = _codes(_replay(fresh))
+    codes = finding_codes(_replay(fresh))
     assert ("release_after_expiry", 1) in codes
     assert ("release_without_attest", 1) in codes
 
@@ -471,7 +461,7 @@ def test_verdict_differs_from_recomputation(real: Built, tmp_path: Path) -> None
         report = _replay(b)
     finally:
         b.close()
-    assert _codes(report) == {("verdict_mismatch", 1)}
+    assert finding_codes(report) == {("verdict_mismatch", 1)}
     msg = report.findings[0].message
     assert "overall status logged affirming, recomputed contraindicated" in msg
     assert "cpu0 status logged affirming, recomputed contraindicated" in msg
@@ -495,7 +485,7 @@ def test_verdict_with_a_dropped_finding(fresh: Built) -> None:
     forge_attest(fresh, bundle=bad)  # honest: consistent
     forge_attest(fresh, bundle=bad, edit=drop_one)
     report = _replay(fresh)
-    assert _codes(report) == {("verdict_mismatch", 1)}
+    assert finding_codes(report) == {("verdict_mismatch", 1)}
     assert report.entries[1].logged_status is report.entries[1].recomputed_status
     assert "gpu0 findings only recomputed [gpu0.gpu.devtools (reject" in report.findings[0].message
 
@@ -517,7 +507,7 @@ def test_verdict_with_a_changed_claim_or_detail(fresh: Built) -> None:
     forge_attest(fresh, bundle=evidence(cc_mode_on=False), edit=reword)
     forge_attest(fresh, bundle=evidence(), edit=claim)
     report = _replay(fresh)
-    assert _codes(report) == {("verdict_mismatch", 1)}
+    assert finding_codes(report) == {("verdict_mismatch", 1)}
     assert "gpu0 claims differ: ['x-test-gpu-nonce']" in report.findings[0].message
 
 
@@ -525,7 +515,7 @@ def test_nonce_used_twice(fresh: Built) -> None:
     _, nonce, _ = forge_attest(fresh, bundle=evidence())
     forge_attest(fresh, bundle=evidence(), nonce=nonce)
     report = _replay(fresh)
-    assert _codes(report) == {("nonce_reused", 1)}
+    assert finding_codes(report) == {("nonce_reused", 1)}
     assert "attest entry 0" in report.findings[0].message
 
 
@@ -533,7 +523,7 @@ def test_result_id_issued_twice(fresh: Built) -> None:
     forge_attest(fresh, bundle=evidence(), result_id="b" * 32)
     forge_attest(fresh, bundle=evidence(), result_id="b" * 32)
     report = _replay(fresh)
-    assert _codes(report) == {("result_id_reused", 1)}
+    assert finding_codes(report) == {("result_id_reused", 1)}
 
 
 def test_release_with_another_token_nonce_or_binding(fresh: Built) -> None:
@@ -545,7 +535,7 @@ def test_release_with_another_token_nonce_or_binding(fresh: Built) -> None:
     forge_release(fresh, other, nonce=nonce, key=key)
     # 2: the right token, logged under another nonce (so another binding too).
     forge_release(fresh, token, nonce=b"\x09" * 32, key=key)
-    codes = _codes(_replay(fresh))
+    codes = finding_codes(_replay(fresh))
     assert ("release_result_differs", 1) in codes
     assert ("nonce_mismatch", 2) in codes  # the EAR names the old nonce
     assert {("release_nonce_mismatch", 2), ("release_binding_mismatch", 2)} <= codes
@@ -556,13 +546,13 @@ def test_result_signed_by_another_key(fresh: Built) -> None:
     fresh.attest(evidence())
     forge_attest(fresh, bundle=evidence(), signer=OTHER_KEY)
     report = _replay(fresh)
-    assert _codes(report) == {("ear_invalid", 1)}
+    assert finding_codes(report) == {("ear_invalid", 1)}
     assert report.findings[0].message.startswith("ear_algorithm") or report.findings[
         0
     ].message.startswith("ear_signature")
 
 
-def test_cli_text_progress_and_exit_codes(
+def test_cli_text_progress_and_exitfinding_codes(
     real: Built, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bundle, vkey = str(real.dir / "log.zip"), str(real.dir / "log.vkey")
@@ -647,7 +637,7 @@ def test_a_result_without_the_enclave_submodule_is_named_understated(fresh: Buil
     better signed status than the decision -- is its own finding."""
     forge_attest(fresh, bundle=_cpu_only(), without_enclave_submodule=True)
     report = _replay(fresh)
-    assert _codes(report) == {("ear_status_understated", 0)}
+    assert finding_codes(report) == {("ear_status_understated", 0)}
     assert report.entries[0].verdict_equal
     assert report.entries[0].logged_status is Status.CONTRAINDICATED
     assert "with its enclave-level findings the result is contraindicated" in (

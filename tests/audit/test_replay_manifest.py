@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -21,8 +19,8 @@ from tests.audit.helpers import (
     STAND_IN_POLICY,
     VERIFIER_KEY,
     Built,
-    build,
     evidence,
+    finding_codes,
     forge_attest,
     forge_refusal,
     forge_release,
@@ -60,17 +58,6 @@ def _replay(b: Built) -> ReplayReport:
     return replay_bundle_file(
         b.export(), LOG_SIGNER.verifier(), VERIFIER_KEY.public_key(), appraise=b.appraise
     )
-
-
-def _codes(report: ReplayReport) -> set[tuple[str, int | None]]:
-    return {(f.code, f.entry) for f in report.all_findings}
-
-
-@pytest.fixture
-def fresh(tmp_path: Path) -> Iterator[Built]:
-    b = build(tmp_path, stand_in=True)
-    yield b
-    b.close()
 
 
 # ---- the broker ------------------------------------------------------------------------------
@@ -172,7 +159,7 @@ def test_release_of_a_manifest_the_policy_does_not_pin(fresh: Built) -> None:
     token, nonce, key = forge_attest(fresh, bundle=evidence())
     forge_release(fresh, token, nonce=nonce, key=key, manifest=MANIFEST, model_version=5)  # 1
     report = _replay(fresh)
-    assert _codes(report) == {("release_manifest_not_pinned", 1)}
+    assert finding_codes(report) == {("release_manifest_not_pinned", 1)}
     message = report.findings[0].message
     assert MANIFEST.hex() in message and "model version 5" in message
 
@@ -213,7 +200,7 @@ def test_manifest_pin_refusal_the_log_contradicts(fresh: Built, policy: str, why
     token, nonce, key = forge_attest(fresh, bundle=evidence())
     forge_refusal(fresh, token, RefusalReason.MANIFEST_PIN, nonce=nonce, key=key, manifest=MANIFEST)
     report = _replay(fresh)
-    assert _codes(report) == {("refusal_reason_inconsistent", 1)}
+    assert finding_codes(report) == {("refusal_reason_inconsistent", 1)}
     assert report.findings[0].message.startswith("manifest_pin, but")
     assert why in report.findings[0].message
 
@@ -252,7 +239,7 @@ def test_a_later_reason_implies_the_pin_passed(fresh: Built) -> None:
         fresh, other, RefusalReason.POLICY_CHANGED, nonce=n2, key=k2, manifest=MANIFEST
     )  # 5
     report = _replay(fresh)
-    assert _codes(report) == {("refusal_reason_inconsistent", 2)}
+    assert finding_codes(report) == {("refusal_reason_inconsistent", 2)}
     assert report.findings[0].message == (
         "result_used, but the logged policy does not pin the logged manifest (checked before it)"
     )

@@ -28,6 +28,7 @@ from tests.audit.helpers import (
     Built,
     build,
     evidence,
+    finding_codes,
     forge_attest,
     forge_refusal,
     forge_release,
@@ -84,17 +85,6 @@ def _replay(b: Built, bundle: Path | None = None) -> ReplayReport:
     return replay_bundle_file(
         bundle or b.export(), LOG_SIGNER.verifier(), VERIFIER_KEY.public_key(), appraise=b.appraise
     )
-
-
-def _codes(report: ReplayReport) -> set[tuple[str, int | None]]:
-    return {(f.code, f.entry) for f in report.all_findings}
-
-
-@pytest.fixture
-def fresh(tmp_path: Path) -> Iterator[Built]:
-    b = build(tmp_path, stand_in=True)
-    yield b
-    b.close()
 
 
 # ---- the broker ------------------------------------------------------------------------------
@@ -250,7 +240,7 @@ def test_state_loss_refusals_are_logged_and_flagged(fresh: Built) -> None:
     _refuse_twice(fresh, lost, "unknown_result")
     _refuse_twice(fresh, swapped, "key_mismatch")
     report = _replay(fresh)
-    assert _codes(report) == {
+    assert finding_codes(report) == {
         ("refusal_reason_inconsistent", 2),
         ("refusal_reason_inconsistent", 3),
     }
@@ -267,7 +257,7 @@ def test_not_affirming_refusal_of_an_affirming_result(fresh: Built) -> None:
     token, nonce, key = forge_attest(fresh, bundle=evidence())
     forge_refusal(fresh, token, RefusalReason.NOT_AFFIRMING, nonce=nonce, key=key)
     report = _replay(fresh)
-    assert _codes(report) == {("refusal_reason_inconsistent", 1)}
+    assert finding_codes(report) == {("refusal_reason_inconsistent", 1)}
     assert "attest entry 0 logged an affirming verdict" in report.findings[0].message
 
 
@@ -275,7 +265,7 @@ def test_result_used_refusal_without_any_release(fresh: Built) -> None:
     token, nonce, key = forge_attest(fresh, bundle=evidence())
     forge_refusal(fresh, token, RefusalReason.RESULT_USED, nonce=nonce, key=key)
     report = _replay(fresh)
-    assert _codes(report) == {("refusal_reason_inconsistent", 1)}
+    assert finding_codes(report) == {("refusal_reason_inconsistent", 1)}
     assert "no release of result" in report.findings[0].message
 
 
@@ -287,7 +277,7 @@ def test_result_used_refusal_just_before_the_winning_release(fresh: Built) -> No
     forge_release(fresh, token, nonce=nonce, key=key)
     assert _replay(fresh).ok
     forge_release(fresh, token, nonce=nonce, key=key)
-    assert _codes(_replay(fresh)) == {("release_repeated", 3)}
+    assert finding_codes(_replay(fresh)) == {("release_repeated", 3)}
 
 
 @pytest.mark.parametrize(
@@ -306,7 +296,7 @@ def test_refusal_with_a_reason_the_log_contradicts(
     token, nonce, key = forge_attest(fresh, bundle=evidence())
     forge_refusal(fresh, token, logged, nonce=nonce, key=key)
     report = _replay(fresh)
-    assert _codes(report) == {("refusal_reason_inconsistent", 1)}
+    assert finding_codes(report) == {("refusal_reason_inconsistent", 1)}
     assert why in report.findings[0].message
 
 
@@ -323,7 +313,7 @@ def test_refusal_implies_the_checks_before_it_passed(fresh: Built) -> None:
     forge_release(fresh, good, nonce=n2, key=k2)
     forge_refusal(fresh, good, RefusalReason.RESULT_USED, nonce=n2, key=k2, advance=TTL + 5)  # 4
     report = _replay(fresh)
-    assert _codes(report) == {
+    assert finding_codes(report) == {
         ("refusal_reason_inconsistent", 1),
         ("refusal_reason_inconsistent", 4),
     }
@@ -338,7 +328,7 @@ def test_refusal_of_a_result_never_logged_and_repeated_refusals(fresh: Built) ->
     forge_refusal(fresh, token, RefusalReason.NOT_AFFIRMING, nonce=nonce, key=key)  # 2
     forge_refusal(fresh, token, RefusalReason.NOT_AFFIRMING, nonce=nonce, key=key)  # 3
     forge_refusal(fresh, token, RefusalReason.NOT_AFFIRMING, nonce=b"\x05" * 32, key=key)  # 4
-    codes = _codes(_replay(fresh))
+    codes = finding_codes(_replay(fresh))
     assert ("refusal_without_attest", 0) in codes
     assert ("refusal_repeated", 3) in codes and ("refusal_repeated", 2) not in codes
     assert {("nonce_mismatch", 4), ("refusal_nonce_mismatch", 4)} <= codes
@@ -354,7 +344,7 @@ def test_release_after_a_permanent_refusal(fresh: Built) -> None:
     )
     forge_refusal(fresh, token, RefusalReason.EXPIRED, nonce=nonce, key=key, advance=TTL + 5)
     forge_release(fresh, token, nonce=nonce, key=key)  # 3
-    codes = _codes(_replay(fresh))
+    codes = finding_codes(_replay(fresh))
     assert ("release_after_refusal", 3) in codes and ("release_after_expiry", 3) in codes
     assert not any(entry in (1, 2) for _, entry in codes)
     message = next(f.message for f in _replay(fresh).findings if f.code == "release_after_refusal")
@@ -379,7 +369,7 @@ def test_a_refusal_edited_to_another_reason(every_reason: Built, tmp_path: Path)
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as z:
         for name, data in members.items():
             z.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
-    codes = _codes(_replay(every_reason, path))
+    codes = finding_codes(_replay(every_reason, path))
     assert ("entry_modified", index) in codes
     assert ("refusal_reason_inconsistent", index) in codes
 
@@ -446,4 +436,4 @@ def test_a_release_racing_a_refusal_for_expiry_is_not_a_finding(fresh: Built) ->
         (EntryKind.RELEASE_REFUSED, RefusalReason.EXPIRED),
         (EntryKind.RELEASE, None),
     ]
-    assert _codes(_replay(fresh)) == set()
+    assert finding_codes(_replay(fresh)) == set()
