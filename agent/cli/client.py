@@ -18,9 +18,10 @@ proof is not checked.
 Exit 1: the bundle was rejected, the stream was manipulated or truncated, the enclave could not
 be reached, or it refused the request before answering (one line says which: replayed on the way,
 so someone sent a copy first; its send time outside the enclave's window, so check this
-machine's clock; or busy, so retry later). Exit 2: bad arguments or files. Exit 3: the enclave itself ended the stream early
-with an authenticated abort: what was printed is authentic but incomplete (a relay cannot forge
-this, so a script can tell it from a manipulated stream, which is exit 1).
+machine's clock; or busy, so retry later). Exit 2: bad arguments or files. Exit 3: the enclave
+itself ended the stream early with an authenticated abort: what was printed is authentic but
+incomplete (a relay cannot forge this, so a script can tell it from a manipulated stream, which
+is exit 1).
 
 There is deliberately no option to skip the attestation check.
 """

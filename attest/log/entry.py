@@ -276,14 +276,14 @@ _REF_CACHE: dict[tuple[str, str, str, int], BlobRef] = {}
 _COMMON_KEYS = {"v", "kind", "time", "nonce", "binding", "policy", "verifier", "result"}
 _MANIFEST_KEYS = {"model_version", "manifest_sha256"}
 #: The closed key set of each (kind, version); a pair not here is refused.
+_RELEASE_KEYS = _COMMON_KEYS | {"model_id", "recipient_key_sha256"}
+_REFUSAL_KEYS = _RELEASE_KEYS | {"reason"}
 _KEYS = {
     (EntryKind.ATTEST, 1): _COMMON_KEYS | {"evidence", "collateral"},
-    (EntryKind.RELEASE, 1): _COMMON_KEYS | {"model_id", "recipient_key_sha256"},
-    (EntryKind.RELEASE_REFUSED, 1): _COMMON_KEYS | {"model_id", "recipient_key_sha256", "reason"},
-    (EntryKind.RELEASE, 2): _COMMON_KEYS | {"model_id", "recipient_key_sha256"} | _MANIFEST_KEYS,
-    (EntryKind.RELEASE_REFUSED, 2): _COMMON_KEYS
-    | {"model_id", "recipient_key_sha256", "reason"}
-    | _MANIFEST_KEYS,
+    (EntryKind.RELEASE, 1): _RELEASE_KEYS,
+    (EntryKind.RELEASE_REFUSED, 1): _REFUSAL_KEYS,
+    (EntryKind.RELEASE, 2): _RELEASE_KEYS | _MANIFEST_KEYS,
+    (EntryKind.RELEASE_REFUSED, 2): _REFUSAL_KEYS | _MANIFEST_KEYS,
 }
 
 

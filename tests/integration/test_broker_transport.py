@@ -236,6 +236,16 @@ def _local_non_loopback_ip() -> str | None:
     return None if ipaddress.ip_address(ip).is_loopback else ip
 
 
+def _admin_channel(host: str, port: int, files: dict[str, Path]) -> grpc.Channel:
+    """A channel to the admin port presenting the test client certificate (``_pki``)."""
+    return open_channel(
+        f"{host}:{port}",
+        tls_ca=files["ca"],
+        client_cert=files["client_cert"],
+        client_key=files["client_key"],
+    )
+
+
 def _pki(tmp: Path, ip: str) -> dict[str, Path]:
     """A test CA, a server certificate for ``ip`` and an admin client certificate."""
     now = datetime.now(UTC)
@@ -324,12 +334,7 @@ def test_tls_and_admin_access_off_loopback(tmp_path: Path) -> None:
             admin = broker_pb2_grpc.BrokerAdminStub(ch)  # type: ignore[no-untyped-call]
             assert _code(admin.RegisterModel, register) is grpc.StatusCode.UNAVAILABLE
         # With one, the admin call goes through; then the model exists for enclaves.
-        with open_channel(
-            f"{ip}:{running.admin_port}",
-            tls_ca=files["ca"],
-            client_cert=files["client_cert"],
-            client_key=files["client_key"],
-        ) as ch:
+        with _admin_channel(ip, running.admin_port, files) as ch:
             admin = broker_pb2_grpc.BrokerAdminStub(ch)  # type: ignore[no-untyped-call]
             assert admin.RegisterModel(register, timeout=30).key_id.startswith(f"{MODEL}/v1/")
         with open_channel(f"{ip}:{running.port}", tls_ca=files["ca"]) as ch:
@@ -380,12 +385,7 @@ def test_no_loopback_admin_leaves_admin_calls_to_the_admin_port(tmp_path: Path) 
                 else:
                     assert _code(admin.RegisterModel, register) is grpc.StatusCode.PERMISSION_DENIED
             assert running.admin_port is not None
-            with open_channel(
-                f"127.0.0.1:{running.admin_port}",
-                tls_ca=files["ca"],
-                client_cert=files["client_cert"],
-                client_key=files["client_key"],
-            ) as ch:
+            with _admin_channel("127.0.0.1", running.admin_port, files) as ch:
                 admin = broker_pb2_grpc.BrokerAdminStub(ch)  # type: ignore[no-untyped-call]
                 other = broker_pb2.RegisterModelRequest()
                 other.CopyFrom(register)
