@@ -1,30 +1,39 @@
-"""Shared ``--revocation`` options for the commands that check certificate chains (gpu, rim).
+"""Shared revocation (OCSP) options of the commands that check NVIDIA certificate chains.
 
 One place defines the flags and turns them into what ``attest.revocation.check_chain_revocation``
-takes, so ``lessee gpu verify`` and ``lessee rim verify`` behave the same:
+takes, so ``lessee gpu verify`` and ``lessee rim verify`` accept the same flags and refuse the
+same contradictions:
 
 * ``--revocation online`` (the default without ``--ocsp``): ask the OCSP responder
-  (``--ocsp-url``, default NVIDIA's) with ``--ocsp-timeout`` seconds per request, caching answers
-  in ``--ocsp-cache DIR`` if given.
+  (``--ocsp-url``, default NVIDIA's; plain http only on loopback, for a local test responder)
+  with ``--ocsp-timeout`` seconds per request, caching answers in ``--ocsp-cache DIR`` if given
+  (re-verified on every use).
 * ``--revocation stapled`` (the default when ``--ocsp FILE`` is given): use only the DER OCSP
   responses in the ``--ocsp`` files; certificates without one are reported as missing.
 * ``--revocation skip``: check nothing; the result can be at best a warning.
 
-``--allow-hold`` accepts ``certificate_hold`` (NVIDIA's verifier has the same flag); read it as
-``args.allow_hold``.
+``--allow-hold`` accepts ``certificate_hold`` as a warning (NVIDIA's verifier has the same flag);
+read it as ``args.allow_hold``. Contradictory flags and unusable files are ``InputError`` /
+``ParseError`` naming the flag or the file: usage errors (exit 2).
 """
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import urllib.parse
 
+from agent.bounded_read import read_bounded
 from attest.errors import InputError
 from attest.revocation import MAX_OCSP_RESPONSE_BYTES, OcspSource, RevocationMode, StapledOcsp
 
 #: Mirrors agent.ocsp_fetch (not imported here so ``--help`` stays cheap).
 _DEFAULT_OCSP_URL = "https://ocsp.ndis.nvidia.com/"
 _DEFAULT_OCSP_TIMEOUT_S = 10.0
+#: Stapled OCSP files accepted per run (NVIDIA: 3 per device chain + 3 per RIM chain).
+MAX_OCSP_FILES = 256
+#: Hosts for which a plain-http ``--ocsp-url`` is allowed: a test responder on this machine.
+#: Anywhere else the question would travel in the clear and reveal which device is asking.
+_LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
 def add_revocation_args(parser: argparse.ArgumentParser) -> None:
@@ -74,12 +83,7 @@ def add_revocation_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _read_response(path: str) -> bytes:
-    p = Path(path)
-    with p.open("rb") as f:
-        data = f.read(MAX_OCSP_RESPONSE_BYTES + 1)
-    if len(data) > MAX_OCSP_RESPONSE_BYTES:
-        raise InputError(f"{path}: larger than {MAX_OCSP_RESPONSE_BYTES} bytes")
-    return data
+    return read_bounded(path, MAX_OCSP_RESPONSE_BYTES, "OCSP response")
 
 
 def revocation_from_args(args: argparse.Namespace) -> tuple[RevocationMode, OcspSource | None]:
@@ -98,6 +102,8 @@ def revocation_from_args(args: argparse.Namespace) -> tuple[RevocationMode, Ocsp
     if mode == RevocationMode.STAPLED:
         if not files:
             raise InputError("--revocation stapled needs at least one --ocsp FILE")
+        if len(files) > MAX_OCSP_FILES:
+            raise InputError(f"{len(files)} --ocsp files; the limit is {MAX_OCSP_FILES}")
         responses = []
         for path in files:
             data = _read_response(path)
@@ -112,9 +118,11 @@ def revocation_from_args(args: argparse.Namespace) -> tuple[RevocationMode, Ocsp
         raise InputError("--ocsp files are for --revocation stapled, not online")
     from agent.ocsp_fetch import OnlineOcsp
 
+    host = urllib.parse.urlsplit(args.ocsp_url).hostname
     source = OnlineOcsp(
         url=args.ocsp_url,
         timeout=args.ocsp_timeout,
         cache=args.ocsp_cache,
+        allow_http=host in _LOOPBACK,
     )
     return mode, source

@@ -22,6 +22,7 @@ import sys
 from datetime import UTC, datetime
 
 from agent.bounded_read import read_bounded
+from agent.cli._revocation import add_revocation_args, revocation_from_args
 from attest.errors import InputError
 from attest.nvidia.evidence import (
     MAX_EVIDENCE_FILE_BYTES,
@@ -37,10 +38,6 @@ from attest.x509chain import MAX_PEM_CHAIN_BYTES, describe
 
 EXIT_OK = 0
 EXIT_REJECTED = 1
-#: Stapled OCSP files accepted per run (NVIDIA: 3 per device chain + 3 per RIM chain).
-MAX_OCSP_FILES = 256
-#: One stapled OCSP response file is at most this big (real ones are about 2 KiB).
-MAX_OCSP_FILE_BYTES = 64 * 1024
 #: Evidence files per ``verify`` run: GPU JSON + switch JSON, or a few bare reports.
 MAX_EVIDENCE_FILES = 16
 
@@ -136,26 +133,6 @@ def _rim_source(paths: list[str] | None) -> object:
     return rim_fetch.OnlineRimSource()
 
 
-def _ocsp_source(mode: str, files: list[str] | None) -> object:
-    if mode == "stapled":
-        from attest.revocation.ocsp import StapledOcsp
-
-        if not files:
-            raise InputError("--revocation stapled needs --ocsp FILE (DER OCSP responses)")
-        if len(files) > MAX_OCSP_FILES:
-            raise InputError(f"{len(files)} OCSP files; the limit is {MAX_OCSP_FILES}")
-        return StapledOcsp([read_bounded(f, MAX_OCSP_FILE_BYTES, "OCSP response") for f in files])
-    if files:
-        raise InputError(
-            f"--ocsp files are stapled responses; they need --revocation stapled, not {mode}"
-        )
-    if mode == "online":
-        from agent.ocsp_fetch import OnlineOcsp
-
-        return OnlineOcsp()
-    return None
-
-
 def _print_text(result: object) -> None:
     from attest.nvidia.verifier import EvidenceSetResult
 
@@ -186,24 +163,23 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
     at = parse_iso8601(args.at) if args.at else datetime.now(UTC)
     nonce = parse_nonce(args.nonce, where="--nonce") if args.nonce else None
-    mode = args.revocation or ("stapled" if args.ocsp else "online")
+    mode, ocsp_source = revocation_from_args(args)
     evidence = _load(args.evidence, args.certs)
-    ocsp_source = _ocsp_source(mode, args.ocsp)
     rim_source = _rim_source(args.rim)
     result = verify_gpu_evidence(
         evidence,
         at=at,
         expected_nonce=nonce,
         rim_source=rim_source,  # type: ignore[arg-type]
-        revocation_mode=RevocationMode(mode),
-        ocsp_source=ocsp_source,  # type: ignore[arg-type]
+        revocation_mode=mode,
+        ocsp_source=ocsp_source,
         allow_hold=args.allow_hold,
     )
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     else:
         _print_text(result)
-    if mode == "skip":
+    if mode is RevocationMode.SKIP:
         print(
             "lessee: WARNING: certificate revocation was NOT checked (--revocation skip); "
             "this result is at best 'warning'",
@@ -255,18 +231,6 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="RIM file or folder (repeatable); without it RIMs come from NVIDIA's RIM service",
     )
     ver.add_argument("--at", metavar="ISO-8601", help="verification time (default: now)")
-    ver.add_argument(
-        "--revocation",
-        choices=("online", "stapled", "skip"),
-        help="OCSP source: NVIDIA's service (default), --ocsp files, or skip (result: warning)",
-    )
-    ver.add_argument(
-        "--ocsp", metavar="FILE", action="append", help="stapled DER OCSP response (repeatable)"
-    )
-    ver.add_argument(
-        "--allow-hold",
-        action="store_true",
-        help="accept OCSP 'certificate_hold' (the result is then at best 'warning')",
-    )
+    add_revocation_args(ver)
     ver.add_argument("--json", action="store_true", help="machine-readable output")
     ver.set_defaults(func=_cmd_verify)

@@ -14,21 +14,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import urllib.parse
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 
+from agent.cli._revocation import add_revocation_args, revocation_from_args
 from attest.errors import InputError, VerificationError
 from attest.nvidia.rim import MAX_RIM_BYTES, Rim, VerifiedRim, parse_rim, verify_rim
 from attest.revocation import (
-    MAX_OCSP_RESPONSE_BYTES,
     OcspCheck,
-    OcspSource,
     RevocationMode,
-    StapledOcsp,
     check_chain_revocation,
     nvidia_rim_ocsp_indices,
 )
@@ -38,8 +35,6 @@ from attest.x509chain import describe
 EXIT_OK = 0
 EXIT_REJECTED = 1
 
-_LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
-
 
 def read_rim_file(path: str) -> bytes:
     """Read a RIM file, refusing anything larger than a RIM can be."""
@@ -47,16 +42,6 @@ def read_rim_file(path: str) -> bytes:
         data = f.read(MAX_RIM_BYTES + 1)
     if len(data) > MAX_RIM_BYTES:
         raise InputError(f"{path}: larger than {MAX_RIM_BYTES} bytes; not a RIM")
-    return data
-
-
-def _read_ocsp_file(path: str) -> bytes:
-    with Path(path).open("rb") as f:
-        data = f.read(MAX_OCSP_RESPONSE_BYTES + 1)
-    if len(data) > MAX_OCSP_RESPONSE_BYTES:
-        raise InputError(
-            f"{path}: larger than {MAX_OCSP_RESPONSE_BYTES} bytes; not an OCSP response"
-        )
     return data
 
 
@@ -112,29 +97,6 @@ def _check_json(check: OcspCheck) -> dict[str, Any]:
     }
 
 
-def _ocsp_source(args: argparse.Namespace, mode: RevocationMode) -> OcspSource | None:
-    if mode == RevocationMode.STAPLED:
-        return StapledOcsp([_read_ocsp_file(p) for p in args.ocsp])
-    if mode == RevocationMode.ONLINE:
-        from agent.ocsp_fetch import DEFAULT_OCSP_URL, OnlineOcsp
-
-        url = args.ocsp_url or DEFAULT_OCSP_URL
-        host = urllib.parse.urlsplit(url).hostname
-        return OnlineOcsp(url, allow_http=host in _LOOPBACK)
-    return None
-
-
-def _revocation_mode(args: argparse.Namespace) -> RevocationMode:
-    if args.revocation is None:
-        return RevocationMode.STAPLED if args.ocsp else RevocationMode.ONLINE
-    mode = RevocationMode(args.revocation)
-    if args.ocsp and mode != RevocationMode.STAPLED:
-        raise InputError("--ocsp FILE only makes sense with --revocation stapled")
-    if mode == RevocationMode.STAPLED and not args.ocsp:
-        raise InputError("--revocation stapled needs at least one --ocsp FILE")
-    return mode
-
-
 def _print_text(out: dict[str, Any]) -> None:
     rim = out["rim"]
     print(f"RIM {rim['name']} {rim['version']} ({rim['kind']})")
@@ -169,7 +131,7 @@ def _print_text(out: dict[str, Any]) -> None:
 
 def _verify(args: argparse.Namespace) -> int:
     at = parse_iso8601(args.at) if args.at else datetime.now(UTC)
-    mode = _revocation_mode(args)
+    mode, source = revocation_from_args(args)
     rim = parse_rim(read_rim_file(args.rim))
     out: dict[str, Any] = {"checked_at": at.isoformat(), "rim": rim_json(rim)}
     try:
@@ -191,7 +153,7 @@ def _verify(args: argparse.Namespace) -> int:
         full,
         indices=nvidia_rim_ocsp_indices(len(full)),
         mode=mode,
-        source=_ocsp_source(args, mode),
+        source=source,
         at=at,
         allow_hold=args.allow_hold,
     )
@@ -247,26 +209,6 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     ver.add_argument("rim", metavar="RIM", help="the RIM file")
     ver.add_argument("--at", metavar="ISO-8601", help="verification time (default: now)")
-    ver.add_argument(
-        "--revocation",
-        choices=[m.value for m in RevocationMode],
-        default=None,
-        help="OCSP source: online (NVIDIA's responder), stapled (--ocsp files), or skip "
-        "(unsafe: the result is at best a warning). Default: stapled if --ocsp is given, "
-        "else online",
-    )
-    ver.add_argument(
-        "--ocsp",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="a DER OCSP response for the signer chain (repeatable; implies stapled)",
-    )
-    ver.add_argument("--ocsp-url", metavar="URL", help="OCSP responder for online mode")
-    ver.add_argument(
-        "--allow-hold",
-        action="store_true",
-        help="accept certificate_hold as a warning instead of a rejection",
-    )
+    add_revocation_args(ver)
     ver.add_argument("--json", action="store_true", help="machine-readable output")
     ver.set_defaults(func=_verify)

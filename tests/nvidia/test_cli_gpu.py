@@ -230,3 +230,38 @@ def test_subprocess_rejected_one_line() -> None:
     assert proc.returncode == 1
     lines = [line for line in proc.stderr.splitlines() if line.startswith("lessee: rejected:")]
     assert len(lines) == 1 and "nonce" in lines[0]
+
+
+def test_online_revocation_flags_reach_the_fetcher(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """``--ocsp-url``, ``--ocsp-timeout`` and ``--ocsp-cache`` (shared with ``rim verify``):
+    an unreachable loopback responder leaves every chain's OCSP status missing: rejected."""
+    argv = ["gpu", "verify", *LEGACY, "--nonce", LEGACY_NONCE, *RIMS, *ERA, "--json"]
+    argv += ["--ocsp-url", "http://127.0.0.1:9/", "--ocsp-timeout", "2"]
+    argv += ["--ocsp-cache", str(tmp_path / "ocsp")]
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    assert rc == 1
+    failures = json.loads(out)["devices"][0]["failures"]
+    assert len(failures) == 9  # 3 certificates in each of the device, driver RIM, VBIOS RIM chains
+    assert all(f["actual"] == "missing" for f in failures)
+    assert all("http://127.0.0.1:9/ unreachable" in f["detail"] for f in failures)
+    assert "lessee: rejected:" in err
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--ocsp-url", "http://ocsp.example/"],  # plain http only for a loopback test responder
+        ["--ocsp-timeout", "0"],
+        ["--revocation", "skip", "--ocsp", "x.der"],
+        ["--revocation", "online", "--ocsp", "x.der"],
+    ],
+)
+def test_revocation_flag_contradictions_exit_2(
+    capsys: pytest.CaptureFixture[str], flags: list[str]
+) -> None:
+    assert main(["gpu", "verify", *LEGACY, *RIMS, *ERA, *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lessee: error:") and err.count("\n") == 1

@@ -88,6 +88,8 @@ def test_malformed_rim_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path
         ["--revocation", "stapled"],
         ["--at", "yesterday", "--revocation", "skip"],
         ["--revocation", "maybe"],
+        ["--ocsp-timeout", "0"],
+        ["--ocsp-url", "http://ocsp.example/"],
     ],
 )
 def test_bad_usage_exit_2(capsys: pytest.CaptureFixture[str], args: list[str]) -> None:
