@@ -33,6 +33,10 @@ Errors (all ``attest.errors`` types, so the CLI maps them to exit codes):
   request reached the enclave before, so someone replayed or duplicated it on the way),
   :class:`ClientClockRefused` (``OUT_OF_RANGE``: the send time is outside the enclave's window;
   check this machine's clock) and :class:`EnclaveBusy` (``RESOURCE_EXHAUSTED``: retry later).
+  ``FAILED_PRECONDITION`` (the request was sealed to a key the enclave no longer has) makes the
+  client fetch the bundle again and retry once, only if that bundle names a new key; the same
+  key is :class:`KeyRotationUnconfirmed`, since a relay that kept the first answer and forged
+  the status would otherwise get a second answer to choose from.
 * :class:`BundleError` / ``EarError``: the key bundle did not verify; nothing was sent.
 * :class:`TokenDecodeError`: authenticated output that is not UTF-8 (an engine bug).
 """
@@ -94,6 +98,7 @@ __all__ = [
     "EnclaveUnavailable",
     "GenerationAborted",
     "GenerationTimeout",
+    "KeyRotationUnconfirmed",
     "LogProofCheck",
     "RequestReplayRefused",
     "StreamError",
@@ -152,6 +157,16 @@ class ClientClockRefused(EnclaveUnavailable):
 class EnclaveBusy(EnclaveUnavailable):
     """``RESOURCE_EXHAUSTED`` before the head: the enclave (or gRPC in front of it) refused the
     request for load, e.g. its replay guard is at its bound of live request ids. Retry later."""
+
+
+class KeyRotationUnconfirmed(EnclaveUnavailable):
+    """``FAILED_PRECONDITION`` before the head (the enclave no longer has the key the request
+    was sealed to), but the bundle fetched again still offers that same attested key.
+
+    An enclave that restarted offers a new key, and the SDK retries once with it. The same key
+    means the status was not the enclave's: a relay that forwarded the request, kept the answer
+    and reported a stale key would, if the prompt were sealed again, hold a second answer to
+    choose from (the choice the replay guard denies it). So nothing is sent again."""
 
 
 class GenerationAborted(LesseeError):  # noqa: N818 (an outcome, named as one)
@@ -532,6 +547,22 @@ class EnclaveClient:
             bundle = self._fetched
         return verify_bundle(bundle, check=self._check, at=self._clock())
 
+    async def _attempt_bundle(self, sealed_to: bytes | None) -> VerifiedKeyBundle:
+        """The verified bundle for one attempt of a generation. For the retry after a stale-key
+        refusal (``sealed_to``: the key the first request was sealed to) it must name another
+        key, or :class:`KeyRotationUnconfirmed`: the prompt is sealed again only to a key the
+        enclave really rotated to."""
+        verified = await self.key_bundle()
+        if sealed_to is not None and verified.public_key.encode() == sealed_to:
+            raise KeyRotationUnconfirmed(
+                "Generate failed with FAILED_PRECONDITION (unauthenticated): the enclave's key "
+                "is said to be stale, but the enclave still offers the same attested key; the "
+                "prompt is not sent again (a relay that forged the status would get a second "
+                "answer)",
+                code=grpc.StatusCode.FAILED_PRECONDITION.name,
+            )
+        return verified
+
     def _start(
         self, verified: VerifiedKeyBundle, prompt: str, params: GenerationParams | None
     ) -> tuple[ClientStream, grpc.aio.UnaryStreamCall[Any, Any], float]:
@@ -600,8 +631,11 @@ class EnclaveClient:
         Ends normally only after the enclave's authenticated clean end; raises
         :class:`GenerationAborted` after the last token of an aborted stream.
         """
+        sealed_to: bytes | None = None
         for attempt in (1, 2):
-            stream, call, deadline = self._start(await self.key_bundle(), prompt, params)
+            verified = await self._attempt_bundle(sealed_to)
+            sealed_to = verified.public_key.encode()
+            stream, call, deadline = self._start(verified, prompt, params)
             got_head = False
             try:
                 async for message in call:
@@ -634,8 +668,11 @@ class EnclaveClient:
         second generator level, and records opened by ``open_token`` (token bytes, no event
         objects): it runs once per token, between two gRPC reads."""
         decoder = codecs.getincrementaldecoder("utf-8")("strict")
+        sealed_to: bytes | None = None
         for attempt in (1, 2):
-            stream, call, deadline = self._start(await self.key_bundle(), prompt, params)
+            verified = await self._attempt_bundle(sealed_to)
+            sealed_to = verified.public_key.encode()
+            stream, call, deadline = self._start(verified, prompt, params)
             got_head = False
             try:
                 async for message in call:

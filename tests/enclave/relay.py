@@ -76,6 +76,10 @@ class Relay:
         #: Send a copy of each Generate request to the enclave (and read its whole answer)
         #: *before* forwarding the original, recorded as a "Replay" exchange.
         self.replay_first = False
+        #: Once: send the next Generate request to the enclave as the relay itself (its whole
+        #: answer kept, as a "Replay" exchange), forward nothing, and end the client's call
+        #: with this status (a forged refusal, e.g. a "stale key" to provoke a second request).
+        self.keep_answer_and_refuse: grpc.StatusCode | None = None
         self._server: grpc.aio.Server | None = None
         self._channel: grpc.aio.Channel | None = None
         self.port = 0
@@ -142,6 +146,10 @@ class Relay:
     async def _generate(self, request: bytes, context: Any) -> AsyncIterator[bytes]:
         exchange = Exchange("Generate", request)
         self.exchanges.append(exchange)
+        if self.keep_answer_and_refuse is not None:
+            status, self.keep_answer_and_refuse = self.keep_answer_and_refuse, None
+            await self.replay_exchange(request)
+            await context.abort(status, "relay says: stale key")
         if self.request_rewrite is not None:
             msg = enclave_pb2.GenerateRequest.FromString(request)
             request = enclave_pb2.GenerateRequest(

@@ -23,6 +23,7 @@ from agent.client import (
     EnclaveClient,
     EnclaveUnavailable,
     GenerationAborted,
+    KeyRotationUnconfirmed,
     RequestReplayRefused,
 )
 from agent.enclave import EchoGenerator, EnclaveConfig, ScriptedGenerator
@@ -265,6 +266,23 @@ def test_relay_replaying_first_leaves_the_client_a_clear_error(stack: Stack) -> 
         stranger.open_record(copy.received_records[1])
     for needle in EXPECTED:
         assert needle.strip().encode() not in b"".join(copy.received)
+
+
+def test_forged_stale_key_does_not_get_the_relay_a_second_answer(stack: Stack) -> None:
+    """The relay has the enclave answer the request (and keeps the answer), then tells the
+    client its key is stale. A retry would seal the prompt again to the same key and give the
+    relay a second, independently sampled answer to choose between; the client refetches the
+    bundle, sees the key unchanged, and sends nothing more."""
+    stack.relay.keep_answer_and_refuse = grpc.StatusCode.FAILED_PRECONDITION
+    pieces, err = stack.collect(PROMPT)
+    assert pieces == []
+    assert isinstance(err, KeyRotationUnconfirmed) and err.code == "FAILED_PRECONDITION"
+    assert "not sent again" in str(err)
+    methods = [e.method for e in stack.relay.exchanges]
+    assert methods == ["GetKeyBundle", "Generate", "Replay", "GetKeyBundle"]
+    (kept,) = stack.relay.replay_exchanges()
+    assert len(kept.received) == 1 + len(EXPECTED) + 1  # the one answer, which the relay kept
+    assert stack.service.stats.requests == 1
 
 
 @pytest.mark.parametrize("skew_s", [-121.0, 121.0], ids=["clock-behind", "clock-ahead"])
