@@ -268,18 +268,54 @@ class _EngineDeadline:
         self._handle.cancel()
 
 
+class _FailedStart:
+    """Stands in for an engine whose ``generate()`` raised before returning its iterator: the
+    first ``anext`` raises that exception, so the per-token loop's engine-failure handling (an
+    authenticated ABORT, a log line with the type only) covers it too, with no extra frame
+    per token."""
+
+    __slots__ = ("_exc",)
+
+    def __init__(self, exc: Exception) -> None:
+        self._exc = exc
+
+    def __aiter__(self) -> _FailedStart:
+        return self
+
+    async def __anext__(self) -> str | bytes:
+        raise self._exc
+
+
+def _engine_stream(
+    generator: TokenGenerator, prompt: str, params: GenerationParams
+) -> AsyncIterator[str | bytes]:
+    """The engine's iterator for one request; an engine whose ``generate()`` call itself raises
+    (say, it validates the prompt first) fails at the first token instead (``_FailedStart``):
+    its message may quote the prompt, so it must not reach grpc's default handler, which would
+    send it as the call's status, in the clear, through the relay."""
+    try:
+        return generator.generate(prompt, params)
+    except Exception as exc:
+        return _FailedStart(exc)
+
+
 @contextlib.asynccontextmanager
 async def _closing(
     it: AsyncIterator[str | bytes],
 ) -> AsyncGenerator[AsyncIterator[str | bytes], None]:
     """Close an engine's iterator however the stream ends, so a cancelled stream also stops the
-    engine (an async generator has ``aclose``; a bare async iterator may not)."""
+    engine (an async generator has ``aclose``; a bare async iterator may not). An engine that
+    fails while closing is logged by type only (its message may quote the prompt) and the
+    stream's outcome stands: every record sent was already sealed and counted."""
     try:
         yield it
     finally:
         aclose = getattr(it, "aclose", None)
         if aclose is not None:
-            await aclose()
+            try:
+                await aclose()
+            except Exception as exc:
+                _log.warning("engine failed while closing: %s", type(exc).__name__)
 
 
 class EnclaveService:
@@ -379,7 +415,7 @@ class EnclaveService:
                     result = StreamOutcome.CLOSED
                     produced = 0
                     try:
-                        async with _closing(self._generator.generate(prompt, params)) as engine:
+                        async with _closing(_engine_stream(self._generator, prompt, params)) as engine:
                             while produced < params.max_new_tokens:
                                 if guard.expired:
                                     result = StreamOutcome.TIME_LIMIT
@@ -425,6 +461,14 @@ class EnclaveService:
             finally:
                 self.stats.active -= 1
                 self._log_end(outcome, session, started)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            # A bug, not an engine failure (those end in an authenticated ABORT above): the
+            # fixed status text, never grpc's default "Unexpected <type>: <message>", which
+            # would carry whatever the message quotes through the relay in the clear.
+            _log.error("stream failed: internal error %s", type(exc).__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, _INTERNAL)
         finally:
             hard_stop.cancel()
 
@@ -469,6 +513,9 @@ class EnclaveService:
         except InputError:
             self.stats.malformed += 1
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _MALFORMED)
+        except Exception as exc:  # a bug: the fixed text, not grpc's default (see generate)
+            _log.error("request failed: internal error %s", type(exc).__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, _INTERNAL)
 
     def _final(
         self, session: EnclaveStreamSession, outcome: StreamOutcome
@@ -567,7 +614,7 @@ class EnclaveService:
         """Cover mode's engine driver: token payloads onto the bounded queue, then a sentinel."""
         produced = 0
         try:
-            async with _closing(self._generator.generate(prompt, params)) as engine:
+            async with _closing(_engine_stream(self._generator, prompt, params)) as engine:
                 async for piece in engine:
                     for data in _pieces(piece):
                         await queue.put(data)

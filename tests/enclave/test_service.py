@@ -8,6 +8,7 @@ import datetime as dt
 import hashlib
 import os
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -31,7 +32,13 @@ from agent.enclave.service import (
 from agent.rpc.v1 import enclave_pb2
 from attest.errors import InputError
 from sealing import hpke_suite
-from sealing.stream import AbortReason, ClientStream, GenerationParams, ReplayGuard
+from sealing.stream import (
+    AbortReason,
+    ClientStream,
+    GenerationParams,
+    ReplayGuard,
+    StreamError,
+)
 from sealing.stream.request import REQUEST_SECRET_LEN, request_header, request_info
 from tests.enclave.conftest import Stack, StackFactory, enclave_key, make_bundle
 
@@ -469,3 +476,81 @@ def test_a_piece_that_cannot_be_encoded_is_an_authenticated_abort(
     assert isinstance(err, GenerationAborted) and err.reason == AbortReason.INTERNAL
     assert stack.service.stats.outcomes == {StreamOutcome.ENGINE_ERROR: 1}
     assert "\\ud800" not in caplog.text and "bad" not in caplog.text
+
+
+class _RaisesOnCall:
+    """An engine whose ``generate()`` itself raises (it checks the prompt before it returns
+    an iterator), with the prompt in the message, as a tokenizer error might."""
+
+    def generate(self, prompt: str, params: GenerationParams) -> AsyncIterator[str]:
+        raise ValueError(f"cannot tokenize prompt {prompt!r}")
+
+
+class _RaisesOnClose:
+    """An async-generator engine whose cleanup fails, quoting the prompt."""
+
+    async def generate(self, prompt: str, params: GenerationParams) -> AsyncIterator[str]:
+        try:
+            yield "ok"
+            yield " more"
+        finally:
+            raise RuntimeError(f"kv-cache release failed for {prompt!r}")
+
+
+_SECRET_PROMPT = "my SECRET diagnosis is XYZ"
+
+
+@pytest.mark.parametrize("cover", [None, 0.005], ids=["direct", "cover"])
+def test_engine_failing_to_start_is_an_authenticated_abort_quoting_nothing(
+    stack_factory: StackFactory, cover: float | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An engine that raises when asked for its iterator (before any token) is the engine
+    failing: an authenticated ABORT(INTERNAL). Not an exception escaping to grpc's default
+    handler, which put "Unexpected <class 'ValueError'>: cannot tokenize prompt '...'" in the
+    call's status, in the clear, through the relay, and logged the traceback."""
+    stack = stack_factory(_RaisesOnCall(), config=EnclaveConfig(cover_interval=cover))
+    with caplog.at_level("DEBUG"):
+        pieces, err = stack.collect(_SECRET_PROMPT)
+    assert pieces == []
+    assert isinstance(err, GenerationAborted) and err.reason == AbortReason.INTERNAL
+    assert stack.service.stats.outcomes == {StreamOutcome.ENGINE_ERROR: 1}
+    assert "engine failed: ValueError" in caplog.text
+    assert "SECRET" not in caplog.text
+    assert b"SECRET" not in stack.relay.all_bytes()
+    (exchange,) = stack.relay.generate_exchanges()
+    assert exchange.upstream_status == "OK"  # the stream ended with its own final record
+
+
+@pytest.mark.parametrize("cover", [None, 0.005], ids=["direct", "cover"])
+def test_engine_failing_while_closing_keeps_the_clean_end(
+    stack_factory: StackFactory, cover: float | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The engine is closed at ``max_new_tokens`` and its cleanup raises: every token sent
+    was already sealed, so the stream still ends cleanly; the failure is logged by type only."""
+    stack = stack_factory(_RaisesOnClose(), config=EnclaveConfig(cover_interval=cover))
+    with caplog.at_level("DEBUG"):
+        pieces, err = stack.collect(_SECRET_PROMPT, params=GenerationParams(max_new_tokens=1))
+    assert (pieces, err) == (["ok"], None)
+    assert stack.service.stats.outcomes == {StreamOutcome.CLOSED: 1}
+    assert "engine failed while closing: RuntimeError" in caplog.text
+    assert "SECRET" not in caplog.text
+    assert b"SECRET" not in stack.relay.all_bytes()
+
+
+def test_a_bug_in_the_handler_gets_the_fixed_internal_status(
+    stack: Stack, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anything that escapes the handler (a bug, not the engine) ends the call with the fixed
+    INTERNAL text, never grpc's default status, which quotes the exception's message."""
+
+    def broken(self: object, token: bytes) -> list[bytes]:
+        raise KeyError(f"state for {token!r}")
+
+    monkeypatch.setattr("sealing.stream.session.EnclaveStreamSession.seal_token", broken)
+    with caplog.at_level("DEBUG"):
+        pieces, err = stack.collect("hello there")
+    assert pieces == [] and isinstance(err, StreamError)  # cut after the head: truncation
+    (exchange,) = stack.relay.generate_exchanges()
+    assert exchange.upstream_status == "INTERNAL"
+    assert "stream failed: internal error KeyError" in caplog.text
+    assert "state for" not in caplog.text and b"state for" not in stack.relay.all_bytes()
