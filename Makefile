@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,torch]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,torch,peer]'
 	touch $(STAMP)
 
 install: $(STAMP)

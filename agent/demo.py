@@ -2,8 +2,8 @@
 
 What it does, in order (each step printed as it happens):
 
-1. makes (or reuses) this installation's emulation PKI: GPU, RIM and SEV-SNP roots that no
-   default policy trusts;
+1. makes an emulation PKI in its work directory (``emulation-pki``; reused when the same
+   ``--workdir`` is given again): GPU, RIM and SEV-SNP roots that no default policy trusts;
 2. starts a key broker on loopback (plaintext only because it is loopback), state in its own
    directory: SQLite databases, master key, EAR signing key, log key;
 3. generates a small model (numpy tensors saved as safetensors) and seals it
