@@ -135,6 +135,7 @@ class Harness:
         model_id: str = MODEL,
         data_key: bytes = DATA_KEY,
         manifest: bytes = MANIFEST,
+        model_version: int = 1,
         **policy_overrides: object,
     ) -> broker_pb2.RegisterModelResponse:
         assert self.channel is not None
@@ -143,7 +144,7 @@ class Harness:
         admin = broker_pb2_grpc.BrokerAdminStub(self.channel)  # type: ignore[no-untyped-call]
         request = broker_pb2.RegisterModelRequest(
             model_id=model_id,
-            model_version=1,
+            model_version=model_version,
             data_key=data_key,
             policy_json=json.dumps(policy),
             manifest_digest=manifest,

@@ -108,6 +108,32 @@ def test_expired_result_is_refused(harness: Harness) -> None:
     assert (e.value.code, e.value.reason) == (grpc.StatusCode.PERMISSION_DENIED, "ear_expired")
 
 
+def test_registering_again_under_the_same_policy_leaves_live_results_usable(
+    harness: Harness,
+) -> None:
+    """A result authorizes its model under the policy it was appraised against: the model
+    registered again (new data key, version 2) with the same policy is released to a result
+    issued before, and the release names the new registration (docs/broker.md)."""
+    agent = harness.agent()
+    attested = agent.attest(MODEL)
+    harness.register(data_key=OTHER_DATA_KEY, model_version=2)
+    key, release = agent.release(attested)
+    assert bytes(key) == OTHER_DATA_KEY and release.model_version == 2
+
+
+def test_registering_again_under_another_policy_refuses_live_results(harness: Harness) -> None:
+    """The same, but the policy changed with the registration: the earlier result is refused
+    (``policy_changed``); the enclave must attest again, under the new policy."""
+    agent = harness.agent()
+    attested = agent.attest(MODEL)
+    harness.register(data_key=OTHER_DATA_KEY, model_version=2, name="rotated")
+    with pytest.raises(BrokerRefusedError) as e:
+        agent.release(attested)
+    assert (e.value.code, e.value.reason) == (grpc.StatusCode.PERMISSION_DENIED, "policy_changed")
+    key, release = agent.release(agent.attest(MODEL))
+    assert bytes(key) == OTHER_DATA_KEY and release.model_version == 2
+
+
 def test_result_for_another_key_cannot_be_used(harness: Harness) -> None:
     a, b = harness.agent(), harness.agent()
     attested_a = a.attest(MODEL)
