@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 
 from attest.errors import InputError, ParseError, VerificationError
-from attest.jsonutil import object_without_duplicates
+from attest.jsonutil import MAX_JSON_DEPTH, json_depth, object_without_duplicates
 from attest.timeutil import require_aware
 
 #: lessee's EAR profile. Results under it carry the enclave key, nonce, policy digest and expiry.
@@ -257,15 +257,30 @@ _STRICT_DECODER = json.JSONDecoder(object_pairs_hook=_no_dupes)
 
 
 def _strict_object(text: bytes, what: str) -> dict[str, Any]:
+    """``text`` as a JSON object, or ``ParseError``; never any other exception.
+
+    The protected header is parsed before the signature is checked, so this reads bytes from
+    anyone who can reach ``verify_ear`` (the broker's ReleaseKey). Hostile nesting is refused
+    by ``json_depth`` before the recursive parser sees it (``RecursionError`` otherwise), and
+    ``ValueError`` -- an integer past Python's digit limit -- and ``RecursionError`` are caught
+    as a backstop, so such a token is a client error, not an internal one.
+    """
     try:
         decoded = text.decode("utf-8")
         if decoded.startswith("\ufeff"):  # ``json.loads`` refuses a BOM; so do we
             raise json.JSONDecodeError("Unexpected UTF-8 BOM", decoded, 0)
+        if json_depth(decoded) > MAX_JSON_DEPTH:
+            raise ParseError(f"{what} nested deeper than {MAX_JSON_DEPTH} levels", field=what)
         value = _STRICT_DECODER.decode(decoded)
     except _DuplicateKey as dup:
         raise ParseError(f"duplicate key {dup.key!r} in {what}", field=what) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ParseError(f"{what} is not JSON", field=what) from exc
+    except (ValueError, RecursionError) as exc:  # digit limit; recursion despite the bound
+        # Python's own text ends in advice to raise the digit limit, which is not the caller's
+        # to take: keep only what was wrong.
+        reason = str(exc).split(";", 1)[0]
+        raise ParseError(f"{what} is not acceptable JSON: {reason}", field=what) from None
     if not isinstance(value, dict):
         raise ParseError(f"{what} is not a JSON object", field=what)
     return value
@@ -476,16 +491,44 @@ def verify_ear(
     )
 
 
+#: RFC 7518 section 6.2.1.2 (EC ``x``/``y``) and RFC 8037 section 2 (OKP ``x``): the full
+#: field length, leading zero bytes kept. Both curves we accept have 32-byte coordinates/keys.
+_JWK_MEMBER_BYTES = 32
+
+
+def _jwk_member(jwk: Mapping[str, Any], name: str) -> bytes:
+    """Member ``name`` of a JWK: a base64url string of exactly ``_JWK_MEMBER_BYTES`` bytes.
+
+    Exact length because the RFCs require it and because ``int.from_bytes`` would otherwise
+    accept a second spelling of the same point (an extra leading zero byte), and a short OKP
+    ``x`` surfaces as a bare ``ValueError`` from ``cryptography``."""
+    value = jwk.get(name)
+    if not isinstance(value, str):
+        raise InputError(f"JWK member {name!r} is missing or not a string")
+    raw = _unb64u(value, name)
+    if len(raw) != _JWK_MEMBER_BYTES:
+        raise InputError(
+            f"JWK member {name!r} decodes to {len(raw)} bytes; need exactly {_JWK_MEMBER_BYTES}"
+        )
+    return raw
+
+
 def public_key_from_jwk(jwk: Mapping[str, Any]) -> VerifyingKey:
-    """Load a pinned verifier key given as a JWK (EC P-256 or OKP Ed25519)."""
+    """Load a pinned verifier key given as a JWK (EC P-256 or OKP Ed25519).
+
+    Raises ``InputError`` (``ParseError`` for bad base64url) for anything else; the key is read
+    from an operator's file or flag, and a typed error lets the CLI report it as such."""
     kty = jwk.get("kty")
     if kty == "EC" and jwk.get("crv") == "P-256":
-        x = int.from_bytes(_unb64u(str(jwk.get("x")), "x"), "big")
-        y = int.from_bytes(_unb64u(str(jwk.get("y")), "y"), "big")
+        x = int.from_bytes(_jwk_member(jwk, "x"), "big")
+        y = int.from_bytes(_jwk_member(jwk, "y"), "big")
         try:
             return ec.EllipticCurvePublicNumbers(x, y, ec.SECP256R1()).public_key()
         except ValueError as exc:
             raise InputError("JWK point is not on P-256") from exc
     if kty == "OKP" and jwk.get("crv") == "Ed25519":
-        return ed25519.Ed25519PublicKey.from_public_bytes(_unb64u(str(jwk.get("x")), "x"))
+        try:
+            return ed25519.Ed25519PublicKey.from_public_bytes(_jwk_member(jwk, "x"))
+        except ValueError as exc:  # length is checked above; kept for any other refusal
+            raise InputError(f"JWK is not an Ed25519 public key: {exc}") from exc
     raise InputError("unsupported JWK: need EC P-256 or OKP Ed25519")

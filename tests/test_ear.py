@@ -300,3 +300,77 @@ def test_header_cache_keeps_every_header_check() -> None:
         else:
             with pytest.raises(EarError, match="critical"):
                 verify_ear(token, key.public_key(), at=NOW)
+
+
+# ---- review: hostile JSON in an unauthenticated header, and strict JWK members --------------
+
+
+@pytest.mark.parametrize(
+    ("header", "match"),
+    [
+        pytest.param(
+            b'{"alg":' + b"1" * 5000 + b"}", "integer string conversion", id="5000-digits"
+        ),
+        pytest.param(b"[" * 60_000 + b"]" * 60_000, "nested deeper than 64", id="60000-deep"),
+    ],
+)
+def test_hostile_header_json_is_a_parse_error(header: bytes, match: str) -> None:
+    """The header is parsed before the signature is checked, so anyone reaching ReleaseKey
+    chooses it: an integer past Python's digit limit (``ValueError``) or nesting past the
+    recursion limit (``RecursionError``) must be a ``ParseError`` (a client error), not an
+    untyped exception the broker can only answer with INTERNAL."""
+    from attest.ear import MAX_TOKEN_BYTES
+
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    token = _b64u(header) + ".e30." + _b64u(bytes(64))
+    assert len(token) <= MAX_TOKEN_BYTES  # reaches the parser, not the size check
+    with pytest.raises(ParseError, match=match) as e:
+        verify_ear(token, key, at=NOW)
+    assert e.value.field == "header"
+    assert "set_int_max_str_digits" not in str(e.value)  # no advice meant for us, not the caller
+
+
+def test_deep_payload_signed_by_the_pinned_key_is_a_parse_error() -> None:
+    """The payload gets the same bound (it is read after the signature, but a foreign-profile
+    issuer is still not trusted to keep Python's parser within its recursion limit)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    token = _signed('{"alg":"ES256"}', '{"a":' + "[" * 100 + "]" * 100 + "}", key)
+    with pytest.raises(ParseError, match="payload nested deeper than 64"):
+        verify_ear(token, key.public_key(), at=NOW)
+
+
+def _p256_xy() -> tuple[bytes, bytes]:
+    nums = ec.generate_private_key(ec.SECP256R1()).public_key().public_numbers()
+    return nums.x.to_bytes(32, "big"), nums.y.to_bytes(32, "big")
+
+
+def test_jwk_members_must_be_full_length_strings() -> None:
+    """RFC 7518 section 6.2.1.2 / RFC 8037 section 2: ``x``/``y`` are the full 32 bytes. A
+    short or missing OKP ``x`` used to escape as a bare ``ValueError``; an EC coordinate with an
+    extra leading zero (a second spelling of the same key) used to be accepted."""
+    from attest.errors import InputError
+
+    x, y = _p256_xy()
+    ed = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes_raw()
+    assert isinstance(
+        public_key_from_jwk({"kty": "EC", "crv": "P-256", "x": _b64u(x), "y": _b64u(y)}),
+        ec.EllipticCurvePublicKey,
+    )
+    assert isinstance(
+        public_key_from_jwk({"kty": "OKP", "crv": "Ed25519", "x": _b64u(ed)}),
+        ed25519.Ed25519PublicKey,
+    )
+    cases: list[tuple[dict[str, object], str]] = [
+        ({"kty": "OKP", "crv": "Ed25519", "x": _b64u(b"\1" * 31)}, "'x' decodes to 31 bytes"),
+        ({"kty": "OKP", "crv": "Ed25519", "x": _b64u(ed + b"\0")}, "'x' decodes to 33 bytes"),
+        ({"kty": "OKP", "crv": "Ed25519"}, "'x' is missing or not a string"),
+        ({"kty": "OKP", "crv": "Ed25519", "x": 5}, "'x' is missing or not a string"),
+        ({"kty": "EC", "crv": "P-256", "x": _b64u(b"\0" + x), "y": _b64u(y)}, "'x' decodes to 33"),
+        ({"kty": "EC", "crv": "P-256", "x": _b64u(x), "y": _b64u(y[1:])}, "'y' decodes to 31"),
+        ({"kty": "EC", "crv": "P-256", "x": _b64u(x)}, "'y' is missing or not a string"),
+        ({"kty": "EC", "crv": "P-256", "x": None, "y": _b64u(y)}, "'x' is missing or not a str"),
+        ({"kty": "EC", "crv": "P-256", "x": _b64u(x), "y": _b64u(x)}, "not on P-256"),
+    ]
+    for jwk, match in cases:
+        with pytest.raises(InputError, match=match):
+            public_key_from_jwk(jwk)

@@ -28,6 +28,7 @@ All bounds are module constants; the whole file runs in ~15 s on two busy cores.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import sqlite3
 import statistics
@@ -583,6 +584,10 @@ def _broker_ear(
     return issue_ear(result, h.keys.result_key)
 
 
+def _b64u(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
 def test_release_before_any_attest(broker: AbuseHarness) -> None:
     """ReleaseKey with no Attest behind it: a token the broker signed but never recorded, a
     token that is not an EAR, an unknown model. Refused, nothing stored, and nothing logged but
@@ -593,9 +598,16 @@ def test_release_before_any_attest(broker: AbuseHarness) -> None:
     with _db(broker) as db:
         releases = db.execute("SELECT COUNT(*) FROM releases").fetchone()[0]
     unrecorded = _broker_ear(broker, result_id="never-attested")
+    # Unsigned headers that once escaped verify_ear untyped (ValueError past Python's 4300-digit
+    # limit, RecursionError) and came back INTERNAL: the header is read before the signature.
+    unsigned = "." + _b64u(b"{}") + "." + _b64u(bytes(64))
+    huge_int = _b64u(b'{"alg":' + b"1" * 5000 + b"}") + unsigned
+    deep = _b64u(b"[" * 60_000 + b"]" * 60_000) + unsigned
     cases = [
         (unrecorded, MODEL, grpc.StatusCode.PERMISSION_DENIED, "unknown_result"),
         ("not.an.ear", MODEL, grpc.StatusCode.INVALID_ARGUMENT, None),
+        (huge_int, MODEL, grpc.StatusCode.INVALID_ARGUMENT, None),
+        (deep, MODEL, grpc.StatusCode.INVALID_ARGUMENT, None),
         (unrecorded, "no-such-model", grpc.StatusCode.NOT_FOUND, None),
     ]
     for token, model, code, reason in cases:
@@ -606,6 +618,7 @@ def test_release_before_any_attest(broker: AbuseHarness) -> None:
         if reason is not None:
             assert reason_of(exc) == reason
         assert token not in (exc.details() or "")
+        assert exc.details() != INTERNAL_MESSAGE
     assert _refusals_since(broker, size) == [("release_refused", "unknown_result")]
     _call(broker.stub.ReleaseKey, broker_pb2.ReleaseKeyRequest(result=unrecorded, model_id=MODEL))
     assert _log_size(broker) == size + 1
