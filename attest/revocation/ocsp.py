@@ -776,8 +776,16 @@ class OcspCache:
         issuer_der: bytes | None = None,
     ) -> bytes:
         """The cache key (``cert_der``/``issuer_der``: the certificates' DER, if at hand)."""
-        h = hashlib.sha256(b"lessee-ocsp-cache-v1")
-        option = f"{allow_hold}|{max_age.total_seconds() if max_age else None}".encode()
+        h = hashlib.sha256(b"lessee-ocsp-cache-v2")
+        # ``max_age`` exactly: ``None`` (no bound) apart from every timedelta, ``timedelta(0)``
+        # included (it is falsy, and once shared None's key, so a verdict cached without a
+        # bound answered a max_age=0 check), and by its integer fields, not float seconds.
+        age = (
+            "none"
+            if max_age is None
+            else f"{max_age.days}d{max_age.seconds}s{max_age.microseconds}us"
+        )
+        option = f"{allow_hold}|{age}".encode()
         parts = (
             der,
             cert_der if cert_der is not None else certificate_der(cert),

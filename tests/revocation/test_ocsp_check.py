@@ -404,6 +404,39 @@ def test_cache_key_covers_options(pki: TestPki, cases: dict[str, bytes]) -> None
     assert cache.hits == 0
 
 
+def test_cache_key_tells_no_max_age_from_a_zero_max_age(
+    pki: TestPki, cases: dict[str, bytes]
+) -> None:
+    """``timedelta(0)`` is falsy: the key once spelled it like ``None``, so a verdict cached
+    with no age bound was reused for a max_age=0 check that a full check calls stale."""
+    der = cases["good"]
+    uncached = check_ocsp_response(
+        der, cert=pki.leaf, issuer=pki.intermediate, at=NOW, max_age=timedelta(0)
+    )
+    assert (uncached.ok, uncached.code) == (False, "stale")
+    cache = OcspCache()
+    unbounded = check_ocsp_response(
+        der, cert=pki.leaf, issuer=pki.intermediate, at=NOW, cache=cache
+    )
+    assert unbounded.ok
+    strict = check_ocsp_response(
+        der, cert=pki.leaf, issuer=pki.intermediate, at=NOW, max_age=timedelta(0), cache=cache
+    )
+    assert (strict.ok, strict.code, cache.hits) == (False, "stale", 0)
+
+    def key(max_age: timedelta | None) -> bytes:
+        return OcspCache.key(
+            der, pki.leaf, pki.intermediate, allow_hold=False, expected_nonce=None, max_age=max_age
+        )
+
+    ages = [None, timedelta(0), timedelta(microseconds=1), timedelta(days=1)]
+    assert len({key(a) for a in ages}) == len(ages)
+    # Exact, not float seconds: ages a microsecond apart past float precision stay distinct.
+    big = timedelta(days=999_999_999)
+    assert key(big) != key(big - timedelta(microseconds=1))
+    assert key(timedelta(hours=24)) == key(timedelta(days=1))
+
+
 def test_cache_never_stores_invalid(pki: TestPki, cases: dict[str, bytes]) -> None:
     cache = OcspCache()
     for _ in range(2):
