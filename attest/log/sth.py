@@ -20,7 +20,7 @@ import struct
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -53,10 +53,15 @@ def tree_head_signature_input(timestamp_ms: int, tree_size: int, root_hash: byte
 
 
 def _load_p256(spki_der: bytes) -> ec.EllipticCurvePublicKey:
+    """The log's P-256 key, or ``NoteError``: the SPKI comes from a vkey an operator pasted, so
+    every refusal -- ``UnsupportedAlgorithm`` for an unknown OID included, which is no
+    ``ValueError`` -- is the typed error a vkey loader promises."""
     if len(spki_der) > MAX_SPKI_BYTES:
         raise NoteError("RFC 6962 log key too large")
     try:
         key = serialization.load_der_public_key(spki_der)
+    except UnsupportedAlgorithm as exc:  # well-formed SPKI, algorithm OID cryptography lacks
+        raise NoteError("RFC 6962 log key has an unsupported algorithm, not P-256") from exc
     except ValueError as exc:
         raise NoteError("RFC 6962 log key is not a DER SubjectPublicKeyInfo") from exc
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):

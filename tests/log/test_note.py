@@ -212,6 +212,25 @@ def test_vkey_rejections() -> None:
             load_verifier(bad)
 
 
+def _rfc6962_vkey(name: str, spki: bytes) -> str:
+    log_id = hashlib.sha256(spki).digest()
+    kid = hashlib.sha256(name.encode() + b"\n" + b"\x05" + log_id).digest()[:4]
+    return f"{name}+{kid.hex()}+" + base64.b64encode(b"\x05" + spki).decode()
+
+
+def test_rfc6962_vkey_with_unknown_algorithm_is_a_note_error() -> None:
+    """A well-formed SPKI whose algorithm OID (1.2.3.4) cryptography does not know raises
+    ``UnsupportedAlgorithm``, which is no ``ValueError``: it escaped ``load_verifier`` untyped."""
+    oid = b"\x06\x03\x2a\x03\x04"
+    alg = b"\x30" + bytes([len(oid)]) + oid
+    bits = b"\x03\x03\x00\x01\x02"
+    spki = b"\x30" + bytes([len(alg) + len(bits)]) + alg + bits
+    with pytest.raises(NoteError, match="unsupported algorithm"):
+        load_verifier(_rfc6962_vkey("example.com/log", spki))
+    with pytest.raises(NoteError, match="not a DER SubjectPublicKeyInfo"):
+        load_verifier(_rfc6962_vkey("example.com/log", b"\x30\x00"))
+
+
 # ---- checkpoints --------------------------------------------------------------------------
 
 
