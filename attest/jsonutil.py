@@ -60,13 +60,30 @@ def json_depth(text: str) -> int:
 
 
 def load_json(data: bytes | str, *, what: str) -> Any:
-    """Parse ``data`` or raise ``InputError`` naming ``what``; never any other exception."""
-    text = data if isinstance(data, str) else data.decode("utf-8", "replace")
+    """Parse ``data`` or raise ``InputError`` naming ``what``; never any other exception.
+
+    Bytes must be UTF-8 (RFC 8259 section 8.1) without a byte order mark, decoded once, and the
+    depth check and the parser read that same text. ``json.loads(bytes)`` would instead guess
+    UTF-16/UTF-32 and skip a BOM, so a document the depth scan read one way (a lenient UTF-8
+    decode) was parsed another: UTF-16 nesting got past ``MAX_JSON_DEPTH``, and one document
+    had several byte spellings.
+    """
+    if isinstance(data, str):
+        text = data
+    else:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(
+                f"{what} is not UTF-8 (invalid byte at offset {exc.start}); JSON must be UTF-8"
+            ) from None
+    if text.startswith("\ufeff"):
+        raise InputError(f"{what} starts with a byte order mark; JSON must not (RFC 8259 8.1)")
     if json_depth(text) > MAX_JSON_DEPTH:
         raise InputError(f"{what}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
     try:
-        return json.loads(data, object_pairs_hook=_no_duplicates)
+        return json.loads(text, object_pairs_hook=_no_duplicates)
     except InputError as exc:
         raise InputError(f"{what}: {exc}") from None
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError, digit limit
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, digit limit
         raise InputError(f"{what} is malformed (not valid JSON): {exc}") from None

@@ -117,6 +117,36 @@ def test_json_depth_skips_strings_and_counts_nesting() -> None:
     assert load_json("[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH, what="t") is not None
 
 
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32"])
+def test_bundle_bytes_are_utf8_without_bom_only(encoding: str) -> None:
+    """``json.loads(bytes)`` guesses UTF-16/32 and skips a BOM; the bundle (archived, compared
+    by hash) has one byte spelling: UTF-8, no BOM (RFC 8259 section 8.1)."""
+    doc = '{"version": 1, "cpu": null, "gpus": [], "cc_mode_on": true, "devtools_on": false}'
+    assert load_bundle(doc.encode()).cc_mode_on
+    with pytest.raises(InputError, match=r"not UTF-8|byte order mark|malformed"):
+        load_bundle(doc.encode(encoding))
+
+
+def test_depth_bound_holds_for_what_the_parser_reads() -> None:
+    """The depth scan read a lenient UTF-8 decode while ``json.loads`` decoded UTF-16 itself:
+    U+4122 encodes as ``22 41`` (a ``"`` to the scan), which hid 200 levels of nesting behind
+    a string the scan never closed. Bytes are now decoded once, strictly, for both."""
+    from attest.jsonutil import MAX_JSON_DEPTH, load_json
+
+    text = '["\u4122", ' + "[" * 200 + "]" * 200 + ', "x"]'
+    with pytest.raises(InputError, match="not UTF-8"):
+        load_json(text.encode("utf-16"), what="t")
+    with pytest.raises(InputError, match=f"t: JSON nested deeper than {MAX_JSON_DEPTH}"):
+        load_json(text.encode("utf-8"), what="t")
+    with pytest.raises(InputError, match="byte order mark"):
+        load_json("\ufeff{}", what="t")
+    with pytest.raises(InputError, match="byte order mark"):
+        load_json(b"\xef\xbb\xbf{}", what="t")
+    with pytest.raises(InputError, match=r"t is not UTF-8 \(invalid byte at offset 6\)"):
+        load_json(b'{"a": \xff}', what="t")
+    assert load_json('{"\u00e9": "\u4122"}'.encode(), what="t") == {"\u00e9": "\u4122"}
+
+
 @pytest.mark.parametrize("version", ["true", "1.0", '"1"'])
 def test_the_version_is_the_integer_one_only(version: str) -> None:
     """``true`` and ``1.0`` equal ``1`` in Python; a bundle has one spelling (found by review)."""
