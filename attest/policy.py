@@ -25,6 +25,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -168,13 +169,24 @@ class GpuPolicy(_Strict):
         return self
 
 
+#: Upper bound of ``freshness.max_collateral_age_seconds``: ten years, far past any collateral
+#: worth accepting, and far below ``timedelta``'s limit (999 999 999 days), which an unbounded
+#: value overflowed inside the appraisal (OverflowError) after the policy had loaded.
+MAX_COLLATERAL_AGE_SECONDS = 10 * 365 * 86400
+
+
 class Freshness(_Strict):
+    """Every field becomes a ``timedelta`` (broker, appraisal), so every one is bounded both
+    ways: a policy that loads must not fail later inside the appraisal."""
+
     #: How long a broker nonce stays usable.
     nonce_ttl_seconds: int = Field(default=120, ge=1, le=3600)
     #: How long an issued attestation result authorises key release.
     result_ttl_seconds: int = Field(default=300, ge=1, le=86400)
     #: Oldest TDX/SNP collateral accepted (seconds since its issue date).
-    max_collateral_age_seconds: int = Field(default=30 * 86400, ge=60)
+    max_collateral_age_seconds: int = Field(
+        default=30 * 86400, ge=60, le=MAX_COLLATERAL_AGE_SECONDS
+    )
 
 
 class Roots(_Strict):
@@ -201,6 +213,18 @@ class Policy(_Strict):
     missing_revocation: MissingRevocation = MissingRevocation.REJECT
     #: Sealed-model manifests this policy releases keys for (SHA-256 hex), if pinned.
     model_manifest_digests: tuple[Hex32, ...] = ()
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_is_the_integer_one(cls, value: Any) -> Any:
+        """Exactly the JSON integer 1. ``Literal[1]`` alone matches by equality, and
+        ``True == 1.0 == 1`` in Python, so ``true`` and ``1.0`` loaded as version 1 and got the
+        digest of ``1``: documents that differ (and that a stricter reader refuses) under one
+        digest. Runs only on a version given; the default is the integer 1 already."""
+        if type(value) is not int or value != 1:
+            shown = json.dumps(value, default=repr)[:32]
+            raise ValueError(f"version must be the integer 1, not {shown}")
+        return value
 
     @model_validator(mode="after")
     def _tee_sections_present(self) -> Policy:

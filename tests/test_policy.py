@@ -103,6 +103,39 @@ def test_digest_changes_with_content_and_policy_is_frozen() -> None:
     assert isinstance(a, Policy)
 
 
+def test_version_is_exactly_the_json_integer_one() -> None:
+    """``Literal[1]`` matched by equality, and ``True == 1.0 == 1``: ``true`` and ``1.0`` loaded
+    as version 1. Only the integer 1 does now, and it (or leaving it out) digests as before."""
+    implicit = load_policy(json.dumps(_policy()))
+    explicit = load_policy(json.dumps(_policy(version=1)))
+    assert explicit.version == 1 and explicit.digest == implicit.digest
+    for raw in ("true", "1.0", "1e0", '"1"', "2", "null"):
+        doc = json.dumps(_policy())[:-1] + f', "version": {raw}}}'
+        with pytest.raises(InputError, match="version") as e:
+            load_policy(doc)
+        if raw in ("true", "1.0", "1e0"):
+            assert "must be the integer 1" in str(e.value)
+
+
+def test_collateral_age_is_bounded_so_the_appraisal_cannot_overflow() -> None:
+    """Unbounded, 10**14 s loaded and then overflowed ``timedelta`` inside appraise_bundle
+    (OverflowError for every TDX bundle). Every freshness field feeds a timedelta; each is
+    bounded both ways so a policy that loads can be appraised with."""
+    from datetime import timedelta
+
+    from attest.policy import MAX_COLLATERAL_AGE_SECONDS, Freshness
+
+    for value in (10**14, MAX_COLLATERAL_AGE_SECONDS + 1):
+        with pytest.raises(InputError, match=r"max_collateral_age_seconds.*less than or equal"):
+            load_policy(json.dumps(_policy(freshness={"max_collateral_age_seconds": value})))
+    edge = {"max_collateral_age_seconds": MAX_COLLATERAL_AGE_SECONDS}
+    assert load_policy(json.dumps(_policy(freshness=edge))).freshness == Freshness(**edge)
+    for name, info in Freshness.model_fields.items():
+        bounds = {type(m).__name__: m for m in info.metadata}
+        assert {"Ge", "Le"} <= set(bounds), name
+        timedelta(seconds=bounds["Le"].le)  # the largest value that loads is a timedelta
+
+
 def test_non_json_and_oversized() -> None:
     with pytest.raises(InputError):
         load_policy(b"{")
