@@ -38,6 +38,8 @@ MAX_POLICY_BYTES = 256 * 1024
 Hex48 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{96}$")]
 Hex32 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Sha256Fingerprint = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+#: An SEV-SNP VM privilege level: 0 (most privileged) to 3, as the report's VMPL field holds.
+Vmpl = Annotated[int, Field(ge=0, le=3)]
 #: NVIDIA driver versions are dotted decimal ("535.104.05"), VBIOS versions dotted hex
 #: ("96.00.88.00.11"); the same shapes the appraisal parses (``attest.appraise.composite``),
 #: so a minimum that could never compare is refused when the policy loads, not at every GPU.
@@ -89,7 +91,7 @@ class SnpPolicy(_Strict):
     #: Launch measurements (SHA-384, hex) of the VM images you accept. Required: only you know.
     allowed_measurements: tuple[Hex48, ...] | None = None
     unsafe_any_measurement: bool = False
-    allowed_vmpls: tuple[int, ...] = (0,)
+    allowed_vmpls: tuple[Vmpl, ...] = (0,)
     allowed_signing_keys: tuple[Literal["vcek", "vlek"], ...] = (
         "vcek",
         "vlek",

@@ -136,6 +136,17 @@ def test_collateral_age_is_bounded_so_the_appraisal_cannot_overflow() -> None:
         timedelta(seconds=bounds["Le"].le)  # the largest value that loads is a timedelta
 
 
+@pytest.mark.parametrize("vmpls", [[-1], [4], [0, 99_999_999_999_999], [True]])
+def test_vmpls_are_levels_0_to_3(vmpls: list[object]) -> None:
+    """A report's VMPL is 0..3; a policy listing anything else is a typo, refused at load."""
+    snp = {"allowed_measurements": [MEAS], "allowed_vmpls": vmpls}
+    with pytest.raises(InputError, match="allowed_vmpls"):
+        load_policy(json.dumps(_policy(snp=snp)))
+    ok = {"allowed_measurements": [MEAS], "allowed_vmpls": [0, 1, 2, 3]}
+    snp_policy = load_policy(json.dumps(_policy(snp=ok))).snp
+    assert snp_policy is not None and snp_policy.allowed_vmpls == (0, 1, 2, 3)
+
+
 def test_non_json_and_oversized() -> None:
     with pytest.raises(InputError):
         load_policy(b"{")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -10,6 +9,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from attest.ear import SigningKey, VerifyingKey, public_key_from_jwk
 from attest.errors import InputError
+from attest.jsonutil import load_json
 
 MAX_KEY_FILE_BYTES = 64 * 1024
 
@@ -38,10 +38,14 @@ def load_verifying_key(path: str) -> VerifyingKey:
     """A P-256 or Ed25519 public key: PEM (SubjectPublicKeyInfo) or a JWK JSON object."""
     data = _read(path)
     if data.lstrip().startswith(b"{"):
+        # The strict reader: typed errors for bad UTF-8, deep nesting, huge numbers, duplicates.
+        doc = load_json(data, what=f"{path}: JWK")
+        if not isinstance(doc, dict):
+            raise InputError(f"{path}: not a JWK (a JSON object)")
         try:
-            return public_key_from_jwk(json.loads(data))
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}: not a JWK") from exc
+            return public_key_from_jwk(doc)
+        except InputError as exc:
+            raise InputError(f"{path}: {exc}") from None
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError) as exc:

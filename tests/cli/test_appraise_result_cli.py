@@ -182,3 +182,25 @@ def test_result_verify_refuses_other_key_and_bad_input(
         )
         == 2
     )
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'{"kty": "OKP", "crv": "Ed25519", "x": "' + b"A" * 10 + b'"',  # not JSON
+        b'{"kty": "EC", "kty": "OKP"}',  # duplicate member
+        b"{" + b'"a": [' * 100 + b"1" + b"]" * 100 + b"}",  # nested past the reader's bound
+        b'{"kty": "OKP", "crv": "Ed25519", "x": 5}',  # x not a string
+        b'{"kty": "OKP", "crv": "Ed25519", "x": "' + b"1" * 5000 + b'"}'[:-2] + b'"}',
+        b'{"kty": "EC", "crv": "P-256", "x": ' + b"9" * 5000 + b"}",  # past Python's int limit
+    ],
+    ids=["truncated", "duplicate", "deep", "x-not-text", "x-wrong-length", "huge-int"],
+)
+def test_a_bad_jwk_verifier_key_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes
+) -> None:
+    key = tmp_path / "key.jwk"
+    key.write_bytes(content)
+    assert main(["result", "verify", "a.b.c", "--verifier-key", str(key)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lessee: error:") and err.count("\n") == 1 and "key.jwk" in err
