@@ -346,14 +346,19 @@ def test_numpy_refuses_a_device() -> None:
         m.safe_open(SHARD1, "np", "cuda")
 
 
+#: A well-formed manifest digest, as ``lessee seal`` records it.
+DIGEST = "sha256:" + "0f" * 32
+
+
 def test_key_file_round_trip_and_permissions(tmp_path: Path) -> None:
     p = tmp_path / "k.json"
-    write_key_file(p, DEK, key_id="kid", model_id="m", model_version=2, manifest_digest="sha256:00")
+    write_key_file(p, DEK, key_id="kid", model_id="m", model_version=2, manifest_digest=DIGEST)
     assert stat.S_IMODE(os.stat(p).st_mode) == 0o600
     k = read_key_file(p)
     assert bytes(k.dek) == DEK and k.model_version == 2 and k.key_id == "kid"
+    assert k.model_id == "m" and k.manifest_digest == DIGEST
     with pytest.raises(FileExistsError):
-        write_key_file(p, DEK, key_id="kid", model_id="m", model_version=2, manifest_digest="x")
+        write_key_file(p, DEK, key_id="kid", model_id="m", model_version=2, manifest_digest=DIGEST)
     os.chmod(p, 0o644)
     with pytest.raises(InputError, match="group or others"):
         read_key_file(p)
@@ -361,3 +366,151 @@ def test_key_file_round_trip_and_permissions(tmp_path: Path) -> None:
     p.write_text('{"format": "other"}')
     with pytest.raises(InputError):
         read_key_file(p)
+
+
+def _raw_key_file(path: Path, data: bytes) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    return path
+
+
+#: A field left out of the document altogether.
+_MISSING = object()
+
+
+def _key_doc(**changes: object) -> dict[str, object]:
+    doc: dict[str, object] = {
+        "format": "lessee-sealed-weights-dek",
+        "version": 1,
+        "key_id": "lsw1-0123",
+        "model_id": "acme/m",
+        "model_version": 3,
+        "manifest_digest": DIGEST,
+        "dek": DEK.hex(),
+    }
+    doc.update(changes)
+    return {k: v for k, v in doc.items() if v is not _MISSING}
+
+
+def _assert_no_dek(exc: BaseException) -> None:
+    """Neither the message nor anything chained to it shows the key, as hex or as bytes."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        for text in (str(seen), repr(seen), repr(vars(seen)), repr(seen.args)):
+            assert DEK.hex() not in text.lower() and repr(DEK)[2:-1] not in text
+        seen = seen.__cause__ or seen.__context__
+
+
+def test_key_file_repr_and_str_never_show_the_dek(tmp_path: Path) -> None:
+    """A KeyFile logged with %s or shown in a traceback's locals must not print the key."""
+    p = tmp_path / "k.json"
+    write_key_file(p, DEK, key_id="kid", model_id="m", model_version=2, manifest_digest=DIGEST)
+    k = read_key_file(p)
+    for text in (repr(k), str(k), f"{k}", "%s %r" % (k, k)):  # noqa: UP031 (what logging does)
+        assert DEK.hex() not in text and repr(bytes(DEK))[2:-1] not in text
+        assert repr(bytearray(DEK)) not in text and "dek" not in text
+        assert "kid" in text and "model_version=2" in text
+
+
+_DEK_TEXT = DEK.hex().encode()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"format": "lessee-sealed-weights-dek", "dek": "' + _DEK_TEXT + b'",}',
+        b'{"format": "lessee-sealed-weights-dek", "dek": "' + _DEK_TEXT + b'"',
+        b'{"dek": "' + _DEK_TEXT + b'", "x": "\xff\xfe"}',
+        b'{"dek": "' + _DEK_TEXT + b'", "dek": "' + _DEK_TEXT + b'"}',
+        b"[" * 2000 + b'"' + _DEK_TEXT + b'"' + b"]" * 2000,
+    ],
+    ids=["trailing-comma", "unterminated", "not-utf8", "duplicate-key", "deep"],
+)
+def test_malformed_key_file_error_carries_no_file_text(tmp_path: Path, data: bytes) -> None:
+    """JSONDecodeError.doc and UnicodeDecodeError.object are the whole file, DEK hex included:
+    the InputError must neither chain them (__cause__) nor carry them as __context__."""
+    p = _raw_key_file(tmp_path / "k.json", data)
+    with pytest.raises(InputError, match="not a lessee key file") as info:
+        read_key_file(p)
+    assert info.value.__cause__ is None and info.value.__context__ is None
+    _assert_no_dek(info.value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("model_version", 3.9),
+        ("model_version", 3.0),
+        ("model_version", True),
+        ("model_version", "7"),
+        ("model_version", None),
+        ("model_version", -1),
+        ("model_version", 2**32),
+        ("model_id", None),
+        ("model_id", 5),
+        ("model_id", ""),
+        ("model_id", "a\x00b"),
+        ("model_id", "m" * 257),
+        ("key_id", None),
+        ("key_id", ["k"]),
+        ("key_id", "has space"),
+        ("key_id", "k" * 129),
+        ("manifest_digest", 5),
+        ("manifest_digest", None),
+        ("manifest_digest", "sha256:00"),
+        ("manifest_digest", "0f" * 32),
+        ("manifest_digest", "sha256:" + "0F" * 32),
+        ("manifest_digest", "SHA256:" + "0f" * 32),
+        ("manifest_digest", "sha256:" + "0f" * 32 + "\n"),
+        ("dek", None),
+        ("dek", 5),
+        ("dek", " ".join([DEK.hex()[i : i + 2] for i in range(0, 64, 2)])),
+        ("dek", DEK.hex().upper()),
+        ("dek", DEK.hex()[:-2]),
+        ("dek", DEK.hex() + "00"),
+        ("dek", DEK.hex()[:-1] + "g"),
+        ("key_id", _MISSING),
+        ("model_id", _MISSING),
+        ("model_version", _MISSING),
+        ("manifest_digest", _MISSING),
+        ("dek", _MISSING),
+    ],
+    ids=lambda v: "missing" if v is _MISSING else None,
+)
+def test_key_file_fields_are_checked_not_converted(
+    tmp_path: Path, field: str, value: object
+) -> None:
+    """The recorded version becomes what ``lessee unseal`` expects: 3.9, true or "7" must not
+    turn into a version, nor None into the model id 'None'."""
+    p = _raw_key_file(tmp_path / "k.json", json.dumps(_key_doc(**{field: value})).encode())
+    with pytest.raises(InputError, match=field) as info:
+        read_key_file(p)
+    assert info.value.__cause__ is None
+    _assert_no_dek(info.value)
+
+
+@pytest.mark.parametrize("version", [True, 1.0, "1", None])
+def test_key_file_format_version_is_exact(tmp_path: Path, version: object) -> None:
+    p = _raw_key_file(tmp_path / "k.json", json.dumps(_key_doc(version=version)).encode())
+    with pytest.raises(InputError, match="format/version"):
+        read_key_file(p)
+
+
+def test_key_file_writer_refuses_what_the_reader_would(tmp_path: Path) -> None:
+    """Checked before the file is created: no unreadable key file is left behind."""
+    p = tmp_path / "k.json"
+    for kw in (
+        {"manifest_digest": "sha256:00"},
+        {"model_version": True},
+        {"model_id": ""},
+        {"key_id": "has space"},
+    ):
+        args: dict[str, Any] = {
+            "key_id": "kid", "model_id": "m", "model_version": 2, "manifest_digest": DIGEST, **kw
+        }  # fmt: skip
+        with pytest.raises(InputError, match=next(iter(kw))):
+            write_key_file(p, DEK, **args)
+        assert not p.exists()
