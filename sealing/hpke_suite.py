@@ -288,12 +288,13 @@ def bound_info(info: bytes, aad: bytes) -> bytes:
     """The ``info`` handed to the HPKE key schedule: ``I2OSP(len(info), 2) || info || aad``.
 
     Public so that another implementation (or a test against the RFC 9180 key schedule) can
-    reproduce it byte for byte.
+    reproduce it byte for byte. An ``info`` or ``aad`` over its bound is the caller's input out
+    of range: ``InputError`` (the CLI's exit 2), not a bare ``ValueError``.
     """
     if len(info) > MAX_INFO_LEN:
-        raise ValueError(f"info is {len(info)} bytes, the bound is {MAX_INFO_LEN}")
+        raise InputError(f"info is {len(info)} bytes, the bound is {MAX_INFO_LEN}")
     if len(aad) > MAX_AAD_LEN:
-        raise ValueError(f"aad is {len(aad)} bytes, the bound is {MAX_AAD_LEN}")
+        raise InputError(f"aad is {len(aad)} bytes, the bound is {MAX_AAD_LEN}")
     return struct.pack(">H", len(info)) + info + aad
 
 
@@ -302,10 +303,11 @@ def seal(pk: HpkePublicKey, info: bytes, aad: bytes, plaintext: bytes) -> bytes:
 
     ``info`` names the protocol and context; ``aad`` is authenticated but not encrypted. Both
     are bound through the key schedule (see the module docstring). Randomness comes from the
-    library's own RNG: HPKE encapsulation is never deterministic here.
+    library's own RNG: HPKE encapsulation is never deterministic here. An ``info``, ``aad`` or
+    ``plaintext`` over its bound is an ``InputError``.
     """
     if len(plaintext) > MAX_PLAINTEXT_LEN:
-        raise ValueError(f"plaintext is {len(plaintext)} bytes, the bound is {MAX_PLAINTEXT_LEN}")
+        raise InputError(f"plaintext is {len(plaintext)} bytes, the bound is {MAX_PLAINTEXT_LEN}")
     hinfo = bound_info(info, aad)
     try:
         return _SUITES[pk.suite].encrypt(bytes(plaintext), pk._key, info=hinfo)
@@ -319,7 +321,8 @@ def open(sk: HpkePrivateKey, info: bytes, aad: bytes, blob: bytes) -> bytes:
     """Open ``enc || ct`` sealed to ``sk``'s public key with the same ``info`` and ``aad``.
 
     Every failure (wrong key, suite, info or aad; any flipped, missing or extra byte; a blob too
-    short or too long) raises the same :class:`HpkeOpenError`.
+    short or too long) raises the same :class:`HpkeOpenError`. So does an ``info`` or ``aad``
+    over its bound: :func:`seal` refuses those, so nothing sealed under them exists to open.
     """
     params = SUITE_PARAMS[sk.suite]
     if not (
@@ -331,5 +334,5 @@ def open(sk: HpkePrivateKey, info: bytes, aad: bytes, blob: bytes) -> bytes:
     try:
         hinfo = bound_info(info, aad)
         return _SUITES[sk.suite].decrypt(bytes(blob), sk._key, info=hinfo)
-    except (InvalidTag, ValueError):
+    except (InvalidTag, ValueError, InputError):
         raise HpkeOpenError() from None

@@ -10,7 +10,14 @@ release for another model, version or result. Every failure to open is one opaqu
 from __future__ import annotations
 
 from attest.errors import InputError
-from sealing.hpke_suite import HpkeOpenError, HpkePrivateKey, HpkePublicKey, open, seal
+from sealing.hpke_suite import (
+    MAX_INFO_LEN,
+    HpkeOpenError,
+    HpkePrivateKey,
+    HpkePublicKey,
+    open,
+    seal,
+)
 from sealing.weights._format import MAX_MODEL_VERSION
 
 KEY_RELEASE_LABEL = b"lessee/v1/key-release"
@@ -38,13 +45,28 @@ def _lp(data: bytes, field: str) -> bytes:
     return len(data).to_bytes(2, "big") + data
 
 
+def _text(value: str, field: str) -> bytes:
+    """``value`` as strict UTF-8, length-prefixed. A lone surrogate (what Python makes of
+    undecodable bytes in argv or a file name) cannot be encoded: an ``InputError`` naming the
+    field, not a ``UnicodeEncodeError``."""
+    if not isinstance(value, str):
+        raise InputError(f"{field} must be text")
+    try:
+        data = value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"{field} is not valid text (it holds a lone surrogate)") from None
+    return _lp(data, field)
+
+
 def release_info(*, model_id: str, model_version: int, key_id: str, result_id: str) -> bytes:
     """The HPKE info string: label and the release's identity, length-prefixed (injective).
 
     Layout: ``u16be(len(label)) || label || u16be(len(model_id)) || model_id ||
     u32be(model_version) || u16be(len(key_id)) || key_id || u16be(len(result_id)) ||
-    result_id`` (texts UTF-8). A version outside ``0..2^32-1`` or a text over 65535 bytes is an
-    ``InputError``, never a silent truncation or a bare ``OverflowError``.
+    result_id`` (texts UTF-8). A version outside ``0..2^32-1``, a text that is not valid
+    UTF-8 or over 65535 bytes, or a whole info over ``hpke_suite.MAX_INFO_LEN`` (4096 bytes, the
+    bound :func:`seal_data_key` would otherwise hit as a bare ``ValueError``) is an
+    ``InputError``, never a silent truncation or a bare ``OverflowError``/``UnicodeEncodeError``.
     """
     if (
         isinstance(model_version, bool)
@@ -52,13 +74,19 @@ def release_info(*, model_id: str, model_version: int, key_id: str, result_id: s
         or not 0 <= model_version <= MAX_MODEL_VERSION
     ):
         raise InputError(f"model version must be an integer in 0..{MAX_MODEL_VERSION}")
-    return (
+    info = (
         _lp(KEY_RELEASE_LABEL, "label")
-        + _lp(model_id.encode(), "model id")
+        + _text(model_id, "model id")
         + model_version.to_bytes(4, "big")
-        + _lp(key_id.encode(), "key id")
-        + _lp(result_id.encode(), "result id")
+        + _text(key_id, "key id")
+        + _text(result_id, "result id")
     )
+    if len(info) > MAX_INFO_LEN:
+        raise InputError(
+            f"release info is {len(info)} bytes, the bound is {MAX_INFO_LEN} "
+            "(model id, key id and result id together)"
+        )
+    return info
 
 
 def seal_data_key(

@@ -185,11 +185,22 @@ def test_private_key_never_prints_or_pickles() -> None:
 
 
 def test_bounds_are_enforced() -> None:
-    pk = KEYS[SuiteId.X25519_SHA256_AES256GCM].public_key
-    with pytest.raises(ValueError, match="info"):
+    """A caller's info, aad or plaintext over its bound is an InputError (exit 2 in the CLI),
+    not a bare ValueError; open keeps its one opaque error."""
+    sk = KEYS[SuiteId.X25519_SHA256_AES256GCM]
+    pk = sk.public_key
+    with pytest.raises(InputError, match="info"):
         hpke_suite.seal(pk, bytes(hpke_suite.MAX_INFO_LEN + 1), b"", b"")
-    with pytest.raises(ValueError, match="plaintext"):
+    with pytest.raises(InputError, match="aad"):
+        hpke_suite.seal(pk, b"", bytes(hpke_suite.MAX_AAD_LEN + 1), b"")
+    with pytest.raises(InputError, match="plaintext"):
         hpke_suite.seal(pk, b"", b"", bytes(hpke_suite.MAX_PLAINTEXT_LEN + 1))
+    blob = hpke_suite.seal(pk, bytes(hpke_suite.MAX_INFO_LEN), bytes(hpke_suite.MAX_AAD_LEN), b"x")
+    assert hpke_suite.open(sk, bytes(hpke_suite.MAX_INFO_LEN), bytes(hpke_suite.MAX_AAD_LEN), blob)
+    with pytest.raises(HpkeOpenError):
+        hpke_suite.open(sk, bytes(hpke_suite.MAX_INFO_LEN + 1), b"", blob)
+    with pytest.raises(HpkeOpenError):
+        hpke_suite.open(sk, b"", bytes(hpke_suite.MAX_AAD_LEN + 1), blob)
     with pytest.raises(ValueError, match="rng"):
         generate_keypair(SuiteId.X25519_SHA256_AES256GCM, rng=lambda n: b"short")
 
