@@ -143,6 +143,24 @@ class SealedRequest:
     sent_at: int
 
 
+def _prompt_bytes(prompt: str) -> bytes:
+    """The prompt as strict UTF-8. The error is raised outside the ``except`` block, so it
+    carries no ``UnicodeEncodeError`` (whose ``.object`` is the prompt) as cause or context."""
+    if not isinstance(prompt, str):
+        raise InputError("prompt must be text")
+    body: bytes | None
+    try:
+        body = prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        body = None
+    if body is None:
+        raise InputError(
+            "prompt is not valid text: it holds a lone surrogate (undecodable bytes); "
+            "pass it as UTF-8"
+        )
+    return body
+
+
 def seal_request(
     public_key: HpkePublicKey,
     prompt: str,
@@ -156,7 +174,11 @@ def seal_request(
     """Seal ``prompt`` to ``public_key``, stamped ``sent_at`` (POSIX seconds of the client's
     clock: the caller reads its clock, this module has none). Callers use
     :class:`~sealing.stream.session.ClientStream`, which passes a *verified* bundle's key; this
-    function is the format itself."""
+    function is the format itself.
+
+    A prompt that is not text, or holds a lone surrogate (what Python makes of undecodable
+    bytes in argv, e.g. ``lessee client generate --prompt``), is an ``InputError`` that neither
+    quotes nor chains it: ``UnicodeEncodeError.object`` would be the whole prompt."""
     params = params or GenerationParams()
     if isinstance(sent_at, bool) or not isinstance(sent_at, int) or not 0 <= sent_at <= MAX_SENT_AT:
         raise InputError("sent_at must be an integer of POSIX seconds, 0..2^64-1")
@@ -164,7 +186,7 @@ def seal_request(
         raise InputError(f"record_size must be {MIN_RECORD_SIZE}..{MAX_RECORD_SIZE}")
     if not 1 <= pad_block <= MAX_REQUEST_PLAINTEXT:
         raise InputError(f"pad_block must be 1..{MAX_REQUEST_PLAINTEXT}")
-    body = prompt.encode("utf-8")
+    body = _prompt_bytes(prompt)
     if len(body) > MAX_PROMPT_LEN:
         raise InputError(f"prompt is {len(body)} bytes, the bound is {MAX_PROMPT_LEN}")
     secret = rng(REQUEST_SECRET_LEN)

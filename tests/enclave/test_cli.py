@@ -91,6 +91,19 @@ def test_wrong_broker_key_is_rejected(
     assert stack.relay.generate_exchanges() == []
 
 
+def test_a_prompt_that_is_not_utf8_exits_2_with_one_line(
+    stack: Stack, broker_pem: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """argv bytes that are not UTF-8 reach Python as lone surrogates: once a bare
+    UnicodeEncodeError (an internal error, exit 1), now a one-line input error, exit 2, that
+    does not echo the prompt; nothing is sent to the enclave."""
+    assert _run(stack, broker_pem, prompt="my secret \udc80") == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("lessee: error: prompt is not valid text")
+    assert err.count("\n") == 1 and "secret" not in err
+    assert stack.relay.generate_exchanges() == []
+
+
 def test_abort_exits_3_and_manipulation_exits_1(
     stack_factory: StackFactory, broker_pem: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

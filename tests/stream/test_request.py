@@ -26,7 +26,7 @@ from sealing.stream.request import (
     request_info,
     seal_request,
 )
-from tests.stream.conftest import GEN, KEYS, SENT_AT, load_json
+from tests.stream.conftest import GEN, KEYS, SENT_AT, load_json, start, verified
 
 X = SuiteId.X25519_SHA256_AES256GCM
 
@@ -193,6 +193,26 @@ def test_seal_bounds() -> None:
     for bad_time in (-1, MAX_SENT_AT + 1, True, 1.5, "1"):
         with pytest.raises(InputError, match="sent_at"):
             seal_request(pk, "x", sent_at=bad_time)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("prompt", ["hi \udc80", "\ud800", "secret words \udfff then more"])
+def test_a_prompt_that_is_not_utf8_is_an_input_error_that_does_not_carry_it(prompt: str) -> None:
+    """Reached by ClientStream.start, EnclaveClient.generate and ``lessee client generate
+    --prompt`` (argv bytes that are not UTF-8 decode to lone surrogates): it raised a bare
+    UnicodeEncodeError whose ``.object`` is the whole prompt, into logs and tracebacks."""
+    for call in (
+        lambda: seal_request(KEYS[X].public_key, prompt, sent_at=SENT_AT),
+        lambda: start(verified(), prompt),
+    ):
+        with pytest.raises(InputError, match="prompt is not valid text") as info:
+            call()
+        exc = info.value
+        assert type(exc) is InputError
+        assert exc.__cause__ is None and exc.__context__ is None
+        assert prompt not in str(exc) and prompt not in repr(exc.args)
+        assert "secret" not in str(exc) and "hi " not in str(exc)
+    with pytest.raises(InputError, match="prompt must be text"):
+        seal_request(KEYS[X].public_key, b"hi", sent_at=SENT_AT)  # type: ignore[arg-type]
 
 
 @settings(max_examples=150, deadline=None)
