@@ -25,6 +25,7 @@ from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 
+from attest.errors import InputError
 from sealing.errors import DecryptionError
 from sealing.weights._format import TAG_BYTES, ShardHeader
 from sealing.weights._keys import FileKeys, wipe
@@ -216,6 +217,21 @@ def _wait_all(futures: Sequence[Future[int]]) -> None:
             break
 
 
+def check_range(start: int, end: int, length: int) -> None:
+    """Refuse a plaintext range ``[start, end)`` that is not inside ``0..length``.
+
+    The offsets come from the caller (``SealedFile.read``/``read_into``, a tensor's offsets), so
+    a bad one is an ``InputError`` that says what was asked and what exists, not a bare
+    ``ValueError``; ``SealedFile.read`` checks before it allocates the output buffer.
+    """
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in (start, end)):
+        raise InputError("a plaintext range must be given as integer offsets")
+    if not 0 <= start <= end:
+        raise InputError(f"plaintext range [{start}, {end}) is negative (need 0 <= start <= end)")
+    if end > length:
+        raise InputError(f"plaintext range [{start}, {end}) ends past the file's {length} bytes")
+
+
 def decrypt_range(
     cipher: ChunkCipher,
     source: PositionalSource,
@@ -229,7 +245,8 @@ def decrypt_range(
     """Decrypt plaintext ``[start, end)`` into ``out`` (exactly ``end - start`` bytes).
 
     Every chunk that overlaps the range is authenticated in full. On any failure ``out`` is
-    wiped before ``DecryptionError`` propagates: the caller never sees partial plaintext.
+    wiped before ``DecryptionError`` propagates: the caller never sees partial plaintext. A
+    range outside the plaintext is an ``InputError`` (:func:`check_range`), before any work.
     """
     decrypt_ranges([(cipher, source, start, end, out)], executor=executor, progress=progress)
 
@@ -247,8 +264,9 @@ def decrypt_ranges(
     chunk of the model. On any failure every ``out`` is wiped before the error propagates.
     """
     for cipher, _, start, end, out in jobs:
-        if out.nbytes != end - start or not 0 <= start <= end <= cipher.plaintext_length:
-            raise ValueError("bad range")
+        check_range(start, end, cipher.plaintext_length)
+        if out.nbytes != end - start:  # the callers size ``out`` from the range: a bug if not
+            raise ValueError(f"output buffer is {out.nbytes} bytes, the range {end - start}")
     cancel = threading.Event()
     tasks = [functools.partial(_decrypt_batch, jobs[j], cancel, batch) for j, batch in _plan(jobs)]
     try:

@@ -25,6 +25,7 @@ from sealing.weights._chunks import (
     PositionalSink,
     PositionalSource,
     Progress,
+    check_range,
     decrypt_range,
     decrypt_ranges,
     encrypt_all,
@@ -252,7 +253,8 @@ class SealedFile:
         return self.header.plaintext_length
 
     def read_into(self, start: int, out: memoryview, *, progress: Progress | None = None) -> None:
-        """Decrypt plaintext ``[start, start + len(out))`` into ``out``."""
+        """Decrypt plaintext ``[start, start + len(out))`` into ``out``; ``InputError`` if that
+        range is not inside the plaintext."""
         out = out.cast("B") if out.format != "B" else out
         decrypt_range(
             self._cipher,
@@ -265,6 +267,10 @@ class SealedFile:
         )
 
     def read(self, start: int, end: int) -> bytearray:
+        """Decrypt plaintext ``[start, end)``. The range is checked before the buffer is made:
+        ``end < start`` was a bare ``ValueError`` from ``bytearray``, and an ``end`` far past
+        the file would have allocated that much first. ``InputError`` for both."""
+        check_range(start, end, self.length)
         out = bytearray(end - start)
         self.read_into(start, memoryview(out))
         return out

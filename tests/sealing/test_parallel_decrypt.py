@@ -18,6 +18,7 @@ import pytest
 from safetensors.numpy import save
 
 from agent.loader import SealedModel, seal_model
+from attest.errors import InputError
 from sealing.errors import DECRYPTION_FAILED, DecryptionError
 from sealing.weights import (
     BytesSource,
@@ -132,6 +133,37 @@ def test_read_files_into_refuses_a_wrong_size_buffer() -> None:
         f = _open("f.bin", _sealed("f.bin", b"x" * 10), pool)
         with pytest.raises(ValueError, match="plaintext length"):
             read_files_into([(f, memoryview(bytearray(9)))], executor=pool)
+
+
+def test_a_range_outside_the_plaintext_is_an_input_error() -> None:
+    """SealedFile.read/read_into once raised bare ValueErrors ("negative count" from
+    bytearray, "bad range" from decrypt_ranges); read(0, huge) allocated before refusing."""
+    data = b"0123456789" * 1000
+    with ThreadPoolExecutor(2) as pool:
+        f = _open("f.bin", _sealed("f.bin", data), pool)
+        n = f.length
+        assert f.read(0, n) == data and f.read(n, n) == b"" and f.read(3, 7) == data[3:7]
+        for start, end, what in (
+            (10, 5, "negative"),
+            (-1, 3, "negative"),
+            (-5, -1, "negative"),
+            (0, n + 1, "ends past"),
+            (n, n + 1, "ends past"),
+            (0, 1 << 60, "ends past"),  # refused before a buffer of that size is asked for
+        ):
+            with pytest.raises(InputError, match=what) as info:
+                f.read(start, end)
+            assert type(info.value) is InputError and f"[{start}, {end})" in str(info.value)
+        for bad in (True, 1.0, "1"):
+            with pytest.raises(InputError, match="integer offsets"):
+                f.read(bad, 5)  # type: ignore[arg-type]
+        out = bytearray(b"\xaa" * 5)
+        for start in (n - 4, -1, n + 1):
+            with pytest.raises(InputError, match="plaintext range"):
+                f.read_into(start, memoryview(out))
+        assert out == b"\xaa" * 5  # refused before any decryption touched the buffer
+        f.read_into(n - 5, memoryview(out))
+        assert out == data[-5:]
 
 
 def test_model_state_dict_over_many_shards_equals_the_plaintext(tmp_path: Path) -> None:
