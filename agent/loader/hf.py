@@ -29,12 +29,13 @@ which decrypts only the rows a rank needs.
 from __future__ import annotations
 
 import importlib
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from agent.loader.model import SealedModel
+from attest.errors import InputError
+from attest.jsonutil import load_json
 from sealing.errors import SealedFormatError
 from sealing.weights._keys import Buffer
 
@@ -62,10 +63,16 @@ def load_for_transformers(
     ) as model:
         config = None
         if CONFIG_NAME in model.files:
+            # The fixed message is raised outside the handler, so the error keeps none of the
+            # decrypted text (a JSONDecodeError holds the whole document; its message, or a
+            # duplicate key's, may quote it).
+            parsed = True
             try:
-                config = json.loads(model.read_file(CONFIG_NAME))
-            except ValueError as exc:
-                raise SealedFormatError(f"{CONFIG_NAME} is not JSON", field="config") from exc
+                config = load_json(model.read_file(CONFIG_NAME), what=CONFIG_NAME)
+            except InputError:
+                parsed = False
+            if not parsed:
+                raise SealedFormatError(f"{CONFIG_NAME} is not JSON", field="config")
             if not isinstance(config, dict):
                 raise SealedFormatError(f"{CONFIG_NAME} is not an object", field="config")
         return config, model.load_state_dict("pt", device=device)

@@ -327,6 +327,30 @@ def test_transformers_hook_shape() -> None:
     assert set(out["state_dict"]) == set(sd)
 
 
+@pytest.mark.parametrize(
+    "config", [b'{"secret_dim": 4096', b'{"secret_dim": 1, "secret_dim": 2}'], ids=["cut", "dup"]
+)
+def test_a_sealed_config_that_is_not_json_keeps_none_of_its_text(
+    tmp_path: Path, config: bytes
+) -> None:
+    """The decrypted config.json is the lab's: a malformed one is refused with a fixed message,
+    and the error carries no part of it (no chained JSONDecodeError holding the document)."""
+    pytest.importorskip("torch")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for p in (VECTORS / "plain").iterdir():
+        (plain / p.name).write_bytes(p.read_bytes())
+    (plain / "config.json").write_bytes(config)
+    seal_model(
+        plain, tmp_path / "s", DEK, model_id=MODEL_ID, model_version=VERSION, rng=Rng(b"c"),
+        threads=1,
+    )  # fmt: skip
+    with pytest.raises(SealedFormatError, match=r"config\.json is not JSON") as e:
+        load_for_transformers(tmp_path / "s", DEK, model_id=MODEL_ID, model_version=VERSION)
+    assert e.value.__cause__ is None and e.value.__context__ is None
+    assert "secret_dim" not in str(e.value)
+
+
 def test_vllm_weights_iterator_yields_every_tensor_once() -> None:
     pytest.importorskip("torch")
     names = [
