@@ -21,7 +21,7 @@ A 404 means AMD publishes no such list (for example no VLEK list for a product):
 
 from __future__ import annotations
 
-import urllib.error
+import http.client
 import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -30,8 +30,8 @@ from pathlib import Path
 
 from cryptography import x509
 
-from agent.fetching import NoRedirect, require_https, write_atomically
-from attest.errors import InputError, RevocationError, VerificationError
+from agent.fetching import MAX_REASON_CHARS, http_fetch, require_https, write_atomically
+from attest.errors import InputError, LesseeError, RevocationError, VerificationError
 from attest.snp.report import Product, SigningKey
 from attest.snp.verify import (
     MAX_CRL_BYTES,
@@ -44,7 +44,7 @@ from attest.snp.verify import (
 
 #: AMD's Key Distribution Service.
 AMD_KDS_URL = "https://kdsintf.amd.com"
-#: Seconds to wait for one answer.
+#: Seconds one list's request may take in all (connect, headers, body).
 DEFAULT_TIMEOUT_S = 10.0
 #: The key kinds whose intermediates AMD revokes by CRL (VCEK: ASKs; VLEK: ASVKs).
 KINDS = (SigningKey.VCEK, SigningKey.VLEK)
@@ -84,21 +84,21 @@ def fetch_amd_crl(
     """The bytes KDS serves for this list (unchecked), or None when it has none (404)."""
     require_https(base_url, "KDS")
     url = kds_crl_url(base_url, kind, product)
-    opener = urllib.request.build_opener(NoRedirect())
     request = urllib.request.Request(url, headers={"Accept": "application/pkix-crl"})  # noqa: S310
     name = held_crl_name(kind, product)
-    try:
-        with opener.open(request, timeout=timeout) as response:
-            body: bytes = response.read(MAX_CRL_BYTES + 1)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404:
-            return None
-        raise AmdCrlFetchError(f"{name}: KDS answered HTTP {exc.code}") from None
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
-        raise AmdCrlFetchError(f"{name}: KDS unreachable: {getattr(exc, 'reason', exc)}") from None
-    if len(body) > MAX_CRL_BYTES:
+    answer = http_fetch(
+        request,
+        timeout=timeout,
+        limit=MAX_CRL_BYTES,
+        unreachable=lambda why: AmdCrlFetchError(f"{name}: KDS unreachable: {why}"),
+    )
+    if answer.status == 404:
+        return None
+    if not answer.ok:
+        raise AmdCrlFetchError(f"{name}: KDS answered HTTP {answer.status}")
+    if len(answer.body) > MAX_CRL_BYTES:
         raise AmdCrlFetchError(f"{name}: KDS answer exceeds {MAX_CRL_BYTES} bytes")
-    return body
+    return answer.body
 
 
 def check_fetched_crl(
@@ -149,7 +149,8 @@ def update_crl_directory(
 ) -> list[FetchOutcome]:
     """Fetch, check and write ``<kind>-<product>.crl`` into ``directory`` for every pair; one
     outcome per pair, in order. A failure of one list leaves its file untouched and does not
-    stop the others."""
+    stop the others. The KDS URL is checked first (``InputError``: a usage error, before any
+    list is asked for)."""
     require_https(base_url, "KDS")
     if not directory.is_dir():
         raise InputError(f"{directory}: not a directory")
@@ -166,9 +167,18 @@ def update_crl_directory(
                     data, kind, product, at=at, extra_arks=extra_arks
                 )
                 out.append(_store(directory / f"{name}.crl", data, name, this_update, next_update))
-            except (AmdCrlFetchError, OSError) as exc:
-                out.append(FetchOutcome(name, "failed", error=str(exc)))
+            except (LesseeError, OSError, http.client.HTTPException, ValueError) as exc:
+                # One list's failure, whatever its kind, is that list's outcome: the lists
+                # already written must still be reported (and the broker told to reload them).
+                error = str(exc) if isinstance(exc, LesseeError) else _untyped(name, exc)
+                out.append(FetchOutcome(name, "failed", error=error))
     return out
+
+
+def _untyped(name: str, exc: BaseException) -> str:
+    """A failure that was not one of ours, in a few words (its text may quote a server)."""
+    text = "".join(ch if ch.isprintable() else "?" for ch in str(exc)[:MAX_REASON_CHARS])
+    return f"{name}: {type(exc).__name__}: {text}"
 
 
 def _store(

@@ -3,9 +3,9 @@
 :class:`OnlineOcsp` implements :class:`attest.revocation.OcspSource`. For each (certificate,
 issuer) it POSTs the request NVIDIA's own verifier sends (``attest.revocation.build_ocsp_request``:
 SHA-384 CertID, critical 32-byte random nonce) as ``application/ocsp-request`` to
-``https://ocsp.ndis.nvidia.com/`` (nvtrust ``BaseSettings.OCSP_URL``) with a 10 s timeout
-(nvtrust ``MAX_OCSP_TIME_DELAY``), reads at most ``MAX_OCSP_RESPONSE_BYTES``, and checks that
-the answer echoes the nonce before keeping it.
+``https://ocsp.ndis.nvidia.com/`` (nvtrust ``BaseSettings.OCSP_URL``) with a 10 s deadline for
+the whole exchange (nvtrust ``MAX_OCSP_TIME_DELAY``; ``agent.fetching.http_fetch``), reads at
+most ``MAX_OCSP_RESPONSE_BYTES``, and checks that the answer echoes the nonce before keeping it.
 
 The cache (a dict, or a directory for reuse across processes) holds raw responses keyed by the
 URL and the certificate's CertID, and an entry is used only while
@@ -13,20 +13,19 @@ URL and the certificate's CertID, and an entry is used only while
 nextUpdate). The cache is never trusted: whatever it returns is verified again by the caller, like
 any other OCSP response. Responses are public data (no secret is stored or logged).
 
-Errors: no network, DNS failure, refused connection or timeout -> ``RevocationError`` with reason
-``ocsp_unreachable``; an HTTP error status or a redirect -> ``ocsp_http_error``; an oversized or
-non-OCSP body -> ``ocsp_bad_response``; a fresh answer without our nonce -> ``ocsp_nonce_mismatch``.
+Errors: no network, DNS failure, refused connection, the deadline, or an answer that is not HTTP
+-> ``RevocationError`` with reason ``ocsp_unreachable``; an HTTP error status or a redirect ->
+``ocsp_http_error``; an oversized or non-OCSP body -> ``ocsp_bad_response``; a fresh answer
+without our nonce -> ``ocsp_nonce_mismatch``.
 ``check_chain_revocation`` reports each of these as a ``missing`` check naming the reason.
 """
 
 from __future__ import annotations
 
 import hashlib
-import http.client
 import os
 import secrets
 import threading
-import urllib.error
 import urllib.parse
 import urllib.request
 from collections import OrderedDict
@@ -36,7 +35,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from agent.fetching import NoRedirect, write_atomically
+from agent.fetching import http_fetch, write_atomically
 from attest.errors import InputError, RevocationError
 from attest.revocation.ocsp import (
     MAX_OCSP_RESPONSE_BYTES,
@@ -48,7 +47,7 @@ from attest.revocation.ocsp import (
 
 #: nvtrust ``verifier/config.py`` ``BaseSettings.OCSP_URL`` (overridable there by NV_OCSP_URL).
 DEFAULT_OCSP_URL = "https://ocsp.ndis.nvidia.com/"
-#: nvtrust ``BaseSettings.MAX_OCSP_TIME_DELAY``: 10 seconds per OCSP call.
+#: nvtrust ``BaseSettings.MAX_OCSP_TIME_DELAY``: 10 seconds per OCSP call (the whole call).
 DEFAULT_TIMEOUT_S = 10.0
 #: In-memory cache entries kept when the caller gives no cache (3 per GPU chain, 3 per RIM chain).
 MAX_MEMORY_CACHE_ENTRIES = 1024
@@ -131,9 +130,16 @@ class OnlineOcsp:
         clock: Callable[[], datetime] = _utcnow,
         nonce_source: Callable[[int], bytes] = secrets.token_bytes,
     ) -> None:
-        scheme = urllib.parse.urlsplit(url).scheme.lower()
+        try:
+            parsed = urllib.parse.urlsplit(url)
+            _ = parsed.port  # a port that is not a number: a usage error, not a failed fetch
+        except ValueError:
+            raise InputError(f"OCSP URL is not a valid URL: {url!r}") from None
+        scheme = parsed.scheme.lower()
         if scheme != "https" and not (scheme == "http" and allow_http):
             raise InputError(f"OCSP URL must be https:// (got {url!r})")
+        if not parsed.hostname:
+            raise InputError(f"OCSP URL has no host: {url!r}")
         if not 0 < timeout <= 300:
             raise InputError(f"OCSP timeout must be in (0, 300] seconds, got {timeout}")
         self.url = url
@@ -146,7 +152,6 @@ class OnlineOcsp:
             self._store = _DiskStore(Path(cache))
         else:
             self._store = _MemoryStore(cache)
-        self._opener = urllib.request.build_opener(NoRedirect())
         #: Counters for tests and the benchmark: network round trips and cache answers.
         self.fetches = 0
         self.cache_hits = 0
@@ -200,25 +205,26 @@ class OnlineOcsp:
             method="POST",
             headers={"Content-Type": "application/ocsp-request", "Accept": _OCSP_RESPONSE_TYPE},
         )
-        try:
-            with self._opener.open(req, timeout=self.timeout) as resp:
-                content_type = resp.headers.get("Content-Type", "")
-                body: bytes = resp.read(MAX_OCSP_RESPONSE_BYTES + 1)
-        except urllib.error.HTTPError as exc:
-            raise RevocationError(
-                f"OCSP responder {self.url} answered HTTP {exc.code}", reason="ocsp_http_error"
-            ) from None
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-            why = getattr(exc, "reason", None) or exc
-            raise RevocationError(
+        answer = http_fetch(
+            req,
+            timeout=self.timeout,
+            limit=MAX_OCSP_RESPONSE_BYTES,
+            unreachable=lambda why: RevocationError(
                 f"OCSP responder {self.url} unreachable ({why})", reason="ocsp_unreachable"
-            ) from None
+            ),
+        )
+        if not answer.ok:
+            raise RevocationError(
+                f"OCSP responder {self.url} answered HTTP {answer.status}",
+                reason="ocsp_http_error",
+            )
+        body = answer.body
         if len(body) > MAX_OCSP_RESPONSE_BYTES:
             raise RevocationError(
                 f"OCSP responder {self.url} sent more than {MAX_OCSP_RESPONSE_BYTES} bytes",
                 reason="ocsp_bad_response",
             )
-        media = content_type.split(";", 1)[0].strip().lower()
+        media = answer.content_type.split(";", 1)[0].strip().lower()
         if media and media != _OCSP_RESPONSE_TYPE:
             raise RevocationError(
                 f"OCSP responder {self.url} sent {media!r}, not {_OCSP_RESPONSE_TYPE}",

@@ -17,13 +17,12 @@ import binascii
 import json
 import os
 import re
-import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 
-from agent.fetching import NoRedirect, require_https, write_atomically
+from agent.fetching import http_fetch, require_https, write_atomically
 from attest.errors import InputError, VerificationError
 from attest.nvidia.rim import (
     MAX_RIM_BYTES,
@@ -36,7 +35,7 @@ from attest.nvidia.rim import (
 
 #: NVIDIA's public RIM service (nvtrust ``RIM_SERVICE_BASE_URL``).
 NVIDIA_RIM_SERVICE_URL = "https://rim.attestation.nvidia.com/v1/rim/"
-#: Seconds to wait for the RIM service; nvtrust allows 10 per attempt.
+#: Seconds one request to the RIM service may take in all; nvtrust allows 10 per attempt.
 DEFAULT_TIMEOUT_S = 10.0
 #: A service answer larger than this is refused (base64 of a 256 KiB RIM plus JSON framing).
 MAX_RESPONSE_BYTES = MAX_RIM_BYTES * 2
@@ -163,7 +162,6 @@ class OnlineRimSource:
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         self.timeout = timeout
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self._opener = urllib.request.build_opener(NoRedirect())
 
     def _cache_path(self, rim_id: str) -> Path | None:
         return None if self.cache_dir is None else self.cache_dir / f"{rim_id}.xml"
@@ -189,21 +187,21 @@ class OnlineRimSource:
     def _fetch(self, rim_id: str) -> bytes | None:
         url = self.base_url + urllib.parse.quote(rim_id, safe="")
         request = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310
-        try:
-            with self._opener.open(request, timeout=self.timeout) as response:
-                body: bytes = response.read(MAX_RESPONSE_BYTES + 1)
-        except urllib.error.HTTPError as exc:
-            if exc.code == 404:
-                return None
-            raise RimFetchError(f"RIM service answered HTTP {exc.code} for {rim_id}") from None
-        except (urllib.error.URLError, TimeoutError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise RimFetchError(f"RIM service unreachable for {rim_id}: {reason}") from None
-        if len(body) > MAX_RESPONSE_BYTES:
+        answer = http_fetch(
+            request,
+            timeout=self.timeout,
+            limit=MAX_RESPONSE_BYTES,
+            unreachable=lambda why: RimFetchError(f"RIM service unreachable for {rim_id}: {why}"),
+        )
+        if answer.status == 404:
+            return None
+        if not answer.ok:
+            raise RimFetchError(f"RIM service answered HTTP {answer.status} for {rim_id}")
+        if len(answer.body) > MAX_RESPONSE_BYTES:
             raise RimFetchError(
                 f"RIM service answer for {rim_id} exceeds {MAX_RESPONSE_BYTES} bytes"
             )
-        return decode_service_response(body, rim_id)
+        return decode_service_response(answer.body, rim_id)
 
     def rim_bytes(self, rim_id: str) -> bytes | None:
         cid = canonical_rim_id(rim_id)

@@ -35,6 +35,7 @@ from agent.emulation import EmulationPki
 from attest.errors import InputError
 from attest.snp.report import Product, SigningKey
 from attest.snp.verify import MAX_CRL_BYTES
+from tests.agent.rawhttp import RawServer
 
 REPO = Path(__file__).resolve().parents[2]
 MILAN_VCEK = ([Product.MILAN], [SigningKey.VCEK])
@@ -263,3 +264,45 @@ def test_a_left_over_temporary_does_not_stop_the_broker(pki: EmulationPki, tmp_p
     (tmp_path / "tmp-abc.part").write_bytes(crl[:100])
     with pytest.raises(InputError, match="not an AMD CRL file"):
         load_amd_crls(tmp_path)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="SIGHUP is POSIX")
+def test_broken_http_for_one_list_still_lets_the_others_through_and_the_broker_reload(
+    pki: EmulationPki, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """vcek-Milan arrives whole, vlek-Milan's answer is not HTTP: the first is written, the
+    second is a failed outcome, and the broker is still told to reload (it once aborted the run
+    with an untyped BadStatusLine after writing the first list, and sent no SIGHUP)."""
+    crl = pki.amd_crl(at=datetime.now(UTC))
+    answers = iter(
+        [b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(crl) + crl, b"garbage\r\n\r\n"]
+    )
+    server = RawServer(lambda conn, stop: conn.sendall(next(answers)))
+    broker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        rc = main(
+            ["broker", "fetch-amd-crls", "--dir", str(tmp_path), "--product", "Milan",
+             "--kds-url", server.url, "--timeout", "2", "--trust-emulation", str(pki.directory),
+             "--notify-pid", str(broker.pid)]
+        )  # fmt: skip
+        assert broker.wait(timeout=10) == -signal.SIGHUP
+    finally:
+        server.close()
+        if broker.poll() is None:
+            broker.kill()
+            broker.wait()
+    out = capsys.readouterr().out
+    assert rc == 1  # one list failed
+    assert "vcek-Milan: written" in out
+    assert "vlek-Milan: failed: vlek-Milan: KDS unreachable: bad HTTP answer (BadStatusLine" in out
+    assert [p.name for p in tmp_path.iterdir()] == ["vcek-Milan.crl"]
+
+
+@pytest.mark.parametrize("url", ["https://127.0.0.1:abc", "https://kdsintf.amd.com:99999"])
+def test_a_malformed_kds_url_is_a_usage_error(
+    tmp_path: Path, url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["broker", "fetch-amd-crls", "--dir", str(tmp_path), "--kds-url", url]
+    assert main(args) == 2
+    assert "KDS URL is not a valid URL" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
