@@ -23,8 +23,10 @@ without our nonce -> ``ocsp_nonce_mismatch``.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import secrets
+import stat
 import threading
 import urllib.parse
 import urllib.request
@@ -55,6 +57,8 @@ MAX_MEMORY_CACHE_ENTRIES = 1024
 CACHE_FILE_SUFFIX = ".ocsp.der"
 _OCSP_RESPONSE_TYPE = "application/ocsp-response"
 
+_log = logging.getLogger(__name__)
+
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
@@ -84,7 +88,15 @@ class _MemoryStore:
 
 
 class _DiskStore:
-    """One file per response; written atomically so concurrent processes never see half a file."""
+    """One file per response; written atomically so concurrent processes never see half a file.
+
+    Best effort both ways, because the cache only saves round trips: whatever is at an entry's
+    path that is not a regular file we can read (a directory, a symlink, a FIFO that would block
+    an ``open`` forever, a file we may not read) is a miss, and a write or removal that fails
+    (read-only or full file system, permissions) is logged and forgotten, never allowed to throw
+    away an answer that was fetched and checked. Names are hashes and responses are public, so
+    the log says nothing secret.
+    """
 
     def __init__(self, directory: Path) -> None:
         self._dir = directory
@@ -95,18 +107,48 @@ class _DiskStore:
 
     def get(self, key: str) -> bytes | None:
         path = self._path(key)
+        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            with path.open("rb") as f:
-                data = f.read(MAX_OCSP_RESPONSE_BYTES + 1)
+            fd = os.open(path, flags)
         except FileNotFoundError:
             return None
-        return None if len(data) > MAX_OCSP_RESPONSE_BYTES else data
+        except OSError as exc:
+            _log.warning(
+                "OCSP cache entry %s unusable (%s); asking the responder", path.name, exc.strerror
+            )
+            return None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                _log.warning("OCSP cache entry %s is not a regular file; ignored", path.name)
+                return None
+            chunks: list[bytes] = []
+            size = 0
+            while size <= MAX_OCSP_RESPONSE_BYTES:
+                chunk = os.read(fd, MAX_OCSP_RESPONSE_BYTES + 1 - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+        except OSError as exc:
+            _log.warning("OCSP cache entry %s unreadable (%s); ignored", path.name, exc.strerror)
+            return None
+        finally:
+            os.close(fd)
+        return None if size > MAX_OCSP_RESPONSE_BYTES else b"".join(chunks)
 
     def put(self, key: str, der: bytes) -> None:
-        write_atomically(self._path(key), der, fsync=False)  # a cache: a lost write is refetched
+        path = self._path(key)
+        try:
+            write_atomically(path, der, fsync=False)  # a cache: a lost write is refetched
+        except OSError as exc:
+            _log.warning("OCSP cache entry %s not written (%s)", path.name, exc.strerror or exc)
 
     def drop(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        path = self._path(key)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            _log.warning("OCSP cache entry %s not removed (%s)", path.name, exc.strerror or exc)
 
 
 class OnlineOcsp:

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
+import logging
 import os
 import re
+import stat
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from agent.fetching import http_fetch, require_https, write_atomically
 from attest.errors import InputError, VerificationError
+from attest.jsonutil import load_json
 from attest.nvidia.rim import (
     MAX_RIM_BYTES,
     RimCollection,
@@ -43,6 +45,8 @@ MAX_RESPONSE_BYTES = MAX_RIM_BYTES * 2
 MAX_DIRECTORY_FILES = 4096
 #: File name endings read as RIMs.
 RIM_SUFFIXES = (".swidtag", ".xml")
+
+_log = logging.getLogger(__name__)
 
 #: nvtrust's local file naming for VBIOS RIMs: ``<project>_<sku>_<chip sku>_<VER>_<label>``.
 _NVTRUST_VBIOS_NAME = re.compile(
@@ -79,6 +83,18 @@ def name_to_rim_id(file_name: str) -> str | None:
         project, sku, chip, version = (g.upper() for g in m.groups()[:4])
         return f"NV_GPU_VBIOS_{project}_{sku}_{chip}_{version}"
     return None
+
+
+def _read_cache_entry(path: Path) -> bytes | None:
+    """A cache file's bytes; None unless it is (or links to) a regular file, so a directory or a
+    FIFO in the way is a miss and refetched (O_NONBLOCK: opening a FIFO must not wait for a
+    writer). Bytes beyond ``MAX_RIM_BYTES`` are a miss too."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return None
+        data = f.read(MAX_RIM_BYTES + 1)
+    return None if len(data) > MAX_RIM_BYTES else data
 
 
 def _read_bounded(path: Path) -> bytes:
@@ -168,21 +184,29 @@ class OnlineRimSource:
 
     def _from_cache(self, rim_id: str) -> bytes | None:
         path = self._cache_path(rim_id)
-        if path is None or not path.is_file():
+        if path is None:
             return None
         try:
-            data = _read_bounded(path)
+            data = _read_cache_entry(path)
+            if data is None:
+                return None
             parse_rim(data)
         except (InputError, OSError):
             return None  # a damaged cache entry is refetched, never used
         return data
 
     def _store(self, rim_id: str, data: bytes) -> None:
+        """Cache a RIM that was fetched and parsed. Best effort: a cache that cannot be written
+        (read-only or full file system, permissions, a directory in the way) costs a fetch next
+        time, and must not throw away the RIM in hand."""
         path = self._cache_path(rim_id)
         if path is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(path, data)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(path, data)
+        except OSError as exc:
+            _log.warning("RIM cache entry %s not written (%s)", path.name, exc.strerror or exc)
 
     def _fetch(self, rim_id: str) -> bytes | None:
         url = self.base_url + urllib.parse.quote(rim_id, safe="")
@@ -217,8 +241,9 @@ class OnlineRimSource:
 def decode_service_response(body: bytes, rim_id: str) -> bytes:
     """The RIM bytes in a RIM service answer; RimFetchError if the answer is not usable."""
     try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        # the strict reader: nesting, huge integers and bad UTF-8 are refused, not raised raw
+        doc = load_json(body, what=f"RIM service answer for {rim_id}")
+    except InputError:
         raise RimFetchError(f"RIM service answer for {rim_id} is not JSON") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("rim"), str):
         raise RimFetchError(f"RIM service answer for {rim_id} has no 'rim' string")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import errno
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -266,3 +268,62 @@ def test_chained_source_asks_in_order(service: tuple[_Service, str]) -> None:
     assert chained.rim_bytes("NV_GPU_DRIVER_GH100_1.0") is None
     with pytest.raises(InputError):
         ChainedRimSource()
+
+
+def test_a_cache_that_cannot_be_written_keeps_the_fetched_rim(
+    service: tuple[_Service, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only or full file system (simulated: root ignores a 0500 directory) costs a
+    fetch next time; the RIM in hand, already parsed, is still returned."""
+    import agent.rim_fetch as rim_fetch
+
+    def read_only(path: Path, data: bytes, **kw: object) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    monkeypatch.setattr(rim_fetch, "write_atomically", read_only)
+    state, url = service
+    src = OnlineRimSource(url, timeout=5, cache_dir=tmp_path)
+    assert src.rim_bytes(DRIVER_ID) == DRIVER.read_bytes()
+    assert src.rim_bytes(DRIVER_ID) == DRIVER.read_bytes()
+    assert len(state.requests) == 2  # nothing was cached
+
+
+def test_a_cache_directory_that_cannot_be_made_keeps_the_fetched_rim(
+    service: tuple[_Service, str], tmp_path: Path
+) -> None:
+    (tmp_path / "file").write_bytes(b"")
+    _, url = service
+    src = OnlineRimSource(url, timeout=5, cache_dir=tmp_path / "file" / "cache")
+    assert src.rim_bytes(DRIVER_ID) == DRIVER.read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "symlink-loop"])
+def test_a_cache_entry_that_is_not_a_file_is_a_miss(
+    service: tuple[_Service, str], tmp_path: Path, kind: str
+) -> None:
+    state, url = service
+    entry = tmp_path / f"{DRIVER_ID}.xml"
+    if kind == "directory":
+        entry.mkdir()
+        (entry / "x").write_text("x")  # not empty: the new RIM cannot replace it either
+    elif kind == "fifo":
+        os.mkfifo(entry)  # a blocking open would wait for a writer forever
+    else:
+        os.symlink(entry.name, entry)
+    start = time.monotonic()
+    assert OnlineRimSource(url, timeout=5, cache_dir=tmp_path).rim_bytes(DRIVER_ID) == (
+        DRIVER.read_bytes()
+    )
+    assert time.monotonic() - start < 2.0
+    assert len(state.requests) == 1
+
+
+def test_deeply_nested_json_is_the_typed_error(service: tuple[_Service, str]) -> None:
+    """It once escaped as a RecursionError from ``json.loads``."""
+    state, url = service
+    state.override = _reply(200, b"[" * 100_000, {"Content-Type": "application/json"})
+    with pytest.raises(RimFetchError, match="not JSON"):
+        OnlineRimSource(url, timeout=5).rim_bytes(DRIVER_ID)
+    for body in (b"[" * 100_000, b'{"rim": ' * 5000, b"\xff\xfe{}"):
+        with pytest.raises(RimFetchError, match="not JSON"):
+            decode_service_response(body, DRIVER_ID)

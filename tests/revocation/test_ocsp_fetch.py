@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -260,3 +262,101 @@ def test_url_and_timeout_validation() -> None:
     with pytest.raises(InputError):
         OnlineOcsp(timeout=0)
     assert OnlineOcsp().url == DEFAULT_OCSP_URL
+
+
+def _entry_path(url: str, cache_dir: Path) -> Path:
+    return cache_dir / (_online(url)._key(PKI.leaf, PKI.intermediate) + CACHE_FILE_SUFFIX)
+
+
+def _directory(p: Path) -> None:
+    p.mkdir()
+    (p / "x").write_bytes(b"x")  # not empty: the atomic write cannot replace it either
+
+
+def _symlink_loop(p: Path) -> None:
+    os.symlink(p.name, p)
+
+
+def _symlink_to_a_good_answer(p: Path) -> None:
+    (p.parent / "elsewhere.der").write_bytes(make_response(PKI))  # valid at NOW
+    os.symlink("elsewhere.der", p)
+
+
+def _fifo(p: Path) -> None:
+    os.mkfifo(p)  # opening it for reading (without O_NONBLOCK) would wait for a writer forever
+
+
+def _unreadable_file(p: Path) -> None:
+    p.write_bytes(b"\x30" * (MAX_OCSP_RESPONSE_BYTES + 1))  # larger than any answer
+
+
+@pytest.mark.parametrize(
+    "make",
+    [_directory, _symlink_loop, _symlink_to_a_good_answer, _fifo, _unreadable_file],
+    ids=lambda f: f.__name__.strip("_"),
+)
+def test_a_cache_entry_that_is_not_a_readable_file_is_a_miss(
+    responder: tuple[Responder, str], tmp_path: Path, make: Callable[[Path], None]
+) -> None:
+    """Whatever is in the way at an entry's path costs one fetch, never an untyped error or a
+    blocked verification (a FIFO once hung ``open`` for good)."""
+    cfg, url = responder
+    cache_dir = tmp_path / "ocsp"
+    cache_dir.mkdir()
+    make(_entry_path(url, cache_dir))
+    source = _online(url, cache=cache_dir)
+    start = time.monotonic()
+    der = source.response_for(PKI.leaf, PKI.intermediate)
+    assert time.monotonic() - start < 2.0
+    assert der is not None and (source.fetches, source.cache_hits) == (1, 0)
+    assert len(cfg.requests) == 1
+
+
+def test_a_cache_that_cannot_be_written_keeps_the_fetched_answer(
+    responder: tuple[Responder, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only or full file system (simulated: the tests may run as root, whom a 0500
+    directory does not stop) loses the cache entry, not the verified answer."""
+    import agent.ocsp_fetch as ocsp_fetch
+
+    def read_only(path: Path, data: bytes, **kw: object) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    monkeypatch.setattr(ocsp_fetch, "write_atomically", read_only)
+    cfg, url = responder
+    source = _online(url, cache=tmp_path)
+    assert source.response_for(PKI.leaf, PKI.intermediate) is not None
+    assert source.response_for(PKI.leaf, PKI.intermediate) is not None  # not cached: refetched
+    assert (source.fetches, len(cfg.requests)) == (2, 2)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a 0500 directory anyway")
+def test_a_read_only_cache_directory_keeps_the_fetched_answer(
+    responder: tuple[Responder, str], tmp_path: Path
+) -> None:
+    cfg, url = responder
+    tmp_path.chmod(0o500)
+    try:
+        assert _online(url, cache=tmp_path).response_for(PKI.leaf, PKI.intermediate) is not None
+    finally:
+        tmp_path.chmod(0o700)
+    assert len(cfg.requests) == 1
+
+
+def test_a_stale_entry_that_cannot_be_removed_is_refetched(
+    responder: tuple[Responder, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg, url = responder
+    path = _entry_path(url, tmp_path)
+    path.write_bytes(b"not an OCSP response")
+    real_unlink = Path.unlink
+
+    def unlink(self: Path, missing_ok: bool = False) -> None:
+        if self == path:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    source = _online(url, cache=tmp_path)
+    assert source.response_for(PKI.leaf, PKI.intermediate) is not None
+    assert source.fetches == 1 and len(cfg.requests) == 1
