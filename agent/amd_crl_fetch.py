@@ -198,5 +198,7 @@ def _store(
             held_this = None  # a damaged file is replaced by a checked list
         if held_this is not None and held_this > this_update:
             return FetchOutcome(name, "kept", held_this, held_next)
-    write_atomically(path, data)
+    # CRLs are public; 0644 so a broker running as another user can read a list root fetched
+    # (a file being replaced keeps the mode and owner the operator gave it)
+    write_atomically(path, data, mode=0o644)
     return FetchOutcome(name, "written", this_update, next_update)

@@ -16,6 +16,7 @@ import contextlib
 import http.client
 import os
 import socket
+import stat
 import tempfile
 import threading
 import time
@@ -271,12 +272,29 @@ def http_fetch(
     return answer
 
 
-def write_atomically(path: Path, data: bytes, *, fsync: bool = True) -> None:
+def write_atomically(path: Path, data: bytes, *, mode: int = 0o600, fsync: bool = True) -> None:
     """Replace ``path`` with ``data`` in one rename (a temporary file in the same directory,
-    removed on any failure). ``fsync``: the bytes are on disk before the rename."""
+    removed on any failure). ``fsync``: the bytes are on disk before the rename.
+
+    Permissions: a file that is replaced keeps its mode (and, when root writes, its owner and
+    group), so a list the operator made readable to a broker running as another user stays
+    readable after a refresh by root; a new file gets ``mode``. The default, 0600, is for
+    content that may be secret; callers writing public data (CRLs, OCSP answers, RIMs) pass
+    0644 on purpose.
+    """
+    try:
+        old = os.lstat(path)
+    except FileNotFoundError:
+        old = None
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as f:
+            if old is not None and stat.S_ISREG(old.st_mode):
+                if os.geteuid() == 0:
+                    os.fchown(f.fileno(), old.st_uid, old.st_gid)
+                os.fchmod(f.fileno(), stat.S_IMODE(old.st_mode) & 0o777)  # never set-id bits
+            else:
+                os.fchmod(f.fileno(), mode)
             f.write(data)
             if fsync:
                 f.flush()

@@ -139,7 +139,8 @@ class _DiskStore:
     def put(self, key: str, der: bytes) -> None:
         path = self._path(key)
         try:
-            write_atomically(path, der, fsync=False)  # a cache: a lost write is refetched
+            # a cache: a lost write is refetched; OCSP answers are public (0644)
+            write_atomically(path, der, mode=0o644, fsync=False)
         except OSError as exc:
             _log.warning("OCSP cache entry %s not written (%s)", path.name, exc.strerror or exc)
 

@@ -204,7 +204,7 @@ class OnlineRimSource:
             return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomically(path, data)
+            write_atomically(path, data, mode=0o644)  # RIMs are public, signed documents
         except OSError as exc:
             _log.warning("RIM cache entry %s not written (%s)", path.name, exc.strerror or exc)
 

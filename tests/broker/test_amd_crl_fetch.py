@@ -306,3 +306,19 @@ def test_a_malformed_kds_url_is_a_usage_error(
     assert main(args) == 2
     assert "KDS URL is not a valid URL" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_a_fetched_list_is_readable_by_a_broker_running_as_another_user(
+    kds: Kds, pki: EmulationPki, tmp_path: Path
+) -> None:
+    """A new list is 0644 (CRLs are public); a replaced one keeps the mode the operator gave
+    it. Both were once 0600, so a broker not running as the fetching user could not reload."""
+    kds.answers["/vcek/v1/Milan/crl"] = (200, pki.amd_crl(at=datetime.now(UTC)))
+    assert _update(kds, tmp_path, pki) == ["vcek-Milan:written"]
+    path = tmp_path / "vcek-Milan.crl"
+    assert path.stat().st_mode & 0o777 == 0o644
+    path.chmod(0o640)  # the operator's choice: the broker's group may read
+    newer = pki.amd_crl(at=datetime.now(UTC), revoked_serials=(pki.ask.cert.serial_number,))
+    kds.answers["/vcek/v1/Milan/crl"] = (200, newer)
+    assert _update(kds, tmp_path, pki) == ["vcek-Milan:written"]
+    assert path.read_bytes() == newer and path.stat().st_mode & 0o777 == 0o640

@@ -327,3 +327,10 @@ def test_deeply_nested_json_is_the_typed_error(service: tuple[_Service, str]) ->
     for body in (b"[" * 100_000, b'{"rim": ' * 5000, b"\xff\xfe{}"):
         with pytest.raises(RimFetchError, match="not JSON"):
             decode_service_response(body, DRIVER_ID)
+
+
+def test_cache_entries_are_public_files(service: tuple[_Service, str], tmp_path: Path) -> None:
+    """RIMs are public, signed documents: 0644, like the files NVIDIA serves."""
+    _, url = service
+    OnlineRimSource(url, timeout=5, cache_dir=tmp_path).rim_bytes(DRIVER_ID)
+    assert (tmp_path / f"{DRIVER_ID}.xml").stat().st_mode & 0o777 == 0o644

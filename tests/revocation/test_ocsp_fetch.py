@@ -360,3 +360,11 @@ def test_a_stale_entry_that_cannot_be_removed_is_refetched(
     source = _online(url, cache=tmp_path)
     assert source.response_for(PKI.leaf, PKI.intermediate) is not None
     assert source.fetches == 1 and len(cfg.requests) == 1
+
+
+def test_cache_entries_are_public_files(responder: tuple[Responder, str], tmp_path: Path) -> None:
+    """OCSP answers are public: 0644, so another user sharing the cache can read them."""
+    _, url = responder
+    _online(url, cache=tmp_path).response_for(PKI.leaf, PKI.intermediate)
+    (path,) = tmp_path.glob(f"*{CACHE_FILE_SUFFIX}")
+    assert path.stat().st_mode & 0o777 == 0o644
