@@ -27,8 +27,10 @@ Emulated sources for machines without CC hardware live in ``agent.emulation``.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import itertools
+import logging
 import os
 import secrets
 import struct
@@ -42,6 +44,8 @@ from attest.errors import InputError, LesseeError, ParseError
 from attest.snp.verify import MAX_AMD_CERT_INPUT_BYTES, MAX_CRL_BYTES
 from attest.tdx.collateral import MAX_COLLATERAL_JSON_BYTES, parse_collateral_json
 from attest.tdx.quote import MAX_QUOTE_BUFFER_BYTES
+
+_log = logging.getLogger(__name__)
 
 TSM_REPORT_DIR = Path("/sys/kernel/config/tsm/report")
 #: configfs-tsm outblobs are a report (1184 B SNP) or a quote (~5-8 KiB TDX); certs up to 64 KiB.
@@ -234,8 +238,13 @@ class TsmCpuSource:
         self.provider = self._probe_provider()
 
     def _entry(self) -> Path:
+        """A new report entry; the kernel's refusal to make one, as one sentence that says what
+        to do (``_entry_refused``)."""
         entry = self._root / f"lessee-{secrets.token_hex(8)}"
-        entry.mkdir()
+        try:
+            entry.mkdir()
+        except OSError as exc:
+            raise _entry_refused(self._root, exc) from None
         return entry
 
     def _probe_provider(self) -> str:
@@ -246,7 +255,7 @@ class TsmCpuSource:
         try:
             provider = _provider(entry)
         finally:
-            os.rmdir(entry)
+            _remove(entry)
         if provider == "tdx_guest":
             if self._crl is not None:
                 raise TeeMismatchError(
@@ -294,23 +303,92 @@ class TsmCpuSource:
             )
             if provider == "tdx_guest":
                 collateral = self._collateral()
-                (entry / "inblob").write_bytes(report_data)
-                quote = _read_bounded(entry / "outblob", MAX_QUOTE_BUFFER_BYTES)
+                quote = _generate(entry, report_data, "TDX quote", MAX_QUOTE_BUFFER_BYTES)
                 _require(bool(quote), "configfs-tsm returned an empty TDX quote")
                 return TdxEvidenceIn(quote=quote, collateral_json=collateral)
-            (entry / "inblob").write_bytes(report_data)
-            outblob = _read_bounded(entry / "outblob")
+            outblob = _generate(entry, report_data, "SEV-SNP report", MAX_TSM_BLOB_BYTES)
             aux = entry / "auxblob"
-            certs = parse_snp_cert_table(_read_bounded(aux)) if aux.exists() else {}
+            try:
+                aux_bytes = _read_bounded(aux) if aux.exists() else b""
+            except OSError as exc:
+                raise _generation_failed("SEV-SNP certificate table (auxblob)", exc) from None
+            certs = parse_snp_cert_table(aux_bytes)
             return SnpEvidenceIn(report=outblob, certificates=tuple(certs.values()), crl=self._crl)
         finally:
-            os.rmdir(entry)
+            _remove(entry)
+
+
+#: mkdir errors that mean configfs-tsm has no TEE provider to make the entry for: the kernel's
+#: ``tsm_report_make_item`` answers ENXIO when no provider is registered.
+_NO_PROVIDER_ERRNOS = frozenset({errno.ENXIO, errno.ENODEV, errno.EOPNOTSUPP})
+_PERMISSION_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+
+
+def _entry_refused(root: Path, exc: OSError) -> HardwareUnavailableError:
+    """Why a report entry could not be made, as what the operator can do about it."""
+    if exc.errno in _NO_PROVIDER_ERRNOS:
+        return HardwareUnavailableError(
+            f"configfs-tsm at {root} has no confidential-computing provider registered: this is "
+            "not a SEV-SNP/TDX guest, or its guest driver (sev-guest or tdx-guest) is not loaded"
+        )
+    if exc.errno in _PERMISSION_ERRNOS:
+        return HardwareUnavailableError(
+            f"permission denied making a configfs-tsm report entry in {root}: run the agent as "
+            "root (or give its user write access to the report directory)"
+        )
+    return HardwareUnavailableError(
+        f"configfs-tsm at {root} refused a report entry ({exc.strerror or type(exc).__name__})"
+    )
+
+
+def _generation_failed(what: str, exc: OSError) -> HardwareUnavailableError:
+    """An I/O error while configfs-tsm makes the report: the firmware or host refused it
+    (EIO), or another process changed the entry meanwhile (EBUSY); retrying may work."""
+    return HardwareUnavailableError(
+        f"configfs-tsm could not produce the {what} "
+        f"({exc.strerror or type(exc).__name__}): the firmware or host refused the request, or "
+        "another process used the same report entry; try again"
+    )
+
+
+def _generate(entry: Path, report_data: bytes, what: str, limit: int) -> bytes:
+    """Write ``inblob`` and read ``outblob`` (reading it is what makes the kernel ask the TEE)."""
+    try:
+        (entry / "inblob").write_bytes(report_data)
+        return _read_bounded(entry / "outblob", limit)
+    except OSError as exc:
+        raise _generation_failed(what, exc) from None
+
+
+def _remove(entry: Path) -> None:
+    """Remove a report entry. A failure must not replace the report or the error in hand: the
+    entry is left (a small kernel object, until someone removes it) and said on the log."""
+    try:
+        os.rmdir(entry)
+    except OSError as exc:
+        _log.warning("could not remove configfs-tsm entry %s (%s)", entry.name, exc.strerror)
 
 
 def _provider(entry: Path) -> str:
     """The entry's provider, one of the two this source knows; anything else is hardware the
     agent cannot attest (``HardwareUnavailableError``)."""
-    provider = (entry / "provider").read_text().strip()
+    try:
+        provider = (entry / "provider").read_text().strip()
+    except FileNotFoundError:
+        raise HardwareUnavailableError(
+            "configfs-tsm report entries here have no provider attribute: no confidential-"
+            "computing provider is registered (not a SEV-SNP/TDX guest, or sev-guest/tdx-guest "
+            "not loaded), or the kernel's configfs-tsm predates it (Linux >= 6.7 needed)"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        if isinstance(exc, OSError) and exc.errno in _PERMISSION_ERRNOS:
+            raise HardwareUnavailableError(
+                "permission denied reading configfs-tsm's provider attribute: run the agent as root"
+            ) from None
+        why = exc.strerror if isinstance(exc, OSError) else "not text"
+        raise HardwareUnavailableError(
+            f"configfs-tsm provider attribute unreadable ({why})"
+        ) from None
     if provider not in ("sev_guest", "tdx_guest"):
         raise HardwareUnavailableError(f"unknown configfs-tsm provider {provider!r}")
     return provider
