@@ -59,6 +59,7 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
 
 from attest.errors import InputError
+from attest.jsonutil import load_json
 from attest.snp.verify import load_amd_certificates
 from attest.timeutil import require_aware
 
@@ -789,8 +790,10 @@ class EmulationPki:
         """Load an existing PKI; EmulationPkiError if anything is missing, unsafe or altered."""
         path = Path(directory)
         try:
-            manifest = json.loads(_read(path / "manifest.json"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            # the strict reader: a manifest nested thousands deep is "not JSON", not a
+            # RecursionError (so are bad UTF-8, huge integers and duplicate keys)
+            manifest = load_json(_read(path / "manifest.json"), what="manifest.json")
+        except InputError:
             raise EmulationPkiError(f"{path / 'manifest.json'} is not JSON") from None
         if (
             isinstance(manifest, dict)

@@ -290,6 +290,22 @@ def test_other_format_and_missing_files_are_refused(pki: EmulationPki, tmp_path:
         EmulationPki.load(tmp_path / "nowhere")
 
 
+@pytest.mark.parametrize(
+    "content",
+    [b"[" * 60_000, b'{"a": ' * 60_000, b"", b"\xff\xfe\x00", b'{"format": 1, "format": 2}'],
+    ids=["nested-array", "nested-object", "empty", "not-utf8", "duplicate-key"],
+)
+def test_a_manifest_that_is_not_json_is_refused(
+    pki: EmulationPki, tmp_path: Path, content: bytes
+) -> None:
+    """Deep nesting once escaped ``json.loads`` as a RecursionError."""
+    path = _copy(pki, tmp_path)
+    (path / "manifest.json").write_bytes(content)
+    for load in (EmulationPki.load, EmulationPki.load_or_create):
+        with pytest.raises(EmulationPkiError, match=r"manifest\.json is not JSON"):
+            load(path)
+
+
 def test_version_1_directory_is_refused_with_how_to_recreate(
     pki: EmulationPki, tmp_path: Path
 ) -> None:
