@@ -633,16 +633,20 @@ class _RimFetch:
 
     rim_id: str
     data: bytes | None = None
-    error: RimSelectionError | InputError | None = None
+    error: RimSelectionError | InputError | VerificationError | None = None
     #: the cache's answer (looked up once), or the verification started ahead
     remembered: VerifiedRim | None = None
     verified: Deferred[VerifiedRim] | None = None
 
 
 def _fetch_rim(ctx: _Context, rim_id: str) -> _RimFetch:
+    """Ask the source for one RIM. A source that cannot answer (an ambiguous id, a bad file, a
+    RIM service that is unreachable or answers nonsense: ``VerificationError``, e.g.
+    ``agent.rim_fetch.RimFetchError``) fails this device's RIM check with its reason; it must
+    not abort the verification of the whole evidence set."""
     try:
         data = ctx.rim_source.rim_bytes(rim_id) if ctx.rim_source is not None else None
-    except (RimSelectionError, InputError) as exc:
+    except (RimSelectionError, InputError, VerificationError) as exc:
         return _RimFetch(rim_id, error=exc)
     return _RimFetch(rim_id, data=data)
 

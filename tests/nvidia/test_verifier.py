@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from agent.rim_fetch import DirectoryRimSource
+from agent.rim_fetch import DirectoryRimSource, RimFetchError
 from attest.errors import InputError
 from attest.nvidia.evidence import DeviceEvidence, load_evidence
 from attest.nvidia.verifier import Status, VerifierCaches, verify_gpu_evidence
@@ -239,3 +239,32 @@ def test_json_shape() -> None:
     j = _run(LEGACY).to_json()
     assert j["status"] == "warning" and j["x-nvidia-overall-att-result"] is True
     assert isinstance(j["devices"], list) and j["devices"][0]["name"] == "gpu0"
+
+
+class _DriverRimServiceDown:
+    """The RIM service is unreachable for driver RIMs; VBIOS RIMs come from the test folder."""
+
+    def rim_bytes(self, rim_id: str) -> bytes | None:
+        if "_DRIVER_" in rim_id:
+            raise RimFetchError(f"RIM service unreachable for {rim_id}: connection refused")
+        return RIMS.rim_bytes(rim_id)
+
+
+def test_an_unreachable_rim_service_is_a_finding_for_the_device() -> None:
+    """A source's ``RimFetchError`` (a ``VerificationError``) once escaped and aborted the
+    whole evidence set; it is the device's failed RIM fetch, with the reason."""
+    r = _run(LEGACY, rim_source=_DriverRimServiceDown())
+    d = r.devices[0]
+    (fetch,) = [f for f in d.failures if f.field == "x-nvidia-gpu-driver-rim-fetched"]
+    assert fetch.expected == "NV_GPU_DRIVER_GH100_545.00"
+    assert "RIM service unreachable" in fetch.detail and "connection refused" in fetch.detail
+    assert not [f for f in d.failures if f.field.startswith("x-nvidia-gpu-vbios-rim")]
+    assert r.status is Status.CONTRAINDICATED
+    # every GPU of a set gets its own finding; the set is still verified to the end
+    ppcie = _run(PPCIE, expected_nonce=PPCIE_NONCE, at=TODAY, rim_source=_DriverRimServiceDown())
+    for dev in ppcie.devices[:8]:
+        assert any(
+            f.field == "x-nvidia-gpu-driver-rim-fetched" and "unreachable" in f.detail
+            for f in dev.failures
+        ), dev.name
+    assert ppcie.topology is not None and ppcie.topology.ok
