@@ -415,7 +415,9 @@ class EnclaveService:
                     result = StreamOutcome.CLOSED
                     produced = 0
                     try:
-                        async with _closing(_engine_stream(self._generator, prompt, params)) as engine:
+                        async with _closing(
+                            _engine_stream(self._generator, prompt, params)
+                        ) as engine:
                             while produced < params.max_new_tokens:
                                 if guard.expired:
                                     result = StreamOutcome.TIME_LIMIT
