@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import struct
 import zipfile
 import zlib
@@ -165,6 +166,28 @@ class Manifest:
     log_vkey: str
 
 
+def _open_regular(path: str | Path) -> IO[bytes]:
+    """``path`` opened for reading, if it is a regular file. ``zipfile`` given ``/dev/zero``
+    reads (and allocates) without end, and opening a FIFO blocks until a writer appears. The open is non-blocking, so a FIFO is
+    opened at once and refused here like any other non-regular file (no stat-then-open race)."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise BundleError(f"{path}: not a readable ZIP audit bundle ({exc})") from exc
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError as exc:
+        os.close(fd)
+        raise BundleError(f"{path}: not a readable ZIP audit bundle ({exc})") from exc
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise BundleError(f"{path}: not a regular file, so not an audit bundle")
+    if hasattr(os, "set_blocking"):
+        os.set_blocking(fd, True)  # a regular file reads the same either way; be plain
+    return os.fdopen(fd, "rb")
+
+
 class Bundle:
     """An open bundle: manifest, entry records and checkpoints in memory; blobs read on demand."""
 
@@ -172,10 +195,7 @@ class Bundle:
         # The archive is read through one file object that this bundle owns: ``zipfile`` reads
         # the directory from it, and member reads (``_stored_bytes``) use the same descriptor,
         # so both see the one file that was opened.
-        try:
-            self._file = open(path, "rb")  # noqa: SIM115 (closed by close())
-        except OSError as exc:
-            raise BundleError(f"{path}: not a readable ZIP audit bundle ({exc})") from exc
+        self._file = _open_regular(path)
         try:
             self._zip = zipfile.ZipFile(self._file, "r")
         except _ZIP_ERRORS as exc:

@@ -105,6 +105,7 @@ import logging
 import multiprocessing
 import os
 import re
+import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -982,6 +983,12 @@ _WORKER: EntryReplayer | None = None
 
 
 def _init_worker(config: ReplayConfig) -> None:
+    # A Ctrl-C on the terminal reaches the whole foreground process group: with Python's
+    # default handler every worker printed its own KeyboardInterrupt traceback. Only the parent
+    # handles it (one "lessee: interrupted"); it then shuts the pool down, and the workers stop
+    # once their queue is closed. Set first, so a Ctrl-C during the replayer's set-up is
+    # ignored here too.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     global _WORKER  # noqa: PLW0603 (one replayer per worker process, by design)
     _WORKER = EntryReplayer(config)
 

@@ -207,3 +207,35 @@ def test_the_forkserver_preload_ignores_ctrl_c_only_while_importing() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert out.stdout.strip() == "ok"
+
+
+def test_replay_workers_leave_ctrl_c_to_the_parent() -> None:
+    """Review: a Ctrl-C on the terminal reaches every process in the foreground group, and each
+    replay worker (Python's default handler) printed its own KeyboardInterrupt traceback. The
+    workers' initializer now ignores SIGINT; the parent handles it and stops the pool. Checked
+    in real workers of the replay's own pool, and in-process (handler restored after)."""
+    import signal
+
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    import agent.audit.replay as replay
+    from agent.audit.replay import ReplayConfig, _init_worker, _spki
+
+    config = ReplayConfig(_spki(ed25519.Ed25519PrivateKey.generate().public_key()))
+    previous = signal.getsignal(signal.SIGINT)
+    pool = BackgroundPool(
+        2, mp_context=_pool_context(), initializer=_init_worker, initargs=(config,)
+    )
+    try:
+        assert _wait_ready(pool)
+        handlers = [pool.submit(signal.getsignal, signal.SIGINT).result(60) for _ in range(4)]
+    finally:
+        pool.close()
+    assert handlers == [signal.SIG_IGN] * 4
+    assert signal.getsignal(signal.SIGINT) is previous  # this process's own is untouched
+    try:
+        _init_worker(config)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        replay._WORKER = None

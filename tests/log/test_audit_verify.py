@@ -5,7 +5,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import struct
+import subprocess
+import sys
+import time
 import zipfile
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -30,6 +34,8 @@ from attest.log.checkpoint import format_checkpoint
 from attest.log.merkle import leaf_hash
 from attest.log.note import NoteSignature, format_note, parse_note, sign_note
 from tests.log.helpers import LOG_SIGNER, OTHER_SIGNER, WITNESS, evidence_bytes, make_entry
+
+REPO = Path(__file__).resolve().parents[2]
 
 N = 10
 Members = dict[str, bytes]
@@ -632,3 +638,39 @@ def test_a_witness_key_given_as_the_log_key_is_bad_input(
     assert main(args) == 2
     out, err = capsys.readouterr()
     assert out == "" and "cannot stand in for the log's key" in err
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs and /dev/zero are POSIX")
+@pytest.mark.parametrize("command", ["verify", "replay"])
+@pytest.mark.parametrize("kind", ["dev-zero", "fifo", "directory"])
+def test_a_bundle_path_that_is_not_a_regular_file_is_refused_at_once(
+    clean: Path, tmp_path: Path, command: str, kind: str
+) -> None:
+    """Review: ``audit verify|replay /dev/zero`` read (and allocated) until memory ran out, and
+    a FIFO blocked in ``open`` until a writer came: any path went to ``zipfile``. Now only a
+    regular file is opened as a bundle: exit 2 at once, one line naming the path. A real
+    subprocess with a timeout, so a regression fails instead of hanging the suite."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    path = {"dev-zero": Path("/dev/zero"), "fifo": tmp_path / "fifo", "directory": tmp_path}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)
+    argv = ["audit", command, str(path), "--log-key", str(clean / "log.vkey")]
+    if command == "replay":
+        pem = tmp_path / "verifier.pem"
+        pem.write_bytes(
+            ed25519.Ed25519PrivateKey.generate()
+            .public_key()
+            .public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+        )
+        argv += ["--verifier-key", str(pem), "--workers", "1", "--quiet"]
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent.cli.main", *argv],
+        check=False, cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"lessee: error: {path}: ") and proc.stderr.count("\n") == 1
+    assert "internal error" not in proc.stderr
+    assert time.monotonic() - start < 30
