@@ -26,7 +26,10 @@ What it does, in order (each step printed as it happens):
    it.
 
 Exit 0 only if every step had exactly the expected outcome. ``--workdir DIR`` keeps everything
-(and says where each thing is); without it a temporary directory is removed at the end.
+(and says where each thing is); without it a temporary directory is removed at the end. DIR must
+be new, empty, or one an earlier demo run made (it holds a ``.lessee-demo`` marker): the demo
+writes its files there by fixed names, overwriting earlier ones, so any other non-empty
+directory is refused (exit 2) before anything is written.
 """
 
 from __future__ import annotations
@@ -89,6 +92,7 @@ from agent.rpc.server import (
 from agent.rpc.v1 import broker_pb2, broker_pb2_grpc, enclave_pb2
 from attest.bundle import DeviceEvidenceIn, EvidenceBundle
 from attest.ear import Status, VerifyingKey
+from attest.errors import InputError
 from attest.log.note import NoteVerifier
 from attest.policy import Policy, load_policy
 from sealing.hpke_suite import HpkePrivateKey
@@ -210,11 +214,37 @@ def _first_reject(findings: tuple[str, ...], *needles: str) -> str | None:
     return None
 
 
+#: The file the demo leaves in a ``--workdir`` it made its own: a later run may overwrite what
+#: an earlier one left there, and nothing else.
+WORKDIR_MARKER = ".lessee-demo"
+
+
+def claim_workdir(root: Path) -> None:
+    """Make ``root`` the demo's work directory, or refuse (``InputError``, exit 2) before
+    anything is written: the demo overwrites and deletes files by fixed names there
+    (``policy.json``, ``model/``, ``keys/model.key``, ``audit-log.bundle``, ...), so it takes
+    only a new or empty directory, or one an earlier run marked with ``WORKDIR_MARKER``."""
+    if root.exists() and not root.is_dir():
+        raise InputError(f"--workdir {root}: not a directory")
+    if root.is_dir() and not (root / WORKDIR_MARKER).is_file() and any(root.iterdir()):
+        raise InputError(
+            f"--workdir {root}: not empty and not made by lessee demo (no {WORKDIR_MARKER} "
+            "file); the demo overwrites files there (policy.json, model/, keys/model.key, "
+            "audit-log.bundle, ...), so give it a new or empty directory"
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    (root / WORKDIR_MARKER).write_text(
+        "made by lessee demo: a later 'lessee demo --workdir' may overwrite what is here\n"
+    )
+
+
 def run_demo(workdir: Path | None, out: TextIO) -> int:
-    """Run every step; return 0 if all expected outcomes happened, 1 otherwise."""
+    """Run every step; return 0 if all expected outcomes happened, 1 otherwise. A ``workdir``
+    must be new, empty or an earlier demo's (``claim_workdir``)."""
     keep = workdir is not None
     root = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="lessee-demo-"))
-    root.mkdir(parents=True, exist_ok=True)
+    if keep:
+        claim_workdir(root)
     layout = DemoLayout(root)
     rep = _Report(out)
     try:
@@ -609,4 +639,13 @@ def _finish(layout: DemoLayout, rep: _Report, keep: bool) -> int:
     return 0 if not rep.failures else 1
 
 
-__all__ = ["DEMO_TENSORS", "MODEL_ID", "DemoLayout", "demo_policy", "make_model", "run_demo"]
+__all__ = [
+    "DEMO_TENSORS",
+    "MODEL_ID",
+    "WORKDIR_MARKER",
+    "DemoLayout",
+    "claim_workdir",
+    "demo_policy",
+    "make_model",
+    "run_demo",
+]

@@ -254,6 +254,58 @@ def test_demo_runs_end_to_end(
     assert (tmp_path / "demo" / "keys" / "model.key").stat().st_mode & 0o777 == 0o600
 
 
+def test_demo_refuses_a_foreign_non_empty_workdir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review: ``--workdir`` over a directory of the user's silently overwrote or deleted
+    policy.json, model/config.json, keys/model.key, audit-log.bundle... Now a non-empty
+    directory without the demo's marker is exit 2 before anything is written."""
+    from agent.demo import WORKDIR_MARKER
+
+    workdir = tmp_path / "mine"
+    (workdir / "model").mkdir(parents=True)
+    (workdir / "keys").mkdir()
+    mine = {
+        "policy.json": b'{"mine": true}',
+        "model/config.json": b"{}",
+        "keys/model.key": b"my key",
+        "audit-log.bundle": b"my log",
+    }
+    for name, data in mine.items():
+        (workdir / name).write_bytes(data)
+    before = sorted(p.relative_to(workdir) for p in workdir.rglob("*"))
+    assert main(["demo", "--workdir", str(workdir)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"lessee: error: --workdir {workdir}: not empty")
+    assert captured.err.count("\n") == 1 and "new or empty directory" in captured.err
+    assert sorted(p.relative_to(workdir) for p in workdir.rglob("*")) == before
+    for name, data in mine.items():
+        assert (workdir / name).read_bytes() == data
+    assert not (workdir / WORKDIR_MARKER).exists()
+    a_file = tmp_path / "file"
+    a_file.write_bytes(b"x")
+    assert main(["demo", "--workdir", str(a_file)]) == 2
+    assert "not a directory" in capsys.readouterr().err
+
+
+def test_demo_workdir_claim(tmp_path: Path) -> None:
+    """New and empty directories are claimed (marked); a marked one is taken again."""
+    from agent.demo import WORKDIR_MARKER, claim_workdir
+
+    new = tmp_path / "a" / "b"
+    claim_workdir(new)
+    assert (new / WORKDIR_MARKER).is_file()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    claim_workdir(empty)
+    (empty / "policy.json").write_text("{}")  # what a run leaves
+    claim_workdir(empty)  # marked: an earlier run's, taken again
+    (empty / WORKDIR_MARKER).unlink()
+    with pytest.raises(InputError, match="not made by lessee demo"):
+        claim_workdir(empty)
+
+
 def test_demo_runs_again_in_the_same_workdir(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], snp_emulation_ok: None
 ) -> None:
@@ -267,3 +319,4 @@ def test_demo_runs_again_in_the_same_workdir(
     assert code == 0, captured.out + captured.err
     assert f"sealed model: {workdir / 'sealed-model'}" in captured.out
     assert f"exported log (audit bundle): {workdir / 'audit-log.bundle'}" in captured.out
+    assert (workdir / ".lessee-demo").is_file()
