@@ -162,7 +162,7 @@ def open_channel(
     a client certificate (the broker's admin port requires one)."""
     from agent.rpc.server import is_loopback_host, split_host_port
 
-    host, _ = split_host_port(target)
+    host, _ = split_host_port(target, "target")
     options: list[tuple[str, Any]] = [
         ("grpc.max_send_message_length", CLIENT_MAX_SEND_BYTES),
         ("grpc.max_receive_message_length", CLIENT_MAX_RECEIVE_BYTES),

@@ -23,12 +23,15 @@ import argparse
 import urllib.parse
 
 from agent.bounded_read import read_bounded
+from agent.cli._common import seconds_type
 from attest.errors import InputError
 from attest.revocation import MAX_OCSP_RESPONSE_BYTES, OcspSource, RevocationMode, StapledOcsp
 
 #: Mirrors agent.ocsp_fetch (not imported here so ``--help`` stays cheap).
 _DEFAULT_OCSP_URL = "https://ocsp.ndis.nvidia.com/"
 _DEFAULT_OCSP_TIMEOUT_S = 10.0
+#: ``agent.ocsp_fetch.OnlineOcsp``'s bound on its timeout (a test keeps the two equal).
+_MAX_OCSP_TIMEOUT_S = 300.0
 #: Stapled OCSP files accepted per run (NVIDIA: 3 per device chain + 3 per RIM chain).
 MAX_OCSP_FILES = 256
 #: Hosts for which a plain-http ``--ocsp-url`` is allowed: a test responder on this machine.
@@ -69,10 +72,11 @@ def add_revocation_args(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--ocsp-timeout",
-        type=float,
+        type=seconds_type("--ocsp-timeout", maximum=_MAX_OCSP_TIMEOUT_S),
         default=_DEFAULT_OCSP_TIMEOUT_S,
         metavar="SECONDS",
-        help=f"timeout per OCSP request (default {_DEFAULT_OCSP_TIMEOUT_S:g})",
+        help=f"timeout per OCSP request (default {_DEFAULT_OCSP_TIMEOUT_S:g}, at most "
+        f"{_MAX_OCSP_TIMEOUT_S:g})",
     )
     group.add_argument(
         "--ocsp-cache",

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.bounded_read import read_bounded
+from agent.cli._common import seconds_type
 from attest.errors import InputError
 
 if TYPE_CHECKING:
@@ -403,7 +404,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--broker-key", metavar="FILE", help="broker's EAR key (PEM or JWK)")
     parser.add_argument("--log-key", metavar="FILE", help="the log's vkey file")
     parser.add_argument("--tls-ca", metavar="PEM", help="CA of the broker's TLS certificate")
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per broker call")
+    parser.add_argument(
+        "--timeout",
+        type=seconds_type("--timeout"),
+        default=30.0,
+        help="seconds per broker call (at most a day)",
+    )
     parser.add_argument(
         "--suite",
         choices=SUITE_NAMES,

@@ -33,6 +33,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from agent.cli._common import pid_type, require_regular_file, seconds_type
 from attest.errors import InputError
 
 if TYPE_CHECKING:
@@ -141,6 +142,8 @@ def _fetch_amd_crls(args: argparse.Namespace) -> int:
 
         pki = Path(args.trust_emulation) if args.trust_emulation else default_pki_dir()
         extra = (load_emulation_roots(pki).amd_ark,)
+    if args.notify_pid is not None:
+        _check_notify_pid(args.notify_pid)  # before anything is fetched or written
     products = [Product(p) for p in args.product] if args.product else list(Product)
     kinds = [SigningKey(k) for k in args.kind] if args.kind else list(KINDS)
     outcomes = update_crl_directory(
@@ -169,18 +172,34 @@ def _fetch_amd_crls(args: argparse.Namespace) -> int:
     return 1 if any(o.status == "failed" for o in outcomes) else EXIT_OK
 
 
+def _check_notify_pid(pid: int) -> None:
+    """``--notify-pid`` must name a process that exists and that we may signal: checked with
+    signal 0 (nothing is sent) before the lists are fetched, so a typo is exit 2 up front and
+    not a SIGHUP that goes nowhere after the directory changed."""
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        raise InputError(f"--notify-pid {pid}: no such process") from None
+    except PermissionError:
+        raise InputError(f"--notify-pid {pid}: not permitted to signal that process") from None
+
+
 def _register(args: argparse.Namespace) -> int:
     from agent.agent import call_broker, open_channel
+    from agent.bounded_read import read_bounded
     from agent.loader.keyfile import read_key_file
     from agent.rpc.v1 import broker_pb2, broker_pb2_grpc
     from attest.policy import MAX_POLICY_BYTES, load_policy
     from sealing.weights._keys import wipe
 
-    policy_path = Path(args.policy)
-    if policy_path.stat().st_size > MAX_POLICY_BYTES:
-        raise InputError(f"{policy_path}: larger than {MAX_POLICY_BYTES} bytes")
-    policy_json = policy_path.read_text(encoding="utf-8")
+    try:
+        policy_json = read_bounded(args.policy, MAX_POLICY_BYTES, "policy").decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{args.policy}: the policy is not UTF-8 text") from None
     policy = load_policy(policy_json)  # refuse a bad policy before anything leaves this machine
+    require_regular_file(args.key_file, "key file from 'lessee seal --key-out'")
     key = read_key_file(args.key_file)
     try:
         model_id = args.model_id or key.model_id
@@ -312,7 +331,12 @@ def register(parser: argparse.ArgumentParser) -> None:
         p, "offer this installation's emulation roots as candidates (a policy must pin them)"
     )
     p.add_argument("--workers", type=int, default=32, help="server threads")
-    p.add_argument("--grace", type=float, default=5.0, help="seconds to finish calls on stop")
+    p.add_argument(
+        "--grace",
+        type=seconds_type("--grace", allow_zero=True),
+        default=5.0,
+        help="seconds to finish calls on stop",
+    )
     p.set_defaults(func=_serve)
 
     p = sub.add_parser(
@@ -337,12 +361,21 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--kind", action="append", choices=["vcek", "vlek"], help="repeatable; default both"
     )
     p.add_argument("--kds-url", default="https://kdsintf.amd.com", metavar="URL", help="KDS base")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    p.add_argument(
+        "--timeout",
+        type=seconds_type("--timeout"),
+        default=10.0,
+        help="seconds per request (at most a day)",
+    )
     _trust_emulation_arg(
         p, "also accept lists signed by this installation's emulated ARK (tests, demos)"
     )
     p.add_argument(
-        "--notify-pid", type=int, metavar="PID", help="send SIGHUP to this broker if a list changed"
+        "--notify-pid",
+        type=pid_type("--notify-pid"),
+        metavar="PID",
+        help="send SIGHUP to this broker's process if a list changed (one process, id 2 or "
+        "more; it must exist when the command starts)",
     )
     p.set_defaults(func=_fetch_amd_crls)
 
@@ -356,7 +389,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-ca", metavar="PEM", help="CA of the broker's certificate")
     p.add_argument("--client-cert", metavar="PEM", help="admin client certificate")
     p.add_argument("--client-key", metavar="PEM", help="admin client key")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds")
+    p.add_argument(
+        "--timeout", type=seconds_type("--timeout"), default=30.0, help="seconds (at most a day)"
+    )
     p.set_defaults(func=_register)
 
     p = sub.add_parser("keys", help="print the broker's public keys")

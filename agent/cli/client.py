@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent.bounded_read import read_bounded
+from agent.cli._common import seconds_type
 from attest.ear import VerifyingKey, public_key_from_jwk
 from attest.errors import InputError
 from attest.policy import MAX_POLICY_BYTES
@@ -250,5 +251,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     gen.add_argument(
         "--tls-ca", metavar="FILE", help="connect with TLS, trusting these PEM root certificates"
     )
-    gen.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS")
+    gen.add_argument(
+        "--timeout",
+        type=seconds_type("--timeout"),
+        default=600.0,
+        metavar="SECONDS",
+        help="for the whole call (at most a day)",
+    )
     gen.set_defaults(func=_run_generate)

@@ -78,6 +78,16 @@ def build_parser(selected: str | None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Ctrl-C anywhere, the group's import and the parser included (a cold import of grpc or
+    # torch takes long enough to be interrupted), is one line and 130, never a traceback.
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("lessee: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     selected = next((a for a in args_list if not a.startswith("-")), None)
     parser = build_parser(selected)
@@ -85,6 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(args_list)
     except SystemExit as exc:  # argparse: --help (0) or usage error (2)
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+    except InputError as exc:  # an option's value, refused by its type (agent.cli._common)
+        print(f"lessee: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     func = getattr(args, "func", None)
     if func is None:
         parser.parse_args([*args_list, "--help"])
@@ -103,9 +116,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("lessee: interrupted", file=sys.stderr)
-        return 130
     except Exception as exc:  # the promise is "never a traceback"; keep one for debugging
         if os.environ.get("LESSEE_DEBUG"):
             traceback.print_exc()

@@ -98,15 +98,18 @@ SERVICES = (KEY_BROKER_SERVICE, BROKER_ADMIN_SERVICE, ATTESTATION_LOG_SERVICE)
 # ---- addresses ----------------------------------------------------------------------------
 
 
-def split_host_port(address: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` -> (host, port); InputError when malformed."""
+def split_host_port(address: str, what: str = "listen address") -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` -> (host, port); InputError when malformed, naming the
+    address as ``what`` (a server's "listen address", a client's "target")."""
     host, sep, port_text = address.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise InputError(f"listen address {address!r} is not host:port")
+    if not (sep and host and port_text.isascii() and port_text.isdigit()) or not (
+        0 <= int(port_text) <= 65535
+    ):
+        raise InputError(f"{what} {address!r} is not host:port")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     elif ":" in host:
-        raise InputError(f"listen address {address!r}: put an IPv6 host in brackets")
+        raise InputError(f"{what} {address!r}: put an IPv6 host in brackets")
     return host, int(port_text)
 
 

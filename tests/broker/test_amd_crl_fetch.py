@@ -322,3 +322,44 @@ def test_a_fetched_list_is_readable_by_a_broker_running_as_another_user(
     kds.answers["/vcek/v1/Milan/crl"] = (200, newer)
     assert _update(kds, tmp_path, pki) == ["vcek-Milan:written"]
     assert path.read_bytes() == newer and path.stat().st_mode & 0o777 == 0o640
+
+
+@pytest.mark.parametrize("pid", ["0", "-1", "-2", "1", "x", str(2**31)])
+def test_notify_pid_must_be_one_process(pid: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Review: ``--notify-pid 0`` reached ``os.kill(0, SIGHUP)``, which hangs up this process's
+    whole group (the cron job, the shell), and ``-1`` every process the caller may signal."""
+    assert main(["broker", "fetch-amd-crls", "--dir", "d", f"--notify-pid={pid}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lessee: error: --notify-pid takes ") and err.count("\n") == 1, err
+    assert repr(pid) in err
+
+
+def test_notify_pid_is_checked_before_anything_is_fetched(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A pid that names no process (or one we may not signal) is exit 2 up front: not a list
+    fetched and written, then a SIGHUP that goes nowhere."""
+    import os
+
+    import agent.amd_crl_fetch as fetch
+
+    def no_fetch(*_: object, **__: object) -> None:
+        raise AssertionError("fetched before --notify-pid was checked")
+
+    monkeypatch.setattr(fetch, "update_crl_directory", no_fetch)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # reaped: its pid names no process (until the kernel reuses it)
+    argv = ["broker", "fetch-amd-crls", "--dir", str(tmp_path), "--notify-pid"]
+    assert main([*argv, str(gone.pid)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"lessee: error: --notify-pid {gone.pid}: no such process\n"
+
+    def not_permitted(pid: int, sig: int) -> None:
+        assert sig == 0  # only probed: nothing is sent
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "kill", not_permitted)
+    assert main([*argv, "4242"]) == 2
+    err = capsys.readouterr().err
+    assert err == "lessee: error: --notify-pid 4242: not permitted to signal that process\n"
+    assert list(tmp_path.iterdir()) == []

@@ -182,6 +182,45 @@ def test_cli_keys_export_and_agent(
     assert main(["audit", "verify", str(bundle), "--log-key", str(harness.state / "log.vkey")]) == 0
 
 
+def test_broker_register_bad_inputs_are_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review: a policy file that is not UTF-8 was "internal error (UnicodeDecodeError)"; a
+    directory given as --key-file was called "accessible by group or others"; a bad --target
+    was called a "listen address". Each is now exit 2 with one line saying what is wrong,
+    before anything is sent (no broker listens here)."""
+    from agent.demo import demo_policy
+    from agent.loader.keyfile import write_key_file
+
+    key_file = tmp_path / "m.key"
+    write_key_file(key_file, bytearray(32), key_id="k", model_id="m", model_version=1,
+                   manifest_digest="sha256:" + "ab" * 32)  # fmt: skip
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps(demo_policy(["cd" * 32], "ab" * 32)))
+    bad_utf8 = tmp_path / "utf16.json"
+    bad_utf8.write_bytes('{"name": "x"}'.encode("utf-16"))
+    big = tmp_path / "big.json"
+    from attest.policy import MAX_POLICY_BYTES
+
+    big.write_bytes(b" " * (MAX_POLICY_BYTES + 1))
+
+    def register(target: str, key: Path, pol: Path) -> str:
+        argv = ["broker", "register", "--target", target, "--key-file", str(key)]
+        assert main([*argv, "--policy", str(pol)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("lessee: error: ") and err.count("\n") == 1, err
+        return err
+
+    assert register("127.0.0.1:1", key_file, bad_utf8) == (
+        f"lessee: error: {bad_utf8}: the policy is not UTF-8 text\n"
+    )
+    assert "larger than" in register("127.0.0.1:1", key_file, big)
+    err = register("127.0.0.1:1", tmp_path, policy)
+    assert f"{tmp_path}: not a regular file" in err and "group or others" not in err
+    err = register("nohost", key_file, policy)
+    assert err == "lessee: error: target 'nohost' is not host:port\n"
+
+
 def test_agent_without_hardware_says_what_is_missing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
