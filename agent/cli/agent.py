@@ -27,7 +27,9 @@ request is answered at most once, so a request the relay replays gets no respons
 Exit codes: 0 attested, key released, model loaded (with ``--serve``: and then stopped by a
 signal); 1 refused (findings printed) or hardware
 absent; 2 bad input (a file unreadable, oversize or malformed; a supplement for the other TEE;
-a TDX guest without ``--tdx-collateral``).
+a TDX guest without ``--tdx-collateral``; with ``--serve``, an engine that cannot be imported,
+an address this machine cannot listen on, or TLS files that are not a matching PEM certificate
+chain and key: all found before the broker is asked for anything).
 """
 
 from __future__ import annotations
@@ -269,6 +271,10 @@ def _run(args: argparse.Namespace) -> int:
         else None,
         read_bounded(args.tls_key, MAX_KEY_FILE_BYTES, "TLS key") if args.tls_key else None,
     )
+    if tls[0] is not None and tls[1] is not None:
+        check_tls_pair(args.tls_cert, tls[0], args.tls_key, tls[1])
+    if args.serve is not None:
+        check_serve_address(args.serve)
     config = _enclave_config(args.replay_window)
     broker_key = load_verifying_key(args.broker_key) if args.broker_key else None
     log_key = read_log_key(args.log_key) if args.log_key else None
@@ -328,6 +334,78 @@ def _run(args: argparse.Namespace) -> int:
         generator = load_generator(args.generator, loaded, factory)
         _serve(args, attested, evidence.to_json(), log_proof, generator, tls=tls, config=config)
     return EXIT_OK
+
+
+def check_tls_pair(cert_path: str, cert_pem: bytes, key_path: str, key_pem: bytes) -> None:
+    """``--tls-cert`` must be a PEM certificate chain and ``--tls-key`` the unencrypted PEM
+    private key of its first certificate: grpc would only find out when the service starts,
+    after the one-shot release was spent."""
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        PublicFormat,
+        load_pem_private_key,
+    )
+
+    try:
+        chain = x509.load_pem_x509_certificates(cert_pem)
+    except (ValueError, UnsupportedAlgorithm):
+        raise InputError(f"{cert_path}: not a PEM certificate chain") from None
+    try:
+        key = load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise InputError(f"{key_path}: not an unencrypted PEM private key") from None
+    try:
+        cert_spki = (
+            chain[0].public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        )
+    except (ValueError, UnsupportedAlgorithm):
+        raise InputError(f"{cert_path}: its certificate's public key is not supported") from None
+    key_spki = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    if cert_spki != key_spki:
+        raise InputError(f"{key_path}: not the private key of the first certificate in {cert_path}")
+
+
+def check_serve_address(address: str) -> None:
+    """``--serve`` must be ``host:port`` that this machine can listen on now: the host resolves
+    to a local address, and the port is not in use and not privileged for us. Probed with a
+    plain socket that is closed again (the service binds after the release; a port taken in
+    between is still refused then, as bad input)."""
+    import errno
+    import os
+    import socket
+
+    from agent.rpc.server import split_host_port
+
+    host, port = split_host_port(address, "--serve address")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise InputError(f"--serve {address}: cannot resolve {host!r} ({exc})") from None
+    failures: list[OSError] = []
+    for family, kind, proto, _, sockaddr in infos:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                if os.name != "nt":  # as grpc does: a port in TIME_WAIT is free to listen on
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(sockaddr)
+                probe.listen(1)
+        except OSError as exc:
+            failures.append(exc)
+    in_use = [e for e in failures if e.errno == errno.EADDRINUSE]
+    if not in_use and len(failures) < len(infos):
+        return
+    first = (in_use or failures)[0]
+    if first.errno == errno.EADDRINUSE:
+        why = "the port is in use"
+    elif first.errno == errno.EADDRNOTAVAIL:
+        why = f"{host} is not an address of this machine"
+    elif first.errno == errno.EACCES:
+        why = "not permitted to listen on that port"
+    else:
+        why = f"cannot listen there ({first.strerror or first})"
+    raise InputError(f"--serve {address}: {why}")
 
 
 def _enclave_config(replay_window: int | None) -> EnclaveConfig | None:

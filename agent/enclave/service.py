@@ -714,11 +714,18 @@ async def serve_enclave(
         ),
         server,
     )
-    if server_cert_chain is not None and server_private_key is not None:
-        creds = grpc.ssl_server_credentials([(server_private_key, server_cert_chain)])
-        port = server.add_secure_port(address, creds)
-    else:
-        port = server.add_insecure_port(address)
+    try:
+        if server_cert_chain is not None and server_private_key is not None:
+            creds = grpc.ssl_server_credentials([(server_private_key, server_cert_chain)])
+            port = server.add_secure_port(address, creds)
+        else:
+            port = server.add_insecure_port(address)
+    except RuntimeError:  # grpc's "Failed to bind to address ...": bad input, not a crash
+        raise InputError(
+            f"cannot listen on {address}: not host:port, in use, not an address of this "
+            "machine, not permitted"
+            + (", or the TLS certificate and key were refused" if server_cert_chain else "")
+        ) from None
     if port == 0:
         raise InputError(f"cannot listen on {address}")
     await server.start()

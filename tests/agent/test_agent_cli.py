@@ -200,3 +200,111 @@ def test_serve_inputs_are_checked_before_the_broker_is_asked(
     argv += [str(tmp_path / "sealed"), "--serve", "127.0.0.1:0", *extra]
     assert main(argv) == 2
     assert match in capsys.readouterr().err
+
+
+def _tls_pair(directory: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed P-256 certificate and its key, as PEM files."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+@pytest.fixture
+def busy_port() -> Any:
+    """A port something on loopback listens on."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        yield s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "not-host-port",
+        "port-in-use",
+        "not-this-machine",
+        "cert-not-pem",
+        "key-not-pem",
+        "key-of-another-cert",
+    ],
+)
+def test_serve_address_and_tls_pair_are_checked_before_the_broker_is_asked(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    busy_port: int,
+    case: str,
+) -> None:
+    """Review: a bad ``--serve`` address, a port in use or a TLS file that is not a matching
+    PEM pair failed only when the service started, after the one-shot key release was spent.
+    Each is now exit 2, one line naming the address or the file, before the broker is asked."""
+    import agent.agent as agent_mod
+
+    def no_broker(*_: object, **__: object) -> None:
+        raise AssertionError("the broker was contacted before the --serve inputs were checked")
+
+    monkeypatch.setattr(agent_cli, "_sources", lambda _args: (object(), object()))
+    monkeypatch.setattr(agent_mod, "open_channel", no_broker)
+    (tmp_path / "sealed").mkdir()
+    cert, key = _tls_pair(tmp_path, "enclave")
+    _, other_key = _tls_pair(tmp_path, "other")
+    junk = tmp_path / "junk.pem"
+    junk.write_bytes(b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    serve, tls, match = {
+        "not-host-port": ("nohost", (), "--serve address 'nohost' is not host:port"),
+        "port-in-use": (f"127.0.0.1:{busy_port}", (), "the port is in use"),
+        # TEST-NET-3 (RFC 5737): documentation only, never an address of this machine
+        "not-this-machine": ("203.0.113.7:0", (), "not an address of this machine"),
+        "cert-not-pem": ("127.0.0.1:0", (junk, key), f"{junk}: not a PEM certificate chain"),
+        "key-not-pem": ("127.0.0.1:0", (cert, junk), f"{junk}: not an unencrypted PEM"),
+        "key-of-another-cert": (
+            "127.0.0.1:0",
+            (cert, other_key),
+            f"{other_key}: not the private key of the first certificate in {cert}",
+        ),
+    }[case]
+    argv = ["agent", "--broker", "127.0.0.1:1", "--model-id", "m", "--sealed"]
+    argv += [str(tmp_path / "sealed"), "--serve", serve, "--generator", "echo"]
+    if tls:
+        argv += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lessee: error: ") and err.count("\n") == 1, err
+    assert match in err
+
+
+def test_a_matching_tls_pair_and_a_free_port_pass_the_checks(tmp_path: Path) -> None:
+    cert, key = _tls_pair(tmp_path, "enclave")
+    agent_cli.check_tls_pair(str(cert), cert.read_bytes(), str(key), key.read_bytes())
+    agent_cli.check_serve_address("127.0.0.1:0")
+    agent_cli.check_serve_address("localhost:0")

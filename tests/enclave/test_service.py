@@ -554,3 +554,23 @@ def test_a_bug_in_the_handler_gets_the_fixed_internal_status(
     assert exchange.upstream_status == "INTERNAL"
     assert "stream failed: internal error KeyError" in caplog.text
     assert "state for" not in caplog.text and b"state for" not in stack.relay.all_bytes()
+
+
+@pytest.mark.parametrize("address", ["in-use", "203.0.113.7:0", "nohost"])
+def test_a_bind_failure_is_bad_input_naming_the_address(address: str) -> None:
+    """grpc's bare ``RuntimeError`` ("Failed to bind to address") for a port in use, an
+    address not this machine's or no address at all was an "internal error"; it is an
+    ``InputError`` naming the address (exit 2)."""
+    import socket
+
+    from agent.enclave.service import serve_enclave
+
+    key = enclave_key()
+    service = EnclaveService(key, make_bundle(key), EchoGenerator())
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        if address == "in-use":
+            address = f"127.0.0.1:{busy.getsockname()[1]}"
+        with pytest.raises(InputError, match=f"cannot listen on {address}"):
+            asyncio.run(serve_enclave(service, address=address))

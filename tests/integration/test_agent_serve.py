@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -135,9 +137,21 @@ def test_agent_serves_the_attested_key_to_both_kinds_of_client(
 
 
 def test_serve_flags_are_checked_before_anything_is_attested(
-    harness: Harness, sealed_model: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+    harness: Harness,
+    sealed_model: tuple[Path, str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     assert harness.server is not None
+    challenges: list[str] = []
+    real_challenge = harness.server.broker.challenge
+
+    def challenge(model_id: str) -> Any:
+        challenges.append(model_id)
+        return real_challenge(model_id)
+
+    monkeypatch.setattr(harness.server.broker, "challenge", challenge)
     base = ["agent", "--broker", harness.server.target, "--model-id", MODEL_ID, "--sealed",
             str(sealed_model[0]), "--emulate", "--emulation-dir", str(harness.pki_dir)]  # fmt: skip
     assert main([*base, "--serve", "127.0.0.1:0"]) == 2
@@ -151,8 +165,26 @@ def test_serve_flags_are_checked_before_anything_is_attested(
     for bad in ("0", str(agent_cli.MAX_REPLAY_WINDOW_S + 1)):
         assert main([*serve, "--replay-window", bad]) == 2
         assert "--replay-window must be 1..3600 seconds" in capsys.readouterr().err
-    # Each refusal came before Attest: the model's one-shot release is still unspent.
+    # Review: the --serve address and the TLS pair were used only after the release. A bad
+    # address, a port in use and a TLS file that is not a matching PEM pair are refused first.
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        in_use = f"127.0.0.1:{busy.getsockname()[1]}"
+        assert main([*base, "--serve", in_use, "--generator", "echo"]) == 2
+        assert f"lessee: error: --serve {in_use}: the port is in use" in capsys.readouterr().err
+    assert main([*base, "--serve", "nohost", "--generator", "echo"]) == 2
+    assert "--serve address 'nohost' is not host:port" in capsys.readouterr().err
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("not PEM\n")
+    assert main([*serve, "--tls-cert", str(not_pem), "--tls-key", str(not_pem)]) == 2
+    assert f"{not_pem}: not a PEM certificate chain" in capsys.readouterr().err
+    # Each refusal came before Challenge (so before Attest): the one-shot release is unspent.
+    assert challenges == []
     assert harness.server.broker.log.size == 0
+    # (The count would have seen one: an agent that goes on to attest asks for a challenge.)
+    assert main([*base, "--measurement", "00" * 48]) == 1
+    assert challenges == [MODEL_ID]
 
 
 def test_replay_window_constants_match_the_stream_layer() -> None:
