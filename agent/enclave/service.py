@@ -676,10 +676,14 @@ class EnclaveServer:
 
 
 def server_options() -> list[tuple[str, int]]:
-    """Channel arguments of the enclave server: the message-size bounds above."""
+    """Channel arguments of the enclave server: the message-size bounds above, and no port
+    sharing (grpc sets ``SO_REUSEPORT`` by default on Linux): a second enclave started on the
+    same port would silently take half the connections, with another key and its own replay
+    guard; it must fail to bind instead, as the broker does."""
     return [
         ("grpc.max_receive_message_length", MAX_GENERATE_REQUEST_MESSAGE),
         ("grpc.max_send_message_length", MAX_RESPONSE_MESSAGE),
+        ("grpc.so_reuseport", 0),
     ]
 
 

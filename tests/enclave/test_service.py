@@ -574,3 +574,24 @@ def test_a_bind_failure_is_bad_input_naming_the_address(address: str) -> None:
             address = f"127.0.0.1:{busy.getsockname()[1]}"
         with pytest.raises(InputError, match=f"cannot listen on {address}"):
             asyncio.run(serve_enclave(service, address=address))
+
+
+def test_a_second_enclave_cannot_share_the_port() -> None:
+    """grpc shares ports (SO_REUSEPORT) unless told not to: a second enclave on the same port
+    would have taken half the connections, with its own key and replay guard."""
+    from agent.enclave.service import serve_enclave
+
+    async def run() -> None:
+        first_key, second_key = enclave_key(label="one"), enclave_key(label="two")
+        first = await serve_enclave(
+            EnclaveService(first_key, make_bundle(first_key), EchoGenerator())
+        )
+        try:
+            address = f"127.0.0.1:{first.port}"
+            second = EnclaveService(second_key, make_bundle(second_key), EchoGenerator())
+            with pytest.raises(InputError, match=f"cannot listen on {address}"):
+                await serve_enclave(second, address=address)
+        finally:
+            await first.stop(0)
+
+    asyncio.run(run())
