@@ -332,6 +332,7 @@ def evidence_check(
     protocol_label: str = DEFAULT_PROTOCOL_LABEL,
     log_key: NoteVerifier | None = None,
     log_origin: str | None = None,
+    trust_relayed_cc_state: bool = False,
 ) -> KeyAttestationCheck:
     """The check for zero trust in the broker: appraise the enclave's own evidence.
 
@@ -353,6 +354,13 @@ def evidence_check(
     the EAR unread but compared byte for byte with the logged entry, whose nonce must be the
     bundle's): trusting the broker for nothing, the client still learns that this session's
     appraisal is in the public log, where an auditor replays it.
+
+    The GPUs' CC mode and DevTools mode are not in any signed report (NVML reports them, as
+    NVIDIA's own verifier reads them): in the bundle they are the agent's word, and they reach
+    this client through the relay, which could flip them. With ``log_key`` the evidence must be
+    byte for byte what the agent sent the broker over TLS and the broker logged, so the relay
+    cannot. Without it, evidence with GPUs is refused (``cc_state_unauthenticated``) unless the
+    caller accepts the relay's word with ``trust_relayed_cc_state=True``.
     """
     ctx = context if context is not None else AppraisalContext()
 
@@ -370,6 +378,13 @@ def evidence_check(
             raise VerificationError(
                 f"the bundle's evidence is malformed: {exc}", reason="evidence_malformed"
             ) from None
+        if log_key is None and not trust_relayed_cc_state and (evidence.gpus or evidence.switches):
+            raise VerificationError(
+                "the GPUs' CC mode and DevTools mode are in no signed report, and without the "
+                "log key they are the relay's word: pin the log key (the logged evidence is what "
+                "the agent sent the broker), or accept the relay's word explicitly",
+                reason="cc_state_unauthenticated",
+            )
         devices, enclave = appraise_bundle(evidence, binding, policy, at, context=ctx)
         status = appraisal_status(devices, enclave)
         if status is Status.AFFIRMING:

@@ -109,6 +109,8 @@ def _bundle_check(args: argparse.Namespace) -> KeyAttestationCheck | VerifyingKe
     if args.policy is None:
         if args.trust_emulation is not None or args.rims is not None:
             raise InputError("--trust-emulation and --rims go with --policy (zero trust)")
+        if args.trust_relayed_cc_state:
+            raise InputError("--trust-relayed-cc-state goes with --policy (zero trust)")
         broker_key = load_broker_key(args.broker_key)
         if log_key is None:
             return broker_key
@@ -127,8 +129,13 @@ def _bundle_check(args: argparse.Namespace) -> KeyAttestationCheck | VerifyingKe
         pki = Path(args.trust_emulation) if args.trust_emulation else default_pki_dir()
         emulation = load_emulation_roots(pki)
     rims = load_rims(Path(args.rims)) if args.rims is not None else ()
+    if args.trust_relayed_cc_state and log_key is not None:
+        raise InputError("--trust-relayed-cc-state is for a client without --log-key")
     return evidence_check(
-        policy, context=appraisal_context(rims=rims, emulation=emulation), log_key=log_key
+        policy,
+        context=appraisal_context(rims=rims, emulation=emulation),
+        log_key=log_key,
+        trust_relayed_cc_state=args.trust_relayed_cc_state,
     )
 
 
@@ -237,6 +244,14 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="the broker log's vkey (as lessee audit verify --log-key takes): the bundle's log "
         "proof must then show its attestation result logged, included under a checkpoint this "
         "key signed, for this nonce and key. Without it the log proof is NOT checked",
+    )
+    gen.add_argument(
+        "--trust-relayed-cc-state",
+        action="store_true",
+        help="with --policy and without --log-key: accept the GPUs' CC mode and DevTools mode "
+        "as the bundle states them. They are in no signed report (NVML reports them), so without "
+        "the log key they are the relay's word, and evidence with GPUs is refused unless this is "
+        "given; with --log-key the logged evidence (what the agent sent the broker) settles them",
     )
     gen.add_argument("--prompt", required=True, metavar="TEXT")
     gen.add_argument(

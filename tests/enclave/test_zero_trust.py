@@ -120,7 +120,8 @@ def test_the_client_trusts_the_evidence_not_the_broker(
     )
     stack = stack_factory(key=key, bundle=bundle)
     pieces, err = stack.collect(
-        "hello zero trust", bundle_check=evidence_check(policy, context=context)
+        "hello zero trust",
+        bundle_check=evidence_check(policy, context=context, trust_relayed_cc_state=True),
     )
     assert err is None and "".join(pieces) == "hello zero trust"
     assert stack.service.stats.requests == 1
@@ -139,7 +140,8 @@ def _refused(
 ) -> VerificationError:
     stack = stack_factory(key=key, bundle=bundle)
     pieces, err = stack.collect(
-        "secret prompt", bundle_check=evidence_check(policy, context=context)
+        "secret prompt",
+        bundle_check=evidence_check(policy, context=context, trust_relayed_cc_state=True),
     )
     assert pieces == []
     assert stack.service.stats.requests == 0, "the prompt left the client"
@@ -206,7 +208,7 @@ def test_evidence_past_its_stapled_revocation_data_is_refused(
     clients (the freshness bound docs/streams.md states)."""
     key = enclave_key()
     bundle = zero_trust_bundle(key, evidence_for(pki, key.public_key.encode()))
-    check = evidence_check(policy, context=context)
+    check = evidence_check(policy, context=context, trust_relayed_cc_state=True)
     now = datetime.now(UTC)
     check(bundle, now)
     with pytest.raises(VerificationError) as info:
@@ -269,16 +271,30 @@ def test_cli_zero_trust_mode(
     good.write_text(json.dumps(_policy_doc(pki)))
     strict.write_text(json.dumps(_policy_doc(pki, pin_roots=False)))
 
-    assert _cli(stack.target, "--policy", str(good), "--trust-emulation", str(pki_dir)) == 0
+    # Without the log key the GPUs' CC and DevTools state are the relay's word: refused unless
+    # accepted explicitly.
+    assert _cli(stack.target, "--policy", str(good), "--trust-emulation", str(pki_dir)) == 1
+    err = capsys.readouterr().err
+    assert "relay's word" in err and stack.service.stats.requests == 0
+    relayed = ["--trust-relayed-cc-state"]
+    assert (
+        _cli(stack.target, "--policy", str(good), "--trust-emulation", str(pki_dir), *relayed) == 0
+    )
     assert capsys.readouterr().out == "via the cli\n"
 
     # Without the emulation roots offered, or under a policy that pins none: refused, exit 1.
-    assert _cli(stack.target, "--policy", str(good)) == 1
+    assert _cli(stack.target, "--policy", str(good), *relayed) == 1
     err = capsys.readouterr().err
     assert "contraindicated" in err and "via the cli" not in err
-    assert _cli(stack.target, "--policy", str(strict), "--trust-emulation", str(pki_dir)) == 1
+    assert (
+        _cli(stack.target, "--policy", str(strict), "--trust-emulation", str(pki_dir), *relayed)
+        == 1
+    )
     capsys.readouterr()
     assert stack.service.stats.requests == 1
+    # The flag belongs to a zero-trust client without the log key.
+    assert _cli(stack.target, "--broker-key", str(good), *relayed) == 2
+    assert "goes with --policy" in capsys.readouterr().err
 
 
 def test_cli_modes_are_exclusive_and_required(
@@ -379,3 +395,48 @@ def test_cli_zero_trust_with_log_key(
     assert _cli(stack.target, *mode, "--log-key", str(forged)) == 1
     assert "checkpoint does not verify" in capsys.readouterr().err
     assert len(stack.relay.generate_exchanges()) == 1  # the refused run sent nothing
+
+
+def _cc_state(cc_mode_on: bool, devtools_on: bool) -> Callable[[EvidenceBundle], EvidenceBundle]:
+    def edit(b: EvidenceBundle) -> EvidenceBundle:
+        return EvidenceBundle(b.cpu, b.gpus, b.switches, cc_mode_on, devtools_on)
+
+    return edit
+
+
+def test_cc_state_flipped_by_the_relay_needs_the_log_key_to_be_caught(
+    pki: EmulationPki, policy: Policy, context: AppraisalContext, log: Log
+) -> None:
+    """The GPUs' CC and DevTools mode are in no signed report: the relay can rewrite them in a
+    version-2 bundle (here: a GPU with CC off and DevTools on, shown as CC on, DevTools off),
+    and every report still verifies. Without the log key the check therefore refuses evidence
+    with GPUs unless the caller takes the relay's word; with it, the evidence must be what the
+    agent sent the broker, which logged the honest state."""
+    key = enclave_key()
+    honest = evidence_for(pki, key.public_key.encode(), edit=_cc_state(False, True))
+    flipped = evidence_for(pki, key.public_key.encode(), edit=_cc_state(True, False))
+    ear = make_ear(key.public_key.encode(), broker=OTHER_BROKER)
+    entry, blobs = entry_for(key, ear, nonce=NONCE, evidence=honest)
+    proof = proof_bytes(log.append(entry, blobs), entry.raw)
+    relayed = KeyBundle.build(key.public_key, ear.encode(), proof, evidence=flipped, nonce=NONCE)
+    now = datetime.now(UTC)
+
+    with pytest.raises(VerificationError) as info:
+        evidence_check(policy, context=context)(relayed, now)
+    assert info.value.reason == "cc_state_unauthenticated"
+    # Taking the relay's word is exactly what lets the flipped state through:
+    evidence_check(policy, context=context, trust_relayed_cc_state=True)(relayed, now)
+    with pytest.raises(VerificationError) as info:
+        evidence_check(policy, context=context, log_key=LOG_SIGNER.verifier())(relayed, now)
+    assert info.value.reason == "log_entry_evidence"
+    # ... and the honest state itself is refused by the policy, log key or not.
+    honest_bundle = KeyBundle.build(
+        key.public_key, ear.encode(), proof, evidence=honest, nonce=NONCE
+    )
+    for check in (
+        evidence_check(policy, context=context, log_key=LOG_SIGNER.verifier()),
+        evidence_check(policy, context=context, trust_relayed_cc_state=True),
+    ):
+        with pytest.raises(VerificationError) as info:
+            check(honest_bundle, now)
+        assert info.value.reason == "evidence_not_affirming" and "gpu.cc_mode" in str(info.value)

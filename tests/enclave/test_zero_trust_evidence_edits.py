@@ -60,7 +60,9 @@ class Setup:
         self.store = LogStore(tmp / "log.db", LOG_SIGNER)
         entry, blobs = entry_for(self.key, self.ear.decode(), nonce=NONCE, evidence=self.evidence)
         self.proof = proof_bytes(Log(self.store).append(entry, blobs), entry.raw)
-        self.plain: KeyAttestationCheck = evidence_check(policy, context=context)
+        self.plain: KeyAttestationCheck = evidence_check(
+            policy, context=context, trust_relayed_cc_state=True
+        )
         self.logged: KeyAttestationCheck = evidence_check(
             policy, context=context, log_key=LOG_SIGNER.verifier()
         )
