@@ -67,7 +67,7 @@ from attest.appraise.common import appraisal_status
 from attest.appraise.composite import AppraisalContext, appraise_bundle
 from attest.binding import DEFAULT_PROTOCOL_LABEL, derive_binding
 from attest.bundle import load_bundle
-from attest.ear import AttestationResult, Status, VerifyingKey, verify_ear
+from attest.ear import MODEL_ID_CLAIM, AttestationResult, Status, VerifyingKey, verify_ear
 from attest.errors import InputError, LesseeError, ParseError, VerificationError
 from attest.findings import Severity
 from attest.log.entry import EntryKind, LogEntry
@@ -198,11 +198,18 @@ LogProofCheck = Callable[[KeyBundle, AttestationResult, datetime], None]
 
 
 def broker_ear_check(
-    broker_key: VerifyingKey, *, log_proof_check: LogProofCheck | None = None
+    broker_key: VerifyingKey,
+    *,
+    log_proof_check: LogProofCheck | None = None,
+    model_id: str | None = None,
 ) -> KeyAttestationCheck:
     """The check for a pinned broker key: the bundle's attestation result must be an EAR that
     verifies under ``broker_key`` as of ``at``, is affirming, and names this bundle's encoded
     enclave key (``ear.lessee.enclave-key``).
+
+    ``model_id``: the result must also have been issued for this model (the broker's
+    ``ear.lessee.model-id`` claim). A broker serving several models appraises each under its
+    own policy; without it, an enclave attested for another model, under a laxer policy, passes.
 
     The log proof is opaque to the stream layer and is *not* covered by the EAR's signature: it
     is checked only when ``log_proof_check`` is given (it runs after the EAR passed, with the
@@ -226,6 +233,11 @@ def broker_ear_check(
             raise VerificationError(
                 f"the attestation result is {result.status.value}, not affirming",
                 reason="ear_not_affirming",
+            )
+        if model_id is not None and result.extra.get(MODEL_ID_CLAIM) != model_id:
+            raise VerificationError(
+                f"the attestation result was not issued for model {model_id!r}",
+                reason="ear_model",
             )
         if log_proof_check is not None:
             log_proof_check(bundle, result, at)

@@ -42,6 +42,9 @@ from attest.timeutil import require_aware
 
 #: lessee's EAR profile. Results under it carry the enclave key, nonce, policy digest and expiry.
 LESSEE_PROFILE = "tag:github.com,2026:lessee/ear/v1"
+#: The claim (in ``AttestationResult.extra``) in which the broker names the model a result was
+#: issued for: the broker's release, the client's ``model_id`` check and the audit replay read it.
+MODEL_ID_CLAIM = "ear.lessee.model-id"
 VERAISON_PROFILE = "tag:github.com,2023:veraison/ear"
 #: An EAR for one CPU + 8 GPUs with NVIDIA claims is ~10 KiB; 256 KiB leaves room, bounds work.
 MAX_TOKEN_BYTES = 256 * 1024

@@ -133,7 +133,14 @@ from attest.appraise.common import ENCLAVE_SUBMODULE, DeviceAppraisal, result_su
 from attest.appraise.composite import AppraisalContext, appraise_bundle
 from attest.binding import DEFAULT_PROTOCOL_LABEL, SessionBinding, derive_binding
 from attest.bundle import EvidenceBundle, load_bundle
-from attest.ear import MAX_CLOCK_SKEW_SECONDS, AttestationResult, Status, VerifyingKey, verify_ear
+from attest.ear import (
+    MAX_CLOCK_SKEW_SECONDS,
+    MODEL_ID_CLAIM,
+    AttestationResult,
+    Status,
+    VerifyingKey,
+    verify_ear,
+)
 from attest.errors import InputError, LesseeError, ParseError, VerificationError
 from attest.findings import Finding as AppraisalFinding
 from attest.log.entry import MAX_BLOB_SIZE, EntryKind, LogEntry, RefusalReason
@@ -163,8 +170,8 @@ _HELD_CRL_ROLES = {
     for kind in (SigningKey.VCEK, SigningKey.VLEK)
     for product in Product
 }
-#: Claim names the broker puts in the EAR (see ``agent.broker.service``).
-MODEL_ID_CLAIM = "ear.lessee.model-id"
+#: Claim names the broker puts in the EAR (see ``agent.broker.service``; the model id's is
+#: ``attest.ear.MODEL_ID_CLAIM``).
 FINDINGS_CLAIM = "ear.lessee.findings"
 #: Trust-anchor roles a candidate root can fill (the first two as in ``TrustAnchors``).
 ROOT_ROLES = ("nvidia_device_root", "nvidia_rim_root", "amd_ark")

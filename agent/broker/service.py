@@ -34,7 +34,15 @@ from agent.logstore import AppendReceipt, LogStore
 from attest.appraise.common import DeviceAppraisal, appraisal_status, result_submodules
 from attest.binding import DEFAULT_PROTOCOL_LABEL, SessionBinding, derive_binding
 from attest.bundle import EvidenceBundle
-from attest.ear import AttestationResult, EarError, SigningKey, Status, issue_ear, verify_ear
+from attest.ear import (
+    MODEL_ID_CLAIM,
+    AttestationResult,
+    EarError,
+    SigningKey,
+    Status,
+    issue_ear,
+    verify_ear,
+)
 from attest.errors import InputError, LesseeError, VerificationError
 from attest.findings import Finding
 from attest.log.entry import (
@@ -216,7 +224,7 @@ class Broker:
             enclave_key=enclave_public_key,
             policy_digest=policy_digest,
             result_id=result_id,
-            extra={"ear.lessee.model-id": model_id}
+            extra={MODEL_ID_CLAIM: model_id}
             | (
                 {"ear.lessee.findings": [f.to_json() for f in appraisal.findings]}
                 if appraisal.findings
@@ -384,7 +392,7 @@ class Broker:
             raise ReleaseRefusedError(
                 "result was not issued by this broker", reason="unknown_result"
             )
-        if record.model_id != model_id or claims.extra.get("ear.lessee.model-id") != model_id:
+        if record.model_id != model_id or claims.extra.get(MODEL_ID_CLAIM) != model_id:
             raise ReleaseRefusedError(
                 "result was issued for another model", reason="model_mismatch"
             )

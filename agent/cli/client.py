@@ -112,11 +112,19 @@ def _bundle_check(args: argparse.Namespace) -> KeyAttestationCheck | VerifyingKe
         if args.trust_relayed_cc_state:
             raise InputError("--trust-relayed-cc-state goes with --policy (zero trust)")
         broker_key = load_broker_key(args.broker_key)
-        if log_key is None:
+        if log_key is None and args.model_id is None:
             return broker_key
         from agent.client import broker_ear_check, log_inclusion_check
 
-        return broker_ear_check(broker_key, log_proof_check=log_inclusion_check(log_key))
+        return broker_ear_check(
+            broker_key,
+            log_proof_check=log_inclusion_check(log_key) if log_key is not None else None,
+            model_id=args.model_id,
+        )
+    if args.model_id is not None:
+        raise InputError(
+            "--model-id goes with --broker-key (with --policy, the policy decides what passes)"
+        )
     from agent.client import evidence_check
     from agent.rpc.server import appraisal_context, load_emulation_roots, load_rims
     from attest.policy import load_policy
@@ -244,6 +252,12 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="the broker log's vkey (as lessee audit verify --log-key takes): the bundle's log "
         "proof must then show its attestation result logged, included under a checkpoint this "
         "key signed, for this nonce and key. Without it the log proof is NOT checked",
+    )
+    gen.add_argument(
+        "--model-id",
+        metavar="ID",
+        help="with --broker-key: the broker's result must have been issued for this model (a "
+        "broker serving several models appraises each under its own policy)",
     )
     gen.add_argument(
         "--trust-relayed-cc-state",

@@ -26,7 +26,7 @@ from agent.client import EnclaveClient
 from agent.enclave import EchoGenerator, EnclaveConfig, EnclaveServer, EnclaveService
 from agent.enclave.generator import TokenGenerator
 from agent.enclave.service import serve_enclave
-from attest.ear import AttestationResult, Status, Submodule, issue_ear
+from attest.ear import MODEL_ID_CLAIM, AttestationResult, Status, Submodule, issue_ear
 from sealing.hpke_suite import HpkePrivateKey, SuiteId, generate_keypair
 from sealing.stream import KeyBundle, ReplayGuard
 from tests.enclave.relay import ByteTap, Relay
@@ -74,6 +74,7 @@ def make_ear(
     ttl_s: int = 3600,
     nonce: bytes = b"\x01" * 32,
     result_id: str = "result-1",
+    model_id: str | None = None,
 ) -> str:
     now = int(time.time())
     result = AttestationResult(
@@ -85,6 +86,7 @@ def make_ear(
         enclave_key=enclave_key_encoded,
         policy_digest="sha256:" + "00" * 32,
         result_id=result_id,
+        extra={MODEL_ID_CLAIM: model_id} if model_id is not None else {},
     )
     return issue_ear(result, broker)
 

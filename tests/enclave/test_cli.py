@@ -80,6 +80,20 @@ def test_generate_with_jwk_and_pinned_bundle(
     assert [e.method for e in stack.relay.exchanges] == ["Generate"]
 
 
+def test_model_id_must_match_the_result(
+    stack: Stack, broker_pem: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The stack's bundle carries a result issued for no model: ``--model-id`` refuses it
+    before anything is sent; it goes with --broker-key only."""
+    assert _run(stack, broker_pem, "--model-id", "llama-70b") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("lessee: rejected:") and "llama-70b" in err
+    assert stack.relay.generate_exchanges() == []
+    argv = ["client", "generate", "--target", stack.target, "--policy", str(broker_pem)]
+    assert main([*argv, "--prompt", "p", "--model-id", "m"]) == 2
+    assert "--model-id goes with --broker-key" in capsys.readouterr().err
+
+
 def test_wrong_broker_key_is_rejected(
     stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -33,6 +33,7 @@ from tests.enclave.conftest import (
     StackFactory,
     enclave_key,
     make_bundle,
+    make_ear,
 )
 
 
@@ -215,6 +216,26 @@ def test_broker_ear_check_directly() -> None:
     assert info.value.reason == "ear_malformed"
     with pytest.raises(EarError):
         broker_ear_check(OTHER_BROKER.public_key())(make_bundle(key), now)
+
+
+def test_broker_ear_check_for_one_model() -> None:
+    """With ``model_id`` the result must have been issued for that model: a broker serving
+    several models appraises each under its own policy, and an enclave attested for another
+    (under a laxer policy) must not pass for this one."""
+    key = enclave_key()
+    now = datetime.now(UTC)
+
+    def bundle(model_id: str | None) -> KeyBundle:
+        ear = make_ear(key.public_key.encode(), model_id=model_id)
+        return KeyBundle.build(key.public_key, ear.encode("ascii"), b"")
+
+    check = broker_ear_check(BROKER.public_key(), model_id="llama-70b")
+    assert check(bundle("llama-70b"), now) is None
+    for other in ("demo-model", None):
+        with pytest.raises(VerificationError) as info:
+            check(bundle(other), now)
+        assert info.value.reason == "ear_model" and "llama-70b" in str(info.value)
+    assert broker_ear_check(BROKER.public_key())(bundle("demo-model"), now) is None
 
 
 def test_sync_client(stack: Stack) -> None:
