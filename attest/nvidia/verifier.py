@@ -18,7 +18,9 @@ still run):
     mismatched index reported.
 
 Then, for a protected-PCIe set (any NVSwitch, or any GPU in PPCIe mode), the topology
-(``attest.nvidia.topology``), and for every set: no device given twice.
+(``attest.nvidia.topology``), and for every set: no device given twice (by its leaf key,
+its leaf's signed body and its device identity key, never by certificate bytes, which an ECDSA
+signature's other form changes: ``DeviceIdentity``).
 
 A device is ``affirming`` when nothing failed and nothing was left unchecked, ``warning`` when
 nothing failed but something was explicitly not checked (``revocation_mode=skip``, no expected
@@ -38,6 +40,8 @@ from functools import partial
 from typing import Generic, Literal, Protocol, TypeVar
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from attest.concurrency import Deferred, offer
 from attest.errors import ChainError, InputError, VerificationError
@@ -327,6 +331,41 @@ class _RevocationKeys:
                 del self._entries[next(iter(self._entries))]
 
 
+def _public_key_der(cert: x509.Certificate) -> bytes | None:
+    """The certificate's public key as canonical SubjectPublicKeyInfo DER (re-encoded from the
+    key, so two encodings of one key compare equal); None for a key ``cryptography`` cannot
+    load (that device's chain fails on its own)."""
+    try:
+        return cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    except (ValueError, UnsupportedAlgorithm):
+        return None
+
+
+@dataclass(frozen=True)
+class DeviceIdentity:
+    """What names one physical device in its certificate chain, whatever the encoding.
+
+    A certificate's DER is not an identity: an ECDSA signature (r, s) is equally valid as
+    (r, n - s), so anyone can re-encode a device's leaf into other bytes that still chain. These
+    cannot be changed without the keys: the leaf's public key (the key that signs the reports),
+    the leaf's signed body (``tbs_certificate_bytes``) and the public key of the certificate
+    below it, the per-chip device identity (BROM) certificate, which stays the same when the
+    device makes a new leaf. Any of them seen twice in one set is one device given twice.
+    """
+
+    leaf_key: bytes | None
+    leaf_tbs: bytes
+    identity_key: bytes | None
+
+    @classmethod
+    def of(cls, chain: tuple[x509.Certificate, ...]) -> DeviceIdentity:
+        return cls(
+            leaf_key=_public_key_der(chain[0]),
+            leaf_tbs=chain[0].tbs_certificate_bytes,
+            identity_key=_public_key_der(chain[1]) if len(chain) > 1 else None,
+        )
+
+
 class VerifierCaches:
     """Everything worth remembering between verifications, each keyed by exact bytes.
 
@@ -346,7 +385,8 @@ class VerifierCaches:
       so a hit is exactly what a fresh comparison gives (also for the device's next report);
     * ``skipped``: the "skipped" OCSP verdicts of ``--revocation skip``, by certificates;
     * ``revocation_keys``: for a stapled set and a verified chain, the ``ocsp`` keys that
-      answered it (see ``_RevocationKeys``); ``leaves``: a chain's leaf FWID and BROM name.
+      answered it (see ``_RevocationKeys``); ``leaves``: a chain's leaf FWID and BROM name;
+      ``identities``: what identifies a chain's physical device (``DeviceIdentity``).
 
     Failures are never cached. With all warm, re-verifying a report costs about one P-384
     signature check (bench/bench_gpu.py measures the ratio).
@@ -373,6 +413,8 @@ class VerifierCaches:
         ] = _Memo(max_entries)
         #: chain tuple -> (the leaf's FWID, the BROM's name for ``hwmodel``)
         self.leaves: _ByIdentity[tuple[bytes | None, str | None]] = _ByIdentity(max_entries)
+        #: chain tuple -> what identifies the physical device (``DeviceIdentity``)
+        self.identities: _ByIdentity[DeviceIdentity] = _ByIdentity(max_entries)
         self.skipped: _ByIdentity[tuple[OcspCheck, ...]] = _ByIdentity(max_entries)
         # a device chain and two RIM chains per device
         self.revocation_keys = _RevocationKeys(max_entries * 3)
@@ -1177,6 +1219,58 @@ def _verify_one(
     return finish(checks, report)
 
 
+def _duplicate_devices(
+    evidence_list: Sequence[DeviceEvidence], caches: VerifierCaches
+) -> list[Failure]:
+    """The same device twice would let one GPU stand in for two (``gpu.count``, a PPCIe set
+    with one GPU's evidence in two slots). Keyed by ``DeviceIdentity``, never by certificate
+    bytes: a leaf re-encoded with the other ECDSA signature form is still the same device.
+    One failure per repeated device: ``deviceN.leaf_certificate`` when its leaf key or signed
+    body was given before, else ``deviceN.device_identity`` when its identity key was."""
+    failures: list[Failure] = []
+    leaf_keys: dict[bytes, int] = {}
+    leaf_bodies: dict[bytes, int] = {}
+    identity_keys: dict[bytes, int] = {}
+    for ev in evidence_list:
+        if not ev.chain:
+            continue
+        ident = caches.identities.get(ev.chain)
+        if ident is None:
+            ident = DeviceIdentity.of(ev.chain)
+            caches.identities.put(ev.chain, ident)
+        first = leaf_keys.get(ident.leaf_key) if ident.leaf_key is not None else None
+        what = "its leaf's public key"
+        if first is None:
+            first = leaf_bodies.get(ident.leaf_tbs)
+            what = "its leaf's signed body"
+        if first is not None:
+            failures.append(
+                Failure(
+                    f"device{ev.index}.leaf_certificate",
+                    "a device given once",
+                    f"same leaf as device{first}",
+                    f"{what} is device{first}'s",
+                )
+            )
+        elif ident.identity_key is not None and ident.identity_key in identity_keys:
+            # another leaf of a device already given (a leaf made again, another boot)
+            first = identity_keys[ident.identity_key]
+            failures.append(
+                Failure(
+                    f"device{ev.index}.device_identity",
+                    "a device given once",
+                    f"same device identity as device{first}",
+                    f"'{describe(ev.chain[1])}' has device{first}'s public key",
+                )
+            )
+        if ident.leaf_key is not None:
+            leaf_keys.setdefault(ident.leaf_key, ev.index)
+        leaf_bodies.setdefault(ident.leaf_tbs, ev.index)
+        if ident.identity_key is not None:
+            identity_keys.setdefault(ident.identity_key, ev.index)
+    return failures
+
+
 def verify_gpu_evidence(
     evidence_list: Sequence[DeviceEvidence],
     *,
@@ -1222,19 +1316,7 @@ def verify_gpu_evidence(
 
     failures: list[Failure] = []
     warnings: list[str] = []
-    # the same device twice would let one GPU stand in for two
-    seen: dict[x509.Certificate, int] = {}
-    for ev in evidence_list:
-        leaf = ev.chain[0]
-        if leaf in seen:
-            failures.append(
-                Failure(
-                    f"device{ev.index}.leaf_certificate",
-                    "a device given once",
-                    f"same leaf as device{seen[leaf]}",
-                )
-            )
-        seen.setdefault(leaf, ev.index)
+    failures.extend(_duplicate_devices(evidence_list, caches))
 
     topology: TopologyResult | None = None
     parsed = [(r, rep) for r, rep in reports if rep is not None]
