@@ -37,6 +37,7 @@ from attest.bundle import DeviceEvidenceIn, EvidenceBundle, SnpEvidenceIn, TdxEv
 from attest.errors import InputError, LesseeError, ParseError
 from attest.findings import Finding, Severity
 from attest.nvidia.evidence import Arch, DeviceEvidence, chain_arch, parse_arch
+from attest.nvidia.opaque import DeviceKind
 from attest.nvidia.rim import RimCollection, RimParseCache
 from attest.nvidia.rp_policy import (
     NvidiaRpPolicy,
@@ -44,7 +45,12 @@ from attest.nvidia.rp_policy import (
     evaluate_overall,
     load_nvidia_policy,
 )
-from attest.nvidia.verifier import DeviceResult, VerifierCaches, verify_gpu_evidence
+from attest.nvidia.verifier import (
+    DeviceResult,
+    EvidenceSetResult,
+    VerifierCaches,
+    verify_gpu_evidence,
+)
 from attest.nvidia.verifier import Status as VerifierStatus
 from attest.policy import CpuTee, GpuPolicy, MissingRevocation, Policy
 from attest.revocation.ocsp import RevocationMode, StapledOcsp
@@ -525,6 +531,7 @@ def _to_device_evidence(
     start: int,
     ctx: AppraisalContext,
     unknown_arch: dict[int, str],
+    certified: dict[int, DeviceKind | None],
 ) -> list[DeviceEvidence]:
     """The verifier's evidence, with the architecture the bundle *declares*.
 
@@ -533,10 +540,13 @@ def _to_device_evidence(
     ``BLACKWELL`` is contraindicated. A declared name that is no known architecture is put in
     ``unknown_arch`` (evidence index -> a bounded repr) to become a REJECT finding on that
     device; its evidence goes on with no declared arch so the rest of it is still checked.
+    ``certified`` gets the kind each leaf certificate names (evidence index -> kind, None when
+    it names no known architecture): what the device is, whatever the bundle calls it.
     """
     out = []
     for i, d in enumerate(items, start):
-        chain, _ = ctx.load_pem_chain(d.certificate_chain_pem)
+        chain, leaf_arch = ctx.load_pem_chain(d.certificate_chain_pem)
+        certified[i] = leaf_arch.kind if leaf_arch is not None else None
         declared: Arch | None
         try:
             declared = parse_arch(d.arch, f"evidence[{i}]")
@@ -556,26 +566,19 @@ def _appraise_devices(
 ) -> tuple[list[DeviceAppraisal], list[Finding]]:
     gpu = policy.gpu
     findings: list[Finding] = []
-    count = len(bundle.gpus)
-    if gpu.count is not None and count != gpu.count:
-        findings.append(Finding("enclave", "gpu.count", gpu.count, count))
-    if count == 0:
+    if not bundle.gpus:
+        if gpu.count is not None:
+            findings.append(Finding("enclave", "gpu.count", gpu.count, 0))
         findings.append(Finding("enclave", "gpu.count", ">= 1", 0, detail="no GPU evidence"))
         return [], findings
-    if gpu.switch_count is not None and len(bundle.switches) != gpu.switch_count:
-        findings.append(
-            Finding("enclave", "gpu.switch_count", gpu.switch_count, len(bundle.switches))
-        )
-    if gpu.ppcie_topology_required and not bundle.switches:
-        findings.append(
-            Finding("enclave", "topology", "PPCIe set with NVSwitches", "no switch evidence")
-        )
     unknown_arch: dict[int, str] = {}
+    certified: dict[int, DeviceKind | None] = {}
     try:
-        evidence = _to_device_evidence(bundle.gpus, 0, ctx, unknown_arch) + _to_device_evidence(
-            bundle.switches, len(bundle.gpus), ctx, unknown_arch
-        )
+        evidence = _to_device_evidence(
+            bundle.gpus, 0, ctx, unknown_arch, certified
+        ) + _to_device_evidence(bundle.switches, len(bundle.gpus), ctx, unknown_arch, certified)
     except InputError as exc:
+        findings += _declared_count_findings(bundle, gpu)
         findings.append(Finding("enclave", "gpu.evidence", "readable certificate chains", str(exc)))
         return [], findings
     rims = [r for d in (*bundle.gpus, *bundle.switches) for r in d.rims] + list(ctx.rims)
@@ -585,6 +588,7 @@ def _appraise_devices(
     except InputError as exc:
         # A finding like an unreadable chain, not an exception: the broker has already spent
         # the nonce, and only a result records the decision in the log.
+        findings += _declared_count_findings(bundle, gpu)
         findings.append(Finding("enclave", "gpu.ocsp", "well-formed stapled OCSP", str(exc)))
         return [], findings
     anchors = TrustAnchors.for_policy(policy, candidates=ctx.candidates)
@@ -598,6 +602,7 @@ def _appraise_devices(
         allow_hold="certificate_hold" in gpu.allowed_ocsp_statuses,
         caches=ctx.caches_for(anchors),
     )
+    findings += _device_set_findings(result, certified, gpu)
     for f in result.failures:
         findings.append(
             Finding("enclave", f.field, f.expected, f.actual, Severity.REJECT, f.detail)
@@ -606,6 +611,22 @@ def _appraise_devices(
     rp = _nvidia_rp_policies(gpu)
     for d in result.devices:
         device_findings = _gpu_policy_findings(d, gpu, bundle, policy)
+        declared = DeviceKind.GPU if d.index < len(bundle.gpus) else DeviceKind.SWITCH
+        leaf_kind = certified.get(d.index)
+        if leaf_kind is not None and leaf_kind is not declared:
+            listed = "gpus" if declared is DeviceKind.GPU else "switches"
+            device_findings.insert(
+                0,
+                Finding(
+                    d.name,
+                    "device.declared_kind",
+                    leaf_kind.value,
+                    declared.value,
+                    Severity.REJECT,
+                    f"the bundle lists it under {listed}; its leaf certificate is a"
+                    f" {leaf_kind.value}'s",
+                ),
+            )
         if d.index in unknown_arch:
             prefix = "x-nvidia-switch" if d.name.startswith("switch") else "x-nvidia-gpu"
             device_findings.insert(
@@ -629,6 +650,65 @@ def _appraise_devices(
     for pol in rp.values():
         findings += evaluate_overall(pol, all_devices_passed=overall_ok)
     return devices, findings
+
+
+def _declared_count_findings(bundle: EvidenceBundle, gpu: GpuPolicy) -> list[Finding]:
+    """The policy's counts on the bundle's own lists, for a bundle rejected before anything
+    was verified (unreadable chains or OCSP answers): there is nothing attested to count, and
+    these are the findings such a bundle has always had (the auditor's replay compares them)."""
+    findings: list[Finding] = []
+    if gpu.count is not None and len(bundle.gpus) != gpu.count:
+        findings.append(Finding("enclave", "gpu.count", gpu.count, len(bundle.gpus)))
+    if gpu.switch_count is not None and len(bundle.switches) != gpu.switch_count:
+        findings.append(
+            Finding("enclave", "gpu.switch_count", gpu.switch_count, len(bundle.switches))
+        )
+    if gpu.ppcie_topology_required and not bundle.switches:
+        findings.append(
+            Finding("enclave", "topology", "PPCIe set with NVSwitches", "no switch evidence")
+        )
+    return findings
+
+
+def _device_set_findings(
+    result: EvidenceSetResult, certified: Mapping[int, DeviceKind | None], gpu: GpuPolicy
+) -> list[Finding]:
+    """The policy's counts and PPCIe rule, judged on the devices the verifier was given.
+
+    Devices are counted by the kind their leaf certificate names (``certified``; a device whose
+    chain, report or architecture fails is contraindicated on its own), never by the lists the
+    bundle puts them in: the bundle is the host's, and a GPU listed under ``switches`` is still
+    a GPU (and no NVSwitch). With ``ppcie_topology_required`` at least one NVSwitch must be
+    attested and the topology check must have run and passed (it requires every GPU in PPCIe
+    mode; its failures are findings of their own, from ``result.failures``).
+    """
+    findings: list[Finding] = []
+    kinds = [certified.get(d.index) for d in result.devices]
+    gpus = kinds.count(DeviceKind.GPU)
+    switches = kinds.count(DeviceKind.SWITCH)
+    if gpu.count is not None and gpus != gpu.count:
+        findings.append(Finding("enclave", "gpu.count", gpu.count, gpus))
+    if gpus == 0:
+        findings.append(Finding("enclave", "gpu.count", ">= 1", 0, detail="no GPU attested"))
+    if gpu.switch_count is not None and switches != gpu.switch_count:
+        findings.append(Finding("enclave", "gpu.switch_count", gpu.switch_count, switches))
+    if gpu.ppcie_topology_required:
+        if switches == 0:
+            findings.append(
+                Finding("enclave", "topology", "PPCIe set with NVSwitches", "no switch evidence")
+            )
+        elif result.topology is None:
+            findings.append(
+                Finding(
+                    "enclave",
+                    "topology",
+                    "checked",
+                    "not checked",
+                    detail="no NVSwitch report and no GPU in PPCIe mode parsed",
+                )
+            )
+        # a topology that ran and failed: its failures are in ``result.failures`` already
+    return findings
 
 
 def _nvidia_rp_policies(gpu: GpuPolicy) -> dict[str, NvidiaRpPolicy]:
