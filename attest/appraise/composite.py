@@ -55,7 +55,13 @@ from attest.nvidia.verifier import Status as VerifierStatus
 from attest.policy import CpuTee, GpuPolicy, MissingRevocation, Policy
 from attest.revocation.ocsp import RevocationMode, StapledOcsp
 from attest.snp.report import Product, SigningKey
-from attest.snp.verify import AmdCrlCache, load_amd_certificates, verify_snp_report
+from attest.snp.verify import (
+    AmdCrlCache,
+    VerifiedSnpReport,
+    held_crl_dates,
+    load_amd_certificates,
+    verify_snp_report,
+)
 from attest.tdx.collateral import parse_collateral_json
 from attest.tdx.quote import parse_quote
 from attest.tdx.verify import verify_quote
@@ -105,6 +111,9 @@ MAX_CACHED_STAPLED_SETS = 64
 #: Only sets up to this size are kept (8 GPUs x 7 answers of ~1.5 KiB is ~84 KiB), so the memo
 #: holds at most 64 x 256 KiB = 16 MiB; a larger set is built per bundle as before.
 MAX_CACHED_STAPLED_SET_BYTES = 256 * 1024
+#: AMD CRLs whose lastUpdate an ``AppraisalContext`` remembers (``crl_last_update``): one per
+#: key kind and product AMD publishes, and the evidence's; at most 256 KiB each (MAX_CRL_BYTES).
+MAX_CACHED_CRL_DATES = 64
 #: A declared architecture that is no known one is quoted in its finding up to this length.
 MAX_ARCH_REPR = 40
 
@@ -203,7 +212,9 @@ class AppraisalContext:
     * ``snp_chains``: verified AMD chains (keyed by chain and root DER; valid only inside the
       window in which every certificate is);
     * ``snp_crls``: AMD CRLs that passed (keyed by the SHA-256 of the CRL, the ARK and the
-      intermediate; valid only between the CRL's lastUpdate and nextUpdate).
+      intermediate; valid only between the CRL's lastUpdate and nextUpdate);
+    * ``crl_updates``: the lastUpdate of AMD CRLs that passed (by exact bytes), whose age the
+      policy's ``freshness.max_collateral_age_seconds`` bounds.
     """
 
     rims: Sequence[bytes] = ()
@@ -227,6 +238,9 @@ class AppraisalContext:
     snp_crls: AmdCrlCache = field(default_factory=AmdCrlCache, repr=False)
     stapled_sets: _Memo[tuple[bytes, ...], StapledOcsp] = field(
         default_factory=lambda: _Memo(MAX_CACHED_STAPLED_SETS), repr=False
+    )
+    crl_updates: _Memo[bytes, datetime] = field(
+        default_factory=lambda: _Memo(MAX_CACHED_CRL_DATES), repr=False
     )
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -276,6 +290,11 @@ class AppraisalContext:
         """``load_amd_certificates``, by exact bytes; InputError is not cached."""
         return self.amd_certificates.get_or_make(bytes(data), lambda: load_amd_certificates(data))
 
+    def crl_last_update(self, crl: bytes) -> datetime:
+        """An AMD CRL's lastUpdate, by exact bytes (only for a CRL ``verify_snp_report``
+        accepted, so it parses; a failure is not kept)."""
+        return self.crl_updates.get_or_make(bytes(crl), lambda: held_crl_dates(crl)[0])
+
     def stapled(self, responses: Sequence[bytes]) -> StapledOcsp:
         """``StapledOcsp(responses)``, the same object again for the same responses in the same
         order (immutable once built, so sharing it is safe; the verifier's revocation memo
@@ -301,6 +320,44 @@ _SNP_CATEGORIES_WITH_REVOCATION = {
     **SNP_CATEGORIES,
     "hardware": (*SNP_CATEGORIES["hardware"], "snp.revocation"),
 }
+
+
+#: ``appraise_snp``'s categories with the CRL's age under "hardware", as TDX's collateral age.
+_SNP_CATEGORIES_WITH_COLLATERAL = {
+    **SNP_CATEGORIES,
+    "hardware": (*SNP_CATEGORIES["hardware"], "snp.collateral"),
+}
+
+
+def _snp_crl_age_finding(
+    verified: VerifiedSnpReport,
+    cpu: SnpEvidenceIn,
+    policy: Policy,
+    at: datetime,
+    ctx: AppraisalContext,
+) -> Finding | None:
+    """A REJECT when the AMD CRL the report was checked against is older than the policy's
+    ``freshness.max_collateral_age_seconds`` (its lastUpdate, judged at ``at``), as for TDX's
+    collateral; None otherwise. The list is the one ``verify_snp_report`` used: the broker's
+    own for the report's key kind and product when it holds one, else the evidence's."""
+    held = ctx.amd_crls.get((verified.signing_key_kind, verified.product))
+    crl = held if held is not None else cpu.crl
+    if crl is None:
+        return None
+    issued = ctx.crl_last_update(crl)
+    limit = timedelta(seconds=policy.freshness.max_collateral_age_seconds)
+    age = at - issued
+    if age <= limit:
+        return None
+    return Finding(
+        "cpu0",
+        "snp.collateral.crl.age",
+        f"<= {int(limit.total_seconds())} s",
+        f"{int(age.total_seconds())} s",
+        Severity.REJECT,
+        f"the AMD CRL ({'held by the broker' if held is not None else 'from the evidence'})"
+        f" was issued {issued.isoformat()}",
+    )
 
 
 def _snp_revocation_finding(policy: Policy) -> Finding:
@@ -367,7 +424,14 @@ def _appraise_cpu(
             return _verification_failed("cpu0", "snp.verification", exc)
         appraisal = appraise_snp(verified, policy.snp, binding)
         if verified.revocation_checked:
-            return appraisal
+            age = _snp_crl_age_finding(verified, cpu, policy, at, ctx)
+            if age is None:
+                return appraisal
+            return dataclasses.replace(
+                appraisal,
+                findings=(*appraisal.findings, age),
+                categories=_SNP_CATEGORIES_WITH_COLLATERAL,
+            )
         return dataclasses.replace(
             appraisal,
             findings=(*appraisal.findings, _snp_revocation_finding(policy)),
