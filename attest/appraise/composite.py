@@ -710,7 +710,9 @@ def _appraise_devices(
         devices.append(
             DeviceAppraisal(d.name, tuple(device_findings), GPU_CATEGORIES, dict(d.claims))
         )
-    overall_ok = all(d.status is not VerifierStatus.CONTRAINDICATED for d in result.devices)
+    # NVIDIA's x-nvidia-overall-att-result: every device and the set itself (duplicates,
+    # topology) passed with nothing left unchecked; a WARNING (an allowed hold) is not a pass
+    overall_ok = result.status is VerifierStatus.AFFIRMING
     for pol in rp.values():
         findings += evaluate_overall(pol, all_devices_passed=overall_ok)
     return devices, findings

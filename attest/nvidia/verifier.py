@@ -500,7 +500,9 @@ class EvidenceSetResult:
             }
         return {
             "status": self.status.value,
-            "x-nvidia-overall-att-result": self.status is not Status.CONTRAINDICATED,
+            # true only when everything was checked and passed: a WARNING set may never have
+            # had its nonce checked (a replay) or its revocation looked up
+            "x-nvidia-overall-att-result": self.status is Status.AFFIRMING,
             "verification_time": self.at.isoformat(),
             "devices": [d.to_json() for d in self.devices],
             "topology": topo,
