@@ -12,6 +12,10 @@ the GPU slots it serves (type 26). A set of reports is consistent when:
 3. every switch serves the same set of GPU slots, as many as there are GPU reports;
 4. every GPU runs in PPCIe mode (FEATURE_FLAG = PPCIE) with protected PCIe enabled.
 
+A GPU reports no PDI of its own, so 3. can only compare numbers: that no GPU's evidence fills
+two slots is the verifier's set check (``attest.nvidia.verifier.DeviceIdentity``: the same
+leaf or device identity key twice), which runs on every set.
+
 NVIDIA hard-codes 8 GPUs and 4 switches; here the counts come from the evidence set itself, and
 the caller may pin them. The reports must already be verified: this is pure set logic.
 """
