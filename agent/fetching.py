@@ -168,6 +168,21 @@ class _Deadline:
         raise last if last is not None else OSError(f"no address for {host!r}")
 
 
+def _through(
+    deadline: _Deadline, connection_class: type[http.client.HTTPConnection]
+) -> Callable[..., http.client.HTTPConnection]:
+    """A connection factory for ``do_open`` whose sockets are made through ``deadline``
+    (``_create_connection`` is the hook http.client's ``connect`` calls, https too, before
+    wrapping the socket; untyped in the stubs)."""
+
+    def connection(host: str, /, **kwargs: Any) -> http.client.HTTPConnection:
+        conn = connection_class(host, **kwargs)
+        conn._create_connection = deadline.create_connection  # type: ignore[attr-defined]
+        return conn
+
+    return connection
+
+
 class _GuardedHTTPHandler(urllib.request.HTTPHandler):
     """Plain http (loopback tests), each connection made through the request's deadline."""
 
@@ -176,16 +191,7 @@ class _GuardedHTTPHandler(urllib.request.HTTPHandler):
         self._deadline = deadline
 
     def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        deadline = self._deadline
-
-        def connection(host: str, /, **kwargs: Any) -> http.client.HTTPConnection:
-            # ``_create_connection`` is the hook http.client's ``connect`` calls (https too,
-            # before wrapping the socket); untyped in the stubs.
-            conn = http.client.HTTPConnection(host, **kwargs)
-            conn._create_connection = deadline.create_connection  # type: ignore[attr-defined]
-            return conn
-
-        return self.do_open(connection, req)
+        return self.do_open(_through(self._deadline, http.client.HTTPConnection), req)
 
 
 class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
@@ -197,14 +203,7 @@ class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
         self._deadline = deadline
 
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        deadline = self._deadline
-
-        def connection(host: str, /, **kwargs: Any) -> http.client.HTTPConnection:
-            conn = http.client.HTTPSConnection(host, **kwargs)
-            conn._create_connection = deadline.create_connection  # type: ignore[attr-defined]
-            return conn
-
-        return self.do_open(connection, req)
+        return self.do_open(_through(self._deadline, http.client.HTTPSConnection), req)
 
 
 def _reason(exc: BaseException) -> str:
