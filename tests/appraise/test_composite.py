@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from agent.emulation import EmulationPki
 from attest.appraise.common import DeviceAppraisal
 from attest.appraise.composite import AppraisalContext, appraise_bundle
 from attest.binding import SessionBinding
@@ -55,6 +56,33 @@ def _snp_measurement() -> str:
     from attest.snp.report import parse_report
 
     return parse_report(SNP_REPORT).measurement.hex()
+
+
+def gpu_policy(**gpu: object) -> Policy:
+    """The real Milan vector's measurement allowed, these ``gpu`` rules, revocation a warning."""
+    return load_policy(
+        json.dumps(
+            {
+                "name": "t",
+                "cpu_tees": ["snp"],
+                "snp": {"allowed_measurements": [_snp_measurement()]},
+                "gpu": gpu,
+                "missing_revocation": "warn",
+            }
+        )
+    )
+
+
+def emulated_context(pki: EmulationPki) -> AppraisalContext:
+    """An appraisal context that offers an emulation PKI's GPU, RIM and AMD roots (they count
+    only where a policy pins them, as ``demo_policy`` does)."""
+    return AppraisalContext(
+        candidates={
+            "nvidia_device_root": pki.gpu_root.cert,
+            "nvidia_rim_root": pki.rim_root.cert,
+        },
+        amd_extra_arks=(pki.ark.cert,),
+    )
 
 
 def _binding(report_data: bytes | None = None) -> SessionBinding:

@@ -26,6 +26,7 @@ from attest.binding import SessionBinding
 from attest.bundle import DeviceEvidenceIn, EvidenceBundle, SnpEvidenceIn
 from attest.ear import Status
 from attest.policy import Policy, load_policy
+from tests.appraise.test_composite import emulated_context
 
 GPUS = 2
 BAD_PEM = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
@@ -51,13 +52,7 @@ class Setup:
         self.crl = self.snp.crl(self.made)
 
     def context(self) -> AppraisalContext:
-        return AppraisalContext(
-            candidates={
-                "nvidia_device_root": self.pki.gpu_root.cert,
-                "nvidia_rim_root": self.pki.rim_root.cert,
-            },
-            amd_extra_arks=(self.pki.ark.cert,),
-        )
+        return emulated_context(self.pki)
 
     def session(self, *, cpu_certs: tuple[bytes, ...] | None = None, chain: bytes | None = None,
                 crl: bytes | _Default | None = DEFAULT) -> tuple[EvidenceBundle, SessionBinding]:  # fmt: skip

@@ -35,7 +35,12 @@ from attest.ear import Status
 from attest.findings import Finding
 from attest.nvidia.evidence import DeviceEvidence, load_evidence
 from attest.policy import Policy, load_policy
-from tests.appraise.test_composite import SNP_CERTS, SNP_REPORT, _snp_measurement
+from tests.appraise.test_composite import (
+    SNP_CERTS,
+    SNP_REPORT,
+    emulated_context,
+    gpu_policy,
+)
 from tests.conftest import NVIDIA, TODAY
 from tests.nvidia.test_duplicate_devices import malleate
 
@@ -58,13 +63,7 @@ class Emulated:
         return load_policy(json.dumps(doc))
 
     def context(self) -> AppraisalContext:
-        return AppraisalContext(
-            candidates={
-                "nvidia_device_root": self.pki.gpu_root.cert,
-                "nvidia_rim_root": self.pki.rim_root.cert,
-            },
-            amd_extra_arks=(self.pki.ark.cert,),
-        )
+        return emulated_context(self.pki)
 
     def gpu(self, index: int, nonce: bytes, chain: bytes | None = None) -> DeviceEvidenceIn:
         g = EmulatedGpu(self.pki, index=index)
@@ -182,20 +181,6 @@ REAL_GPUS = tuple(_real(e, "HOPPER") for e in PPCIE_GPUS)
 REAL_SWITCHES = tuple(_real(e, "LS10") for e in PPCIE_SWITCHES)
 
 
-def _ppcie_policy(**gpu: object) -> Policy:
-    return load_policy(
-        json.dumps(
-            {
-                "name": "t",
-                "cpu_tees": ["snp"],
-                "snp": {"allowed_measurements": [_snp_measurement()]},
-                "gpu": gpu,
-                "missing_revocation": "warn",
-            }
-        )
-    )
-
-
 def _real_set(
     gpus: Sequence[DeviceEvidenceIn], switches: Sequence[DeviceEvidenceIn], **gpu: object
 ) -> tuple[tuple[DeviceAppraisal, ...], list[tuple[str, object, object, str]]]:
@@ -212,7 +197,7 @@ def _real_set(
         devtools_on=False,
     )
     devices, findings = appraise_bundle(
-        bundle, binding, _ppcie_policy(**gpu), TODAY, context=AppraisalContext()
+        bundle, binding, gpu_policy(**gpu), TODAY, context=AppraisalContext()
     )
     return devices, [f for f in _enclave(findings) if f[0].startswith(SET_FIELDS)]
 

@@ -4,8 +4,6 @@ needs a value the real one does not have: its signature then fails, which must s
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from attest.appraise.common import DeviceAppraisal
@@ -23,14 +21,13 @@ from attest.nvidia.claims import Failure
 from attest.nvidia.opaque import DeviceKind, parse_device_report
 from attest.nvidia.verifier import DeviceResult
 from attest.nvidia.verifier import Status as VerifierStatus
-from attest.policy import Policy, load_policy
 from tests.appraise.test_composite import (
     LEGACY_CHAIN,
     LEGACY_REPORT,
     RIMS,
     _binding,
     _bundle,
-    _snp_measurement,
+    gpu_policy,
 )
 from tests.conftest import NVIDIA, RIM_ERA
 
@@ -40,25 +37,11 @@ REAL_VBIOS = "96.00.5E.00.01"
 SIGNATURE = "x-nvidia-gpu-attestation-report-signature-verified"
 
 
-def _policy(**gpu: object) -> Policy:
-    return load_policy(
-        json.dumps(
-            {
-                "name": "t",
-                "cpu_tees": ["snp"],
-                "snp": {"allowed_measurements": [_snp_measurement()]},
-                "gpu": gpu,
-                "missing_revocation": "warn",
-            }
-        )
-    )
-
-
 def _gpu(report: bytes = LEGACY_REPORT, **gpu: object) -> DeviceAppraisal:
     devices, findings = appraise_bundle(
         _bundle(gpus=(DeviceEvidenceIn("HOPPER", report, LEGACY_CHAIN, rims=RIMS),)),
         _binding(),
-        _policy(**gpu),
+        gpu_policy(**gpu),
         RIM_ERA,
     )
     assert findings == ()
@@ -206,10 +189,10 @@ def test_tampered_driver_version_is_a_finding_not_an_exception() -> None:
 def test_a_policy_minimum_that_is_not_decimal_is_refused_and_never_raises() -> None:
     # The policy schema refuses a driver minimum that is not decimal when it loads...
     with pytest.raises(InputError, match="minimum_driver_version"):
-        _policy(minimum_driver_version="545.0a")
+        gpu_policy(minimum_driver_version="545.0a")
     # ...and a policy object that carries one anyway (built without validation) still gives a
     # REJECT finding at appraisal, never an exception.
-    base = _policy()
+    base = gpu_policy()
     policy = base.model_copy(
         update={"gpu": base.gpu.model_copy(update={"minimum_driver_version": "545.0a"})}
     )
@@ -232,7 +215,7 @@ def _gpu_declared(arch: str) -> DeviceAppraisal:
     devices, findings = appraise_bundle(
         _bundle(gpus=(DeviceEvidenceIn(arch, LEGACY_REPORT, LEGACY_CHAIN, rims=RIMS),)),
         _binding(),
-        _policy(),
+        gpu_policy(),
         RIM_ERA,
     )
     assert findings == ()
@@ -296,9 +279,11 @@ def test_skip_rim_match_warns_on_measurement_mismatches_but_not_on_the_signature
 
 def test_skip_rim_match_accepts_a_report_without_rims() -> None:
     bundle = _bundle(gpus=(DeviceEvidenceIn("HOPPER", LEGACY_REPORT, LEGACY_CHAIN),))
-    strict, _ = appraise_bundle(bundle, _binding(), _policy(), RIM_ERA)
+    strict, _ = appraise_bundle(bundle, _binding(), gpu_policy(), RIM_ERA)
     assert {"x-nvidia-gpu-driver-rim-fetched", "measres"} <= _rejects(strict[1])
-    skipped, _ = appraise_bundle(bundle, _binding(), _policy(unsafe_skip_rim_match=True), RIM_ERA)
+    skipped, _ = appraise_bundle(
+        bundle, _binding(), gpu_policy(unsafe_skip_rim_match=True), RIM_ERA
+    )
     assert _rejects(skipped[1]) == set()
     assert skipped[1].status is Status.WARNING
 
@@ -311,7 +296,9 @@ def test_skip_rim_match_keeps_a_forged_rim_rejected() -> None:
     bundle = _bundle(
         gpus=(DeviceEvidenceIn("HOPPER", LEGACY_REPORT, LEGACY_CHAIN, rims=(forged, *vbios)),)
     )
-    devices, _ = appraise_bundle(bundle, _binding(), _policy(unsafe_skip_rim_match=True), RIM_ERA)
+    devices, _ = appraise_bundle(
+        bundle, _binding(), gpu_policy(unsafe_skip_rim_match=True), RIM_ERA
+    )
     assert "x-nvidia-gpu-driver-rim-signature-verified" in _rejects(devices[1])
     assert devices[1].status is Status.CONTRAINDICATED
 
@@ -348,11 +335,11 @@ def test_skip_rim_match_downgrades_exactly_the_rim_matching_failures() -> None:
         warnings=(),
         name="gpu0",
     )
-    policy = _policy(unsafe_skip_rim_match=True)
+    policy = gpu_policy(unsafe_skip_rim_match=True)
     out = _gpu_policy_findings(result, policy.gpu, _bundle(), policy)
     severity = {f.field: f.severity for f in out}
     assert [n for n in skippable if severity[n] is not Severity.WARN] == []
     assert [n for n in kept if severity[n] is not Severity.REJECT] == []
-    strict = _policy()
+    strict = gpu_policy()
     out = _gpu_policy_findings(result, strict.gpu, _bundle(), strict)
     assert all(f.severity is Severity.REJECT for f in out if f.field in skippable + kept)
