@@ -259,20 +259,22 @@ def _no_dupes(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 _STRICT_DECODER = json.JSONDecoder(object_pairs_hook=_no_dupes)
 
 
-def _strict_object(text: bytes, what: str) -> dict[str, Any]:
+def _strict_object(text: bytes, what: str, *, check_depth: bool) -> dict[str, Any]:
     """``text`` as a JSON object, or ``ParseError``; never any other exception.
 
-    The protected header is parsed before the signature is checked, so this reads bytes from
-    anyone who can reach ``verify_ear`` (the broker's ReleaseKey). Hostile nesting is refused
-    by ``json_depth`` before the recursive parser sees it (``RecursionError`` otherwise), and
-    ``ValueError`` -- an integer past Python's digit limit -- and ``RecursionError`` are caught
-    as a backstop, so such a token is a client error, not an internal one.
+    The protected header is parsed before the signature is checked, so it holds bytes from
+    anyone who can reach ``verify_ear`` (the broker's ReleaseKey): for it (``check_depth``)
+    hostile nesting is refused by ``json_depth`` before the recursive parser sees it. The
+    payload is parsed only once the pinned key's signature over it verified, and can be large
+    (findings for many devices): there ``RecursionError`` is the bound. ``ValueError`` -- an
+    integer past Python's digit limit -- and ``RecursionError`` are caught either way, so such a
+    token is a client error, not an internal one.
     """
     try:
         decoded = text.decode("utf-8")
         if decoded.startswith("\ufeff"):  # ``json.loads`` refuses a BOM; so do we
             raise json.JSONDecodeError("Unexpected UTF-8 BOM", decoded, 0)
-        if json_depth(decoded) > MAX_JSON_DEPTH:
+        if check_depth and json_depth(decoded) > MAX_JSON_DEPTH:
             raise ParseError(f"{what} nested deeper than {MAX_JSON_DEPTH} levels", field=what)
         value = _STRICT_DECODER.decode(decoded)
     except _DuplicateKey as dup:
@@ -365,7 +367,7 @@ _MAX_CACHED_HEADER_CHARS = 512
 
 def _header_fields(encoded: str) -> tuple[Any, bool]:
     """``alg`` and whether ``crit`` is present, from the header's base64url text."""
-    header = _strict_object(_unb64u(encoded, "header"), "header")
+    header = _strict_object(_unb64u(encoded, "header"), "header", check_depth=True)
     return header.get("alg"), "crit" in header
 
 
@@ -435,7 +437,7 @@ def verify_ear(
         alg, key, f"{parts[0]}.{parts[1]}".encode("ascii"), _unb64u(parts[2], "signature")
     )
     payload = _unb64u(parts[1], "payload")
-    claims = _strict_object(payload, "payload")
+    claims = _strict_object(payload, "payload", check_depth=False)
 
     profile = claims.get("eat_profile")
     if not isinstance(profile, str):

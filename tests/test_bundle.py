@@ -117,6 +117,47 @@ def test_json_depth_skips_strings_and_counts_nesting() -> None:
     assert load_json("[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH, what="t") is not None
 
 
+def _depth(value: object) -> int:
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    return 0
+
+
+_TRICKY_TEXT = st.text(alphabet='[]{}"\\ab\n\u00e9', max_size=12)
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | _TRICKY_TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_TRICKY_TEXT, inner, max_size=4),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_JSON_VALUES, st.booleans(), st.booleans())
+def test_json_depth_is_exact_for_valid_json(value: object, ascii: bool, spaced: bool) -> None:
+    """Strings full of brackets, quotes and backslashes (escaped as json.dumps escapes them,
+    with and without non-ASCII escapes and spaces): the depth is the structure's, exactly."""
+    from attest.jsonutil import json_depth
+
+    text = json.dumps(value, ensure_ascii=ascii, indent=1 if spaced else None)
+    assert json_depth(text) == _depth(value)
+
+
+def test_json_depth_on_hand_written_escapes() -> None:
+    from attest.jsonutil import json_depth
+
+    cases = {
+        r'["\\\\\"[", [[1]]]': 3,  # two escaped backslashes, then an escaped quote
+        r'{"a\\": [{"b": "\\"}]}': 3,  # strings that end in an escaped backslash
+        r'["\\\\", "]]", [["\\"]]]': 3,
+    }
+    for text, depth in cases.items():
+        json.loads(text)  # each is valid JSON
+        assert json_depth(text) == depth, text
+    assert json_depth("[]") == 1 and json_depth("1") == 0 and json_depth("") == 0
+
+
 @pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32"])
 def test_bundle_bytes_are_utf8_without_bom_only(encoding: str) -> None:
     """``json.loads(bytes)`` guesses UTF-16/32 and skips a BOM; the bundle (archived, compared
