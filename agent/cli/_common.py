@@ -1,6 +1,6 @@
 """Argument types and small checks shared by the command groups.
 
-Kept free of heavy imports (math, os, stat only): ``build_parser`` imports the selected group's
+Kept free of heavy imports (math only): ``build_parser`` imports the selected group's
 module, and a group's ``register`` may use these.
 
 A ``type=`` made here refuses a bad value with ``InputError`` naming the option (argparse lets
@@ -13,10 +13,7 @@ deadline already past).
 from __future__ import annotations
 
 import math
-import os
-import stat
 from collections.abc import Callable
-from pathlib import Path
 
 from attest.errors import InputError
 
@@ -66,15 +63,3 @@ def pid_type(option: str) -> Callable[[str], int]:
         return value
 
     return process_id
-
-
-def require_regular_file(path: str | Path, what: str) -> None:
-    """``InputError`` unless ``path`` is a regular file (after symlinks). A missing file is
-    left to the reader (whose ``OSError`` names it); a directory, device or FIFO is named here
-    instead of failing later with a misleading message or blocking."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISREG(mode):
-        raise InputError(f"{path}: not a regular file (the {what})")

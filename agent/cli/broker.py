@@ -33,7 +33,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from agent.cli._common import pid_type, require_regular_file, seconds_type
+from agent.cli._common import pid_type, seconds_type
 from attest.errors import InputError
 
 if TYPE_CHECKING:
@@ -199,7 +199,6 @@ def _register(args: argparse.Namespace) -> int:
     except UnicodeDecodeError:
         raise InputError(f"{args.policy}: the policy is not UTF-8 text") from None
     policy = load_policy(policy_json)  # refuse a bad policy before anything leaves this machine
-    require_regular_file(args.key_file, "key file from 'lessee seal --key-out'")
     key = read_key_file(args.key_file)
     try:
         model_id = args.model_id or key.model_id

@@ -11,7 +11,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from agent.cli._common import require_regular_file
 from agent.cli._progress import Progress
 from agent.loader.keyfile import read_key_file
 from agent.loader.model import SealedModel, read_manifest_bytes
@@ -27,7 +26,6 @@ WARNING = (
 def _unseal(args: argparse.Namespace) -> int:
     sealed_dir, out = Path(args.sealed_dir), Path(args.out)
     print(WARNING.format(out=out), file=sys.stderr)
-    require_regular_file(args.key, "key file written by lessee seal")
     key = read_key_file(args.key)
     try:
         claimed = parse_manifest(read_manifest_bytes(sealed_dir))

@@ -131,9 +131,13 @@ def read_key_file(path: str | Path) -> KeyFile:
     ``UnicodeDecodeError.object`` are the whole file, DEK hex included.
     """
     p = Path(path)
-    fd = os.open(p, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    # Non-blocking, so that a FIFO given by mistake is refused below instead of waiting for a
+    # writer; the mode is checked on the open descriptor, so nothing can swap the file between.
+    fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
         st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(f"{p}: not a regular file (a key file from 'lessee seal --key-out')")
         if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise InputError(f"{p}: key file is accessible by group or others (chmod 600 it)")
         if st.st_size > MAX_KEY_FILE_BYTES:

@@ -538,3 +538,18 @@ def test_key_file_writer_refuses_what_the_reader_would(tmp_path: Path) -> None:
         with pytest.raises(InputError, match=next(iter(kw))):
             write_key_file(p, DEK, **args)
         assert not p.exists()
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo"])
+def test_a_key_file_that_is_not_a_regular_file_is_refused_at_once(
+    tmp_path: Path, kind: str
+) -> None:
+    """Checked on the open descriptor (no window to swap the file), and opened non-blocking:
+    a FIFO given by mistake is refused, not waited on for a writer."""
+    path = tmp_path / "key"
+    if kind == "directory":
+        path.mkdir(mode=0o700)
+    else:
+        os.mkfifo(path, 0o600)
+    with pytest.raises(InputError, match="not a regular file"):
+        read_key_file(path)
