@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import logging
 import os
 import socket
 import stat
@@ -29,6 +30,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from attest.errors import InputError
+
+_log = logging.getLogger(__name__)
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 #: Longest piece of a transport error (a server's bad status line, say) put into a message.
@@ -269,6 +272,36 @@ def http_fetch(
         raise unreachable(_reason(failure)) from None
     assert answer is not None
     return answer
+
+
+def read_cache_file(
+    path: Path, limit: int, *, what: str, follow_symlinks: bool = True
+) -> bytes | None:
+    """A cache entry's bytes, or None (a miss, to be refetched) for anything else: no file, not
+    a regular file (a directory; a FIFO, opened without waiting for a writer; with
+    ``follow_symlinks=False`` a symlink), unreadable, or more than ``limit`` bytes. A cache
+    only saves round trips, so nothing at an entry's path may stop or stall a fetch; what is
+    unusable is logged (``what``: whose cache), naming the entry only (names are hashes or ids,
+    contents public)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        _log.warning("%s cache entry %s unusable (%s); ignored", what, path.name, exc.strerror)
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            _log.warning("%s cache entry %s is not a regular file; ignored", what, path.name)
+            return None
+        data = os.read(fd, limit + 1)  # a regular file: one read returns all there is, up to n
+    except OSError as exc:
+        _log.warning("%s cache entry %s unreadable (%s); ignored", what, path.name, exc.strerror)
+        return None
+    finally:
+        os.close(fd)
+    return None if len(data) > limit else data
 
 
 def write_atomically(path: Path, data: bytes, *, mode: int = 0o600, fsync: bool = True) -> None:

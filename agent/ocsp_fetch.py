@@ -26,7 +26,6 @@ import hashlib
 import logging
 import os
 import secrets
-import stat
 import threading
 import urllib.parse
 import urllib.request
@@ -37,7 +36,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from agent.fetching import http_fetch, write_atomically
+from agent.fetching import http_fetch, read_cache_file, write_atomically
 from attest.errors import InputError, RevocationError
 from attest.revocation.ocsp import (
     MAX_OCSP_RESPONSE_BYTES,
@@ -106,35 +105,9 @@ class _DiskStore:
         return self._dir / f"{key}{CACHE_FILE_SUFFIX}"
 
     def get(self, key: str) -> bytes | None:
-        path = self._path(key)
-        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
-            fd = os.open(path, flags)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            _log.warning(
-                "OCSP cache entry %s unusable (%s); asking the responder", path.name, exc.strerror
-            )
-            return None
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                _log.warning("OCSP cache entry %s is not a regular file; ignored", path.name)
-                return None
-            chunks: list[bytes] = []
-            size = 0
-            while size <= MAX_OCSP_RESPONSE_BYTES:
-                chunk = os.read(fd, MAX_OCSP_RESPONSE_BYTES + 1 - size)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
-        except OSError as exc:
-            _log.warning("OCSP cache entry %s unreadable (%s); ignored", path.name, exc.strerror)
-            return None
-        finally:
-            os.close(fd)
-        return None if size > MAX_OCSP_RESPONSE_BYTES else b"".join(chunks)
+        return read_cache_file(
+            self._path(key), MAX_OCSP_RESPONSE_BYTES, what="OCSP", follow_symlinks=False
+        )
 
     def put(self, key: str, der: bytes) -> None:
         path = self._path(key)

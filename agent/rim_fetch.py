@@ -17,13 +17,12 @@ import binascii
 import logging
 import os
 import re
-import stat
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 
-from agent.fetching import http_fetch, require_https, write_atomically
+from agent.fetching import http_fetch, read_cache_file, require_https, write_atomically
 from attest.errors import InputError, VerificationError
 from attest.jsonutil import load_json
 from attest.nvidia.rim import (
@@ -83,18 +82,6 @@ def name_to_rim_id(file_name: str) -> str | None:
         project, sku, chip, version = (g.upper() for g in m.groups()[:4])
         return f"NV_GPU_VBIOS_{project}_{sku}_{chip}_{version}"
     return None
-
-
-def _read_cache_entry(path: Path) -> bytes | None:
-    """A cache file's bytes; None unless it is (or links to) a regular file, so a directory or a
-    FIFO in the way is a miss and refetched (O_NONBLOCK: opening a FIFO must not wait for a
-    writer). Bytes beyond ``MAX_RIM_BYTES`` are a miss too."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            return None
-        data = f.read(MAX_RIM_BYTES + 1)
-    return None if len(data) > MAX_RIM_BYTES else data
 
 
 def _read_bounded(path: Path) -> bytes:
@@ -187,7 +174,7 @@ class OnlineRimSource:
         if path is None:
             return None
         try:
-            data = _read_cache_entry(path)
+            data = read_cache_file(path, MAX_RIM_BYTES, what="RIM")
             if data is None:
                 return None
             parse_rim(data)
