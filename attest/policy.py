@@ -121,18 +121,69 @@ class RtmrRule(_Strict):
     allowed: tuple[Hex48, ...]
 
 
+#: A TD_ATTRIBUTES bit number that the TDX 1.0 ABI reserves (TUD 7:1, SEC 27:8, 62:32); the
+#: named bits (0, 28-31, 63) have their own fields. Checked against the parser's mask below.
+ReservedTdAttributeBit = Annotated[int, Field(ge=1, le=62)]
+#: XFAM as the quote holds it: 8 bytes, hex, in the quote's (little-endian) byte order, exactly
+#: as ``lessee cpu inspect`` prints it (e.g. ``e702060000000000``).
+XfamHex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]
+#: More allowed XFAM values than any deployment runs CPU models.
+MAX_ALLOWED_XFAM = 64
+
+
 class TdxPolicy(_Strict):
+    """The ``tdx`` section. TD_ATTRIBUTES defaults (docs/tdx.md, "TD attributes"): DEBUG,
+    MIGRATABLE, KL and every reserved bit refused; PKS and PERFMON accepted; SEPT_VE_DISABLE
+    reported but required only on request, since real production TDs run without it."""
+
     allowed_mrtd: tuple[Hex48, ...] | None = None
     unsafe_any_mrtd: bool = False
     rtmrs: tuple[RtmrRule, ...] = ()
     accepted_tcb_statuses: tuple[TdxTcbStatus, ...] = (TdxTcbStatus.UP_TO_DATE,)
+    #: TD_ATTRIBUTES.DEBUG (bit 0): the host can read and write the TD.
     unsafe_allow_debug: bool = False
+    #: TD_ATTRIBUTES.SEPT_VE_DISABLE (bit 28) must be set. Opt-in: go-tdx-guest's SPR_E4
+    #: production quote and Azure's TDs run without it, and on TDX modules with flexible
+    #: pending-#VE control the guest turns those #VEs off itself after the quote's launch value.
+    require_sept_ve_disable: bool = False
+    #: TD_ATTRIBUTES.MIGRATABLE (bit 29): the TD's state may leave for an unattested platform.
+    unsafe_allow_migratable: bool = False
+    #: TD_ATTRIBUTES.PKS (bit 30): supervisor protection keys, a guest hardening feature.
+    allow_pks: bool = True
+    #: TD_ATTRIBUTES.KL (bit 31): Key Locker; go-tdx-guest treats it as must-be-zero.
+    allow_kl: bool = False
+    #: TD_ATTRIBUTES.PERFMON (bit 63): the TD may use the PMU (QEMU sets it with a vPMU).
+    allow_perfmon: bool = True
+    #: Reserved TD_ATTRIBUTES bits (TDX 1.0) accepted when set, e.g. 27 (LASS) once a newer
+    #: module sets it; every other reserved bit that is set is a reject finding.
+    unsafe_allow_td_attribute_bits: tuple[ReservedTdAttributeBit, ...] = Field(
+        default=(), max_length=64
+    )
+    #: XFAM values (the TD's enabled extended CPU state) accepted; ``None``: any, but reported.
+    allowed_xfam: tuple[XfamHex, ...] | None = Field(default=None, max_length=MAX_ALLOWED_XFAM)
 
     @model_validator(mode="after")
     def _mrtd_named(self) -> TdxPolicy:
         if self.allowed_mrtd is None and not self.unsafe_any_mrtd:
             raise ValueError("tdx.allowed_mrtd is required (or set tdx.unsafe_any_mrtd: true)")
         return self
+
+    @field_validator("unsafe_allow_td_attribute_bits")
+    @classmethod
+    def _reserved_bits_only(cls, bits: tuple[int, ...]) -> tuple[int, ...]:
+        """Only reserved bits, each once: a named bit listed here would silently bypass its
+        own field (``allow_kl``, ``unsafe_allow_migratable``, ...)."""
+        from attest.tdx.quote import TD_ATTR_RESERVED_MASK
+
+        named = sorted(b for b in bits if not TD_ATTR_RESERVED_MASK >> b & 1)
+        if named:
+            raise ValueError(
+                f"bits {named} are named TD attributes with their own policy fields"
+                " (28 sept_ve_disable, 29 migratable, 30 pks, 31 kl)"
+            )
+        if len(set(bits)) != len(bits):
+            raise ValueError("each bit may be listed once")
+        return bits
 
 
 class GpuPolicy(_Strict):
@@ -243,13 +294,16 @@ class Policy(_Strict):
         return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
     def unsafe_settings(self) -> list[str]:
-        """Every ``unsafe_*`` switch that is on, as dotted paths (printed loudly by tools)."""
+        """Every ``unsafe_*`` switch that is on (a true flag, a non-empty list), as dotted paths
+        (printed loudly by tools)."""
         out: list[str] = []
 
         def walk(prefix: str, model: BaseModel) -> None:
             for name in type(model).model_fields:
                 value = getattr(model, name)
-                if name.startswith("unsafe_") and value is True:
+                if name.startswith("unsafe_") and (
+                    value is True or (type(value) is tuple and value)
+                ):
                     out.append(prefix + name)
                 elif isinstance(value, BaseModel):
                     walk(f"{prefix}{name}.", value)

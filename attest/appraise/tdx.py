@@ -7,13 +7,14 @@ from datetime import timedelta
 from attest.appraise.common import DeviceAppraisal, FindingCollector
 from attest.binding import SessionBinding
 from attest.policy import TdxPolicy
+from attest.tdx.quote import TdReport
 from attest.tdx.verify import VerifiedTdxQuote
 
 TDX_CATEGORIES = {
     "instance-identity": ("tdx.report_data",),
     "hardware": ("tdx.tcb_status", "tdx.collateral"),
     "executables": ("tdx.mr_td", "tdx.rtmr"),
-    "configuration": ("tdx.td_attributes",),
+    "configuration": ("tdx.td_attributes", "tdx.xfam"),
 }
 
 
@@ -25,8 +26,8 @@ def appraise_tdx(
     name: str = "cpu0",
     max_collateral_age: timedelta | None = None,
 ) -> DeviceAppraisal:
-    """Binding, DEBUG, TCB status, MRTD and RTMR allow-lists, collateral age; every failure
-    reported. The collateral's age is judged at the verification time."""
+    """Binding, TD attributes and XFAM, TCB status, MRTD and RTMR allow-lists, collateral age;
+    every failure reported. The collateral's age is judged at the verification time."""
     body = verified.body
     c = FindingCollector(name)
     if max_collateral_age is not None:
@@ -49,9 +50,7 @@ def appraise_tdx(
         body.report_data.hex(),
         detail="the CPU quote does not carry this session's binding",
     )
-    c.expect(
-        policy.unsafe_allow_debug or not body.debug, "tdx.td_attributes.debug", False, body.debug
-    )
+    _appraise_td_attributes(c, body, policy)
     status = verified.tcb_status.value
     accepted = [s.value for s in policy.accepted_tcb_statuses]
     c.expect(status in accepted, "tdx.tcb_status", accepted, status)
@@ -69,6 +68,50 @@ def appraise_tdx(
             "advisory_ids": list(verified.advisory_ids),
             "fmspc": verified.fmspc.hex(),
             "debug": body.debug,
+            "td_attributes": body.td_attributes.hex(),
+            "td_attribute_flags": body.td_attribute_flags,
+            "td_attributes_reserved_bits": list(body.td_attributes_reserved_bits),
+            "xfam": body.xfam.hex(),
         }
     }
     return DeviceAppraisal(name, tuple(c.findings), TDX_CATEGORIES, claims)
+
+
+def _appraise_td_attributes(c: FindingCollector, body: TdReport, policy: TdxPolicy) -> None:
+    """Every TD_ATTRIBUTES bit the policy refuses is its own finding (``tdx.td_attributes.<name>``,
+    reserved bits together as ``tdx.td_attributes.reserved``), and XFAM against its allow-list.
+
+    The host picks these when it creates the TD and MRTD does not measure them, so an allowed
+    MRTD says nothing about them; docs/tdx.md ("TD attributes") gives each default's reason."""
+    c.expect(
+        policy.unsafe_allow_debug or not body.debug, "tdx.td_attributes.debug", False, body.debug
+    )
+    c.expect(
+        body.sept_ve_disable or not policy.require_sept_ve_disable,
+        "tdx.td_attributes.sept_ve_disable",
+        True,
+        False,
+        detail="EPT violations on pending private pages reach the guest as #VE",
+    )
+    c.expect(
+        policy.unsafe_allow_migratable or not body.migratable,
+        "tdx.td_attributes.migratable",
+        False,
+        True,
+        detail="a Migration TD may export this TD to a platform this quote does not attest",
+    )
+    c.expect(policy.allow_pks or not body.pks, "tdx.td_attributes.pks", False, True)
+    c.expect(policy.allow_kl or not body.kl, "tdx.td_attributes.kl", False, True)
+    c.expect(policy.allow_perfmon or not body.perfmon, "tdx.td_attributes.perfmon", False, True)
+    allowed = set(policy.unsafe_allow_td_attribute_bits)
+    refused = [b for b in body.td_attributes_reserved_bits if b not in allowed]
+    c.expect(
+        not refused,
+        "tdx.td_attributes.reserved",
+        sorted(allowed),
+        refused,
+        detail="TD_ATTRIBUTES bits the TDX 1.0 ABI reserves are set",
+    )
+    if policy.allowed_xfam is not None:
+        allowed_xfam = list(policy.allowed_xfam)
+        c.expect(body.xfam.hex() in allowed_xfam, "tdx.xfam", allowed_xfam, body.xfam.hex())

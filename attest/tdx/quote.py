@@ -62,12 +62,42 @@ CERT_DATA_QE_REPORT = 6
 #: Intel's QE vendor id (939A7233-F79C-4CA9-940A-0DB3957F0607); checked by the verifier.
 INTEL_QE_VENDOR_ID = bytes.fromhex("939a7233f79c4ca9940a0db3957f0607")
 
-# TD attribute bits (TDX module ABI, TDINFO_STRUCT.ATTRIBUTES).
+# TD_ATTRIBUTES bits (Intel TDX module ABI, TD_PARAMS.ATTRIBUTES, reported in TDINFO_STRUCT and
+# the quote's TD report). The host VMM chooses them when it creates the TD and they are *not*
+# part of MRTD, so only an appraisal of this field tells a verifier what the host asked for.
+# Groups: TUD (bits 7:0, "TD under debug": any set bit means the TD is not to be trusted), SEC
+# (bits 31:8, attributes that change the TD's security), OTHER (bits 63:32).
+#: Bit 0, TUD.DEBUG: the host VMM can read and write the TD's private memory and CPU state.
 TD_ATTR_DEBUG = 1 << 0
+#: Bit 28, SEC.SEPT_VE_DISABLE: an EPT violation on a pending (not yet accepted) private page is
+#: not turned into a #VE in the guest. Clear, the host can remove or block private pages and
+#: make the guest take #VEs at places it cannot handle them (Linux refuses to boot a non-debug
+#: TD without it unless the module lets the guest turn those #VEs off itself: TD_CTLS).
 TD_ATTR_SEPT_VE_DISABLE = 1 << 28
+#: Bit 29, SEC.MIGRATABLE: the TD may be live-migrated: a Migration TD can export its state,
+#: memory included, to another platform that this quote does not attest.
+TD_ATTR_MIGRATABLE = 1 << 29
+#: Bit 30, SEC.PKS: the TD may use supervisor protection keys (a guest hardening feature).
 TD_ATTR_PKS = 1 << 30
+#: Bit 31, SEC.KL: the TD may use Key Locker (AES keys wrapped by a CPU-internal key).
 TD_ATTR_KL = 1 << 31
+#: Bit 63, OTHER.PERFMON: the TD may use the performance monitoring unit (perfmon and
+#: PERF_METRICS); QEMU sets it when the guest CPU has a vPMU.
 TD_ATTR_PERFMON = 1 << 63
+#: The bits the TDX 1.0 ABI defines; lessee appraises each of them by name.
+TD_ATTR_NAMED_BITS = {
+    "debug": TD_ATTR_DEBUG,
+    "sept_ve_disable": TD_ATTR_SEPT_VE_DISABLE,
+    "migratable": TD_ATTR_MIGRATABLE,
+    "pks": TD_ATTR_PKS,
+    "kl": TD_ATTR_KL,
+    "perfmon": TD_ATTR_PERFMON,
+}
+#: Every other bit: reserved (must be zero) in the TDX 1.0 ABI, i.e. TUD bits 7:1, SEC bits
+#: 27:8 and bits 62:32. Later modules give some of them meanings (Linux's asm/shared/tdx.h:
+#: 4-6 profiling, which are TUD bits; 16 ICSSD; 27 LASS; 62 TPA) that lessee does not appraise
+#: yet, so a set bit here is refused unless the policy names it (docs/tdx.md, "TD attributes").
+TD_ATTR_RESERVED_MASK = ((1 << 64) - 1) & ~sum(TD_ATTR_NAMED_BITS.values())
 
 #: One PEM certificate block exactly as Intel's QE writes it (and every real quote in the vectors
 #: has it): LF line ends, the END line ended too. The PEM parser would also take CRLF or a
@@ -135,7 +165,40 @@ class TdReport:
 
     @property
     def sept_ve_disable(self) -> bool:
+        """TD_ATTRIBUTES.SEPT_VE_DISABLE: no #VE on EPT violations of pending private pages."""
         return bool(self.td_attributes_value & TD_ATTR_SEPT_VE_DISABLE)
+
+    @property
+    def migratable(self) -> bool:
+        """TD_ATTRIBUTES.MIGRATABLE: a Migration TD may export this TD to another platform."""
+        return bool(self.td_attributes_value & TD_ATTR_MIGRATABLE)
+
+    @property
+    def pks(self) -> bool:
+        """TD_ATTRIBUTES.PKS: the TD may use supervisor protection keys."""
+        return bool(self.td_attributes_value & TD_ATTR_PKS)
+
+    @property
+    def kl(self) -> bool:
+        """TD_ATTRIBUTES.KL: the TD may use Key Locker."""
+        return bool(self.td_attributes_value & TD_ATTR_KL)
+
+    @property
+    def perfmon(self) -> bool:
+        """TD_ATTRIBUTES.PERFMON: the TD may use the performance monitoring unit."""
+        return bool(self.td_attributes_value & TD_ATTR_PERFMON)
+
+    @property
+    def td_attribute_flags(self) -> dict[str, bool]:
+        """Each named TD_ATTRIBUTES bit (``TD_ATTR_NAMED_BITS``) as a boolean, in bit order."""
+        value = self.td_attributes_value
+        return {name: bool(value & bit) for name, bit in TD_ATTR_NAMED_BITS.items()}
+
+    @property
+    def td_attributes_reserved_bits(self) -> tuple[int, ...]:
+        """Bit numbers set in TD_ATTRIBUTES outside the named TDX 1.0 bits, lowest first."""
+        reserved = self.td_attributes_value & TD_ATTR_RESERVED_MASK
+        return tuple(i for i in range(64) if reserved >> i & 1)
 
     @property
     def tdx_module_version(self) -> int:
