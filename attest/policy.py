@@ -152,7 +152,7 @@ class TdxPolicy(_Strict):
     allow_pks: bool = True
     #: TD_ATTRIBUTES.KL (bit 31): Key Locker; go-tdx-guest treats it as must-be-zero.
     allow_kl: bool = False
-    #: TD_ATTRIBUTES.PERFMON (bit 63): the TD may use the PMU (QEMU sets it with a vPMU).
+    #: TD_ATTRIBUTES.PERFMON (bit 63): the TD may use the PMU; go-tdx-guest accepts it too.
     allow_perfmon: bool = True
     #: Reserved TD_ATTRIBUTES bits (TDX 1.0) accepted when set, e.g. 27 (LASS) once a newer
     #: module sets it; every other reserved bit that is set is a reject finding.

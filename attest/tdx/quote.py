@@ -82,7 +82,7 @@ TD_ATTR_PKS = 1 << 30
 #: Bit 31, SEC.KL: the TD may use Key Locker (AES keys wrapped by a CPU-internal key).
 TD_ATTR_KL = 1 << 31
 #: Bit 63, OTHER.PERFMON: the TD may use the performance monitoring unit (perfmon and
-#: PERF_METRICS); QEMU sets it when the guest CPU has a vPMU.
+#: PERF_METRICS).
 TD_ATTR_PERFMON = 1 << 63
 #: The bits the TDX 1.0 ABI defines; lessee appraises each of them by name.
 TD_ATTR_NAMED_BITS = {
