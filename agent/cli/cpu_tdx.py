@@ -57,6 +57,8 @@ def quote_facts(quote: TdxQuote) -> dict[str, Any]:
         "seam_attributes": b.seam_attributes.hex(),
         "td_attributes": b.td_attributes.hex(),
         "debug": b.debug,
+        "td_attribute_flags": b.td_attribute_flags,
+        "td_attributes_reserved_bits": list(b.td_attributes_reserved_bits),
         "xfam": b.xfam.hex(),
         "mr_td": b.mr_td.hex(),
         "mr_config_id": b.mr_config_id.hex(),
@@ -91,6 +93,9 @@ def _print(facts: dict[str, Any], as_json: bool) -> None:
         if isinstance(value, list):
             for i, item in enumerate(value):
                 print(f"{key}[{i}]: {item}")
+        elif isinstance(value, dict):
+            for sub, item in value.items():
+                print(f"{key}.{sub}: {item}")
         else:
             print(f"{key}: {value}")
 

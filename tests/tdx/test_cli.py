@@ -30,12 +30,24 @@ def test_inspect_json(quote_file: Path, capsys: pytest.CaptureFixture[str]) -> N
     out = json.loads(capsys.readouterr().out)
     assert out["format"] == "tdx" and out["version"] == 4 and out["debug"] is False
     assert out["mr_td"].startswith("91eb2b44") and len(out["rtmr"]) == 4
+    assert out["td_attributes"] == "0000001000000000"
+    assert out["td_attribute_flags"] == {
+        "debug": False,
+        "sept_ve_disable": True,
+        "migratable": False,
+        "pks": False,
+        "kl": False,
+        "perfmon": False,
+    }
+    assert out["td_attributes_reserved_bits"] == []
 
 
 def test_inspect_text_v5(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["cpu", "inspect", str(h.GTG / "quote_v5_sample.dat")]) == 0
     out = capsys.readouterr().out
     assert "body_type: 3" in out and "mr_service_td: " in out and "rtmr[3]: " in out
+    assert "td_attribute_flags.sept_ve_disable: True\n" in out
+    assert "td_attribute_flags.migratable: False\n" in out
 
 
 def test_verify_up_to_date(quote_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
