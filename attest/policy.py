@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -53,6 +53,12 @@ VbiosVersion = Annotated[
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    #: Fields added after their section first shipped, left out of ``Policy.digest`` while
+    #: they hold their default: a policy written before a field existed keeps its digest, so
+    #: results and logged decisions made under it still name the same policy after an upgrade
+    #: (the audit replay compares the digest a result names with the logged policy's).
+    DIGEST_OMITTED_AT_DEFAULT: ClassVar[frozenset[str]] = frozenset()
 
 
 class CpuTee(StrEnum):
@@ -135,6 +141,18 @@ class TdxPolicy(_Strict):
     """The ``tdx`` section. TD_ATTRIBUTES defaults (docs/tdx.md, "TD attributes"): DEBUG,
     MIGRATABLE, KL and every reserved bit refused; PKS and PERFMON accepted; SEPT_VE_DISABLE
     reported but required only on request, since real production TDs run without it."""
+
+    DIGEST_OMITTED_AT_DEFAULT: ClassVar[frozenset[str]] = frozenset(
+        {
+            "require_sept_ve_disable",
+            "unsafe_allow_migratable",
+            "allow_pks",
+            "allow_kl",
+            "allow_perfmon",
+            "unsafe_allow_td_attribute_bits",
+            "allowed_xfam",
+        }
+    )
 
     allowed_mrtd: tuple[Hex48, ...] | None = None
     unsafe_any_mrtd: bool = False
@@ -289,8 +307,12 @@ class Policy(_Strict):
 
     @property
     def digest(self) -> str:
-        """``sha256:<hex>`` of the canonical JSON of the whole policy (defaults included)."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """``sha256:<hex>`` of the canonical JSON of the whole policy: defaults included, except
+        those of fields added later (``DIGEST_OMITTED_AT_DEFAULT``), so that an upgrade does not
+        change the digest of a policy that does not use them."""
+        data = self.model_dump(mode="json")
+        _omit_later_defaults(self, data)
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
     def unsafe_settings(self) -> list[str]:
@@ -329,3 +351,20 @@ def load_policy(data: bytes | str) -> Policy:
             f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()
         )
         raise InputError(f"invalid policy: {problems}") from None
+
+
+def _omit_later_defaults(model: BaseModel, data: dict[str, Any]) -> None:
+    """Remove from ``data`` (``model``'s JSON dump) every ``DIGEST_OMITTED_AT_DEFAULT`` field
+    that holds its default, in ``model`` and every model nested in it."""
+    fields = type(model).model_fields
+    omitted: frozenset[str] = getattr(type(model), "DIGEST_OMITTED_AT_DEFAULT", frozenset())
+    for name in fields:
+        value = getattr(model, name)
+        if name in omitted and value == fields[name].get_default(call_default_factory=True):
+            del data[name]
+        elif isinstance(value, BaseModel):
+            _omit_later_defaults(value, data[name])
+        elif type(value) is tuple:
+            for item, dumped in zip(value, data[name], strict=True):
+                if isinstance(item, BaseModel):
+                    _omit_later_defaults(item, dumped)

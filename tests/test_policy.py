@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from attest.errors import InputError
 from attest.nvidia.rp_policy import evaluate_device, evaluate_overall, load_nvidia_policy
-from attest.policy import Policy, load_policy
+from attest.policy import Policy, TdxPolicy, load_policy
 from tests.conftest import NVIDIA
 
 MEAS = "ab" * 48
@@ -225,3 +225,66 @@ def test_nvidia_policy_strictness() -> None:
         load_nvidia_policy(
             b'{"version":"4.0","authorization-rules":{"type":"JWT","detached-claims":{"measres":[1]}}}'
         )
+
+
+# Digests of TDX policies computed before the TD_ATTRIBUTES fields existed: an upgrade must not
+# change them (results and logged decisions name their policy by this digest).
+_DIGESTS_BEFORE_TD_ATTRIBUTE_FIELDS = [
+    (
+        {"name": "t", "cpu_tees": ["tdx"], "tdx": {"allowed_mrtd": ["00" * 48]}},
+        "sha256:8e3d558af1969b62fbbc9955746afb265f71275c2d67470b21063dc8a8294aff",
+    ),
+    (
+        {
+            "name": "t",
+            "cpu_tees": ["tdx"],
+            "tdx": {"unsafe_any_mrtd": True, "accepted_tcb_statuses": ["UpToDate", "OutOfDate"]},
+        },
+        "sha256:67d867d8d4209e20a1db5938e5bdd974a739850a4158f689621cff1603e8a5e8",
+    ),
+]
+
+
+@pytest.mark.parametrize(("doc", "digest"), _DIGESTS_BEFORE_TD_ATTRIBUTE_FIELDS)
+def test_fields_added_later_leave_older_policies_digest_alone(
+    doc: dict[str, object], digest: str
+) -> None:
+    assert load_policy(json.dumps(doc)).digest == digest
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("require_sept_ve_disable", True),
+        ("unsafe_allow_migratable", True),
+        ("allow_pks", False),
+        ("allow_kl", True),
+        ("allow_perfmon", False),
+        ("unsafe_allow_td_attribute_bits", [27]),
+        ("allowed_xfam", ["e702060000000000"]),
+    ],
+)
+def test_a_later_field_away_from_its_default_changes_the_digest(field: str, value: object) -> None:
+    doc, digest = _DIGESTS_BEFORE_TD_ATTRIBUTE_FIELDS[0]
+    tdx = dict(doc["tdx"])  # type: ignore[call-overload]
+    changed = load_policy(json.dumps({**doc, "tdx": {**tdx, field: value}}))
+    assert changed.digest != digest
+    # ... and stating the default explicitly is the same policy as leaving it out.
+    default = TdxPolicy.model_fields[field].get_default(call_default_factory=True)
+    same = load_policy(
+        json.dumps(
+            {**doc, "tdx": {**tdx, field: list(default) if type(default) is tuple else default}}
+        )
+    )
+    assert same.digest == digest
+
+
+def test_digest_omitted_fields_name_real_fields() -> None:
+    from pydantic import BaseModel
+
+    import attest.policy as module
+
+    for obj in vars(module).values():
+        if isinstance(obj, type) and issubclass(obj, BaseModel):
+            omitted = getattr(obj, "DIGEST_OMITTED_AT_DEFAULT", frozenset())
+            assert omitted <= set(obj.model_fields), obj.__name__
