@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from attest.binding import DeviceState
 from attest.errors import InputError
 from attest.jsonutil import load_json
 from attest.snp.verify import MAX_CRL_BYTES
@@ -77,6 +78,11 @@ class EvidenceBundle:
     switches: tuple[DeviceEvidenceIn, ...] = ()
     cc_mode_on: bool = False
     devtools_on: bool = True
+
+    @property
+    def device_state(self) -> DeviceState:
+        """The flags no signed report carries, as a version-2 binding binds them."""
+        return DeviceState(cc_mode_on=self.cc_mode_on, devtools_on=self.devtools_on)
 
     def to_json(self) -> bytes:
         """The JSON form: exactly ``json.dumps(doc, sort_keys=True, separators=(",", ":"))`` of

@@ -1,0 +1,166 @@
+"""Binding version 2: the relayed device state (CC mode, DevTools mode) is bound too."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from attest.binding import (
+    BINDING_CLAIM,
+    PROTOCOL_LABEL_V1,
+    PROTOCOL_LABEL_V2,
+    DeviceState,
+    binding_claim,
+    binding_version,
+    derive_binding,
+    derive_binding_v2,
+    derive_session_binding,
+    parse_binding_claim,
+)
+from attest.bundle import EvidenceBundle
+from attest.errors import InputError
+
+NONCE = bytes(range(32))
+KEY = b"\x01" * 32
+STATES = [DeviceState(cc, dt) for cc in (False, True) for dt in (False, True)]
+
+
+def _lp(x: bytes) -> bytes:
+    return len(x).to_bytes(4, "big") + x
+
+
+def _independent_v2(nonce: bytes, key: bytes, cc: bool, dt: bool) -> tuple[bytes, bytes]:
+    """docs/binding.md's version-2 encoding, spelled out with hashlib only."""
+    state = (b"\x01" if cc else b"\x00") + (b"\x01" if dt else b"\x00")
+    rd = hashlib.sha512(
+        _lp(b"lessee/v2/binding/report-data")
+        + _lp(b"lessee/v2/key-release")
+        + _lp(nonce)
+        + _lp(key)
+        + _lp(state)
+    ).digest()
+    return rd, hashlib.sha256(_lp(b"lessee/v2/binding/gpu-nonce") + rd).digest()
+
+
+def test_known_answer_v2() -> None:
+    b = derive_binding_v2(NONCE, KEY, DeviceState(cc_mode_on=True, devtools_on=False))
+    rd, gn = _independent_v2(NONCE, KEY, True, False)
+    assert b.report_data == rd and b.gpu_nonce == gn
+    # A fixed vector, so the encoding cannot drift together with the re-implementation above.
+    assert rd.hex()[:32] == KNOWN_V2_PREFIX
+    assert len(b.report_data) == 64 and len(b.gpu_nonce) == 32
+
+
+KNOWN_V2_PREFIX = "9855fcc108deeb629fc2c37506b39d7d"
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_every_state_matches_the_independent_encoding(state: DeviceState) -> None:
+    b = derive_session_binding(NONCE, KEY, PROTOCOL_LABEL_V2, state)
+    assert (b.report_data, b.gpu_nonce) == _independent_v2(
+        NONCE, KEY, state.cc_mode_on, state.devtools_on
+    )
+
+
+def test_v1_unchanged_and_distinct_from_v2() -> None:
+    v1 = derive_binding(NONCE, KEY)
+    assert derive_session_binding(NONCE, KEY, PROTOCOL_LABEL_V1, None) == v1
+    # v1 does not bind the state: any state gives the v1 value under a v1 label.
+    assert derive_session_binding(NONCE, KEY, PROTOCOL_LABEL_V1, STATES[0]) == v1
+    assert all(derive_binding_v2(NONCE, KEY, s) != v1 for s in STATES)
+
+
+def test_each_flag_changes_the_binding() -> None:
+    values = {derive_binding_v2(NONCE, KEY, s).report_data for s in STATES}
+    gpu = {derive_binding_v2(NONCE, KEY, s).gpu_nonce for s in STATES}
+    assert len(values) == 4 and len(gpu) == 4
+
+
+def test_v2_label_without_state_is_an_error() -> None:
+    with pytest.raises(InputError):
+        derive_session_binding(NONCE, KEY, PROTOCOL_LABEL_V2, None)
+    with pytest.raises(InputError):
+        derive_binding(NONCE, KEY, PROTOCOL_LABEL_V2)  # never a silent version 1
+    with pytest.raises(InputError):
+        derive_binding_v2(NONCE, KEY, STATES[0], PROTOCOL_LABEL_V1)
+    assert binding_version(PROTOCOL_LABEL_V2) == 2 and binding_version(PROTOCOL_LABEL_V1) == 1
+
+
+@pytest.mark.parametrize(
+    "nonce,key,label",
+    [
+        (b"\0" * 8, KEY, PROTOCOL_LABEL_V2),
+        (NONCE, b"", PROTOCOL_LABEL_V2),
+        (b"\0" * 65, KEY, PROTOCOL_LABEL_V2),
+        (NONCE, KEY, "lessee/v2/" + "x" * 200),
+    ],
+)
+def test_bounds_v2(nonce: bytes, key: bytes, label: str) -> None:
+    with pytest.raises(InputError):
+        derive_binding_v2(nonce, key, STATES[1], label)
+
+
+@pytest.mark.parametrize("bad", [1, 0, None, "true"])
+def test_state_flags_must_be_booleans(bad: object) -> None:
+    with pytest.raises(InputError):
+        DeviceState(bad, False)  # type: ignore[arg-type]
+    with pytest.raises(InputError):
+        DeviceState(False, bad)  # type: ignore[arg-type]
+
+
+def test_bundle_state() -> None:
+    b = EvidenceBundle(cpu=None, cc_mode_on=True, devtools_on=False)
+    assert b.device_state == DeviceState(cc_mode_on=True, devtools_on=False)
+
+
+def test_claim_round_trip_and_refusals() -> None:
+    for s in STATES:
+        assert parse_binding_claim(binding_claim(PROTOCOL_LABEL_V2, s)) == (PROTOCOL_LABEL_V2, s)
+    good = binding_claim(PROTOCOL_LABEL_V2, STATES[2])
+    for bad in (
+        None,
+        [],
+        {**good, "extra": 1},
+        {k: v for k, v in good.items() if k != "devtools_on"},
+        {**good, "label": PROTOCOL_LABEL_V1},
+        {**good, "label": 7},
+        {**good, "label": "lessee/v2/" + "x" * 200},
+        {**good, "cc_mode_on": 1},
+    ):
+        with pytest.raises(InputError):
+            parse_binding_claim(bad)
+    assert BINDING_CLAIM == "ear.lessee.binding"
+
+
+st_state = st.builds(DeviceState, st.booleans(), st.booleans())
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.binary(min_size=16, max_size=40),
+    st.binary(min_size=1, max_size=40),
+    st_state,
+    st.binary(min_size=16, max_size=40),
+    st.binary(min_size=1, max_size=40),
+    st_state,
+)
+def test_injective(
+    n1: bytes, k1: bytes, s1: DeviceState, n2: bytes, k2: bytes, s2: DeviceState
+) -> None:
+    # Distinct (nonce, key, state) inputs never share a binding (and equal ones always do).
+    a = derive_binding_v2(n1, k1, s1)
+    b = derive_binding_v2(n2, k2, s2)
+    assert (a == b) == ((n1, k1, s1) == (n2, k2, s2))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=17, max_size=40), st.binary(min_size=1, max_size=40), st_state)
+def test_no_shifting_collisions_v2(a: bytes, b: bytes, s: DeviceState) -> None:
+    # Moving bytes between nonce and key, or the state into the key, never collides.
+    base = derive_binding_v2(a, b, s)
+    assert base != derive_binding_v2(a[:-1], a[-1:] + b, s)
+    other = DeviceState(not s.cc_mode_on, s.devtools_on)
+    assert base != derive_binding_v2(a, b + s.encode(), other)
