@@ -3,9 +3,11 @@
 Steps (docs/architecture.md §3, flows 2-5):
 
 1. ``start_session``: make the ephemeral HPKE key pair *here* (ML-KEM-768+X25519 by default),
-   ask the broker for a nonce (``Challenge``), and derive the session binding from (nonce,
-   enclave public key, protocol label).
-2. ``collect``: the CPU TEE report carries the binding's 64-byte ``report_data``; every GPU's
+   ask the broker for a nonce (``Challenge``) and the protocol label (binding version 1 or 2).
+2. ``collect``: read the GPUs' CC and DevTools state (NVML) *first*, then derive the session
+   binding from (nonce, enclave public key, protocol label, and for version 2 that state:
+   docs/binding.md), so the signed reports authenticate the flags no report carries; the CPU
+   TEE report carries the binding's 64-byte ``report_data``; every GPU's
    SPDM report carries its 32-byte ``gpu_nonce``. Real sources (configfs-tsm, NVML) where
    present; emulated ones (``agent.emulation``) on machines without CC hardware.
 3. ``attest``: send the bundle; check the answer. With the broker's EAR key pinned the result
@@ -41,7 +43,13 @@ from agent.evidence.sources import CpuEvidenceSource, GpuEvidenceSource
 from agent.rpc import convert
 from agent.rpc.broker_service import REASON_METADATA_KEY
 from agent.rpc.v1 import broker_pb2, broker_pb2_grpc, log_pb2, log_pb2_grpc
-from attest.binding import DEFAULT_PROTOCOL_LABEL, SessionBinding, derive_binding
+from attest.binding import (
+    PROTOCOL_LABEL_V1,
+    PROTOCOL_LABEL_V2,
+    DeviceState,
+    SessionBinding,
+    derive_session_binding,
+)
 from attest.bundle import EvidenceBundle
 from attest.ear import MAX_TOKEN_BYTES, Status, VerifyingKey, verify_ear
 from attest.errors import InputError, LesseeError, VerificationError
@@ -188,11 +196,25 @@ def open_channel(
 # ---- sessions -------------------------------------------------------------------------------
 
 
+#: The labels a broker's Challenge may name: version 2 (what a current broker issues) and
+#: version 1 (a broker from before version 2, or one run with ``--binding-v1``).
+SUPPORTED_PROTOCOL_LABELS = (PROTOCOL_LABEL_V2, PROTOCOL_LABEL_V1)
+
+
 class Session:
     """One attestation session: the enclave key pair (private part stays here), the nonce and
-    the binding every report of this session must carry."""
+    the binding every report of this session must carry (``bind``: a version-2 binding needs
+    the device state, read when the evidence is collected)."""
 
-    __slots__ = ("_key", "binding", "expires_at", "model_id", "nonce", "protocol_label")
+    __slots__ = (
+        "_key",
+        "binding",
+        "device_state",
+        "expires_at",
+        "model_id",
+        "nonce",
+        "protocol_label",
+    )
 
     def __init__(
         self,
@@ -208,7 +230,17 @@ class Session:
         self.nonce = nonce
         self.expires_at = expires_at
         self.protocol_label = protocol_label
-        self.binding: SessionBinding = derive_binding(nonce, self.public_key, protocol_label)
+        self.binding: SessionBinding | None = None
+        self.device_state: DeviceState | None = None
+
+    def bind(self, state: DeviceState) -> SessionBinding:
+        """Derive (and keep) the binding for ``state``, the flags as read before any report is
+        asked for; version 1 does not bind them (``InputError`` for a bad nonce or label)."""
+        self.binding = derive_session_binding(
+            self.nonce, self.public_key, self.protocol_label, state
+        )
+        self.device_state = state
+        return self.binding
 
     def enclave_key(self) -> HpkePrivateKey:
         """The session's private key, for the enclave's own services in this process (the
@@ -338,10 +370,10 @@ class EnclaveAgent:
                 self.timeout,
             )
         )
-        if reply.protocol_label != DEFAULT_PROTOCOL_LABEL:
+        if reply.protocol_label not in SUPPORTED_PROTOCOL_LABELS:
             raise VerificationError(
                 f"broker asked for protocol {reply.protocol_label!r}, this agent speaks "
-                f"{DEFAULT_PROTOCOL_LABEL!r}",
+                f"{' or '.join(repr(x) for x in SUPPORTED_PROTOCOL_LABELS)}",
                 reason="protocol_label",
             )
         return Session(
@@ -354,9 +386,12 @@ class EnclaveAgent:
 
     # step 2
     def collect(self, session: Session) -> EvidenceBundle:
-        cpu = self.cpu.collect(session.binding.report_data)
-        gpus = self.gpu.collect(session.binding.gpu_nonce)
+        # The state first: a version-2 binding binds it, so the reports asked for next
+        # authenticate exactly the flags this bundle carries.
         state = self.gpu.cc_state()
+        binding = session.bind(DeviceState(state.cc_mode_on, state.devtools_on))
+        cpu = self.cpu.collect(binding.report_data)
+        gpus = self.gpu.collect(binding.gpu_nonce)
         return EvidenceBundle(
             cpu=cpu, gpus=gpus, cc_mode_on=state.cc_mode_on, devtools_on=state.devtools_on
         )

@@ -45,11 +45,12 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import hashlib
 import math
 import string
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -63,13 +64,22 @@ from agent.enclave.service import (
     MAX_RESPONSE_MESSAGE,
 )
 from agent.rpc.v1 import enclave_pb2
-from attest.appraise.common import appraisal_status
+from attest.appraise.common import DeviceAppraisal, appraisal_status
 from attest.appraise.composite import AppraisalContext, appraise_bundle
-from attest.binding import DEFAULT_PROTOCOL_LABEL, derive_binding
-from attest.bundle import load_bundle
+from attest.binding import (
+    BINDING_CLAIM,
+    DEFAULT_PROTOCOL_LABEL,
+    PROTOCOL_LABEL_V2,
+    DeviceState,
+    SessionBinding,
+    binding_version,
+    derive_session_binding,
+    parse_binding_claim,
+)
+from attest.bundle import EvidenceBundle, load_bundle
 from attest.ear import MODEL_ID_CLAIM, AttestationResult, Status, VerifyingKey, verify_ear
 from attest.errors import InputError, LesseeError, ParseError, VerificationError
-from attest.findings import Severity
+from attest.findings import Finding, Severity
 from attest.log.entry import EntryKind, LogEntry
 from attest.log.entryproof import decode_entry_proof
 from attest.log.note import NoteVerifier
@@ -262,8 +272,10 @@ def verify_bundle_log_proof(
     entry; its ``result`` is byte for byte the bundle's attestation result (so the broker cannot
     give an enclave a result it did not log); its nonce is the EAR's ``eat_nonce`` (``result``,
     when the caller verified the EAR) and the bundle's session nonce (version 2); and its
-    binding is the one derived from that nonce and exactly this bundle's encoded key, so the
-    logged appraisal is about this key; and a version-2 bundle's evidence is byte for byte the
+    binding is one derived from that nonce and exactly this bundle's encoded key, so the
+    logged appraisal is about this key (version 1 under ``protocol_label``, or version 2 with
+    the device state the verified result's ``ear.lessee.binding`` claim names or the bundle's
+    evidence carries); and a version-2 bundle's evidence is byte for byte the
     evidence that entry logged (its one evidence blob's SHA-256). Every failure is a
     :class:`VerificationError` whose ``reason`` starts with ``log_``.
     """
@@ -291,11 +303,10 @@ def verify_bundle_log_proof(
             raise VerificationError(
                 "the logged entry is for another session nonce", reason="log_entry_nonce"
             )
-    try:
-        binding = derive_binding(entry.nonce, bundle.public_key.encode(), protocol_label)
-    except InputError:
-        binding = None
-    if binding is None or binding.report_data != entry.binding:
+    if not any(
+        b.report_data == entry.binding
+        for b in _log_bindings(entry.nonce, bundle, result, protocol_label)
+    ):
         raise VerificationError(
             "the logged entry's binding is not that of its nonce and this bundle's key",
             reason="log_entry_binding",
@@ -311,6 +322,36 @@ def verify_bundle_log_proof(
             reason="log_entry_evidence",
         )
     return entry
+
+
+def _log_bindings(
+    nonce: bytes, bundle: KeyBundle, result: AttestationResult | None, protocol_label: str
+) -> list[SessionBinding]:
+    """The bindings a logged entry for this nonce and this bundle's key may carry: version 1
+    under ``protocol_label`` (unless that is a version-2 label), and version 2 for the state the
+    verified result names and the state the bundle's evidence carries. Inputs that cannot be
+    derived (malformed) give no candidate, so the entry then fails to match."""
+    key = bundle.public_key.encode()
+    wanted: list[tuple[str, DeviceState | None]] = []
+    if binding_version(protocol_label) == 1:
+        wanted.append((protocol_label, None))
+    if result is not None and BINDING_CLAIM in result.extra:
+        with contextlib.suppress(InputError):
+            wanted.append(parse_binding_claim(result.extra[BINDING_CLAIM]))
+    if bundle.evidence:
+        try:
+            state = load_bundle(bundle.evidence).device_state
+        except InputError:
+            state = None
+        if state is not None:
+            wanted.append((PROTOCOL_LABEL_V2, state))
+    out = []
+    for label, st in wanted:
+        try:
+            out.append(derive_session_binding(nonce, key, label, st))
+        except InputError:
+            continue
+    return out
 
 
 def log_inclusion_check(
@@ -369,10 +410,18 @@ def evidence_check(
 
     The GPUs' CC mode and DevTools mode are not in any signed report (NVML reports them, as
     NVIDIA's own verifier reads them): in the bundle they are the agent's word, and they reach
-    this client through the relay, which could flip them. With ``log_key`` the evidence must be
-    byte for byte what the agent sent the broker over TLS and the broker logged, so the relay
-    cannot. Without it, evidence with GPUs is refused (``cc_state_unauthenticated``) unless the
-    caller accepts the relay's word with ``trust_relayed_cc_state=True``.
+    this client through the relay. Evidence made under binding version 2 (docs/binding.md)
+    binds them into the CPU report's ``report_data`` and every GPU's nonce, so a flipped flag
+    fails the binding check of every report: the evidence is appraised first against the
+    version-2 binding of the bundle's own flags, and passes on that alone. Evidence that does
+    not affirm under it is appraised again against the version-1 binding (``protocol_label``;
+    evidence from a broker or agent before version 2, or a broker run with ``--binding-v1``):
+    there the flags are the relay's word. With ``log_key`` the evidence must be byte for byte
+    what the agent sent the broker over TLS and the broker logged, so the relay cannot flip
+    them; without it, version-1 evidence with GPUs is refused (``cc_state_unauthenticated``)
+    unless the caller accepts the relay's word with ``trust_relayed_cc_state=True``. A refusal
+    names the findings of whichever appraisal had fewer rejects (the evidence's own version:
+    the other one fails the binding of every report).
     """
     ctx = context if context is not None else AppraisalContext()
 
@@ -385,20 +434,25 @@ def evidence_check(
             )
         try:
             evidence = load_bundle(bundle.evidence)
-            binding = derive_binding(bundle.nonce, bundle.public_key.encode(), protocol_label)
+            key = bundle.public_key.encode()
+            v2 = derive_session_binding(bundle.nonce, key, PROTOCOL_LABEL_V2, evidence.device_state)
+            v1 = derive_session_binding(bundle.nonce, key, protocol_label, evidence.device_state)
         except InputError as exc:
             raise VerificationError(
                 f"the bundle's evidence is malformed: {exc}", reason="evidence_malformed"
             ) from None
-        if log_key is None and not trust_relayed_cc_state and (evidence.gpus or evidence.switches):
-            raise VerificationError(
-                "the GPUs' CC mode and DevTools mode are in no signed report, and without the "
-                "log key they are the relay's word: pin the log key (the logged evidence is what "
-                "the agent sent the broker), or accept the relay's word explicitly",
-                reason="cc_state_unauthenticated",
-            )
-        devices, enclave = appraise_bundle(evidence, binding, policy, at, context=ctx)
+        devices, enclave = appraise_bundle(evidence, v2, policy, at, context=ctx)
         status = appraisal_status(devices, enclave)
+        if status is not Status.AFFIRMING and v1 != v2:
+            # Version-1 evidence (or evidence that fails either way): the flags are bound by
+            # no report here, so they are only as good as the channel that brought them.
+            devices1, enclave1 = appraise_bundle(evidence, v1, policy, at, context=ctx)
+            status1 = appraisal_status(devices1, enclave1)
+            if status1 is Status.AFFIRMING:
+                _check_relayed_state(evidence, log_key, trust_relayed_cc_state)
+                devices, enclave, status = devices1, enclave1, status1
+            elif _rejects(devices1, enclave1) < _rejects(devices, enclave):
+                devices, enclave, status = devices1, enclave1, status1
         if status is Status.AFFIRMING:
             if log_key is not None:
                 verify_bundle_log_proof(
@@ -423,6 +477,26 @@ def evidence_check(
         )
 
     return check
+
+
+def _rejects(devices: Sequence[DeviceAppraisal], enclave: Sequence[Finding]) -> int:
+    return sum(
+        f.severity is Severity.REJECT for f in (*enclave, *(f for d in devices for f in d.findings))
+    )
+
+
+def _check_relayed_state(
+    evidence: EvidenceBundle, log_key: NoteVerifier | None, trust_relayed_cc_state: bool
+) -> None:
+    """Refuse version-1 evidence with GPUs whose CC/DevTools flags only the relay vouches for."""
+    if log_key is None and not trust_relayed_cc_state and (evidence.gpus or evidence.switches):
+        raise VerificationError(
+            "the GPUs' CC mode and DevTools mode are in no signed report, and this evidence "
+            "was made under binding version 1, which does not bind them: without the log key "
+            "they are the relay's word. Pin the log key (the logged evidence is what the agent "
+            "sent the broker), or accept the relay's word explicitly",
+            reason="cc_state_unauthenticated",
+        )
 
 
 def _utcnow() -> datetime:

@@ -57,7 +57,7 @@ from agent.broker.service import Broker
 from agent.broker.store import SqliteBrokerStore
 from agent.logstore import LogStore
 from attest.appraise.composite import AppraisalContext, appraise_bundle
-from attest.binding import derive_binding
+from attest.binding import PROTOCOL_LABEL_V2, derive_session_binding
 from attest.bundle import DeviceEvidenceIn, EvidenceBundle, SnpEvidenceIn, load_bundle
 from attest.ear import verify_ear
 from attest.log.note import NoteSigner
@@ -179,7 +179,9 @@ def _measure(gpus: int, entries: int) -> list[dict[str, object]]:
             ctx = AppraisalContext(rims=rims)
             for nonce, key, at in sessions:
                 parsed = load_bundle(evidence_json)
-                appraise_bundle(parsed, derive_binding(nonce, key), policy, at, context=ctx)
+                # The broker's default version-2 binding, from the bundle's own flags.
+                binding = derive_session_binding(nonce, key, PROTOCOL_LABEL_V2, parsed.device_state)
+                appraise_bundle(parsed, binding, policy, at, context=ctx)
 
         def replay(workers: int) -> Callable[[], None]:
             def go() -> None:

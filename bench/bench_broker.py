@@ -100,7 +100,7 @@ def _load(target: str, pki_dir: str, clients: int, duration: float, out: Any) ->
     from agent.emulation import EmulatedGpu, EmulatedSnp, EmulationPki
     from agent.rpc import convert
     from agent.rpc.v1 import broker_pb2, broker_pb2_grpc
-    from attest.binding import derive_binding
+    from attest.binding import DeviceState, derive_session_binding
     from attest.bundle import DeviceEvidenceIn, EvidenceBundle, SnpEvidenceIn
     from sealing.hpke_suite import generate_keypair
     from sealing.keyrelease import open_data_key
@@ -125,12 +125,15 @@ def _load(target: str, pki_dir: str, clients: int, duration: float, out: Any) ->
         sk = generate_keypair()
         pk = sk.public_key.encode()
         ch = stub.Challenge(broker_pb2.ChallengeRequest(model_id=MODEL), timeout=60)
-        b = derive_binding(ch.nonce, pk, ch.protocol_label)
+        # The flags first, as the agent reads them before it asks for reports: a version-2
+        # label (the broker's default) binds them.
+        state = DeviceState(cc_mode_on=True, devtools_on=False)
+        b = derive_session_binding(ch.nonce, pk, ch.protocol_label, state)
         bundle = EvidenceBundle(
             cpu=SnpEvidenceIn(snp.report(b.report_data), snp_certs, crl=snp_crl),
             gpus=(DeviceEvidenceIn("HOPPER", gpu.report(b.gpu_nonce), chain, ocsp, rims),),
-            cc_mode_on=True,
-            devtools_on=False,
+            cc_mode_on=state.cc_mode_on,
+            devtools_on=state.devtools_on,
         )
         req = convert.attest_request_to_proto(
             nonce=ch.nonce, enclave_public_key=pk, model_id=MODEL, bundle=bundle

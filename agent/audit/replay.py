@@ -27,8 +27,14 @@ Per entry (each failure is a ``Finding`` naming the entry; the replay keeps goin
    token's own status (the worst of its submodules) is not better than the result with its
    enclave-level findings (``ear_status_understated``: a broker from before the ``enclave``
    submodule).
-4. **Binding.** ``derive_binding(nonce, EAR enclave key, protocol label)`` equals the logged
-   binding (``binding_mismatch``); the recomputed binding is what the appraisal uses.
+4. **Binding.** The binding derived from the logged nonce and the EAR's enclave key equals the
+   logged binding (``binding_mismatch``); the recomputed binding is what the appraisal uses.
+   Version 2 (docs/binding.md): a result whose ``ear.lessee.binding`` claim names a version-2
+   label and device state is derived with them (a malformed claim is ``binding_mismatch``),
+   and for an attest entry the archived evidence's own CC/DevTools flags must be that state
+   (``binding_mismatch``), so the appraisal checks the reports against the flags the logged
+   evidence carries. A result without the claim is version 1, derived under
+   ``--protocol-label`` (default ``lessee/v1/key-release``: the log does not record labels).
 5. **Appraisal** (attest entries). One ``evidence-bundle`` blob (``evidence_unusable``) that
    parses (``evidence_malformed``); collateral ``broker-rim-0..n-1`` as the broker's RIMs
    (``collateral_unknown`` for any other role); then the composite appraisal with the logged
@@ -131,7 +137,15 @@ from agent.audit.verify import (
 )
 from attest.appraise.common import ENCLAVE_SUBMODULE, DeviceAppraisal, result_submodules
 from attest.appraise.composite import AppraisalContext, appraise_bundle
-from attest.binding import DEFAULT_PROTOCOL_LABEL, SessionBinding, derive_binding
+from attest.binding import (
+    BINDING_CLAIM,
+    DEFAULT_PROTOCOL_LABEL,
+    DeviceState,
+    SessionBinding,
+    derive_binding,
+    derive_session_binding,
+    parse_binding_claim,
+)
 from attest.bundle import EvidenceBundle, load_bundle
 from attest.ear import (
     MAX_CLOCK_SKEW_SECONDS,
@@ -815,9 +829,16 @@ class EntryReplayer:
                 "recipient key digest is not SHA-256 of the result's enclave key",
             )
 
-        # 4. The binding, from what the broker says it used.
+        # 4. The binding, from what the broker says it used: version 2 with the label and
+        # device state its result names, else version 1 under the configured label.
+        claimed_state: DeviceState | None = None
         try:
-            binding = derive_binding(e.nonce, enclave_key, self.config.protocol_label)
+            claim = claims.extra.get(BINDING_CLAIM)
+            if claim is not None:
+                label, claimed_state = parse_binding_claim(claim)
+                binding = derive_session_binding(e.nonce, enclave_key, label, claimed_state)
+            else:
+                binding = derive_binding(e.nonce, enclave_key, self.config.protocol_label)
         except InputError as exc:
             add("binding_mismatch", f"cannot derive the binding: {exc}")
             raise _Stop from None
@@ -839,6 +860,14 @@ class EntryReplayer:
         except InputError as exc:
             add("evidence_malformed", str(exc))
             raise _Stop from None
+        if claimed_state is not None and bundle.device_state != claimed_state:
+            # The evidence's flags are what a version-2 binding must bind: logged evidence with
+            # other flags than the result names was not appraised under the logged binding.
+            add(
+                "binding_mismatch",
+                "the logged evidence's CC/DevTools flags are not the device state the result's "
+                f"{BINDING_CLAIM} claim names",
+            )
         ctx, missing = self._entry_context(e, policy, blob, add)
         facts["roots_unavailable"] = missing
         devices, enclave = self.config.appraise(bundle, binding, policy, e.time, ctx)

@@ -4,7 +4,8 @@ Flow (docs/architecture.md §3):
 
 1. ``challenge`` issues a single-use 32-byte nonce for a model, valid for the policy's TTL.
 2. ``attest`` consumes the nonce (durably, before any other work, so it can never be used
-   twice), derives the session binding from (nonce, enclave key, label), appraises the evidence
+   twice), derives the session binding from (nonce, enclave key, label, and for a version-2
+   label the bundle's own device state: docs/binding.md), appraises the evidence
    bundle against the model's policy, signs an EAR for the enclave key, records the decision and
    appends a log entry (evidence, policy and collateral archived by digest) whose inclusion
    proof it returns.
@@ -32,7 +33,17 @@ from agent.broker.keywrap import KeyWrapper
 from agent.broker.store import BrokerStore, ModelRecord, NonceError, ResultRecord
 from agent.logstore import AppendReceipt, LogStore
 from attest.appraise.common import DeviceAppraisal, appraisal_status, result_submodules
-from attest.binding import DEFAULT_PROTOCOL_LABEL, SessionBinding, derive_binding
+from attest.binding import (
+    BINDING_CLAIM,
+    PROTOCOL_LABEL_V1,
+    PROTOCOL_LABEL_V2,
+    SessionBinding,
+    binding_claim,
+    binding_version,
+    derive_binding,
+    derive_session_binding,
+    parse_binding_claim,
+)
 from attest.bundle import EvidenceBundle
 from attest.ear import (
     MODEL_ID_CLAIM,
@@ -129,7 +140,11 @@ class Broker:
     result_key: SigningKey
     appraiser: Appraiser
     clock: Callable[[], datetime]
-    protocol_label: str = DEFAULT_PROTOCOL_LABEL
+    #: The label every Challenge names and every Attest is appraised under. Version 2 (the
+    #: default) binds the bundle's device state, so relayed CC/DevTools flags cannot be
+    #: flipped; a version-1 label is the explicit setting for agents from before version 2
+    #: (``lessee broker serve --binding-v1``), whose CC/DevTools flags no report authenticates.
+    protocol_label: str = PROTOCOL_LABEL_V2
     verifier_build: str = VERIFIER_BUILD
     #: model id -> (policy JSON, parsed policy, its digest): parsing a policy and hashing its
     #: canonical form cost more than the rest of a Challenge, so both are done once per policy
@@ -211,7 +226,8 @@ class Broker:
         issued_for = self.store.consume_nonce(nonce, now=now.timestamp())
         if issued_for != model_id:
             raise NonceError("nonce was issued for another model", reason="nonce_model")
-        binding = derive_binding(nonce, enclave_public_key, self.protocol_label)
+        label = self.protocol_label
+        binding = derive_session_binding(nonce, enclave_public_key, label, bundle.device_state)
         appraisal = self.appraiser(bundle, binding, policy, now)
         result_id = secrets.token_hex(16)
         expires = now + timedelta(seconds=policy.freshness.result_ttl_seconds)
@@ -225,6 +241,13 @@ class Broker:
             policy_digest=policy_digest,
             result_id=result_id,
             extra={MODEL_ID_CLAIM: model_id}
+            # What a version-2 binding bound, so the release and the audit replay (which have
+            # no evidence at hand, or must not trust it) derive the same binding.
+            | (
+                {BINDING_CLAIM: binding_claim(label, bundle.device_state)}
+                if binding_version(label) == 2
+                else {}
+            )
             | (
                 {"ear.lessee.findings": [f.to_json() for f in appraisal.findings]}
                 if appraisal.findings
@@ -356,7 +379,7 @@ class Broker:
             return
         try:
             policy_bytes = model.policy_json.encode()
-            binding = derive_binding(claims.nonce, claims.enclave_key, self.protocol_label)
+            binding = self._result_binding(claims, claims.nonce, claims.enclave_key)
             entry = release_refused_entry(
                 at=now,
                 nonce=claims.nonce,
@@ -374,6 +397,20 @@ class Broker:
         except BaseException:
             self.store.forget_refusal(result_id=result_id, reason=reason.value)
             raise
+
+    def _result_binding(
+        self, claims: AttestationResult, nonce: bytes, enclave_key: bytes
+    ) -> SessionBinding:
+        """The binding the attest of this (verified, our own) result derived: version 2 from
+        the label and device state its ``ear.lessee.binding`` claim names, version 1 (a result
+        without the claim, issued before version 2 or under ``--binding-v1``) from the
+        version-1 label."""
+        claim = claims.extra.get(BINDING_CLAIM)
+        if claim is not None:
+            label, state = parse_binding_claim(claim)
+            return derive_session_binding(nonce, enclave_key, label, state)
+        v1 = self.protocol_label if binding_version(self.protocol_label) == 1 else PROTOCOL_LABEL_V1
+        return derive_binding(nonce, enclave_key, v1)
 
     def _release(
         self,
@@ -438,7 +475,7 @@ class Broker:
         )
         del data_key
         nonce = claims.nonce or b""
-        binding = derive_binding(nonce, enclave_key, self.protocol_label)
+        binding = self._result_binding(claims, nonce, enclave_key)
         policy_bytes = model.policy_json.encode()
         entry = release_entry(
             at=now,

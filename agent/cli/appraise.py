@@ -16,7 +16,7 @@ from pathlib import Path
 from agent.cli._keys import load_signing_key
 from attest.appraise.common import result_submodules
 from attest.appraise.composite import AppraisalContext, appraise_bundle
-from attest.binding import DEFAULT_PROTOCOL_LABEL, derive_binding
+from attest.binding import DEFAULT_PROTOCOL_LABEL, derive_session_binding
 from attest.bundle import load_bundle
 from attest.ear import AttestationResult, Status, issue_ear
 from attest.errors import InputError
@@ -52,7 +52,8 @@ def _run(args: argparse.Namespace) -> int:
         if not args.enclave_key_hex
         else _hex(args.enclave_key, "--enclave-key")
     )
-    binding = derive_binding(nonce, enclave_key, args.protocol_label)
+    # A version-2 label binds the bundle's own CC/DevTools flags (docs/binding.md).
+    binding = derive_session_binding(nonce, enclave_key, args.protocol_label, bundle.device_state)
     rims = tuple(_read(str(p)) for d in args.rim for p in sorted(Path(d).glob("*")) if p.is_file())
     devices, findings = appraise_bundle(
         bundle, binding, policy, at, context=AppraisalContext(rims=rims)

@@ -63,6 +63,7 @@ def _serve(args: argparse.Namespace) -> int:
         amd_crls_dir=Path(args.amd_crls) if args.amd_crls else None,
         trust_emulation=trust,
         max_workers=args.workers,
+        binding_v1=args.binding_v1,
     )
     configure_json_logging(sys.stderr)
     running = serve_broker(config)
@@ -328,6 +329,13 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     _trust_emulation_arg(
         p, "offer this installation's emulation roots as candidates (a policy must pin them)"
+    )
+    p.add_argument(
+        "--binding-v1",
+        action="store_true",
+        help="issue and appraise version-1 session bindings, for enclave agents from before "
+        "version 2; version 1 does not bind the GPUs' CC and DevTools flags, which a relay "
+        "could then flip (docs/binding.md)",
     )
     p.add_argument("--workers", type=int, default=32, help="server threads")
     p.add_argument(

@@ -263,9 +263,11 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--trust-relayed-cc-state",
         action="store_true",
         help="with --policy and without --log-key: accept the GPUs' CC mode and DevTools mode "
-        "as the bundle states them. They are in no signed report (NVML reports them), so without "
-        "the log key they are the relay's word, and evidence with GPUs is refused unless this is "
-        "given; with --log-key the logged evidence (what the agent sent the broker) settles them",
+        "as version-1 evidence states them. They are in no signed report (NVML reports them): "
+        "evidence made under binding version 2 (a current broker and agent) binds them into its "
+        "reports and needs no flag; version-1 evidence with GPUs is refused without the log key "
+        "(the flags are the relay's word) unless this is given; with --log-key the logged "
+        "evidence (what the agent sent the broker) settles them",
     )
     gen.add_argument("--prompt", required=True, metavar="TEXT")
     gen.add_argument(

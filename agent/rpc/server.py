@@ -63,6 +63,7 @@ from agent.rpc.broker_service import (
     log_event,
 )
 from attest.appraise.composite import AppraisalContext
+from attest.binding import PROTOCOL_LABEL_V1, PROTOCOL_LABEL_V2
 from attest.errors import InputError
 from attest.snp.report import Product, SigningKey
 from attest.snp.verify import MAX_CRL_BYTES, load_held_crl, parse_held_crl_name
@@ -427,6 +428,7 @@ def build_broker(config: BrokerConfig) -> tuple[Broker, _Resources, EmulationRoo
         result_key=keys.result_key,
         appraiser=composite_appraiser(context),
         clock=config.clock,
+        protocol_label=PROTOCOL_LABEL_V1 if config.binding_v1 else PROTOCOL_LABEL_V2,
     )
     return broker, _Resources(store, log, health.HealthServicer()), emulation
 

@@ -19,6 +19,7 @@ Dishonest-broker helpers (``forge_attest``, ``forge_release``) append entries to
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from collections.abc import Callable
@@ -38,7 +39,13 @@ from agent.broker.store import SqliteBrokerStore
 from agent.logstore import LogStore
 from attest.appraise.common import DeviceAppraisal, FindingCollector, result_submodules
 from attest.appraise.composite import GPU_CATEGORIES, AppraisalContext
-from attest.binding import SessionBinding, derive_binding
+from attest.binding import (
+    BINDING_CLAIM,
+    SessionBinding,
+    derive_binding,
+    derive_session_binding,
+    parse_binding_claim,
+)
 from attest.bundle import DeviceEvidenceIn, EvidenceBundle, SnpEvidenceIn
 from attest.ear import AttestationResult, SigningKey, Status, Submodule, issue_ear
 from attest.findings import Finding
@@ -316,6 +323,19 @@ def forge_attest(
     return token, nonce, key
 
 
+def token_binding(token: str, nonce: bytes, key: bytes) -> SessionBinding:
+    """The binding a broker derives for a result of its own: version 2 from the label and
+    device state the token's ``ear.lessee.binding`` claim names, else version 1 (as
+    ``Broker._result_binding``). The payload is read without checking the signature: the
+    forger holds the token it forges around."""
+    payload = token.split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    if BINDING_CLAIM in claims:
+        label, state = parse_binding_claim(claims[BINDING_CLAIM])
+        return derive_session_binding(nonce, key, label, state)
+    return derive_binding(nonce, key)
+
+
 def _forged(
     b: Built, token: str, nonce: bytes, key: bytes, model_id: str, advance: float
 ) -> tuple[dict[str, Any], bytes]:
@@ -326,7 +346,7 @@ def _forged(
     fields = {
         "at": b.clock(),
         "nonce": nonce,
-        "binding": derive_binding(nonce, key).report_data,
+        "binding": token_binding(token, nonce, key).report_data,
         "policy": BlobRef.of("policy", "application/json", policy_bytes),
         "verifier": "lessee 0.1.0",
         "result": token,

@@ -19,7 +19,7 @@ from agent.audit.replay import ReplayReport, replay_bundle_file
 from agent.broker.appraiser import composite_appraiser
 from agent.cli.main import main
 from attest.appraise.composite import AppraisalContext
-from attest.binding import derive_binding
+from attest.binding import DeviceState, derive_session_binding
 from attest.bundle import EvidenceBundle
 from attest.ear import Status
 from tests.audit.helpers import MODEL, VERIFIER_KEY, Built, build, enclave_key
@@ -72,8 +72,10 @@ def emulated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulated]:
         b.clock.tick()
         ch = b.broker.challenge(MODEL)
         key = enclave_key()
-        binding = derive_binding(ch.nonce, key)
-        state = gpus.cc_state()
+        state = gpus.cc_state()  # read first, as the agent does: version 2 binds it
+        binding = derive_session_binding(
+            ch.nonce, key, ch.protocol_label, DeviceState(state.cc_mode_on, state.devtools_on)
+        )
         bundle = EvidenceBundle(
             cpu=cpu.collect(binding.report_data),
             gpus=gpus.collect(binding.gpu_nonce),

@@ -22,7 +22,7 @@ from agent.audit.replay import replay_bundle_file
 from agent.broker.appraiser import composite_appraiser
 from agent.emulation import EmulatedSnp, EmulationPki
 from attest.appraise.composite import AppraisalContext
-from attest.binding import derive_binding
+from attest.binding import derive_session_binding
 from attest.bundle import EvidenceBundle, SnpEvidenceIn
 from attest.ear import Status, Submodule, verify_ear
 from attest.log.entry import decode_entry
@@ -84,7 +84,9 @@ def _attest(b: Built, snp: EmulatedSnp, crl: bytes) -> tuple[Status, Submodule]:
     b.clock.tick()
     ch = b.broker.challenge(MODEL)
     key = enclave_key()
-    binding = derive_binding(ch.nonce, key)
+    # No GPUs: the bundle's flags are the defaults, bound under the broker's label.
+    state = EvidenceBundle(cpu=None).device_state
+    binding = derive_session_binding(ch.nonce, key, ch.protocol_label, state)
     bundle = EvidenceBundle(
         cpu=SnpEvidenceIn(snp.report(binding.report_data), snp.certificates(), crl)
     )
