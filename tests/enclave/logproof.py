@@ -37,12 +37,15 @@ def entry_for(
     binding_key: bytes | None = None,
     release: bool = False,
     evidence: bytes | None = None,
+    binding: bytes | None = None,
 ) -> tuple[LogEntry, list[bytes]]:
     """The broker's entry for ``result`` (and the blobs it references); ``binding_key``: bind
     another key than ``key``'s; ``release``: a release entry instead of an attest entry;
-    ``evidence``: the evidence bytes the entry logs (a stand-in by default)."""
+    ``evidence``: the evidence bytes the entry logs (a stand-in by default); ``binding``: the
+    logged binding (by default version 1's for the nonce and the attested key)."""
     attested = binding_key if binding_key is not None else key.public_key.encode()
-    binding = derive_binding(nonce, attested).report_data
+    if binding is None:
+        binding = derive_binding(nonce, attested).report_data
     policy = BlobRef.of("policy", "application/json", POLICY)
     common = {
         "at": datetime.now(UTC),
