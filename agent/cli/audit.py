@@ -226,7 +226,9 @@ def _add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument(
         "--protocol-label",
         default=DEFAULT_PROTOCOL_LABEL,
-        help=f"the broker's binding protocol label (default {DEFAULT_PROTOCOL_LABEL})",
+        help="the broker's version-1 binding label, for results without an ear.lessee.binding "
+        f"claim (entries from before binding version 2; default {DEFAULT_PROTOCOL_LABEL}); a "
+        "version-2 result names its own label and device state (docs/binding.md)",
     )
     p.add_argument(
         "--workers", type=int, metavar="N", help="worker processes (default: one per CPU)"

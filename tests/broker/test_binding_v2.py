@@ -206,3 +206,37 @@ def test_a_broker_that_logs_flipped_flags_as_affirming_is_caught(tmp_path: Path)
         b.close()
     codes = {f.code for f in report.all_findings}
     assert not report.ok and "verdict_mismatch" in codes
+
+
+@pytest.mark.parametrize(
+    ("binding_v1", "label"), [(False, PROTOCOL_LABEL_V2), (True, PROTOCOL_LABEL_V1)]
+)
+def test_challenges_are_v2_unless_the_broker_is_told_v1(
+    tmp_path: Path, binding_v1: bool, label: str
+) -> None:
+    """Version 2 by default; version 1 only with the explicit setting (``--binding-v1``)."""
+    from agent.broker.config import BrokerConfig
+    from agent.cli.main import build_parser
+    from agent.rpc.server import build_broker
+
+    args = build_parser("broker").parse_args(
+        [
+            "broker",
+            "serve",
+            "--state",
+            str(tmp_path / "x"),
+            *(["--binding-v1"] if binding_v1 else []),
+        ]
+    )
+    assert args.binding_v1 is binding_v1
+    broker, res, _ = build_broker(BrokerConfig(state_dir=tmp_path / "state", binding_v1=binding_v1))
+    try:
+        broker.register_model(
+            model_id=MODEL, model_version=1, data_key=bytes(32),
+            policy_json=json.dumps({"name": "a", "cpu_tees": ["snp"], "snp": {"allowed_measurements": ["00" * 48]}}),
+            manifest_digest=bytes(32),
+        )  # fmt: skip
+        assert broker.challenge(MODEL).protocol_label == label
+    finally:
+        res.log.close()
+        res.store.close()
