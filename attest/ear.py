@@ -249,9 +249,13 @@ class _DuplicateKey(Exception):  # noqa: N818 (internal signal, never escapes _s
 
 
 def _no_dupes(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out, duplicate = object_without_duplicates(pairs)
-    if duplicate is not None:
-        raise _DuplicateKey(duplicate)
+    # ``object_without_duplicates`` inlined for the common case (one Python call per JSON
+    # object instead of two: ~24 objects per one-GPU result): ``dict()`` keeps the last of equal
+    # keys, so fewer entries than pairs means a duplicate, which that function then names.
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        _, duplicate = object_without_duplicates(pairs)
+        raise _DuplicateKey(duplicate or "")
     return out
 
 

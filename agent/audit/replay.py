@@ -162,6 +162,7 @@ from attest.log.note import NoteVerifier
 from attest.policy import Policy, load_policy
 from attest.snp.report import Product, SigningKey
 from attest.snp.verify import CertRole, classify, held_crl_name
+from attest.timeutil import require_aware
 from attest.x509chain import load_pem_chain
 
 _log = logging.getLogger(__name__)
@@ -216,6 +217,10 @@ MAX_DIFF_ITEMS = 8
 MAX_CACHED_POLICIES = 64
 #: Archived trust roots kept parsed, by role and digest (an installation has a handful).
 MAX_CACHED_ROOTS = 64
+#: Verified results kept by their exact token text: a release and a refusal carry the very
+#: token their attest entry logged, usually a few entries later. Bounded by count; the token
+#: strings are the decoded entries' own, which the replay holds anyway.
+MAX_CACHED_RESULTS = 1024
 #: Collateral and policy blobs repeat across entries (the broker's RIMs, one policy), so the
 #: parent keeps the verified bytes of recent ones instead of re-reading and re-hashing them.
 #: Evidence is per session (each report carries its session's nonce), so it is read, hashed and
@@ -685,6 +690,29 @@ class EntryReplayer:
         self._shared = AppraisalContext()
         self._policies: dict[bytes, tuple[Policy, str]] = {}
         self._roots: dict[tuple[str, bytes], tuple[RootCandidate, x509.Certificate, str]] = {}
+        self._results: dict[str, AttestationResult] = {}
+
+    def _verify_result(self, token: str, at: datetime, *, allow_expired: bool) -> AttestationResult:
+        """``verify_ear(token, self.key, at=at, allow_expired=allow_expired)``, remembered by
+        the exact token text. Every check of ``verify_ear`` but two is a function of the token
+        and the pinned key alone; the two that depend on ``at`` (issued in the future, expired
+        unless ``allow_expired``) are made again on every hit, and a hit that fails one of them
+        goes through ``verify_ear`` itself, which raises its own error. Only tokens that
+        verified are kept; any other text, a one-character edit included, is verified afresh.
+        Saves the whole verification (~0.18 ms with 1 GPU) for every release and refusal whose
+        attest entry this process replayed."""
+        hit = self._results.get(token)
+        if hit is not None:
+            now, exp = int(require_aware(at).timestamp()), hit.expires_at
+            if hit.issued_at <= now + MAX_CLOCK_SKEW_SECONDS and (
+                allow_expired or exp is None or now <= exp + MAX_CLOCK_SKEW_SECONDS
+            ):
+                return hit
+        claims = verify_ear(token, self.key, at=at, allow_expired=allow_expired)
+        if len(self._results) >= MAX_CACHED_RESULTS:
+            self._results.clear()
+        self._results[token] = claims
+        return claims
 
     def _policy(self, sha256: bytes, data: bytes) -> tuple[Policy, str]:
         """The parsed policy and its digest (``Policy.digest`` re-serialises; done once)."""
@@ -762,7 +790,7 @@ class EntryReplayer:
         # refusal for expiry carries an expired result by nature.
         release_like = e.kind is not EntryKind.ATTEST
         try:
-            claims = verify_ear(e.result, self.key, at=e.time, allow_expired=release_like)
+            claims = self._verify_result(e.result, e.time, allow_expired=release_like)
         except VerificationError as exc:
             add("ear_invalid", f"{getattr(exc, 'reason', 'verification_failed')}: {exc}")
             raise _Stop from None

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -27,9 +28,18 @@ from attest.appraise.common import DeviceAppraisal
 from attest.appraise.composite import AppraisalContext
 from attest.binding import SessionBinding
 from attest.bundle import EvidenceBundle
+from attest.ear import MAX_CLOCK_SKEW_SECONDS, AttestationResult, EarError, VerifyingKey
+from attest.errors import InputError
 from attest.findings import Finding
 from attest.policy import Policy
-from tests.audit.helpers import RIMS, VERIFIER_KEY, build, evidence, forge_attest
+from tests.audit.helpers import (
+    RIMS,
+    VERIFIER_KEY,
+    build,
+    evidence,
+    forge_attest,
+    stand_in_appraise,
+)
 from tests.log.helpers import LOG_SIGNER
 
 #: The appraisal contexts handed to the appraisal, in call order.
@@ -157,3 +167,99 @@ def test_with_the_keeper_each_blob_is_read_once(tmp_path_factory: pytest.TempPat
     for item in items:
         assert set(item.blobs) == {ref.sha256 for ref in item.entry.blob_refs()}
     assert [x.verdict_equal for x in map(_replayer().replay, items)] == [True, True]
+
+
+# ---- verified results, by exact token text ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def attest_then_release(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[EntryInput]]:
+    """An attest entry and the release of its result: the release carries the same token."""
+    b = build(tmp_path_factory.mktemp("memo"), stand_in=True)
+    b.release(b.attest(evidence()))
+    path = b.export()
+    with Bundle(path) as bundle:
+        items = list(_inputs(bundle, verify_bundle(bundle, LOG_SIGNER.verifier())))
+    b.close()
+    yield items
+
+
+def _stand_in_replayer() -> EntryReplayer:
+    return EntryReplayer(ReplayConfig(_spki(VERIFIER_KEY.public_key()), appraise=stand_in_appraise))
+
+
+def _counting_verify_ear(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+    real = replay.verify_ear
+
+    def counting(token: str, key: VerifyingKey, **kw: Any) -> AttestationResult:
+        calls.append(token)
+        return real(token, key, **kw)
+
+    monkeypatch.setattr(replay, "verify_ear", counting)
+    return calls
+
+
+def test_a_release_reuses_its_attest_entrys_verified_token(
+    attest_then_release: list[EntryInput], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    attest, release = attest_then_release
+    assert release.entry.result == attest.entry.result
+    fresh = _stand_in_replayer().replay(release)  # before counting: what a cold replayer finds
+    calls = _counting_verify_ear(monkeypatch)
+    r = _stand_in_replayer()
+    first, second = r.replay(attest), r.replay(release)
+    assert calls == [attest.entry.result]  # verified once, for the attest entry
+    assert not first.findings and not second.findings
+    assert second == fresh  # a hit gives exactly what verifying afresh gives
+
+
+def test_a_tampered_copy_of_a_remembered_token_is_verified_afresh(
+    attest_then_release: list[EntryInput], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    attest, release = attest_then_release
+    token = release.entry.result
+    last = token[-2]
+    forged = token[:-2] + ("A" if last != "A" else "B") + token[-1]  # signature edited
+    tampered = EntryInput(
+        release.index, replace(release.entry, result=forged, raw=b""), release.blobs
+    )
+    calls = _counting_verify_ear(monkeypatch)
+    r = _stand_in_replayer()
+    r.replay(attest)
+    out = r.replay(tampered)
+    assert calls == [token, forged]
+    assert [f.code for f in out.findings] == ["ear_invalid"]
+    assert out.result_id is None
+
+
+def test_a_remembered_token_gets_its_time_checks_again(
+    attest_then_release: list[EntryInput],
+) -> None:
+    token, at = attest_then_release[0].entry.result, attest_then_release[0].entry.time
+    r = _stand_in_replayer()
+    claims = r._verify_result(token, at, allow_expired=False)
+    assert claims.expires_at is not None
+    assert r._verify_result(token, at, allow_expired=False) is claims  # a hit
+    late = datetime.fromtimestamp(claims.expires_at + MAX_CLOCK_SKEW_SECONDS + 1, UTC)
+    with pytest.raises(EarError) as exc:
+        r._verify_result(token, late, allow_expired=False)
+    assert exc.value.reason == "ear_expired"
+    assert r._verify_result(token, late, allow_expired=True) is claims
+    early = datetime.fromtimestamp(claims.issued_at - MAX_CLOCK_SKEW_SECONDS - 1, UTC)
+    with pytest.raises(EarError) as exc:
+        r._verify_result(token, early, allow_expired=True)
+    assert exc.value.reason == "ear_not_yet_valid"
+    naive = datetime.fromtimestamp(claims.issued_at)
+    with pytest.raises(InputError):
+        r._verify_result(token, naive, allow_expired=False)
+
+
+def test_remembered_results_are_bounded(
+    attest_then_release: list[EntryInput], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(replay, "MAX_CACHED_RESULTS", 1)
+    r = _stand_in_replayer()
+    r.replay(attest_then_release[0])
+    r.replay(attest_then_release[1])
+    assert len(r._results) == 1
