@@ -296,8 +296,10 @@ def test_cover_mode_engine_error_aborts(stack_factory: StackFactory) -> None:
 
 
 def test_cover_mode_time_limit(stack_factory: StackFactory) -> None:
+    # The limit leaves the first token time to go out under a loaded test run (with 0.2 s a
+    # whole suite on 2 cores sometimes reached it before "a"); the stall is far beyond it.
     gen = ScriptedGenerator(["a", "b"], stall_at=1, stall_s=5.0)
-    stack = stack_factory(gen, config=EnclaveConfig(cover_interval=0.01, max_stream_seconds=0.2))
+    stack = stack_factory(gen, config=EnclaveConfig(cover_interval=0.01, max_stream_seconds=1.0))
     pieces, err = stack.collect()
     assert pieces == ["a"]
     assert isinstance(err, GenerationAborted) and err.reason == AbortReason.LIMIT_REACHED
