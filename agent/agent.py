@@ -39,7 +39,7 @@ from typing import Any, cast
 
 import grpc
 
-from agent.evidence.sources import CpuEvidenceSource, GpuEvidenceSource
+from agent.evidence.sources import CpuEvidenceSource, GpuEvidenceSource, HardwareUnavailableError
 from agent.rpc import convert
 from agent.rpc.broker_service import REASON_METADATA_KEY
 from agent.rpc.v1 import broker_pb2, broker_pb2_grpc, log_pb2, log_pb2_grpc
@@ -389,9 +389,17 @@ class EnclaveAgent:
         # The state first: a version-2 binding binds it, so the reports asked for next
         # authenticate exactly the flags this bundle carries.
         state = self.gpu.cc_state()
-        binding = session.bind(DeviceState(state.cc_mode_on, state.devtools_on))
+        count = self.gpu.gpu_count()
+        binding = session.bind(DeviceState(state.cc_mode_on, state.devtools_on, count, 0))
         cpu = self.cpu.collect(binding.report_data)
         gpus = self.gpu.collect(binding.gpu_nonce)
+        if len(gpus) != count:
+            # The binding counted ``count`` GPUs; a bundle with another number would fail it
+            # at the broker as if the relay had dropped one. Say what happened here instead.
+            raise HardwareUnavailableError(
+                f"the GPU count changed while collecting evidence ({count} before, "
+                f"{len(gpus)} reported); try again"
+            )
         return EvidenceBundle(
             cpu=cpu, gpus=gpus, cc_mode_on=state.cc_mode_on, devtools_on=state.devtools_on
         )

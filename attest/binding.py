@@ -15,10 +15,12 @@ second context string and that ``report_data``. Length prefixes make the encodin
 (no two input triples collide by shifting bytes between fields). See docs/binding.md.
 
 **Version 2** (label ``lessee/v2/key-release``, its own context strings) adds a fourth input:
-the **device state** the agent read from NVML (GPU confidential-computing mode, DevTools mode).
-No signed report carries those flags; binding them into ``report_data`` (and so into every
-GPU's SPDM nonce) makes the CPU and GPU reports authenticate them, so whoever relays the
-evidence cannot flip them without the binding check failing. The agent is inside the CVM and
+the **device state** the agent read from NVML (GPU confidential-computing mode, DevTools mode)
+and how many GPUs and NVSwitches it collected evidence from. No signed report carries those
+flags, and no report says how many others there are; binding them into ``report_data`` (and so
+into every GPU's SPDM nonce) makes the CPU and GPU reports authenticate them, so whoever relays
+the evidence can neither flip a flag nor drop a device's evidence (say, the one GPU whose
+firmware would fail) without the binding check failing. The agent is inside the CVM and
 reads the flags *before* it asks for any report. Version 1 stays as it was, byte for byte, for
 logs and agents made before; which version a label means is fixed by the label
 (:func:`binding_version`), and a version-2 label without a device state is an error, never a
@@ -55,6 +57,9 @@ MAX_NONCE_BYTES = 64
 #: Long enough for an ML-KEM-768+X25519 public key (1216 bytes) with its suite tag.
 MAX_PUBLIC_KEY_BYTES = 4096
 MAX_LABEL_BYTES = 128
+#: Devices of one kind a device state may count: an evidence bundle's own bound
+#: (``attest.bundle.MAX_DEVICES``, checked equal in tests; this module imports nothing of it).
+MAX_BOUND_DEVICES = 64
 
 REPORT_DATA_BYTES = 64
 GPU_NONCE_BYTES = 32
@@ -72,22 +77,32 @@ class DeviceState:
     in DevTools (debug) mode. These are exactly the evidence bundle's unsigned fields
     (``EvidenceBundle.cc_mode_on``/``devtools_on``); everything else in a bundle is signed by
     its device or vendor, or checked against what is (a device's declared ``arch`` is compared
-    with the architecture its signed certificate chain names).
+    with the architecture its signed certificate chain names). ``gpus`` and ``switches``: how
+    many GPUs and NVSwitches the agent collected evidence from. Each report carries the
+    session's binding, so none can be added; the counts make dropping one visible too.
     """
 
     cc_mode_on: bool
     devtools_on: bool
+    gpus: int
+    switches: int
 
     def __post_init__(self) -> None:
         # ``True``-like integers would encode the same; only real booleans are state.
         if type(self.cc_mode_on) is not bool or type(self.devtools_on) is not bool:
             raise InputError("device state flags must be booleans")
+        for what, n in (("gpus", self.gpus), ("switches", self.switches)):
+            if type(n) is not int or not 0 <= n <= MAX_BOUND_DEVICES:
+                raise InputError(f"device state {what} must be an integer 0..{MAX_BOUND_DEVICES}")
 
     def encode(self) -> bytes:
-        """The canonical encoding: one byte per flag, 0x00 or 0x01, in this fixed order
-        (``cc_mode_on``, ``devtools_on``). Fixed length, so injective; it is length-prefixed
-        in the derivation like every other input, so a later version can add fields."""
-        return bytes((int(self.cc_mode_on), int(self.devtools_on)))
+        """The canonical encoding (6 bytes): one byte per flag, 0x00 or 0x01 (``cc_mode_on``,
+        ``devtools_on``), then the GPU and NVSwitch counts as 2-byte big-endian integers.
+        Fixed length, so injective; it is length-prefixed in the derivation like every other
+        input, so a later version can add fields."""
+        return bytes((int(self.cc_mode_on), int(self.devtools_on))) + (
+            self.gpus.to_bytes(2, "big") + self.switches.to_bytes(2, "big")
+        )
 
 
 def binding_version(protocol_label: str) -> int:
@@ -183,10 +198,14 @@ def derive_session_binding(
 
 
 #: The EAR claim (in ``AttestationResult.extra``) in which a broker states what a version-2
-#: binding bound: ``{"label": str, "cc_mode_on": bool, "devtools_on": bool}``. It lets the
+#: binding bound: ``{"label": str, "cc_mode_on": bool, "devtools_on": bool, "gpus": int,
+#: "switches": int}``. It lets the
 #: release (which has no evidence) and the audit replay derive the same binding as the attest
 #: did; a version-1 result has no such claim.
 BINDING_CLAIM = "ear.lessee.binding"
+
+
+_CLAIM_KEYS = ("label", "cc_mode_on", "devtools_on", "gpus", "switches")
 
 
 def binding_claim(protocol_label: str, state: DeviceState) -> dict[str, object]:
@@ -194,14 +213,17 @@ def binding_claim(protocol_label: str, state: DeviceState) -> dict[str, object]:
         "label": protocol_label,
         "cc_mode_on": state.cc_mode_on,
         "devtools_on": state.devtools_on,
+        "gpus": state.gpus,
+        "switches": state.switches,
     }
 
 
 def parse_binding_claim(value: object) -> tuple[str, DeviceState]:
     """The (version-2 label, device state) of a ``BINDING_CLAIM`` value; ``InputError`` for any
-    other shape (exactly these three keys, a version-2 label of bounded size, booleans)."""
-    if not isinstance(value, dict) or set(value) != {"label", "cc_mode_on", "devtools_on"}:
-        raise InputError(f"{BINDING_CLAIM} must hold exactly label, cc_mode_on, devtools_on")
+    other shape (exactly these five keys, a version-2 label of bounded size, booleans, bounded
+    integers)."""
+    if not isinstance(value, dict) or set(value) != set(_CLAIM_KEYS):
+        raise InputError(f"{BINDING_CLAIM} must hold exactly {', '.join(_CLAIM_KEYS)}")
     label = value["label"]
     if (
         not isinstance(label, str)
@@ -209,4 +231,6 @@ def parse_binding_claim(value: object) -> tuple[str, DeviceState]:
         or binding_version(label) != 2
     ):
         raise InputError(f"{BINDING_CLAIM} names no version-2 label")
-    return label, DeviceState(value["cc_mode_on"], value["devtools_on"])
+    return label, DeviceState(
+        value["cc_mode_on"], value["devtools_on"], value["gpus"], value["switches"]
+    )

@@ -81,8 +81,14 @@ class EvidenceBundle:
 
     @property
     def device_state(self) -> DeviceState:
-        """The flags no signed report carries, as a version-2 binding binds them."""
-        return DeviceState(cc_mode_on=self.cc_mode_on, devtools_on=self.devtools_on)
+        """What no signed report carries (the flags, and how many devices there are), as a
+        version-2 binding binds it."""
+        return DeviceState(
+            cc_mode_on=self.cc_mode_on,
+            devtools_on=self.devtools_on,
+            gpus=len(self.gpus),
+            switches=len(self.switches),
+        )
 
     def to_json(self) -> bytes:
         """The JSON form: exactly ``json.dumps(doc, sort_keys=True, separators=(",", ":"))`` of

@@ -127,7 +127,7 @@ def _load(target: str, pki_dir: str, clients: int, duration: float, out: Any) ->
         ch = stub.Challenge(broker_pb2.ChallengeRequest(model_id=MODEL), timeout=60)
         # The flags first, as the agent reads them before it asks for reports: a version-2
         # label (the broker's default) binds them.
-        state = DeviceState(cc_mode_on=True, devtools_on=False)
+        state = DeviceState(cc_mode_on=True, devtools_on=False, gpus=1, switches=0)
         b = derive_session_binding(ch.nonce, pk, ch.protocol_label, state)
         bundle = EvidenceBundle(
             cpu=SnpEvidenceIn(snp.report(b.report_data), snp_certs, crl=snp_crl),

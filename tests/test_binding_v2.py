@@ -1,4 +1,4 @@
-"""Binding version 2: the relayed device state (CC mode, DevTools mode) is bound too."""
+"""Binding version 2: the relayed device state (CC mode, DevTools mode, device counts) is bound."""
 
 from __future__ import annotations
 
@@ -20,21 +20,24 @@ from attest.binding import (
     derive_session_binding,
     parse_binding_claim,
 )
-from attest.bundle import EvidenceBundle
+from attest.bundle import MAX_DEVICES, DeviceEvidenceIn, EvidenceBundle
 from attest.errors import InputError
 
 NONCE = bytes(range(32))
 KEY = b"\x01" * 32
-STATES = [DeviceState(cc, dt) for cc in (False, True) for dt in (False, True)]
+STATES = [DeviceState(cc, dt, 1, 0) for cc in (False, True) for dt in (False, True)]
 
 
 def _lp(x: bytes) -> bytes:
     return len(x).to_bytes(4, "big") + x
 
 
-def _independent_v2(nonce: bytes, key: bytes, cc: bool, dt: bool) -> tuple[bytes, bytes]:
+def _independent_v2(
+    nonce: bytes, key: bytes, cc: bool, dt: bool, gpus: int = 1, switches: int = 0
+) -> tuple[bytes, bytes]:
     """docs/binding.md's version-2 encoding, spelled out with hashlib only."""
     state = (b"\x01" if cc else b"\x00") + (b"\x01" if dt else b"\x00")
+    state += bytes([gpus >> 8, gpus & 0xFF, switches >> 8, switches & 0xFF])
     rd = hashlib.sha512(
         _lp(b"lessee/v2/binding/report-data")
         + _lp(b"lessee/v2/key-release")
@@ -46,23 +49,40 @@ def _independent_v2(nonce: bytes, key: bytes, cc: bool, dt: bool) -> tuple[bytes
 
 
 def test_known_answer_v2() -> None:
-    b = derive_binding_v2(NONCE, KEY, DeviceState(cc_mode_on=True, devtools_on=False))
-    rd, gn = _independent_v2(NONCE, KEY, True, False)
+    b = derive_binding_v2(
+        NONCE, KEY, DeviceState(cc_mode_on=True, devtools_on=False, gpus=8, switches=4)
+    )
+    rd, gn = _independent_v2(NONCE, KEY, True, False, 8, 4)
     assert b.report_data == rd and b.gpu_nonce == gn
     # A fixed vector, so the encoding cannot drift together with the re-implementation above.
     assert rd.hex()[:32] == KNOWN_V2_PREFIX
     assert len(b.report_data) == 64 and len(b.gpu_nonce) == 32
 
 
-KNOWN_V2_PREFIX = "9855fcc108deeb629fc2c37506b39d7d"
+KNOWN_V2_PREFIX = "2d26e6bf3aac0cb0426a540e968ab00f"
 
 
 @pytest.mark.parametrize("state", STATES)
 def test_every_state_matches_the_independent_encoding(state: DeviceState) -> None:
     b = derive_session_binding(NONCE, KEY, PROTOCOL_LABEL_V2, state)
     assert (b.report_data, b.gpu_nonce) == _independent_v2(
-        NONCE, KEY, state.cc_mode_on, state.devtools_on
+        NONCE, KEY, state.cc_mode_on, state.devtools_on, state.gpus, state.switches
     )
+
+
+@pytest.mark.parametrize(("gpus", "switches"), [(0, 0), (1, 0), (8, 4), (64, 64), (3, 2)])
+def test_device_counts_match_the_independent_encoding(gpus: int, switches: int) -> None:
+    b = derive_binding_v2(NONCE, KEY, DeviceState(True, False, gpus, switches))
+    assert (b.report_data, b.gpu_nonce) == _independent_v2(NONCE, KEY, True, False, gpus, switches)
+
+
+def test_a_dropped_device_changes_the_binding() -> None:
+    # The relay that drops one GPU's (or one switch's) evidence changes the counts the
+    # verifier derives the binding from, so every remaining report fails it.
+    eight = derive_binding_v2(NONCE, KEY, DeviceState(True, False, 8, 4))
+    assert derive_binding_v2(NONCE, KEY, DeviceState(True, False, 7, 4)) != eight
+    assert derive_binding_v2(NONCE, KEY, DeviceState(True, False, 8, 3)) != eight
+    assert derive_binding_v2(NONCE, KEY, DeviceState(True, False, 4, 8)) != eight
 
 
 def test_v1_unchanged_and_distinct_from_v2() -> None:
@@ -106,14 +126,31 @@ def test_bounds_v2(nonce: bytes, key: bytes, label: str) -> None:
 @pytest.mark.parametrize("bad", [1, 0, None, "true"])
 def test_state_flags_must_be_booleans(bad: object) -> None:
     with pytest.raises(InputError):
-        DeviceState(bad, False)  # type: ignore[arg-type]
+        DeviceState(bad, False, 1, 0)  # type: ignore[arg-type]
     with pytest.raises(InputError):
-        DeviceState(False, bad)  # type: ignore[arg-type]
+        DeviceState(False, bad, 1, 0)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [-1, MAX_DEVICES + 1, 1 << 16, True, 1.0, None, "1"])
+def test_state_counts_must_be_bounded_integers(bad: object) -> None:
+    with pytest.raises(InputError):
+        DeviceState(True, False, bad, 0)  # type: ignore[arg-type]
+    with pytest.raises(InputError):
+        DeviceState(True, False, 0, bad)  # type: ignore[arg-type]
+
+
+def test_the_count_bound_is_the_bundles() -> None:
+    from attest.binding import MAX_BOUND_DEVICES
+
+    assert MAX_BOUND_DEVICES == MAX_DEVICES
 
 
 def test_bundle_state() -> None:
-    b = EvidenceBundle(cpu=None, cc_mode_on=True, devtools_on=False)
-    assert b.device_state == DeviceState(cc_mode_on=True, devtools_on=False)
+    gpu = DeviceEvidenceIn("HOPPER", b"r", b"c")
+    b = EvidenceBundle(
+        cpu=None, gpus=(gpu, gpu), switches=(gpu,), cc_mode_on=True, devtools_on=False
+    )
+    assert b.device_state == DeviceState(cc_mode_on=True, devtools_on=False, gpus=2, switches=1)
 
 
 def test_claim_round_trip_and_refusals() -> None:
@@ -129,13 +166,18 @@ def test_claim_round_trip_and_refusals() -> None:
         {**good, "label": 7},
         {**good, "label": "lessee/v2/" + "x" * 200},
         {**good, "cc_mode_on": 1},
+        {k: v for k, v in good.items() if k != "gpus"},
+        {**good, "gpus": -1},
+        {**good, "switches": True},
+        {**good, "gpus": MAX_DEVICES + 1},
     ):
         with pytest.raises(InputError):
             parse_binding_claim(bad)
     assert BINDING_CLAIM == "ear.lessee.binding"
 
 
-st_state = st.builds(DeviceState, st.booleans(), st.booleans())
+st_count = st.integers(min_value=0, max_value=MAX_DEVICES)
+st_state = st.builds(DeviceState, st.booleans(), st.booleans(), st_count, st_count)
 
 
 @settings(max_examples=300, deadline=None)
@@ -162,5 +204,5 @@ def test_no_shifting_collisions_v2(a: bytes, b: bytes, s: DeviceState) -> None:
     # Moving bytes between nonce and key, or the state into the key, never collides.
     base = derive_binding_v2(a, b, s)
     assert base != derive_binding_v2(a[:-1], a[-1:] + b, s)
-    other = DeviceState(not s.cc_mode_on, s.devtools_on)
+    other = DeviceState(not s.cc_mode_on, s.devtools_on, s.gpus, s.switches)
     assert base != derive_binding_v2(a, b + s.encode(), other)

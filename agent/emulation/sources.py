@@ -53,6 +53,9 @@ class EmulatedGpuSource:
             devtools_on=any(g.devtools_on for g in self._gpus),
         )
 
+    def gpu_count(self) -> int:
+        return len(self._gpus)
+
     def collect(self, nonce: bytes) -> tuple[DeviceEvidenceIn, ...]:
         """One report per GPU over ``nonce``, with chain, stapled OCSP and RIMs."""
         if not isinstance(nonce, bytes) or len(nonce) != 32:

@@ -80,6 +80,9 @@ class CcState:
 class GpuEvidenceSource(Protocol):
     def collect(self, nonce: bytes) -> tuple[DeviceEvidenceIn, ...]: ...
     def cc_state(self) -> CcState: ...
+    #: How many GPUs ``collect`` will report on: read before the binding is derived (a
+    #: version-2 binding binds the count), compared with what ``collect`` returned after.
+    def gpu_count(self) -> int: ...
 
 
 class CpuEvidenceSource(Protocol):
@@ -129,6 +132,9 @@ class NvmlGpuSource:
         )
         return CcState(cc_mode_on=on, devtools_on=devtools)
 
+    def gpu_count(self) -> int:
+        return int(self._call("nvmlDeviceGetCount"))
+
     def collect(self, nonce: bytes) -> tuple[DeviceEvidenceIn, ...]:
         _require(len(nonce) == 32, "GPU nonce must be 32 bytes")
         state = self.cc_state()
@@ -136,7 +142,7 @@ class NvmlGpuSource:
             state.cc_mode_on,
             "GPUs are not in confidential-computing mode (nvidia-smi conf-compute -f on)",
         )
-        count = int(self._call("nvmlDeviceGetCount"))
+        count = self.gpu_count()
         _require(count > 0, "no NVIDIA GPU found")
         out = []
         for i in range(count):

@@ -74,7 +74,10 @@ def emulated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulated]:
         key = enclave_key()
         state = gpus.cc_state()  # read first, as the agent does: version 2 binds it
         binding = derive_session_binding(
-            ch.nonce, key, ch.protocol_label, DeviceState(state.cc_mode_on, state.devtools_on)
+            ch.nonce,
+            key,
+            ch.protocol_label,
+            DeviceState(state.cc_mode_on, state.devtools_on, gpus.gpu_count(), 0),
         )
         bundle = EvidenceBundle(
             cpu=cpu.collect(binding.report_data),

@@ -84,7 +84,7 @@ def _session(
         [emulation.EmulatedGpu(s.pki, cc_mode_on=cc, devtools_on=devtools)], clock=s.built.clock
     )
     st = gpus.cc_state()
-    state = DeviceState(st.cc_mode_on, st.devtools_on)
+    state = DeviceState(st.cc_mode_on, st.devtools_on, gpus.gpu_count(), 0)
     binding = derive_session_binding(ch.nonce, key, ch.protocol_label, state)
     cpu = emulation.EmulatedCpuSource(emulation.EmulatedSnp(s.pki, measurement=MEASUREMENT))
     flags = shown if shown is not None else (state.cc_mode_on, state.devtools_on)
@@ -159,6 +159,8 @@ def test_honest_sessions_of_both_versions_affirm(logged: Logged) -> None:
         "label": PROTOCOL_LABEL_V2,
         "cc_mode_on": True,
         "devtools_on": False,
+        "gpus": 1,
+        "switches": 0,
     }
 
 
@@ -240,3 +242,47 @@ def test_challenges_are_v2_unless_the_broker_is_told_v1(
     finally:
         res.log.close()
         res.store.close()
+
+
+def test_evidence_of_a_dropped_gpu_fails_the_binding(tmp_path: Path) -> None:
+    """The agent collected two GPUs; a relay forwards only the one whose evidence passes (say,
+    the other runs firmware the policy refuses). Each remaining report still carries the
+    session's binding, but the binding was derived over two GPUs, so the CPU report and the
+    GPU report both miss the one the broker derives from a one-GPU bundle."""
+    s = _setup(tmp_path)
+    s.built.clock.tick()
+    ch = s.built.broker.challenge(MODEL)
+    assert ch.protocol_label == PROTOCOL_LABEL_V2
+    key = enclave_key()
+    gpus = emulation.EmulatedGpuSource(
+        [emulation.EmulatedGpu(s.pki, index=i) for i in range(2)], clock=s.built.clock
+    )
+    st = gpus.cc_state()
+    state = DeviceState(st.cc_mode_on, st.devtools_on, gpus.gpu_count(), 0)
+    binding = derive_session_binding(ch.nonce, key, ch.protocol_label, state)
+    cpu = emulation.EmulatedCpuSource(emulation.EmulatedSnp(s.pki, measurement=MEASUREMENT))
+    reports = gpus.collect(binding.gpu_nonce)
+    assert len(reports) == 2
+    kept = EvidenceBundle(
+        cpu=cpu.collect(binding.report_data),
+        gpus=reports[:1],
+        cc_mode_on=st.cc_mode_on,
+        devtools_on=st.devtools_on,
+    )
+    _, status, rejects = _attest(s, ch.nonce, key, kept)
+    assert status is not Status.AFFIRMING
+    assert "cpu0:snp.report_data" in rejects
+
+    # The whole bundle, as the agent made it, affirms: the refusal above is the drop's doing.
+    s.built.clock.tick()
+    ch = s.built.broker.challenge(MODEL)
+    state = DeviceState(st.cc_mode_on, st.devtools_on, 2, 0)
+    binding = derive_session_binding(ch.nonce, key, ch.protocol_label, state)
+    whole = EvidenceBundle(
+        cpu=cpu.collect(binding.report_data),
+        gpus=gpus.collect(binding.gpu_nonce),
+        cc_mode_on=st.cc_mode_on,
+        devtools_on=st.devtools_on,
+    )
+    _, status, rejects = _attest(s, ch.nonce, key, whole)
+    assert (status, rejects) == (Status.AFFIRMING, set())

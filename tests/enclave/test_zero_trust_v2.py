@@ -47,7 +47,7 @@ def evidence_v2(
     reports carrying the binding of (nonce, key, that state)."""
     gpu = EmulatedGpuSource([EmulatedGpu(pki, cc_mode_on=cc_mode_on, devtools_on=devtools_on)])
     s = gpu.cc_state()
-    state = DeviceState(s.cc_mode_on, s.devtools_on)
+    state = DeviceState(s.cc_mode_on, s.devtools_on, gpu.gpu_count(), 0)
     binding = derive_session_binding(NONCE, attested_key, PROTOCOL_LABEL_V2, state)
     cpu = EmulatedCpuSource(EmulatedSnp(pki, measurement=EMULATED_LAUNCH_MEASUREMENT))
     return EvidenceBundle(
@@ -142,14 +142,16 @@ def test_v2_evidence_with_the_log_key(
     attested = key.public_key.encode()
     evidence = evidence_v2(pki, attested)
     ear = make_ear(attested, broker=OTHER_BROKER)
-    v2 = derive_session_binding(NONCE, attested, PROTOCOL_LABEL_V2, DeviceState(True, False))
+    v2 = derive_session_binding(NONCE, attested, PROTOCOL_LABEL_V2, DeviceState(True, False, 1, 0))
     now = datetime.now(UTC)
     check = evidence_check(policy, context=context, log_key=LOG_SIGNER.verifier())
     entry, blobs = entry_for(key, ear, nonce=NONCE, evidence=evidence, binding=v2.report_data)
     proof = proof_bytes(log.append(entry, blobs), entry.raw)
     check(KeyBundle.build(key.public_key, ear.encode(), proof, evidence=evidence, nonce=NONCE), now)
 
-    other = derive_session_binding(NONCE, b"\x02" * 32, PROTOCOL_LABEL_V2, DeviceState(True, False))
+    other = derive_session_binding(
+        NONCE, b"\x02" * 32, PROTOCOL_LABEL_V2, DeviceState(True, False, 1, 0)
+    )
     entry, blobs = entry_for(key, ear, nonce=NONCE, evidence=evidence, binding=other.report_data)
     proof = proof_bytes(log.append(entry, blobs), entry.raw)
     bad = KeyBundle.build(key.public_key, ear.encode(), proof, evidence=evidence, nonce=NONCE)

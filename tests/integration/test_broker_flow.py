@@ -21,6 +21,7 @@ from agent.emulation import EmulatedCpuSource, EmulatedSnp, non_cc_gpu_source
 from agent.rpc import convert
 from agent.rpc.v1 import broker_pb2
 from attest.appraise.common import ENCLAVE_SUBMODULE
+from attest.binding import DeviceState
 from attest.bundle import DeviceEvidenceIn, EvidenceBundle
 from attest.ear import Status, verify_ear
 from attest.errors import VerificationError
@@ -224,8 +225,13 @@ def test_enclave_level_findings_are_in_the_signed_status(harness: Harness) -> No
     client SDK, which read only the signed token, would trust what the broker refused."""
     agent = harness.agent()
     session = agent.start_session(MODEL)
-    full = agent.collect(session)
-    bundle = EvidenceBundle(cpu=full.cpu, gpus=(), cc_mode_on=True, devtools_on=False)
+    # Made for no GPU (a version-2 binding counts the GPUs: the CPU report of a bundle whose GPU
+    # evidence was dropped would miss the binding, test_evidence_of_a_dropped_gpu_fails_...).
+    binding = session.bind(DeviceState(True, False, 0, 0))
+    cpu = EmulatedCpuSource(EmulatedSnp(harness.pki, measurement=EMULATED_LAUNCH_MEASUREMENT))
+    bundle = EvidenceBundle(
+        cpu=cpu.collect(binding.report_data), gpus=(), cc_mode_on=True, devtools_on=False
+    )
     reply = agent.send_evidence(session, bundle)
     assert reply.status is Status.CONTRAINDICATED
     claims = verify_ear(
@@ -417,3 +423,28 @@ def test_refusals_of_its_own_results_are_logged_once_over_grpc(harness: Harness)
         assert (err.code(), reason_of(err)) == (grpc.StatusCode.PERMISSION_DENIED, "ear_expired")
     assert log.size == size + 2
     assert decode_entry(log.entries(size + 1, size + 2)[0]).reason == "expired"
+
+
+def test_the_agent_binds_every_gpu_it_reports_and_refuses_a_count_that_moves(
+    harness: Harness,
+) -> None:
+    """Two GPUs: the version-2 binding counts both and the broker affirms the bundle the agent
+    made. A GPU that disappears between the count and the reports (the binding would then
+    count a device the bundle lacks) is the agent's own typed error, not a broker refusal."""
+    from agent.emulation import EmulatedGpu, EmulatedGpuSource
+    from agent.evidence.sources import HardwareUnavailableError
+
+    two = EmulatedGpuSource([EmulatedGpu(harness.pki, index=i) for i in range(2)])
+    agent = harness.agent(gpu=two)
+    session = agent.start_session(MODEL)
+    bundle = agent.collect(session)
+    assert len(bundle.gpus) == 2 and bundle.device_state.gpus == 2
+    assert agent.send_evidence(session, bundle).status is Status.AFFIRMING
+
+    class Shrinking(EmulatedGpuSource):
+        def gpu_count(self) -> int:
+            return 3  # one more than collect() will report
+
+    agent = harness.agent(gpu=Shrinking([EmulatedGpu(harness.pki, index=i) for i in range(2)]))
+    with pytest.raises(HardwareUnavailableError, match="GPU count changed"):
+        agent.collect(agent.start_session(MODEL))
