@@ -24,7 +24,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -414,3 +414,36 @@ def forge_refusal(
 def finding_codes(report: ReplayReport) -> set[tuple[str, int | None]]:
     """Every finding of a replay as (code, entry index): what the replay tests compare."""
     return {(f.code, f.entry) for f in report.all_findings}
+
+
+def build_emulated(directory: Path, *, name: str, measurement: bytes) -> tuple[Built, Any]:
+    """``build`` for emulated hardware: a fresh emulation PKI in ``directory / "pki"``, a policy
+    named ``name`` that allows ``measurement`` and trusts the PKI's roots, the broker's clock
+    on today's time (emulated OCSP answers are stamped "now") and an appraiser that offers the
+    emulated roots as candidates. Returns the broker and the PKI (``agent.emulation``, which
+    only the callers import: it needs the emulation extra)."""
+    from agent import emulation
+
+    pki = emulation.EmulationPki.create(directory / "pki")
+    policy = json.dumps(
+        {
+            "name": name,
+            "cpu_tees": ["snp"],
+            "snp": {"allowed_measurements": [measurement.hex()]},
+            "roots": {
+                "extra_trusted_sha256": [pki.gpu_root.sha256, pki.rim_root.sha256, pki.ark.sha256]
+            },
+        }
+    )
+    b = build(directory, stand_in=False, policy_json=policy)
+    b.clock.now = datetime.now(UTC).replace(microsecond=0)
+    b.broker.appraiser = composite_appraiser(
+        AppraisalContext(
+            candidates={
+                "nvidia_device_root": pki.gpu_root.cert,
+                "nvidia_rim_root": pki.rim_root.cert,
+            },
+            amd_extra_arks=(pki.ark.cert,),
+        )
+    )
+    return b, pki

@@ -7,22 +7,18 @@ which roots were missing."""
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from agent.audit.replay import ReplayReport, replay_bundle_file
-from agent.broker.appraiser import composite_appraiser
 from agent.cli.main import main
-from attest.appraise.composite import AppraisalContext
 from attest.binding import DeviceState, derive_session_binding
 from attest.bundle import EvidenceBundle
 from attest.ear import Status
-from tests.audit.helpers import MODEL, VERIFIER_KEY, Built, build, enclave_key
+from tests.audit.helpers import MODEL, VERIFIER_KEY, Built, build_emulated, enclave_key
 from tests.log.helpers import LOG_SIGNER
 
 emulation = pytest.importorskip("agent.emulation")
@@ -40,29 +36,7 @@ class Emulated:
 @pytest.fixture(scope="module")
 def emulated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulated]:
     d = tmp_path_factory.mktemp("emulated")
-    pki = emulation.EmulationPki.create(d / "pki")
-    policy = json.dumps(
-        {
-            "name": "replay-emulated",
-            "cpu_tees": ["snp"],
-            "snp": {"allowed_measurements": [MEASUREMENT.hex()]},
-            "roots": {
-                "extra_trusted_sha256": [pki.gpu_root.sha256, pki.rim_root.sha256, pki.ark.sha256]
-            },
-        }
-    )
-    b = build(d, stand_in=False, policy_json=policy)
-    # Emulated OCSP answers are stamped "now": the broker runs on today's clock.
-    b.clock.now = datetime.now(UTC).replace(microsecond=0)
-    b.broker.appraiser = composite_appraiser(
-        AppraisalContext(
-            candidates={
-                "nvidia_device_root": pki.gpu_root.cert,
-                "nvidia_rim_root": pki.rim_root.cert,
-            },
-            amd_extra_arks=(pki.ark.cert,),
-        )
-    )
+    b, pki = build_emulated(d, name="replay-emulated", measurement=MEASUREMENT)
     cpu = emulation.EmulatedCpuSource(emulation.EmulatedSnp(pki, measurement=MEASUREMENT))
     results = []
     for cc_on in (True, False):

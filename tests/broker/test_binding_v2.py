@@ -11,15 +11,13 @@ import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from agent.audit.replay import ReplayReport, replay_bundle_file
-from agent.broker.appraiser import composite_appraiser
 from agent.broker.service import Appraisal, Appraiser, ReleaseRefusedError
-from attest.appraise.composite import AppraisalContext
 from attest.binding import (
     BINDING_CLAIM,
     PROTOCOL_LABEL_V1,
@@ -31,7 +29,7 @@ from attest.binding import (
 from attest.bundle import EvidenceBundle
 from attest.ear import Status, verify_ear
 from attest.policy import Policy
-from tests.audit.helpers import MODEL, VERIFIER_KEY, Built, build, enclave_key
+from tests.audit.helpers import MODEL, VERIFIER_KEY, Built, build_emulated, enclave_key
 from tests.log.helpers import LOG_SIGNER
 
 emulation = pytest.importorskip("agent.emulation")
@@ -47,28 +45,7 @@ class Setup:
 
 
 def _setup(d: Path) -> Setup:
-    pki = emulation.EmulationPki.create(d / "pki")
-    policy = json.dumps(
-        {
-            "name": "binding-v2",
-            "cpu_tees": ["snp"],
-            "snp": {"allowed_measurements": [MEASUREMENT.hex()]},
-            "roots": {
-                "extra_trusted_sha256": [pki.gpu_root.sha256, pki.rim_root.sha256, pki.ark.sha256]
-            },
-        }
-    )
-    b = build(d, stand_in=False, policy_json=policy)
-    b.clock.now = datetime.now(UTC).replace(microsecond=0)  # emulated OCSP is stamped "now"
-    b.broker.appraiser = composite_appraiser(
-        AppraisalContext(
-            candidates={
-                "nvidia_device_root": pki.gpu_root.cert,
-                "nvidia_rim_root": pki.rim_root.cert,
-            },
-            amd_extra_arks=(pki.ark.cert,),
-        )
-    )
+    b, pki = build_emulated(d, name="binding-v2", measurement=MEASUREMENT)
     return Setup(b, pki, b.broker.appraiser)
 
 
