@@ -196,8 +196,12 @@ def open_channel(
 # ---- sessions -------------------------------------------------------------------------------
 
 
-#: The labels a broker's Challenge may name: version 2 (what a current broker issues) and
-#: version 1 (a broker from before version 2, or one run with ``--binding-v1``).
+#: The labels a broker's Challenge may name: version 2 (what a current broker issues) and,
+#: only with ``allow_binding_v1`` (``lessee agent --allow-binding-v1``), version 1 (a broker
+#: from before version 2, or one run with ``--binding-v1``). Not by default: version 1 does not
+#: bind the GPUs' CC/DevTools flags or their count, and the *broker* picks the label, so a
+#: broker colluding with the host could otherwise downgrade a current agent and log flipped
+#: flags that no client or auditor can tell from honest ones (docs/binding.md, "Downgrade").
 SUPPORTED_PROTOCOL_LABELS = (PROTOCOL_LABEL_V2, PROTOCOL_LABEL_V1)
 
 
@@ -348,6 +352,7 @@ class EnclaveAgent:
         suite: SuiteId = DEFAULT_SUITE,
         timeout: float = DEFAULT_RPC_TIMEOUT_S,
         clock: Clock = _utcnow,
+        allow_binding_v1: bool = False,
     ) -> None:
         self._broker = broker_pb2_grpc.KeyBrokerStub(channel)  # type: ignore[no-untyped-call]
         self._log = log_pb2_grpc.AttestationLogStub(channel)  # type: ignore[no-untyped-call]
@@ -358,6 +363,7 @@ class EnclaveAgent:
         self.suite = suite
         self.timeout = timeout
         self.clock = clock
+        self.allow_binding_v1 = allow_binding_v1
 
     # step 1
     def start_session(self, model_id: str) -> Session:
@@ -370,10 +376,18 @@ class EnclaveAgent:
                 self.timeout,
             )
         )
-        if reply.protocol_label not in SUPPORTED_PROTOCOL_LABELS:
+        accepted = SUPPORTED_PROTOCOL_LABELS if self.allow_binding_v1 else (PROTOCOL_LABEL_V2,)
+        if reply.protocol_label not in accepted:
+            v1 = reply.protocol_label == PROTOCOL_LABEL_V1
             raise VerificationError(
                 f"broker asked for protocol {reply.protocol_label!r}, this agent speaks "
-                f"{' or '.join(repr(x) for x in SUPPORTED_PROTOCOL_LABELS)}",
+                f"{' or '.join(repr(x) for x in accepted)}"
+                + (
+                    " (version 1 binds neither the GPUs' CC/DevTools flags nor their count; "
+                    "allow it only for a broker from before version 2: --allow-binding-v1)"
+                    if v1
+                    else ""
+                ),
                 reason="protocol_label",
             )
         return Session(

@@ -416,10 +416,10 @@ def evidence_check(
     version-2 binding of the bundle's own flags, and passes on that alone. Evidence that does
     not affirm under it is appraised again against the version-1 binding (``protocol_label``;
     evidence from a broker or agent before version 2, or a broker run with ``--binding-v1``):
-    there the flags are the relay's word. With ``log_key`` the evidence must be byte for byte
-    what the agent sent the broker over TLS and the broker logged, so the relay cannot flip
-    them; without it, version-1 evidence with GPUs is refused (``cc_state_unauthenticated``)
-    unless the caller accepts the relay's word with ``trust_relayed_cc_state=True``. A refusal
+    there the flags are the relay's word, and the log key does not help: a broker colluding
+    with the host can ask the agent for version 1 and log flipped flags. So version-1 evidence
+    with GPUs is refused (``cc_state_unauthenticated``) unless the caller accepts the relay's
+    word with ``trust_relayed_cc_state=True`` (for agents from before version 2). A refusal
     names the findings of whichever appraisal had fewer rejects (the evidence's own version:
     the other one fails the binding of every report).
     """
@@ -449,7 +449,7 @@ def evidence_check(
             devices1, enclave1 = appraise_bundle(evidence, v1, policy, at, context=ctx)
             status1 = appraisal_status(devices1, enclave1)
             if status1 is Status.AFFIRMING:
-                _check_relayed_state(evidence, log_key, trust_relayed_cc_state)
+                _check_relayed_state(evidence, trust_relayed_cc_state)
                 devices, enclave, status = devices1, enclave1, status1
             elif _rejects(devices1, enclave1) < _rejects(devices, enclave):
                 devices, enclave, status = devices1, enclave1, status1
@@ -485,16 +485,18 @@ def _rejects(devices: Sequence[DeviceAppraisal], enclave: Sequence[Finding]) -> 
     )
 
 
-def _check_relayed_state(
-    evidence: EvidenceBundle, log_key: NoteVerifier | None, trust_relayed_cc_state: bool
-) -> None:
-    """Refuse version-1 evidence with GPUs whose CC/DevTools flags only the relay vouches for."""
-    if log_key is None and not trust_relayed_cc_state and (evidence.gpus or evidence.switches):
+def _check_relayed_state(evidence: EvidenceBundle, trust_relayed_cc_state: bool) -> None:
+    """Refuse version-1 evidence with GPUs unless the caller takes the relay's word for its
+    CC/DevTools flags (and its device count). The log key does not vouch for them: it shows
+    only that the broker logged these bytes, and a broker colluding with the host can ask a
+    current agent for version 1 and log flipped flags (docs/binding.md, "Downgrade")."""
+    if not trust_relayed_cc_state and (evidence.gpus or evidence.switches):
         raise VerificationError(
             "the GPUs' CC mode and DevTools mode are in no signed report, and this evidence "
-            "was made under binding version 1, which does not bind them: without the log key "
-            "they are the relay's word. Pin the log key (the logged evidence is what the agent "
-            "sent the broker), or accept the relay's word explicitly",
+            "was made under binding version 1, which does not bind them: they are the word "
+            "of the relay (and of the broker, which may have logged them flipped). Evidence "
+            "from a current agent uses version 2; accept the relay's word explicitly only for "
+            "an agent from before version 2",
             reason="cc_state_unauthenticated",
         )
 

@@ -119,10 +119,19 @@ def _check_inputs(nonce: bytes, enclave_public_key: bytes, protocol_label: str) 
         )
     if not 0 < len(enclave_public_key) <= MAX_PUBLIC_KEY_BYTES:
         raise InputError(f"enclave public key must be 1..{MAX_PUBLIC_KEY_BYTES} bytes")
-    label = protocol_label.encode("utf-8")
+    label = _label_bytes(protocol_label)
     if not 0 < len(label) <= MAX_LABEL_BYTES:
         raise InputError(f"protocol label must be 1..{MAX_LABEL_BYTES} bytes")
     return label
+
+
+def _label_bytes(label: str) -> bytes:
+    """The label's UTF-8; a string that has none (a lone surrogate, which JSON's ``\\ud800``
+    escapes can produce) is an ``InputError``, not a ``UnicodeEncodeError``."""
+    try:
+        return label.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError("protocol label is not valid text") from None
 
 
 @dataclass(frozen=True)
@@ -227,7 +236,7 @@ def parse_binding_claim(value: object) -> tuple[str, DeviceState]:
     label = value["label"]
     if (
         not isinstance(label, str)
-        or not 0 < len(label.encode("utf-8", "replace")) <= MAX_LABEL_BYTES
+        or not 0 < len(_label_bytes(label)) <= MAX_LABEL_BYTES
         or binding_version(label) != 2
     ):
         raise InputError(f"{BINDING_CLAIM} names no version-2 label")

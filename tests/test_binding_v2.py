@@ -206,3 +206,14 @@ def test_no_shifting_collisions_v2(a: bytes, b: bytes, s: DeviceState) -> None:
     assert base != derive_binding_v2(a[:-1], a[-1:] + b, s)
     other = DeviceState(not s.cc_mode_on, s.devtools_on, s.gpus, s.switches)
     assert base != derive_binding_v2(a, b + s.encode(), other)
+
+
+def test_a_label_that_is_not_text_is_an_input_error() -> None:
+    # JSON's "\ud800" escape gives a lone surrogate, which has no UTF-8: a typed refusal from
+    # the claim parser and from the derivation, never a UnicodeEncodeError.
+    good = binding_claim(PROTOCOL_LABEL_V2, STATES[0])
+    with pytest.raises(InputError):
+        parse_binding_claim({**good, "label": "lessee/v2/\ud800"})
+    for label in ("lessee/v2/\ud800", "lessee/v1/\udfff"):
+        with pytest.raises(InputError):
+            derive_session_binding(NONCE, KEY, label, STATES[0])

@@ -290,6 +290,7 @@ def _run(args: argparse.Namespace) -> int:
             log_key=log_key,
             suite=_suites()[args.suite],
             timeout=args.timeout,
+            allow_binding_v1=args.allow_binding_v1,
         )
         try:
             # The steps of ``agent.attest``, with the evidence kept for the key bundle that
@@ -495,6 +496,14 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="the enclave key's HPKE suite: xwing (ML-KEM-768+X25519, the default, so a "
         "recorded key release or stream stays confidential against a future quantum computer) "
         "or x25519 (classical, for clients that cannot do ML-KEM)",
+    )
+    parser.add_argument(
+        "--allow-binding-v1",
+        action="store_true",
+        help="also answer a broker's version-1 challenge (a broker from before binding version "
+        "2, or one run with --binding-v1). Off by default: version 1 binds neither the GPUs' CC "
+        "and DevTools flags nor their count, and the broker picks the version, so a broker "
+        "colluding with the host could otherwise downgrade this agent (docs/binding.md)",
     )
     parser.add_argument("--json", action="store_true", help="machine-readable summary")
     parser.add_argument(

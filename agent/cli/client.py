@@ -137,8 +137,6 @@ def _bundle_check(args: argparse.Namespace) -> KeyAttestationCheck | VerifyingKe
         pki = Path(args.trust_emulation) if args.trust_emulation else default_pki_dir()
         emulation = load_emulation_roots(pki)
     rims = load_rims(Path(args.rims)) if args.rims is not None else ()
-    if args.trust_relayed_cc_state and log_key is not None:
-        raise InputError("--trust-relayed-cc-state is for a client without --log-key")
     return evidence_check(
         policy,
         context=appraisal_context(rims=rims, emulation=emulation),
@@ -262,12 +260,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     gen.add_argument(
         "--trust-relayed-cc-state",
         action="store_true",
-        help="with --policy and without --log-key: accept the GPUs' CC mode and DevTools mode "
-        "as version-1 evidence states them. They are in no signed report (NVML reports them): "
-        "evidence made under binding version 2 (a current broker and agent) binds them into its "
-        "reports and needs no flag; version-1 evidence with GPUs is refused without the log key "
-        "(the flags are the relay's word) unless this is given; with --log-key the logged "
-        "evidence (what the agent sent the broker) settles them",
+        help="with --policy: accept the GPUs' CC mode and DevTools mode as version-1 evidence "
+        "states them (only for an enclave agent from before binding version 2). They are in no "
+        "signed report (NVML reports them): evidence made under binding version 2 (a current "
+        "agent) binds them into its reports and needs no flag; version-1 evidence with GPUs is "
+        "refused unless this is given, --log-key or not (a broker colluding with the host can "
+        "log flipped flags)",
     )
     gen.add_argument("--prompt", required=True, metavar="TEXT")
     gen.add_argument(

@@ -31,7 +31,7 @@ from agent.emulation import (
 )
 from agent.rpc.server import appraisal_context, load_emulation_roots
 from attest.appraise.composite import AppraisalContext
-from attest.binding import derive_binding
+from attest.binding import PROTOCOL_LABEL_V2, DeviceState, derive_binding, derive_session_binding
 from attest.bundle import DeviceEvidenceIn, EvidenceBundle
 from attest.ear import Status
 from attest.errors import VerificationError
@@ -72,12 +72,24 @@ def evidence_for(
     *,
     measurement: bytes = EMULATED_LAUNCH_MEASUREMENT,
     edit: Callable[[EvidenceBundle], EvidenceBundle] | None = None,
+    version: int = 2,
 ) -> bytes:
-    """Emulated evidence whose reports carry the binding of (``nonce``, ``attested_key``)."""
-    binding = derive_binding(nonce, attested_key)
-    cpu = EmulatedCpuSource(EmulatedSnp(pki, measurement=measurement)).collect(binding.report_data)
+    """Emulated evidence whose reports carry the binding of (``nonce``, ``attested_key``):
+    version 2 (what a current agent makes: the GPU's state and count bound too) or 1 (an agent
+    from before version 2)."""
     gpu = EmulatedGpuSource([EmulatedGpu(pki, index=0)])
     state = gpu.cc_state()
+    binding = (
+        derive_session_binding(
+            nonce,
+            attested_key,
+            PROTOCOL_LABEL_V2,
+            DeviceState(state.cc_mode_on, state.devtools_on, gpu.gpu_count(), 0),
+        )
+        if version == 2
+        else derive_binding(nonce, attested_key)
+    )
+    cpu = EmulatedCpuSource(EmulatedSnp(pki, measurement=measurement)).collect(binding.report_data)
     bundle = EvidenceBundle(
         cpu=cpu,
         gpus=gpu.collect(binding.gpu_nonce),
@@ -270,29 +282,33 @@ def test_cli_zero_trust_mode(
     good, strict = tmp_path / "policy.json", tmp_path / "strict.json"
     good.write_text(json.dumps(_policy_doc(pki)))
     strict.write_text(json.dumps(_policy_doc(pki, pin_roots=False)))
+    emulation = ["--trust-emulation", str(pki_dir)]
 
-    # Without the log key the GPUs' CC and DevTools state are the relay's word: refused unless
-    # accepted explicitly.
-    assert _cli(stack.target, "--policy", str(good), "--trust-emulation", str(pki_dir)) == 1
-    err = capsys.readouterr().err
-    assert "relay's word" in err and stack.service.stats.requests == 0
-    relayed = ["--trust-relayed-cc-state"]
-    assert (
-        _cli(stack.target, "--policy", str(good), "--trust-emulation", str(pki_dir), *relayed) == 0
-    )
+    # Evidence of a current agent (binding version 2) binds the GPUs' CC and DevTools state:
+    # the client's policy alone decides.
+    assert _cli(stack.target, "--policy", str(good), *emulation) == 0
     assert capsys.readouterr().out == "via the cli\n"
 
     # Without the emulation roots offered, or under a policy that pins none: refused, exit 1.
-    assert _cli(stack.target, "--policy", str(good), *relayed) == 1
+    assert _cli(stack.target, "--policy", str(good)) == 1
     err = capsys.readouterr().err
     assert "contraindicated" in err and "via the cli" not in err
-    assert (
-        _cli(stack.target, "--policy", str(strict), "--trust-emulation", str(pki_dir), *relayed)
-        == 1
-    )
+    assert _cli(stack.target, "--policy", str(strict), *emulation) == 1
     capsys.readouterr()
     assert stack.service.stats.requests == 1
-    # The flag belongs to a zero-trust client without the log key.
+
+    # Version-1 evidence (an agent from before version 2): the state is the relay's word, so
+    # refused unless accepted explicitly.
+    key = enclave_key()
+    v1 = zero_trust_bundle(key, evidence_for(pki, key.public_key.encode(), version=1))
+    stack = stack_factory(key=key, bundle=v1)
+    assert _cli(stack.target, "--policy", str(good), *emulation) == 1
+    err = capsys.readouterr().err
+    assert "relay's word" in err and stack.service.stats.requests == 0
+    relayed = ["--trust-relayed-cc-state"]
+    assert _cli(stack.target, "--policy", str(good), *emulation, *relayed) == 0
+    assert capsys.readouterr().out == "via the cli\n"
+    # The flag belongs to a zero-trust client.
     assert _cli(stack.target, "--broker-key", str(good), *relayed) == 2
     assert "goes with --policy" in capsys.readouterr().err
 
@@ -404,37 +420,48 @@ def _cc_state(cc_mode_on: bool, devtools_on: bool) -> Callable[[EvidenceBundle],
     return edit
 
 
-def test_cc_state_flipped_by_the_relay_needs_the_log_key_to_be_caught(
+def test_cc_state_of_version_1_evidence_is_refused_unless_taken_on_the_relays_word(
     pki: EmulationPki, policy: Policy, context: AppraisalContext, log: Log
 ) -> None:
-    """The GPUs' CC and DevTools mode are in no signed report: the relay can rewrite them in a
-    version-2 bundle (here: a GPU with CC off and DevTools on, shown as CC on, DevTools off),
-    and every report still verifies. Without the log key the check therefore refuses evidence
-    with GPUs unless the caller takes the relay's word; with it, the evidence must be what the
-    agent sent the broker, which logged the honest state."""
+    """Version-1 evidence (an agent from before binding version 2) binds neither the GPUs' CC
+    nor DevTools mode, and no signed report carries them: the relay can rewrite them (here: a
+    GPU with CC off and DevTools on, shown as CC on, DevTools off) and every report still
+    verifies. The log key does not settle them either: a broker colluding with the host can
+    ask for version 1 and log the flipped bundle itself. So such evidence is refused with the
+    log key or without, unless the caller takes the relay's word."""
     key = enclave_key()
-    honest = evidence_for(pki, key.public_key.encode(), edit=_cc_state(False, True))
-    flipped = evidence_for(pki, key.public_key.encode(), edit=_cc_state(True, False))
+    honest = evidence_for(pki, key.public_key.encode(), edit=_cc_state(False, True), version=1)
+    flipped = evidence_for(pki, key.public_key.encode(), edit=_cc_state(True, False), version=1)
     ear = make_ear(key.public_key.encode(), broker=OTHER_BROKER)
+    now = datetime.now(UTC)
+    with_log_key = evidence_check(policy, context=context, log_key=LOG_SIGNER.verifier())
+
+    # An honest broker logged the honest state; the relay flips it.
     entry, blobs = entry_for(key, ear, nonce=NONCE, evidence=honest)
     proof = proof_bytes(log.append(entry, blobs), entry.raw)
     relayed = KeyBundle.build(key.public_key, ear.encode(), proof, evidence=flipped, nonce=NONCE)
-    now = datetime.now(UTC)
-
-    with pytest.raises(VerificationError) as info:
-        evidence_check(policy, context=context)(relayed, now)
-    assert info.value.reason == "cc_state_unauthenticated"
+    # A colluding broker logged the flipped bundle: its log proof is good.
+    entry, blobs = entry_for(key, ear, nonce=NONCE, evidence=flipped)
+    colluded_proof = proof_bytes(log.append(entry, blobs), entry.raw)
+    colluded = KeyBundle.build(
+        key.public_key, ear.encode(), colluded_proof, evidence=flipped, nonce=NONCE
+    )
+    for bundle, check in (
+        (relayed, evidence_check(policy, context=context)),
+        (relayed, with_log_key),
+        (colluded, with_log_key),
+    ):
+        with pytest.raises(VerificationError) as info:
+            check(bundle, now)
+        assert info.value.reason == "cc_state_unauthenticated"
     # Taking the relay's word is exactly what lets the flipped state through:
     evidence_check(policy, context=context, trust_relayed_cc_state=True)(relayed, now)
-    with pytest.raises(VerificationError) as info:
-        evidence_check(policy, context=context, log_key=LOG_SIGNER.verifier())(relayed, now)
-    assert info.value.reason == "log_entry_evidence"
-    # ... and the honest state itself is refused by the policy, log key or not.
+    # ... and the honest state itself is refused by the policy.
     honest_bundle = KeyBundle.build(
         key.public_key, ear.encode(), proof, evidence=honest, nonce=NONCE
     )
     for check in (
-        evidence_check(policy, context=context, log_key=LOG_SIGNER.verifier()),
+        with_log_key,
         evidence_check(policy, context=context, trust_relayed_cc_state=True),
     ):
         with pytest.raises(VerificationError) as info:

@@ -121,11 +121,11 @@ def test_v2_honest_unsafe_state_is_refused_by_policy(
     assert "report_data" not in str(info.value)  # the binding holds; the state is refused
 
 
-def test_v1_evidence_still_needs_the_log_key_or_the_relays_word(
+def test_v1_evidence_needs_the_relays_word(
     pki: EmulationPki, policy: Policy, context: AppraisalContext
 ) -> None:
     key = enclave_key()
-    bundle = _relayed(key, evidence_for(pki, key.public_key.encode()))  # version 1
+    bundle = _relayed(key, evidence_for(pki, key.public_key.encode(), version=1))
     now = datetime.now(UTC)
     with pytest.raises(VerificationError) as info:
         evidence_check(policy, context=context)(bundle, now)

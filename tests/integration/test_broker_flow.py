@@ -448,3 +448,23 @@ def test_the_agent_binds_every_gpu_it_reports_and_refuses_a_count_that_moves(
     agent = harness.agent(gpu=Shrinking([EmulatedGpu(harness.pki, index=i) for i in range(2)]))
     with pytest.raises(HardwareUnavailableError, match="GPU count changed"):
         agent.collect(agent.start_session(MODEL))
+
+
+def test_the_agent_refuses_a_version_1_challenge_unless_allowed(harness: Harness) -> None:
+    """The broker picks the binding version; version 1 binds neither the GPUs' CC/DevTools
+    flags nor their count. A current agent therefore answers only version 2, so a broker
+    colluding with the host cannot downgrade it and log flipped flags; an operator who still
+    runs a broker from before version 2 (or one with --binding-v1) allows it explicitly."""
+    from attest.binding import PROTOCOL_LABEL_V1
+
+    assert harness.server is not None
+    harness.server.broker.protocol_label = PROTOCOL_LABEL_V1  # as `broker serve --binding-v1`
+    with pytest.raises(VerificationError) as e:
+        harness.agent().start_session(MODEL)
+    assert e.value.reason == "protocol_label" and "--allow-binding-v1" in str(e.value)
+
+    agent = harness.agent()
+    agent.allow_binding_v1 = True
+    session = agent.start_session(MODEL)
+    assert session.protocol_label == PROTOCOL_LABEL_V1
+    assert agent.send_evidence(session, agent.collect(session)).status is Status.AFFIRMING
