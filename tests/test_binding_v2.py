@@ -217,3 +217,43 @@ def test_a_label_that_is_not_text_is_an_input_error() -> None:
     for label in ("lessee/v2/\ud800", "lessee/v1/\udfff"):
         with pytest.raises(InputError):
             derive_session_binding(NONCE, KEY, label, STATES[0])
+
+
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=40),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=6)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.one_of(
+        _json_values,
+        st.fixed_dictionaries(
+            {
+                "label": st.one_of(st.just(PROTOCOL_LABEL_V2), st.text(max_size=140), _json_values),
+                "cc_mode_on": _json_values,
+                "devtools_on": _json_values,
+                "gpus": _json_values,
+                "switches": _json_values,
+            }
+        ),
+    )
+)
+def test_any_claim_value_parses_or_is_an_input_error(value: object) -> None:
+    # The claim comes out of a signed token, but a parser is strict and typed all the same:
+    # whatever JSON the token holds, the answer is a (label, state) that round-trips or an
+    # InputError, never another exception.
+    try:
+        label, state = parse_binding_claim(value)
+    except InputError:
+        return
+    assert binding_claim(label, state) == value
+    derive_session_binding(NONCE, KEY, label, state)  # and it derives
