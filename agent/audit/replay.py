@@ -31,9 +31,9 @@ Per entry (each failure is a ``Finding`` naming the entry; the replay keeps goin
    logged binding (``binding_mismatch``); the recomputed binding is what the appraisal uses.
    Version 2 (docs/binding.md): a result whose ``ear.lessee.binding`` claim names a version-2
    label and device state is derived with them (a malformed claim is ``binding_mismatch``),
-   and for an attest entry the archived evidence's own CC/DevTools flags must be that state
-   (``binding_mismatch``), so the appraisal checks the reports against the flags the logged
-   evidence carries. A result without the claim is version 1, derived under
+   and for an attest entry the archived evidence's own CC/DevTools flags and device counts must
+   be that state (``binding_mismatch``), so the appraisal checks the reports against the state
+   the logged evidence carries. A result without the claim is version 1, derived under
    ``--protocol-label`` (default ``lessee/v1/key-release``: the log does not record labels).
 5. **Appraisal** (attest entries). One ``evidence-bundle`` blob (``evidence_unusable``) that
    parses (``evidence_malformed``); collateral ``broker-rim-0..n-1`` as the broker's RIMs
@@ -889,12 +889,12 @@ class EntryReplayer:
             add("evidence_malformed", str(exc))
             raise _Stop from None
         if claimed_state is not None and bundle.device_state != claimed_state:
-            # The evidence's flags are what a version-2 binding must bind: logged evidence with
-            # other flags than the result names was not appraised under the logged binding.
+            # The evidence's state is what a version-2 binding must bind: logged evidence with
+            # another state than the result names was not appraised under the logged binding.
             add(
                 "binding_mismatch",
-                "the logged evidence's CC/DevTools flags are not the device state the result's "
-                f"{BINDING_CLAIM} claim names",
+                "the logged evidence's CC/DevTools flags or device counts are not the device "
+                f"state the result's {BINDING_CLAIM} claim names",
             )
         ctx, missing = self._entry_context(e, policy, blob, add)
         facts["roots_unavailable"] = missing
