@@ -16,7 +16,14 @@ from pathlib import Path
 from agent.cli._keys import load_signing_key
 from attest.appraise.common import result_submodules
 from attest.appraise.composite import AppraisalContext, appraise_bundle
-from attest.binding import DEFAULT_PROTOCOL_LABEL, derive_session_binding
+from attest.binding import (
+    BINDING_CLAIM,
+    PROTOCOL_LABEL_V1,
+    PROTOCOL_LABEL_V2,
+    binding_claim,
+    binding_version,
+    derive_session_binding,
+)
 from attest.bundle import load_bundle
 from attest.ear import AttestationResult, Status, issue_ear
 from attest.errors import InputError
@@ -52,8 +59,10 @@ def _run(args: argparse.Namespace) -> int:
         if not args.enclave_key_hex
         else _hex(args.enclave_key, "--enclave-key")
     )
-    # A version-2 label binds the bundle's own CC/DevTools flags (docs/binding.md).
-    binding = derive_session_binding(nonce, enclave_key, args.protocol_label, bundle.device_state)
+    # Version 2 (what a current agent makes) binds the bundle's own CC/DevTools flags and device
+    # counts (docs/binding.md); version 1 only on request, for evidence of an older agent.
+    label = args.protocol_label or (PROTOCOL_LABEL_V1 if args.binding_v1 else PROTOCOL_LABEL_V2)
+    binding = derive_session_binding(nonce, enclave_key, label, bundle.device_state)
     rims = tuple(_read(str(p)) for d in args.rim for p in sorted(Path(d).glob("*")) if p.is_file())
     devices, findings = appraise_bundle(
         bundle, binding, policy, at, context=AppraisalContext(rims=rims)
@@ -67,7 +76,12 @@ def _run(args: argparse.Namespace) -> int:
         enclave_key=enclave_key,
         policy_digest=policy.digest,
         result_id=secrets.token_hex(16),
-        extra={"ear.lessee.findings": [f.to_json() for f in findings]} if findings else {},
+        extra=(
+            {BINDING_CLAIM: binding_claim(label, bundle.device_state)}
+            if binding_version(label) == 2
+            else {}
+        )
+        | ({"ear.lessee.findings": [f.to_json() for f in findings]} if findings else {}),
     )
     status = result.status  # enclave-level findings count through the ``enclave`` submodule
     print(issue_ear(result, key))
@@ -125,7 +139,14 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="enclave public key (file, or hex with --enclave-key-hex)",
     )
     parser.add_argument("--enclave-key-hex", action="store_true", help="--enclave-key is hex text")
-    parser.add_argument("--protocol-label", default=DEFAULT_PROTOCOL_LABEL, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--binding-v1",
+        action="store_true",
+        help="the evidence was made under session binding version 1 (an agent from before "
+        "version 2), which binds neither the GPUs' CC/DevTools flags nor their count; the "
+        "default is version 2, what current agents make (docs/binding.md)",
+    )
+    parser.add_argument("--protocol-label", default=None, help=argparse.SUPPRESS)
     parser.add_argument(
         "--rim", action="append", default=[], metavar="DIR", help="extra RIM folder (repeatable)"
     )

@@ -204,3 +204,36 @@ def test_a_bad_jwk_verifier_key_is_one_line_exit_2(
     assert main(["result", "verify", "a.b.c", "--verifier-key", str(key)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("lessee: error:") and err.count("\n") == 1 and "key.jwk" in err
+
+
+def test_appraise_uses_binding_version_2_unless_told_version_1(
+    files: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Current agents make version-2 evidence, so that is the default; the result then names
+    the device state its binding bound (``ear.lessee.binding``), and ``--binding-v1`` appraises
+    an older agent's evidence under version 1 (no claim)."""
+    import base64
+
+    from attest.binding import BINDING_CLAIM, PROTOCOL_LABEL_V2
+    from attest.bundle import load_bundle
+
+    args = ["appraise", "--policy", files["policy"], "--evidence-bundle", files["bundle"]]
+    args += ["--key", files["key"], "--nonce", "00" * 32, "--enclave-key", files["ek"]]
+    args += ["--at", "2024-06-01T00:00:00Z"]
+
+    def claims(extra: list[str]) -> dict[str, object]:
+        main([*args, *extra])
+        token = capsys.readouterr().out.strip()
+        payload = token.split(".")[1]
+        decoded: dict[str, object] = json.loads(base64.urlsafe_b64decode(payload + "=" * 4))
+        return decoded
+
+    state = load_bundle(Path(files["bundle"]).read_bytes()).device_state
+    assert claims([])[BINDING_CLAIM] == {
+        "label": PROTOCOL_LABEL_V2,
+        "cc_mode_on": state.cc_mode_on,
+        "devtools_on": state.devtools_on,
+        "gpus": state.gpus,
+        "switches": state.switches,
+    }
+    assert BINDING_CLAIM not in claims(["--binding-v1"])
