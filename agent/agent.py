@@ -213,7 +213,6 @@ class Session:
     __slots__ = (
         "_key",
         "binding",
-        "device_state",
         "expires_at",
         "model_id",
         "nonce",
@@ -235,7 +234,6 @@ class Session:
         self.expires_at = expires_at
         self.protocol_label = protocol_label
         self.binding: SessionBinding | None = None
-        self.device_state: DeviceState | None = None
 
     def bind(self, state: DeviceState) -> SessionBinding:
         """Derive (and keep) the binding for ``state``, the flags as read before any report is
@@ -243,7 +241,6 @@ class Session:
         self.binding = derive_session_binding(
             self.nonce, self.public_key, self.protocol_label, state
         )
-        self.device_state = state
         return self.binding
 
     def enclave_key(self) -> HpkePrivateKey:
