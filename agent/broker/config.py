@@ -26,8 +26,8 @@ Why these choices:
   broker stops rather than sign with it (``ssh`` does the same for private keys). The directory
   itself must not be writable by group or others, or someone could swap a key file.
 * **Public keys are exported as files** on every start (derived from the private keys, so they
-  can never disagree), for ``lessee result verify --key``, ``lessee agent --broker-key`` and
-  ``lessee audit verify --log-key``.
+  can never disagree), for ``lessee result verify --verifier-key``, ``lessee agent
+  --broker-key`` and ``lessee audit verify --log-key``.
 
 Nothing here logs or prints private material; ``BrokerKeys`` keeps its keys out of ``repr``.
 """

@@ -262,7 +262,10 @@ def _keys(args: argparse.Namespace) -> int:
             )
         )
         return EXIT_OK
-    print("# EAR verifier key (pin it: lessee result verify --key, lessee agent --broker-key)")
+    print(
+        "# EAR verifier key (pin it: lessee result verify --verifier-key, "
+        "lessee agent --broker-key)"
+    )
     print(keys.ear_public_pem().decode(), end="")
     print(json.dumps(keys.ear_public_jwk()))
     print("# log verifier key (lessee audit verify --log-key)")

@@ -101,6 +101,15 @@ def register(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="TDX: collateral JSON (TCB info, QE identity, CRLs); SNP: AMD CRL (DER or PEM)",
     )
+    ver.add_argument(
+        "--skip-revocation",
+        action="store_true",
+        help=(
+            "SNP only: verify without AMD's CRL (offline, say). Without --collateral or this "
+            "flag an SNP report is rejected (exit 1): the default policy rejects evidence whose "
+            "revocation was not checked. A TDX quote always needs its --collateral"
+        ),
+    )
     ver.add_argument("--at", metavar="ISO-8601", help="verification time (default: now)")
     ver.add_argument(
         "--report-data", metavar="HEX", help="expected 64-byte report data (the session binding)"

@@ -11,12 +11,16 @@ other policy (measurements, minimum TCB, VMPL, SMT, migration agent) is appraisa
 
 Inputs: ``--certs`` (repeatable) takes the VCEK/VLEK (DER or PEM) and optionally the ASK/ASVK and
 ARK (PEM, AMD's ``cert_chain``); a missing ASK/ARK comes from lessee's pinned package data.
-``--collateral`` takes AMD's CRL for the product (DER or PEM, from KDS ``.../crl``); without it
-revocation is not checked and the output says so. ``--report-data`` is the expected 64-byte
-REPORT_DATA in hex.
+``--collateral`` takes AMD's CRL for the product (DER or PEM, from KDS ``.../crl``). Without it
+revocation cannot be checked, and the default policy rejects evidence whose revocation was not
+checked (``missing_revocation: reject``): the verdict is ``rejected (revocation_not_checked)``,
+exit 1, as ``lessee cpu verify`` on a TDX quote without its collateral. ``--skip-revocation`` is
+the explicit choice to verify without the CRL (offline, say): the output still says revocation
+was not checked, and the exit code is then decided by the other checks. ``--report-data`` is the
+expected 64-byte REPORT_DATA in hex.
 
-Exit codes: 0 verified and the default policy accepts; 1 a check failed or DEBUG is set;
-2 malformed input.
+Exit codes: 0 verified and the default policy accepts; 1 a check failed, DEBUG is set, or no CRL
+was given without ``--skip-revocation``; 2 malformed input.
 """
 
 from __future__ import annotations
@@ -45,6 +49,12 @@ REPORT_DATA_BYTES = 64
 DEBUG_VERDICT = (
     "signature and chain verified; DEBUG policy set - the default policy rejects this VM"
 )
+NO_CRL_VERDICT = (
+    "revocation not checked: no AMD CRL given (--collateral FILE), and the default policy "
+    "rejects evidence whose revocation was not checked; --skip-revocation to verify without it"
+)
+#: What each reason of ``_verdict`` says on stderr.
+_REASON_TEXT = {"debug_policy": DEBUG_VERDICT, "revocation_not_checked": NO_CRL_VERDICT}
 
 
 def _flags(report: AttestationReport) -> str:
@@ -145,9 +155,13 @@ def _expected_report_data(text: str | None) -> bytes | None:
     return value
 
 
-def _verdict(verified: VerifiedSnpReport) -> list[str]:
-    """lessee's default policy bits, applied without a policy document: no DEBUG."""
-    return ["debug_policy"] if verified.report.policy.debug else []
+def _verdict(verified: VerifiedSnpReport, *, skip_revocation: bool) -> list[str]:
+    """lessee's default policy bits, applied without a policy document: no DEBUG, and
+    revocation checked (``missing_revocation: reject``) unless the caller chose to skip it."""
+    reasons = ["debug_policy"] if verified.report.policy.debug else []
+    if not verified.revocation_checked and not skip_revocation:
+        reasons.append("revocation_not_checked")
+    return reasons
 
 
 def run_verify(data: bytes, args: argparse.Namespace) -> int:
@@ -159,11 +173,14 @@ def run_verify(data: bytes, args: argparse.Namespace) -> int:
             load_amd_certificates(read_bounded(path, MAX_AMD_CERT_INPUT_BYTES, "certificate file"))
         )
     crl_path = getattr(args, "collateral", None)
+    skip_revocation = bool(getattr(args, "skip_revocation", False))
+    if crl_path and skip_revocation:
+        raise InputError("--collateral (AMD's CRL) and --skip-revocation exclude each other")
     crl = read_bounded(crl_path, MAX_CRL_BYTES, "CRL") if crl_path else None
     expected = _expected_report_data(getattr(args, "report_data", None))
 
     verified = verify_snp_report(data, certs, at=at, crl=crl, report_data=expected)
-    reasons = _verdict(verified)
+    reasons = _verdict(verified, skip_revocation=skip_revocation)
     report = verified.report
     if getattr(args, "json", False):
         out = {
@@ -178,6 +195,7 @@ def run_verify(data: bytes, args: argparse.Namespace) -> int:
             "certificate": verified.extensions.as_dict(),
             "chip_id_checked": verified.chip_id_checked,
             "revocation_checked": verified.revocation_checked,
+            "revocation_skipped": skip_revocation,
             "report_data_checked": expected is not None,
             "report": report.as_dict(verified.product),
         }
@@ -189,15 +207,27 @@ def run_verify(data: bytes, args: argparse.Namespace) -> int:
             f"chain: {chain} (pinned)",
             f"verified_at: {at.isoformat()}",
             f"chip_id_check: {'matches the VCEK hwID' if verified.chip_id_checked else 'not checked (VLEK or masked)'}",
-            f"revocation: {'AMD CRL checked' if verified.revocation_checked else 'not checked (no CRL given)'}",
+            f"revocation: {_revocation_line(verified.revocation_checked, skip_revocation)}",
             f"report_data_check: {'matches the expected value' if expected is not None else 'not checked (no --report-data)'}",
         ]
         if reasons:
             lines.append(f"verdict: rejected ({', '.join(reasons)})")
+        elif verified.revocation_checked:
+            lines.append("verdict: OK - signature, AMD chain, CRL and TCB verified; DEBUG not set")
         else:
-            lines.append("verdict: OK - signature, AMD chain and TCB verified; DEBUG not set")
+            lines.append(
+                "verdict: OK - signature, AMD chain and TCB verified; DEBUG not set; "
+                "revocation NOT checked (--skip-revocation)"
+            )
         print("\n".join(lines))
-    if reasons:
-        print(f"lessee: rejected: {DEBUG_VERDICT}", file=sys.stderr)
-        return 1
-    return 0
+    for reason in reasons:
+        print(f"lessee: rejected: {_REASON_TEXT[reason]}", file=sys.stderr)
+    return 1 if reasons else 0
+
+
+def _revocation_line(checked: bool, skipped: bool) -> str:
+    if checked:
+        return "AMD CRL checked"
+    if skipped:
+        return "not checked (--skip-revocation)"
+    return "not checked (no CRL given: the default policy rejects this)"

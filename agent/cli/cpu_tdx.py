@@ -153,6 +153,11 @@ def acceptance_problems(verified: VerifiedTdxQuote) -> list[str]:
 
 def run_verify(data: bytes, args: argparse.Namespace) -> int:
     """Verify the quote (and collateral when given) as of ``--at``; exit code per the contract."""
+    if getattr(args, "skip_revocation", False):
+        raise InputError(
+            "--skip-revocation applies to SEV-SNP reports only: a TDX quote's collateral "
+            "(--collateral) carries its TCB status and QE identity as well as its CRLs"
+        )
     quote = _parse(data, args)
     at = _time(args)
     expected = _report_data(args)

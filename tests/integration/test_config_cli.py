@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -102,6 +103,24 @@ def test_note_key_parser_raises_only_input_errors(text: str) -> None:
         parse_note_private_key(text)
     except InputError:
         pass
+
+
+def test_cli_keys_text_names_flags_that_exist(
+    harness: Harness, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every ``lessee <command> --<flag>`` the key listing tells its reader to use is a flag of
+    that command (it once said ``result verify --key``, which is refused)."""
+    assert main(["broker", "keys", "--state", str(harness.state)]) == 0
+    text = capsys.readouterr().out
+    uses = re.findall(r"lessee ((?:[a-z]+ )+)(--[a-z-]+)", text)
+    assert {(cmd.strip(), flag) for cmd, flag in uses} == {
+        ("result verify", "--verifier-key"),
+        ("agent", "--broker-key"),
+        ("audit verify", "--log-key"),
+    }
+    for cmd, flag in uses:
+        assert main([*cmd.split(), "--help"]) == 0
+        assert flag in capsys.readouterr().out, (cmd, flag)
 
 
 def test_cli_keys_export_and_agent(

@@ -21,17 +21,29 @@ GSG_ARGS = [
 VIRTEE_ARGS = [str(VIRTEE / "report_milan.hex"), "--certs", str(VIRTEE / "vcek_milan.der")]
 
 
-def test_verify_clean_report_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["cpu", "verify", *VIRTEE_ARGS, *AT]) == 0
+def test_verify_clean_report_exits_0_only_when_revocation_is_skipped_on_purpose(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # No AMD CRL: the default policy (missing_revocation: reject) rejects, as the README's
+    # exit-code rule says ("1 ... a check could not be done") and as TDX without collateral.
+    assert main(["cpu", "verify", *VIRTEE_ARGS, *AT]) == 1
+    captured = capsys.readouterr()
+    assert "verdict: rejected (revocation_not_checked)" in captured.out
+    assert "verdict: OK" not in captured.out
+    assert captured.err.startswith("lessee: rejected: revocation not checked")
+    assert "--skip-revocation" in captured.err and captured.err.count("\n") == 1
+    # The explicit choice: verified, and the output still says revocation was not checked.
+    assert main(["cpu", "verify", *VIRTEE_ARGS, *AT, "--skip-revocation"]) == 0
     out = capsys.readouterr().out
-    assert "verdict: OK" in out
+    assert "verdict: OK" in out and "revocation NOT checked (--skip-revocation)" in out
+    assert "revocation: not checked (--skip-revocation)" in out
     assert "chain: SEV-VCEK -> SEV-Milan -> ARK-Milan (pinned)" in out
     assert "reported_tcb: bootloader=3 tee=0 snp=8 microcode=115" in out
     assert "debug: no" in out
 
 
 def test_verify_debug_report_exits_1_and_says_why(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["cpu", "verify", *GSG_ARGS, *AT]) == 1
+    assert main(["cpu", "verify", *GSG_ARGS, *AT, "--skip-revocation"]) == 1
     captured = capsys.readouterr()
     assert "verdict: rejected (debug_policy)" in captured.out
     assert "OK" not in captured.out
@@ -42,7 +54,9 @@ def test_verify_debug_report_exits_1_and_says_why(capsys: pytest.CaptureFixture[
 def test_verify_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["cpu", "verify", *GSG_ARGS, *AT, "--json"]) == 1
     doc = json.loads(capsys.readouterr().out)
-    assert doc["verdict"] == "rejected" and doc["reasons"] == ["debug_policy"]
+    assert doc["verdict"] == "rejected"
+    assert doc["reasons"] == ["debug_policy", "revocation_not_checked"]
+    assert doc["revocation_skipped"] is False
     assert doc["product"] == "Milan" and doc["signing_key"] == "vcek"
     assert doc["report"]["policy"]["debug"] is True
     assert doc["reported_tcb"]["snp"] == 5
@@ -99,6 +113,24 @@ def test_malformed_certificate_exits_2(tmp_path: Path) -> None:
     cert = tmp_path / "vcek.der"
     cert.write_bytes(b"\x30\x03\x02\x01\x00")
     assert main(["cpu", "verify", str(GSG / "attestation.bin"), "--certs", str(cert), *AT]) == 2
+
+
+def test_skip_revocation_json_and_exclusions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["cpu", "verify", *VIRTEE_ARGS, *AT, "--skip-revocation", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["verdict"] == "verified" and doc["reasons"] == []
+    assert doc["revocation_checked"] is False and doc["revocation_skipped"] is True
+    # DEBUG is rejected whatever is skipped.
+    assert main(["cpu", "verify", *GSG_ARGS, *AT, "--skip-revocation", "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["reasons"] == ["debug_policy"]
+    # A CRL and skipping it are two answers to one question: bad usage.
+    crl = tmp_path / "crl.der"
+    crl.write_bytes(b"not a crl")
+    args = [*VIRTEE_ARGS, *AT, "--skip-revocation", "--collateral", str(crl)]
+    assert main(["cpu", "verify", *args]) == 2
+    assert "exclude each other" in capsys.readouterr().err
 
 
 def test_crl_collateral_is_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -100,6 +100,10 @@ def test_verify_without_collateral_is_not_a_verification(
     assert main(["cpu", "verify", str(quote_file), "--at", DCAP_AT, "--json"]) == 1
     out = json.loads(capsys.readouterr().out)
     assert out["verified"] is False and out["fmspc"] == "b0c06f000000"
+    # SNP's --skip-revocation has no TDX meaning: the collateral is also the TCB status.
+    args = ["cpu", "verify", str(quote_file), "--at", DCAP_AT, "--skip-revocation"]
+    assert main(args) == 2
+    assert "SEV-SNP reports only" in capsys.readouterr().err
 
 
 def test_padded_buffer_and_garbage_are_bad_input(
