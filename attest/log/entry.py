@@ -105,7 +105,8 @@ class EntryKind(StrEnum):
 class RefusalReason(StrEnum):
     """Why the broker refused a release: the closed set of ``reason`` values, in the order
     ``Broker.release_key`` checks them (the replay reads that order: a refusal for one reason
-    says every check before it passed)."""
+    says every check before it passed), except ``expired`` for a token expired past the EAR's
+    clock skew, which is refused before every other check (docs/log.md)."""
 
     UNKNOWN_RESULT = "unknown_result"
     MODEL_MISMATCH = "model_mismatch"
