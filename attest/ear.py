@@ -208,6 +208,29 @@ def _unb64u(text: str, what: str) -> bytes:
     return data
 
 
+#: The compact-JWS alphabet: base64url and the two dots (``is_compact_jws``).
+_JWS_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_."
+
+
+def is_compact_jws(value: str) -> bool:
+    r"""``value`` is three non-empty base64url segments joined by dots and nothing else.
+
+    The language of ``^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\Z`` (tested against
+    that pattern), checked in C at memory speed: the regex walks a token (~8 KiB for one GPU,
+    ~50 KiB for eight) one character at a time, ~4x slower. Such a token is its own JSON
+    string body. ``verify_ear`` admits nothing else (no surrounding whitespace either), so the
+    exact text a broker acted on is the text its log can hold: a padded copy of a genuine token
+    once passed ReleaseKey's checks, spent the result, and then could not be logged."""
+    if not value.isascii():
+        return False
+    raw = value.encode("ascii")
+    if raw.translate(None, _JWS_ALPHABET):
+        return False
+    first = raw.find(b".")
+    second = raw.find(b".", first + 1)
+    return 0 < first < second - 1 and second < len(raw) - 1 and raw.find(b".", second + 1) < 0
+
+
 def _alg_for(key: SigningKey | VerifyingKey) -> str:
     if isinstance(key, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
         return "EdDSA"
@@ -421,9 +444,12 @@ def verify_ear(
         raise ParseError(f"token larger than {MAX_TOKEN_BYTES} bytes")
     if not token.isascii():
         raise ParseError("token is not ASCII (a compact JWS is base64url text)")
-    parts = token.strip().split(".")
-    if len(parts) != 3:
-        raise ParseError("not a compact JWS (need header.payload.signature)")
+    if not is_compact_jws(token):
+        raise ParseError(
+            "not a compact JWS (need header.payload.signature: three base64url segments "
+            "and nothing else, no whitespace)"
+        )
+    parts = token.split(".")
     alg, crit = (
         _cached_header_fields(parts[0])
         if len(parts[0]) <= _MAX_CACHED_HEADER_CHARS

@@ -172,6 +172,18 @@ def test_malformed_tokens() -> None:
             verify_ear(bad, key, at=NOW)
 
 
+@pytest.mark.parametrize("pad", [" ", "\n", "\t", "\r\n", "\x0b", "\x0c"])
+def test_a_genuine_token_with_whitespace_around_it_is_refused(pad: str) -> None:
+    """One token, one spelling: the broker verifies and logs the exact text it was sent, so a
+    padded copy must fail here, not after it spent the result (it once verified: stripped)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    token = issue_ear(_result(), key)
+    assert verify_ear(token, key.public_key(), at=NOW)
+    for bad in (token + pad, pad + token, token.replace(".", pad + ".", 1)):
+        with pytest.raises(ParseError, match="compact JWS"):
+            verify_ear(bad, key.public_key(), at=NOW)
+
+
 def test_lessee_profile_requires_binding_claims() -> None:
     key = ed25519.Ed25519PrivateKey.generate()
     token = issue_ear(_result(nonce=None), key)

@@ -456,6 +456,24 @@ class Broker:
         if hashlib.sha256(enclave_key).digest() != record.enclave_key_digest:
             raise ReleaseRefusedError("result names another enclave key", reason="key_mismatch")
         recipient = self._recipient(enclave_key)
+        # The log entry is built (and so validated) before the claim: nothing that can fail
+        # on the caller's input may come between a durable claim and its entry, or a result
+        # would be spent with nothing logged.
+        nonce = claims.nonce or b""
+        binding = self._result_binding(claims, nonce, enclave_key)
+        policy_bytes = model.policy_json.encode()
+        entry = release_entry(
+            at=now,
+            nonce=nonce,
+            binding=binding.report_data,
+            policy=BlobRef.of("policy", "application/json", policy_bytes),
+            verifier=self.verifier_build,
+            result=result,
+            model_id=model_id,
+            recipient_key_sha256=record.enclave_key_digest,
+            model_version=model.model_version,
+            manifest_sha256=model.manifest_digest,
+        )
         # Claim the result atomically before any key material is touched: exactly one of any
         # number of concurrent callers gets past this line.
         if not self.store.claim_release(
@@ -474,21 +492,6 @@ class Broker:
             result_id=record.result_id,
         )
         del data_key
-        nonce = claims.nonce or b""
-        binding = self._result_binding(claims, nonce, enclave_key)
-        policy_bytes = model.policy_json.encode()
-        entry = release_entry(
-            at=now,
-            nonce=nonce,
-            binding=binding.report_data,
-            policy=BlobRef.of("policy", "application/json", policy_bytes),
-            verifier=self.verifier_build,
-            result=result,
-            model_id=model_id,
-            recipient_key_sha256=record.enclave_key_digest,
-            model_version=model.model_version,
-            manifest_sha256=model.manifest_digest,
-        )
         receipt = self.log.append(entry, [policy_bytes])
         return ReleaseOutcome(
             sealed_key=sealed,

@@ -35,6 +35,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -119,17 +120,26 @@ def log_event(event: str, **fields: Any) -> None:
 
 
 def peer_is_loopback(peer: str) -> bool:
-    """True for a gRPC peer string naming a loopback address (``ipv4:127.0.0.1:5``, ``ipv6:[::1]:5``)."""
+    """True for a gRPC peer string naming a loopback address: ``ipv4:127.0.0.1:5``, and IPv6
+    as gRPC spells it, brackets percent-encoded (``ipv6:%5B::1%5D:5``; also ``ipv6:[::1]:5``),
+    including an IPv4-mapped loopback (``::ffff:127.0.0.1``, an IPv4 client of a dual-stack
+    listener). Anything else, a Unix socket included, is not."""
     if peer.startswith("ipv4:"):
         host = peer[5:].rsplit(":", 1)[0]
     elif peer.startswith("ipv6:"):
-        host = peer[5:].rsplit(":", 1)[0].strip("[]")
+        host = urllib.parse.unquote(peer[5:]).rsplit(":", 1)[0]
+        if not (host.startswith("[") and host.endswith("]")):
+            return False
+        host = host[1:-1]
     else:
         return False
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
 
 
 def has_verified_client_certificate(context: grpc.ServicerContext) -> bool:

@@ -43,7 +43,7 @@ from attest.bundle import (
     SnpEvidenceIn,
     TdxEvidenceIn,
 )
-from attest.ear import MAX_TOKEN_BYTES, Status
+from attest.ear import MAX_TOKEN_BYTES, Status, is_compact_jws
 from attest.errors import InputError
 from attest.findings import Finding
 from attest.log.entryproof import EntryProof
@@ -324,6 +324,11 @@ def release_request_from_proto(msg: broker_pb2.ReleaseKeyRequest) -> ReleaseArgs
         raise ConvertError("result is required")
     if len(msg.result) > MAX_TOKEN_BYTES or not msg.result.isascii():
         raise ConvertError(f"result must be an ASCII token of at most {MAX_TOKEN_BYTES} bytes")
+    if not is_compact_jws(msg.result):
+        # The exact text is what the broker verifies and logs: a copy with whitespace around a
+        # genuine token is refused here, before it can spend the result (``verify_ear`` refuses
+        # it too).
+        raise ConvertError("result must be a compact JWS: header.payload.signature, nothing else")
     return ReleaseArgs(result=msg.result, model_id=model_id(msg.model_id))
 
 

@@ -95,12 +95,13 @@ class Harness:
     clock: MutableClock = field(default_factory=MutableClock)
     server: RunningBroker | None = None
     channel: grpc.Channel | None = None
+    listen: str = "127.0.0.1:0"
 
     def start(self) -> RunningBroker:
         self.server = serve_broker(
             BrokerConfig(
                 state_dir=self.state,
-                listen="127.0.0.1:0",
+                listen=self.listen,
                 trust_emulation=self.pki_dir,
                 clock=self.clock,
                 max_workers=16,

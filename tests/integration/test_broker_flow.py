@@ -425,6 +425,35 @@ def test_refusals_of_its_own_results_are_logged_once_over_grpc(harness: Harness)
     assert decode_entry(log.entries(size + 1, size + 2)[0]).reason == "expired"
 
 
+@pytest.mark.parametrize("pad", ["\n", " ", "\t", "\r\n"])
+def test_a_padded_copy_of_a_genuine_result_spends_nothing(harness: Harness, pad: str) -> None:
+    """Whitespace around a genuine token once passed every release check (``verify_ear``
+    stripped it), spent the result, and only then failed as a log entry: the enclave's own
+    ReleaseKey was refused ``result_used`` and no entry said why. Now the padded copy is bad
+    input before anything happens, the log does not grow, and the genuine release works."""
+    assert harness.server is not None
+    log = harness.server.log_store
+    harness.register(OTHER_MODEL, OTHER_DATA_KEY, OTHER_MANIFEST)
+    agent = harness.agent()
+    attested = agent.attest(MODEL)
+    size = log.size
+    for token, model_id in (
+        (attested.result + pad, MODEL),
+        (pad + attested.result, MODEL),
+        (attested.result + pad, OTHER_MODEL),  # would have been a logged model_mismatch
+    ):
+        with pytest.raises(grpc.RpcError) as e:
+            harness.stub.ReleaseKey(
+                broker_pb2.ReleaseKeyRequest(result=token, model_id=model_id), timeout=30
+            )
+        assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "compact JWS" in (e.value.details() or "")
+        assert log.size == size
+    key, _ = agent.release(attested)
+    assert bytes(key) == DATA_KEY
+    assert log.size == size + 1
+
+
 def test_the_agent_binds_every_gpu_it_reports_and_refuses_a_count_that_moves(
     harness: Harness,
 ) -> None:

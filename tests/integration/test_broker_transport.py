@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from agent.agent import BrokerRefusedError, open_channel
 from agent.broker.config import BrokerConfig
+from agent.emulation import EmulationPki
 from agent.rpc import convert
 from agent.rpc.broker_service import INTERNAL_MESSAGE
 from agent.rpc.server import serve_broker
@@ -348,6 +349,35 @@ def test_tls_and_admin_access_off_loopback(tmp_path: Path) -> None:
             )
     finally:
         running.stop(1.0)
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("listen", ["[::1]:0", "localhost:0"])
+def test_admin_calls_from_ipv6_loopback_are_loopback(
+    tmp_path: Path, pki_dir: Path, pki: EmulationPki, listen: str
+) -> None:
+    """gRPC names an IPv6 peer ``ipv6:%5B::1%5D:port`` (brackets percent-encoded): read as is,
+    ``::1`` was never loopback, so admin calls from it -- ``broker register --target
+    localhost:PORT``, where localhost resolves to ::1 first -- were refused."""
+    if not _ipv6_loopback():
+        pytest.skip("no IPv6 loopback on this machine")
+    h = Harness(state=tmp_path / "state", pki_dir=pki_dir, pki=pki, listen=listen)
+    running = h.start()
+    try:
+        reply = h.register()
+        assert reply.key_id.startswith(f"{MODEL}/v1/")
+        if listen.startswith("[::1]"):
+            assert running.target.startswith("[::1]:")
+    finally:
+        h.stop()
 
 
 def test_no_loopback_admin_leaves_admin_calls_to_the_admin_port(tmp_path: Path) -> None:

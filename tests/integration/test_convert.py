@@ -175,6 +175,13 @@ def test_peer_strings() -> None:
     assert peer_is_loopback("ipv4:127.0.0.1:5000")
     assert peer_is_loopback("ipv4:127.8.9.1:1")
     assert peer_is_loopback("ipv6:[::1]:5000")
+    # As gRPC writes them: brackets percent-encoded; and an IPv4 client of a dual-stack port.
+    assert peer_is_loopback("ipv6:%5B::1%5D:5000")
+    assert peer_is_loopback("ipv6:%5B::ffff:127.0.0.1%5D:5000")
+    assert not peer_is_loopback("ipv6:%5B::ffff:10.0.0.1%5D:5000")
+    assert not peer_is_loopback("ipv6:%5B::2%5D:5000")
+    assert not peer_is_loopback("ipv6:::1:5000")  # no brackets: not gRPC's form
+    assert not peer_is_loopback("ipv6:%5Bfe80::1%25eth0%5D:5000")
     assert not peer_is_loopback("ipv4:10.0.0.1:5000")
     assert not peer_is_loopback("ipv6:[::ffff:10.0.0.1]:5000")
     assert not peer_is_loopback("unix:/tmp/sock")
