@@ -23,8 +23,11 @@ Why these choices:
   cannot end up with different keys (the loser reads the winner's file), and a later start
   never replaces a key that results and checkpoints were signed with.
 * **Refused when readable by others.** A key that group or world can read has leaked; the
-  broker stops rather than sign with it (``ssh`` does the same for private keys). The directory
-  itself must not be writable by group or others, or someone could swap a key file.
+  broker stops rather than sign with it (``ssh`` does the same for private keys). The same
+  holds for ``broker.db`` and ``log.db`` and their ``-wal``/``-shm``/``-journal`` files, which
+  must also be regular files: a model's policy in ``broker.db`` is protected by the file's
+  mode alone. The directory itself must not be writable by group or others, or someone could
+  swap a key file.
 * **Public keys are exported as files** on every start (derived from the private keys, so they
   can never disagree), for ``lessee result verify --verifier-key``, ``lessee agent
   --broker-key`` and ``lessee audit verify --log-key``.
@@ -145,6 +148,23 @@ def _check_private_file(path: Path) -> bytes:
         os.close(fd)
 
 
+def _check_private_db(path: Path) -> None:
+    """A database file (or its WAL, shared-memory or journal file), where present, must be a
+    regular file that group and others can neither read nor write, as the key files: whoever
+    can write ``broker.db`` can change a model's policy (its rows are not authenticated; the
+    data keys in it are, by the master key), and ``log.db`` is the log before any checkpoint
+    commits to it. A database restored from a backup with a loose umask stops the broker
+    instead of running with it."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{path}: not a regular file (a symlink or device is refused)")
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise InputError(f"{path}: broker database is accessible by group/others (chmod 600)")
+
+
 def _create_private(path: Path, data: bytes) -> bool:
     """Create ``path`` (0600, exclusive) holding ``data``; False if it already existed."""
     try:
@@ -260,6 +280,8 @@ def prepare_state_dir(state_dir: Path | str, *, create: bool = True) -> BrokerKe
     master = load_or_create_master_key(d / MASTER_KEY)
     for name in (BROKER_DB, LOG_DB):  # SQLite makes -wal/-shm with the database's mode
         _create_private(d / name, b"")
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            _check_private_db(d / f"{name}{suffix}")
     keys = BrokerKeys(
         result_key=_load_or_create_ear_key(d / EAR_SIGNING_KEY),
         log_signer=_load_or_create_note_key(d / LOG_NOTE_KEY),

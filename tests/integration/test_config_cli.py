@@ -67,6 +67,27 @@ def test_loose_or_missing_state_is_refused(tmp_path: Path) -> None:
         prepare_state_dir(state)
 
 
+@pytest.mark.parametrize("name", ["broker.db", "log.db", "broker.db-wal", "log.db-shm"])
+def test_loose_databases_are_refused(tmp_path: Path, name: str) -> None:
+    """Whoever can write broker.db can swap a model's policy (its rows are protected by the
+    file's mode alone): a database, or its WAL/shared-memory file, that group or others may
+    read or write, or that is a symlink, stops the broker as a loose key file does."""
+    state = tmp_path / "s"
+    prepare_state_dir(state)
+    path = state / name
+    path.touch()
+    for mode in (0o640, 0o604, 0o660):
+        path.chmod(mode)
+        with pytest.raises(InputError, match="broker database is accessible by group/others"):
+            prepare_state_dir(state)
+    path.chmod(0o600)
+    prepare_state_dir(state)
+    path.unlink()
+    path.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(InputError, match="not a regular file"):
+        prepare_state_dir(state)
+
+
 def test_config_rules() -> None:
     with pytest.raises(InputError):
         BrokerConfig(state_dir=Path("s"), tls_cert=Path("c"))
