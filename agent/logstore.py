@@ -455,6 +455,24 @@ class LogStore:
             ).fetchall()
         return [r[0] for r in rows]
 
+    def contains_leaf(self, leaf: bytes, start: int, stop: int) -> bool:
+        """Whether an entry with leaf hash ``leaf`` lies in ``[start, stop)`` (clamped to the
+        acknowledged log). Reads only the leaf hashes, a chunk at a time, from ``start`` on and
+        stops at the first match: the broker asks this of a release claim, whose entry, when
+        it was written, follows the claim's log size by at most the appends in flight then."""
+        stop = min(stop, self.size)
+        pos = max(0, start)
+        while pos < stop:
+            end = min(stop, pos + MAX_ENTRIES_PER_READ)
+            with self._read_lock:
+                rows = self._reader.execute(
+                    "SELECT leaf_hash FROM entries WHERE idx >= ? AND idx < ?", (pos, end)
+                ).fetchall()
+            if any(bytes(r[0]) == leaf for r in rows):
+                return True
+            pos = end
+        return False
+
     def blob(self, sha256: bytes) -> bytes:
         with self._read_lock:
             row = self._reader.execute(

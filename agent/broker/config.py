@@ -14,6 +14,8 @@ file                   what                                                     
 ``ear-verifier.pem``   the EAR verifier (public) key, for relying parties            0644
 ``ear-verifier.jwk``   the same key as a JWK (RFC 7517, ``kid`` = RFC 7638 print)    0644
 ``log.vkey``           the log's verifier key (one C2SP vkey line), for auditors     0644
+``broker.lock``        empty; the serving broker holds its ``flock`` (one broker    0600
+                       per directory: ``agent.rpc.server.lock_state_dir``)
 =====================  ==========================================================  ======
 
 Why these choices:
@@ -65,6 +67,8 @@ from attest.log.note import (
 
 BROKER_DB = "broker.db"
 LOG_DB = "log.db"
+#: Held (``flock``) by the broker serving the directory: one broker per state directory.
+STATE_LOCK = "broker.lock"
 MASTER_KEY = "master.key"
 EAR_SIGNING_KEY = "ear-signing.pem"
 LOG_NOTE_KEY = "log-note.key"

@@ -22,6 +22,7 @@ Time comes from an injected clock, randomness from ``secrets``; nothing here log
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import threading
 from collections import OrderedDict
@@ -64,9 +65,12 @@ from attest.log.entry import (
     release_entry,
     release_refused_entry,
 )
+from attest.log.merkle import leaf_hash
 from attest.policy import Policy, load_policy
 from sealing.hpke_suite import HpkePublicKey
 from sealing.keyrelease import DATA_KEY_BYTES, seal_data_key
+
+_log = logging.getLogger("lessee.broker")
 
 NONCE_BYTES = 32
 MAX_MODEL_ID_CHARS = 128
@@ -156,6 +160,16 @@ class Broker:
         default_factory=OrderedDict, repr=False
     )
     _enclave_keys_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    #: This broker process, in every release claim it makes: a claim by another instance was
+    #: made by a process that has stopped (one broker serves a state directory: ``serve``
+    #: holds its lock), so if that claim's log entry is not in the log, the key was never sent.
+    instance: str = field(default_factory=lambda: secrets.token_hex(8))
+    #: The log's size when this instance started: every entry an earlier instance appended
+    #: lies before it.
+    _start_size: int = field(init=False, repr=False, default=0)
+
+    def __post_init__(self) -> None:
+        self._start_size = self.log.size
 
     # ---- admin ---------------------------------------------------------------------------
 
@@ -412,6 +426,40 @@ class Broker:
         v1 = self.protocol_label if binding_version(self.protocol_label) == 1 else PROTOCOL_LABEL_V1
         return derive_binding(nonce, enclave_key, v1)
 
+    def _claim(
+        self, result_id: str, model_id: str, now: datetime, leaf: bytes, log_size: int
+    ) -> bool:
+        return self.store.claim_release(
+            result_id=result_id,
+            model_id=model_id,
+            released_at=now.timestamp(),
+            entry_leaf=leaf,
+            log_size=log_size,
+            instance=self.instance,
+        )
+
+    def _drop_orphan_claim(self, result_id: str) -> bool:
+        """Drop the claim on ``result_id`` if an earlier broker process made it and its log
+        entry is not in the log: that process stopped between the claim and the append, so no
+        key was sent (ReleaseKey answers only after the append), and refusing the result as
+        used would leave a ``result_used`` refusal with no release anywhere in the log. A claim
+        of this process, or one from before claims named their entry, is never dropped here."""
+        claim = self.store.release_claim(result_id)
+        if (
+            claim is None
+            or claim.instance is None
+            or claim.instance == self.instance
+            or claim.entry_leaf is None
+            or claim.log_size is None
+        ):
+            return False
+        if self.log.contains_leaf(claim.entry_leaf, claim.log_size, self._start_size):
+            return False  # logged: the release happened (its answer may have been lost)
+        dropped = self.store.drop_release_claim(result_id=result_id, instance=claim.instance)
+        if dropped:
+            _log.warning("release claim of a stopped broker process was never logged; dropped")
+        return dropped
+
     def _release(
         self,
         *,
@@ -475,24 +523,39 @@ class Broker:
             manifest_sha256=model.manifest_digest,
         )
         # Claim the result atomically before any key material is touched: exactly one of any
-        # number of concurrent callers gets past this line.
-        if not self.store.claim_release(
-            result_id=record.result_id, model_id=model_id, released_at=now.timestamp()
-        ):
+        # number of concurrent callers gets past this line. The claim names the entry that will
+        # log it, so a claim whose entry never made it into the log (this process failed, or
+        # an earlier one stopped, in between: no key was sent, since the answer waits for the
+        # log) is dropped instead of refusing the result as used forever.
+        leaf = leaf_hash(entry.raw)
+        size_at_claim = self.log.size
+        claimed = self._claim(record.result_id, model_id, now, leaf, size_at_claim)
+        if not claimed and self._drop_orphan_claim(record.result_id):
+            claimed = self._claim(record.result_id, model_id, now, leaf, size_at_claim)
+        if not claimed:
             raise ReleaseRefusedError(
                 "this result was already used for a release", reason="result_used"
             )
-        data_key = self.wrapper.unwrap(model.wrapped_key, key_id=model.key_id, model_id=model_id)
-        sealed = seal_data_key(
-            recipient,
-            data_key,
-            model_id=model_id,
-            model_version=model.model_version,
-            key_id=model.key_id,
-            result_id=record.result_id,
-        )
-        del data_key
-        receipt = self.log.append(entry, [policy_bytes])
+        try:
+            data_key = self.wrapper.unwrap(
+                model.wrapped_key, key_id=model.key_id, model_id=model_id
+            )
+            sealed = seal_data_key(
+                recipient,
+                data_key,
+                model_id=model_id,
+                model_version=model.model_version,
+                key_id=model.key_id,
+                result_id=record.result_id,
+            )
+            del data_key
+            receipt = self.log.append(entry, [policy_bytes])
+        except BaseException:
+            # Nothing was sent; unless the entry is in the log after all (an append that
+            # committed and then failed), the claim goes too, and the result stays usable.
+            if not self.log.contains_leaf(leaf, size_at_claim, self.log.size):
+                self.store.drop_release_claim(result_id=record.result_id, instance=self.instance)
+            raise
         return ReleaseOutcome(
             sealed_key=sealed,
             suite=recipient.suite.name,

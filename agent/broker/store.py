@@ -105,6 +105,18 @@ class ResultRecord:
     expires_at: float
 
 
+@dataclass(frozen=True)
+class ReleaseClaim:
+    """What a release claim recorded for finding out, later, whether its log entry was ever
+    written: the entry's leaf hash, the log's size when the claim was made (the entry, if
+    appended, lies at or after it) and the broker process (``Broker.instance``) that made it.
+    Claims from before these were recorded have None in each."""
+
+    entry_leaf: bytes | None
+    log_size: int | None
+    instance: str | None
+
+
 class BrokerStore(Protocol):
     def issue_nonce(
         self, nonce: bytes, *, model_id: str, now: float, expires_at: float
@@ -115,7 +127,18 @@ class BrokerStore(Protocol):
     def put_result(self, result: ResultRecord) -> None: ...
     def get_result(self, result_id: str) -> ResultRecord | None: ...
     def record_release(self, *, result_id: str, model_id: str, released_at: float) -> None: ...
-    def claim_release(self, *, result_id: str, model_id: str, released_at: float) -> bool: ...
+    def claim_release(
+        self,
+        *,
+        result_id: str,
+        model_id: str,
+        released_at: float,
+        entry_leaf: bytes | None = None,
+        log_size: int | None = None,
+        instance: str | None = None,
+    ) -> bool: ...
+    def release_claim(self, result_id: str) -> ReleaseClaim | None: ...
+    def drop_release_claim(self, *, result_id: str, instance: str) -> bool: ...
     def count_releases(self, result_id: str) -> int: ...
     def claim_refusal(self, *, result_id: str, reason: str, refused_at: float) -> bool: ...
     def forget_refusal(self, *, result_id: str, reason: str) -> None: ...
@@ -137,7 +160,8 @@ CREATE TABLE IF NOT EXISTS results (
 );
 CREATE TABLE IF NOT EXISTS releases (
   id INTEGER PRIMARY KEY AUTOINCREMENT, result_id TEXT NOT NULL REFERENCES results(result_id),
-  model_id TEXT NOT NULL, released_at REAL NOT NULL
+  model_id TEXT NOT NULL, released_at REAL NOT NULL,
+  entry_leaf BLOB, log_size INTEGER, instance TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS releases_one_per_result ON releases(result_id);
 CREATE TABLE IF NOT EXISTS refusals (
@@ -145,6 +169,10 @@ CREATE TABLE IF NOT EXISTS refusals (
   PRIMARY KEY (result_id, reason)
 );
 """
+
+
+#: Columns a release claim gained (``ReleaseClaim``), added to older databases on open.
+_RELEASE_CLAIM_COLUMNS = (("entry_leaf", "BLOB"), ("log_size", "INTEGER"), ("instance", "TEXT"))
 
 
 class SqliteBrokerStore:
@@ -164,6 +192,27 @@ class SqliteBrokerStore:
         # Used only by the thread holding _write_lock (hence check_same_thread=False).
         self._writer = _connect(self._path, check_same_thread=False)
         self._writer.executescript(_SCHEMA)
+        self._add_release_claim_columns()
+
+    def _add_release_claim_columns(self) -> None:
+        """Databases from before release claims recorded their log entry get the columns (one
+        transaction, NULL in the old rows: such a claim is never taken for an orphan)."""
+        db = self._writer
+        have = {row[1] for row in db.execute("PRAGMA table_info(releases)")}
+        missing = [c for c in _RELEASE_CLAIM_COLUMNS if c[0] not in have]
+        if not missing:
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            have = {row[1] for row in db.execute("PRAGMA table_info(releases)")}
+            for name, kind in _RELEASE_CLAIM_COLUMNS:
+                if name not in have:  # another process may have added it meanwhile
+                    db.execute(f"ALTER TABLE releases ADD COLUMN {name} {kind}")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
 
     def _db(self) -> sqlite3.Connection:
         """This thread's read connection."""
@@ -348,20 +397,59 @@ class SqliteBrokerStore:
             )
         )
 
-    def claim_release(self, *, result_id: str, model_id: str, released_at: float) -> bool:
+    def claim_release(
+        self,
+        *,
+        result_id: str,
+        model_id: str,
+        released_at: float,
+        entry_leaf: bytes | None = None,
+        log_size: int | None = None,
+        instance: str | None = None,
+    ) -> bool:
         """Record the release of ``result_id`` if none was recorded; False if one was.
 
-        One conditional INSERT under the unique index: of any number of concurrent callers (or
-        broker replicas on one database) exactly one wins, and the claim is durable before the
-        key is sealed, so a crash can lose a release but never make two.
+        One conditional INSERT under the unique index: of any number of concurrent callers
+        exactly one wins, and the claim is durable before the key is sealed, so a crash can
+        lose a release but never make two. ``entry_leaf``, ``log_size`` and ``instance``
+        (``ReleaseClaim``) let a later broker process find a claim whose log entry was never
+        written and drop it (``drop_release_claim``).
         """
         inserted = self._write_statement(
             _statement(
-                "INSERT OR IGNORE INTO releases(result_id, model_id, released_at) VALUES (?,?,?)",
-                (result_id, model_id, released_at),
+                "INSERT OR IGNORE INTO releases(result_id, model_id, released_at, entry_leaf, "
+                "log_size, instance) VALUES (?,?,?,?,?,?)",
+                (result_id, model_id, released_at, entry_leaf, log_size, instance),
             )
         )
         return inserted == 1
+
+    def release_claim(self, result_id: str) -> ReleaseClaim | None:
+        """The claim on ``result_id``, if there is one."""
+        row = (
+            self._db()
+            .execute(
+                "SELECT entry_leaf, log_size, instance FROM releases WHERE result_id=?",
+                (result_id,),
+            )
+            .fetchone()
+        )
+        if row is None:
+            return None
+        leaf, size, instance = row
+        return ReleaseClaim(
+            entry_leaf=bytes(leaf) if leaf is not None else None, log_size=size, instance=instance
+        )
+
+    def drop_release_claim(self, *, result_id: str, instance: str) -> bool:
+        """Delete the claim on ``result_id`` made by broker process ``instance``; False if there
+        is none by it (another caller dropped it first, or it is not that process's)."""
+        deleted = self._write_statement(
+            _statement(
+                "DELETE FROM releases WHERE result_id=? AND instance=?", (result_id, instance)
+            )
+        )
+        return deleted == 1
 
     def count_releases(self, result_id: str) -> int:
         row = (

@@ -23,9 +23,11 @@ What the server adds around the servicers (``agent.rpc.broker_service``):
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -43,7 +45,13 @@ from grpc_reflection.v1alpha import reflection
 
 from agent.bounded_read import read_bounded
 from agent.broker.appraiser import CompositeAppraiser, ReloadReport, composite_appraiser
-from agent.broker.config import BROKER_DB, LOG_DB, BrokerConfig, prepare_state_dir
+from agent.broker.config import (
+    BROKER_DB,
+    LOG_DB,
+    STATE_LOCK,
+    BrokerConfig,
+    prepare_state_dir,
+)
 from agent.broker.keywrap import KeyWrapper
 from agent.broker.service import Broker
 from agent.broker.store import SqliteBrokerStore
@@ -290,6 +298,15 @@ class _Resources:
     health: health.HealthServicer
     closed: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: The open ``broker.lock`` of a serving broker (``flock`` held until closed), else None.
+    state_lock: int | None = None
+
+    def close(self) -> None:
+        self.log.close()
+        self.store.close()
+        if self.state_lock is not None:
+            os.close(self.state_lock)  # releases the flock
+            self.state_lock = None
 
 
 class RunningBroker(grpc.Server):
@@ -354,8 +371,7 @@ class RunningBroker(grpc.Server):
         res.health.enter_graceful_shutdown()
         event = self._server.stop(grace)
         event.wait()
-        res.log.close()
-        res.store.close()
+        res.close()
         log_event("broker_stopped", port=self.port)
         return event
 
@@ -406,20 +422,54 @@ def stale_held_crls(report: ReloadReport, now: datetime) -> list[str]:
     ]
 
 
-def build_broker(config: BrokerConfig) -> tuple[Broker, _Resources, EmulationRoots | None]:
-    """Open the state directory and make a ``Broker`` over it (no network)."""
+def lock_state_dir(state_dir: Path) -> int:
+    """Take ``broker.lock`` in the state directory (``flock``, exclusive, not waiting) and
+    return its descriptor: the lock lasts until it is closed or the process ends, however it
+    ends. One broker serves a state directory: two would each keep their own view of the log's
+    tree and sign checkpoints that fork it, and a release claim by another broker process
+    could not be told from one a stopped process left behind."""
+    path = state_dir / STATE_LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise InputError(
+            f"{state_dir}: another broker is serving this state directory (it holds "
+            f"{STATE_LOCK}); one broker per state directory"
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def build_broker(
+    config: BrokerConfig, *, lock: bool = False
+) -> tuple[Broker, _Resources, EmulationRoots | None]:
+    """Open the state directory and make a ``Broker`` over it (no network). ``lock``: hold
+    the state directory's lock (``lock_state_dir``) for as long as the resources are open, as
+    a serving broker must."""
     keys = prepare_state_dir(config.state_dir)
+    state_lock = lock_state_dir(config.state_dir) if lock else None
     rims = load_rims(config.rims_dir) if config.rims_dir is not None else ()
     amd_crls = load_amd_crls(config.amd_crls_dir) if config.amd_crls_dir is not None else {}
     emulation = (
         load_emulation_roots(config.trust_emulation) if config.trust_emulation is not None else None
     )
     context = appraisal_context(rims=rims, amd_crls=amd_crls, emulation=emulation)
-    store = SqliteBrokerStore(config.state_dir / BROKER_DB)
+    try:
+        store = SqliteBrokerStore(config.state_dir / BROKER_DB)
+    except BaseException:
+        if state_lock is not None:
+            os.close(state_lock)
+        raise
     try:
         log = LogStore(config.state_dir / LOG_DB, keys.log_signer)
     except BaseException:
         store.close()
+        if state_lock is not None:
+            os.close(state_lock)
         raise
     broker = Broker(
         store=store,
@@ -430,7 +480,7 @@ def build_broker(config: BrokerConfig) -> tuple[Broker, _Resources, EmulationRoo
         clock=config.clock,
         protocol_label=PROTOCOL_LABEL_V1 if config.binding_v1 else PROTOCOL_LABEL_V2,
     )
-    return broker, _Resources(store, log, health.HealthServicer()), emulation
+    return broker, _Resources(store, log, health.HealthServicer(), state_lock=state_lock), emulation
 
 
 def serve_broker(config: BrokerConfig) -> RunningBroker:
@@ -460,7 +510,7 @@ def serve_broker(config: BrokerConfig) -> RunningBroker:
                 [pair], root_certificates=_tls_file(config.client_ca), require_client_auth=True
             )
 
-    broker, res, emulation = build_broker(config)
+    broker, res, emulation = build_broker(config, lock=True)
     try:
         server = grpc.server(
             ThreadPoolExecutor(config.max_workers, thread_name_prefix="lessee-broker"),
@@ -503,8 +553,7 @@ def serve_broker(config: BrokerConfig) -> RunningBroker:
             raise InputError(f"cannot listen on {config.listen} (in use, or not an address here)")
         server.start()
     except BaseException:
-        res.log.close()
-        res.store.close()
+        res.close()
         raise
     for name in ("", *SERVICES):
         res.health.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -13,7 +13,13 @@ from pathlib import Path
 import pytest
 
 from agent.broker.keywrap import KeyWrapper, UnwrapError, load_or_create_master_key
-from agent.broker.store import ModelRecord, NonceError, ResultRecord, SqliteBrokerStore
+from agent.broker.store import (
+    ModelRecord,
+    NonceError,
+    ReleaseClaim,
+    ResultRecord,
+    SqliteBrokerStore,
+)
 from attest.errors import InputError
 
 NOW = 1_800_000_000.0
@@ -128,6 +134,51 @@ def test_keywrap_binds_ids_and_master_key(tmp_path: Path) -> None:
     (tmp_path / "loose.key").chmod(0o644)
     with pytest.raises(InputError):
         load_or_create_master_key(tmp_path / "loose.key")
+
+
+def test_release_claims_name_their_entry_and_only_their_maker_drops_them(tmp_path: Path) -> None:
+    s = SqliteBrokerStore(tmp_path / "b.db")
+    s.put_result(ResultRecord("r1", "m", b"k" * 32, b"n" * 32, "affirming", NOW, NOW + 300))
+    assert s.release_claim("r1") is None
+    leaf = b"\x11" * 32
+    assert s.claim_release(
+        result_id="r1", model_id="m", released_at=NOW, entry_leaf=leaf, log_size=7, instance="a"
+    )
+    assert s.release_claim("r1") == ReleaseClaim(entry_leaf=leaf, log_size=7, instance="a")
+    assert not s.drop_release_claim(result_id="r1", instance="b")  # not b's claim
+    assert s.count_releases("r1") == 1
+    assert s.drop_release_claim(result_id="r1", instance="a")
+    assert not s.drop_release_claim(result_id="r1", instance="a")  # gone already
+    assert s.count_releases("r1") == 0 and s.release_claim("r1") is None
+    assert s.claim_release(result_id="r1", model_id="m", released_at=NOW)  # usable again
+
+
+def test_an_older_database_gains_the_claim_columns_and_keeps_its_claims(tmp_path: Path) -> None:
+    """A broker.db from before claims named their entry opens with the columns added; its
+    claims read as None throughout, so they are never taken for orphans."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(
+        """
+        CREATE TABLE results (
+          result_id TEXT PRIMARY KEY, model_id TEXT NOT NULL, enclave_key_digest BLOB NOT NULL,
+          nonce BLOB NOT NULL UNIQUE, status TEXT NOT NULL, issued_at REAL NOT NULL,
+          expires_at REAL NOT NULL);
+        CREATE TABLE releases (
+          id INTEGER PRIMARY KEY AUTOINCREMENT, result_id TEXT NOT NULL REFERENCES results(result_id),
+          model_id TEXT NOT NULL, released_at REAL NOT NULL);
+        CREATE UNIQUE INDEX releases_one_per_result ON releases(result_id);
+        INSERT INTO releases(result_id, model_id, released_at) VALUES ('old', 'm', 1.0);
+        """
+    )
+    db.close()
+    s = SqliteBrokerStore(path)
+    assert s.release_claim("old") == ReleaseClaim(entry_leaf=None, log_size=None, instance=None)
+    assert not s.claim_release(result_id="old", model_id="m", released_at=NOW)
+    s.close()
+    SqliteBrokerStore(path).close()  # opening again adds nothing twice
 
 
 def test_claim_release_exactly_once_under_concurrency(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -163,6 +164,89 @@ def test_sigkill_at_random_moments_loses_nothing_acknowledged(
         for _, _, attested in answered.attested:
             entry = entries[attested.log_index]
             assert entry.result == attested.result and entry.nonce == attested.session.nonce
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_killed_between_release_claim_and_log_append_the_retry_is_released_and_logged(
+    tmp_path: Path, pki_dir: Path, pki: EmulationPki, snp_emulation_ok: None
+) -> None:
+    """The window a random kill rarely hits, made wide: log.db's write lock is held from
+    another connection (a real SQLite lock), so the broker's ReleaseKey has claimed the result
+    in broker.db and waits to append its entry when it is killed. No key was sent. The
+    enclave's retry on the restarted broker must be released and logged (it was refused
+    ``result_used`` with no release in the log, which the audit replay rejects), and the
+    whole log must verify and replay clean. A second broker on the same state is refused."""
+    state = tmp_path / "state"
+    proc, target = _start(state, pki_dir)
+    keys = prepare_state_dir(state, create=False)
+    try:
+        with open_channel(target) as ch:
+            admin = broker_pb2_grpc.BrokerAdminStub(ch)  # type: ignore[no-untyped-call]
+            call_broker("RegisterModel", admin.RegisterModel, broker_pb2.RegisterModelRequest(
+                model_id=MODEL, model_version=1, data_key=bytes(32),
+                policy_json=json.dumps(demo_policy(list(pki.root_fingerprints().values()), "00" * 32)),
+                manifest_digest=bytes(32),
+            ), 30.0)  # fmt: skip
+            # One broker per state directory: a second one is refused while this one runs.
+            assert main(["broker", "serve", "--state", str(state), "--listen", "127.0.0.1:0"]) == 2
+            agent = EnclaveAgent(
+                ch,
+                cpu=EmulatedCpuSource(EmulatedSnp(pki, measurement=EMULATED_LAUNCH_MEASUREMENT)),
+                gpu=EmulatedGpuSource([EmulatedGpu(pki, index=0)]),
+                broker_key=keys.result_key.public_key(),
+                log_key=keys.log_signer.verifier(),
+            )
+            attested = agent.attest(MODEL)
+            blocker = sqlite3.connect(state / "log.db", isolation_level=None, timeout=30)
+            blocker.execute("BEGIN IMMEDIATE")
+            pending = broker_pb2_grpc.KeyBrokerStub(ch).ReleaseKey.future(  # type: ignore[no-untyped-call]
+                broker_pb2.ReleaseKeyRequest(result=attested.result, model_id=MODEL), timeout=60
+            )
+            broker_db = sqlite3.connect(state / "broker.db")
+            deadline = time.monotonic() + 30
+            while not broker_db.execute("SELECT count(*) FROM releases").fetchone()[0]:
+                assert time.monotonic() < deadline, "the release was never claimed"
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+            blocker.execute("ROLLBACK")
+            blocker.close()
+            with pytest.raises(grpc.RpcError):
+                pending.result()
+            assert broker_db.execute("SELECT count(*) FROM releases").fetchone()[0] == 1
+            broker_db.close()
+        proc, target = _start(state, pki_dir)
+        with open_channel(target) as ch:
+            agent = EnclaveAgent(
+                ch,
+                cpu=EmulatedCpuSource(EmulatedSnp(pki, measurement=EMULATED_LAUNCH_MEASUREMENT)),
+                gpu=EmulatedGpuSource([EmulatedGpu(pki, index=0)]),
+                broker_key=keys.result_key.public_key(),
+                log_key=keys.log_signer.verifier(),
+            )
+            key, _ = agent.release(attested)
+            assert bytes(key) == bytes(32)
+            with pytest.raises(BrokerRefusedError) as used:  # and only once
+                agent.release(attested)
+            assert used.value.reason == "result_used"
+        proc.terminate()
+        proc.wait(timeout=30)
+        out = tmp_path / "log.bundle"
+        assert main(["broker", "export-log", "--state", str(state), "--out", str(out)]) == 0
+        from agent.audit.bundle import Bundle
+
+        with Bundle(out) as log:
+            kinds = [decode_entry(r.data).kind.value for r in log.records]
+        assert kinds == ["attest", "release", "release_refused"]
+        roots = [str(pki_dir / p) for p in ("gpu/root.pem", "rim/root.pem", "snp/ark.pem")]
+        assert main(["audit", "replay", str(out), "--log-key", str(state / "log.vkey"),
+                     "--verifier-key", str(state / "ear-verifier.pem"), "--quiet",
+                     "--trust-root-candidates", *roots]) == 0  # fmt: skip
     finally:
         proc.terminate()
         try:

@@ -169,6 +169,14 @@ def test_internal_errors_leak_nothing(harness: Harness, caplog: pytest.LogCaptur
     assert {"method": "/lessee.v1.KeyBroker/ReleaseKey", "exception": "UnwrapError"} in events
     text = "\n".join(r.getMessage() + repr(getattr(r, "lessee", "")) for r in caplog.records)
     assert DATA_KEY.hex() not in text and attested.result not in text
+    # Nothing was sent and nothing logged, so the failed release left no claim: once the
+    # operator registers the model again (same policy), the same result is released.
+    db = sqlite3.connect(harness.state / "broker.db")
+    assert db.execute("SELECT count(*) FROM releases").fetchone()[0] == 0
+    db.close()
+    harness.register()
+    key, _ = harness.agent().release(attested)
+    assert bytes(key) == DATA_KEY
 
 
 def test_log_service_reads_and_proofs(harness: Harness) -> None:
