@@ -438,6 +438,13 @@ class Broker:
             instance=self.instance,
         )
 
+    def _drop_own_claim(self, result_id: str, leaf: bytes, size_at_claim: int) -> None:
+        try:
+            if not self.log.contains_leaf(leaf, size_at_claim, self.log.size):
+                self.store.drop_release_claim(result_id=result_id, instance=self.instance)
+        except Exception as exc:  # the caller re-raises the original failure
+            _log.warning("release claim kept after a failed release: %s", type(exc).__name__)
+
     def _drop_orphan_claim(self, result_id: str) -> bool:
         """Drop the claim on ``result_id`` if an earlier broker process made it and its log
         entry is not in the log: that process stopped between the claim and the append, so no
@@ -552,9 +559,10 @@ class Broker:
             receipt = self.log.append(entry, [policy_bytes])
         except BaseException:
             # Nothing was sent; unless the entry is in the log after all (an append that
-            # committed and then failed), the claim goes too, and the result stays usable.
-            if not self.log.contains_leaf(leaf, size_at_claim, self.log.size):
-                self.store.drop_release_claim(result_id=record.result_id, instance=self.instance)
+            # committed and then failed), the claim goes too, and the result stays usable. If
+            # that cannot be found out (the log or the store is closing), the claim stays: a
+            # later process decides, as after a crash.
+            self._drop_own_claim(record.result_id, leaf, size_at_claim)
             raise
         return ReleaseOutcome(
             sealed_key=sealed,
