@@ -27,8 +27,8 @@ Why these choices:
 * **Refused when readable by others.** A key that group or world can read has leaked; the
   broker stops rather than sign with it (``ssh`` does the same for private keys). The same
   holds for ``broker.db`` and ``log.db`` and their ``-wal``/``-shm``/``-journal`` files, which
-  must also be regular files: a model's policy in ``broker.db`` is protected by the file's
-  mode alone. The directory itself must not be writable by group or others, or someone could
+  must also be regular files (a model's policy in ``broker.db`` is bound to its data key by the
+  master key only for keys wrapped in format 2, ``agent.broker.keywrap``). The directory itself must not be writable by group or others, or someone could
   swap a key file.
 * **Public keys are exported as files** on every start (derived from the private keys, so they
   can never disagree), for ``lessee result verify --verifier-key``, ``lessee agent
@@ -155,9 +155,9 @@ def _check_private_file(path: Path) -> bytes:
 def _check_private_db(path: Path) -> None:
     """A database file (or its WAL, shared-memory or journal file), where present, must be a
     regular file that group and others can neither read nor write, as the key files: whoever
-    can write ``broker.db`` can change a model's policy (its rows are not authenticated; the
-    data keys in it are, by the master key), and ``log.db`` is the log before any checkpoint
-    commits to it. A database restored from a backup with a loose umask stops the broker
+    can write ``broker.db`` can change a model's policy (only rows wrapped in format 2 bind it
+    to their data key, ``agent.broker.keywrap``), and ``log.db`` is the log before any
+    checkpoint commits to it. A database restored from a backup with a loose umask stops the broker
     instead of running with it."""
     try:
         st = os.lstat(path)

@@ -1,12 +1,21 @@
 """Data keys at rest: wrapped under the broker's master key with AES-256-GCM.
 
 The AAD binds each wrapped key to its key id and model id, so a wrapped key copied onto another
-row of the database does not unwrap there. The master key never leaves this module's objects;
-it is read from a file that only the broker's user can read (created 0600 on first use).
+row of the database does not unwrap there. Format 2 (every key wrapped now) also binds a
+``context``: the broker passes what else the model's row decides a release by -- the model
+version, the policy text's SHA-256 and its digest, the sealed manifest's digest -- so a row whose
+policy was changed in the database without the master key (the database file alone was
+writable) no longer unwraps: the appraisal may run under the changed policy, but no key is
+released by it. Format 1 (no context) is still read, for keys wrapped before format 2; those
+rows are protected by the file's mode alone until the model is registered again.
+
+The master key never leaves this module's objects; it is read from a file that only the
+broker's user can read (created 0600 on first use).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import stat
@@ -20,7 +29,9 @@ from attest.errors import InputError, VerificationError
 MASTER_KEY_BYTES = 32
 DATA_KEY_BYTES = 32
 _NONCE_BYTES = 12
-_VERSION = b"\x01"
+_VERSION_1 = b"\x01"
+_VERSION_2 = b"\x02"
+_WRAPPED_LEN = 1 + _NONCE_BYTES + DATA_KEY_BYTES + 16
 
 
 class UnwrapError(VerificationError):
@@ -34,29 +45,54 @@ class KeyWrapper:
         self._aead = AESGCM(master_key)
 
     @staticmethod
-    def _aad(key_id: str, model_id: str) -> bytes:
+    def _aad(key_id: str, model_id: str, context: bytes | None = None) -> bytes:
         k, m = key_id.encode(), model_id.encode()
-        return (
-            b"lessee/v1/wrapped-data-key"
-            + len(k).to_bytes(2, "big")
-            + k
-            + len(m).to_bytes(2, "big")
-            + m
-        )
+        ids = len(k).to_bytes(2, "big") + k + len(m).to_bytes(2, "big") + m
+        if context is None:
+            return b"lessee/v1/wrapped-data-key" + ids
+        return b"lessee/v2/wrapped-data-key" + ids + len(context).to_bytes(4, "big") + context
 
-    def wrap(self, data_key: bytes, *, key_id: str, model_id: str) -> bytes:
+    def wrap(self, data_key: bytes, *, key_id: str, model_id: str, context: bytes) -> bytes:
+        """Format 2: the key bound to its ids and ``context`` (see the module docstring)."""
         if len(data_key) != DATA_KEY_BYTES:
             raise InputError(f"data key must be {DATA_KEY_BYTES} bytes")
         nonce = secrets.token_bytes(_NONCE_BYTES)
-        return _VERSION + nonce + self._aead.encrypt(nonce, data_key, self._aad(key_id, model_id))
+        aad = self._aad(key_id, model_id, context)
+        return _VERSION_2 + nonce + self._aead.encrypt(nonce, data_key, aad)
 
-    def unwrap(self, blob: bytes, *, key_id: str, model_id: str) -> bytes:
-        if len(blob) != 1 + _NONCE_BYTES + DATA_KEY_BYTES + 16 or blob[:1] != _VERSION:
+    def unwrap(self, blob: bytes, *, key_id: str, model_id: str, context: bytes) -> bytes:
+        """The data key, if ``blob`` authenticates for these ids and, in format 2, this
+        ``context`` (a format-1 blob binds none, and ``context`` is not checked for it)."""
+        if len(blob) != _WRAPPED_LEN or blob[:1] not in (_VERSION_1, _VERSION_2):
             raise UnwrapError("wrapped key has the wrong format", reason="unwrap")
+        aad = self._aad(key_id, model_id, context if blob[:1] == _VERSION_2 else None)
         try:
-            return self._aead.decrypt(blob[1:13], blob[13:], self._aad(key_id, model_id))
+            return self._aead.decrypt(blob[1:13], blob[13:], aad)
         except InvalidTag:
             raise UnwrapError("wrapped key does not authenticate", reason="unwrap") from None
+
+    def wrap_v1(self, data_key: bytes, *, key_id: str, model_id: str) -> bytes:
+        """Format 1, as brokers before format 2 wrote it (tests of reading older rows)."""
+        if len(data_key) != DATA_KEY_BYTES:
+            raise InputError(f"data key must be {DATA_KEY_BYTES} bytes")
+        nonce = secrets.token_bytes(_NONCE_BYTES)
+        return _VERSION_1 + nonce + self._aead.encrypt(nonce, data_key, self._aad(key_id, model_id))
+
+
+def model_context(
+    *, model_version: int, policy_json: str, policy_digest: str, manifest_digest: bytes
+) -> bytes:
+    """What a format-2 wrapped key of a model's row is bound to, besides its ids: the model
+    version (u32), SHA-256 of the policy text, the policy digest (length-prefixed ASCII) and
+    the sealed manifest's digest (32 bytes). Fixed layout, so one row has one context."""
+    digest = policy_digest.encode("ascii")
+    return (
+        model_version.to_bytes(4, "big")
+        + hashlib.sha256(policy_json.encode("utf-8")).digest()
+        + len(digest).to_bytes(2, "big")
+        + digest
+        + manifest_digest
+    )
 
 
 def load_or_create_master_key(path: Path) -> bytes:

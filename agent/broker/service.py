@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from agent.broker.keywrap import KeyWrapper
+from agent.broker.keywrap import KeyWrapper, model_context
 from agent.broker.store import BrokerStore, ModelRecord, NonceError, ResultRecord
 from agent.logstore import AppendReceipt, LogStore
 from attest.appraise.common import DeviceAppraisal, appraisal_status, result_submodules
@@ -196,7 +196,17 @@ class Broker:
             model_id=model_id,
             model_version=model_version,
             key_id=key_id,
-            wrapped_key=self.wrapper.wrap(data_key, key_id=key_id, model_id=model_id),
+            wrapped_key=self.wrapper.wrap(
+                data_key,
+                key_id=key_id,
+                model_id=model_id,
+                context=model_context(
+                    model_version=model_version,
+                    policy_json=policy_json,
+                    policy_digest=policy.digest,
+                    manifest_digest=manifest_digest,
+                ),
+            ),
             policy_json=policy_json,
             policy_digest=policy.digest,
             manifest_digest=manifest_digest,
@@ -545,7 +555,15 @@ class Broker:
             )
         try:
             data_key = self.wrapper.unwrap(
-                model.wrapped_key, key_id=model.key_id, model_id=model_id
+                model.wrapped_key,
+                key_id=model.key_id,
+                model_id=model_id,
+                context=model_context(
+                    model_version=model.model_version,
+                    policy_json=model.policy_json,
+                    policy_digest=model.policy_digest,
+                    manifest_digest=model.manifest_digest,
+                ),
             )
             sealed = seal_data_key(
                 recipient,

@@ -406,10 +406,10 @@ def test_a_release_racing_a_refusal_for_expiry_is_not_a_finding(fresh: Built) ->
         def __init__(self) -> None:
             pass
 
-        def unwrap(self, wrapped: bytes, *, key_id: str, model_id: str) -> bytes:
+        def unwrap(self, wrapped: bytes, *, key_id: str, model_id: str, context: bytes) -> bytes:
             entered.set()
             assert go.wait(30)
-            return real.unwrap(wrapped, key_id=key_id, model_id=model_id)
+            return real.unwrap(wrapped, key_id=key_id, model_id=model_id, context=context)
 
     fresh.broker.wrapper = SlowWrapper()
     fresh.clock.now = datetime.fromtimestamp(exp - 1, UTC)  # the winner decides in time

@@ -12,7 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.broker.keywrap import KeyWrapper, UnwrapError, load_or_create_master_key
+from agent.broker.keywrap import (
+    KeyWrapper,
+    UnwrapError,
+    load_or_create_master_key,
+    model_context,
+)
 from agent.broker.store import (
     ModelRecord,
     NonceError,
@@ -122,14 +127,42 @@ def test_keywrap_binds_ids_and_master_key(tmp_path: Path) -> None:
     assert (tmp_path / "master.key").stat().st_mode & 0o777 == 0o600
     assert load_or_create_master_key(tmp_path / "master.key") == key
     w = KeyWrapper(key)
-    blob = w.wrap(b"\x07" * 32, key_id="k1", model_id="m")
-    assert w.unwrap(blob, key_id="k1", model_id="m") == b"\x07" * 32
+    ctx = model_context(
+        model_version=3, policy_json="{}", policy_digest="sha256:" + "ab" * 32,
+        manifest_digest=b"\x05" * 32,
+    )  # fmt: skip
+    blob = w.wrap(b"\x07" * 32, key_id="k1", model_id="m", context=ctx)
+    assert blob[0] == 2
+    assert w.unwrap(blob, key_id="k1", model_id="m", context=ctx) == b"\x07" * 32
     assert b"\x07" * 32 not in blob
     for kw in ({"key_id": "k2", "model_id": "m"}, {"key_id": "k1", "model_id": "other"}):
         with pytest.raises(UnwrapError):
-            w.unwrap(blob, **kw)
+            w.unwrap(blob, **kw, context=ctx)
     with pytest.raises(UnwrapError):
-        KeyWrapper(b"\x01" * 32).unwrap(blob, key_id="k1", model_id="m")
+        KeyWrapper(b"\x01" * 32).unwrap(blob, key_id="k1", model_id="m", context=ctx)
+    # Each part of the row the context binds: another version, policy text, policy digest or
+    # manifest, and the key no longer unwraps.
+    for change in (
+        {"model_version": 4},
+        {"policy_json": "{ }"},
+        {"policy_digest": "sha256:" + "cd" * 32},
+        {"manifest_digest": b"\x06" * 32},
+    ):
+        other = model_context(**{  # type: ignore[arg-type]
+            "model_version": 3, "policy_json": "{}", "policy_digest": "sha256:" + "ab" * 32,
+            "manifest_digest": b"\x05" * 32, **change,
+        })  # fmt: skip
+        assert other != ctx
+        with pytest.raises(UnwrapError):
+            w.unwrap(blob, key_id="k1", model_id="m", context=other)
+    # Format 1 (before contexts) still reads, whatever the context: such rows predate it.
+    old = w.wrap_v1(b"\x08" * 32, key_id="k1", model_id="m")
+    assert old[0] == 1
+    assert w.unwrap(old, key_id="k1", model_id="m", context=b"anything") == b"\x08" * 32
+    with pytest.raises(UnwrapError):
+        w.unwrap(old, key_id="k2", model_id="m", context=ctx)
+    with pytest.raises(UnwrapError, match="wrong format"):
+        w.unwrap(b"\x03" + blob[1:], key_id="k1", model_id="m", context=ctx)
     (tmp_path / "loose.key").write_bytes(b"\0" * 32)
     (tmp_path / "loose.key").chmod(0o644)
     with pytest.raises(InputError):

@@ -4,6 +4,7 @@ admin access, the log's read service, and INTERNAL without leaks. Real server, r
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import socket
 import sqlite3
@@ -19,8 +20,9 @@ from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from agent.agent import BrokerRefusedError, open_channel
+from agent.agent import AttestationRefusedError, BrokerRefusedError, EnclaveAgent, open_channel
 from agent.broker.config import BrokerConfig
+from agent.demo import demo_policy
 from agent.emulation import EmulationPki
 from agent.rpc import convert
 from agent.rpc.broker_service import INTERNAL_MESSAGE
@@ -177,6 +179,38 @@ def test_internal_errors_leak_nothing(harness: Harness, caplog: pytest.LogCaptur
     harness.register()
     key, _ = harness.agent().release(attested)
     assert bytes(key) == DATA_KEY
+
+
+def test_a_policy_swapped_in_the_database_releases_nothing(harness: Harness) -> None:
+    """Whoever can write broker.db (not the master key) can change a model's policy and its
+    digest there; the appraisal then runs under the changed policy, but the data key is wrapped
+    bound to the policy it was registered with, so the release fails and no key leaves: a guest
+    the registered policy rejects gets nothing."""
+    from agent.emulation import EmulatedCpuSource, EmulatedSnp
+    from attest.policy import load_policy
+
+    def rogue() -> EnclaveAgent:
+        return harness.agent(
+            cpu=EmulatedCpuSource(EmulatedSnp(harness.pki, measurement=bytes([0x11]) * 48))
+        )
+
+    with pytest.raises(AttestationRefusedError):
+        rogue().attest(MODEL)  # the registered policy pins another measurement
+    lax = demo_policy(list(harness.pki.root_fingerprints().values()), MANIFEST.hex())
+    lax["snp"] = {"unsafe_any_measurement": True}
+    text = json.dumps(lax)
+    db = sqlite3.connect(harness.state / "broker.db", isolation_level=None)
+    db.execute(
+        "UPDATE models SET policy_json=?, policy_digest=? WHERE model_id=?",
+        (text, load_policy(text).digest, MODEL),
+    )
+    db.close()
+    attested = rogue().attest(MODEL)  # affirming under the swapped policy ...
+    request = broker_pb2.ReleaseKeyRequest(result=attested.result, model_id=MODEL)
+    with pytest.raises(grpc.RpcError) as e:  # ... but its key does not unwrap
+        harness.stub.ReleaseKey(request, timeout=30)
+    assert e.value.code() is grpc.StatusCode.INTERNAL
+    assert e.value.details() == INTERNAL_MESSAGE
 
 
 def test_log_service_reads_and_proofs(harness: Harness) -> None:
