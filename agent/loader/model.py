@@ -55,6 +55,8 @@ from sealing.weights._keys import Buffer, check_dek
 INDEX_SUFFIX = ".safetensors.index.json"
 #: Plaintext written per step by the debugging ``unseal`` (bounds its memory).
 UNSEAL_STEP_BYTES = 64 << 20
+#: Mode of every file ``seal_model`` writes: ciphertext, meant to be copied to the host.
+SEALED_FILE_MODE = 0o644
 
 
 def kind_of(name: str) -> FileKind:
@@ -174,6 +176,17 @@ def _check_index(src_dir: Path, files: list[tuple[str, int]]) -> None:
                 raise InputError(f"{name} names shard(s) not in the directory: {sorted(missing)}")
 
 
+def _make_readable(fd: int) -> None:
+    """Give a sealed output its final mode through its open descriptor.
+
+    Sealed files are ciphertext, meant to be copied to the host, so they are world-readable.
+    The mode is set on the descriptor, before the file gets its final name: a ``chmod`` by path
+    after the rename would follow whatever is at that path by then, and anyone who can write
+    in OUT_DIR could plant a symlink there and have another file's mode changed.
+    """
+    os.fchmod(fd, SEALED_FILE_MODE)
+
+
 def _seal_one(src: Path, dst_dir: Path, name: str, dek: Buffer, **kwargs: Any) -> ShardHeader:
     tmp = dst_dir / f".{name}{SEALED_SUFFIX}.partial"
     with OpenFile(src) as f:
@@ -185,14 +198,13 @@ def _seal_one(src: Path, dst_dir: Path, name: str, dek: Buffer, **kwargs: Any) -
                 header = seal_file(
                     f.source, f.size, FileSink(out), dek, kind=kind_of(name), name=name, **kwargs
                 )
+                _make_readable(out)
             finally:
                 os.close(out)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-    final = dst_dir / f"{name}{SEALED_SUFFIX}"
-    os.replace(tmp, final)
-    os.chmod(final, 0o644)  # ciphertext, meant to be copied to the host
+    os.replace(tmp, dst_dir / f"{name}{SEALED_SUFFIX}")
     return header
 
 
@@ -200,11 +212,10 @@ def _write_new(path: Path, data: bytes) -> None:
     fd = create_private(path)
     try:
         FileSink(fd).write_at(0, memoryview(data))
+        _make_readable(fd)
         os.fsync(fd)
     finally:
         os.close(fd)
-    # Sealed outputs are ciphertext and meant to be copied to the host: make them readable.
-    os.chmod(path, 0o644)
 
 
 def read_manifest_bytes(sealed_dir: Path) -> bytes:

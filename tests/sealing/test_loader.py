@@ -553,3 +553,30 @@ def test_a_key_file_that_is_not_a_regular_file_is_refused_at_once(
         os.mkfifo(path, 0o600)
     with pytest.raises(InputError, match="not a regular file"):
         read_key_file(path)
+
+
+def test_seal_sets_the_mode_on_the_descriptor_never_by_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chmod by path after the rename follows a symlink planted at that path in a shared
+    OUT_DIR (a real race): the mode must be 0644 before the file has its final name."""
+
+    def no_chmod(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"chmod by path: {args}")
+
+    at_rename: dict[str, int] = {}
+    real_replace = os.replace
+
+    def replace(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+        at_rename[Path(dst).name] = stat.S_IMODE(os.lstat(src).st_mode)
+        real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "chmod", no_chmod)
+    monkeypatch.setattr(os, "replace", replace)
+    out = tmp_path / "out"
+    seal_model(VECTORS / "plain", out, DEK, model_id=MODEL_ID, model_version=VERSION, rng=Rng(b"m"))
+    sealed = sorted(p.name for p in out.iterdir())
+    assert sorted(at_rename) == [n for n in sealed if n != "lessee-manifest.lsm"]
+    assert set(at_rename.values()) == {0o644}
+    for name in sealed:  # the manifest is created in place: its mode is set before close
+        assert stat.S_IMODE(os.lstat(out / name).st_mode) == 0o644, name
