@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from agent.loader._files import SEALED_SUFFIX, OpenFile, default_threads
+from attest.errors import InputError
 from sealing.errors import SealedFormatError, UnsupportedDtypeError
 from sealing.weights import (
     FileKind,
@@ -111,6 +112,33 @@ def framework(name: str) -> Framework:
     raise ValueError(f"unknown framework {name!r} (use 'np' or 'pt')")
 
 
+def expected_file_name(path: Path, expected_name: str | None) -> str:
+    """The plaintext file name a single sealed file must have been sealed under.
+
+    Every file of a model is sealed under one key, model id and version, so those alone do not
+    tell shard 1 from shard 2: the name in the authenticated header does. It comes from
+    ``expected_name`` or from the ``<name>.sealed`` file name; when both are there they must
+    agree. A path without the suffix (a blob or cache path) and no ``expected_name`` would open
+    any file of the model, so it is refused.
+    """
+    from_suffix = path.name[: -len(SEALED_SUFFIX)] if path.name.endswith(SEALED_SUFFIX) else None
+    if expected_name is not None:
+        if not expected_name:
+            raise InputError("expected_name must not be empty")
+        if from_suffix is not None and from_suffix != expected_name:
+            raise InputError(
+                f"{path.name}: expected_name {expected_name!r} contradicts the file name"
+            )
+        return expected_name
+    if not from_suffix:
+        raise InputError(
+            f"{path.name}: cannot tell which file of the model this must be; pass expected_name"
+            f" (the plaintext file name, e.g. 'model-00001-of-00002.safetensors') or use the"
+            f" '<name>{SEALED_SUFFIX}' file name"
+        )
+    return from_suffix
+
+
 def open_sealed_path(
     path: str | Path,
     dek: Buffer,
@@ -118,20 +146,32 @@ def open_sealed_path(
     model_id: str,
     model_version: int,
     entry: ManifestEntry | None = None,
+    expected_name: str | None = None,
     executor: Executor | None = None,
 ) -> tuple[OpenFile, SealedFile]:
-    """Open ``path`` (a ``*.sealed`` file) and authenticate its header and final chunk."""
+    """Open ``path`` and authenticate its header and final chunk.
+
+    The file must have been sealed under the expected name: ``entry.name`` when a manifest
+    entry pins it (``expected_name``, if given, must equal it), otherwise ``expected_name`` or
+    the name before the ``.sealed`` suffix (see ``expected_file_name``). Checked before the
+    file is opened, so a refused call touches nothing.
+    """
     p = Path(path)
+    if entry is not None:
+        if expected_name is not None and expected_name != entry.name:
+            raise InputError(f"expected_name {expected_name!r} is not the manifest entry's name")
+        name = None  # the entry pins name and kind (and the header digest)
+    else:
+        name = expected_file_name(p, expected_name)
     f = OpenFile(p)
     try:
-        name = p.name[: -len(SEALED_SUFFIX)] if p.name.endswith(SEALED_SUFFIX) else None
         sealed = open_sealed_file(
             f.source,
             f.size,
             dek,
             model_id=model_id,
             model_version=model_version,
-            name=None if entry is not None else name,
+            name=name,
             entry=entry,
             executor=executor,
         )
@@ -310,15 +350,27 @@ def safe_open(
     model_id: str,
     model_version: int,
     threads: int | None = None,
+    expected_name: str | None = None,
 ) -> SealedSafeOpen:
     """Counterpart of ``safetensors.safe_open(filename, framework, device)`` for one sealed
     shard. The key, model id and version are required: a shard opens only as the model
-    version the caller expects (a shard of an older version is authentic but refused)."""
+    version the caller expects (a shard of an older version is authentic but refused).
+
+    The shard must also be the one the caller expects, by its plaintext name:
+    ``expected_name``, or the name before ``.sealed`` in ``filename``. Every shard of a model
+    is sealed under the same key, model and version, so without a name any of them would
+    open; a ``filename`` without the suffix (a blob or cache path) therefore needs
+    ``expected_name`` (``InputError`` otherwise)."""
     n = threads or default_threads()
     pool = ThreadPoolExecutor(n, thread_name_prefix="lessee-unseal") if n > 1 else None
     try:
         f, sealed = open_sealed_path(
-            filename, key, model_id=model_id, model_version=model_version, executor=pool
+            filename,
+            key,
+            model_id=model_id,
+            model_version=model_version,
+            expected_name=expected_name,
+            executor=pool,
         )
     except BaseException:
         if pool is not None:
@@ -349,7 +401,10 @@ def load_file(
     model_version: int,
     device: str | None = None,
     threads: int | None = None,
+    expected_name: str | None = None,
 ) -> dict[str, Any]:
+    """Every tensor of one sealed shard (``safetensors.*.load_file`` counterpart); the shard
+    must be the one expected, as for ``safe_open``."""
     with safe_open(
         filename,
         key,
@@ -358,5 +413,6 @@ def load_file(
         model_id=model_id,
         model_version=model_version,
         threads=threads,
+        expected_name=expected_name,
     ) as f:
         return f.load_all()

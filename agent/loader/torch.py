@@ -33,8 +33,10 @@ def load_file(
     model_version: int,
     device: str | None = None,
     threads: int | None = None,
+    expected_name: str | None = None,
 ) -> dict[str, torch.Tensor]:
-    """All tensors of one sealed shard as torch tensors (on ``device`` if given)."""
+    """All tensors of one sealed shard as torch tensors (on ``device`` if given);
+    ``expected_name``: see ``safe_open``."""
     return _open.load_file(
         filename,
         key,
@@ -43,6 +45,7 @@ def load_file(
         model_version=model_version,
         device=device,
         threads=threads,
+        expected_name=expected_name,
     )
 
 
@@ -54,8 +57,12 @@ def safe_open(
     model_version: int,
     device: str | None = None,
     threads: int | None = None,
+    expected_name: str | None = None,
 ) -> _open.SealedSafeOpen:
-    """Lazy, per-tensor access to one sealed shard (torch tensors)."""
+    """Lazy, per-tensor access to one sealed shard (torch tensors).
+
+    ``expected_name`` is the shard's plaintext file name; it is required when ``filename``
+    does not end in ``.sealed`` (see ``agent.loader.safe_open``)."""
     return _open.safe_open(
         filename,
         key,
@@ -64,6 +71,7 @@ def safe_open(
         model_id=model_id,
         model_version=model_version,
         threads=threads,
+        expected_name=expected_name,
     )
 
 

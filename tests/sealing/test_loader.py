@@ -19,7 +19,7 @@ from agent.loader._open import SealedSafeOpen
 from agent.loader.hf import from_pretrained_sealed, load_for_transformers, weights_iterator
 from agent.loader.keyfile import read_key_file, write_key_file
 from attest.errors import InputError
-from sealing.errors import SealedFormatError, UnsupportedDtypeError
+from sealing.errors import BindingError, SealedFormatError, UnsupportedDtypeError
 from sealing.weights import (
     BytesSource,
     FileKind,
@@ -27,7 +27,7 @@ from sealing.weights import (
     open_sealed_file,
     seal_bytes,
 )
-from tests.sealing.helpers import DEK, MODEL_ID, SHARD1, VECTORS, VERSION, Rng
+from tests.sealing.helpers import DEK, MODEL_ID, SHARD1, SHARD2, VECTORS, VERSION, Rng
 
 CS = 4096
 #: safetensors' TensorSpec dtype names -> (header dtype, bytes for 6 elements).
@@ -553,6 +553,51 @@ def test_a_key_file_that_is_not_a_regular_file_is_refused_at_once(
         os.mkfifo(path, 0o600)
     with pytest.raises(InputError, match="not a regular file"):
         read_key_file(path)
+
+
+def test_a_single_shard_opens_only_under_the_name_it_was_sealed_as(tmp_path: Path) -> None:
+    """Every shard of a model has the same key, model id and version: only the name in the
+    header tells them apart. A blob path (no ``.sealed`` suffix) used to open any of them."""
+    blob = tmp_path / "shard1.blob"  # a cache path, holding shard 2 where shard 1 is wanted
+    blob.write_bytes((VECTORS / "sealed" / f"{SHARD2}.sealed").read_bytes())
+    kw: dict[str, Any] = {"model_id": MODEL_ID, "model_version": VERSION}
+    with pytest.raises(InputError, match="pass expected_name"):
+        lnp.load_file(blob, DEK, **kw)
+    with pytest.raises(InputError, match="pass expected_name"):
+        lnp.safe_open(blob, DEK, **kw)
+    with pytest.raises(BindingError) as exc:
+        lnp.load_file(blob, DEK, expected_name=SHARD1, **kw)
+    assert exc.value.reason == "shard_mismatch"
+    with pytest.raises(BindingError):
+        lnp.safe_open(blob, DEK, expected_name=SHARD1, **kw)
+    assert sorted(lnp.load_file(blob, DEK, expected_name=SHARD2, **kw)) == ["head.weight", "mask"]
+    with lnp.safe_open(blob, DEK, expected_name=SHARD2, **kw) as f:
+        assert f.keys() == ["head.weight", "mask"]
+
+
+def test_expected_name_must_agree_with_a_sealed_suffix(tmp_path: Path) -> None:
+    path = VECTORS / "sealed" / f"{SHARD2}.sealed"
+    kw: dict[str, Any] = {"model_id": MODEL_ID, "model_version": VERSION}
+    with pytest.raises(InputError, match="contradicts the file name"):
+        lnp.load_file(path, DEK, expected_name=SHARD1, **kw)
+    with pytest.raises(InputError, match="must not be empty"):
+        lnp.load_file(path, DEK, expected_name="", **kw)
+    assert sorted(lnp.load_file(path, DEK, expected_name=SHARD2, **kw)) == ["head.weight", "mask"]
+    assert sorted(lnp.load_file(path, DEK, **kw)) == ["head.weight", "mask"]  # suffix alone
+
+
+def test_torch_single_shard_entry_points_take_expected_name(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from agent.loader import torch as lpt
+
+    blob = tmp_path / "blob"
+    blob.write_bytes((VECTORS / "sealed" / f"{SHARD2}.sealed").read_bytes())
+    kw: dict[str, Any] = {"model_id": MODEL_ID, "model_version": VERSION}
+    with pytest.raises(InputError, match="pass expected_name"):
+        lpt.load_file(blob, DEK, **kw)
+    with pytest.raises(BindingError):
+        lpt.safe_open(blob, DEK, expected_name=SHARD1, **kw)
+    assert sorted(lpt.load_file(blob, DEK, expected_name=SHARD2, **kw)) == ["head.weight", "mask"]
 
 
 def test_seal_sets_the_mode_on_the_descriptor_never_by_path(
