@@ -183,7 +183,8 @@ def open_sealed_path(
 
 class SealedSlice:
     """``safe_open(...).get_slice(name)``: shape and dtype without decrypting; indexing
-    decrypts only the rows (first dimension) the index selects, as tensor-parallel loaders do.
+    decrypts only the rows (first dimension) the index selects, as tensor-parallel loaders do,
+    and the result lands on the device the shard was opened for, as ``get_tensor``'s does.
     """
 
     def __init__(self, owner: SealedSafeOpen, info: TensorInfo) -> None:
@@ -227,7 +228,8 @@ class SealedSlice:
             start=info.start + lo * row_bytes,
             end=info.start + hi * row_bytes,
         )
-        return self._owner._read_tensor(part)[(rest0, *key[1:])]
+        # Indexed on the host first, so only the selected part travels to the device.
+        return self._owner._place(self._owner._read_tensor(part)[(rest0, *key[1:])])
 
 
 class SealedSafeOpen:
@@ -279,7 +281,12 @@ class SealedSafeOpen:
         return SealedSlice(self, self.info(name))
 
     def get_tensor(self, name: str) -> Any:
-        return self._fw.to_device(self._read_tensor(self.info(name)), self._device)
+        return self._place(self._read_tensor(self.info(name)))
+
+    def _place(self, tensor: Any) -> Any:
+        """Onto the device this shard was opened for: every way out (``get_tensor``,
+        ``get_slice(...)[...]``) goes through here, so none of them stays on the host."""
+        return self._fw.to_device(tensor, self._device)
 
     def _read_tensor(self, info: TensorInfo) -> Any:
         self._fw.check_dtype(info.dtype)

@@ -625,3 +625,18 @@ def test_seal_sets_the_mode_on_the_descriptor_never_by_path(
     assert set(at_rename.values()) == {0o644}
     for name in sealed:  # the manifest is created in place: its mode is set before close
         assert stat.S_IMODE(os.lstat(out / name).st_mode) == 0o644, name
+
+
+def test_a_row_slice_lands_on_the_device_the_shard_was_opened_for() -> None:
+    torch = pytest.importorskip("torch")
+    with SealedModel(VECTORS / "sealed", DEK, model_id=MODEL_ID, model_version=VERSION) as m:
+        with m.safe_open(SHARD1, "pt", "meta") as f:
+            assert f.get_tensor("embed.weight").device.type == "meta"
+            sl = f.get_slice("embed.weight")
+            for key in (slice(0, 8), 3, (slice(2, 40, 5), slice(None, None, 2)), -1):
+                part = sl[key]
+                assert part.device.type == "meta", key
+                assert part.shape == torch.empty(48, 32)[key].shape, key
+        with m.safe_open(SHARD1, "pt", "cpu") as f:  # the values: same rows as get_tensor's
+            whole = f.get_tensor("embed.weight")
+            assert torch.equal(f.get_slice("embed.weight")[2:40:5, ::2], whole[2:40:5, ::2])
