@@ -3,6 +3,12 @@
 Production never does this: the loading hook decrypts into memory inside the enclave. The
 model id and version default to what the key file records (falling back to the manifest's
 unauthenticated claim, with a warning); pass them to insist.
+
+``--out`` must be new or an empty directory. Files are written under temporary names and take
+their real names only after every file authenticated; if anything fails, every file written so
+far is removed and the command says so. Plaintext on disk is the point of this tool, so a
+process killed mid-way (SIGKILL, power loss) can still leave ``.NAME.partial`` files or, during
+the final renames, some of the plaintext files: delete ``--out`` after a crash.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from pathlib import Path
 
 from agent.cli._progress import Progress
 from agent.loader.keyfile import read_key_file
-from agent.loader.model import SealedModel, read_manifest_bytes
+from agent.loader.model import SealedModel, check_out_dir, read_manifest_bytes
 from sealing.weights import key_fingerprint, parse_manifest
 from sealing.weights._keys import wipe
 
@@ -25,6 +31,7 @@ WARNING = (
 
 def _unseal(args: argparse.Namespace) -> int:
     sealed_dir, out = Path(args.sealed_dir), Path(args.out)
+    check_out_dir(out)  # bad usage, reported before the key is read
     print(WARNING.format(out=out), file=sys.stderr)
     key = read_key_file(args.key)
     try:
@@ -46,7 +53,12 @@ def _unseal(args: argparse.Namespace) -> int:
             threads=args.threads,
         ) as model:
             progress = Progress("unsealing", model.total_plaintext, quiet=args.quiet)
-            written = model.unseal_to(out, progress=progress.advance)
+            try:
+                written = model.unseal_to(out, progress=progress.advance)
+            except BaseException:
+                progress.close()
+                _report_cleanup(out)
+                raise
             progress.close()
     finally:
         wipe(key.dek)
@@ -55,10 +67,31 @@ def _unseal(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_cleanup(out: Path) -> None:
+    """After a failed ``unseal_to``, which removes what it wrote: say whether ``out`` is clean,
+    or name what is still there (a file that could not be removed may hold plaintext)."""
+    try:
+        left = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    except OSError:
+        left = ["(could not list the directory)"]
+    if left:
+        print(
+            f"lessee: WARNING: unseal failed and {out} still holds {', '.join(left)}; delete "
+            "anything unsealed",
+            file=sys.stderr,
+        )
+    else:
+        print(f"lessee: unseal failed; no plaintext was left in {out}", file=sys.stderr)
+
+
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sealed_dir", metavar="SEALED_DIR")
     parser.add_argument("--key", required=True, help="key file written by lessee seal")
-    parser.add_argument("--out", required=True, help="directory for the plaintext files")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="new or empty directory for the plaintext files (removed again if unsealing fails)",
+    )
     parser.add_argument("--model-id", default=None, help="expected model id")
     parser.add_argument("--model-version", type=int, default=None, help="expected version")
     parser.add_argument("--manifest-digest", default=None, help="pinned sha256:... digest")

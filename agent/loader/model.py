@@ -8,6 +8,7 @@ manifest entry, and refuses any ``*.sealed`` file the manifest does not list.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from collections.abc import Callable
@@ -50,7 +51,7 @@ from sealing.weights import (
     read_shard_header,
     seal_file,
 )
-from sealing.weights._keys import Buffer, check_dek
+from sealing.weights._keys import Buffer, check_dek, wipe
 
 INDEX_SUFFIX = ".safetensors.index.json"
 #: Plaintext written per step by the debugging ``unseal`` (bounds its memory).
@@ -237,6 +238,55 @@ def _unlisted(sealed_dir: Path, manifest: Manifest) -> list[str]:
     )
 
 
+def check_out_dir(path: Path) -> None:
+    """Refuse an ``unseal`` output that exists and is not an empty directory (``InputError``).
+
+    Unsealing into a fresh directory means nothing is overwritten, no plaintext is mixed with
+    unrelated files, and a failure can remove exactly what was written.
+    """
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_dir():
+        raise InputError(f"{path}: exists and is not a directory (unseal needs a new or empty one)")
+    if any(path.iterdir()):
+        raise InputError(
+            f"{path}: directory is not empty (unseal writes only into a new or empty directory)"
+        )
+
+
+def prepare_out_dir(path: Path) -> bool:
+    """Create ``path`` or accept it if it is an empty directory; True if this call created it."""
+    try:
+        path.mkdir(parents=True)
+    except FileExistsError:
+        check_out_dir(path)
+        return False
+    return True
+
+
+def _remove_quietly(paths: list[Path], *, created_dir: Path | None) -> None:
+    """Best-effort removal after a failed ``unseal_to``: the original error is what matters,
+    so a file that cannot be removed is left (the CLI reports what is left) rather than masking
+    it."""
+    for p in paths:
+        with contextlib.suppress(OSError):
+            p.unlink(missing_ok=True)
+    if created_dir is not None:
+        with contextlib.suppress(OSError):
+            created_dir.rmdir()  # only if empty: never removes what someone else put there
+
+
+def _unseal_file(
+    sealed: SealedFile, sink: FileSink, buf: bytearray, progress: Progress | None
+) -> None:
+    """One file's plaintext, step by step through ``buf`` (each step authenticated first)."""
+    step = max(1, len(buf))
+    for start in range(0, sealed.length, step):
+        view = memoryview(buf)[: min(step, sealed.length - start)]
+        sealed.read_into(start, view, progress=progress)
+        sink.write_at(start, view)
+
+
 class SealedModel:
     """An opened sealed model directory: manifest verified, every file's header verified.
 
@@ -380,32 +430,42 @@ class SealedModel:
     def unseal_to(self, out_dir: str | Path, *, progress: Progress | None = None) -> list[Path]:
         """Write every file's plaintext into ``out_dir`` (debugging only: plaintext on disk).
 
-        Each file is written under a temporary name, mode 0600, and renamed only after all its
-        chunks authenticated; a failure removes the partial file.
+        ``out_dir`` must be new or an empty directory (``InputError`` otherwise), so nothing is
+        overwritten and no unsealed file is mixed with others. All files are first written
+        under temporary names (``.<name>.partial``, mode 0600) and renamed only once every
+        chunk of every file authenticated. On any failure every file this call wrote is
+        removed (and ``out_dir`` too if this call created it) before the error is re-raised:
+        a model that fails authentication leaves no plaintext of its other files behind. Only
+        a process killed mid-way (no chance to clean up) can leave files. The step buffer the
+        plaintext passes through is wiped when done.
         """
         dst = Path(out_dir)
-        dst.mkdir(parents=True, exist_ok=True)
-        written = []
-        for name in self.files:
-            sealed = self._sealed(name)
-            tmp = dst / f".{name}.partial"
-            fd = create_private(tmp)
-            try:
+        created = prepare_out_dir(dst)
+        largest = max((self._sealed(name).length for name in self.files), default=0)
+        buf = bytearray(min(UNSEAL_STEP_BYTES, largest))
+        pending: list[tuple[Path, Path]] = []  # (temporary, final) names, created by this call
+        written: list[Path] = []  # renamed into place by this call
+        try:
+            for name in self.files:
+                tmp = dst / f".{name}.partial"
+                fd = create_private(tmp)  # O_EXCL: never someone else's file
+                pending.append((tmp, dst / name))
                 try:
-                    sink = FileSink(fd)
-                    buf = bytearray(min(UNSEAL_STEP_BYTES, sealed.length))
-                    for start in range(0, sealed.length, UNSEAL_STEP_BYTES):
-                        view = memoryview(buf)[: min(UNSEAL_STEP_BYTES, sealed.length - start)]
-                        sealed.read_into(start, view, progress=progress)
-                        sink.write_at(start, view)
+                    _unseal_file(self._sealed(name), FileSink(fd), buf, progress)
                 finally:
                     os.close(fd)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            final = dst / name
-            os.replace(tmp, final)
-            written.append(final)
+            while pending:  # every file authenticated: only now do plaintext names appear
+                tmp, final = pending[0]
+                os.replace(tmp, final)
+                pending.pop(0)
+                written.append(final)
+        except BaseException:
+            _remove_quietly(
+                [tmp for tmp, _ in pending] + written, created_dir=dst if created else None
+            )
+            raise
+        finally:
+            wipe(buf)
         return written
 
     def close(self) -> None:

@@ -185,3 +185,52 @@ def test_inspect_reports_a_directory_in_place_of_a_sealed_file(
     assert [p for p in doc["problems"] if p.startswith("config.json:")] == [
         "config.json: cannot read: Is a directory"
     ]
+
+
+def _flip_a_middle_chunk(path: Path) -> None:
+    """One ciphertext byte of chunk 1: authenticated only when that chunk is read, not at open."""
+    data = bytearray(path.read_bytes())
+    h = int.from_bytes(data[12:16], "big")
+    data[h + (4096 + 16) + 100] ^= 1
+    path.write_bytes(bytes(data))
+
+
+def test_unseal_that_fails_leaves_no_plaintext_in_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """config.json and shard 1 come before shard 2: once written, they must go again when
+    shard 2 fails, whether --out is new or an empty directory given by the operator."""
+    out, key, _ = _seal(tmp_path, capsys)
+    _flip_a_middle_chunk(out / "model-00002-of-00002.safetensors.sealed")
+    given = tmp_path / "given"
+    given.mkdir()
+    for dst in (tmp_path / "new" / "plain", given):
+        rc = main(["unseal", str(out), "--key", str(key), "--out", str(dst), "--quiet"])
+        err = capsys.readouterr().err
+        assert rc == 1 and "failed authentication" in err
+        assert f"no plaintext was left in {dst}" in err
+        assert not dst.exists() or not any(dst.iterdir())
+    assert given.is_dir()  # the operator's directory stays; one this call made goes
+    assert not (tmp_path / "new" / "plain").exists()
+
+
+@pytest.mark.parametrize("what", ["non-empty directory", "file"])
+def test_unseal_refuses_an_out_that_is_not_new_or_an_empty_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], what: str
+) -> None:
+    out, key, _ = _seal(tmp_path, capsys)
+    dst = tmp_path / "dst"
+    if what == "file":
+        dst.write_text("mine")
+        victim = dst
+    else:
+        dst.mkdir()
+        victim = dst / "config.json"
+        victim.write_text("mine")
+    rc = main(["unseal", str(out), "--key", str(key), "--out", str(dst), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "new or empty" in err
+    assert "PLAINTEXT" not in err  # refused as bad usage before anything else
+    assert victim.read_text() == "mine"
+    if dst.is_dir():
+        assert [p.name for p in dst.iterdir()] == ["config.json"]  # nothing added or mixed in

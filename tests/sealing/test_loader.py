@@ -15,11 +15,12 @@ from safetensors import TensorSpec, serialize
 
 from agent.loader import SealedModel, seal_model
 from agent.loader import numpy as lnp
+from agent.loader._files import FileSink
 from agent.loader._open import SealedSafeOpen
 from agent.loader.hf import from_pretrained_sealed, load_for_transformers, weights_iterator
 from agent.loader.keyfile import read_key_file, write_key_file
 from attest.errors import InputError
-from sealing.errors import BindingError, SealedFormatError, UnsupportedDtypeError
+from sealing.errors import BindingError, DecryptionError, SealedFormatError, UnsupportedDtypeError
 from sealing.weights import (
     BytesSource,
     FileKind,
@@ -27,7 +28,7 @@ from sealing.weights import (
     open_sealed_file,
     seal_bytes,
 )
-from tests.sealing.helpers import DEK, MODEL_ID, SHARD1, SHARD2, VECTORS, VERSION, Rng
+from tests.sealing.helpers import DEK, MODEL_ID, SHARD1, SHARD2, VECTORS, VERSION, Rng, copy_sealed
 
 CS = 4096
 #: safetensors' TensorSpec dtype names -> (header dtype, bytes for 6 elements).
@@ -553,6 +554,77 @@ def test_a_key_file_that_is_not_a_regular_file_is_refused_at_once(
         os.mkfifo(path, 0o600)
     with pytest.raises(InputError, match="not a regular file"):
         read_key_file(path)
+
+
+def _tamper_middle_chunk(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    h = int.from_bytes(data[12:16], "big")
+    data[h + (CS + 16) + 100] ^= 1  # chunk 1: authenticated when read, not when opened
+    path.write_bytes(bytes(data))
+
+
+def _capture_written_buffers(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The buffers plaintext passed through on its way to disk (``FileSink.write_at``'s)."""
+    seen: list[Any] = []
+    real = FileSink.write_at
+
+    def spy(self: FileSink, offset: int, data: memoryview) -> None:
+        seen.append(data.obj)
+        real(self, offset, data)
+
+    monkeypatch.setattr(FileSink, "write_at", spy)
+    return seen
+
+
+def test_unseal_to_removes_every_file_it_wrote_when_a_later_one_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files are listed config.json, empty.bin, shard 1, shard 2...: the ones before the
+    tampered shard 2 were written (and used to stay, renamed into place) before it failed."""
+    d = copy_sealed(tmp_path)
+    _tamper_middle_chunk(d / f"{SHARD2}.sealed")
+    out = tmp_path / "out"
+    out.mkdir()
+    seen = _capture_written_buffers(monkeypatch)
+    with SealedModel(d, DEK, model_id=MODEL_ID, model_version=VERSION) as m:
+        assert m.files.index(SHARD2) > m.files.index(SHARD1)
+        with pytest.raises(DecryptionError):
+            m.unseal_to(out)
+    assert list(out.iterdir()) == []  # no plaintext file, no .partial
+    assert seen and all(not any(buf) for buf in seen)  # the step buffer was wiped too
+    with (
+        SealedModel(d, DEK, model_id=MODEL_ID, model_version=VERSION) as m,
+        pytest.raises(DecryptionError),
+    ):
+        m.unseal_to(tmp_path / "new" / "out")
+    assert not (tmp_path / "new" / "out").exists()  # a directory it made goes too
+
+
+def test_unseal_to_wipes_its_step_buffer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = _capture_written_buffers(monkeypatch)
+    with SealedModel(VECTORS / "sealed", DEK, model_id=MODEL_ID, model_version=VERSION) as m:
+        written = m.unseal_to(tmp_path / "out")
+    assert sorted(p.name for p in written) == sorted(m.files)
+    assert (tmp_path / "out" / SHARD1).read_bytes() == (VECTORS / "plain" / SHARD1).read_bytes()
+    assert seen and all(isinstance(buf, bytearray) and not any(buf) for buf in seen)
+
+
+@pytest.mark.parametrize("what", ["file", "non-empty directory"])
+def test_unseal_to_refuses_an_out_that_is_not_new_or_empty(tmp_path: Path, what: str) -> None:
+    out = tmp_path / "out"
+    if what == "file":
+        out.write_text("mine")
+    else:
+        out.mkdir()
+        (out / SHARD1).write_text("mine")
+    with (
+        SealedModel(VECTORS / "sealed", DEK, model_id=MODEL_ID, model_version=VERSION) as m,
+        pytest.raises(InputError, match="new or empty"),
+    ):
+        m.unseal_to(out)
+    assert (out if what == "file" else out / SHARD1).read_text() == "mine"
+    if what != "file":
+        assert [p.name for p in out.iterdir()] == [SHARD1]
 
 
 def test_a_single_shard_opens_only_under_the_name_it_was_sealed_as(tmp_path: Path) -> None:
