@@ -11,7 +11,10 @@ import pytest
 
 from agent.cli.main import main
 from agent.loader import numpy as lnp
-from tests.sealing.helpers import MODEL_ID, VECTORS, VERSION, copy_sealed
+from agent.loader import seal_model
+from agent.loader.keyfile import write_key_file
+from sealing.weights import key_fingerprint
+from tests.sealing.helpers import DEK, MODEL_ID, VECTORS, VERSION, Rng, copy_sealed
 
 
 def _seal(tmp: Path, capsys: pytest.CaptureFixture[str]) -> tuple[Path, Path, dict[str, object]]:
@@ -234,3 +237,61 @@ def test_unseal_refuses_an_out_that_is_not_new_or_an_empty_directory(
     assert victim.read_text() == "mine"
     if dst.is_dir():
         assert [p.name for p in dst.iterdir()] == ["config.json"]  # nothing added or mixed in
+
+
+def _two_sealings_one_key(tmp: Path) -> tuple[Path, Path, str, str]:
+    """The same model and version sealed twice under one data key; a key file for the first."""
+    digests = []
+    for name, seed in (("a", b"first"), ("b", b"second")):
+        result = seal_model(
+            VECTORS / "plain",
+            tmp / name,
+            DEK,
+            model_id=MODEL_ID,
+            model_version=VERSION,
+            rng=Rng(seed),
+            chunk_size=4096,
+            threads=1,
+        )
+        digests.append(result.manifest_digest)
+    key = tmp / "a.key.json"
+    write_key_file(
+        key,
+        DEK,
+        key_id=key_fingerprint(DEK),
+        model_id=MODEL_ID,
+        model_version=VERSION,
+        manifest_digest=digests[0],
+    )
+    return tmp / "b", key, digests[0], digests[1]
+
+
+def test_unseal_pins_the_manifest_digest_the_key_file_records(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A key file is for one sealing: another sealing under the same key (a re-seal, or a
+    directory swapped by the host) is refused before anything is decrypted or written."""
+    other, key, _, _ = _two_sealings_one_key(tmp_path)
+    dst = tmp_path / "plain"
+    rc = main(["unseal", str(other), "--key", str(key), "--out", str(dst), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "is not the pinned" in err
+    assert not dst.exists()
+    rc = main(["unseal", str(tmp_path / "a"), "--key", str(key), "--out", str(dst), "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    assert (dst / "config.json").read_bytes() == (VECTORS / "plain" / "config.json").read_bytes()
+
+
+def test_unseal_manifest_digest_flag_must_equal_the_key_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other, key, digest_a, digest_b = _two_sealings_one_key(tmp_path)
+    dst = tmp_path / "plain"
+    argv = ["unseal", str(other), "--key", str(key), "--out", str(dst), "--quiet"]
+    rc = main([*argv, "--manifest-digest", digest_b])  # names the directory given: still refused
+    err = capsys.readouterr().err
+    assert rc == 2 and "--manifest-digest differs from the digest the key file records" in err
+    assert not dst.exists()
+    argv[1] = str(tmp_path / "a")
+    rc = main([*argv, "--manifest-digest", digest_a])  # repeating the key file's: fine
+    assert rc == 0, capsys.readouterr().err
