@@ -699,6 +699,9 @@ class EmulationPki:
         tmp.mkdir(mode=0o700)
         try:
             pki = cls._generate(tmp, when)
+            # The mode is set before the rename, never by path after it: a symlink planted at
+            # ``path`` in between would have been followed.
+            os.chmod(tmp, 0o700)
             try:
                 os.rename(tmp, path)  # replaces an empty directory, fails on a non-empty one
             except OSError:
@@ -706,7 +709,6 @@ class EmulationPki:
                     f"{path} exists and is not empty (another process may have just created"
                     " a PKI there); remove it or choose another directory"
                 ) from None
-            os.chmod(path, 0o700)
             pki.directory = path
             return pki
         finally:
