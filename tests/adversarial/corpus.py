@@ -767,7 +767,12 @@ def _protobuf_seeds() -> tuple[Seed, ...]:
 
 
 #: String fields whose contract is narrower than "any text" get a valid value.
-_PB_STRINGS = {"arch": "HOPPER", "model_id": "lessee-test/tiny-model"}
+_PB_STRINGS = {
+    "arch": "HOPPER",
+    "model_id": "lessee-test/tiny-model",
+    # An EAR's shape (compact JWS: three base64url segments); its signature is not checked here.
+    "result": "eyJhbGciOiJFUzI1NiJ9.eyJ4IjoxfQ.AAAA",
+}
 
 
 def _fill(msg: Any, desc: Any, blobs: dict[str, bytes], depth: int) -> None:
