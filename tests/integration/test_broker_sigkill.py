@@ -34,7 +34,7 @@ from agent.agent import (
     call_broker,
     open_channel,
 )
-from agent.broker.config import prepare_state_dir
+from agent.broker.config import BrokerKeys, prepare_state_dir
 from agent.cli.main import main
 from agent.demo import demo_policy
 from agent.emulation import (
@@ -65,6 +65,26 @@ def _start(state: Path, pki_dir: Path) -> tuple[subprocess.Popen[str], str]:
     line = proc.stdout.readline()
     assert "listening on " in line, line
     return proc, line.split("listening on ", 1)[1].split()[0]
+
+
+def _register(channel: grpc.Channel, pki: EmulationPki) -> None:
+    admin = broker_pb2_grpc.BrokerAdminStub(channel)  # type: ignore[no-untyped-call]
+    call_broker("RegisterModel", admin.RegisterModel, broker_pb2.RegisterModelRequest(
+        model_id=MODEL, model_version=1, data_key=bytes(32),
+        policy_json=json.dumps(demo_policy(list(pki.root_fingerprints().values()), "00" * 32)),
+        manifest_digest=bytes(32),
+    ), 30.0)  # fmt: skip
+
+
+def _agent(channel: grpc.Channel, pki: EmulationPki, keys: BrokerKeys) -> EnclaveAgent:
+    """An agent on emulated hardware that pins the broker's result and log keys."""
+    return EnclaveAgent(
+        channel,
+        cpu=EmulatedCpuSource(EmulatedSnp(pki, measurement=EMULATED_LAUNCH_MEASUREMENT)),
+        gpu=EmulatedGpuSource([EmulatedGpu(pki, index=0)]),
+        broker_key=keys.result_key.public_key(),
+        log_key=keys.log_signer.verifier(),
+    )
 
 
 @dataclass
@@ -114,12 +134,7 @@ def test_sigkill_at_random_moments_loses_nothing_acknowledged(
     proc, target = _start(state, pki_dir)
     keys = prepare_state_dir(state, create=False)
     with open_channel(target) as ch:
-        admin = broker_pb2_grpc.BrokerAdminStub(ch)  # type: ignore[no-untyped-call]
-        call_broker("RegisterModel", admin.RegisterModel, broker_pb2.RegisterModelRequest(
-            model_id=MODEL, model_version=1, data_key=bytes(32),
-            policy_json=json.dumps(demo_policy(list(pki.root_fingerprints().values()), "00" * 32)),
-            manifest_digest=bytes(32),
-        ), 30.0)  # fmt: skip
+        _register(ch, pki)
     answered = Answered()
     try:
         for _ in range(CYCLES):
@@ -186,21 +201,10 @@ def test_killed_between_release_claim_and_log_append_the_retry_is_released_and_l
     keys = prepare_state_dir(state, create=False)
     try:
         with open_channel(target) as ch:
-            admin = broker_pb2_grpc.BrokerAdminStub(ch)  # type: ignore[no-untyped-call]
-            call_broker("RegisterModel", admin.RegisterModel, broker_pb2.RegisterModelRequest(
-                model_id=MODEL, model_version=1, data_key=bytes(32),
-                policy_json=json.dumps(demo_policy(list(pki.root_fingerprints().values()), "00" * 32)),
-                manifest_digest=bytes(32),
-            ), 30.0)  # fmt: skip
+            _register(ch, pki)
             # One broker per state directory: a second one is refused while this one runs.
             assert main(["broker", "serve", "--state", str(state), "--listen", "127.0.0.1:0"]) == 2
-            agent = EnclaveAgent(
-                ch,
-                cpu=EmulatedCpuSource(EmulatedSnp(pki, measurement=EMULATED_LAUNCH_MEASUREMENT)),
-                gpu=EmulatedGpuSource([EmulatedGpu(pki, index=0)]),
-                broker_key=keys.result_key.public_key(),
-                log_key=keys.log_signer.verifier(),
-            )
+            agent = _agent(ch, pki, keys)
             attested = agent.attest(MODEL)
             blocker = sqlite3.connect(state / "log.db", isolation_level=None, timeout=30)
             blocker.execute("BEGIN IMMEDIATE")
@@ -222,13 +226,7 @@ def test_killed_between_release_claim_and_log_append_the_retry_is_released_and_l
             broker_db.close()
         proc, target = _start(state, pki_dir)
         with open_channel(target) as ch:
-            agent = EnclaveAgent(
-                ch,
-                cpu=EmulatedCpuSource(EmulatedSnp(pki, measurement=EMULATED_LAUNCH_MEASUREMENT)),
-                gpu=EmulatedGpuSource([EmulatedGpu(pki, index=0)]),
-                broker_key=keys.result_key.public_key(),
-                log_key=keys.log_signer.verifier(),
-            )
+            agent = _agent(ch, pki, keys)
             key, _ = agent.release(attested)
             assert bytes(key) == bytes(32)
             with pytest.raises(BrokerRefusedError) as used:  # and only once
