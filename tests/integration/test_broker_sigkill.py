@@ -67,6 +67,14 @@ def _start(state: Path, pki_dir: Path) -> tuple[subprocess.Popen[str], str]:
     return proc, line.split("listening on ", 1)[1].split()[0]
 
 
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def _register(channel: grpc.Channel, pki: EmulationPki) -> None:
     admin = broker_pb2_grpc.BrokerAdminStub(channel)  # type: ignore[no-untyped-call]
     call_broker("RegisterModel", admin.RegisterModel, broker_pb2.RegisterModelRequest(
@@ -180,11 +188,7 @@ def test_sigkill_at_random_moments_loses_nothing_acknowledged(
             entry = entries[attested.log_index]
             assert entry.result == attested.result and entry.nonce == attested.session.nonce
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
 
 
 def test_killed_between_release_claim_and_log_append_the_retry_is_released_and_logged(
@@ -232,8 +236,7 @@ def test_killed_between_release_claim_and_log_append_the_retry_is_released_and_l
             with pytest.raises(BrokerRefusedError) as used:  # and only once
                 agent.release(attested)
             assert used.value.reason == "result_used"
-        proc.terminate()
-        proc.wait(timeout=30)
+        _stop(proc)
         out = tmp_path / "log.bundle"
         assert main(["broker", "export-log", "--state", str(state), "--out", str(out)]) == 0
         from agent.audit.bundle import Bundle
@@ -246,8 +249,4 @@ def test_killed_between_release_claim_and_log_append_the_retry_is_released_and_l
                      "--verifier-key", str(state / "ear-verifier.pem"), "--quiet",
                      "--trust-root-candidates", *roots]) == 0  # fmt: skip
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
