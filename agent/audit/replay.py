@@ -19,7 +19,9 @@ Per entry (each failure is a ``Finding`` naming the entry; the replay keeps goin
    sealed model it released (``model_version``, ``manifest_sha256``): if the logged policy
    pins manifests (``model_manifest_digests``), the logged manifest is one of them
    (``release_manifest_not_pinned``; the broker's ``manifest_pin`` rule). A version-1 release
-   does not log its manifest, so for it the pin is not decidable and not checked.
+   does not log its manifest, so for it the pin is not decidable and not checked; a version-1
+   release or refusal logged after a version-2 one is itself a finding
+   (``entry_version_downgrade``, step 6): a broker that writes version 2 does not go back.
 3. **Result.** The logged EAR verifies with the pinned verifier key as of the logged time
    (``ear_invalid`` with the reason; for a release or a refusal an expired result still yields
    its claims, and a release after its ``exp`` is ``release_after_expiry``); its ``eat_nonce`` is the logged nonce (``nonce_mismatch``); for
@@ -622,11 +624,15 @@ class EntryReplay:
     #: pins this one, False if it pins others only (the broker's ``manifest_pin``), None where
     #: not decidable (attest and version-1 entries, or the policy did not load).
     manifest_admitted: bool | None = None
+    #: The entry's encoding version (``attest.log.entry``): 2 for releases and refusals of a
+    #: current broker, 1 for attest entries and for those of brokers from before version 2.
+    entry_version: int = 1
 
     def to_json(self) -> dict[str, object]:
         return {
             "index": self.index,
             "kind": self.kind.value,
+            "entry_version": self.entry_version,
             "reason": self.reason.value if self.reason is not None else None,
             "time": self.time.isoformat(),
             "result_id": self.result_id,
@@ -749,6 +755,7 @@ class EntryReplayer:
             reason=e.reason,
             model_version=e.model_version,
             manifest_sha256=e.manifest_sha256,
+            entry_version=e.version,
             **facts,
         )
 
@@ -1321,7 +1328,25 @@ def cross_check(entries: Sequence[EntryReplay]) -> list[Finding]:
         for r in reversed(entries)
         if r.kind is EntryKind.RELEASE and r.result_id is not None
     }
+    first_v2: int | None = None  # the first version-2 release or refusal, in log order
     for r in entries:
+        if r.kind is not EntryKind.ATTEST:
+            if r.entry_version >= 2 and first_v2 is None:
+                first_v2 = r.index
+            elif r.entry_version < 2 and first_v2 is not None:
+                # A broker writes version 2 for every release and refusal once it can; version
+                # 1 names no model version or manifest, so its manifest pin is not decidable. A
+                # version-1 entry after a version-2 one is a broker choosing the encoding that
+                # hides what it released, not an older log.
+                out.append(
+                    Finding(
+                        "entry_version_downgrade",
+                        f"version-{r.entry_version} {r.kind.value} entry after the version-2 "
+                        f"entry {first_v2}: it names no model version or manifest, so the "
+                        "manifest pin cannot be judged",
+                        r.index,
+                    )
+                )
         if r.kind is EntryKind.RELEASE_REFUSED:
             out.extend(_check_refusal(r, attests, ever_released, refused))
             continue

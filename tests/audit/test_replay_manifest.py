@@ -264,3 +264,25 @@ def test_a_log_mixing_version_1_and_version_2_releases_replays_clean(fresh: Buil
     report = _replay(fresh)
     assert report.ok, [f.line() for f in report.all_findings]
     assert report.summary()["release"] == 2
+
+
+def test_a_version_1_release_after_a_version_2_one_is_a_downgrade(fresh: Built) -> None:
+    """A broker that writes version 2 could log one release as version 1 to hide which
+    manifest it released (the pin is undecidable for version 1): the downgrade itself is the
+    finding, for releases and refusals alike, and the release still gets no pin verdict."""
+    _register(fresh, PINS_OTHER)
+    refused = fresh.attest(evidence())  # 0
+    fresh.clock.tick()
+    with pytest.raises(ReleaseRefusedError):  # 1: the real broker's version-2 refusal
+        fresh.broker.release_key(result=refused, model_id=MODEL)
+    token, nonce, key = forge_attest(fresh, bundle=evidence())  # 2
+    forge_release(fresh, token, nonce=nonce, key=key)  # 3: version 1, hides the manifest
+    token, nonce, key = forge_attest(fresh, bundle=evidence(cc_mode_on=False))  # 4
+    forge_refusal(fresh, token, RefusalReason.NOT_AFFIRMING, nonce=nonce, key=key)  # 5: v1
+    versions = [(e.kind, e.version) for e in _entries(fresh)]
+    assert versions[1] == (EntryKind.RELEASE_REFUSED, 2)
+    assert versions[3] == (EntryKind.RELEASE, 1) and versions[5] == (EntryKind.RELEASE_REFUSED, 1)
+    report = _replay(fresh)
+    assert finding_codes(report) == {("entry_version_downgrade", 3), ("entry_version_downgrade", 5)}
+    assert "after the version-2 entry 1" in report.findings[0].message
+    assert [r.entry_version for r in report.entries] == [1, 2, 1, 1, 1, 1]
