@@ -48,6 +48,19 @@ RECORD_HEADER = struct.Struct(">Q32sI")
 MAX_MANIFEST_BYTES = 64 * 1024
 #: Most members (entries.bin holds all entries, so members are checkpoints and blobs).
 MAX_MEMBERS = 1_000_000
+#: Most bytes of central directory per member: a record is 46 bytes, a name, an extra field
+#: and a comment; every bundle member's name is under 100 characters and the writer adds no
+#: comment (a ZIP64 extra field is 28 bytes at most).
+MAX_DIRECTORY_BYTES_PER_MEMBER = 256
+#: The end-of-central-directory record, its ZIP64 locator and the ZIP64 record (APPNOTE 4.3).
+_EOCD = struct.Struct("<4s4H2LH")
+_EOCD_MAGIC = b"PK\x05\x06"
+_ZIP64_LOCATOR = struct.Struct("<4sLQL")
+_ZIP64_LOCATOR_MAGIC = b"PK\x06\x07"
+_ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")
+_ZIP64_EOCD_MAGIC = b"PK\x06\x06"
+#: The end record is at most this far from the end (its comment is at most 65,535 bytes).
+_EOCD_SEARCH_BYTES = _EOCD.size + 0xFFFF
 #: Largest entries.bin: bounds what the auditor holds in memory at once.
 MAX_ENTRIES_FILE_BYTES = 4 * 1024 * 1024 * 1024
 
@@ -188,6 +201,46 @@ def _open_regular(path: str | Path) -> IO[bytes]:
     return os.fdopen(fd, "rb")
 
 
+def _check_directory_size(f: IO[bytes]) -> None:
+    """Refuse a bundle whose central directory declares more than ``MAX_MEMBERS`` members, or
+    is larger than they can need, before ``zipfile`` reads it: ``zipfile`` builds an object per
+    directory record (about nine times the directory's size in memory) and only then could
+    the member count be checked. Reads the end record (and the ZIP64 one it points to); where
+    those cannot be read, nothing is decided here and ``zipfile`` reports the damage."""
+    try:
+        size = f.seek(0, os.SEEK_END)
+        start = max(0, size - _EOCD_SEARCH_BYTES)
+        f.seek(start)
+        tail = f.read(size - start)
+    except OSError:
+        return
+    at = tail.rfind(_EOCD_MAGIC)
+    if at < 0 or at + _EOCD.size > len(tail):
+        return
+    fields = _EOCD.unpack_from(tail, at)
+    count, directory_bytes = fields[4], fields[5]
+    if (count == 0xFFFF or directory_bytes == 0xFFFFFFFF) and at >= _ZIP64_LOCATOR.size:
+        magic, _, zip64_at, _ = _ZIP64_LOCATOR.unpack_from(tail, at - _ZIP64_LOCATOR.size)
+        if magic != _ZIP64_LOCATOR_MAGIC or zip64_at + _ZIP64_EOCD.size > size:
+            return
+        try:
+            f.seek(zip64_at)
+            record = f.read(_ZIP64_EOCD.size)
+        except OSError:
+            return
+        if len(record) != _ZIP64_EOCD.size or not record.startswith(_ZIP64_EOCD_MAGIC):
+            return
+        zip64 = _ZIP64_EOCD.unpack(record)
+        count, directory_bytes = zip64[7], zip64[8]
+    if count > MAX_MEMBERS:
+        raise BundleError(f"more than {MAX_MEMBERS} members")
+    if directory_bytes > MAX_MEMBERS * MAX_DIRECTORY_BYTES_PER_MEMBER:
+        raise BundleError(
+            f"central directory of {directory_bytes} bytes: more than {MAX_MEMBERS} members "
+            "can need"
+        )
+
+
 class Bundle:
     """An open bundle: manifest, entry records and checkpoints in memory; blobs read on demand."""
 
@@ -196,6 +249,11 @@ class Bundle:
         # the directory from it, and member reads (``_stored_bytes``) use the same descriptor,
         # so both see the one file that was opened.
         self._file = _open_regular(path)
+        try:
+            _check_directory_size(self._file)
+        except BaseException:
+            self._file.close()
+            raise
         try:
             self._zip = zipfile.ZipFile(self._file, "r")
         except _ZIP_ERRORS as exc:
@@ -243,12 +301,39 @@ class Bundle:
         for required in (MANIFEST_NAME, ENTRIES_NAME):
             if required not in names:
                 raise BundleError(f"missing member {required!r}")
+        self._check_disjoint(infos)
         self.manifest = self._parse_manifest(self._read(MANIFEST_NAME, MAX_MANIFEST_BYTES))
         self.records = parse_entries(self._read(ENTRIES_NAME, MAX_ENTRIES_FILE_BYTES))
         checkpoint_infos.sort()
         self.checkpoints: tuple[tuple[str, bytes], ...] = tuple(
             (name, self._read(name, MAX_NOTE_BYTES)) for name, _ in checkpoint_infos
         )
+
+    def _check_disjoint(self, infos: list[zipfile.ZipInfo]) -> None:
+        """Refuse members whose bytes overlap, or run into the central directory.
+
+        Each member's size is checked against its own limit, but ZIP does not forbid two
+        directory records pointing at the same bytes: a ~1 MB file of overlapping 256 KiB
+        checkpoint members made the auditor hold gigabytes before any signature was checked.
+        Each member takes at least its local header, its name and its data, laid end to end
+        in offset order before the central directory (every bundle's writer lays them out
+        so), so the members' data together is never more than the file itself."""
+        end_of_members = getattr(self._zip, "start_dir", None)
+        previous_end, previous_name = 0, ""
+        for info in sorted(infos, key=lambda i: i.header_offset):
+            if info.header_offset < previous_end:
+                raise BundleError(
+                    f"member {info.filename!r} overlaps member {previous_name!r} "
+                    "(members must not share bytes)"
+                )
+            name_len = len(info.filename.encode("utf-8"))
+            previous_end = info.header_offset + _LOCAL_HEADER.size + name_len + info.compress_size
+            previous_name = info.filename
+        if isinstance(end_of_members, int) and previous_end > end_of_members:
+            raise BundleError(
+                f"member {previous_name!r} runs into the central directory "
+                "(members must lie before it)"
+            )
 
     def _read(self, name: str, limit: int) -> bytes:
         return self._read_info(self._zip.getinfo(name), limit)

@@ -11,9 +11,11 @@ import subprocess
 import sys
 import time
 import zipfile
+import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -674,3 +676,126 @@ def test_a_bundle_path_that_is_not_a_regular_file_is_refused_at_once(
     assert proc.stderr.startswith(f"lessee: error: {path}: ") and proc.stderr.count("\n") == 1
     assert "internal error" not in proc.stderr
     assert time.monotonic() - start < 30
+
+
+_ZIP_END = struct.Struct("<4s4H2LH")
+_CD_COMPRESSED_SIZE, _CD_SIZE = 10, 11
+
+
+def _stored_zip(members: list[tuple[str, bytes, int | None]], tail: bytes = b"") -> bytes:
+    """A STORED ZIP written by hand: each (name, data, offset): ``offset`` None appends the
+    member (local header, name, data); an int points its directory record at an earlier local
+    header instead, whose data it then shares. ``tail`` goes after the last member."""
+    body = bytearray()
+    records: list[tuple[str, int, int, int]] = []
+    for name, data, shared in members:
+        nb = name.encode()
+        crc = zlib.crc32(data)
+        offset = len(body) if shared is None else shared
+        if shared is None:
+            body += _LOCAL.pack(b"PK\x03\x04", 20, 0, 0, 0, 0, 0, crc, len(data), len(data),
+                                    len(nb), 0) + nb + data  # fmt: skip
+        records.append((name, offset, crc, len(data)))
+    body += tail
+    directory = bytearray()
+    for name, offset, crc, size in records:
+        nb = name.encode()
+        directory += _CENTRAL.pack(b"PK\x01\x02", 20, 3, 20, 0, 0, 0, 0, 0, crc, size, size,
+                                       len(nb), 0, 0, 0, 0, 0o644 << 16, offset) + nb  # fmt: skip
+    end = _ZIP_END.pack(
+        b"PK\x05\x06", 0, 0, len(records), len(records), len(directory), len(body), 0
+    )
+    return bytes(body) + bytes(directory) + end
+
+
+def test_members_that_share_bytes_are_refused(clean: Path, tmp_path: Path) -> None:
+    """ZIP lets two directory records point at the same bytes, and each member passed its own
+    checks (STORED, size, CRC): many checkpoint members over one shared 256 KiB window made a
+    1 MB bundle cost the auditor gigabytes before any signature was checked. Members must lie
+    end to end, before the central directory, so their data is never more than the file."""
+    from agent.audit.bundle import Bundle
+
+    with zipfile.ZipFile(clean / "clean.zip") as z:
+        kept = [(i.filename, z.read(i)) for i in z.infolist()]
+    plain = [(name, data, None) for name, data in kept]
+    (tmp_path / "rewritten.zip").write_bytes(_stored_zip(plain))
+    with Bundle(tmp_path / "rewritten.zip") as b:  # the hand-written form reads as exported
+        assert len(b.checkpoints) == N + 1
+    assert verify_bundle_file(tmp_path / "rewritten.zip", LOG_SIGNER.verifier()).ok
+    # A second record for the first checkpoint's bytes, under another checkpoint name.
+    first = next(name for name, _ in kept if name.startswith("checkpoints/"))
+    note = dict(kept)[first]
+    offset = _central_offsets(tmp_path / "rewritten.zip")[first]
+    shared = [*plain, ("checkpoints/99999999999999999999.note", note, offset)]
+    (tmp_path / "shared.zip").write_bytes(_stored_zip(shared))
+    with pytest.raises(BundleError, match="overlaps member"):
+        Bundle(tmp_path / "shared.zip")
+    # A member whose data would run into the central directory.
+    raw = bytearray(_stored_zip(plain))
+    last = _central_headers(bytes(raw))[-1]
+    fields = list(_CENTRAL.unpack_from(raw, last))
+    fields[_CD_SIZE] += 64  # the directory says the last member is 64 bytes longer
+    fields[_CD_COMPRESSED_SIZE] += 64
+    _CENTRAL.pack_into(raw, last, *fields)
+    (tmp_path / "into-directory.zip").write_bytes(bytes(raw))
+    with pytest.raises(BundleError, match="central directory"):
+        Bundle(tmp_path / "into-directory.zip")
+
+
+def _central_offsets(path: Path) -> dict[str, int]:
+    with zipfile.ZipFile(path) as z:
+        return {i.filename: i.header_offset for i in z.infolist()}
+
+
+def _with_zip64_end(raw: bytes, *, count: int, directory_bytes: int) -> bytes:
+    """``raw`` (one classic end record at its end) with a ZIP64 end record and locator put
+    before that end record, which then defers to them (0xFFFF entries)."""
+    from agent.audit.bundle import _EOCD, _ZIP64_EOCD, _ZIP64_LOCATOR
+
+    end = raw[-_EOCD.size :]
+    body = raw[: -_EOCD.size]
+    fields = list(_EOCD.unpack(end))
+    zip64_at = len(body)
+    record = _ZIP64_EOCD.pack(b"PK\x06\x06", _ZIP64_EOCD.size - 12, 45, 45, 0, 0, count, count,
+                              directory_bytes, fields[6])  # fmt: skip
+    locator = _ZIP64_LOCATOR.pack(b"PK\x06\x07", 0, zip64_at, 1)
+    fields[3] = fields[4] = 0xFFFF
+    return body + record + locator + _EOCD.pack(*fields)
+
+
+def test_a_directory_too_large_for_a_bundle_is_refused_before_it_is_read(
+    clean: Path, tmp_path: Path
+) -> None:
+    """The member count was checked after ``zipfile`` had built an object per directory
+    record (a 56 MB file of 1.2 million records took 0.5 GB first): the end record's count and
+    the directory's size are checked before."""
+    from agent.audit.bundle import MAX_DIRECTORY_BYTES_PER_MEMBER, MAX_MEMBERS, Bundle
+
+    with zipfile.ZipFile(clean / "clean.zip") as z:
+        plain = [(i.filename, z.read(i), None) for i in z.infolist()]
+    raw = _stored_zip(plain)
+    honest = _with_zip64_end(raw, count=len(plain), directory_bytes=_end_fields(raw)[5])
+    (tmp_path / "zip64.zip").write_bytes(honest)
+    with Bundle(tmp_path / "zip64.zip") as b:  # a ZIP64 end record as such is fine
+        assert len(b.records) == N
+    cases = {
+        "count": (MAX_MEMBERS + 1, _end_fields(raw)[5], "more than 1000000 members"),
+        "size": (
+            len(plain),
+            MAX_MEMBERS * MAX_DIRECTORY_BYTES_PER_MEMBER + 1,
+            "central directory of",
+        ),
+    }
+    for name, (count, size, match) in cases.items():
+        (tmp_path / f"{name}.zip").write_bytes(
+            _with_zip64_end(raw, count=count, directory_bytes=size)
+        )
+        with pytest.raises(BundleError, match=match):
+            Bundle(tmp_path / f"{name}.zip")
+
+
+def _end_fields(raw: bytes) -> tuple[Any, ...]:
+    """The classic end-of-central-directory record's fields (5: the directory's size)."""
+    from agent.audit.bundle import _EOCD
+
+    return tuple(_EOCD.unpack(raw[-_EOCD.size :]))
