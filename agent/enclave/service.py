@@ -135,6 +135,18 @@ COVER_BACKLOG = 1024
 DEFAULT_STALLED_WRITE_GRACE_S = 10.0
 #: Hard bound on ``stalled_write_grace_s``.
 MAX_STALLED_WRITE_GRACE_S = 600.0
+#: Default age (seconds) at which a client connection is told to go away (HTTP/2 GOAWAY): new
+#: calls then take a new connection, and the calls still open on the old one are cut off once
+#: the grace below has passed. It bounds how long any call can hold one of the server's RPC
+#: slots -- a call whose request never arrives, a GetKeyBundle reader that stops reading --,
+#: which nothing else does: such calls once held every slot for as long as their connection
+#: lived (the broker's server does the same, ``agent.rpc.server``).
+DEFAULT_MAX_CONNECTION_AGE_S = 60.0
+#: Hard bound on ``max_connection_age_s``: one day.
+MAX_CONNECTION_AGE_S = 86_400.0
+#: Added to a stream's own time limit and drain grace to make the connection-age grace, so a
+#: stream started just before GOAWAY always ends (or is cut off by its own hard stop) first.
+CONNECTION_GRACE_MARGIN_S = 1.0
 #: Seconds ``EnclaveServer.stop`` waits for running streams before cancelling them.
 DEFAULT_STOP_GRACE_S = 5.0
 
@@ -158,7 +170,11 @@ class EnclaveConfig:
 
     ``replay_window_s``: a request is accepted only while its send time is within this many
     seconds of the enclave's clock, either side; ``replay_max_entries``: the replay guard's bound
-    of live request ids, past which new requests are refused (``sealing.stream.replay``)."""
+    of live request ids, past which new requests are refused (``sealing.stream.replay``).
+
+    ``max_connection_age_s``: connections are told to go away at this age and closed once the
+    streams running on them could have run their course (``connection_grace_s``), which bounds
+    how long any call can hold a server slot."""
 
     max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS
     max_stream_seconds: float = DEFAULT_MAX_STREAM_SECONDS
@@ -166,6 +182,7 @@ class EnclaveConfig:
     stalled_write_grace_s: float = DEFAULT_STALLED_WRITE_GRACE_S
     replay_window_s: int = DEFAULT_REPLAY_WINDOW_S
     replay_max_entries: int = DEFAULT_MAX_REPLAY_ENTRIES
+    max_connection_age_s: float = DEFAULT_MAX_CONNECTION_AGE_S
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_concurrent_streams <= MAX_CONCURRENT_STREAMS:
@@ -174,9 +191,17 @@ class EnclaveConfig:
             raise InputError(f"max_stream_seconds must be in (0, {MAX_STREAM_SECONDS}]")
         if not 0 < self.stalled_write_grace_s <= MAX_STALLED_WRITE_GRACE_S:
             raise InputError(f"stalled_write_grace_s must be in (0, {MAX_STALLED_WRITE_GRACE_S}]")
+        if not 0 < self.max_connection_age_s <= MAX_CONNECTION_AGE_S:
+            raise InputError(f"max_connection_age_s must be in (0, {MAX_CONNECTION_AGE_S}]")
         if self.cover_interval is not None:
             CoverSchedule(self.cover_interval, 0.0)  # validates the interval bounds
         self.replay_guard()  # validates the window and the bound
+
+    @property
+    def connection_grace_s(self) -> float:
+        """How long calls may still run on a connection told to go away: a stream's time limit,
+        its drain grace and a margin, so honest streams are never cut off by the age."""
+        return self.max_stream_seconds + self.stalled_write_grace_s + CONNECTION_GRACE_MARGIN_S
 
     def replay_guard(self) -> ReplayGuard:
         """A new, empty replay guard with these settings."""
@@ -675,15 +700,19 @@ class EnclaveServer:
         await self.server.stop(grace)
 
 
-def server_options() -> list[tuple[str, int]]:
-    """Channel arguments of the enclave server: the message-size bounds above, and no port
-    sharing (grpc sets ``SO_REUSEPORT`` by default on Linux): a second enclave started on the
-    same port would silently take half the connections, with another key and its own replay
-    guard; it must fail to bind instead, as the broker does."""
+def server_options(config: EnclaveConfig | None = None) -> list[tuple[str, int]]:
+    """Channel arguments of the enclave server: the message-size bounds above; no port sharing
+    (grpc sets ``SO_REUSEPORT`` by default on Linux): a second enclave started on the same port
+    would silently take half the connections, with another key and its own replay guard; it
+    must fail to bind instead, as the broker does; and the connection age and its grace from
+    ``config`` (``EnclaveConfig.max_connection_age_s``)."""
+    config = config or EnclaveConfig()
     return [
         ("grpc.max_receive_message_length", MAX_GENERATE_REQUEST_MESSAGE),
         ("grpc.max_send_message_length", MAX_RESPONSE_MESSAGE),
         ("grpc.so_reuseport", 0),
+        ("grpc.max_connection_age_ms", int(config.max_connection_age_s * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(config.connection_grace_s * 1000)),
     ]
 
 
@@ -704,7 +733,7 @@ async def serve_enclave(
     if (server_cert_chain is None) != (server_private_key is None):
         raise InputError("TLS needs both the server certificate chain and its private key")
     server = grpc.aio.server(
-        options=server_options(),
+        options=server_options(service.config),
         maximum_concurrent_rpcs=2 * service.config.max_concurrent_streams + 16,
     )
     server.add_generic_rpc_handlers((_handlers(service),))

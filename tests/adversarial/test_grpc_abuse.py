@@ -950,3 +950,38 @@ def _audit(h: AbuseHarness, path: Path) -> None:
         f"\naudit: {exported} entries ({len(attests)} attest, {len(releases)} release), "
         f"{len(LEDGER.attests)} + {len(LEDGER.releases)} acknowledged by this module, all present"
     )
+
+
+def test_enclave_calls_whose_request_never_arrives_are_freed_by_connection_age(
+    enclave_factory: Callable[..., Enclave],
+) -> None:
+    """Generate calls whose HEADERS arrive but whose message never does each held one of the
+    enclave's RPC slots for as long as their connection lived: one connection with as many of
+    them as the server's RPC bound refused every other client (RESOURCE_EXHAUSTED), health
+    checks included, indefinitely (finding). Now the connection is told to go away at its
+    maximum age and closed after the grace, and the enclave serves again."""
+    config = EnclaveConfig(
+        max_concurrent_streams=2, max_stream_seconds=1.0, stalled_write_grace_s=0.5,
+        max_connection_age_s=1.0,
+    )  # fmt: skip
+    e = enclave_factory(EchoGenerator(), config)
+    assert _generate_text(e.server.target, "before") == "before"
+    bound = 2 * config.max_concurrent_streams + 16  # serve_enclave's maximum_concurrent_rpcs
+    attacker = RawH2Client("127.0.0.1", e.server.port).connect()
+    opened = time.monotonic()
+    sids = [attacker.open_call(GENERATE_METHOD) for _ in range(bound)]  # headers only
+    try:
+        time.sleep(0.3)
+        with pytest.raises(EnclaveUnavailable, match="RESOURCE_EXHAUSTED"):
+            _generate_text(e.server.target, "during", timeout=2.0)
+        limit = config.max_connection_age_s * 1.2 + config.connection_grace_s + FREE_SLACK_S
+        closed = _wait_until(attacker.connection_ended, limit)
+        assert closed is not None, f"the connection still held its calls after {limit:.1f} s"
+        assert attacker.goaway_at is not None
+        assert all(attacker.stream_done(s) or attacker.connection_ended() for s in sids)
+        assert _generate_text(e.server.target, "after") == "after"
+        print(f"\nheaders-only calls: every slot held, served again after "
+              f"{time.monotonic() - opened:.2f} s (age {config.max_connection_age_s} s + grace "
+              f"{config.connection_grace_s} s)")  # fmt: skip
+    finally:
+        attacker.close()
