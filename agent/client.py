@@ -33,10 +33,13 @@ Errors (all ``attest.errors`` types, so the CLI maps them to exit codes):
   request reached the enclave before, so someone replayed or duplicated it on the way),
   :class:`ClientClockRefused` (``OUT_OF_RANGE``: the send time is outside the enclave's window;
   check this machine's clock) and :class:`EnclaveBusy` (``RESOURCE_EXHAUSTED``: retry later).
-  ``FAILED_PRECONDITION`` (the request was sealed to a key the enclave no longer has) makes the
-  client fetch the bundle again and retry once, only if that bundle names a new key; the same
-  key is :class:`KeyRotationUnconfirmed`, since a relay that kept the first answer and forged
-  the status would otherwise get a second answer to choose from.
+  ``FAILED_PRECONDITION`` (the request was sealed to a key the enclave no longer has) is
+  :class:`EnclaveKeyChanged`: the cached bundle is dropped and the prompt is not sent again,
+  since the status is unauthenticated and a relay that kept the first answer and forged it
+  would get a second answer to choose from; the next call fetches the bundle anew. With
+  ``retry_on_new_key=True`` the client retries once itself, only if the bundle fetched again
+  names a new attested key (the same key is :class:`KeyRotationUnconfirmed`) -- which a host
+  able to run a second attested enclave can still exploit.
 * :class:`BundleError` / ``EarError``: the key bundle did not verify; nothing was sent.
 * :class:`TokenDecodeError`: authenticated output that is not UTF-8 (an engine bug).
 """
@@ -105,6 +108,7 @@ __all__ = [
     "ClientClockRefused",
     "EnclaveBusy",
     "EnclaveClient",
+    "EnclaveKeyChanged",
     "EnclaveUnavailable",
     "GenerationAborted",
     "GenerationTimeout",
@@ -169,10 +173,21 @@ class EnclaveBusy(EnclaveUnavailable):
     request for load, e.g. its replay guard is at its bound of live request ids. Retry later."""
 
 
+class EnclaveKeyChanged(EnclaveUnavailable):
+    """``FAILED_PRECONDITION`` before the head: the enclave says the request was sealed to a key
+    it no longer holds (it restarted, with a new key). Not authenticated: a relay that kept the
+    enclave's answer can say the same. So the prompt is not sealed again on the client's own
+    initiative: the cached bundle is dropped, and the next call fetches and verifies it anew.
+    With ``retry_on_new_key=True`` the client instead retries once itself, if the bundle
+    fetched again names another attested key; that gives a host able to run a second attested
+    enclave under the same broker (a replica, or a restart) a second answer to choose from."""
+
+
 class KeyRotationUnconfirmed(EnclaveUnavailable):
     """``FAILED_PRECONDITION`` before the head (the enclave no longer has the key the request
     was sealed to), but the bundle fetched again still offers that same attested key.
 
+    Raised only with ``retry_on_new_key=True`` (else :class:`EnclaveKeyChanged` comes first).
     An enclave that restarted offers a new key, and the SDK retries once with it. The same key
     means the status was not the enclave's: a relay that forwarded the request, kept the answer
     and reported a stale key would, if the prompt were sealed again, hold a second answer to
@@ -576,6 +591,7 @@ class EnclaveClient:
         pad_block: int = DEFAULT_REQUEST_PAD_BLOCK,
         timeout: float = DEFAULT_TIMEOUT_S,
         clock: Callable[[], datetime] = _utcnow,
+        retry_on_new_key: bool = False,
     ) -> None:
         if not 0 < timeout <= MAX_TIMEOUT_S:
             raise InputError(f"timeout must be in (0, {MAX_TIMEOUT_S}] seconds")
@@ -591,6 +607,7 @@ class EnclaveClient:
         self._pad_block = pad_block
         self._timeout = timeout
         self._clock = clock
+        self._retry_on_new_key = retry_on_new_key
         self._channel: grpc.aio.Channel | None = None
 
     async def __aenter__(self) -> EnclaveClient:
@@ -696,8 +713,9 @@ class EnclaveClient:
         deadline: float,
         attempt: int,
     ) -> bool:
-        """The call failed. Before the head: retry once (True) if the enclave says our key is
-        stale (it restarted with a new key), else raise :class:`EnclaveUnavailable` (or the
+        """The call failed. Before the head: if the enclave says our key is stale (it restarted
+        with a new key), drop the cached bundle and raise :class:`EnclaveKeyChanged`, or, with
+        ``retry_on_new_key``, retry once (True); else raise :class:`EnclaveUnavailable` (or the
         subclass for a replay guard's refusal). After the head: only the caller's own deadline
         gets its own error; anything else returns False and is left to ``finish()``, which
         refuses a stream without its final record."""
@@ -708,7 +726,15 @@ class EnclaveClient:
                 and attempt == 1
             ):
                 self._fetched = None
-                return True
+                if self._retry_on_new_key:
+                    return True
+                raise EnclaveKeyChanged(
+                    "Generate failed with FAILED_PRECONDITION (unauthenticated): the enclave "
+                    "says the request was sealed to a key it no longer holds (it restarted?). "
+                    "The prompt was not sent again; the next call fetches and verifies the "
+                    "enclave's key bundle anew (retry_on_new_key=True retries at once)",
+                    code=grpc.StatusCode.FAILED_PRECONDITION.name,
+                ) from None
             raise _refused_before_head(exc, stream.sent_at) from None
         if (
             exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED

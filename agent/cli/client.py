@@ -164,6 +164,7 @@ async def _generate(args: argparse.Namespace) -> int:
         bundle=bundle,
         credentials=credentials,
         timeout=args.timeout,
+        retry_on_new_key=args.retry_on_new_key,
     ) as client:
         out = sys.stdout
         printed = False
@@ -286,5 +287,14 @@ def register(parser: argparse.ArgumentParser) -> None:
         default=600.0,
         metavar="SECONDS",
         help="for the whole call (at most a day)",
+    )
+    gen.add_argument(
+        "--retry-on-new-key",
+        action="store_true",
+        help="if the enclave says the prompt was sealed to a key it no longer holds (it "
+        "restarted), fetch its bundle again and, if that names another attested key, send the "
+        "prompt again at once. Off by default: the claim is unauthenticated, and a host that "
+        "can run a second attested enclave then gets a second answer to choose from; without "
+        "it the command fails (exit 1) and the next run fetches the new key",
     )
     gen.set_defaults(func=_run_generate)

@@ -14,6 +14,7 @@ import pytest
 from agent.client import (
     BundleError,
     EnclaveClient,
+    EnclaveKeyChanged,
     EnclaveUnavailable,
     GenerationTimeout,
     SyncEnclaveClient,
@@ -141,14 +142,50 @@ def test_bundle_is_reverified_against_the_clock(stack: Stack) -> None:
     assert pieces == [] and _reason(err) == "ear_expired"
 
 
-def test_key_rotation_refetches_the_bundle_once(stack_factory: StackFactory) -> None:
+def test_key_rotation_refetches_the_bundle_once_when_told_to_retry(
+    stack_factory: StackFactory,
+) -> None:
     """The client holds a bundle for a key the enclave no longer has (it restarted): the
-    enclave answers FAILED_PRECONDITION, the client fetches and verifies the new bundle once."""
+    enclave answers FAILED_PRECONDITION; with ``retry_on_new_key`` the client fetches and
+    verifies the new bundle once and sends the prompt again, sealed to the new key."""
     stack = stack_factory(key=enclave_key(label="new"))
     old = make_bundle(enclave_key(label="old"))
     stack.relay.bundle_rewrite = lambda _: enclave_pb2.KeyBundle(bundle=old.raw).SerializeToString()
     stack.relay.bundle_rewrite_once = True
-    assert stack.collect("p q") == (["p", " q"], None)
+    assert stack.collect("p q", retry_on_new_key=True) == (["p", " q"], None)
+    assert [e.method for e in stack.relay.exchanges] == [
+        "GetKeyBundle",
+        "Generate",
+        "GetKeyBundle",
+        "Generate",
+    ]
+    assert stack.service.stats.stale_key == 1
+
+
+def test_key_rotation_is_reported_and_the_next_call_uses_the_new_key(
+    stack_factory: StackFactory,
+) -> None:
+    """By default the unauthenticated "stale key" status is not acted on with the prompt: the
+    call raises ``EnclaveKeyChanged`` having sent it once, and the same client's next call
+    fetches the bundle anew and is answered under the new key."""
+    stack = stack_factory(key=enclave_key(label="new"))
+    old = make_bundle(enclave_key(label="old"))
+    stack.relay.bundle_rewrite = lambda _: enclave_pb2.KeyBundle(bundle=old.raw).SerializeToString()
+    stack.relay.bundle_rewrite_once = True
+
+    async def twice(client: EnclaveClient) -> tuple[BaseException | None, str]:
+        try:
+            await client.generate_text("p q")
+        except EnclaveKeyChanged as exc:
+            first: BaseException | None = exc
+        else:
+            first = None
+        return first, await client.generate_text("p q")
+
+    err, text = stack.call(twice)
+    assert isinstance(err, EnclaveKeyChanged) and err.code == "FAILED_PRECONDITION"
+    assert "not sent again" in str(err)
+    assert text == "p q"
     assert [e.method for e in stack.relay.exchanges] == [
         "GetKeyBundle",
         "Generate",

@@ -21,6 +21,7 @@ from agent.client import (
     ClientClockRefused,
     EnclaveBusy,
     EnclaveClient,
+    EnclaveKeyChanged,
     EnclaveUnavailable,
     GenerationAborted,
     KeyRotationUnconfirmed,
@@ -270,11 +271,18 @@ def test_relay_replaying_first_leaves_the_client_a_clear_error(stack: Stack) -> 
 
 def test_forged_stale_key_does_not_get_the_relay_a_second_answer(stack: Stack) -> None:
     """The relay has the enclave answer the request (and keeps the answer), then tells the
-    client its key is stale. A retry would seal the prompt again to the same key and give the
-    relay a second, independently sampled answer to choose between; the client refetches the
-    bundle, sees the key unchanged, and sends nothing more."""
+    client its key is stale. By default the client sends nothing more (``EnclaveKeyChanged``,
+    the bundle dropped); with ``retry_on_new_key`` it refetches the bundle, sees the key
+    unchanged, and sends nothing more either. A retry to the same key would give the relay a
+    second, independently sampled answer to choose between."""
     stack.relay.keep_answer_and_refuse = grpc.StatusCode.FAILED_PRECONDITION
     pieces, err = stack.collect(PROMPT)
+    assert pieces == [] and isinstance(err, EnclaveKeyChanged)
+    assert [e.method for e in stack.relay.exchanges] == ["GetKeyBundle", "Generate", "Replay"]
+    assert stack.service.stats.requests == 1
+    stack.relay.exchanges.clear()
+    stack.relay.keep_answer_and_refuse = grpc.StatusCode.FAILED_PRECONDITION  # once more
+    pieces, err = stack.collect(PROMPT, retry_on_new_key=True)
     assert pieces == []
     assert isinstance(err, KeyRotationUnconfirmed) and err.code == "FAILED_PRECONDITION"
     assert "not sent again" in str(err)
@@ -282,7 +290,7 @@ def test_forged_stale_key_does_not_get_the_relay_a_second_answer(stack: Stack) -
     assert methods == ["GetKeyBundle", "Generate", "Replay", "GetKeyBundle"]
     (kept,) = stack.relay.replay_exchanges()
     assert len(kept.received) == 1 + len(EXPECTED) + 1  # the one answer, which the relay kept
-    assert stack.service.stats.requests == 1
+    assert stack.service.stats.requests == 2  # one per call: never a second for one prompt
 
 
 @pytest.mark.parametrize("skew_s", [-121.0, 121.0], ids=["clock-behind", "clock-ahead"])
