@@ -2,8 +2,12 @@
 
 Trust comes only from a pinned root passed in by the caller. A chain may end with a copy of that
 root (NVIDIA device chains do) or with a certificate the root issued directly; either way the
-last signature is checked with the *pinned* root's key, never with a key the device sent.
-Validity is judged at the time given, never at the host clock.
+last signature is checked with the *pinned* root's key, never with a key the device sent. Only
+the last certificate may be that root's copy or self-signed: a chain padded with a second root
+copy (every certificate shifted up one place) is refused. Validity is judged at the time given,
+never at the host clock. A certificate with a critical extension this module does not process
+is refused (RFC 5280 4.2). Whether the leaf is an end entity is the caller's rule
+(``check_end_entity``): some chains end at a CA on purpose (Intel's CRL issuer chain).
 
 ECDSA links are checked without holding the GIL where that is exactly the check
 ``verify_directly_issued_by`` makes (``_fast_link_verify``), and a chain's link signatures run
@@ -27,6 +31,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import ExtensionOID
 
 from attest.concurrency import Deferred, offer, settle
 from attest.errors import ChainError, InputError
@@ -289,6 +294,92 @@ def _check_signed_by(
         ) from exc
 
 
+#: The critical extensions a chain certificate may carry: the ones this module enforces
+#: (``_check_is_ca``) and the leaf's key usage (``check_end_entity``, or the caller's own check).
+#: RFC 5280 4.2 requires refusing a certificate with any other critical extension. This is an
+#: allow-list, not "whatever ``cryptography`` decodes": it also decodes extensions nothing here
+#: enforces (name constraints, policy constraints, ...), and accepting those critical would break
+#: the same rule. Every real vendor certificate in tests/assets and the shared vectors (NVIDIA
+#: device, RIM, AMD, Intel) marks exactly these two critical, and no other extension.
+UNDERSTOOD_CRITICAL_EXTENSIONS: frozenset[x509.ObjectIdentifier] = frozenset(
+    {ExtensionOID.BASIC_CONSTRAINTS, ExtensionOID.KEY_USAGE}
+)
+
+
+def _check_critical_extensions(cert: x509.Certificate, what: str) -> None:
+    """Refuse a critical extension outside ``UNDERSTOOD_CRITICAL_EXTENSIONS`` (RFC 5280 4.2)."""
+    for ext in cert.extensions:
+        if ext.critical and ext.oid not in UNDERSTOOD_CRITICAL_EXTENSIONS:
+            raise ChainError(
+                f"{what}: '{describe(cert)}' has critical extension {ext.oid.dotted_string}"
+                " that is not understood",
+                reason="unsupported_critical_extension",
+            )
+
+
+def _self_signed(cert: x509.Certificate) -> bool:
+    """Subject equal to issuer and the signature verifies with the certificate's own key."""
+    if cert.subject != cert.issuer:
+        return False
+    try:
+        cert.verify_directly_issued_by(cert)
+    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
+        return False  # self-issued under another key (a key rollover): not self-signed
+    return True
+
+
+def _check_only_last_is_root(
+    chain: tuple[x509.Certificate, ...], ders: tuple[bytes, ...], what: str
+) -> None:
+    """No certificate but the chain's last is the pinned root (``ders[-1]``) or self-signed.
+
+    A root has no place inside a chain: ``[BROM, ICA, Identity, root, root]`` (each signed by
+    the next, the root by itself) has an NVIDIA device chain's length and valid links, and would
+    make a CA certificate (the BROM) its leaf. Self-signed means signed by its own key, not
+    merely self-issued (a key-rollover certificate may sit inside a chain; RFC 5280 6.1).
+    """
+    root_der = ders[len(chain)]
+    for i, cert in enumerate(chain[:-1]):
+        if ders[i] == root_der:
+            raise ChainError(
+                f"{what}: certificate {i} ('{describe(cert)}') is the pinned root; only the last"
+                " certificate may be",
+                reason="pinned_root_not_last",
+            )
+        if _self_signed(cert):
+            raise ChainError(
+                f"{what}: certificate {i} ('{describe(cert)}') is self-signed; only the last"
+                " certificate may be",
+                reason="self_signed_not_last",
+            )
+
+
+def check_end_entity(cert: x509.Certificate, what: str) -> None:
+    """``cert`` signs data, not certificates: not a CA (no basicConstraints cA=TRUE), and a
+    keyUsage, if present, that allows digitalSignature. ChainError reason ``leaf_is_ca`` or
+    ``leaf_key_usage``. The leaf rule of NVIDIA device chains and of RIM signers."""
+    try:
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        pass
+    else:
+        if bc.ca:
+            raise ChainError(
+                f"{what}: leaf '{describe(cert)}' is a CA certificate, not an end entity",
+                reason="leaf_is_ca",
+            )
+    try:
+        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return
+    if not ku.digital_signature:
+        raise ChainError(
+            f"{what}: leaf '{describe(cert)}' may not make signatures (keyUsage lacks"
+            " digitalSignature)",
+            reason="leaf_key_usage",
+        )
+
+
 def _check_is_ca(cert: x509.Certificate, below: int, what: str) -> None:
     """``below`` = number of CA certificates between this one and the leaf."""
     try:
@@ -324,9 +415,12 @@ def verify_chain(
 ) -> VerifiedChain:
     """Check ``certs`` (leaf first) against the pinned ``root`` as of ``at``; raise ChainError.
 
-    Checks, in order: length; every certificate (and the root) valid at ``at``; each link's
-    issuer name and signature; every issuer is a CA allowed to sign at that depth; the top of the
-    chain is the pinned root byte for byte, or was issued by it.
+    Checks, in order: length; no certificate but the last is the pinned root or self-signed;
+    no certificate (the root included) has a critical extension outside
+    ``UNDERSTOOD_CRITICAL_EXTENSIONS``; every certificate (and the root) valid at ``at``; each
+    link's issuer name and signature; every issuer is a CA allowed to sign at that depth; the top
+    of the chain is the pinned root byte for byte, or was issued by it. The leaf may be a CA
+    here: callers whose leaf must be an end entity call ``check_end_entity``.
     """
     return _verify_chain(
         tuple(certs), root=root, at=at, expected_length=expected_length, what=what, links=None
@@ -401,8 +495,9 @@ def _verify_chain(
 
     ``ders`` (the DER of every certificate of ``chain`` and then of ``root``), when the caller
     already has them, saves serialising the certificates again for the link keys. Only the
-    signature and issuer-name check of a link is ever taken from the cache; lengths, validity at
-    ``at``, CA and path-length rules and the pinned-root comparison run every time.
+    signature and issuer-name check of a link is ever taken from the cache; lengths, the
+    root-position and critical-extension rules, validity at ``at``, CA and path-length rules and
+    the pinned-root comparison run every time.
 
     The link signatures not remembered are checked concurrently (the shared pool), then every
     result is read in chain order, interleaved with the CA checks exactly as a sequential walk
@@ -422,10 +517,13 @@ def _verify_chain(
             reason="length",
         )
     certs = (*chain, root)
-    for cert in certs:
-        _check_validity(cert, at, what)
     if ders is None:
         ders = tuple(certificate_der(c) for c in certs)
+    _check_only_last_is_root(chain, ders, what)
+    for cert in certs:
+        _check_critical_extensions(cert, what)
+    for cert in certs:
+        _check_validity(cert, at, what)
     n = len(chain)
     # (child, issuer) positions in ``certs``: each link, then the pinned root's signature on
     # the top certificate unless the chain ends with a byte-identical copy of that root

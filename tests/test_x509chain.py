@@ -295,3 +295,168 @@ def test_certificate_der_is_public_bytes_and_bounded(monkeypatch: pytest.MonkeyP
     cert = chain[0]
     x509chain._der_memo[id(cert)] = (chain[1], b"not this one")
     assert x509chain.certificate_der(cert) == cert.public_bytes(Encoding.DER)
+
+
+# --- chain shape: only the last certificate may be the root; critical extensions -------------
+
+
+_T0, _T1 = datetime(2024, 1, 1, tzinfo=UTC), datetime(2030, 1, 1, tzinfo=UTC)
+
+
+def _key(seed: int) -> ec.EllipticCurvePrivateKey:
+    return ec.derive_private_key(seed, ec.SECP384R1())
+
+
+def _cn(text: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, text)])
+
+
+def _cert(
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    *,
+    issuer: str,
+    signer: ec.EllipticCurvePrivateKey,
+    ca: bool,
+    extra: tuple[tuple[x509.ExtensionType, bool], ...] = (),
+) -> x509.Certificate:
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(_cn(subject))
+        .issuer_name(_cn(issuer))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(_T0)
+        .not_valid_after(_T1)
+    )
+    if ca:
+        b = b.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+    for value, critical in extra:
+        b = b.add_extension(value, critical=critical)
+    return b.sign(signer, hashes.SHA384())
+
+
+_ROOT_KEY, _CA_KEY, _LEAF_KEY, _OTHER_KEY = _key(11), _key(12), _key(13), _key(14)
+_ROOT = _cert("root", _ROOT_KEY, issuer="root", signer=_ROOT_KEY, ca=True)
+_CA = _cert("ca", _CA_KEY, issuer="root", signer=_ROOT_KEY, ca=True)
+_LEAF = _cert("leaf", _LEAF_KEY, issuer="ca", signer=_CA_KEY, ca=False)
+_AT = datetime(2025, 1, 1, tzinfo=UTC)
+_UNKNOWN = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.99999.1"), b"\x05\x00")
+
+
+def test_synthetic_chain_verifies() -> None:
+    """The baseline every test below changes in one place."""
+    verify_chain((_LEAF, _CA), root=_ROOT, at=_AT)
+    verify_chain((_LEAF, _CA, _ROOT), root=_ROOT, at=_AT)
+
+
+def test_real_device_chain_shifted_onto_a_second_root_copy_is_refused() -> None:
+    """[BROM, ICA, Identity, root, root]: five certificates, each signed by the next, the last
+    the pinned root; it made the BROM (a CA) the leaf. A root copy may only come last."""
+    _leaf, brom, ica, identity, root = _hopper()
+    shifted = (brom, ica, identity, root, root)
+    for verify in (verify_chain, ChainCache().verify):
+        with pytest.raises(ChainError) as e:
+            verify(shifted, root=roots.nvidia_device_root(), at=TODAY, expected_length=5)
+        assert e.value.reason == "pinned_root_not_last"
+
+
+def test_self_signed_certificate_before_the_last_is_refused() -> None:
+    """A self-signed CA inside the chain, its key also certified by the real CA under the
+    pinned root: every link verifies, but a self-signed certificate is a root, and only the
+    last certificate may be one."""
+    inner_root = _cert("ca", _CA_KEY, issuer="ca", signer=_CA_KEY, ca=True)
+    with pytest.raises(ChainError) as e:
+        verify_chain((_LEAF, inner_root, _CA), root=_ROOT, at=_AT)
+    assert e.value.reason == "self_signed_not_last"
+
+
+def test_self_issued_certificate_under_another_key_is_not_self_signed() -> None:
+    """A key rollover certificate (subject = issuer, signed by the old key) is self-issued,
+    not self-signed (RFC 5280 6.1): it may sit inside a chain."""
+    new_key = _key(15)
+    new_with_old = _cert("ca", new_key, issuer="ca", signer=_CA_KEY, ca=True)
+    leaf = _cert("leaf", _LEAF_KEY, issuer="ca", signer=new_key, ca=False)
+    assert verify_chain((leaf, new_with_old, _CA), root=_ROOT, at=_AT).leaf == leaf
+
+
+@pytest.mark.parametrize("where", ["leaf", "ca", "root"])
+def test_unknown_critical_extension_is_refused(where: str) -> None:
+    """RFC 5280 4.2: a certificate with a critical extension not understood is refused, at any
+    place in the chain, the pinned root included; the same extension non-critical is fine."""
+    for critical in (False, True):
+        extra = ((_UNKNOWN, critical),)
+        root = _cert("root", _ROOT_KEY, issuer="root", signer=_ROOT_KEY, ca=True, extra=extra)
+        ca = _cert("ca", _CA_KEY, issuer="root", signer=_ROOT_KEY, ca=True, extra=extra)
+        leaf = _cert("leaf", _LEAF_KEY, issuer="ca", signer=_CA_KEY, ca=False, extra=extra)
+        chain = (leaf if where == "leaf" else _LEAF, ca if where == "ca" else _CA)
+        pinned = root if where == "root" else _ROOT
+        if not critical:
+            verify_chain(chain, root=pinned, at=_AT)
+            continue
+        with pytest.raises(ChainError) as e:
+            verify_chain(chain, root=pinned, at=_AT)
+        assert e.value.reason == "unsupported_critical_extension"
+        assert "1.3.6.1.4.1.99999.1" in str(e.value)
+
+
+def test_critical_extension_that_is_decoded_but_not_enforced_is_refused() -> None:
+    """``cryptography`` decodes name constraints, but nothing here enforces them: marked
+    critical they are not understood either (the rule is an allow-list)."""
+    constraints = x509.NameConstraints(
+        permitted_subtrees=[x509.DNSName("example.com")], excluded_subtrees=None
+    )
+    ca = _cert(
+        "ca", _CA_KEY, issuer="root", signer=_ROOT_KEY, ca=True, extra=((constraints, True),)
+    )
+    with pytest.raises(ChainError) as e:
+        verify_chain((_LEAF, ca), root=_ROOT, at=_AT)
+    assert e.value.reason == "unsupported_critical_extension"
+
+
+def _real_certificates() -> list[x509.Certificate]:
+    """Every distinct certificate of the vectors: PEM blocks (also base64'd in NVIDIA's JSON or
+    JSON-escaped in Intel's collateral), RIM KeyInfo certificates, DER files, pinned roots."""
+    import base64
+    import re
+
+    pem = re.compile(rb"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+?-----END CERTIFICATE-----")
+    seen: dict[bytes, x509.Certificate] = {}
+
+    def scan(data: bytes) -> None:
+        for block in pem.findall(data.replace(b"\\n", b"\n")):
+            cert = x509.load_pem_x509_certificate(block)
+            seen.setdefault(cert.public_bytes(Encoding.DER), cert)
+        for b64 in re.findall(rb'"(LS0tLS1CRUdJTi[A-Za-z0-9+/=]+)"', data):
+            scan(base64.b64decode(b64))
+        for b64 in re.findall(rb"<ds:X509Certificate>([^<]+)</", data):
+            cert = x509.load_der_x509_certificate(base64.b64decode(b"".join(b64.split())))
+            seen.setdefault(cert.public_bytes(Encoding.DER), cert)
+
+    from pathlib import Path
+
+    for path in [*NVIDIA.parent.rglob("*"), *Path(roots.__file__).parent.rglob("*.pem")]:
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        scan(data)
+        if path.suffix in (".der", ".testcer") and data[:1] == b"\x30":
+            try:
+                cert = x509.load_der_x509_certificate(data)
+            except ValueError:
+                continue  # a DER CRL or OCSP response
+            seen.setdefault(cert.public_bytes(Encoding.DER), cert)
+    return list(seen.values())
+
+
+@pytest.mark.filterwarnings("ignore:Parsed a serial number which wasn't positive")
+def test_real_certificates_mark_only_understood_extensions_critical() -> None:
+    """No vendor certificate in the vectors (NVIDIA device and RIM chains, AMD, Intel) nor a
+    pinned root carries a critical extension the chain check would refuse: all of them mark
+    exactly basicConstraints and keyUsage critical, where present."""
+    from attest.x509chain import UNDERSTOOD_CRITICAL_EXTENSIONS
+
+    certs = _real_certificates()
+    assert len(certs) >= 80  # NVIDIA, AMD and Intel chains, RIM signers, roots
+    critical = {e.oid for c in certs for e in c.extensions if e.critical}
+    assert critical == UNDERSTOOD_CRITICAL_EXTENSIONS

@@ -6,7 +6,12 @@ and ``verify_device`` runs them all, raising at the first failure.
 
 * **Chain**: exactly 5 certificates (leaf/attestation key, BROM, provisioner ICA, identity CA,
   root), ending at the *pinned* NVIDIA Device Identity CA (``attest.roots``), valid at ``at``.
-  The root the device sends is compared byte for byte with the pinned one, never trusted.
+  The root the device sends is compared byte for byte with the pinned one, never trusted. Only
+  the last certificate may be that root or self-signed, the three in between must be CAs, and
+  the leaf must be an end entity allowed to sign (``check_end_entity``, the RIM signer's rule):
+  a 4-deep chain padded with a second root copy would otherwise make the BROM (a CA) the
+  attestation key. No certificate may carry a critical extension the chain check does not
+  process (``attest.x509chain.UNDERSTOOD_CRITICAL_EXTENSIONS``).
 * **Signature**: ECDSA P-384 / SHA-384, raw r‖s, over request ‖ response-without-signature, with
   the leaf key of that verified chain.
 * **Nonce**: the requester nonce inside the signed request equals the caller's (constant time).
@@ -37,7 +42,7 @@ from attest.nvidia.opaque import FWID_LENGTH, DeviceReport, ReportCache, parse_d
 from attest.nvidia.spdm import SIGNATURE_LENGTH
 from attest.roots import nvidia_device_root
 from attest.timeutil import require_aware
-from attest.x509chain import ChainCache, VerifiedChain, verify_chain
+from attest.x509chain import ChainCache, VerifiedChain, check_end_entity, verify_chain
 
 #: NVIDIA device chains are leaf, BROM, provisioner ICA, identity CA, root: never more or fewer.
 DEVICE_CHAIN_LENGTH = 5
@@ -100,7 +105,9 @@ def verify_device_chain(
     cache: ChainCache | None = None,
     root: x509.Certificate | None = None,
 ) -> VerifiedChain:
-    """The device chain to the pinned NVIDIA Device Identity CA, exactly 5 long, as of ``at``."""
+    """The device chain to the pinned NVIDIA Device Identity CA, exactly 5 long, as of ``at``,
+    its leaf an end entity allowed to sign (ChainError ``leaf_is_ca`` / ``leaf_key_usage``) with
+    a P-384 key (``leaf_key_type``)."""
     pinned = root if root is not None else nvidia_device_root()
     if cache is not None:
         verified = cache.verify(
@@ -118,6 +125,7 @@ def verify_device_chain(
             expected_length=DEVICE_CHAIN_LENGTH,
             what="device certificate chain",
         )
+    check_end_entity(verified.leaf, "device certificate chain")
     key = verified.leaf.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
         raise ChainError("device leaf key is not ECDSA P-384", reason="leaf_key_type")

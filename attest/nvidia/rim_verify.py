@@ -54,6 +54,7 @@ from attest.timeutil import require_aware
 from attest.x509chain import (
     ChainCache,
     VerifiedChain,
+    check_end_entity,
     describe,
     verify_chain,
 )
@@ -119,27 +120,16 @@ class VerifiedRim:
 
 
 def _check_signer(cert: x509.Certificate) -> None:
+    """A P-384 end entity allowed to sign (``check_end_entity``: the device leaf's rule too)."""
     key = cert.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
         raise RimVerificationError(
             f"RIM signer '{describe(cert)}' does not hold a P-384 key", reason="rim_signer"
         )
     try:
-        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-        if bc.ca:
-            raise RimVerificationError(
-                f"RIM signer '{describe(cert)}' is a CA certificate", reason="rim_signer"
-            )
-    except x509.ExtensionNotFound:
-        pass
-    try:
-        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        return
-    if not ku.digital_signature:
-        raise RimVerificationError(
-            f"RIM signer '{describe(cert)}' may not make signatures", reason="rim_signer"
-        )
+        check_end_entity(cert, "RIM signer")
+    except ChainError as exc:
+        raise RimVerificationError(str(exc), reason="rim_signer") from exc
 
 
 def _same_content(rim: Rim, body: RimBody) -> bool:

@@ -39,6 +39,12 @@ PPCIE = load_evidence((NVIDIA / "ppcie/gpu_evidence.json").read_bytes()) + load_
 HOPPER_NONCE = bytes.fromhex("931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb")
 BLACKWELL_NONCE = bytes.fromhex("d622979b6c3ab8b8e7b30a43f2dc7f553ebbc187536231d531effa496ec03fb5")
 PPCIE_NONCE = bytes.fromhex("4760e30534a0621357d458b1a7936551b5dc4cd1e69718adf7ed9fb0252a537e")
+#: Every real device chain of the vectors (tests/assets holds byte-identical copies of
+#: ../shared/vectors, tests/test_assets.py): Hopper 2023 and 2025, Blackwell, 8 PPCIe Hopper
+#: GPUs and 4 LS10 NVSwitches.
+REAL = {"hopper": HOPPER, "hopper_legacy": LEGACY, "blackwell": BLACKWELL} | {
+    f"ppcie{i}": ev for i, ev in enumerate(PPCIE)
+}
 
 
 @pytest.mark.parametrize(
@@ -151,3 +157,41 @@ def test_arch_unknown_leaf() -> None:
     with pytest.raises(ArchMismatchError) as info:
         verify_device(ev2, at=TODAY, expected_nonce=None)
     assert info.value.reason == "arch_unknown"
+
+
+@pytest.mark.parametrize("name", sorted(REAL))
+def test_every_real_device_chain_still_verifies(name: str) -> None:
+    """The chain-shape rules (root only last, end-entity leaf, critical extensions) refuse
+    nothing real: every real chain verifies to the pinned root, cached or not."""
+    chain = REAL[name].chain
+    for verified in (
+        verify_device_chain(chain, at=TODAY),
+        verify_device_chain(chain, at=TODAY, cache=ChainCache()),
+    ):
+        assert verified.certs == tuple(chain) and verified.leaf is chain[0]
+        assert verified.valid_until.year == 9999
+
+
+@pytest.mark.parametrize("name", sorted(REAL))
+def test_real_chain_shifted_onto_a_second_root_copy_is_refused(name: str) -> None:
+    """[BROM, ICA, Identity, root, root] is five certificates, each signed by the next, ending
+    at the pinned root: it made the BROM (a CA, keyCertSign only) the attestation key, took
+    the FWID binding to be absent and sent OCSP to the wrong certificates."""
+    ev = REAL[name]
+    shifted = (*ev.chain[1:], ev.chain[-1])
+    for cache in (None, ChainCache()):
+        with pytest.raises(ChainError) as info:
+            verify_device_chain(shifted, at=TODAY, cache=cache)
+        assert info.value.reason == "pinned_root_not_last"
+    with pytest.raises(ChainError):
+        verify_device(replace(ev, chain=shifted), at=TODAY, expected_nonce=None)
+
+
+def test_real_leaves_are_end_entities_and_brom_certificates_are_not() -> None:
+    from attest.x509chain import check_end_entity
+
+    for ev in REAL.values():
+        check_end_entity(ev.chain[0], "leaf")
+        with pytest.raises(ChainError) as info:
+            check_end_entity(ev.chain[1], "BROM")
+        assert info.value.reason == "leaf_is_ca"
