@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,7 +54,7 @@ from attest.binding import (
 from attest.bundle import EvidenceBundle
 from attest.ear import MAX_TOKEN_BYTES, Status, VerifyingKey, verify_ear
 from attest.errors import InputError, LesseeError, VerificationError
-from attest.log.entry import decode_entry
+from attest.log.entry import EntryKind, decode_entry
 from attest.log.entryproof import verify_entry_inclusion
 from attest.log.note import NoteVerifier
 from sealing.hpke_suite import DEFAULT_SUITE, HpkePrivateKey, SuiteId, generate_keypair
@@ -72,6 +73,16 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def printable(text: str) -> str:
+    """``text`` from the broker (or the relay before it) with every character that is not
+    printable escaped, as ``repr`` escapes it: a finding, a status detail or a reason code is
+    unauthenticated, and a newline or an ANSI escape in one could forge lines of the agent's
+    own output ("key released ... loaded") on the operator's console or in its logs."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class BrokerCallError(LesseeError):
     """A broker call failed with a gRPC status (unavailable, malformed, internal...)."""
 
@@ -79,8 +90,8 @@ class BrokerCallError(LesseeError):
         self.method = method
         self.code = code
         self.broker_reason = reason
-        text = f"{method}: {code.name}: {details}"
-        super().__init__(text + (f" [{reason}]" if reason else ""))
+        text = f"{method}: {code.name}: {printable(details)}"
+        super().__init__(text + (f" [{printable(reason)}]" if reason else ""))
 
 
 class BrokerRefusedError(VerificationError):
@@ -90,9 +101,10 @@ class BrokerRefusedError(VerificationError):
     def __init__(self, method: str, code: grpc.StatusCode, details: str, reason: str | None):
         self.method = method
         self.code = code
-        text = f"{method}: {code.name}: {details}"
+        text = f"{method}: {code.name}: {printable(details)}"
         super().__init__(
-            text + (f" [{reason}]" if reason else ""), reason=reason or code.name.lower()
+            text + (f" [{printable(reason)}]" if reason else ""),
+            reason=printable(reason) if reason else code.name.lower(),
         )
 
 
@@ -109,7 +121,7 @@ class AttestationRefusedError(VerificationError):
         self.devices = dict(devices)
         super().__init__(
             f"attestation result is {status.value}: "
-            + ("; ".join(findings[:3]) if findings else "no findings given"),
+            + ("; ".join(printable(f) for f in findings[:3]) if findings else "no findings given"),
             reason="not_affirming",
         )
 
@@ -135,7 +147,7 @@ def call_broker(method: str, fn: Callable[..., Any], request: Any, timeout: floa
             if item[0] == REASON_METADATA_KEY and isinstance(item[1], str):
                 reason = item[1][:64]
         if code == grpc.StatusCode.INVALID_ARGUMENT:
-            raise BrokerInputError(f"{method}: {details[:512]}") from None
+            raise BrokerInputError(f"{method}: {printable(details[:512])}") from None
         if code in _REFUSALS:
             raise BrokerRefusedError(method, code, details[:512], reason) from None
         raise BrokerCallError(method, code, details[:512], reason) from None
@@ -350,6 +362,8 @@ class EnclaveAgent:
         timeout: float = DEFAULT_RPC_TIMEOUT_S,
         clock: Clock = _utcnow,
         allow_binding_v1: bool = False,
+        manifest_digests: Collection[bytes] = (),
+        min_model_version: int = 0,
     ) -> None:
         self._broker = broker_pb2_grpc.KeyBrokerStub(channel)  # type: ignore[no-untyped-call]
         self._log = log_pb2_grpc.AttestationLogStub(channel)  # type: ignore[no-untyped-call]
@@ -361,6 +375,12 @@ class EnclaveAgent:
         self.timeout = timeout
         self.clock = clock
         self.allow_binding_v1 = allow_binding_v1
+        #: The operator's own pins on what may be loaded (``lessee agent --manifest-digest``,
+        #: ``--min-model-version``): the broker holds every version's data key, so without
+        #: them a broker (with the host supplying old sealed files) could roll the model back;
+        #: the log check makes that visible to auditors, the pins refuse it here.
+        self.manifest_digests = frozenset(manifest_digests)
+        self.min_model_version = min_model_version
 
     # step 1
     def start_session(self, model_id: str) -> Session:
@@ -411,6 +431,13 @@ class EnclaveAgent:
                 f"the GPU count changed while collecting evidence ({count} before, "
                 f"{len(gpus)} reported); try again"
             )
+        after = self.gpu.cc_state()
+        if (after.cc_mode_on, after.devtools_on) != (state.cc_mode_on, state.devtools_on):
+            # The binding carries the flags read before the reports; flags that moved while the
+            # reports were made (DevTools switched on, say) would be sent as the old ones.
+            raise HardwareUnavailableError(
+                "the GPUs' CC or DevTools mode changed while collecting evidence; try again"
+            )
         return EvidenceBundle(
             cpu=cpu, gpus=gpus, cc_mode_on=state.cc_mode_on, devtools_on=state.devtools_on
         )
@@ -459,9 +486,18 @@ class EnclaveAgent:
         if self.log_key is not None:
             entry = self.fetch_entry(reply.log_proof.index)
             verify_log_proof(reply.log_proof, entry, self.log_key)
-            if decode_entry(entry).result != reply.result:
+            logged = decode_entry(entry)
+            binding = session.binding.report_data if session.binding is not None else None
+            if (
+                logged.kind is not EntryKind.ATTEST
+                or logged.result != reply.result
+                or logged.nonce != session.nonce
+                or (binding is not None and logged.binding != binding)
+            ):
                 raise VerificationError(
-                    "the logged entry does not carry this result", reason="log_entry_mismatch"
+                    "the logged entry is not the attest entry of this session's result (kind, "
+                    "result, nonce or binding differ)",
+                    reason="log_entry_mismatch",
                 )
             log_verified = True
         if reply.status is not Status.AFFIRMING:
@@ -489,17 +525,74 @@ class EnclaveAgent:
 
     # step 4
     def release(self, attested: Attested) -> tuple[bytearray, convert.ReleaseReply]:
+        """Ask for the data key and open it, after checking what the reply says was released:
+        the key id names this model and the version the reply names; the operator's pins
+        (``manifest_digests``, ``min_model_version``) admit that version and manifest; and,
+        with the log key pinned, the reply's log proof is a release entry of this very result,
+        model, enclave key, version and manifest (``log_release_*``). The reply is otherwise
+        unsigned: a broker could have named an older version it still holds a key for, and
+        left the release out of the log."""
+        session = attested.session
         reply = convert.release_reply_from_proto(
             call_broker(
                 "ReleaseKey",
                 self._broker.ReleaseKey,
-                broker_pb2.ReleaseKeyRequest(
-                    result=attested.result, model_id=attested.session.model_id
-                ),
+                broker_pb2.ReleaseKeyRequest(result=attested.result, model_id=session.model_id),
                 self.timeout,
             )
         )
-        return attested.session.open_release(reply, attested.result_id), reply
+        self._check_release(attested, reply)
+        if self.log_key is not None:
+            self._check_release_logged(attested, reply, self.log_key)
+            reply = dataclasses.replace(reply, log_verified=True)
+        return session.open_release(reply, attested.result_id), reply
+
+    def _check_release(self, attested: Attested, reply: convert.ReleaseReply) -> None:
+        model_id = attested.session.model_id
+        if not reply.key_id.startswith(f"{model_id}/v{reply.model_version}/"):
+            raise VerificationError(
+                f"the release's key id {printable(reply.key_id)!r} does not name model "
+                f"{model_id!r} version {reply.model_version}",
+                reason="release_key_id",
+            )
+        if reply.model_version < self.min_model_version:
+            raise VerificationError(
+                f"the broker released model version {reply.model_version}, older than the "
+                f"pinned minimum {self.min_model_version} (a rollback)",
+                reason="release_rollback",
+            )
+        if self.manifest_digests and reply.manifest_digest not in self.manifest_digests:
+            raise VerificationError(
+                f"the broker released the sealed manifest sha256:{reply.manifest_digest.hex()}, "
+                "which this agent's pins do not list",
+                reason="release_manifest_not_pinned",
+            )
+
+    def _check_release_logged(
+        self, attested: Attested, reply: convert.ReleaseReply, log_key: NoteVerifier
+    ) -> None:
+        entry_bytes = self.fetch_entry(reply.log_proof.index)
+        verify_log_proof(reply.log_proof, entry_bytes, log_key)
+        entry = decode_entry(entry_bytes)
+        session = attested.session
+        expected = {
+            "kind": (entry.kind, EntryKind.RELEASE),
+            "result": (entry.result, attested.result),
+            "model_id": (entry.model_id, session.model_id),
+            "recipient_key": (
+                entry.recipient_key_sha256,
+                hashlib.sha256(session.public_key).digest(),
+            ),
+            "model_version": (entry.model_version, reply.model_version),
+            "manifest": (entry.manifest_sha256, reply.manifest_digest),
+        }
+        differs = [name for name, (logged, ours) in expected.items() if logged != ours]
+        if differs:
+            raise VerificationError(
+                f"the release's log proof is for an entry that does not log this release "
+                f"(it differs in: {', '.join(differs)})",
+                reason="log_release_mismatch",
+            )
 
     def key_bundle_log_proof(self, attested: Attested) -> bytes:
         """The ``log_proof`` of the key bundle this enclave publishes for ``attested``: the

@@ -291,6 +291,8 @@ def _run(args: argparse.Namespace) -> int:
             suite=_suites()[args.suite],
             timeout=args.timeout,
             allow_binding_v1=args.allow_binding_v1,
+            manifest_digests=_manifest_pins(args.manifest_digest),
+            min_model_version=args.min_model_version,
         )
         try:
             # The steps of ``agent.attest``, with the evidence kept for the key bundle that
@@ -327,6 +329,7 @@ def _run(args: argparse.Namespace) -> int:
         "model_version": release.model_version,
         "suite": release.suite,
         "release_log_index": release.log_proof.index,
+        "release_log_verified": release.log_verified,
         "tensors": loaded.tensor_count,
         "tensor_bytes": loaded.total_bytes,
     }
@@ -422,6 +425,8 @@ def _enclave_config(replay_window: int | None) -> EnclaveConfig | None:
 
 
 def _print(out: dict[str, Any], as_json: bool) -> None:
+    from agent.agent import printable
+
     if as_json:
         print(json.dumps(out, indent=1, default=str))
         return
@@ -429,7 +434,8 @@ def _print(out: dict[str, Any], as_json: bool) -> None:
     for name, status in sorted(out.get("devices", {}).items()):
         print(f"  {name}: {status}")
     for line in out.get("findings", ()):
-        print(f"  finding: {line}", file=sys.stderr)
+        # The broker's text, unauthenticated: escaped, so it cannot forge lines of ours.
+        print(f"  finding (from the broker): {printable(line)}", file=sys.stderr)
     if "key_id" in out:
         checks = [
             "result signature verified"
@@ -439,11 +445,28 @@ def _print(out: dict[str, Any], as_json: bool) -> None:
             if out["log_verified"]
             else "log proof NOT checked (no --log-key)",
         ]
+        if out.get("release_log_verified"):
+            checks.append("release logged")
         print(f"  {'; '.join(checks)}")
         print(
             f"key released ({out['suite']}, key id {out['key_id']}); loaded {out['tensors']} "
             f"tensors, {out['tensor_bytes']} bytes, into memory"
         )
+
+
+def _manifest_pins(texts: list[str] | None) -> tuple[bytes, ...]:
+    """``--manifest-digest`` values: ``sha256:`` and 64 hex digits (or the bare hex)."""
+    pins = []
+    for text in texts or ():
+        hexdigits = text.strip().lower().removeprefix("sha256:")
+        try:
+            digest = bytes.fromhex(hexdigits)
+        except ValueError:
+            digest = b""
+        if len(digest) != 32:
+            raise InputError(f"--manifest-digest {text!r} is not sha256: and 64 hex digits")
+        pins.append(digest)
+    return tuple(pins)
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -504,6 +527,22 @@ def register(parser: argparse.ArgumentParser) -> None:
         "2, or one run with --binding-v1). Off by default: version 1 binds neither the GPUs' CC "
         "and DevTools flags nor their count, and the broker picks the version, so a broker "
         "colluding with the host could otherwise downgrade this agent (docs/binding.md)",
+    )
+    parser.add_argument(
+        "--manifest-digest",
+        action="append",
+        metavar="sha256:HEX",
+        help="load only a sealed model with this manifest digest (repeatable): the broker holds "
+        "every version's data key, so without a pin a broker (with the host supplying old "
+        "sealed files) could release and have this agent load an older version; with "
+        "--log-key such a release is at least in the log",
+    )
+    parser.add_argument(
+        "--min-model-version",
+        type=int,
+        default=0,
+        metavar="N",
+        help="refuse a release of a model version below N (a rollback)",
     )
     parser.add_argument("--json", action="store_true", help="machine-readable summary")
     parser.add_argument(

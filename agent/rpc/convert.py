@@ -421,6 +421,9 @@ class ReleaseReply:
     model_version: int
     manifest_digest: bytes
     log_proof: LogProofIn
+    #: Set by the agent once the log proof was checked to be this release's entry under the
+    #: pinned log key (``EnclaveAgent.release``); never from the wire.
+    log_verified: bool = False
 
 
 def challenge_reply_from_proto(msg: broker_pb2.ChallengeResponse) -> ChallengeReply:

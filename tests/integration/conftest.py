@@ -161,6 +161,7 @@ class Harness:
         cpu: CpuEvidenceSource | None = None,
         gpu: GpuEvidenceSource | None = None,
         pinned: bool = True,
+        **kwargs: Any,
     ) -> EnclaveAgent:
         assert self.channel is not None
         keys = self.keys
@@ -172,6 +173,7 @@ class Harness:
             broker_key=keys.result_key.public_key() if pinned else None,
             log_key=keys.log_signer.verifier() if pinned else None,
             clock=self.clock,
+            **kwargs,
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import sqlite3
 
@@ -461,7 +462,7 @@ def test_the_agent_binds_every_gpu_it_reports_and_refuses_a_count_that_moves(
     made. A GPU that disappears between the count and the reports (the binding would then
     count a device the bundle lacks) is the agent's own typed error, not a broker refusal."""
     from agent.emulation import EmulatedGpu, EmulatedGpuSource
-    from agent.evidence.sources import HardwareUnavailableError
+    from agent.evidence.sources import CcState, HardwareUnavailableError
 
     two = EmulatedGpuSource([EmulatedGpu(harness.pki, index=i) for i in range(2)])
     agent = harness.agent(gpu=two)
@@ -476,6 +477,19 @@ def test_the_agent_binds_every_gpu_it_reports_and_refuses_a_count_that_moves(
 
     agent = harness.agent(gpu=Shrinking([EmulatedGpu(harness.pki, index=i) for i in range(2)]))
     with pytest.raises(HardwareUnavailableError, match="GPU count changed"):
+        agent.collect(agent.start_session(MODEL))
+
+    class DevToolsSwitchedOn(EmulatedGpuSource):
+        """DevTools goes on after the flags were read for the binding (the second read)."""
+
+        reads = 0
+
+        def cc_state(self) -> CcState:
+            self.reads += 1
+            return CcState(cc_mode_on=True, devtools_on=self.reads > 1)
+
+    agent = harness.agent(gpu=DevToolsSwitchedOn([EmulatedGpu(harness.pki, index=0)]))
+    with pytest.raises(HardwareUnavailableError, match="DevTools mode changed"):
         agent.collect(agent.start_session(MODEL))
 
 
@@ -497,3 +511,70 @@ def test_the_agent_refuses_a_version_1_challenge_unless_allowed(harness: Harness
     session = agent.start_session(MODEL)
     assert session.protocol_label == PROTOCOL_LABEL_V1
     assert agent.send_evidence(session, agent.collect(session)).status is Status.AFFIRMING
+
+
+def test_the_agent_checks_that_its_release_is_logged_as_this_release(harness: Harness) -> None:
+    """The ReleaseKey reply is unsigned: a broker could name an older version it still holds a
+    key for and leave the release out of the log. With the log key pinned, the agent requires
+    the reply's log proof to be a release entry of this result, model, enclave key, version and
+    manifest; a proof of any other entry (here the attest entry's) is refused before the key is
+    opened."""
+    agent = harness.agent()
+    attested = agent.attest(MODEL)
+    key, release = agent.release(attested)
+    assert bytes(key) == DATA_KEY and release.log_verified
+    log_key = harness.keys.log_signer.verifier()
+    assert attested.log_proof is not None
+    for forged, differs in (
+        (dataclasses.replace(release, log_proof=attested.log_proof), "kind"),
+        (dataclasses.replace(release, model_version=2, key_id=f"{MODEL}/v2/x"), "model_version"),
+        (dataclasses.replace(release, manifest_digest=OTHER_MANIFEST), "manifest"),
+    ):
+        with pytest.raises(VerificationError, match=differs) as info:
+            agent._check_release_logged(attested, forged, log_key)
+        assert info.value.reason == "log_release_mismatch"
+    # The attest-side check too: a proof of the release entry (it carries the same result) is
+    # not the attest entry of this session.
+    reply = convert.AttestReply(attested.result, attested.status, (), release.log_proof)
+    with pytest.raises(VerificationError) as info:
+        agent.check_result(attested.session, reply)
+    assert info.value.reason == "log_entry_mismatch"
+
+
+def test_the_agents_own_pins_refuse_a_rollback(harness: Harness) -> None:
+    """The operator's pins (``lessee agent --min-model-version``, ``--manifest-digest``) refuse
+    a release of another version or manifest before the key is opened; the key id must name
+    the model and version the reply names."""
+    for kwargs, reason in (
+        ({"min_model_version": 2}, "release_rollback"),
+        ({"manifest_digests": [OTHER_MANIFEST]}, "release_manifest_not_pinned"),
+    ):
+        agent = harness.agent(**kwargs)
+        with pytest.raises(VerificationError) as info:
+            agent.release(agent.attest(MODEL))
+        assert info.value.reason == reason
+    agent = harness.agent(min_model_version=1, manifest_digests=[MANIFEST, OTHER_MANIFEST])
+    key, release = agent.release(agent.attest(MODEL))
+    assert bytes(key) == DATA_KEY and release.model_version == 1
+    attested = agent.attest(MODEL)
+    forged = convert.ReleaseReply(
+        sealed_key=b"", suite="xwing", key_id=f"{OTHER_MODEL}/v1/x", model_version=1,
+        manifest_digest=MANIFEST, log_proof=release.log_proof,
+    )  # fmt: skip
+    with pytest.raises(VerificationError) as info:
+        agent._check_release(attested, forged)
+    assert info.value.reason == "release_key_id"
+
+
+def test_broker_text_is_escaped_before_it_reaches_the_console() -> None:
+    """Findings, status details and reason codes come from the broker (or the relay): a
+    newline or an ANSI escape in them could forge lines of the agent's own output."""
+    from agent.agent import printable
+
+    forged = "x\x1b[1A\x1b[2K\nmodel acme: attestation affirming"
+    assert printable(forged) == "x\\x1b[1A\\x1b[2K\\nmodel acme: attestation affirming"
+    assert printable("plain text") == "plain text"
+    err = BrokerRefusedError("ReleaseKey", grpc.StatusCode.PERMISSION_DENIED, forged, "a\nb")
+    assert "\n" not in str(err) and "\x1b" not in str(err) and err.reason == "a\\nb"
+    refused = AttestationRefusedError(Status.CONTRAINDICATED, (forged,), {})
+    assert "\n" not in str(refused) and "\x1b" not in str(refused)
