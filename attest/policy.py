@@ -94,6 +94,11 @@ class SnpMinimumTcb(_Strict):
 
 
 class SnpPolicy(_Strict):
+    #: Fields added after policies were in use: left out of ``Policy.digest`` at their default,
+    #: so an existing policy keeps its digest (``_Strict.DIGEST_OMITTED_AT_DEFAULT``).
+    DIGEST_OMITTED_AT_DEFAULT: ClassVar[frozenset[str]] = frozenset(
+        {"minimum_tcb_by_product", "unsafe_ignore_launch_tcb"}
+    )
     #: Launch measurements (SHA-384, hex) of the VM images you accept. Required: only you know.
     allowed_measurements: tuple[Hex48, ...] | None = None
     unsafe_any_measurement: bool = False
@@ -103,6 +108,17 @@ class SnpPolicy(_Strict):
         "vlek",
     )
     minimum_tcb: SnpMinimumTcb = Field(default_factory=SnpMinimumTcb)
+    #: Per product line, replacing ``minimum_tcb`` for that line: SVN numbering differs between
+    #: Milan, Genoa and Turin (the same microcode number is old on one and new on another), and
+    #: AMD publishes its minimums per product, so one set of numbers cannot serve a fleet that
+    #: mixes lines. A line without an entry is held to ``minimum_tcb``.
+    minimum_tcb_by_product: dict[Literal["Milan", "Genoa", "Turin"], SnpMinimumTcb] = Field(
+        default_factory=dict
+    )
+    #: The minimum applies to LAUNCH_TCB too (findings ``snp.launch_tcb.<part>``): a guest
+    #: launched under vulnerable firmware and carried through a live update still reports the
+    #: new REPORTED_TCB. ``true`` judges REPORTED_TCB alone.
+    unsafe_ignore_launch_tcb: bool = False
     allow_smt: bool = True
     unsafe_allow_debug: bool = False
     unsafe_allow_migration_agent: bool = False

@@ -6,7 +6,8 @@ reserved byte zero:
 
 * POLICY ``0x30000`` (SMT allowed, reserved bit 17 set) plus DEBUG (bit 19) when asked;
 * VMPL, SIGNATURE_ALGO 1 (ECDSA P-384/SHA-384), KEY_INFO 0 (signed by the VCEK);
-* CURRENT/REPORTED/COMMITTED/LAUNCH_TCB all equal to the VCEK's TCB (Milan layout);
+* CURRENT/REPORTED/COMMITTED_TCB equal to the VCEK's TCB (Milan layout), LAUNCH_TCB too unless
+  ``launch_tcb`` names an older one (a guest carried through a live firmware update);
 * PLATFORM_INFO SMT_EN, REPORT_ID random per emulated guest, REPORT_ID_MA all ``ff`` (no
   migration agent), as in the real Milan reports in tests/assets/cpu/snp;
 * v3: CPUID family 19h, model 01h, stepping 0 (Milan B0, the product the VCEK names);
@@ -96,6 +97,7 @@ class EmulatedSnp:
         version: int = 3,
         host_data: bytes = bytes(HOST_DATA_BYTES),
         guest_svn: int = 0,
+        launch_tcb: SnpTcb | None = None,
     ) -> None:
         if not isinstance(measurement, bytes) or len(measurement) != MEASUREMENT_BYTES:
             raise InputError(f"the launch measurement is {MEASUREMENT_BYTES} bytes (SHA-384)")
@@ -112,6 +114,9 @@ class EmulatedSnp:
         self.policy_debug = policy_debug
         self.vmpl = vmpl
         self.tcb = tcb if tcb is not None else SnpTcb()
+        #: LAUNCH_TCB: the platform TCB the guest was launched under; lower than ``tcb`` for a
+        #: guest carried through a live firmware update (default: the same).
+        self.launch_tcb = launch_tcb if launch_tcb is not None else self.tcb
         self.version = version
         self.host_data = host_data
         self.guest_svn = guest_svn
@@ -151,7 +156,7 @@ class EmulatedSnp:
         major, minor, build = FIRMWARE_VERSION
         for off in (OFF_CURRENT_VERSION, OFF_COMMITTED_VERSION):
             buf[off : off + 3] = bytes([build, minor, major])
-        buf[OFF_LAUNCH_TCB : OFF_LAUNCH_TCB + 8] = tcb
+        buf[OFF_LAUNCH_TCB : OFF_LAUNCH_TCB + 8] = self.launch_tcb.raw
         der = self._vcek.key.sign(bytes(buf[:SIGNED_SIZE]), ec.ECDSA(hashes.SHA384()))
         r, s = decode_dss_signature(der)
         buf[OFF_SIGNATURE : OFF_SIGNATURE + P384_SCALAR_BYTES] = r.to_bytes(

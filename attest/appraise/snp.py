@@ -52,13 +52,17 @@ def appraise_snp(
     )
     product = verified.product.value
     c.expect(product in policy.products, "snp.product", list(policy.products), product)
-    tcb = verified.tcb
-    for part in ("bootloader", "tee", "snp", "microcode", "fmc"):
-        minimum = getattr(policy.minimum_tcb, part)
-        actual = getattr(tcb, part)
-        if actual is None:
-            continue
-        c.expect(actual >= minimum, f"snp.tcb.{part}", f">= {minimum}", actual)
+    minimum_tcb = policy.minimum_tcb_by_product.get(verified.product.value, policy.minimum_tcb)
+    judged = [("tcb", verified.tcb)]
+    if not policy.unsafe_ignore_launch_tcb and verified.launch_tcb is not None:
+        judged.append(("launch_tcb", verified.launch_tcb))
+    for field, tcb in judged:
+        for part in ("bootloader", "tee", "snp", "microcode", "fmc"):
+            minimum = getattr(minimum_tcb, part)
+            actual = getattr(tcb, part)
+            if actual is None:
+                continue
+            c.expect(actual >= minimum, f"snp.{field}.{part}", f">= {minimum}", actual)
     if not policy.unsafe_any_measurement:
         allowed = policy.allowed_measurements or ()
         c.expect(

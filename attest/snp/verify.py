@@ -679,8 +679,10 @@ class AmdCrlCache:
 class VerifiedSnpReport:
     """A report whose signature chains to a pinned AMD ARK and whose VCEK/VLEK matches it.
 
-    ``tcb`` is REPORTED_TCB decoded with ``product``'s layout (equal to the leaf's extensions).
-    Policy (DEBUG, minimum TCB, measurement, VMPL) is not judged here: appraisal does that.
+    ``tcb`` is REPORTED_TCB decoded with ``product``'s layout (equal to the leaf's extensions);
+    ``launch_tcb`` is LAUNCH_TCB, the TCB the guest was launched under (lower than REPORTED_TCB
+    after a live firmware update). Policy (DEBUG, minimum TCB, measurement, VMPL) is not judged
+    here: appraisal does that.
     """
 
     report: AttestationReport
@@ -691,6 +693,7 @@ class VerifiedSnpReport:
     extensions: AmdCertExtensions
     chip_id_checked: bool
     revocation_checked: bool
+    launch_tcb: TcbVersion | None = None
 
 
 def verify_snp_report(
@@ -819,6 +822,12 @@ def verify_snp_report(
 
     # 8-9. The leaf certifies this TCB and (VCEK) this chip.
     tcb, chip_checked = check_extensions_match_report(ext, report, product, kind)
+    # The other three TCB fields, decoded with the product's layout now that it is known (a
+    # version-2 report does not say it): their reserved bytes must be zero, as for version 3+
+    # reports the parser checks, and LAUNCH_TCB is appraised (``attest.appraise.snp``).
+    launch_tcb = report.tcb("launch", product)
+    report.tcb("current", product)
+    report.tcb("committed", product)
 
     # 10. Revocation, when AMD's CRL is given: the verifier's own list for this key kind and
     # product when it holds one, else the evidence's.
@@ -852,4 +861,5 @@ def verify_snp_report(
         extensions=ext,
         chip_id_checked=chip_checked,
         revocation_checked=crl is not None,
+        launch_tcb=launch_tcb,
     )

@@ -75,6 +75,8 @@ def test_every_failure_is_reported_at_once() -> None:
         "snp.product",
         "snp.tcb.snp",
         "snp.tcb.microcode",
+        "snp.launch_tcb.snp",  # the report was launched under the TCB it reports
+        "snp.launch_tcb.microcode",
         "snp.measurement",
     }
 
@@ -82,3 +84,55 @@ def test_every_failure_is_reported_at_once() -> None:
 def test_measurement_parse_consistency() -> None:
     v = _virtee()
     assert parse_report(v.report.raw).measurement == v.report.measurement
+
+
+def _emulated(pki, *, tcb, launch_tcb):  # type: ignore[no-untyped-def]
+    from agent.emulation.snp import EmulatedSnp
+
+    snp = EmulatedSnp(pki, measurement=b"\x11" * 48, tcb=tcb, launch_tcb=launch_tcb)
+    at = datetime.now(UTC)
+    vcek, chain = snp.certificates()
+    certs = (*load_amd_certificates(vcek), *load_amd_certificates(chain))
+    report = snp.report(b"\x22" * 64)
+    return verify_snp_report(report, certs, at=at, crl=snp.crl(at), extra_arks=[pki.ark.cert])
+
+
+def test_a_guest_launched_under_an_older_tcb_is_held_to_the_minimum(pki) -> None:  # type: ignore[no-untyped-def]
+    """LAUNCH_TCB is the TCB a guest was launched under; after a live firmware update
+    REPORTED_TCB is newer, and only REPORTED_TCB was judged: a guest launched under vulnerable
+    firmware was affirmed. Now the minimum applies to both (``unsafe_ignore_launch_tcb`` to
+    judge REPORTED_TCB alone)."""
+    from agent.emulation.snp import SnpTcb
+
+    v = _emulated(
+        pki,
+        tcb=SnpTcb(bootloader=4, tee=0, snp=24, microcode=219),
+        launch_tcb=SnpTcb(bootloader=1, tee=0, snp=1, microcode=10),
+    )
+    assert v.tcb.snp == 24 and v.launch_tcb is not None and v.launch_tcb.snp == 1
+    binding = SessionBinding(report_data=b"\x22" * 64, gpu_nonce=bytes(32))
+    policy = SnpPolicy(
+        allowed_measurements=("11" * 48,),
+        minimum_tcb=SnpMinimumTcb(bootloader=4, snp=24, microcode=219),
+    )
+    fields = [f.field for f in appraise_snp(v, policy, binding).findings]
+    assert fields == ["snp.launch_tcb.bootloader", "snp.launch_tcb.snp", "snp.launch_tcb.microcode"]
+    lax = policy.model_copy(update={"unsafe_ignore_launch_tcb": True})
+    assert appraise_snp(v, lax, binding).status is Status.AFFIRMING
+
+
+def test_minimum_tcb_by_product_replaces_the_common_minimum_for_its_line() -> None:
+    """SVNs are numbered per product line (the real Turin VCEK has microcode 9, the Milan one
+    115): a minimum set per line applies to that line only; other lines keep ``minimum_tcb``."""
+    v = _virtee()  # Milan, microcode 115
+    binding = _binding_of(v)
+    base = {"allowed_measurements": (v.report.measurement.hex(),)}
+    turin_only = SnpPolicy(**base, minimum_tcb_by_product={"Turin": SnpMinimumTcb(microcode=200)})
+    assert appraise_snp(v, turin_only, binding).status is Status.AFFIRMING
+    milan = SnpPolicy(
+        **base,
+        minimum_tcb=SnpMinimumTcb(microcode=9),
+        minimum_tcb_by_product={"Milan": SnpMinimumTcb(microcode=200)},
+    )
+    fields = {f.field for f in appraise_snp(v, milan, binding).findings}
+    assert fields == {"snp.tcb.microcode", "snp.launch_tcb.microcode"}

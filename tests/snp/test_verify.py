@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -453,3 +454,27 @@ def test_vcek_every_byte_exhaustively_typed() -> None:
     # Offset 847, the signature BIT STRING's unused-bits octet that cryptography ignores, is now
     # refused at load time (attest.x509chain.signature_bits_canonical): nothing changes unnoticed.
     assert unnoticed == []
+
+
+@pytest.mark.parametrize("offset", [0x38, 0x1E0, 0x1F0], ids=["current", "committed", "launch"])
+def test_v2_report_reserved_tcb_bytes_are_checked_once_the_product_is_known(
+    pki: Any, offset: int
+) -> None:
+    """A version-2 report does not name its product, so the parser cannot decode its TCB
+    fields; the verifier decoded REPORTED_TCB only, and a signed report whose other TCB fields
+    had a reserved byte set verified (docs/snp.md 1.3 says they are checked) and then failed
+    as malformed wherever it was printed. All four are decoded once the VCEK names the product."""
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    from agent.emulation.snp import EmulatedSnp
+
+    snp = EmulatedSnp(pki, measurement=b"\x11" * 48, version=2)
+    raw = bytearray(snp.report(bytes(64)))
+    raw[offset + 3] = 0x7F  # a reserved byte of the Milan TCB_VERSION layout
+    r, s = decode_dss_signature(snp._vcek.key.sign(bytes(raw[:0x2A0]), ec.ECDSA(hashes.SHA384())))
+    raw[0x2A0 : 0x2A0 + 48] = r.to_bytes(48, "little")
+    raw[0x2E8 : 0x2E8 + 48] = s.to_bytes(48, "little")
+    vcek, chain = snp.certificates()
+    certs = (*load_amd_certificates(vcek), *load_amd_certificates(chain))
+    with pytest.raises(ParseError, match="reserved"):
+        verify_snp_report(bytes(raw), certs, at=datetime.now(UTC), extra_arks=[pki.ark.cert])
