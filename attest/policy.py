@@ -97,7 +97,14 @@ class SnpPolicy(_Strict):
     #: Fields added after policies were in use: left out of ``Policy.digest`` at their default,
     #: so an existing policy keeps its digest (``_Strict.DIGEST_OMITTED_AT_DEFAULT``).
     DIGEST_OMITTED_AT_DEFAULT: ClassVar[frozenset[str]] = frozenset(
-        {"minimum_tcb_by_product", "unsafe_ignore_launch_tcb"}
+        {
+            "minimum_tcb_by_product",
+            "unsafe_ignore_launch_tcb",
+            "unsafe_allow_cxl",
+            "require_single_socket",
+            "require_alias_check_complete",
+            "allowed_platform_info_unknown_bits",
+        }
     )
     #: Launch measurements (SHA-384, hex) of the VM images you accept. Required: only you know.
     allowed_measurements: tuple[Hex48, ...] | None = None
@@ -122,6 +129,22 @@ class SnpPolicy(_Strict):
     allow_smt: bool = True
     unsafe_allow_debug: bool = False
     unsafe_allow_migration_agent: bool = False
+    #: Guest POLICY.CXL_ALLOW (bit 21): the guest's memory may be placed in CXL-attached memory,
+    #: outside the CPU package on a device and link the host provides (finding
+    #: ``snp.policy.cxl_allow``). No real report sets it.
+    unsafe_allow_cxl: bool = False
+    #: Require guest POLICY.SINGLE_SOCKET (bit 20): the guest may run on one socket only
+    #: (finding ``snp.policy.single_socket``). Opt-in: no real report sets it.
+    require_single_socket: bool = False
+    #: Require PLATFORM_INFO.ALIAS_CHECK_COMPLETE (bit 5): the firmware checked the DRAM for
+    #: aliased addresses at boot, AMD's BadRAM (CVE-2024-21944) mitigation (finding
+    #: ``snp.platform.alias_check_complete``). Opt-in: firmware before the mitigation, the real
+    #: reports' included, never sets it.
+    require_alias_check_complete: bool = False
+    #: PLATFORM_INFO bits the ABI does not define (today: 6 and 8-63) accepted when set, as a
+    #: 64-bit mask; any other undefined bit that is set is a reject finding
+    #: (``snp.platform.unknown_bits``): it is a fact about the host that lessee cannot judge.
+    allowed_platform_info_unknown_bits: int = Field(default=0, ge=0, le=(1 << 64) - 1)
     #: Accepted AMD product lines; the ARK of each is pinned by hash in attest/roots.
     products: tuple[Literal["Milan", "Genoa", "Turin"], ...] = (
         "Milan",
@@ -136,6 +159,20 @@ class SnpPolicy(_Strict):
                 "snp.allowed_measurements is required (or set snp.unsafe_any_measurement: true)"
             )
         return self
+
+    @field_validator("allowed_platform_info_unknown_bits")
+    @classmethod
+    def _undefined_platform_bits_only(cls, mask: int) -> int:
+        """Only undefined bits: a defined bit (SMT_EN, ALIAS_CHECK_COMPLETE, ...) is never
+        "unknown", so listing one would be a mistake that silently does nothing."""
+        from attest.snp.report import PLAT_KNOWN_MASK
+
+        defined = sorted(b for b in range(64) if (mask & PLAT_KNOWN_MASK) >> b & 1)
+        if defined:
+            raise ValueError(
+                f"bits {defined} are defined PLATFORM_INFO bits (0-5, 7), not unknown ones"
+            )
+        return mask
 
 
 class RtmrRule(_Strict):
@@ -167,6 +204,10 @@ class TdxPolicy(_Strict):
             "allow_perfmon",
             "unsafe_allow_td_attribute_bits",
             "allowed_xfam",
+            "allowed_mr_config_id",
+            "allowed_mr_owner",
+            "allowed_mr_owner_config",
+            "allowed_mr_servicetd",
         }
     )
 
@@ -195,6 +236,18 @@ class TdxPolicy(_Strict):
     )
     #: XFAM values (the TD's enabled extended CPU state) accepted; ``None``: any, but reported.
     allowed_xfam: tuple[XfamHex, ...] | None = Field(default=None, max_length=MAX_ALLOWED_XFAM)
+    #: MRCONFIGID, MROWNER, MROWNERCONFIG values accepted (hex, 48 bytes each; ``None``: any).
+    #: The host passes them in TD_PARAMS when it creates the TD and MRTD does not measure them:
+    #: software identifiers of the TD's configuration and owner, given meaning by whoever sets
+    #: them (findings ``tdx.mr_config_id``, ``tdx.mr_owner``, ``tdx.mr_owner_config``).
+    allowed_mr_config_id: tuple[Hex48, ...] | None = None
+    allowed_mr_owner: tuple[Hex48, ...] | None = None
+    allowed_mr_owner_config: tuple[Hex48, ...] | None = None
+    #: MRSERVICETD values accepted (``None``: any): the measurement of the service TDs (e.g. a
+    #: Migration TD) bound to this TD, in TDX 1.5 TD reports only (quote v5, body type 3). A
+    #: quote without the field cannot show it, so a list here refuses a TDX 1.0 body (finding
+    #: ``tdx.mr_servicetd``). All zeros: no service TD bound.
+    allowed_mr_servicetd: tuple[Hex48, ...] | None = None
 
     @model_validator(mode="after")
     def _mrtd_named(self) -> TdxPolicy:
@@ -351,6 +404,8 @@ class Policy(_Strict):
             out.append("missing_revocation=warn")
         if self.roots.extra_trusted_sha256:
             out.append("roots.extra_trusted_sha256")
+        if self.snp is not None and self.snp.allowed_platform_info_unknown_bits:
+            out.append("snp.allowed_platform_info_unknown_bits")
         return out
 
 

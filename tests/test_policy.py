@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from attest.errors import InputError
 from attest.nvidia.rp_policy import evaluate_device, evaluate_overall, load_nvidia_policy
-from attest.policy import Policy, TdxPolicy, load_policy
+from attest.policy import Policy, SnpPolicy, TdxPolicy, load_policy
 from tests.conftest import NVIDIA
 
 MEAS = "ab" * 48
@@ -288,3 +288,64 @@ def test_digest_omitted_fields_name_real_fields() -> None:
         if isinstance(obj, type) and issubclass(obj, BaseModel):
             omitted = getattr(obj, "DIGEST_OMITTED_AT_DEFAULT", frozenset())
             assert omitted <= set(obj.model_fields), obj.__name__
+
+
+# Digests of policies computed before the SEV-SNP CXL/single-socket/PLATFORM_INFO fields and
+# the TDX MRCONFIGID/MROWNER/MROWNERCONFIG/MRSERVICETD allow-lists existed (commit 6b55e8a).
+_DIGESTS_BEFORE_CPU_CONFIGURATION_FIELDS = [
+    (
+        {"name": "s", "cpu_tees": ["snp"], "snp": {"allowed_measurements": ["11" * 48]}},
+        "sha256:f471bce648da14168d1e3ab24fe0ff2e3dff4bf56d0cc0d5a2fa30d2ec0a10ba",
+    ),
+    (
+        {
+            "name": "both",
+            "cpu_tees": ["snp", "tdx"],
+            "snp": {
+                "unsafe_any_measurement": True,
+                "allow_smt": False,
+                "minimum_tcb": {"snp": 24, "microcode": 219},
+            },
+            "tdx": {
+                "allowed_mrtd": ["00" * 48],
+                "rtmrs": [{"index": 1, "allowed": ["ab" * 48]}],
+            },
+        },
+        "sha256:3deacc7e5de5dd4f6bfb564f39acec0ed3e057d467d1f13a022545f5be7a01b3",
+    ),
+    *_DIGESTS_BEFORE_TD_ATTRIBUTE_FIELDS,
+]
+
+
+@pytest.mark.parametrize(("doc", "digest"), _DIGESTS_BEFORE_CPU_CONFIGURATION_FIELDS)
+def test_cpu_configuration_fields_leave_older_policies_digest_alone(
+    doc: dict[str, object], digest: str
+) -> None:
+    assert load_policy(json.dumps(doc)).digest == digest
+
+
+@pytest.mark.parametrize(
+    ("section", "field", "value"),
+    [
+        ("snp", "unsafe_allow_cxl", True),
+        ("snp", "require_single_socket", True),
+        ("snp", "require_alias_check_complete", True),
+        ("snp", "allowed_platform_info_unknown_bits", 1 << 6),
+        ("tdx", "allowed_mr_config_id", ["00" * 48]),
+        ("tdx", "allowed_mr_owner", ["00" * 48]),
+        ("tdx", "allowed_mr_owner_config", ["00" * 48]),
+        ("tdx", "allowed_mr_servicetd", ["00" * 48]),
+    ],
+)
+def test_a_cpu_configuration_field_away_from_its_default_changes_the_digest(
+    section: str, field: str, value: object
+) -> None:
+    doc, digest = _DIGESTS_BEFORE_CPU_CONFIGURATION_FIELDS[1]
+    sub = dict(doc[section])  # type: ignore[call-overload]
+    changed = load_policy(json.dumps({**doc, section: {**sub, field: value}}))
+    assert changed.digest != digest
+    model = {"snp": SnpPolicy, "tdx": TdxPolicy}[section]
+    assert field in model.DIGEST_OMITTED_AT_DEFAULT
+    default = model.model_fields[field].get_default(call_default_factory=True)
+    same = load_policy(json.dumps({**doc, section: {**sub, field: default}}))
+    assert same.digest == digest

@@ -5,6 +5,7 @@ from __future__ import annotations
 from attest.appraise.common import DeviceAppraisal, FindingCollector
 from attest.binding import SessionBinding
 from attest.policy import SnpPolicy
+from attest.snp.report import GuestPolicy, PlatformInfo
 from attest.snp.verify import VerifiedSnpReport
 
 #: AR4SI claims and the finding fields that feed each.
@@ -19,8 +20,9 @@ SNP_CATEGORIES = {
 def appraise_snp(
     verified: VerifiedSnpReport, policy: SnpPolicy, binding: SessionBinding, *, name: str = "cpu0"
 ) -> DeviceAppraisal:
-    """Every check, every failure reported: binding, debug, migration agent, SMT, VMPL, key type,
-    product, minimum TCB, launch measurement."""
+    """Every check, every failure reported: binding, debug, migration agent, SMT, CXL, single
+    socket, alias check, undefined PLATFORM_INFO bits, VMPL, key type, product, minimum TCB,
+    launch measurement."""
     r = verified.report
     c = FindingCollector(name)
     c.expect(
@@ -42,6 +44,7 @@ def appraise_snp(
     c.expect(
         policy.allow_smt or not r.platform_info.smt_enabled, "snp.platform.smt_enabled", False, True
     )
+    _appraise_policy_and_platform(c, r.policy, r.platform_info, policy)
     c.expect(r.vmpl in policy.allowed_vmpls, "snp.vmpl", list(policy.allowed_vmpls), r.vmpl)
     kind = verified.signing_key_kind.value
     c.expect(
@@ -80,3 +83,41 @@ def appraise_snp(
         }
     }
     return DeviceAppraisal(name, tuple(c.findings), SNP_CATEGORIES, claims)
+
+
+def _appraise_policy_and_platform(
+    c: FindingCollector, guest: GuestPolicy, platform: PlatformInfo, policy: SnpPolicy
+) -> None:
+    """The guest POLICY bits the owner set at launch (CXL_ALLOW, SINGLE_SOCKET) and the
+    PLATFORM_INFO facts about the host (ALIAS_CHECK_COMPLETE, undefined bits); docs/snp.md
+    (1.1, 1.2) gives each default's reason. Findings only: no claim changes (``ear.lessee.snp``
+    is compared as logged by the audit replay)."""
+    c.expect(
+        policy.unsafe_allow_cxl or not guest.cxl_allow,
+        "snp.policy.cxl_allow",
+        False,
+        True,
+        detail="the guest's memory may be placed in CXL-attached memory",
+    )
+    c.expect(
+        guest.single_socket or not policy.require_single_socket,
+        "snp.policy.single_socket",
+        True,
+        False,
+    )
+    c.expect(
+        platform.alias_check_complete or not policy.require_alias_check_complete,
+        "snp.platform.alias_check_complete",
+        True,
+        False,
+        detail="the firmware did not check the DRAM for aliases (BadRAM, CVE-2024-21944)",
+    )
+    refused = platform.unknown_bits & ~policy.allowed_platform_info_unknown_bits
+    c.expect(
+        not refused,
+        "snp.platform.unknown_bits",
+        f"0x{policy.allowed_platform_info_unknown_bits:x}",
+        f"0x{refused:x}",
+        detail="PLATFORM_INFO bits the ABI does not define are set: "
+        + ", ".join(str(b) for b in range(64) if refused >> b & 1),
+    )

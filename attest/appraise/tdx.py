@@ -14,7 +14,13 @@ TDX_CATEGORIES = {
     "instance-identity": ("tdx.report_data",),
     "hardware": ("tdx.tcb_status", "tdx.collateral"),
     "executables": ("tdx.mr_td", "tdx.rtmr"),
-    "configuration": ("tdx.td_attributes", "tdx.xfam"),
+    "configuration": (
+        "tdx.td_attributes",
+        "tdx.xfam",
+        "tdx.mr_config_id",
+        "tdx.mr_owner",
+        "tdx.mr_servicetd",
+    ),
 }
 
 
@@ -26,8 +32,9 @@ def appraise_tdx(
     name: str = "cpu0",
     max_collateral_age: timedelta | None = None,
 ) -> DeviceAppraisal:
-    """Binding, TD attributes and XFAM, TCB status, MRTD and RTMR allow-lists, collateral age;
-    every failure reported. The collateral's age is judged at the verification time."""
+    """Binding, TD attributes and XFAM, TCB status, MRTD and RTMR allow-lists, MRCONFIGID,
+    MROWNER, MROWNERCONFIG and MRSERVICETD allow-lists, collateral age; every failure
+    reported. The collateral's age is judged at the verification time."""
     body = verified.body
     c = FindingCollector(name)
     if max_collateral_age is not None:
@@ -60,6 +67,7 @@ def appraise_tdx(
     for rule in policy.rtmrs:
         actual = body.rtmrs[rule.index].hex()
         c.expect(actual in rule.allowed, f"tdx.rtmr[{rule.index}]", list(rule.allowed), actual)
+    _appraise_td_identity(c, body, policy)
     claims = {
         "ear.lessee.tdx": {
             "mr_td": body.mr_td.hex(),
@@ -115,3 +123,34 @@ def _appraise_td_attributes(c: FindingCollector, body: TdReport, policy: TdxPoli
     if policy.allowed_xfam is not None:
         allowed_xfam = list(policy.allowed_xfam)
         c.expect(body.xfam.hex() in allowed_xfam, "tdx.xfam", allowed_xfam, body.xfam.hex())
+
+
+def _appraise_td_identity(c: FindingCollector, body: TdReport, policy: TdxPolicy) -> None:
+    """MRCONFIGID, MROWNER, MROWNERCONFIG and MRSERVICETD against their allow-lists, when the
+    policy gives one (docs/tdx.md, section 7). Findings only: no claim is added, since the
+    audit replay compares ``ear.lessee.tdx`` with the logged result."""
+    for field, allowed, value in (
+        ("tdx.mr_config_id", policy.allowed_mr_config_id, body.mr_config_id),
+        ("tdx.mr_owner", policy.allowed_mr_owner, body.mr_owner),
+        ("tdx.mr_owner_config", policy.allowed_mr_owner_config, body.mr_owner_config),
+    ):
+        if allowed is not None:
+            c.expect(value.hex() in allowed, field, list(allowed), value.hex())
+    if policy.allowed_mr_servicetd is not None:
+        allowed_servicetd = list(policy.allowed_mr_servicetd)
+        servicetd = body.mr_service_td
+        if servicetd is None:
+            c.expect(
+                False,
+                "tdx.mr_servicetd",
+                allowed_servicetd,
+                None,
+                detail="a TDX 1.0 TD report (quote v4, or v5 body type 2) carries no MRSERVICETD",
+            )
+        else:
+            c.expect(
+                servicetd.hex() in allowed_servicetd,
+                "tdx.mr_servicetd",
+                allowed_servicetd,
+                servicetd.hex(),
+            )
