@@ -52,15 +52,6 @@ MAX_MEMBERS = 1_000_000
 #: and a comment; every bundle member's name is under 100 characters and the writer adds no
 #: comment (a ZIP64 extra field is 28 bytes at most).
 MAX_DIRECTORY_BYTES_PER_MEMBER = 256
-#: The end-of-central-directory record, its ZIP64 locator and the ZIP64 record (APPNOTE 4.3).
-_EOCD = struct.Struct("<4s4H2LH")
-_EOCD_MAGIC = b"PK\x05\x06"
-_ZIP64_LOCATOR = struct.Struct("<4sLQL")
-_ZIP64_LOCATOR_MAGIC = b"PK\x06\x07"
-_ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")
-_ZIP64_EOCD_MAGIC = b"PK\x06\x06"
-#: The end record is at most this far from the end (its comment is at most 65,535 bytes).
-_EOCD_SEARCH_BYTES = _EOCD.size + 0xFFFF
 #: Largest entries.bin: bounds what the auditor holds in memory at once.
 MAX_ENTRIES_FILE_BYTES = 4 * 1024 * 1024 * 1024
 
@@ -203,41 +194,34 @@ def _open_regular(path: str | Path) -> IO[bytes]:
 
 def _check_directory_size(f: IO[bytes]) -> None:
     """Refuse a bundle whose central directory declares more than ``MAX_MEMBERS`` members, or
-    is larger than they can need, before ``zipfile`` reads it: ``zipfile`` builds an object per
-    directory record (about nine times the directory's size in memory) and only then could
-    the member count be checked. Reads the end record (and the ZIP64 one it points to); where
-    those cannot be read, nothing is decided here and ``zipfile`` reports the damage."""
+    is larger than they can need (or than the file), before ``zipfile`` reads it: ``zipfile``
+    builds an object per directory record (about nine times the directory's size in memory)
+    and only then could the member count be checked.
+
+    The end records are read by ``zipfile``'s own reader (``_EndRecData``, which the archive's
+    parse then uses): a reader of our own once disagreed with it -- a classic record declaring
+    one small member in front of a ZIP64 record ``zipfile`` used all the same, or a locator
+    pointing at a decoy ZIP64 record where ``zipfile`` reads the one just before it -- and the
+    check passed a directory of a million records. Where the end records cannot be read,
+    nothing is decided here and ``zipfile`` reports the damage."""
+    end_records = getattr(zipfile, "_EndRecData", None)
+    if end_records is None:  # pragma: no cover (every CPython since 2.x has it)
+        return
     try:
         size = f.seek(0, os.SEEK_END)
-        start = max(0, size - _EOCD_SEARCH_BYTES)
-        f.seek(start)
-        tail = f.read(size - start)
-    except OSError:
+        record = end_records(f)
+    except (OSError, zipfile.BadZipFile):
         return
-    at = tail.rfind(_EOCD_MAGIC)
-    if at < 0 or at + _EOCD.size > len(tail):
+    if record is None:
         return
-    fields = _EOCD.unpack_from(tail, at)
-    count, directory_bytes = fields[4], fields[5]
-    if (count == 0xFFFF or directory_bytes == 0xFFFFFFFF) and at >= _ZIP64_LOCATOR.size:
-        magic, _, zip64_at, _ = _ZIP64_LOCATOR.unpack_from(tail, at - _ZIP64_LOCATOR.size)
-        if magic != _ZIP64_LOCATOR_MAGIC or zip64_at + _ZIP64_EOCD.size > size:
-            return
-        try:
-            f.seek(zip64_at)
-            record = f.read(_ZIP64_EOCD.size)
-        except OSError:
-            return
-        if len(record) != _ZIP64_EOCD.size or not record.startswith(_ZIP64_EOCD_MAGIC):
-            return
-        zip64 = _ZIP64_EOCD.unpack(record)
-        count, directory_bytes = zip64[7], zip64[8]
+    count = record[zipfile._ECD_ENTRIES_TOTAL]  # type: ignore[attr-defined]
+    directory_bytes = record[zipfile._ECD_SIZE]  # type: ignore[attr-defined]
     if count > MAX_MEMBERS:
         raise BundleError(f"more than {MAX_MEMBERS} members")
-    if directory_bytes > MAX_MEMBERS * MAX_DIRECTORY_BYTES_PER_MEMBER:
+    if directory_bytes > min(size, MAX_MEMBERS * MAX_DIRECTORY_BYTES_PER_MEMBER):
         raise BundleError(
-            f"central directory of {directory_bytes} bytes: more than {MAX_MEMBERS} members "
-            "can need"
+            f"central directory of {directory_bytes} bytes: larger than the file or than "
+            f"{MAX_MEMBERS} members can need"
         )
 
 

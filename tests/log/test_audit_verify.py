@@ -747,29 +747,62 @@ def _central_offsets(path: Path) -> dict[str, int]:
         return {i.filename: i.header_offset for i in z.infolist()}
 
 
+#: The end-of-central-directory record, its ZIP64 locator and the ZIP64 record (APPNOTE 4.3).
+_EOCD = struct.Struct("<4s4H2LH")
+_ZIP64_LOCATOR = struct.Struct("<4sLQL")
+_ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")
+
+
+def _zip64_record(count: int, directory_bytes: int, directory_at: int) -> bytes:
+    return _ZIP64_EOCD.pack(b"PK\x06\x06", _ZIP64_EOCD.size - 12, 45, 45, 0, 0, count, count,
+                            directory_bytes, directory_at)  # fmt: skip
+
+
 def _with_zip64_end(raw: bytes, *, count: int, directory_bytes: int) -> bytes:
     """``raw`` (one classic end record at its end) with a ZIP64 end record and locator put
     before that end record, which then defers to them (0xFFFF entries)."""
-    from agent.audit.bundle import _EOCD, _ZIP64_EOCD, _ZIP64_LOCATOR
-
-    end = raw[-_EOCD.size :]
+    fields = list(_EOCD.unpack(raw[-_EOCD.size :]))
     body = raw[: -_EOCD.size]
-    fields = list(_EOCD.unpack(end))
-    zip64_at = len(body)
-    record = _ZIP64_EOCD.pack(b"PK\x06\x06", _ZIP64_EOCD.size - 12, 45, 45, 0, 0, count, count,
-                              directory_bytes, fields[6])  # fmt: skip
-    locator = _ZIP64_LOCATOR.pack(b"PK\x06\x07", 0, zip64_at, 1)
+    record = _zip64_record(count, directory_bytes, fields[6])
+    locator = _ZIP64_LOCATOR.pack(b"PK\x06\x07", 0, len(body), 1)
     fields[3] = fields[4] = 0xFFFF
     return body + record + locator + _EOCD.pack(*fields)
 
 
+def _directory_of(records: int) -> bytes:
+    """``records`` central-directory records of one-byte names, all at offset 0."""
+    one = _CENTRAL.pack(b"PK\x01\x02", 20, 3, 20, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0)
+    return (one + b"x") * records
+
+
+def _disguised_directories(records: int) -> dict[str, bytes]:
+    """Archives whose end records once told the pre-check less than ``zipfile`` then read:
+    a classic record declaring one small member before a ZIP64 record (``zipfile`` uses the
+    ZIP64 record whenever a locator precedes the end record), and a locator pointing at a
+    decoy ZIP64 record (``zipfile`` reads the one just before the locator)."""
+    directory = _directory_of(records)
+    real = _zip64_record(records, len(directory), 0)
+    locator = _ZIP64_LOCATOR.pack(b"PK\x06\x07", 0, len(directory), 1)
+    small = _EOCD.pack(b"PK\x05\x06", 0, 0, 1, 1, 48, 0, 0)
+    decoy = _zip64_record(1, 48, _ZIP64_EOCD.size)
+    decoy_locator = _ZIP64_LOCATOR.pack(b"PK\x06\x07", 0, 0, 1)
+    deferring = _EOCD.pack(b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+    real_after_decoy = _zip64_record(records, len(directory), len(decoy))
+    return {
+        "classic-small": directory + real + locator + small,
+        "locator-decoy": decoy + directory + real_after_decoy + decoy_locator + deferring,
+    }
+
+
 def test_a_directory_too_large_for_a_bundle_is_refused_before_it_is_read(
-    clean: Path, tmp_path: Path
+    clean: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The member count was checked after ``zipfile`` had built an object per directory
-    record (a 56 MB file of 1.2 million records took 0.5 GB first): the end record's count and
-    the directory's size are checked before."""
-    from agent.audit.bundle import MAX_DIRECTORY_BYTES_PER_MEMBER, MAX_MEMBERS, Bundle
+    record (a 56 MB file of 1.2 million records took 0.5 GB first): the end records' count and
+    the directory's size are checked before, read as ``zipfile`` reads them (the bound is
+    lowered here so that a few records stand for a million)."""
+    from agent.audit import bundle as bundle_module
+    from agent.audit.bundle import Bundle
 
     with zipfile.ZipFile(clean / "clean.zip") as z:
         plain = [(i.filename, z.read(i), None) for i in z.infolist()]
@@ -778,24 +811,26 @@ def test_a_directory_too_large_for_a_bundle_is_refused_before_it_is_read(
     (tmp_path / "zip64.zip").write_bytes(honest)
     with Bundle(tmp_path / "zip64.zip") as b:  # a ZIP64 end record as such is fine
         assert len(b.records) == N
+    limit = 8
+    monkeypatch.setattr(bundle_module, "MAX_MEMBERS", limit)
+    real_zipfile = zipfile.ZipFile
+
+    def parsed(*args: object, **kwargs: object) -> zipfile.ZipFile:
+        raise AssertionError("zipfile parsed a directory the pre-check should have refused")
+
     cases = {
-        "count": (MAX_MEMBERS + 1, _end_fields(raw)[5], "more than 1000000 members"),
-        "size": (
-            len(plain),
-            MAX_MEMBERS * MAX_DIRECTORY_BYTES_PER_MEMBER + 1,
-            "central directory of",
-        ),
+        "count": _with_zip64_end(raw, count=limit + 1, directory_bytes=_end_fields(raw)[5]),
+        "size": _with_zip64_end(raw, count=3, directory_bytes=len(raw) + 1),
+        **_disguised_directories(limit + 1),
     }
-    for name, (count, size, match) in cases.items():
-        (tmp_path / f"{name}.zip").write_bytes(
-            _with_zip64_end(raw, count=count, directory_bytes=size)
-        )
-        with pytest.raises(BundleError, match=match):
+    monkeypatch.setattr(zipfile, "ZipFile", parsed)
+    for name, data in cases.items():
+        (tmp_path / f"{name}.zip").write_bytes(data)
+        with pytest.raises(BundleError, match=r"members|central directory"):
             Bundle(tmp_path / f"{name}.zip")
+    monkeypatch.setattr(zipfile, "ZipFile", real_zipfile)
 
 
 def _end_fields(raw: bytes) -> tuple[Any, ...]:
     """The classic end-of-central-directory record's fields (5: the directory's size)."""
-    from agent.audit.bundle import _EOCD
-
     return tuple(_EOCD.unpack(raw[-_EOCD.size :]))
