@@ -329,6 +329,9 @@ class BrokerConfig:
     ``trust_emulation`` names an emulation PKI directory whose roots become *candidates*: they
     are used only for a model whose policy pins their SHA-256 in ``roots.extra_trusted_sha256``.
 
+    ``allow_wrap_format_1`` (default off) releases keys of models registered before data keys
+    were bound to their model row (``agent.broker.keywrap``); they are listed at start.
+
     ``binding_v1`` (default off) makes the broker issue and appraise version-1 bindings, for
     enclave agents from before binding version 2 (which refuse a version-2 challenge). Version
     1 does not bind the GPUs' CC and DevTools flags, which no signed report carries: whoever
@@ -350,6 +353,7 @@ class BrokerConfig:
     max_workers: int = DEFAULT_MAX_WORKERS
     max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS
     binding_v1: bool = False
+    allow_wrap_format_1: bool = False
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):

@@ -6,8 +6,10 @@ row of the database does not unwrap there. Format 2 (every key wrapped now) also
 version, the policy text's SHA-256 and its digest, the sealed manifest's digest -- so a row whose
 policy was changed in the database without the master key (the database file alone was
 writable) no longer unwraps: the appraisal may run under the changed policy, but no key is
-released by it. Format 1 (no context) is still read, for keys wrapped before format 2; those
-rows are protected by the file's mode alone until the model is registered again.
+released by it. Format 1 (no context) is read only when the broker is told so
+(``allow_format_1``, ``lessee broker serve --allow-wrap-format-1``): the format byte lies in the
+database itself, so a format-1 blob saved from an older row (a backup) could otherwise be put back
+beside any policy, even after the model was registered again in format 2.
 
 The master key never leaves this module's objects; it is read from a file that only the
 broker's user can read (created 0600 on first use).
@@ -39,10 +41,11 @@ class UnwrapError(VerificationError):
 
 
 class KeyWrapper:
-    def __init__(self, master_key: bytes) -> None:
+    def __init__(self, master_key: bytes, *, allow_format_1: bool = False) -> None:
         if len(master_key) != MASTER_KEY_BYTES:
             raise InputError(f"master key must be {MASTER_KEY_BYTES} bytes")
         self._aead = AESGCM(master_key)
+        self.allow_format_1 = allow_format_1
 
     @staticmethod
     def _aad(key_id: str, model_id: str, context: bytes | None = None) -> bytes:
@@ -62,9 +65,16 @@ class KeyWrapper:
 
     def unwrap(self, blob: bytes, *, key_id: str, model_id: str, context: bytes) -> bytes:
         """The data key, if ``blob`` authenticates for these ids and, in format 2, this
-        ``context`` (a format-1 blob binds none, and ``context`` is not checked for it)."""
+        ``context`` (a format-1 blob binds none, is read only with ``allow_format_1``, and
+        ``context`` is not checked for it)."""
         if len(blob) != _WRAPPED_LEN or blob[:1] not in (_VERSION_1, _VERSION_2):
             raise UnwrapError("wrapped key has the wrong format", reason="unwrap")
+        if blob[:1] == _VERSION_1 and not self.allow_format_1:
+            raise UnwrapError(
+                "wrapped key is in format 1 (bound to key and model ids only): register the "
+                "model again, or serve with --allow-wrap-format-1 until it is",
+                reason="unwrap_format_1",
+            )
         aad = self._aad(key_id, model_id, context if blob[:1] == _VERSION_2 else None)
         try:
             return self._aead.decrypt(blob[1:13], blob[13:], aad)

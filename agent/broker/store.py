@@ -138,6 +138,7 @@ class BrokerStore(Protocol):
         instance: str | None = None,
     ) -> bool: ...
     def release_claim(self, result_id: str) -> ReleaseClaim | None: ...
+    def models_wrapped_in_format(self, version: int) -> list[str]: ...
     def drop_release_claim(self, *, result_id: str, instance: str) -> bool: ...
     def count_releases(self, result_id: str) -> int: ...
     def claim_refusal(self, *, result_id: str, reason: str, refused_at: float) -> bool: ...
@@ -423,6 +424,15 @@ class SqliteBrokerStore:
             )
         )
         return inserted == 1
+
+    def models_wrapped_in_format(self, version: int) -> list[str]:
+        """Ids of the models whose data key is wrapped in format ``version`` (its first byte,
+        ``agent.broker.keywrap``)."""
+        rows = self._db().execute(
+            "SELECT model_id FROM models WHERE substr(wrapped_key, 1, 1) = ? ORDER BY model_id",
+            (bytes([version]),),
+        )
+        return [str(r[0]) for r in rows]
 
     def release_claim(self, result_id: str) -> ReleaseClaim | None:
         """The claim on ``result_id``, if there is one."""

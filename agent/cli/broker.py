@@ -64,6 +64,7 @@ def _serve(args: argparse.Namespace) -> int:
         trust_emulation=trust,
         max_workers=args.workers,
         binding_v1=args.binding_v1,
+        allow_wrap_format_1=args.allow_wrap_format_1,
     )
     configure_json_logging(sys.stderr)
     running = serve_broker(config)
@@ -339,6 +340,14 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="issue and appraise version-1 session bindings, for enclave agents from before "
         "version 2; version 1 does not bind the GPUs' CC and DevTools flags, which a relay "
         "could then flip (docs/binding.md)",
+    )
+    p.add_argument(
+        "--allow-wrap-format-1",
+        action="store_true",
+        help="release the keys of models registered before data keys were bound to their "
+        "model row (listed at start); without it such a release fails until the model is "
+        "registered again. Off by default: the format is recorded in the database, so a saved "
+        "format-1 key could otherwise be put back beside another policy",
     )
     p.add_argument("--workers", type=int, default=32, help="server threads")
     p.add_argument(

@@ -471,9 +471,20 @@ def build_broker(
         if state_lock is not None:
             os.close(state_lock)
         raise
+    old = store.models_wrapped_in_format(1)
+    if old:
+        log_event(
+            "models_wrapped_in_format_1",
+            models=old[:100],
+            count=len(old),
+            released=config.allow_wrap_format_1,
+            hint="register them again (their keys are then bound to the model row)"
+            if not config.allow_wrap_format_1
+            else "released: --allow-wrap-format-1",
+        )
     broker = Broker(
         store=store,
-        wrapper=KeyWrapper(keys.master_key),
+        wrapper=KeyWrapper(keys.master_key, allow_format_1=config.allow_wrap_format_1),
         log=log,
         result_key=keys.result_key,
         appraiser=composite_appraiser(context),

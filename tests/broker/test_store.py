@@ -155,12 +155,18 @@ def test_keywrap_binds_ids_and_master_key(tmp_path: Path) -> None:
         assert other != ctx
         with pytest.raises(UnwrapError):
             w.unwrap(blob, key_id="k1", model_id="m", context=other)
-    # Format 1 (before contexts) still reads, whatever the context: such rows predate it.
+    # Format 1 (before contexts) binds no context, so it is read only when the broker is told
+    # to: the format byte is in the database, and a saved format-1 blob could otherwise be put
+    # back beside any policy, even after the model was registered again in format 2.
     old = w.wrap_v1(b"\x08" * 32, key_id="k1", model_id="m")
     assert old[0] == 1
-    assert w.unwrap(old, key_id="k1", model_id="m", context=b"anything") == b"\x08" * 32
+    with pytest.raises(UnwrapError, match="format 1") as info:
+        w.unwrap(old, key_id="k1", model_id="m", context=ctx)
+    assert info.value.reason == "unwrap_format_1"
+    legacy = KeyWrapper(key, allow_format_1=True)
+    assert legacy.unwrap(old, key_id="k1", model_id="m", context=b"anything") == b"\x08" * 32
     with pytest.raises(UnwrapError):
-        w.unwrap(old, key_id="k2", model_id="m", context=ctx)
+        legacy.unwrap(old, key_id="k2", model_id="m", context=ctx)
     with pytest.raises(UnwrapError, match="wrong format"):
         w.unwrap(b"\x03" + blob[1:], key_id="k1", model_id="m", context=ctx)
     (tmp_path / "loose.key").write_bytes(b"\0" * 32)
@@ -212,6 +218,22 @@ def test_an_older_database_gains_the_claim_columns_and_keeps_its_claims(tmp_path
     assert not s.claim_release(result_id="old", model_id="m", released_at=NOW)
     s.close()
     SqliteBrokerStore(path).close()  # opening again adds nothing twice
+
+
+def test_models_wrapped_in_format_1_are_listed(tmp_path: Path) -> None:
+    s = SqliteBrokerStore(tmp_path / "b.db")
+    w = KeyWrapper(b"\x02" * 32)
+    ctx = model_context(
+        model_version=1, policy_json="{}", policy_digest="d", manifest_digest=bytes(32)
+    )
+    for model_id, blob in (
+        ("new", w.wrap(bytes(32), key_id="new/v1/a", model_id="new", context=ctx)),
+        ("old-b", w.wrap_v1(bytes(32), key_id="old-b/v1/a", model_id="old-b")),
+        ("old-a", w.wrap_v1(bytes(32), key_id="old-a/v1/a", model_id="old-a")),
+    ):
+        s.put_model(ModelRecord(model_id, 1, f"{model_id}/v1/a", blob, "{}", "d", bytes(32)))
+    assert s.models_wrapped_in_format(1) == ["old-a", "old-b"]
+    assert s.models_wrapped_in_format(2) == ["new"]
 
 
 def test_claim_release_exactly_once_under_concurrency(tmp_path: Path) -> None:
