@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -358,21 +359,14 @@ def check_end_entity(cert: x509.Certificate, what: str) -> None:
     """``cert`` signs data, not certificates: not a CA (no basicConstraints cA=TRUE), and a
     keyUsage, if present, that allows digitalSignature. ChainError reason ``leaf_is_ca`` or
     ``leaf_key_usage``. The leaf rule of NVIDIA device chains and of RIM signers."""
-    try:
-        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        pass
-    else:
-        if bc.ca:
-            raise ChainError(
-                f"{what}: leaf '{describe(cert)}' is a CA certificate, not an end entity",
-                reason="leaf_is_ca",
-            )
-    try:
-        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        return
-    if not ku.digital_signature:
+    bc = _extension(cert, x509.BasicConstraints)
+    if bc is not None and bc.ca:
+        raise ChainError(
+            f"{what}: leaf '{describe(cert)}' is a CA certificate, not an end entity",
+            reason="leaf_is_ca",
+        )
+    ku = _extension(cert, x509.KeyUsage)
+    if ku is not None and not ku.digital_signature:
         raise ChainError(
             f"{what}: leaf '{describe(cert)}' may not make signatures (keyUsage lacks"
             " digitalSignature)",
@@ -380,14 +374,24 @@ def check_end_entity(cert: x509.Certificate, what: str) -> None:
         )
 
 
+_E = TypeVar("_E", bound=x509.ExtensionType)
+
+
+def _extension(cert: x509.Certificate, kind: type[_E]) -> _E | None:
+    """The certificate's extension of ``kind``, or None where it has none."""
+    try:
+        return cert.extensions.get_extension_for_class(kind).value
+    except x509.ExtensionNotFound:
+        return None
+
+
 def _check_is_ca(cert: x509.Certificate, below: int, what: str) -> None:
     """``below`` = number of CA certificates between this one and the leaf."""
-    try:
-        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
+    bc = _extension(cert, x509.BasicConstraints)
+    if bc is None:
         raise ChainError(
             f"{what}: issuer '{describe(cert)}' has no basicConstraints", reason="not_ca"
-        ) from None
+        )
     if not bc.ca:
         raise ChainError(f"{what}: issuer '{describe(cert)}' is not a CA", reason="not_ca")
     if bc.path_length is not None and below > bc.path_length:
@@ -395,11 +399,8 @@ def _check_is_ca(cert: x509.Certificate, below: int, what: str) -> None:
             f"{what}: '{describe(cert)}' allows {bc.path_length} CAs below it, chain has {below}",
             reason="path_length",
         )
-    try:
-        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        return
-    if not ku.key_cert_sign:
+    ku = _extension(cert, x509.KeyUsage)
+    if ku is not None and not ku.key_cert_sign:
         raise ChainError(
             f"{what}: issuer '{describe(cert)}' may not sign certificates", reason="not_ca"
         )
