@@ -171,15 +171,23 @@ _U_MASK = (1 << 255) - 1
 
 
 def _refuse_small_order(raw: bytes) -> None:
-    """Refuse an X25519 public key of small order (e.g. 32 zero bytes).
+    """Refuse an X25519 public key of small order (e.g. 32 zero bytes), or not in its one
+    canonical encoding.
 
-    Every DH with such a key gives the all-zero secret, which RFC 7748 section 6.1 says to
-    refuse and ``cryptography`` refuses only later, inside ``seal``, with a bare
+    Every DH with a small-order key gives the all-zero secret, which RFC 7748 section 6.1 says
+    to refuse and ``cryptography`` refuses only later, inside ``seal``, with a bare
     ``ValueError``. Checking at decode time keeps the failure where the untrusted bytes arrive,
-    as a ``ParseError``.
+    as a ``ParseError``. A key with bit 255 set or a u-coordinate of p or more is the same DH
+    key as its reduced form but another byte string, hence another key id, and HPKE hashes the
+    recipient key as given, so a blob sealed to it opens with nothing: one key, one encoding.
     """
-    if int.from_bytes(raw, "little") & _U_MASK in _SMALL_ORDER_U:
+    u = int.from_bytes(raw, "little")
+    if u & _U_MASK in _SMALL_ORDER_U:
         raise ParseError("X25519 public key has small order", field="public_key")
+    if u >= _P25519:
+        raise ParseError(
+            "X25519 public key is not canonical (bit 255 set or u >= p)", field="public_key"
+        )
 
 
 _PrivateKeyObj = x25519.X25519PrivateKey | hpke.MLKEM768X25519PrivateKey

@@ -248,6 +248,21 @@ def test_small_order_x25519_keys_are_refused_at_decode(suite: SuiteId, raw: byte
 
 
 @pytest.mark.parametrize("suite", list(SuiteId), ids=lambda s: s.name)
+def test_non_canonical_x25519_keys_are_refused_at_decode(suite: SuiteId) -> None:
+    """Bit 255 set, or a u-coordinate of p or more (not small order): the same DH key as the
+    reduced form, but another byte string and so another key id, and HPKE hashes the key as
+    given (a blob sealed to it opens with nothing). One key, one encoding."""
+    valid = KEYS[suite].public_key.raw
+    prefix, x = valid[:-32], int.from_bytes(valid[-32:], "little")
+    p = 2**255 - 19
+    for u in (x | 1 << 255, p + 2, 2**255 - 1):
+        with pytest.raises(ParseError, match="not canonical") as exc:
+            HpkePublicKey.from_raw(suite, prefix + u.to_bytes(32, "little"))
+        assert exc.value.field == "public_key"
+    assert HpkePublicKey.from_raw(suite, valid).raw == valid  # the canonical form still decodes
+
+
+@pytest.mark.parametrize("suite", list(SuiteId), ids=lambda s: s.name)
 def test_seal_turns_a_kem_refusal_into_a_typed_error(suite: SuiteId) -> None:
     """A key built around ``from_raw`` (as no caller should) still fails typed, not ValueError."""
     valid = KEYS[suite].public_key
