@@ -33,6 +33,7 @@ from attest.nvidia.rim import (
     canonical_rim_id,
     parse_rim,
 )
+from attest.nvidia.rim_select import parse_rim_id, rim_matches_id
 
 #: NVIDIA's public RIM service (nvtrust ``RIM_SERVICE_BASE_URL``).
 NVIDIA_RIM_SERVICE_URL = "https://rim.attestation.nvidia.com/v1/rim/"
@@ -174,10 +175,14 @@ class OnlineRimSource:
         if path is None:
             return None
         try:
-            data = read_cache_file(path, MAX_RIM_BYTES, what="RIM")
+            # Not through a symlink (a shared cache directory's planted link is a miss, as in
+            # the OCSP cache), and only a RIM that is the one the id names.
+            data = read_cache_file(path, MAX_RIM_BYTES, what="RIM", follow_symlinks=False)
             if data is None:
                 return None
-            parse_rim(data)
+            if not rim_matches_id(parse_rim_id(rim_id), parse_rim(data)):
+                _log.warning("RIM cache entry %s holds another RIM; ignored", path.name)
+                return None
         except (InputError, OSError):
             return None  # a damaged cache entry is refetched, never used
         return data
@@ -235,9 +240,7 @@ def decode_service_response(body: bytes, rim_id: str) -> bytes:
     if not isinstance(doc, dict) or not isinstance(doc.get("rim"), str):
         raise RimFetchError(f"RIM service answer for {rim_id} has no 'rim' string")
     answered = doc.get("id")
-    if answered is not None and (
-        not isinstance(answered, str) or answered.strip().upper() != rim_id.upper()
-    ):
+    if not isinstance(answered, str) or answered.strip().upper() != rim_id.upper():
         raise RimFetchError(f"RIM service answered for {str(answered)[:60]!r}, not {rim_id}")
     fmt = doc.get("rim_format")
     if fmt is not None and fmt != "TCG":
@@ -247,9 +250,18 @@ def decode_service_response(body: bytes, rim_id: str) -> bytes:
     except (binascii.Error, ValueError):
         raise RimFetchError(f"RIM service answer for {rim_id}: 'rim' is not base64") from None
     try:
-        parse_rim(data)
+        rim = parse_rim(data)
     except RimParseError as exc:
         raise RimFetchError(f"RIM service answer for {rim_id} is not a valid RIM: {exc}") from None
+    try:
+        matches = rim_matches_id(parse_rim_id(rim_id), rim)
+    except InputError:
+        matches = False
+    if not matches:
+        raise RimFetchError(
+            f"RIM service answer for {rim_id} holds a {rim.kind} RIM for "
+            f"{rim.product[:40]!r} {rim.version[:40]!r}, not the RIM the id names"
+        )
     return data
 
 

@@ -169,7 +169,10 @@ def parse_rim_id(rim_id: str) -> RimIdInfo:
     raise RimSelectionError(f"not an NVIDIA GPU/NVSwitch RIM id: {rim_id[:60]!r}")
 
 
-def _matches(info: RimIdInfo, rim: Rim) -> bool:
+def rim_matches_id(info: RimIdInfo, rim: Rim) -> bool:
+    """Whether ``rim``'s content (kind, product for a driver, version) is what the id names:
+    wherever a RIM is found by its id (a folder, a service, a cache), one that says otherwise is
+    not the RIM asked for."""
     if rim.kind != info.kind or version_key(rim.kind, rim.version) != info.version:
         return False
     return info.product is None or rim.product.upper() == info.product
@@ -266,7 +269,7 @@ class RimCollection:
             rim = self._parse(data, label, parsed, parse_cache)
             if rim is None:
                 continue
-            if not _matches(info, rim):
+            if not rim_matches_id(info, rim):
                 self._skipped.append(
                     (
                         label,
@@ -333,7 +336,7 @@ class RimCollection:
             )
         found: dict[bytes, Rim] = {}
         for r in self._unnamed:
-            if _matches(info, r):
+            if rim_matches_id(info, r):
                 found.setdefault(r.raw, r)
         if len(found) > 1:
             raise RimSelectionError(

@@ -190,14 +190,20 @@ def _reply(
             None,
             "answered for",
         ),
-        (200, json.dumps({"rim": "!!!"}).encode(), None, "not base64"),
+        (200, json.dumps({"rim": "AAAA"}).encode(), None, "answered for 'None'"),  # no id
+        (200, json.dumps({"id": DRIVER_ID, "rim": "!!!"}).encode(), None, "not base64"),
         (
             200,
-            json.dumps({"rim": base64.b64encode(b"<x/>").decode()}).encode(),
+            json.dumps({"id": DRIVER_ID, "rim": base64.b64encode(b"<x/>").decode()}).encode(),
             None,
             "not a valid RIM",
         ),
-        (200, json.dumps({"rim": "AAAA", "rim_format": "CORIM"}).encode(), None, "CORIM"),
+        (
+            200,
+            json.dumps({"id": DRIVER_ID, "rim": "AAAA", "rim_format": "CORIM"}).encode(),
+            None,
+            "CORIM",
+        ),
         (302, b"", {"Location": "http://127.0.0.1:9/elsewhere"}, "HTTP 302"),
     ],
 )
@@ -334,3 +340,33 @@ def test_cache_entries_are_public_files(service: tuple[_Service, str], tmp_path:
     _, url = service
     OnlineRimSource(url, timeout=5, cache_dir=tmp_path).rim_bytes(DRIVER_ID)
     assert (tmp_path / f"{DRIVER_ID}.xml").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_rim_is_taken_only_as_the_id_it_names(
+    service: tuple[_Service, str], tmp_path: Path
+) -> None:
+    """The folder source refused a RIM whose content is another kind, product or version than
+    its name; the service and the cache did not: a Hopper driver RIM answered (or cached, or
+    linked into a shared cache) under a Blackwell id was served for it. Now the service's
+    answer and a cache entry must hold the RIM the id names, and a cache entry is not read
+    through a symlink."""
+    state, url = service
+    data = DRIVER.read_bytes()  # GH100 545.00
+    other = "NV_GPU_CC_DRIVER_GB100_545.00"
+    body = json.dumps({"id": other, "rim": base64.b64encode(data).decode()}).encode()
+    state.override = _reply(200, body, None)
+    src = OnlineRimSource(url, timeout=5, cache_dir=tmp_path)
+    with pytest.raises(RimFetchError, match="not the RIM the id names"):
+        src.rim_bytes(other)
+    state.override = None
+    state.rims[DRIVER_ID] = data
+    # A cache entry holding another RIM is a miss (the service is asked, and answers 404).
+    (tmp_path / f"{other}.xml").write_bytes(data)
+    assert src.rim_bytes(other) is None
+    # A symlink in the cache is a miss too, even to the right RIM.
+    linked = tmp_path / "elsewhere.xml"
+    linked.write_bytes(data)
+    (tmp_path / f"{DRIVER_ID}.xml").symlink_to(linked)
+    before = len(state.requests)
+    assert src.rim_bytes(DRIVER_ID) == data  # fetched from the service instead
+    assert len(state.requests) == before + 1
