@@ -40,10 +40,12 @@ from typing import Any, cast
 
 import grpc
 
+from agent.bounded_read import read_bounded
 from agent.evidence.sources import CpuEvidenceSource, GpuEvidenceSource, HardwareUnavailableError
 from agent.rpc import convert
 from agent.rpc.broker_service import REASON_METADATA_KEY
 from agent.rpc.v1 import broker_pb2, broker_pb2_grpc, log_pb2, log_pb2_grpc
+from agent.text import printable
 from attest.binding import (
     PROTOCOL_LABEL_V1,
     PROTOCOL_LABEL_V2,
@@ -71,16 +73,6 @@ Clock = Callable[[], datetime]
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def printable(text: str) -> str:
-    """``text`` from the broker (or the relay before it) with every character that is not
-    printable escaped, as ``repr`` escapes it: a finding, a status detail or a reason code is
-    unauthenticated, and a newline or an ANSI escape in one could forge lines of the agent's
-    own output ("key released ... loaded") on the operator's console or in its logs."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class BrokerCallError(LesseeError):
@@ -164,9 +156,7 @@ MAX_TLS_FILE_BYTES = 1024 * 1024
 
 
 def _tls_bytes(path: Path) -> bytes:
-    if path.stat().st_size > MAX_TLS_FILE_BYTES:
-        raise InputError(f"{path}: larger than {MAX_TLS_FILE_BYTES} bytes")
-    return path.read_bytes()
+    return read_bounded(path, MAX_TLS_FILE_BYTES, "TLS file")
 
 
 def open_channel(

@@ -36,6 +36,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 from agent.audit.bundle import BundleWriter
 from attest.errors import InputError, LesseeError, VerificationError
@@ -496,8 +497,9 @@ class LogStore:
         with self._tree_lock:
             return self._tree.consistency_proof(size1, size)
 
-    def export_bundle(self, path: str | Path) -> int:
-        """Write the whole log (entries, checkpoints, blobs) as one audit bundle; return its size.
+    def export_bundle(self, path: str | Path | IO[bytes]) -> int:
+        """Write the whole log (entries, checkpoints, blobs) as one audit bundle; return its size
+        (``path``: a file name, or a binary file opened for writing, left open).
 
         Reads in one SQLite read transaction, so the bundle is a consistent snapshot even
         while appends continue.

@@ -133,7 +133,8 @@ def _zipinfo(name: str) -> zipfile.ZipInfo:
 class BundleWriter:
     """Writes a bundle member by member (entries streamed, so large logs need little memory)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path | IO[bytes]) -> None:
+        """``path``: a file name, or a binary file opened for writing (which stays open)."""
         self._zip = zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
         self._entries: IO[bytes] | None = None
 

@@ -12,8 +12,12 @@ deadline already past).
 
 from __future__ import annotations
 
+import errno
 import math
+import os
 from collections.abc import Callable
+from pathlib import Path
+from typing import IO
 
 from attest.errors import InputError
 
@@ -63,3 +67,19 @@ def pid_type(option: str) -> Callable[[str], int]:
         return value
 
     return process_id
+
+
+def open_new_file(path: str | Path, *, mode: int = 0o644) -> IO[bytes]:
+    """Create ``path`` for writing, refusing anything already there -- a file, or a symlink,
+    dangling or not, which is never followed (``O_EXCL | O_NOFOLLOW``): an output the user
+    named must not overwrite something, nor land somewhere else through a planted link."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), mode)
+    except FileExistsError:
+        raise InputError(f"{path}: exists (refusing to overwrite)") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InputError(f"{path}: is a symlink (refusing to write through it)") from None
+        raise
+    return os.fdopen(fd, "wb")

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from agent.bounded_read import read_bounded
 from attest.ear import SigningKey, VerifyingKey, public_key_from_jwk
 from attest.errors import InputError
 from attest.jsonutil import load_json
@@ -15,10 +14,8 @@ MAX_KEY_FILE_BYTES = 64 * 1024
 
 
 def _read(path: str) -> bytes:
-    p = Path(path)
-    if p.stat().st_size > MAX_KEY_FILE_BYTES:
-        raise InputError(f"{path}: too large for a key file")
-    return p.read_bytes()
+    # Bounded while reading, not by ``stat``: a FIFO or /dev/zero has no size to stat.
+    return read_bounded(path, MAX_KEY_FILE_BYTES, "key file")
 
 
 def load_signing_key(path: str) -> SigningKey:

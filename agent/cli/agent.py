@@ -425,7 +425,7 @@ def _enclave_config(replay_window: int | None) -> EnclaveConfig | None:
 
 
 def _print(out: dict[str, Any], as_json: bool) -> None:
-    from agent.agent import printable
+    from agent.text import printable
 
     if as_json:
         print(json.dumps(out, indent=1, default=str))

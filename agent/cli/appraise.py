@@ -13,6 +13,8 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from agent.bounded_read import read_bounded
+from agent.cli._common import open_new_file
 from agent.cli._keys import load_signing_key
 from attest.appraise.common import result_submodules
 from attest.appraise.composite import AppraisalContext, appraise_bundle
@@ -35,10 +37,7 @@ MAX_FILE_BYTES = 16 * 1024 * 1024
 
 
 def _read(path: str) -> bytes:
-    p = Path(path)
-    if p.stat().st_size > MAX_FILE_BYTES:
-        raise InputError(f"{path}: larger than {MAX_FILE_BYTES} bytes")
-    return p.read_bytes()
+    return read_bounded(path, MAX_FILE_BYTES, "file")
 
 
 def _hex(text: str, what: str) -> bytes:
@@ -94,7 +93,7 @@ def _run(args: argparse.Namespace) -> int:
     for f in findings:
         print(f"enclave: {f.severity.value}: {f}", file=sys.stderr)
     if args.json_report:
-        Path(args.json_report).write_text(
+        report = (
             json.dumps(
                 {
                     "status": status.value,
@@ -111,7 +110,10 @@ def _run(args: argparse.Namespace) -> int:
                 },
                 indent=1,
             )
-        )
+            + "\n"
+        ).encode()
+        with open_new_file(args.json_report) as out:  # never overwritten, never through a link
+            out.write(report)
     print(f"overall: {status.value}", file=sys.stderr)
     return 0 if status is Status.AFFIRMING else 1
 

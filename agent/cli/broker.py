@@ -33,7 +33,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from agent.cli._common import pid_type, seconds_type
+from agent.cli._common import open_new_file, pid_type, seconds_type
 from attest.errors import InputError
 
 if TYPE_CHECKING:
@@ -281,10 +281,12 @@ def _export_log(args: argparse.Namespace) -> int:
     state = Path(args.state)
     keys = prepare_state_dir(state, create=False)
     out = Path(args.out)
-    if out.exists():
-        raise InputError(f"{out}: exists (refusing to overwrite)")
-    with LogStore(state / LOG_DB, keys.log_signer) as log:
-        size = log.export_bundle(out)
+    with LogStore(state / LOG_DB, keys.log_signer) as log, open_new_file(out) as f:
+        try:
+            size = log.export_bundle(f)
+        except BaseException:
+            out.unlink(missing_ok=True)  # this run created it: no half-written bundle is left
+            raise
     print(f"exported {size} entries to {out}")
     print(f"verify with: lessee audit verify {out} --log-key {state / 'log.vkey'}")
     return EXIT_OK

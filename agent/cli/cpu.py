@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-from pathlib import Path
 from typing import Protocol, cast
 
+from agent.bounded_read import read_bounded
 from attest.errors import InputError
 
 #: Largest CPU evidence file read (TDX quotes with embedded chains are under 10 KiB).
@@ -30,10 +30,7 @@ class _FormatModule(Protocol):
 
 def read_evidence(path: str) -> bytes:
     """Read a report or quote: raw binary, or hex text (as some tools print it)."""
-    p = Path(path)
-    if p.stat().st_size > MAX_CPU_EVIDENCE_BYTES:
-        raise InputError(f"{path}: larger than {MAX_CPU_EVIDENCE_BYTES} bytes")
-    data = p.read_bytes()
+    data = read_bounded(path, MAX_CPU_EVIDENCE_BYTES, "evidence")
     stripped = b"".join(data.split())
     if (
         stripped

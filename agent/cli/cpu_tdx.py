@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
+from agent.bounded_read import read_bounded
 from attest.errors import InputError
 from attest.tdx.collateral import MAX_COLLATERAL_JSON_BYTES, parse_collateral_json
 from attest.tdx.quote import TdxQuote, parse_quote
@@ -125,10 +125,7 @@ def _report_data(args: argparse.Namespace) -> bytes | None:
 
 
 def _read_collateral(path: str) -> bytes:
-    p = Path(path)
-    if p.stat().st_size > MAX_COLLATERAL_JSON_BYTES:
-        raise InputError(f"{path}: larger than {MAX_COLLATERAL_JSON_BYTES} bytes")
-    return p.read_bytes()
+    return read_bounded(path, MAX_COLLATERAL_JSON_BYTES, "collateral")
 
 
 def _signed_facts(signed: SignedTdxQuote) -> dict[str, Any]:

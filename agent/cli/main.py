@@ -20,6 +20,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import cast
 
+from agent.text import printable
 from attest.errors import InputError, LesseeError
 
 EXIT_OK = 0
@@ -104,17 +105,17 @@ def _main(argv: Sequence[str] | None) -> int:
         return EXIT_USAGE
     try:
         return cast(Callable[[argparse.Namespace], int], func)(args)
+    # One line each, whatever the message quotes (a path with a newline, a broker's text): an
+    # escaped control character cannot start a line of its own ("lessee: rejected: ...").
     except InputError as exc:
-        print(f"lessee: error: {exc}", file=sys.stderr)
+        print(f"lessee: error: {printable(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except LesseeError as exc:
-        print(f"lessee: rejected: {exc}", file=sys.stderr)
+        print(f"lessee: rejected: {printable(str(exc))}", file=sys.stderr)
         return EXIT_REJECTED
     except OSError as exc:
-        print(
-            f"lessee: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
-            file=sys.stderr,
-        )
+        text = f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
+        print(f"lessee: error: {printable(text)}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:  # the promise is "never a traceback"; keep one for debugging
         if os.environ.get("LESSEE_DEBUG"):

@@ -8,6 +8,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from agent.bounded_read import read_bounded
 from agent.cli._keys import load_verifying_key
 from attest.ear import Status, verify_ear
 from attest.errors import InputError
@@ -21,10 +22,10 @@ def _token(arg: str) -> str:
         return arg  # too long to be a file name: a token given inline
     if arg.count(".") == 2 and "/" not in arg and not Path(arg).exists():
         return arg
-    p = Path(arg)
-    if p.stat().st_size > MAX_TOKEN_FILE_BYTES:
-        raise InputError(f"{arg}: too large for a token")
-    return p.read_text().strip()
+    data = read_bounded(arg, MAX_TOKEN_FILE_BYTES, "token file")
+    if not data.isascii():
+        raise InputError(f"{arg}: not a token (a compact JWS is ASCII text)")
+    return data.decode("ascii").strip()
 
 
 def _verify(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from attest.errors import InputError
 from threat_model.check import check_model
 from threat_model.model import load_threat_model
 from threat_model.render import to_markdown, to_terminal
@@ -14,6 +15,8 @@ from threat_model.render import to_markdown, to_terminal
 def _run(args: argparse.Namespace) -> int:
     model = load_threat_model()
     if args.check:
+        if not Path(args.root).is_dir():
+            raise InputError(f"--root {args.root}: not a directory (the repository to check)")
         problems = check_model(model, Path(args.root))
         for p in problems:
             print(f"threat model: {p}", file=sys.stderr)
