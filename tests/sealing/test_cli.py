@@ -295,3 +295,112 @@ def test_unseal_manifest_digest_flag_must_equal_the_key_files(
     argv[1] = str(tmp_path / "a")
     rc = main([*argv, "--manifest-digest", digest_a])  # repeating the key file's: fine
     assert rc == 0, capsys.readouterr().err
+
+
+def _seal_args(out: Path, key: Path, *extra: str) -> list[str]:
+    return [
+        "seal",
+        str(VECTORS / "plain"),
+        str(out),
+        "--model-id",
+        "acme/tiny",
+        "--model-version",
+        "3",
+        "--key-out",
+        str(key),
+        "--quiet",
+        "--chunk-size",
+        "4096",
+        *extra,
+    ]
+
+
+def _one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lessee: error:"), err
+    assert "internal error" not in err and "Traceback" not in err
+    return lines[0]
+
+
+def test_seal_a_symlink_loop_is_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    rc = main(["seal", str(loop), str(tmp_path / "out"), "--model-id", "m", "--model-version",
+               "1", "--key-out", str(tmp_path / "k.json"), "--quiet"])  # fmt: skip
+    assert rc == 2
+    _one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "k.json").exists()
+
+
+@pytest.mark.parametrize("threads", ["-1", "0", "x", "100000"])
+def test_seal_threads_out_of_range_is_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], threads: str
+) -> None:
+    rc = main(_seal_args(tmp_path / "out", tmp_path / "k.json", "--threads", threads))
+    assert rc == 2
+    assert "--threads" in _one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "k.json").exists()
+
+
+def test_seal_a_bad_key_out_is_refused_before_sealing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A --key-out that cannot be written is refused (exit 2) before anything is sealed: no
+    sealed directory whose only key was thrown away, no empty OUT_DIR."""
+    out = tmp_path / "out"
+    outside = tmp_path / "outside"
+    dangling = tmp_path / "dangling.json"
+    dangling.symlink_to(outside)
+    for key in (tmp_path / "missing" / "k.json", dangling):
+        rc = main(_seal_args(out, key))
+        assert rc == 2
+        _one_error_line(capsys.readouterr().err)
+        assert not out.exists()
+    assert not outside.exists() and dangling.is_symlink()
+    assert not (tmp_path / "missing").exists()
+
+
+@pytest.mark.parametrize(
+    "extra", [["--chunk-size", "1000"], ["--model-id", "bad\nid"], ["--chunk-size", "-1"]]
+)
+def test_seal_bad_input_leaves_nothing_behind(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str]
+) -> None:
+    out, key = tmp_path / "out", tmp_path / "k.json"
+    rc = main(_seal_args(out, key, *extra))
+    assert rc == 2
+    _one_error_line(capsys.readouterr().err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_seal_failure_removes_the_reserved_key_and_the_out_dir_it_made(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import agent.cli.seal as seal_cli
+
+    def broken(*args: object, **kwargs: object) -> None:
+        Path(str(args[1])).mkdir(parents=True, exist_ok=True)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(seal_cli, "seal_model", broken)
+    out, key = tmp_path / "out", tmp_path / "k.json"
+    assert main(_seal_args(out, key)) == 2
+    _one_error_line(capsys.readouterr().err)
+    assert not out.exists() and not key.exists()
+    out.mkdir()  # an OUT_DIR the user made is left (empty) in place
+    assert main(_seal_args(out, key)) == 2
+    capsys.readouterr()
+    assert out.is_dir() and not key.exists()
+
+
+def test_seal_writes_the_key_into_the_reserved_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, key = tmp_path / "out", tmp_path / "k.json"
+    assert main(_seal_args(out, key, "--threads", "2")) == 0
+    capsys.readouterr()
+    assert stat.S_IMODE(os.lstat(key).st_mode) == 0o600 and not key.is_symlink()
+    assert json.loads(key.read_text())["model_id"] == "acme/tiny"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.json", "out"]
