@@ -29,16 +29,21 @@ Exit 0 only if every step had exactly the expected outcome. ``--workdir DIR`` ke
 (and says where each thing is); without it a temporary directory is removed at the end. DIR must
 be new, empty, or one an earlier demo run made (it holds a ``.lessee-demo`` marker): the demo
 writes its files there by fixed names, overwriting earlier ones, so any other non-empty
-directory is refused (exit 2) before anything is written.
+directory is refused (exit 2) before anything is written. DIR (and, when reused, the
+subdirectories the demo writes into) must be the user's own and not writable by group or
+others; whatever is at one of the demo's fixed names is removed first (a symlink itself, never
+what it points to) and each output is created anew, never through a symlink.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -158,7 +163,7 @@ class _Report:
 
 def make_model(model_dir: Path, seed: int = 7) -> dict[str, np.ndarray[Any, Any]]:
     """A small random model saved as safetensors, plus a config.json; returns the tensors."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     rng = np.random.default_rng(seed)
     tensors = {
@@ -166,9 +171,43 @@ def make_model(model_dir: Path, seed: int = 7) -> dict[str, np.ndarray[Any, Any]
         for name, (shape, dtype) in DEMO_TENSORS.items()
     }
     model_dir.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(model_dir / "model.safetensors"), metadata={"format": "np"})
-    (model_dir / "config.json").write_text(json.dumps({"model_type": "lessee-demo"}) + "\n")
+    _write_new(model_dir / "model.safetensors", save(tensors, metadata={"format": "np"}))
+    _write_new(
+        model_dir / "config.json", (json.dumps({"model_type": "lessee-demo"}) + "\n").encode()
+    )
     return tensors
+
+
+def _remove(path: Path) -> None:
+    """Remove whatever is at ``path``, without following a symlink there (the link itself goes);
+    a directory is refused (``OSError``): only the demo's own subdirectories are removed whole,
+    by ``_remove_tree``."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove one of the demo's own subdirectories (``model/``, ``sealed-model/``, ``keys/``)
+    whatever is at its name: a symlink or file is unlinked, never followed; a directory is
+    removed whole (``shutil.rmtree`` follows no symlink inside it)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
+def _write_new(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` as a new file: what was at the name is removed first
+    (``_remove``), and the file is created with O_EXCL|O_NOFOLLOW, never through a symlink."""
+    _remove(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 def demo_policy(roots_sha256: list[str], manifest_digest: str) -> dict[str, Any]:
@@ -192,21 +231,6 @@ def _tampered(bundle: EvidenceBundle) -> EvidenceBundle:
     )
 
 
-def _remove_previous_sealed_model(sealed: Path) -> None:
-    """Make room for this run's sealed model in a ``--workdir`` an earlier run used (the sealer
-    refuses a non-empty output directory). Only a directory that is a sealed model (it has the
-    manifest) and nothing else is removed, so a wrong ``--workdir`` never loses other files."""
-    from agent.loader import MANIFEST_NAME, SEALED_SUFFIX
-
-    if not sealed.is_dir():
-        return
-    names = [p.name for p in sealed.iterdir()]
-    if MANIFEST_NAME in names and all(
-        n == MANIFEST_NAME or n.endswith(SEALED_SUFFIX) for n in names
-    ):
-        shutil.rmtree(sealed)
-
-
 def _first_reject(findings: tuple[str, ...], *needles: str) -> str | None:
     for line in findings:
         if any(n in line for n in needles):
@@ -217,24 +241,63 @@ def _first_reject(findings: tuple[str, ...], *needles: str) -> str | None:
 #: The file the demo leaves in a ``--workdir`` it made its own: a later run may overwrite what
 #: an earlier one left there, and nothing else.
 WORKDIR_MARKER = ".lessee-demo"
+#: Subdirectories a run reuses (the emulation PKI, the broker's state) and writes into.
+REUSED_DIRS = ("emulation-pki", "broker-state")
+#: Subdirectories a run removes and makes afresh.
+FRESH_DIRS = ("model", "sealed-model", "keys")
+
+
+def _check_private(path: Path, st: os.stat_result, what: str) -> None:
+    """``path`` must be the user's own and not writable by group or others: anyone else who
+    can write there could plant a symlink that the demo would then write through."""
+    if st.st_uid != os.geteuid():
+        raise InputError(f"--workdir {what}: not owned by you (uid {st.st_uid})")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise InputError(f"--workdir {what}: writable by group or others (chmod go-w it)")
+
+
+def _is_marker(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def claim_workdir(root: Path) -> None:
     """Make ``root`` the demo's work directory, or refuse (``InputError``, exit 2) before
     anything is written: the demo overwrites and deletes files by fixed names there
     (``policy.json``, ``model/``, ``keys/model.key``, ``audit-log.bundle``, ...), so it takes
-    only a new or empty directory, or one an earlier run marked with ``WORKDIR_MARKER``."""
+    only a new or empty directory, or one an earlier run marked with ``WORKDIR_MARKER``; and
+    only one of the user's own that group and others cannot write (nor, when it is reused, can
+    they write the subdirectories the demo writes into)."""
     if root.exists() and not root.is_dir():
         raise InputError(f"--workdir {root}: not a directory")
-    if root.is_dir() and not (root / WORKDIR_MARKER).is_file() and any(root.iterdir()):
-        raise InputError(
-            f"--workdir {root}: not empty and not made by lessee demo (no {WORKDIR_MARKER} "
-            "file); the demo overwrites files there (policy.json, model/, keys/model.key, "
-            "audit-log.bundle, ...), so give it a new or empty directory"
-        )
-    root.mkdir(parents=True, exist_ok=True)
-    (root / WORKDIR_MARKER).write_text(
-        "made by lessee demo: a later 'lessee demo --workdir' may overwrite what is here\n"
+    if root.is_dir():
+        marked = _is_marker(root / WORKDIR_MARKER)
+        if not marked and any(root.iterdir()):
+            raise InputError(
+                f"--workdir {root}: not empty and not made by lessee demo (no {WORKDIR_MARKER} "
+                "file); the demo overwrites files there (policy.json, model/, keys/model.key, "
+                "audit-log.bundle, ...), so give it a new or empty directory"
+            )
+        _check_private(root, os.stat(root), str(root))
+        for name in (*REUSED_DIRS, *FRESH_DIRS):
+            sub = root / name
+            try:
+                st = os.lstat(sub)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                _check_private(sub, st, str(sub))
+            elif name in REUSED_DIRS:  # a symlink here would be written through
+                raise InputError(f"--workdir {sub}: not a directory (a symlink is not followed)")
+            # a FRESH_DIRS name that is not a directory is unlinked before the run writes there
+    else:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        root.mkdir(mode=0o700)
+    _write_new(
+        root / WORKDIR_MARKER,
+        b"made by lessee demo: a later 'lessee demo --workdir' may overwrite what is here\n",
     )
 
 
@@ -289,17 +352,17 @@ def _with_broker(
 
     fps = pki.root_fingerprints()
     rep.step("3. a small model, generated and sealed")
+    for fresh in (layout.model, layout.sealed, layout.key_file.parent):
+        _remove_tree(fresh)
+    layout.model.mkdir(mode=0o700)
     originals = make_model(layout.model)
-    _remove_previous_sealed_model(layout.sealed)
     dek = bytearray(os.urandom(32))
     try:
         sealed = seal_model(
             layout.model, layout.sealed, dek, model_id=MODEL_ID, model_version=MODEL_VERSION,
             rng=os.urandom,
         )  # fmt: skip
-        layout.key_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if layout.key_file.exists():
-            layout.key_file.unlink()
+        layout.key_file.parent.mkdir(mode=0o700)
         write_key_file(
             layout.key_file, dek, key_id=key_fingerprint(dek), model_id=MODEL_ID,
             model_version=MODEL_VERSION, manifest_digest=sealed.manifest_digest,
@@ -316,7 +379,7 @@ def _with_broker(
     rep.step("4. policy (trusts the emulation roots explicitly) and model registration")
     policy = demo_policy(list(fps.values()), sealed.manifest_digest)
     policy_json = json.dumps(policy, indent=1)
-    layout.policy.write_text(policy_json + "\n")
+    _write_new(layout.policy, (policy_json + "\n").encode())
     channel = open_channel(broker.target)
     with channel:
         admin = broker_pb2_grpc.BrokerAdminStub(channel)  # type: ignore[no-untyped-call]
@@ -418,16 +481,22 @@ def _with_broker(
             _refusal_release(rep, channel, refused)
 
     rep.step("8. audit: export the log, verify it and replay every appraisal offline")
-    if layout.log_bundle.exists():
-        layout.log_bundle.unlink()
-    size = broker.log_store.export_bundle(layout.log_bundle)
+    _remove(layout.log_bundle)
+    # written in a new private directory, then renamed to its name (a rename follows no symlink)
+    staging = Path(tempfile.mkdtemp(prefix=".audit-log-", dir=layout.root))
+    try:
+        size = broker.log_store.export_bundle(staging / layout.log_bundle.name)
+        os.replace(staging / layout.log_bundle.name, layout.log_bundle)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     rep.info(f"exported {size} entries to {layout.log_bundle}")
     code = lessee_main(
         ["audit", "verify", str(layout.log_bundle), "--log-key", str(layout.broker / LOG_VKEY)]
     )
     rep.expect(code == 0, f"lessee audit verify exit code {code}")
-    (layout.broker / "verifier.pem").write_bytes(
-        keys.result_key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    _write_new(
+        layout.broker / "verifier.pem",
+        keys.result_key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo),
     )
     code = lessee_main(
         [

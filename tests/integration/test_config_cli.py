@@ -399,3 +399,74 @@ def test_demo_runs_again_in_the_same_workdir(
     assert f"sealed model: {workdir / 'sealed-model'}" in captured.out
     assert f"exported log (audit bundle): {workdir / 'audit-log.bundle'}" in captured.out
     assert (workdir / ".lessee-demo").is_file()
+
+
+def test_demo_reused_workdir_writes_through_no_planted_symlink(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], snp_emulation_ok: None
+) -> None:
+    """Review M2: in a reused workdir, symlinks planted at the demo's fixed names (dangling or
+    to a file outside) were written through. Now each name is unlinked and the output made
+    anew: the files outside are untouched and the demo still succeeds."""
+    from agent.demo import WORKDIR_MARKER
+
+    workdir, outside = tmp_path / "demo", tmp_path / "outside"
+    workdir.mkdir(mode=0o700)
+    outside.mkdir()
+    (workdir / WORKDIR_MARKER).write_text("made by lessee demo\n")
+    (workdir / "model").mkdir(mode=0o700)
+    victim = outside / "victim.txt"
+    victim.write_bytes(b"precious")
+    (workdir / "policy.json").symlink_to(victim)
+    (workdir / "model" / "config.json").symlink_to(victim)
+    (workdir / "audit-log.bundle").symlink_to(outside / "dangling.bundle")
+    (workdir / "keys").symlink_to(outside)
+    (workdir / "sealed-model").symlink_to(outside / "no-such-dir")
+    code = main(["demo", "--workdir", str(workdir)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.out + captured.err
+    assert victim.read_bytes() == b"precious"
+    assert sorted(p.name for p in outside.iterdir()) == ["victim.txt"]
+    for name in ("policy.json", "model/config.json", "audit-log.bundle", "keys", "sealed-model"):
+        assert not (workdir / name).is_symlink(), name
+    assert json.loads((workdir / "policy.json").read_text())["cpu_tees"] == ["snp"]
+    assert (workdir / "keys" / "model.key").stat().st_mode & 0o777 == 0o600
+    assert not list(workdir.glob(".audit-log-*"))
+
+
+@pytest.mark.parametrize("where", ["", "broker-state", "model"])
+def test_demo_refuses_a_group_or_other_writable_workdir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    """A workdir (or, reused, a subdirectory the demo writes into) that group or others can
+    write is exit 2, one line, before anything is written."""
+    from agent.demo import WORKDIR_MARKER
+
+    workdir = tmp_path / "demo"
+    workdir.mkdir(mode=0o700)
+    if where:
+        (workdir / WORKDIR_MARKER).write_text("made by lessee demo\n")
+        (workdir / where).mkdir()
+    target = workdir / where if where else workdir
+    os.chmod(target, 0o777)
+    before = sorted(p.relative_to(workdir) for p in workdir.rglob("*"))
+    assert main(["demo", "--workdir", str(workdir)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1
+    assert captured.err.startswith(f"lessee: error: --workdir {target}: writable by group")
+    assert sorted(p.relative_to(workdir) for p in workdir.rglob("*")) == before
+
+
+def test_demo_refuses_a_symlink_in_place_of_a_reused_subdirectory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agent.demo import WORKDIR_MARKER
+
+    workdir, outside = tmp_path / "demo", tmp_path / "outside"
+    workdir.mkdir(mode=0o700)
+    outside.mkdir()
+    (workdir / WORKDIR_MARKER).write_text("made by lessee demo\n")
+    (workdir / "broker-state").symlink_to(outside)
+    assert main(["demo", "--workdir", str(workdir)]) == 2
+    assert "broker-state: not a directory" in capsys.readouterr().err
+    assert not any(outside.iterdir())
