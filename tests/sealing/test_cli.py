@@ -20,23 +20,7 @@ from tests.sealing.helpers import DEK, MODEL_ID, VECTORS, VERSION, Rng, copy_sea
 def _seal(tmp: Path, capsys: pytest.CaptureFixture[str]) -> tuple[Path, Path, dict[str, object]]:
     out, key = tmp / "out", tmp / "keys" / "dek.json"
     key.parent.mkdir()
-    rc = main(
-        [
-            "seal",
-            str(VECTORS / "plain"),
-            str(out),
-            "--model-id",
-            "acme/tiny",
-            "--model-version",
-            "3",
-            "--key-out",
-            str(key),
-            "--quiet",
-            "--json",
-            "--chunk-size",
-            "4096",
-        ]
-    )
+    rc = main(_seal_args(out, key, "--json"))
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     assert "key broker" in cap.err  # the loud note
