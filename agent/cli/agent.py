@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import inspect
 import json
 import signal
 import sys
@@ -102,6 +103,14 @@ def generator_factory(spec: str) -> Callable[[LoadedModel], Any]:
         raise InputError(f"--generator {spec}: cannot import it ({type(exc).__name__})") from None
     if not callable(factory):
         raise InputError(f"--generator {spec}: {attr} is not callable")
+    try:
+        inspect.signature(factory).bind(None)  # FACTORY(model): one positional argument
+    except TypeError:
+        raise InputError(
+            f"--generator {spec}: {attr} does not take one argument (the loaded model)"
+        ) from None
+    except ValueError:
+        pass  # no signature to read (some builtins): the call itself is guarded
     made: Callable[[LoadedModel], Any] = factory
     return made
 
@@ -112,7 +121,11 @@ def load_generator(
     """``FACTORY(model)`` (``factory``, or the one ``spec`` names) must return an object with
     an async ``generate(prompt, params)``; anything else is bad input (exit 2) before the
     service starts, not a failure in the first request."""
-    engine = (factory or generator_factory(spec))(model)
+    make = factory or generator_factory(spec)
+    try:
+        engine = make(model)
+    except Exception as exc:  # the operator's engine: named by type, its message may quote data
+        raise InputError(f"--generator {spec}: the factory failed ({type(exc).__name__})") from None
     if not callable(getattr(engine, "generate", None)):
         raise InputError(f"--generator {spec}: the factory's result has no generate() method")
     generator: TokenGenerator = engine

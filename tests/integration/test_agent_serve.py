@@ -203,6 +203,14 @@ def test_generator_specs() -> None:
             load_generator(bad, None)  # type: ignore[arg-type]
     with pytest.raises(InputError, match="no generate"):
         load_generator("builtins:str", None)  # type: ignore[arg-type]
+    # A callable that cannot be FACTORY(model): refused while resolving the spec, before the
+    # agent attests (it once failed as an internal error after the one-shot release).
+    from agent.cli.agent import generator_factory
+
+    with pytest.raises(InputError, match="does not take one argument"):
+        generator_factory("os:getcwd")
+    with pytest.raises(InputError, match=r"the factory failed \(ZeroDivisionError\)"):
+        load_generator("x", None, lambda _model: 1 // 0)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
