@@ -46,6 +46,7 @@ from agent.rpc import convert
 from agent.rpc.broker_service import REASON_METADATA_KEY
 from agent.rpc.v1 import broker_pb2, broker_pb2_grpc, log_pb2, log_pb2_grpc
 from agent.text import printable
+from agent.tls import check_ca_bundle, check_tls_pair
 from attest.binding import (
     PROTOCOL_LABEL_V1,
     PROTOCOL_LABEL_V2,
@@ -185,10 +186,14 @@ def open_channel(
         if not is_loopback_host(host):
             raise InputError(f"{target} is not a loopback address: TLS is required (--tls-ca)")
         return grpc.insecure_channel(target, options=options)
+    ca = _tls_bytes(tls_ca)
+    check_ca_bundle(str(tls_ca), ca)
+    key_pem = cert_pem = None
+    if client_cert is not None and client_key is not None:
+        key_pem, cert_pem = _tls_bytes(client_key), _tls_bytes(client_cert)
+        check_tls_pair(str(client_cert), cert_pem, str(client_key), key_pem)
     creds = grpc.ssl_channel_credentials(
-        root_certificates=_tls_bytes(tls_ca),
-        private_key=_tls_bytes(client_key) if client_key is not None else None,
-        certificate_chain=_tls_bytes(client_cert) if client_cert is not None else None,
+        root_certificates=ca, private_key=key_pem, certificate_chain=cert_pem
     )
     if tls_server_name is not None:
         options.append(("grpc.ssl_target_name_override", tls_server_name))

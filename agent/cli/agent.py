@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.bounded_read import read_bounded
 from agent.cli._common import seconds_type
+from agent.tls import check_tls_pair
 from attest.errors import InputError
 
 if TYPE_CHECKING:
@@ -351,37 +352,6 @@ def _run(args: argparse.Namespace) -> int:
         generator = load_generator(args.generator, loaded, factory)
         _serve(args, attested, evidence.to_json(), log_proof, generator, tls=tls, config=config)
     return EXIT_OK
-
-
-def check_tls_pair(cert_path: str, cert_pem: bytes, key_path: str, key_pem: bytes) -> None:
-    """``--tls-cert`` must be a PEM certificate chain and ``--tls-key`` the unencrypted PEM
-    private key of its first certificate: grpc would only find out when the service starts,
-    after the one-shot release was spent."""
-    from cryptography import x509
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives.serialization import (
-        Encoding,
-        PublicFormat,
-        load_pem_private_key,
-    )
-
-    try:
-        chain = x509.load_pem_x509_certificates(cert_pem)
-    except (ValueError, UnsupportedAlgorithm):
-        raise InputError(f"{cert_path}: not a PEM certificate chain") from None
-    try:
-        key = load_pem_private_key(key_pem, password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        raise InputError(f"{key_path}: not an unencrypted PEM private key") from None
-    try:
-        cert_spki = (
-            chain[0].public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-        )
-    except (ValueError, UnsupportedAlgorithm):
-        raise InputError(f"{cert_path}: its certificate's public key is not supported") from None
-    key_spki = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-    if cert_spki != key_spki:
-        raise InputError(f"{key_path}: not the private key of the first certificate in {cert_path}")
 
 
 def check_serve_address(address: str) -> None:

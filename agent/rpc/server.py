@@ -70,6 +70,7 @@ from agent.rpc.broker_service import (
     has_verified_client_certificate,
     log_event,
 )
+from agent.tls import check_ca_bundle, check_tls_pair
 from attest.appraise.composite import AppraisalContext
 from attest.binding import PROTOCOL_LABEL_V1, PROTOCOL_LABEL_V2
 from attest.errors import InputError
@@ -515,10 +516,13 @@ def serve_broker(config: BrokerConfig) -> RunningBroker:
     admin_creds = None
     if config.tls_cert is not None and config.tls_key is not None:
         pair = (_tls_file(config.tls_key), _tls_file(config.tls_cert))
+        check_tls_pair(str(config.tls_cert), pair[1], str(config.tls_key), pair[0])
         creds = grpc.ssl_server_credentials([pair])
         if config.client_ca is not None:
+            client_ca = _tls_file(config.client_ca)
+            check_ca_bundle(str(config.client_ca), client_ca)
             admin_creds = grpc.ssl_server_credentials(
-                [pair], root_certificates=_tls_file(config.client_ca), require_client_auth=True
+                [pair], root_certificates=client_ca, require_client_auth=True
             )
 
     broker, res, emulation = build_broker(config, lock=True)

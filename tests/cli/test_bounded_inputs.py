@@ -95,3 +95,21 @@ def test_an_error_is_one_line_whatever_the_path_holds(
 def test_threats_check_needs_a_directory(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["threats", "--check", "--root", "/nonexistent-lessee-root"]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+def test_tls_files_that_do_not_parse_are_bad_input_before_grpc_sees_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """gRPC parsed them only when the server started or the channel connected, printed its own
+    log lines, and ended in a bind error that named nothing (or exit 1 for a client)."""
+    from agent.agent import open_channel
+    from attest.errors import InputError
+
+    empty = tmp_path / "empty.pem"
+    empty.write_bytes(b"")
+    args = ["broker", "serve", "--state", str(tmp_path / "state"), "--listen", "127.0.0.1:0"]
+    assert main([*args, "--tls-cert", str(empty), "--tls-key", str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert "not a PEM certificate chain" in err and err.count("\n") == 1
+    with pytest.raises(InputError, match="not PEM certificates"):
+        open_channel("127.0.0.1:1", tls_ca=empty)
