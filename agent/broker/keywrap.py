@@ -81,13 +81,6 @@ class KeyWrapper:
         except InvalidTag:
             raise UnwrapError("wrapped key does not authenticate", reason="unwrap") from None
 
-    def wrap_v1(self, data_key: bytes, *, key_id: str, model_id: str) -> bytes:
-        """Format 1, as brokers before format 2 wrote it (tests of reading older rows)."""
-        if len(data_key) != DATA_KEY_BYTES:
-            raise InputError(f"data key must be {DATA_KEY_BYTES} bytes")
-        nonce = secrets.token_bytes(_NONCE_BYTES)
-        return _VERSION_1 + nonce + self._aead.encrypt(nonce, data_key, self._aad(key_id, model_id))
-
 
 def model_context(
     *, model_version: int, policy_json: str, policy_digest: str, manifest_digest: bytes

@@ -86,9 +86,6 @@ _TIME_RE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 #: First year ``format_time`` writes itself (``strftime`` pads shorter years per platform).
 _MIN_PLAIN_YEAR = 1000
-#: Three non-empty base64url segments joined by dots and nothing else (``attest.ear``): what
-#: the broker's ``verify_ear`` admits, so every token it acted on can be logged.
-_plain_jws = is_compact_jws
 
 
 class EntryError(ParseError):
@@ -318,7 +315,7 @@ class LogEntry:
                 f"binding must be {MIN_BINDING_BYTES}-{MAX_BINDING_BYTES} bytes", field="binding"
             )
         _label(self.verifier, "verifier", _PRINTABLE_RE, MAX_LABEL_CHARS)
-        if len(self.result) > MAX_RESULT_CHARS or not _plain_jws(self.result):
+        if len(self.result) > MAX_RESULT_CHARS or not is_compact_jws(self.result):
             raise EntryError("result must be a compact JWS (an EAR JWT)", field="result")
         refs = self.blob_refs()
         if len(self.evidence) > MAX_BLOB_REFS or len(self.collateral) > MAX_BLOB_REFS:
@@ -384,7 +381,8 @@ class LogEntry:
         generated entries) for a fifth of the cost, which matters because every entry an
         auditor reads is re-encoded to prove it canonical. Keys in sorted order; every string
         goes through the JSON encoder's own escaping except those that cannot need it (hex,
-        fixed labels, and the result, which ``_plain_jws`` admitted)."""
+        fixed labels, and the result, which ``is_compact_jws`` admitted: what the broker's ``verify_ear``
+        admits, so every token it acted on can be logged)."""
         s = encode_basestring_ascii
         common_tail = f'"nonce":"{self.nonce.hex()}","policy":{_ref_json(self.policy)},'
         end = (

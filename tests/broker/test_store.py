@@ -122,6 +122,17 @@ def test_models_results_releases(tmp_path: Path) -> None:
     assert s.count_releases("r1") == 1
 
 
+def _wrap_format_1(master: bytes, data_key: bytes, *, key_id: str, model_id: str) -> bytes:
+    """A data key wrapped as brokers before format 2 wrote it (version byte 1, AAD of the ids)."""
+    import os
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    nonce = os.urandom(12)
+    aad = KeyWrapper._aad(key_id, model_id)
+    return b"\x01" + nonce + AESGCM(master).encrypt(nonce, data_key, aad)
+
+
 def test_keywrap_binds_ids_and_master_key(tmp_path: Path) -> None:
     key = load_or_create_master_key(tmp_path / "master.key")
     assert (tmp_path / "master.key").stat().st_mode & 0o777 == 0o600
@@ -158,7 +169,7 @@ def test_keywrap_binds_ids_and_master_key(tmp_path: Path) -> None:
     # Format 1 (before contexts) binds no context, so it is read only when the broker is told
     # to: the format byte is in the database, and a saved format-1 blob could otherwise be put
     # back beside any policy, even after the model was registered again in format 2.
-    old = w.wrap_v1(b"\x08" * 32, key_id="k1", model_id="m")
+    old = _wrap_format_1(key, b"\x08" * 32, key_id="k1", model_id="m")
     assert old[0] == 1
     with pytest.raises(UnwrapError, match="format 1") as info:
         w.unwrap(old, key_id="k1", model_id="m", context=ctx)
@@ -228,8 +239,8 @@ def test_models_wrapped_in_format_1_are_listed(tmp_path: Path) -> None:
     )
     for model_id, blob in (
         ("new", w.wrap(bytes(32), key_id="new/v1/a", model_id="new", context=ctx)),
-        ("old-b", w.wrap_v1(bytes(32), key_id="old-b/v1/a", model_id="old-b")),
-        ("old-a", w.wrap_v1(bytes(32), key_id="old-a/v1/a", model_id="old-a")),
+        ("old-b", _wrap_format_1(b"\x02" * 32, bytes(32), key_id="old-b/v1/a", model_id="old-b")),
+        ("old-a", _wrap_format_1(b"\x02" * 32, bytes(32), key_id="old-a/v1/a", model_id="old-a")),
     ):
         s.put_model(ModelRecord(model_id, 1, f"{model_id}/v1/a", blob, "{}", "d", bytes(32)))
     assert s.models_wrapped_in_format(1) == ["old-a", "old-b"]

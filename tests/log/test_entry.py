@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import attest.log.entry as entry_module
+from attest.ear import is_compact_jws
 from attest.errors import InputError, LesseeError
 from attest.log.entry import (
     MAX_ENTRY_BYTES,
@@ -22,7 +23,6 @@ from attest.log.entry import (
     RefusalReason,
     _canonical,
     _parse_time,
-    _plain_jws,
     decode_entry,
 )
 from tests.log.helpers import (
@@ -569,7 +569,7 @@ _JWS_RE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\Z")
 @settings(max_examples=500, deadline=None)
 @given(st.text(alphabet="ab.-_Z9\n!é", max_size=12))
 def test_plain_jws_is_the_strict_form_of_the_pattern(value: str) -> None:
-    plain = _plain_jws(value)
+    plain = is_compact_jws(value)
     assert plain == (_JWS_RE.fullmatch(value) is not None)
     assert not plain or _JWS_RE.match(value) is not None
 
