@@ -57,7 +57,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, SignatureAlgorithmOID
 from attest.concurrency import Deferred, offer, settle
 from attest.errors import InputError, ParseError, RevocationError
 from attest.timeutil import require_aware
-from attest.x509chain import certificate_der, describe, signature_bits_canonical
+from attest.x509chain import (
+    X509_DECODE_ERRORS,
+    certificate_der,
+    describe,
+    signature_bits_canonical,
+)
 
 __all__ = [
     "CLOCK_SKEW",
@@ -904,8 +909,9 @@ class _PendingCheck:
             )
         except _InvalidResponseError as bad:
             return _invalid(self.cert, bad.code, bad.detail, self.data)
-        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-            # cryptography parses lazily: a field it cannot decode surfaces on first access.
+        except (*X509_DECODE_ERRORS, UnsupportedAlgorithm) as exc:
+            # cryptography parses lazily: a field it cannot decode surfaces on first access, a
+            # repeated extension as DuplicateExtension (not a ValueError).
             return _invalid(
                 self.cert, "malformed", f"undecodable OCSP response field: {exc}", self.data
             )
@@ -1035,7 +1041,7 @@ class StapledOcsp:
                 if old is None or this_update > old[0]:
                     self._index[key] = (this_update, der)
                 self._algorithms.add(alg)
-        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        except (*X509_DECODE_ERRORS, UnsupportedAlgorithm) as exc:
             raise ParseError(f"{what} is not a valid DER OCSP response: {exc}") from None
 
     @property
@@ -1132,7 +1138,7 @@ class OcspPrefetch:
                 for position in (i, i + 1):
                     if position not in ders:
                         ders[position] = certificate_der(chain[position])
-            except (ValueError, TypeError, UnsupportedAlgorithm, InputError):
+            except (*X509_DECODE_ERRORS, UnsupportedAlgorithm, InputError):
                 continue  # the chain check raises or reports it at its step, as before
             key = OcspCache.key(
                 der,

@@ -21,8 +21,10 @@ from attest.revocation import (
     MAX_OCSP_RESPONSE_BYTES,
     NVIDIA_DEVICE_OCSP_INDICES,
     OcspCache,
+    StapledOcsp,
     build_ocsp_request,
     cert_id_key,
+    check_chain_revocation,
     check_ocsp_response,
     nvidia_device_ocsp_indices,
     nvidia_rim_ocsp_indices,
@@ -37,9 +39,13 @@ from tests.revocation.pki import (
     SERIAL_LEAF,
     THIS_UPDATE,
     TestPki,
+    _basic,
+    _children,
+    _tlv,
     batch,
     cert_id_hashes,
     make_response,
+    resign,
 )
 
 # --- verified statuses ----------------------------------------------------------------------
@@ -361,6 +367,44 @@ def test_unsuccessful_status(pki: TestPki, cases: dict[str, bytes], name: str) -
 def test_malformed(pki: TestPki, cases: dict[str, bytes]) -> None:
     c = check_ocsp_response(cases["malformed"], cert=pki.leaf, issuer=pki.intermediate, at=NOW)
     assert (c.status, c.ok, c.code) == ("invalid", False, "malformed")
+
+
+def _repeat_response_extensions(pki: TestPki, der: bytes) -> bytes:
+    """``der`` re-signed by the issuer with its responseExtensions listed twice."""
+    tbs = _children(_basic(der)[0])
+    i = next(j for j, part in enumerate(tbs) if part[0] == 0xA1)
+    extensions = _children(_children(tbs[i])[0])
+    tbs[i] = _tlv(0xA1, _tlv(0x30, b"".join(extensions * 2)))
+    return resign(der, pki.intermediate_key, tbs=_tlv(0x30, b"".join(tbs)))
+
+
+def _repeat_single_extension(pki: TestPki, der: bytes) -> bytes:
+    """``der`` re-signed by the issuer with an invalidityDate singleExtension given twice."""
+    tbs = _children(_basic(der)[0])
+    (single,) = _children(tbs[2])
+    invalidity = _tlv(
+        0x30, _tlv(0x06, bytes.fromhex("551d18")) + _tlv(0x04, _tlv(0x18, b"20261001000000Z"))
+    )
+    extended = b"".join(_children(single)) + _tlv(0xA1, _tlv(0x30, invalidity * 2))
+    tbs[2] = _tlv(0x30, _tlv(0x30, extended))
+    return resign(der, pki.intermediate_key, tbs=_tlv(0x30, b"".join(tbs)))
+
+
+@pytest.mark.parametrize("where", ["response", "single"])
+def test_repeated_extension_is_malformed_not_an_exception(pki: TestPki, where: str) -> None:
+    # cryptography decodes extensions on first access and raises DuplicateExtension, which is
+    # not a ValueError: it once escaped the check (and the broker's appraisal) untyped.
+    der = (
+        _repeat_response_extensions(pki, make_response(pki, nonce=NONCE))
+        if where == "response"
+        else _repeat_single_extension(pki, make_response(pki))
+    )
+    c = check_ocsp_response(der, cert=pki.leaf, issuer=pki.intermediate, at=NOW)
+    assert (c.status, c.ok, c.code) == ("invalid", False, "malformed")
+    (checked,) = check_chain_revocation(
+        pki.chain, indices=[0], mode="stapled", source=StapledOcsp([der]), at=NOW
+    )
+    assert (checked.status, checked.code) == ("invalid", "malformed")
 
 
 def test_trailing_byte_refused(pki: TestPki, cases: dict[str, bytes]) -> None:
