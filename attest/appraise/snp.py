@@ -11,10 +11,12 @@ from attest.snp.verify import VerifiedSnpReport
 #: AR4SI claims and the finding fields that feed each.
 SNP_CATEGORIES = {
     "instance-identity": ("snp.report_data",),
-    "hardware": ("snp.product", "snp.signing_key", "snp.tcb"),
+    "hardware": ("snp.product", "snp.signing_key", "snp.tcb", "snp.launch_tcb"),
     "executables": ("snp.measurement",),
     "configuration": ("snp.policy", "snp.vmpl", "snp.platform"),
 }
+
+_TCB_PARTS = ("bootloader", "tee", "snp", "microcode", "fmc")
 
 
 def appraise_snp(
@@ -59,10 +61,10 @@ def appraise_snp(
     judged = [("tcb", verified.tcb)]
     if not policy.unsafe_ignore_launch_tcb and verified.launch_tcb is not None:
         judged.append(("launch_tcb", verified.launch_tcb))
-    for field, tcb in judged:
-        for part in ("bootloader", "tee", "snp", "microcode", "fmc"):
+    for field, judged_tcb in judged:
+        for part in _TCB_PARTS:
             minimum = getattr(minimum_tcb, part)
-            actual = getattr(tcb, part)
+            actual = getattr(judged_tcb, part)
             if actual is None:
                 continue
             c.expect(actual >= minimum, f"snp.{field}.{part}", f">= {minimum}", actual)
@@ -79,7 +81,9 @@ def appraise_snp(
             "vmpl": r.vmpl,
             "debug": r.policy.debug,
             "signing_key": kind,
-            "tcb": {p: getattr(tcb, p) for p in ("bootloader", "tee", "snp", "microcode", "fmc")},
+            # REPORTED_TCB, the TCB the VCEK certifies, whatever else was judged: a host may
+            # lower it below LAUNCH_TCB, and the claim must not then state the higher one.
+            "tcb": {p: getattr(verified.tcb, p) for p in _TCB_PARTS},
         }
     }
     return DeviceAppraisal(name, tuple(c.findings), SNP_CATEGORIES, claims)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
+
 from attest.appraise.snp import appraise_snp
 from attest.binding import SessionBinding
 from attest.ear import Status
@@ -119,6 +121,37 @@ def test_a_guest_launched_under_an_older_tcb_is_held_to_the_minimum(pki) -> None
     assert fields == ["snp.launch_tcb.bootloader", "snp.launch_tcb.snp", "snp.launch_tcb.microcode"]
     lax = policy.model_copy(update={"unsafe_ignore_launch_tcb": True})
     assert appraise_snp(v, lax, binding).status is Status.AFFIRMING
+
+
+@pytest.mark.parametrize(("reported", "launch"), [(100, 115), (115, 100)])
+def test_the_signed_tcb_claim_is_the_reported_tcb_whatever_is_judged(  # type: ignore[no-untyped-def]
+    pki, reported: int, launch: int
+) -> None:
+    """``ear.lessee.snp.tcb`` states REPORTED_TCB (what the VCEK certifies), in both
+    directions and whether or not LAUNCH_TCB is judged: it once named LAUNCH_TCB whenever that
+    was judged, so a host that lowered REPORTED_TCB got a signed claim of the higher TCB."""
+    from agent.emulation.snp import SnpTcb
+
+    v = _emulated(pki, tcb=SnpTcb(microcode=reported), launch_tcb=SnpTcb(microcode=launch))
+    binding = SessionBinding(report_data=b"\x22" * 64, gpu_nonce=bytes(32))
+    policy = SnpPolicy(allowed_measurements=("11" * 48,))
+    for p in (policy, policy.model_copy(update={"unsafe_ignore_launch_tcb": True})):
+        claim = appraise_snp(v, p, binding).claims["ear.lessee.snp"]
+        assert isinstance(claim, dict) and claim["tcb"]["microcode"] == reported
+
+
+def test_a_launch_tcb_below_the_minimum_lowers_the_hardware_claim(pki) -> None:  # type: ignore[no-untyped-def]
+    """A ``snp.launch_tcb.*`` reject is about the hardware, as a ``snp.tcb.*`` one: the
+    trust vector's ``hardware`` claim says so (it said affirming while the status did not)."""
+    from agent.emulation.snp import SnpTcb
+
+    v = _emulated(pki, tcb=SnpTcb(microcode=115), launch_tcb=SnpTcb(microcode=100))
+    binding = SessionBinding(report_data=b"\x22" * 64, gpu_nonce=bytes(32))
+    policy = SnpPolicy(allowed_measurements=("11" * 48,), minimum_tcb=SnpMinimumTcb(microcode=110))
+    a = appraise_snp(v, policy, binding)
+    assert [f.field for f in a.findings] == ["snp.launch_tcb.microcode"]
+    assert a.status is Status.CONTRAINDICATED
+    assert a.trust_vector()["hardware"] == 96
 
 
 def test_minimum_tcb_by_product_replaces_the_common_minimum_for_its_line() -> None:
