@@ -67,11 +67,16 @@ from attest.tdx.quote import parse_quote
 from attest.tdx.verify import verify_quote
 from attest.x509chain import ChainCache, load_pem_chain
 
+#: Every claim a GPU or NVSwitch submodule carries falls under one of these, so a relying-party
+#: policy that rejects on any claim (``hwmodel``, ``ueid``, ...) lowers a trust-vector claim too
+#: (tested over the real report's claims).
 GPU_CATEGORIES = {
     "instance-identity": (
         "x-nvidia-gpu-attestation-report-nonce-match",
         "gpu.nonce",
         "x-nvidia-switch-attestation-report-nonce-match",
+        "eat_nonce",
+        "ueid",
     ),
     "hardware": (
         "x-nvidia-gpu-attestation-report",
@@ -81,6 +86,9 @@ GPU_CATEGORIES = {
         "gpu.arch",
         "gpu.cc_mode",
         "gpu.count",
+        "hwmodel",
+        "oemid",
+        "x-lessee-fwid-binding",
     ),
     "executables": (
         "measres",
@@ -88,8 +96,16 @@ GPU_CATEGORIES = {
         "x-nvidia-gpu-vbios",
         "x-nvidia-switch-bios",
         "gpu.minimum",
+        "secboot",
     ),
-    "configuration": ("gpu.devtools", "topology", "device"),
+    "configuration": (
+        "gpu.devtools",
+        "topology",
+        "device",
+        "dbgstat",
+        "x-nvidia-ver",
+        "x-lessee-revocation-mode",
+    ),
 }
 
 

@@ -343,3 +343,19 @@ def test_skip_rim_match_downgrades_exactly_the_rim_matching_failures() -> None:
     strict = gpu_policy()
     out = _gpu_policy_findings(result, strict.gpu, _bundle(), strict)
     assert all(f.severity is Severity.REJECT for f in out if f.field in skippable + kept)
+
+
+def test_a_reject_on_any_claim_lowers_a_trust_vector_claim() -> None:
+    """A relying-party policy may reject on any claim of the submodule (``hwmodel``, ``ueid``,
+    ``oemid``, ...): each must fall under a trust-vector claim, or the signed submodule said
+    contraindicated with every trust-vector claim affirming."""
+    real = _gpu()
+    assert real.claims and "hwmodel" in real.claims
+    for name in real.claims:
+        rejected = DeviceAppraisal(
+            real.name,
+            (Finding(real.name, name, "x", "y", severity=Severity.REJECT),),
+            real.categories,
+            real.claims,
+        )
+        assert 96 in rejected.trust_vector().values(), name
