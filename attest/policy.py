@@ -74,13 +74,16 @@ class MissingRevocation(StrEnum):
 
 
 class TdxTcbStatus(StrEnum):
+    """The TCB statuses a policy may accept. ``Revoked`` is not one of them: Intel revoked that
+    TCB, and a revoked platform is refused whatever the policy says (as a revoked certificate
+    is). The ``OutOfDate*`` statuses weaken the check and are listed by ``unsafe_settings``."""
+
     UP_TO_DATE = "UpToDate"
     SW_HARDENING_NEEDED = "SWHardeningNeeded"
     CONFIGURATION_NEEDED = "ConfigurationNeeded"
     CONFIGURATION_AND_SW_HARDENING_NEEDED = "ConfigurationAndSWHardeningNeeded"
     OUT_OF_DATE = "OutOfDate"
     OUT_OF_DATE_CONFIGURATION_NEEDED = "OutOfDateConfigurationNeeded"
-    REVOKED = "Revoked"
 
 
 class SnpMinimumTcb(_Strict):
@@ -406,6 +409,12 @@ class Policy(_Strict):
             out.append("roots.extra_trusted_sha256")
         if self.snp is not None and self.snp.allowed_platform_info_unknown_bits:
             out.append("snp.allowed_platform_info_unknown_bits")
+        if self.tdx is not None:
+            out += [
+                f"tdx.accepted_tcb_statuses={s.value}"
+                for s in self.tdx.accepted_tcb_statuses
+                if s.value.startswith("OutOfDate")
+            ]
         return out
 
 

@@ -72,3 +72,39 @@ def test_collateral_older_than_the_policy_allows_is_a_finding() -> None:
         "tdx.collateral.qe_identity.age",
     }
     assert stale.status is Status.CONTRAINDICATED
+
+
+def test_a_policy_cannot_accept_a_revoked_tcb_and_outdated_ones_are_unsafe() -> None:
+    """``Revoked`` once loaded as an accepted status, affirmed a revoked platform and was not
+    listed as unsafe. It no longer loads; each ``OutOfDate*`` status accepted is listed."""
+    import dataclasses
+
+    import pytest
+
+    from attest.errors import InputError
+    from attest.policy import load_policy
+    from attest.tdx.verify import TcbStatus
+
+    def doc(*statuses: str) -> str:
+        return __import__("json").dumps(
+            {
+                "name": "t",
+                "cpu_tees": ["tdx"],
+                "tdx": {"unsafe_any_mrtd": True, "accepted_tcb_statuses": list(statuses)},
+            }
+        )
+
+    with pytest.raises(InputError, match="accepted_tcb_statuses"):
+        load_policy(doc("UpToDate", "Revoked"))
+    lax = load_policy(doc("UpToDate", "OutOfDate", "OutOfDateConfigurationNeeded"))
+    assert {"tdx.accepted_tcb_statuses=OutOfDate"} <= set(lax.unsafe_settings())
+    assert "tdx.accepted_tcb_statuses=OutOfDateConfigurationNeeded" in lax.unsafe_settings()
+    assert load_policy(doc("UpToDate", "SWHardeningNeeded")).unsafe_settings() == [
+        "tdx.unsafe_any_mrtd"
+    ]
+    v = _verified("tdx_quote")
+    revoked = dataclasses.replace(
+        v, evaluation=dataclasses.replace(v.evaluation, status=TcbStatus.REVOKED)
+    )
+    assert lax.tdx is not None
+    assert appraise_tdx(revoked, lax.tdx, _b(v)).status is Status.CONTRAINDICATED
