@@ -18,8 +18,10 @@ def parse_iso8601(text: str) -> datetime:
     """Parse an ISO-8601 time as given on a command line; a bare date means midnight UTC."""
     try:
         value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError as exc:
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        # In range locally but not in UTC (9999-12-31T23:59-01:00): OverflowError, not an
+        # internal error.
+        return value.astimezone(UTC)
+    except (ValueError, OverflowError) as exc:
         raise InputError(f"not an ISO-8601 time: {text!r}") from exc
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)

@@ -45,8 +45,12 @@ def detect_format(data: bytes) -> str:
     """'snp' or 'tdx', from the leading bytes; InputError if neither."""
     if len(data) >= 8:
         version = int.from_bytes(data[0:2], "little")
+        key_type = int.from_bytes(data[2:4], "little")
         tee_type = int.from_bytes(data[4:8], "little")
-        if version in (4, 5) and tee_type == 0x81:
+        # The attestation key type (2, ECDSA-256-with-P-256) too: an SNP report's first four
+        # bytes are its 32-bit VERSION and the next four its GUEST_SVN, which the guest owner
+        # picks, so a v5 report with GUEST_SVN 0x81 matched version and TEE type alone.
+        if version in (4, 5) and key_type == 2 and tee_type == 0x81:
             return "tdx"
     if len(data) == SNP_REPORT_SIZE and int.from_bytes(data[0:4], "little") in (2, 3, 5):
         return "snp"

@@ -148,3 +148,30 @@ def test_inspect(capsys: pytest.CaptureFixture[str]) -> None:
     doc = json.loads(capsys.readouterr().out)
     assert doc["report"]["policy"]["debug"] is False
     assert doc["report"]["tcb"]["reported"] == "0300000000000873"  # v2: product not known yet
+
+
+def test_a_v5_report_whose_guest_svn_is_0x81_is_still_snp(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A TDX quote's first bytes are version (u16), key type (u16, always 2) and TEE type
+    (u32, 0x81); an SNP report's are VERSION (u32) and GUEST_SVN (u32, the guest owner's
+    choice). With version and TEE type alone, a v5 report of GUEST_SVN 0x81 was read as a
+    TDX quote and refused as malformed. (Detection precedes the signature: the edit is fine.)"""
+    from agent.cli.cpu import detect_format
+
+    raw = bytearray(gsg_report())
+    raw[0:4] = (5).to_bytes(4, "little")
+    raw[4:8] = (0x81).to_bytes(4, "little")
+    assert detect_format(bytes(raw)) == "snp"
+    p = tmp_path / "v5.bin"
+    p.write_bytes(bytes(raw))
+    assert main(["cpu", "inspect", str(p)]) == 0
+    assert "SEV-SNP" in capsys.readouterr().out
+
+
+def test_an_out_of_range_time_is_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
+    """In range where written, out of range in UTC: an InputError (exit 2), once an internal
+    error (OverflowError, exit 1)."""
+    for at in ("9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00"):
+        assert main(["cpu", "verify", *VIRTEE_ARGS, "--at", at]) == 2
+        assert "not an ISO-8601 time" in capsys.readouterr().err
