@@ -32,6 +32,7 @@ import hashlib
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,7 @@ from agent.audit.bundle import BundleWriter
 from attest.errors import InputError, LesseeError, VerificationError
 from attest.log.checkpoint import format_checkpoint, verify_checkpoint
 from attest.log.entry import LogEntry
-from attest.log.merkle import MerkleTree, leaf_hash
+from attest.log.merkle import EMPTY_ROOT, MerkleTree, leaf_hash
 from attest.log.note import SIGNATURE_PREFIX, NoteSigner, sign_note
 
 #: Version of the database layout, stored in ``meta``; a newer layout is refused, an older one
@@ -177,9 +178,25 @@ class _CheckpointSigner:
 _STOP = object()
 
 
+#: How long opening waits for another process that is switching a fresh database to WAL.
+WAL_SWITCH_WAIT_S = 5.0
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
+    # Switching a fresh file to WAL answers "database is locked" at once, without the busy
+    # timeout, while another process switches it (the broker's first start racing an
+    # ``export-log``): wait for it as for any other lock.
+    deadline = time.monotonic() + WAL_SWITCH_WAIT_S
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                conn.close()
+                raise
+            time.sleep(0.01)
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
@@ -222,30 +239,87 @@ class LogStore:
     # ---- opening -------------------------------------------------------------------------
 
     def _open(self) -> None:
+        """Create the log if it is new, then load it from one snapshot.
+
+        Another process may hold the same database: the broker serving it while ``export-log``
+        opens it, or two that start on a fresh file at once. So the first-time rows (identity,
+        checkpoint 0) are written under the write lock after checking again that nobody wrote
+        them, and the entries and the newest checkpoint are read in one read transaction: read
+        one statement at a time, a batch the broker committed in between made the checkpoint
+        newer than the entries just read, a false ``store_checkpoint`` alarm."""
         db = self._db
         db.executescript(_SCHEMA)
-        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-        vkey = self._verifier.vkey().encode()
-        if not meta:
-            db.execute("BEGIN IMMEDIATE")
-            db.executemany(
-                "INSERT INTO meta VALUES (?, ?)",
-                [
-                    ("schema", str(SCHEMA_VERSION).encode()),
-                    ("origin", self.origin.encode()),
-                    ("vkey", vkey),
-                ],
-            )
+        self._initialise()
+        db.execute("BEGIN")  # deferred: the first SELECT fixes the snapshot every read sees
+        try:
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+            migrate = self._check_identity(meta)
+            if not migrate:
+                self._load(db)
+        finally:
             db.execute("COMMIT")
-        else:
-            if meta.get("schema") not in (b"1", str(SCHEMA_VERSION).encode()):
-                raise LogIntegrityError("unsupported log database schema", reason="store_schema")
-            if meta.get("origin") != self.origin.encode() or meta.get("vkey") != vkey:
-                raise LogIntegrityError(
-                    "log database belongs to another origin or log key", reason="store_identity"
+        if migrate:
+            self._migrate_1_to_2()
+            db.execute("BEGIN")
+            try:
+                self._load(db)
+            finally:
+                db.execute("COMMIT")
+
+    def _initialise(self) -> None:
+        """The identity rows and the signed empty checkpoint of a new log, in one transaction
+        under the write lock (checked again there); nothing for a log that has both. (A log an
+        older version created wrote them in two transactions: one stopped in between gets its
+        checkpoint 0 here.)"""
+        db = self._db
+
+        def missing() -> tuple[bool, bool]:
+            no_meta = db.execute("SELECT 1 FROM meta LIMIT 1").fetchone() is None
+            no_checkpoint = db.execute("SELECT 1 FROM checkpoints LIMIT 1").fetchone() is None
+            return no_meta, no_checkpoint
+
+        if missing() == (False, False):
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            no_meta, no_checkpoint = missing()
+            if not no_meta:  # never sign into another log's database
+                self._check_identity(dict(db.execute("SELECT key, value FROM meta").fetchall()))
+            if no_meta:
+                db.executemany(
+                    "INSERT INTO meta VALUES (?, ?)",
+                    [
+                        ("schema", str(SCHEMA_VERSION).encode()),
+                        ("origin", self.origin.encode()),
+                        ("vkey", self._verifier.vkey().encode()),
+                    ],
                 )
-            if meta.get("schema") == b"1":
-                self._migrate_1_to_2()
+            # Entries without any checkpoint are not a new log: ``_load`` refuses them.
+            if no_checkpoint and db.execute("SELECT 1 FROM entries LIMIT 1").fetchone() is None:
+                db.execute(
+                    "INSERT INTO checkpoints VALUES (0, ?, ?)",
+                    (EMPTY_ROOT, self._checkpoint_signer.sign(0, EMPTY_ROOT)),
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    def _check_identity(self, meta: dict[str, bytes]) -> bool:
+        """Refuse another log's database; True if it is schema 1 (to migrate)."""
+        if meta.get("schema") not in (b"1", str(SCHEMA_VERSION).encode()):
+            raise LogIntegrityError("unsupported log database schema", reason="store_schema")
+        if meta.get("origin") != self.origin.encode() or meta.get("vkey") != (
+            self._verifier.vkey().encode()
+        ):
+            raise LogIntegrityError(
+                "log database belongs to another origin or log key", reason="store_identity"
+            )
+        return meta.get("schema") == b"1"
+
+    def _load(self, db: sqlite3.Connection) -> None:
+        """The tree and the newest checkpoint, which must sign it (inside a read transaction)."""
         hashes: list[bytes] = []
         for expected, (idx, h) in enumerate(
             db.execute("SELECT idx, leaf_hash FROM entries ORDER BY idx")
@@ -258,13 +332,9 @@ class LogStore:
             "SELECT size, root, note FROM checkpoints ORDER BY size DESC LIMIT 1"
         ).fetchone()
         if row is None:
-            if self._tree.size:
-                raise LogIntegrityError("entries without a checkpoint", reason="store_checkpoint")
-            self._checkpoint, self._size = self._sign(0), 0
-            db.execute(
-                "INSERT INTO checkpoints VALUES (0, ?, ?)", (self._tree.root(0), self._checkpoint)
+            raise LogIntegrityError(
+                f"no checkpoint for the {self._tree.size} stored entries", reason="store_checkpoint"
             )
-            return
         size, root, note = row
         if size != self._tree.size or root != self._tree.root():
             raise LogIntegrityError(
@@ -276,7 +346,7 @@ class LogStore:
             raise LogIntegrityError(
                 "checkpoint note disagrees with its row", reason="store_checkpoint"
             )
-        self._checkpoint, self._size = note, size
+        self._checkpoint, self._size = bytes(note), int(size)
 
     def _migrate_1_to_2(self) -> None:
         db = self._db

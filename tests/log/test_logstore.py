@@ -354,3 +354,64 @@ def test_blob_supplied_earlier_in_the_same_group(tmp_path: Path) -> None:
         with pytest.raises(InputError):
             store.blob(hashlib.sha256(ev_f).digest())
         assert len(store.checkpoints()) == 3  # empty, "first", one for the group
+
+
+def test_opening_a_log_another_store_appends_to_reads_one_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``export-log`` opens the log.db the broker serves. Opening read the entries and the
+    newest checkpoint in two statements, so a batch committed in between made the checkpoint
+    newer than the entries: a false ``store_checkpoint`` alarm. Here the serving store appends
+    exactly there (when the opener builds its tree); the opener must see one snapshot."""
+    import agent.logstore as logstore_module
+
+    db = tmp_path / "log.db"
+    with LogStore(db, LOG_SIGNER) as serving:
+        for i in range(5):
+            serving.append(*make_entry(i))
+        real_tree = logstore_module.MerkleTree
+
+        def tree_then_append(hashes: Sequence[bytes]) -> merkle.MerkleTree:
+            tree = real_tree(hashes)
+            if hashes:  # the opener, between its read of the entries and of the checkpoint
+                serving.append(*make_entry(len(hashes)))
+            return tree
+
+        monkeypatch.setattr(logstore_module, "MerkleTree", tree_then_append)
+        with LogStore(db, LOG_SIGNER) as opened:
+            assert opened.size == 5  # the snapshot it read, signed
+        monkeypatch.setattr(logstore_module, "MerkleTree", real_tree)
+        assert serving.size == 6
+    with LogStore(db, LOG_SIGNER) as reopened:
+        assert reopened.size == 6
+
+
+def test_processes_opening_one_fresh_log_at_once_all_succeed(tmp_path: Path) -> None:
+    """Two processes on a fresh log.db (a broker's first start and an ``export-log``): the
+    first-time rows were check-then-insert in separate statements (a UNIQUE constraint failed
+    in the loser) and the WAL switch answered "database is locked" without waiting."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    for round_ in range(8):
+        db = tmp_path / f"log{round_}.db"
+        barrier = ctx.Barrier(3)
+        results = ctx.Queue()
+        procs = [ctx.Process(target=_open_once, args=(db, barrier, results)) for _ in range(3)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        outcomes = [results.get(timeout=10) for _ in procs]
+        assert outcomes == ["ok"] * 3, outcomes
+        with LogStore(db, LOG_SIGNER) as log:
+            assert log.size == 0
+
+
+def _open_once(db: Path, barrier: Any, results: Any) -> None:
+    barrier.wait()
+    try:
+        LogStore(db, LOG_SIGNER).close()
+        results.put("ok")
+    except Exception as exc:
+        results.put(f"{type(exc).__name__}: {exc}")
