@@ -372,6 +372,48 @@ def test_malformed_rims_raise_rim_parse_error(name: str) -> None:
     assert "root:" not in str(err.value)  # no file content ever leaks into a message
 
 
+def _with_root_attributes(data: bytes, extra: bytes) -> bytes:
+    head, rest = data.split(b"<SoftwareIdentity ", 1)
+    return head + b"<SoftwareIdentity" + extra + b" " + rest
+
+
+def test_namespace_and_attribute_floods_are_refused_before_canonicalisation() -> None:
+    """A stapled RIM whose root declared ~15,000 namespaces (still under MAX_RIM_BYTES) cost
+    minutes of CPU in canonicalisation, before any signature or certificate was judged, per
+    device it was offered for; ~27,000 attributes on Meta cost seconds. Both are refused by
+    count, at once; the real RIMs are well inside the bounds (6 declarations, 12 attributes)."""
+    import time
+
+    from attest.nvidia.rim_parse import (
+        MAX_ELEMENT_ATTRIBUTES,
+        MAX_NAMESPACE_DECLARATIONS,
+        parse_rim_with_content,
+    )
+
+    for path in ALL_RIMS:
+        assert path.read_bytes().count(b"xmlns") <= MAX_NAMESPACE_DECLARATIONS // 4
+    declarations = b"".join(b' xmlns:q%x="u:"' % i for i in range(14000))
+    flood = _with_root_attributes(driver_bytes(), declarations)
+    assert len(flood) <= MAX_RIM_BYTES
+    attributes = b"".join(b' a%x=""' % i for i in range(MAX_ELEMENT_ATTRIBUTES + 1))
+    crowded = driver_bytes().replace(b"<ns0:Meta ", b"<ns0:Meta" + attributes + b" ", 1)
+    for doc, what in ((flood, "namespaces"), (crowded, "attributes")):
+        start = time.process_time()
+        with pytest.raises(RimParseError, match=what):
+            parse_rim_with_content(doc)
+        assert time.process_time() - start < 1.0  # the flood took ~12 s to canonicalise
+    # At the bounds the canonical form is cheap and the parse goes on to its next check.
+    near = _with_root_attributes(
+        driver_bytes(),
+        b"".join(
+            b' xmlns:q%d="u:%d"' % (i, i)
+            for i in range(MAX_NAMESPACE_DECLARATIONS - driver_bytes().count(b"xmlns"))
+        ),
+    )
+    rim, content = parse_rim_with_content(near)
+    assert rim.version == "545.00" and content
+
+
 def test_xml_declaration_utf8_is_accepted() -> None:
     rim = parse_rim(b'<?xml version="1.0" encoding="UTF-8"?>\n' + driver_bytes())
     assert rim.version == "545.00"
