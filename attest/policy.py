@@ -277,6 +277,7 @@ class TdxPolicy(_Strict):
 
 
 class GpuPolicy(_Strict):
+    DIGEST_OMITTED_AT_DEFAULT: ClassVar[frozenset[str]] = frozenset({"stapled_rims"})
     architectures: tuple[Literal["HOPPER", "BLACKWELL"], ...] = (
         "HOPPER",
         "BLACKWELL",
@@ -291,6 +292,11 @@ class GpuPolicy(_Strict):
     unsafe_allow_devtools: bool = False
     allowed_ocsp_statuses: tuple[Literal["good", "certificate_hold"], ...] = ("good",)
     ppcie_topology_required: bool = False
+    #: Use RIMs the host staples to the evidence (true), or only those the broker holds (its
+    #: --rims directory, NVIDIA's RIM service): NVIDIA has signed more than one RIM for some
+    #: VBIOS ids (a test build's and the production one), and a host that staples one when the
+    #: broker holds none picks which golden values apply.
+    stapled_rims: bool = True
     #: NVIDIA relying-party policies (JSON objects, versions 3.0/4.0, at most one for GPUs and
     #: one for NVSwitches) applied to each device's NVIDIA claims on top of lessee's checks.
     nvidia_relying_party_policies: tuple[dict[str, Any], ...] = Field(default=(), max_length=2)

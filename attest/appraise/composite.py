@@ -661,7 +661,8 @@ def _appraise_devices(
         findings += _declared_count_findings(bundle, gpu)
         findings.append(Finding("enclave", "gpu.evidence", "readable certificate chains", str(exc)))
         return [], findings
-    rims = [r for d in (*bundle.gpus, *bundle.switches) for r in d.rims] + list(ctx.rims)
+    stapled_rims = [r for d in (*bundle.gpus, *bundle.switches) for r in d.rims]
+    rims = (stapled_rims if gpu.stapled_rims else []) + list(ctx.rims)
     ocsp = [o for d in (*bundle.gpus, *bundle.switches) for o in d.ocsp_responses]
     try:
         stapled = ctx.stapled(ocsp)

@@ -359,3 +359,29 @@ def test_a_reject_on_any_claim_lowers_a_trust_vector_claim() -> None:
             real.claims,
         )
         assert 96 in rejected.trust_vector().values(), name
+
+
+def test_stapled_rims_can_be_refused_for_the_brokers_own() -> None:
+    """``gpu.stapled_rims: false``: only RIMs the broker holds are used. NVIDIA signed a test
+    build's VBIOS RIM under the same id as the production one, with other golden values, so a
+    host that staples one when the broker holds none chooses which applies."""
+    from attest.appraise.composite import AppraisalContext
+
+    stapled = _bundle(gpus=(DeviceEvidenceIn("HOPPER", LEGACY_REPORT, LEGACY_CHAIN, rims=RIMS),))
+
+    def gpu0(policy: object, context: AppraisalContext | None = None) -> DeviceAppraisal:
+        devices, findings = appraise_bundle(stapled, _binding(), policy, RIM_ERA, context=context)  # type: ignore[arg-type]
+        assert findings == ()
+        return devices[1]
+
+    used = gpu0(gpu_policy())
+    assert used.claims["x-nvidia-gpu-driver-rim-fetched"] is True
+    refused = gpu0(gpu_policy(stapled_rims=False))
+    assert refused.claims["x-nvidia-gpu-driver-rim-fetched"] is False
+    assert refused.status is Status.CONTRAINDICATED
+    held = gpu0(gpu_policy(stapled_rims=False), AppraisalContext(rims=RIMS))
+    assert held.claims["x-nvidia-gpu-driver-rim-fetched"] is True
+    assert held.findings == used.findings
+    # Left at its default the field does not enter the digest: existing policies keep theirs.
+    assert gpu_policy().digest == gpu_policy(stapled_rims=True).digest
+    assert gpu_policy().digest != gpu_policy(stapled_rims=False).digest
