@@ -231,6 +231,10 @@ def is_compact_jws(value: str) -> bool:
     return 0 < first < second - 1 and second < len(raw) - 1 and raw.find(b".", second + 1) < 0
 
 
+#: The order of the P-256 group (SEC 2), for low-S signatures.
+_P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
 def _alg_for(key: SigningKey | VerifyingKey) -> str:
     if isinstance(key, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
         return "EdDSA"
@@ -262,6 +266,10 @@ def issue_ear(result: AttestationResult, key: SigningKey, *, kid: str | None = N
         sig = key.sign(signing_input)
     else:
         r, s = decode_dss_signature(key.sign(signing_input, ec.ECDSA(hashes.SHA256())))
+        # Low S: (r, n - s) verifies too, so a token has a second spelling; issuing only the
+        # low one makes every token this code signs the canonical one. (Readers accept both:
+        # tokens already issued and logged are either.)
+        s = min(s, _P256_ORDER - s)
         sig = r.to_bytes(32, "big") + s.to_bytes(32, "big")
     return signing_input.decode("ascii") + "." + _b64u(sig)
 

@@ -102,6 +102,17 @@ def test_round_trip(key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey)
     assert res.profile == LESSEE_PROFILE
 
 
+def test_es256_tokens_are_issued_with_low_s() -> None:
+    """(r, n - s) verifies as well as (r, s): issuing only the low S gives each token one
+    spelling from its issuer (readers still accept both, for tokens issued before)."""
+    order = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+    key = ec.generate_private_key(ec.SECP256R1())
+    for _ in range(64):  # a random S is high half of the time: 64 draws all low by chance: 2^-64
+        sig = issue_ear(_result(), key).split(".")[2]
+        s = int.from_bytes(base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4))[32:], "big")
+        assert 0 < s <= order // 2
+
+
 def test_expired_wrong_nonce_wrong_key_and_other_signer() -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     token = issue_ear(_result(), key)

@@ -598,6 +598,10 @@ class EntryReplay:
     findings: tuple[Finding, ...] = ()
     #: From the verified EAR (None where it did not verify).
     result_id: str | None = None
+    #: SHA-256 of what the issuer signed (the JWS signing input, ``header.payload``), not of
+    #: the whole token: an ES256 signature has a twin, (r, n - s), that verifies as well, so
+    #: anyone holding a token can spell it a second way; releasing on the twin is releasing
+    #: on the same result.
     result_sha256: bytes | None = None
     enclave_key_sha256: bytes | None = None
     model_id: str | None = None
@@ -817,7 +821,7 @@ class EntryReplayer:
         enclave_key = claims.enclave_key or b""
         facts.update(
             result_id=claims.result_id,
-            result_sha256=hashlib.sha256(e.result.encode("ascii")).digest(),
+            result_sha256=hashlib.sha256(e.result.rsplit(".", 1)[0].encode("ascii")).digest(),
             enclave_key_sha256=hashlib.sha256(enclave_key).digest(),
             expires_at=claims.expires_at,
             model_id=(

@@ -651,3 +651,43 @@ def test_a_result_with_the_enclave_submodule_replays_clean(fresh: Built) -> None
     assert report.ok, [f.line() for f in report.all_findings]
     assert report.entries[0].logged_status is Status.CONTRAINDICATED
     assert report.entries[0].verdict_equal
+
+
+def _twin(token: str) -> str:
+    """The token with its ES256 signature's other spelling, (r, n - s): it verifies too."""
+    import base64
+
+    order = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+    head, payload, sig = token.split(".")
+    raw = base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4))
+    s = int.from_bytes(raw[32:], "big")
+    twin = raw[:32] + (order - s).to_bytes(32, "big")
+    return f"{head}.{payload}." + base64.urlsafe_b64encode(twin).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize("spent_by", ["release", "refusal"])
+def test_a_result_spelled_with_its_signature_twin_is_the_same_result(
+    tmp_path: Path, spent_by: str
+) -> None:
+    """Anyone holding a token can respell its ES256 signature as (r, n - s); the broker takes
+    it (it verifies) and logs the text it acted on. The replay compared whole tokens and so
+    accused an honest broker (``release_result_differs`` / ``refusal_result_differs``); it now
+    compares what the broker signed."""
+    from attest.ear import verify_ear
+
+    b = build(tmp_path, stand_in=True)
+    try:
+        token = b.attest(evidence())
+        twin = _twin(token)
+        assert twin != token
+        assert verify_ear(twin, VERIFIER_KEY.public_key(), at=b.clock()).result_id
+        if spent_by == "release":
+            b.release(twin)
+        else:
+            b.release(token)
+            with pytest.raises(ReleaseRefusedError):
+                b.release(twin)  # result_used, logged as a refusal of the twin's text
+        report = _replay(b)
+        assert report.ok, [(f.code, f.message) for f in report.findings]
+    finally:
+        b.close()
