@@ -45,7 +45,7 @@ from attest.binding import (
     derive_session_binding,
     parse_binding_claim,
 )
-from attest.bundle import EvidenceBundle
+from attest.bundle import MAX_BUNDLE_BYTES, EvidenceBundle
 from attest.ear import (
     MODEL_ID_CLAIM,
     AttestationResult,
@@ -246,6 +246,15 @@ class Broker:
         model, policy, policy_digest = self._model(model_id)
         # A key we could never seal to is refused (before the nonce is spent).
         decoded = HpkePublicKey.decode(enclave_public_key)
+        # The exact bytes the log archives, which the audit replay (and a zero-trust client)
+        # read back with ``load_bundle``: a bundle whose JSON that refuses is refused here, before
+        # the nonce is spent (the protobuf limit alone let one through: base64 is 4/3 larger).
+        bundle_bytes = bundle.to_json()
+        if len(bundle_bytes) > MAX_BUNDLE_BYTES:
+            raise InputError(
+                f"evidence bundle is {len(bundle_bytes)} bytes as archived (JSON); the limit is "
+                f"{MAX_BUNDLE_BYTES}"
+            )
         now = self.clock()
         issued_for = self.store.consume_nonce(nonce, now=now.timestamp())
         if issued_for != model_id:
@@ -294,7 +303,6 @@ class Broker:
             )
         )
         policy_bytes = model.policy_json.encode()
-        bundle_bytes = bundle.to_json()
         collateral = [
             (BlobRef.of(role, media, data), data) for role, media, data in appraisal.collateral
         ]
