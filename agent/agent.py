@@ -31,7 +31,6 @@ import base64
 import binascii
 import dataclasses
 import hashlib
-import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -57,6 +56,7 @@ from attest.binding import (
 from attest.bundle import EvidenceBundle
 from attest.ear import MAX_TOKEN_BYTES, Status, VerifyingKey, verify_ear
 from attest.errors import InputError, LesseeError, VerificationError
+from attest.jsonutil import load_json
 from attest.log.entry import EntryKind, decode_entry
 from attest.log.entryproof import verify_entry_inclusion
 from attest.log.note import NoteVerifier
@@ -316,9 +316,11 @@ def _unverified_claims(token: str) -> dict[str, Any]:
         raise InputError("attestation result is not a compact JWS")
     try:
         payload = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
-        claims = json.loads(payload)
     except (binascii.Error, ValueError) as exc:
         raise InputError("attestation result payload is not base64url JSON") from exc
+    # The strict reader: bounded nesting (a deep payload raised RecursionError), no duplicate
+    # keys, UTF-8 only; its errors are InputError too.
+    claims = load_json(payload, what="attestation result payload")
     if not isinstance(claims, dict):
         raise InputError("attestation result payload is not a JSON object")
     return claims

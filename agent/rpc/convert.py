@@ -426,13 +426,18 @@ class ReleaseReply:
     log_verified: bool = False
 
 
+#: 9999-12-31T23:59:59Z: the last second ``datetime`` can hold (an int64 field can say more,
+#: and ``fromtimestamp`` then raises ValueError or OSError, not a ConvertError).
+MAX_UNIX_TIME = 253402300799
+
+
 def challenge_reply_from_proto(msg: broker_pb2.ChallengeResponse) -> ChallengeReply:
     reject_unknown_fields(msg)
     label = msg.protocol_label
     if not label or len(label.encode()) > MAX_LABEL_BYTES:
         raise ConvertError(f"protocol_label must be 1..{MAX_LABEL_BYTES} bytes")
-    if msg.expires_at_unix <= 0:
-        raise ConvertError("expires_at_unix is required")
+    if not 0 < msg.expires_at_unix <= MAX_UNIX_TIME:
+        raise ConvertError(f"expires_at_unix must be 1..{MAX_UNIX_TIME}")
     return ChallengeReply(
         nonce=_bytes(msg.nonce, "nonce", lo=MIN_NONCE_BYTES, hi=MAX_NONCE_BYTES),
         expires_at=datetime.fromtimestamp(msg.expires_at_unix, UTC),

@@ -149,6 +149,14 @@ def test_client_side_replies_are_checked() -> None:
         convert.challenge_reply_from_proto(
             broker_pb2.ChallengeResponse(nonce=b"n" * 32, expires_at_unix=1, protocol_label="")
         )
+    # Past what a datetime holds: a ConvertError, once an untyped ValueError/OSError.
+    for when in (300_000_000_000, 2**62, -1):
+        with pytest.raises(convert.ConvertError, match="expires_at_unix"):
+            convert.challenge_reply_from_proto(
+                broker_pb2.ChallengeResponse(
+                    nonce=b"n" * 32, expires_at_unix=when, protocol_label="lessee/v2/key-release"
+                )
+            )
 
 
 def test_error_table_maps_each_family() -> None:
