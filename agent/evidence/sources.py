@@ -41,6 +41,7 @@ from typing import Any, Protocol
 
 from attest.bundle import MAX_ITEM_BYTES, DeviceEvidenceIn, SnpEvidenceIn, TdxEvidenceIn
 from attest.errors import InputError, LesseeError, ParseError
+from attest.snp.report import REPORT_SIZE as SNP_REPORT_SIZE
 from attest.snp.verify import MAX_AMD_CERT_INPUT_BYTES, MAX_CRL_BYTES
 from attest.tdx.collateral import MAX_COLLATERAL_JSON_BYTES, parse_collateral_json
 from attest.tdx.quote import MAX_QUOTE_BUFFER_BYTES
@@ -92,6 +93,18 @@ class CpuEvidenceSource(Protocol):
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise HardwareUnavailableError(message)
+
+
+def _nvml_blob(buffer: Any, size: int, index: int, what: str) -> bytes:
+    """The ``size`` bytes NVML says it wrote into ``buffer``: none, or more than the buffer
+    holds (a slice would cut them silently), is a driver fault, said here rather than as a
+    refusal from the broker after the nonce is spent."""
+    _require(
+        0 < size <= len(buffer),
+        f"NVML returned a {what} of {size} bytes for GPU {index} (its buffer holds "
+        f"{len(buffer)}): a driver fault",
+    )
+    return bytes(buffer[:size])
 
 
 class NvmlGpuSource:
@@ -149,8 +162,12 @@ class NvmlGpuSource:
             handle = self._call("nvmlDeviceGetHandleByIndex", i)
             report = self._call("nvmlDeviceGetConfComputeGpuAttestationReport", handle, nonce)
             certs = self._call("nvmlDeviceGetConfComputeGpuCertificate", handle)
-            report_bytes = bytes(report.attestationReport[: report.attestationReportSize])
-            chain = bytes(certs.attestationCertChain[: certs.attestationCertChainSize])
+            report_bytes = _nvml_blob(
+                report.attestationReport, report.attestationReportSize, i, "attestation report"
+            )
+            chain = _nvml_blob(
+                certs.attestationCertChain, certs.attestationCertChainSize, i, "certificate chain"
+            )
             arch_code = int(self._call("nvmlDeviceGetArchitecture", handle))
             arch = {9: "HOPPER", 10: "BLACKWELL"}.get(arch_code, f"ARCH{arch_code}")
             out.append(
@@ -312,7 +329,13 @@ class TsmCpuSource:
                 quote = _generate(entry, report_data, "TDX quote", MAX_QUOTE_BUFFER_BYTES)
                 _require(bool(quote), "configfs-tsm returned an empty TDX quote")
                 return TdxEvidenceIn(quote=quote, collateral_json=collateral)
+            _set_privlevel(entry)
             outblob = _generate(entry, report_data, "SEV-SNP report", MAX_TSM_BLOB_BYTES)
+            _require(
+                len(outblob) == SNP_REPORT_SIZE,
+                f"configfs-tsm returned a {len(outblob)}-byte SEV-SNP report; a report is "
+                f"{SNP_REPORT_SIZE} bytes (a guest driver or firmware fault)",
+            )
             aux = entry / "auxblob"
             try:
                 aux_bytes = _read_bounded(aux) if aux.exists() else b""
@@ -355,6 +378,40 @@ def _generation_failed(what: str, exc: OSError) -> HardwareUnavailableError:
         f"({exc.strerror or type(exc).__name__}): the firmware or host refused the request, or "
         "another process used the same report entry; try again"
     )
+
+
+#: The privilege levels an SEV-SNP report may be requested at (VMPL 0-3).
+_MAX_PRIVLEVEL = 3
+
+
+def _set_privlevel(entry: Path) -> None:
+    """Request the SEV-SNP report at the guest's own VMPL.
+
+    A new entry asks for VMPL 0. Under an SVSM the guest runs at a higher VMPL, which
+    ``privlevel_floor`` names; the firmware refuses a report for a level below the caller's, so
+    every request failed (EINVAL, said as "try again"). The broker's ``snp.allowed_vmpls``
+    decides whether that level is acceptable. Without the attribute (no SVSM, older kernel)
+    nothing is written."""
+    floor_file = entry / "privlevel_floor"
+    if not floor_file.exists():
+        return
+    try:
+        text = _read_bounded(floor_file, 16).decode("ascii", "replace").strip()
+    except OSError as exc:
+        raise _generation_failed("SEV-SNP report (privlevel_floor)", exc) from None
+    _require(
+        text.isdigit() and int(text) <= _MAX_PRIVLEVEL,
+        f"configfs-tsm privlevel_floor is {text[:16]!r}, not a VMPL 0..{_MAX_PRIVLEVEL}",
+    )
+    if int(text) == 0:
+        return
+    try:
+        (entry / "privlevel").write_text(text)
+    except OSError as exc:
+        raise HardwareUnavailableError(
+            f"configfs-tsm refused privlevel {text} (the guest's VMPL, from privlevel_floor): "
+            f"{exc.strerror or type(exc).__name__}"
+        ) from None
 
 
 def _generate(entry: Path, report_data: bytes, what: str, limit: int) -> bytes:

@@ -49,8 +49,15 @@ class _FakeNvml:
     NVML_CC_SYSTEM_FEATURE_ENABLED = 1
     NVML_CC_SYSTEM_DEVTOOLS_MODE_ON = 1
 
-    def __init__(self, fail: str | None = None, cc: int = 1) -> None:
+    def __init__(
+        self,
+        fail: str | None = None,
+        cc: int = 1,
+        report_size: int | None = None,
+        chain_size: int | None = None,
+    ) -> None:
         self.fail, self.cc = fail, cc
+        self.report_size, self.chain_size = report_size, chain_size
 
     def _maybe_fail(self, name: str) -> None:
         if name == self.fail:
@@ -75,11 +82,15 @@ class _FakeNvml:
     def nvmlDeviceGetConfComputeGpuAttestationReport(self, handle: int, nonce: bytes) -> object:
         self._maybe_fail("nvmlDeviceGetConfComputeGpuAttestationReport")
         data = b"report" + nonce
-        return SimpleNamespace(attestationReport=data + bytes(8), attestationReportSize=len(data))
+        size = len(data) if self.report_size is None else self.report_size
+        return SimpleNamespace(attestationReport=data + bytes(8), attestationReportSize=size)
 
     def nvmlDeviceGetConfComputeGpuCertificate(self, handle: int) -> object:
         self._maybe_fail("nvmlDeviceGetConfComputeGpuCertificate")
-        return SimpleNamespace(attestationCertChain=b"chain" + bytes(8), attestationCertChainSize=5)
+        size = 5 if self.chain_size is None else self.chain_size
+        return SimpleNamespace(
+            attestationCertChain=b"chain" + bytes(8), attestationCertChainSize=size
+        )
 
 
 def _nvml_source(monkeypatch: pytest.MonkeyPatch, fake: _FakeNvml) -> NvmlGpuSource:
@@ -118,3 +129,22 @@ def test_nvml_call_failures_are_hardware_errors(monkeypatch: pytest.MonkeyPatch,
     if call == "nvmlSystemGetConfComputeState":
         with pytest.raises(HardwareUnavailableError, match="NVML"):
             source.cc_state()
+
+
+@pytest.mark.parametrize(
+    ("sizes", "what"),
+    [
+        ({"report_size": 0}, "attestation report of 0 bytes"),
+        ({"report_size": 4096}, "attestation report of 4096 bytes"),
+        ({"chain_size": 0}, "certificate chain of 0 bytes"),
+        ({"chain_size": 65536}, "certificate chain of 65536 bytes"),
+    ],
+)
+def test_nvml_sizes_outside_the_buffer_are_driver_faults(
+    monkeypatch: pytest.MonkeyPatch, sizes: dict[str, int], what: str
+) -> None:
+    """An empty report or chain went to the broker (a nonce spent, a contraindicated entry
+    logged) and a size past NVML's buffer was cut by the slice without a word."""
+    source = _nvml_source(monkeypatch, _FakeNvml(**sizes))
+    with pytest.raises(HardwareUnavailableError, match=f"{what} for GPU 0.*driver fault"):
+        source.collect(bytes(32))

@@ -236,10 +236,12 @@ class FakeTsm:
         provider: str,
         outblob: bytes,
         auxblob: bytes | None,
+        attributes: dict[str, bytes] | None = None,
     ) -> None:
         self.root = root
         self.entries: list[Path] = []
         self.inblob: bytes | None = None
+        self.privlevel: bytes | None = None
         real_mkdir: Callable[..., None] = Path.mkdir
 
         def mkdir(path: Path, *args: Any, **kwargs: Any) -> None:
@@ -250,11 +252,15 @@ class FakeTsm:
                 (path / "outblob").write_bytes(outblob)
                 if auxblob is not None:
                     (path / "auxblob").write_bytes(auxblob)
+                for name, value in (attributes or {}).items():
+                    (path / name).write_bytes(value)
 
         def rmdir(path: Path) -> None:
             for child in Path(path).iterdir():
                 if child.name == "inblob":
                     self.inblob = child.read_bytes()
+                if child.name == "privlevel":
+                    self.privlevel = child.read_bytes()
                 child.unlink()
             Path(path).rmdir()
 
@@ -339,4 +345,57 @@ def test_source_malformed_auxblob_is_parse_error(
 def test_source_refuses_unknown_provider(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _, root = _fake(tmp_path, monkeypatch, provider="arm_cca_guest", outblob=b"x", auxblob=None)
     with pytest.raises(HardwareUnavailableError, match="arm_cca_guest"):
+        TsmCpuSource(root).collect(REPORT_DATA)
+
+
+@pytest.mark.parametrize(("floor", "written"), [(None, None), (b"0\n", None), (b"2\n", b"2")])
+def test_the_report_is_requested_at_the_guests_own_vmpl(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, floor: bytes | None, written: bytes | None
+) -> None:
+    """Under an SVSM the guest runs at VMPL ``privlevel_floor``; a new entry asks for VMPL 0,
+    which the firmware refuses, so every request failed ("try again"). The floor is written to
+    ``privlevel`` before ``inblob``; none (no SVSM, older kernel) or 0 writes nothing."""
+    fake, root = _fake(
+        tmp_path,
+        monkeypatch,
+        provider="sev_guest",
+        outblob=virtee_report(),
+        auxblob=None,
+        attributes={} if floor is None else {"privlevel_floor": floor},
+    )
+    assert isinstance(TsmCpuSource(root).collect(REPORT_DATA), SnpEvidenceIn)
+    assert fake.privlevel == written and fake.inblob == REPORT_DATA
+
+
+@pytest.mark.parametrize("floor", [b"4\n", b"x\n", b"-1\n"])
+def test_a_privlevel_floor_that_is_not_a_vmpl_is_a_hardware_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, floor: bytes
+) -> None:
+    _, root = _fake(
+        tmp_path,
+        monkeypatch,
+        provider="sev_guest",
+        outblob=virtee_report(),
+        auxblob=None,
+        attributes={"privlevel_floor": floor},
+    )
+    with pytest.raises(HardwareUnavailableError, match="privlevel_floor"):
+        TsmCpuSource(root).collect(REPORT_DATA)
+    assert list(root.iterdir()) == []
+
+
+@pytest.mark.parametrize("size", [0, 10, 1183, 1185])
+def test_a_report_that_is_not_1184_bytes_is_refused_at_the_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    """Only the 256 KiB ceiling was checked: an empty or short outblob went to the broker,
+    which spent the nonce on it (a TDX quote was already refused when empty)."""
+    _, root = _fake(
+        tmp_path,
+        monkeypatch,
+        provider="sev_guest",
+        outblob=(virtee_report() + bytes(1))[:size],
+        auxblob=None,
+    )
+    with pytest.raises(HardwareUnavailableError, match=f"{size}-byte SEV-SNP report"):
         TsmCpuSource(root).collect(REPORT_DATA)
