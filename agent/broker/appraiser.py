@@ -78,6 +78,12 @@ class CompositeAppraiser:
         ctx = context if context is not None else AppraisalContext()
         self._held = _snapshot(ctx)
         self._reload_lock = threading.Lock()
+        #: The newest thisUpdate held for each (kind, product) since this broker started,
+        #: kept when a reload drops the list: a reload that dropped it and then one that
+        #: brought an older list back would otherwise go back in time in two steps.
+        self._crl_high_water: dict[tuple[SigningKey, Product], datetime] = {
+            key: held_crl_dates(crl)[0] for key, crl in ctx.amd_crls.items()
+        }
         # Candidate roots in archive order, each with its DER and digest, computed once: they
         # are fixed for the appraiser's life (a reload changes RIMs and CRLs only), and
         # encoding and hashing them per Attest was a visible part of it (issue #5).
@@ -99,21 +105,20 @@ class CompositeAppraiser:
         ``attest.snp.verify.load_held_crl``).
 
         Refused with ``InputError``, holding what it held, if a list would go back in time:
-        a CRL whose thisUpdate is older than that of the list held for the same kind and
-        product. A rollback is how a list made before a revocation would come back.
+        a CRL whose thisUpdate is older than that of any list held for the same kind and
+        product since the broker started (one dropped by an earlier reload included). A
+        rollback is how a list made before a revocation would come back.
         """
         with self._reload_lock:
             old = self._held.context
-            for key, crl in sorted(amd_crls.items()):
-                held = old.amd_crls.get(key)
-                if held is None or held == crl:
-                    continue
-                was, now = held_crl_dates(held)[0], held_crl_dates(crl)[0]
-                if now < was:
+            dates = {key: held_crl_dates(crl)[0] for key, crl in amd_crls.items()}
+            for key, now in sorted(dates.items()):
+                was = self._crl_high_water.get(key)
+                if was is not None and now < was:
                     raise InputError(
                         f"{held_crl_name(*key)}: thisUpdate {now.isoformat()} is older than "
-                        f"the held list's ({was.isoformat()}); a reload never goes back to "
-                        "an older list"
+                        f"the held list's ({was.isoformat()}; one an earlier reload dropped "
+                        "counts); a reload never goes back to an older list"
                     )
             ctx = old.sharing_caches(
                 rims=rims,
@@ -122,6 +127,8 @@ class CompositeAppraiser:
                 amd_crls=amd_crls,
             )
             self._held = _snapshot(ctx)  # one reference swapped: appraisals see old or new
+            for key, now in dates.items():
+                self._crl_high_water[key] = max(now, self._crl_high_water.get(key, now))
         dropped = tuple(held_crl_name(*key) for key in sorted(old.amd_crls) if key not in amd_crls)
         return _report(ctx, dropped)
 

@@ -158,6 +158,25 @@ def test_a_reload_never_goes_back_to_an_older_list(
     running.reload_held_collateral()
 
 
+def test_a_rollback_in_two_reloads_is_refused_too(
+    running: RunningBroker, setup: Setup, crl_dir: Path
+) -> None:
+    """Drop the revoking list (allowed), then bring the older one back: nothing was held to
+    compare with, so the list from before the revocation was held again and the revoked ASK's
+    report affirmed. The newest list held since start still counts."""
+    newer = _revoking(setup, datetime.now(UTC))
+    (crl_dir / "vcek-Milan.crl").write_bytes(newer)
+    running.reload_held_collateral()
+    (crl_dir / "vcek-Milan.crl").unlink()
+    assert running.reload_held_collateral().amd_crls_dropped == ("vcek-Milan",)
+    (crl_dir / "vcek-Milan.crl").write_bytes(_older(setup))
+    with pytest.raises(InputError, match=r"vcek-Milan: thisUpdate .* is older than the held"):
+        running.reload_held_collateral()
+    (crl_dir / "vcek-Milan.crl").write_bytes(newer)  # the newest list back is fine
+    running.reload_held_collateral()
+    assert _cpu(running, setup) == (Status.CONTRAINDICATED, ["revoked"], newer)
+
+
 def test_a_dropped_list_is_reported_and_the_evidence_list_applies_again(
     running: RunningBroker, setup: Setup, crl_dir: Path
 ) -> None:
