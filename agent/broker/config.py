@@ -53,7 +53,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from agent.broker.keywrap import load_or_create_master_key
+from agent.broker.keywrap import create_private, load_or_create_master_key
 from attest.errors import InputError
 from attest.log.note import (
     SIG_TYPE_ED25519,
@@ -170,19 +170,9 @@ def _check_private_db(path: Path) -> None:
 
 
 def _create_private(path: Path, data: bytes) -> bool:
-    """Create ``path`` (0600, exclusive) holding ``data``; False if it already existed."""
-    try:
-        fd = os.open(
-            path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600
-        )
-    except FileExistsError:
-        return False
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return True
+    """Create ``path`` (0600) holding ``data``, whole or not at all; False if it already existed
+    (``keywrap.create_private``)."""
+    return create_private(path, data)
 
 
 def _write_public(path: Path, data: bytes) -> None:

@@ -98,28 +98,48 @@ def model_context(
     )
 
 
+def create_private(path: Path, data: bytes) -> bool:
+    """Create ``path`` (0600) holding ``data``, whole or not at all; False if it existed.
+
+    Written and synced under a hidden temporary name, then linked to ``path`` (which fails if
+    the name exists, so the first of two creators wins) and the directory synced: a broker
+    killed while creating its keys left an empty key file under the final name, and then
+    never started again (each key loader refuses an empty file)."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+    finally:
+        os.unlink(tmp)
+    dir_fd = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return True
+
+
 def load_or_create_master_key(path: Path) -> bytes:
     """Read the master key file, creating it (0600, 32 random bytes) if it does not exist.
 
     Refuses a file that others can read: a master key readable by the group or world is a leak.
     """
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        mode = path.stat().st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise InputError(
-                f"{path}: master key file must not be accessible by group/others (chmod 600)"
-            ) from None
-        key = path.read_bytes()
-        if len(key) != MASTER_KEY_BYTES:
-            raise InputError(
-                f"{path}: master key file must hold exactly {MASTER_KEY_BYTES} bytes"
-            ) from None
-        return key
-    key = secrets.token_bytes(MASTER_KEY_BYTES)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key)
-        f.flush()
-        os.fsync(f.fileno())
+    fresh = secrets.token_bytes(MASTER_KEY_BYTES)
+    if create_private(path, fresh):
+        return fresh
+    if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise InputError(
+            f"{path}: master key file must not be accessible by group/others (chmod 600)"
+        )
+    key = path.read_bytes()
+    if len(key) != MASTER_KEY_BYTES:
+        raise InputError(f"{path}: master key file must hold exactly {MASTER_KEY_BYTES} bytes")
     return key

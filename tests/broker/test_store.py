@@ -280,3 +280,33 @@ def test_claim_refusal_once_per_result_and_reason_across_reopen(tmp_path: Path) 
     s.forget_refusal(result_id="r1", reason="not_affirming")
     assert s.claim_refusal(result_id="r1", reason="not_affirming", refused_at=NOW)
     s.close()
+
+
+@pytest.mark.parametrize("name", ["master.key", "ear-signing.pem", "log-note.key"])
+def test_a_broker_killed_while_creating_its_keys_starts_next_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """Each key file was opened O_EXCL under its final name and then written: a kill in
+    between left an empty file there, and every later start was refused (it must hold a key).
+    Now a key appears under its name whole or not at all (written under a hidden name,
+    synced, then linked); the kill is simulated at the link of the named key."""
+    from agent.broker import keywrap
+    from agent.broker.config import MASTER_KEY, prepare_state_dir
+
+    state = tmp_path / "state"
+    real_link = os.link
+
+    def killed_at(src: object, dst: object, *args: object, **kwargs: object) -> None:
+        if Path(str(dst)).name == name:
+            raise KeyboardInterrupt  # stands in for SIGKILL: nothing after it runs
+        real_link(src, dst, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(keywrap.os, "link", killed_at)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_state_dir(state)
+    assert not (state / name).exists()
+    monkeypatch.setattr(keywrap.os, "link", real_link)
+    keys = prepare_state_dir(state)  # the restart completes the first-time setup
+    assert len(keys.master_key) == 32 and (state / MASTER_KEY).stat().st_size == 32
+    assert prepare_state_dir(state).master_key == keys.master_key
+    assert [p.name for p in state.iterdir() if p.name.endswith(".tmp")] == []
