@@ -67,7 +67,6 @@ def _serve(args: argparse.Namespace) -> int:
         allow_wrap_format_1=args.allow_wrap_format_1,
     )
     configure_json_logging(sys.stderr)
-    running = serve_broker(config)
     stop = threading.Event()
     reload_wanted = threading.Event()
     wake = threading.Event()
@@ -79,8 +78,17 @@ def _serve(args: argparse.Namespace) -> int:
         (reload_wanted if signum == hup else stop).set()
         wake.set()
 
+    # Before the broker starts: a SIGHUP (a cron job's fetch-amd-crls --notify-pid) or SIGTERM
+    # in the start-up window took the default action and killed a broker already serving. A
+    # flag set meanwhile is acted on once it runs (a reload then, a stop at once).
     handled = (signal.SIGTERM, signal.SIGINT) + ((hup,) if hup is not None else ())
     previous = {s: signal.signal(s, on_signal) for s in handled}
+    try:
+        running = serve_broker(config)
+    except BaseException:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        raise
     try:
         print(
             f"lessee broker: listening on {running.target}"

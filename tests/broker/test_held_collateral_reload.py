@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -289,3 +290,39 @@ def test_sighup_reloads_the_serving_broker(setup: Setup, crl_dir: Path, tmp_path
     assert events.count("held_collateral_reload_failed") == 2
     assert events[-1] == "broker_stopped"
     assert setup.crl.hex() not in text
+
+
+def test_a_sighup_while_the_broker_starts_reloads_instead_of_killing_it(
+    crl_dir: Path, tmp_path: Path
+) -> None:
+    """The handlers were installed only after the broker was serving: a SIGHUP in between (a
+    cron job's ``fetch-amd-crls --notify-pid`` right after a restart) took the default action
+    and killed it. Here the signal comes from inside the start itself."""
+    child = textwrap.dedent(
+        f"""
+        import os, signal, sys
+        import agent.rpc.server as server
+        real = server.serve_broker
+        def serve_broker(config):
+            os.kill(os.getpid(), signal.SIGHUP)
+            return real(config)
+        server.serve_broker = serve_broker
+        from agent.cli.main import main
+        sys.exit(main(["broker", "serve", "--state", {str(tmp_path / "s")!r},
+                       "--listen", "127.0.0.1:0", "--amd-crls", {str(crl_dir)!r}]))
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", child], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert "listening on 127.0.0.1:" in proc.stdout.readline()
+        assert proc.stdout.readline().startswith("lessee broker: reloaded")
+        proc.terminate()
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
