@@ -296,8 +296,12 @@ class SqliteBrokerStore:
     def issue_nonce(self, nonce: bytes, *, model_id: str, now: float, expires_at: float) -> None:
 
         def change(db: sqlite3.Connection) -> None:
-            if now >= self._next_purge:  # runs under the write lock
-                db.execute(
+            # Also when ``now`` is behind the last purge by more than the interval: the clock
+            # stepped back (an RTC ahead at boot, then NTP), and waiting for it to catch up
+            # let unauthenticated Challenges grow the table for as long as the step.
+            last = self._next_purge - NONCE_PURGE_INTERVAL_SECONDS
+            if now >= self._next_purge or now < last - NONCE_PURGE_INTERVAL_SECONDS:
+                db.execute(  # runs under the write lock
                     "DELETE FROM nonces WHERE expires_at < ?", (now - NONCE_PURGE_AFTER_SECONDS,)
                 )
                 self._next_purge = now + NONCE_PURGE_INTERVAL_SECONDS

@@ -137,6 +137,21 @@ def test_purge_runs_at_most_once_per_interval_and_still_purges(tmp_path: Path) -
     assert s.consume_nonce(b"new", now=later) == "m"
 
 
+def test_a_clock_stepped_back_does_not_stop_the_purge(tmp_path: Path) -> None:
+    """One reading from a year ahead set the next purge a year ahead: after the clock stepped
+    back (NTP correcting an RTC) nothing was purged until it caught up."""
+    s = SqliteBrokerStore(tmp_path / "b.db")
+    year = 365 * 24 * 3600.0
+    s.issue_nonce(b"ahead", model_id="m", now=NOW + year, expires_at=NOW + year + 60)
+    s.issue_nonce(b"old", model_id="m", now=NOW, expires_at=NOW + 1)
+    later = NOW + NONCE_PURGE_AFTER_SECONDS + 10  # still far behind the reading a year ahead
+    s.issue_nonce(b"new", model_id="m", now=later, expires_at=later + 60)
+    with pytest.raises(NonceError) as e:
+        s.consume_nonce(b"old", now=later)
+    assert e.value.reason == "nonce_unknown"  # purged
+    assert s.consume_nonce(b"new", now=later) == "m"
+
+
 def test_many_threads_single_use(tmp_path: Path) -> None:
     s = SqliteBrokerStore(tmp_path / "b.db")
     nonces = [i.to_bytes(2, "big") for i in range(100)]
