@@ -121,6 +121,9 @@ MAX_CACHED_ROOT_DIGESTS = 64
 #: Verified AMD chains (VCEK/VLEK -> ASK/ASVK) the context's ChainCache keeps: one per SNP host
 #: and TCB of the fleet.
 MAX_CACHED_SNP_CHAINS = 512
+#: Trust-anchor sets (device root, RIM root) with verifier caches of their own: a broker has
+#: at most a few (pinned and emulation roots); an audited log names its roots per entry.
+MAX_CACHED_ANCHOR_SETS = 8
 #: Stapled OCSP sets (every response of one bundle) kept built. A server's agent refreshes its
 #: GPUs' answers together, so a broker sees one set per server per refresh period.
 MAX_CACHED_STAPLED_SETS = 64
@@ -240,7 +243,9 @@ class AppraisalContext:
     #: evidence's CRL for a report of that kind and product (``verify_snp_report``'s
     #: ``held_crls``), since the host could send the other, equally valid, list.
     amd_crls: Mapping[tuple[SigningKey, Product], bytes] = field(default_factory=dict)
-    _caches: dict[tuple[str, str], VerifierCaches] = field(default_factory=dict, repr=False)
+    _caches: OrderedDict[tuple[str, str], VerifierCaches] = field(
+        default_factory=OrderedDict, repr=False
+    )
     rim_parses: RimParseCache = field(default_factory=RimParseCache, repr=False)
     pem_chains: _Memo[bytes, tuple[tuple[x509.Certificate, ...], Arch | None]] = field(
         default_factory=lambda: _Memo(MAX_CACHED_CERT_INPUTS), repr=False
@@ -291,6 +296,13 @@ class AppraisalContext:
                     device_root=anchors.nvidia_device_root, rim_root=anchors.nvidia_rim_root
                 )
                 self._caches[key] = caches
+                # The least recently used set goes: the audit replay takes each entry's roots
+                # from the log, which a hostile one can vary per entry (a miss only starts
+                # with empty caches again).
+                while len(self._caches) > MAX_CACHED_ANCHOR_SETS:
+                    self._caches.popitem(last=False)
+            else:
+                self._caches.move_to_end(key)
             return caches
 
     def load_pem_chain(self, data: bytes) -> tuple[tuple[x509.Certificate, ...], Arch | None]:

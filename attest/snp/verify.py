@@ -45,7 +45,7 @@ from datetime import datetime
 from enum import StrEnum
 from functools import cache, lru_cache
 from importlib import resources
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -148,8 +148,35 @@ MAX_PRODUCT_NAME_LEN = 64
 #: Facts derived from one certificate (DER hash, algorithm check, AMD extensions) are memoised,
 #: keyed by the certificate (cryptography hashes and compares certificates by their DER), so a
 #: broker verifying the same VCEK again skips the work. Failures raise and are never cached.
-#: A fleet has one VCEK per chip and TCB; this bounds memory, not correctness.
-MAX_CACHED_CERT_FACTS = 4096
+#: A fleet has one VCEK per chip and TCB; this bounds memory, not correctness. Only
+#: certificates of AMD's size are kept (theirs are ~1.5 KiB): the facts are taken before the
+#: chain is checked, so a caller can send certificates of its own, and 4096 kept of up to 64
+#: KiB each held ~0.5 GiB after the evidence was refused.
+MAX_CACHED_CERT_FACTS = 512
+MAX_MEMOISED_CERT_BYTES = 4096
+
+_R = TypeVar("_R")
+
+
+class _SmallCertMemo(Generic[_R]):
+    """``fn`` memoised (LRU, ``MAX_CACHED_CERT_FACTS``) for certificates of at most
+    ``MAX_MEMOISED_CERT_BYTES`` (to be signed); a larger one is computed each time and never
+    kept."""
+
+    def __init__(self, fn: Callable[[x509.Certificate], _R]) -> None:
+        self._fn = fn
+        self._cached = lru_cache(maxsize=MAX_CACHED_CERT_FACTS)(fn)
+        self.__doc__ = fn.__doc__
+
+    def __call__(self, cert: x509.Certificate) -> _R:
+        if len(cert.tbs_certificate_bytes) > MAX_MEMOISED_CERT_BYTES:
+            return self._fn(cert)
+        return self._cached(cert)
+
+    def kept(self) -> int:
+        """How many certificates' facts are held now."""
+        return self._cached.cache_info().currsize
+
 
 _SERIAL_ZERO_WARNING = r"Parsed a serial number which wasn't positive"
 #: ``warnings.catch_warnings`` swaps process-wide state; serialise our own loads around it.
@@ -251,7 +278,7 @@ def classify(cert: x509.Certificate) -> tuple[CertRole, Product | None]:
     raise InputError(f"certificate '{name}' is not an AMD SEV-SNP certificate")
 
 
-@lru_cache(maxsize=MAX_CACHED_CERT_FACTS)
+@_SmallCertMemo
 def _sha256_der(cert: x509.Certificate) -> str:
     return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
 
@@ -304,7 +331,7 @@ def _der_tlv(buf: bytes, pos: int, what: str) -> tuple[int, int, int]:
     return tag, start, start + length
 
 
-@lru_cache(maxsize=MAX_CACHED_CERT_FACTS)
+@_SmallCertMemo
 def _check_amd_signature_algorithm(cert: x509.Certificate) -> None:
     """Outer and TBS signature AlgorithmIdentifiers must both be AMD's RSASSA-PSS/SHA-384."""
     der = cert.public_bytes(Encoding.DER)
@@ -380,7 +407,7 @@ class AmdCertExtensions:
         }
 
 
-@lru_cache(maxsize=MAX_CACHED_CERT_FACTS)
+@_SmallCertMemo
 def parse_amd_extensions(cert: x509.Certificate) -> AmdCertExtensions:
     """Read the AMD OIDs (1.3.6.1.4.1.3704.1.*) of a VCEK/VLEK strictly."""
 
