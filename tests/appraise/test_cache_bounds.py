@@ -41,7 +41,9 @@ def test_verifier_caches_are_kept_for_a_bounded_number_of_trust_anchor_sets() ->
     """The audit replay takes each entry's roots from the log: a hostile log varying them per
     entry made the replay keep a full set of verifier caches per entry (~150 KiB each)."""
     ctx = AppraisalContext()
-    anchors = [TrustAnchors(_cert(1 + i), _cert(1000 + i)) for i in range(MAX_CACHED_ANCHOR_SETS + 5)]
+    anchors = [
+        TrustAnchors(_cert(1 + i), _cert(1000 + i)) for i in range(MAX_CACHED_ANCHOR_SETS + 5)
+    ]
     first = ctx.caches_for(anchors[0])
     for a in anchors[1:]:
         ctx.caches_for(a)
