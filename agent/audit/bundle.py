@@ -33,7 +33,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from attest.errors import ParseError
+from attest.errors import InputError, ParseError
+from attest.jsonutil import load_json
 from attest.log.entry import MAX_BLOB_SIZE, MAX_ENTRY_BYTES
 from attest.log.note import MAX_NOTE_BYTES
 
@@ -388,10 +389,12 @@ class Bundle:
 
     @staticmethod
     def _parse_manifest(data: bytes) -> Manifest:
-        try:
-            obj: Any = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise BundleError("manifest is not JSON", field=MANIFEST_NAME) from exc
+        try:  # the strict reader: bounded nesting (RecursionError escaped), no duplicate keys
+            obj: Any = load_json(data, what="manifest")
+        except InputError as exc:
+            raise BundleError(
+                f"manifest is not acceptable JSON: {exc}", field=MANIFEST_NAME
+            ) from None
         keys = {"format", "version", "origin", "tree_size", "log_vkey"}
         if not isinstance(obj, dict) or set(obj) != keys:
             raise BundleError(f"manifest must have exactly {sorted(keys)}", field=MANIFEST_NAME)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
@@ -22,7 +23,7 @@ def load_signing_key(path: str) -> SigningKey:
     """A P-256 or Ed25519 private key in PEM (PKCS#8 or SEC1)."""
     try:
         key = serialization.load_pem_private_key(_read(path), password=None)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:  # e.g. an unknown curve
         raise InputError(f"{path}: not an unencrypted PEM private key") from exc
     if isinstance(key, ed25519.Ed25519PrivateKey) or (
         isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1)
@@ -45,7 +46,7 @@ def load_verifying_key(path: str) -> VerifyingKey:
             raise InputError(f"{path}: {exc}") from None
     try:
         key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:  # e.g. an unknown curve
         raise InputError(f"{path}: not a PEM public key or JWK") from exc
     if isinstance(key, ed25519.Ed25519PublicKey) or (
         isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import sys
 from pathlib import Path
@@ -40,6 +39,7 @@ from agent.bounded_read import read_bounded
 from agent.cli._common import seconds_type
 from attest.ear import VerifyingKey, public_key_from_jwk
 from attest.errors import InputError
+from attest.jsonutil import load_json
 from attest.policy import MAX_POLICY_BYTES
 from sealing.stream.bundle import MAX_BUNDLE_LEN
 
@@ -59,22 +59,21 @@ MAX_CA_FILE_BYTES = 1024 * 1024
 
 def load_broker_key(path: str) -> VerifyingKey:
     """The broker's EAR verification key: a PEM public key (Ed25519 or P-256) or a JWK."""
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
     data = read_bounded(path, MAX_KEY_FILE_BYTES, "broker key")
     text = data.strip()
     if text.startswith(b"{"):
-        try:
-            jwk = json.loads(text)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise InputError(f"{path}: not a JSON Web Key") from None
+        # The strict reader: typed errors for deep nesting, huge numbers, duplicate keys.
+        jwk = load_json(text, what=f"{path}: JSON Web Key")
         if not isinstance(jwk, dict):
             raise InputError(f"{path}: not a JSON Web Key")
         return public_key_from_jwk(jwk)
     try:
         key = load_pem_public_key(data)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):  # e.g. an unknown curve
         raise InputError(f"{path}: not a PEM public key or JWK") from None
     if isinstance(key, ed25519.Ed25519PublicKey):
         return key

@@ -38,7 +38,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from lxml import etree
 
 from attest.errors import ParseError
-from attest.x509chain import signed_der_canonical
+from attest.x509chain import X509_DECODE_ERRORS, signed_der_canonical
 
 #: Largest RIM accepted. NVIDIA's are about 20 KiB (64 resources, up to 4 alternatives); 256 KiB
 #: leaves room for bigger parts without letting a hostile file cost real parse time.
@@ -619,8 +619,8 @@ def _load_certificate(der: bytes, field: str) -> x509.Certificate:
         _ = (cert.subject, cert.issuer, cert.not_valid_before_utc, cert.not_valid_after_utc)
         _ = (cert.extensions, cert.signature_hash_algorithm, cert.serial_number)
         cert.public_key()
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise _err(f"malformed certificate: {str(exc)[:120]}", field) from None
+    except (*X509_DECODE_ERRORS, UnsupportedAlgorithm) as exc:  # DuplicateExtension is no
+        raise _err(f"malformed certificate: {str(exc)[:120]}", field) from None  # ValueError
     if not signed_der_canonical(der):  # as every certificate lessee loads (x509chain)
         raise _err("malformed certificate: signature BIT STRING is not DER (unused bits)", field)
     return cert

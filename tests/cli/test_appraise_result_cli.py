@@ -237,3 +237,64 @@ def test_appraise_uses_binding_version_2_unless_told_version_1(
         "switches": state.switches,
     }
     assert BINDING_CLAIM not in claims(["--binding-v1"])
+
+
+def _unknown_curve(der: bytes) -> bytes:
+    """``der`` with the P-256 curve OID turned into one cryptography does not know."""
+    p256 = bytes.fromhex("2a8648ce3d030107")
+    assert p256 in der
+    return der.replace(p256, bytes.fromhex("2a8648ce3d030163"))
+
+
+def test_keys_on_an_unknown_curve_and_hostile_jwks_are_input_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """cryptography answers a well-formed key on a curve it does not know with
+    UnsupportedAlgorithm (no ValueError): the CLI's key loaders and the broker's EAR key
+    loader said "internal error"; the client's broker-key JWK reader used json.loads
+    (RecursionError, ValueError past the digit limit)."""
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from agent.broker.config import _load_or_create_ear_key
+    from agent.cli._keys import load_signing_key, load_verifying_key
+    from agent.cli.client import load_broker_key
+    from attest.errors import InputError
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    spki = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    pkcs8 = key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+    def pem(label: str, der: bytes) -> Path:
+        path = tmp_path / f"{label.replace(' ', '_')}.pem"
+        body = base64.encodebytes(der).decode()
+        path.write_text(f"-----BEGIN {label}-----\n{body}-----END {label}-----\n")
+        path.chmod(0o600)
+        return path
+
+    public, private = (
+        pem("PUBLIC KEY", _unknown_curve(spki)),
+        pem("PRIVATE KEY", _unknown_curve(pkcs8)),
+    )
+    for load, path in (
+        (load_verifying_key, public),
+        (load_broker_key, public),
+        (load_signing_key, private),
+    ):
+        with pytest.raises(InputError):
+            load(str(path))  # type: ignore[operator]
+    with pytest.raises(InputError):
+        _load_or_create_ear_key(private)
+    for body in (b'{"a": ' + b"[" * 30_000 + b"]" * 30_000 + b"}", b'{"x": ' + b"9" * 5000 + b"}"):
+        jwk = tmp_path / "broker.jwk"
+        jwk.write_bytes(body)
+        with pytest.raises(InputError):
+            load_broker_key(str(jwk))
+    assert main(["result", "verify", "a.b.c", "--verifier-key", str(public)]) == 2
+    assert "internal error" not in capsys.readouterr().err

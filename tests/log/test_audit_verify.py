@@ -834,3 +834,25 @@ def test_a_directory_too_large_for_a_bundle_is_refused_before_it_is_read(
 def _end_fields(raw: bytes) -> tuple[Any, ...]:
     """The classic end-of-central-directory record's fields (5: the directory's size)."""
     return tuple(_EOCD.unpack(raw[-_EOCD.size :]))
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    [b"[" * 30_000 + b"]" * 30_000, b'{"format": 1, "format": 2}'],
+    ids=["deep", "duplicate"],
+)
+def test_a_hostile_manifest_is_an_unreadable_bundle(
+    clean: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], manifest: bytes
+) -> None:
+    """The manifest was read with ``json.loads``: 30,000 levels of nesting (under its 64 KiB
+    bound) raised RecursionError, an internal error (exit 1) instead of exit 2."""
+    from agent.audit.bundle import MANIFEST_NAME
+
+    path = tmp_path / "hostile.zip"
+    with zipfile.ZipFile(clean / "clean.zip") as src, zipfile.ZipFile(path, "w") as out:
+        for info in src.infolist():
+            data = manifest if info.filename == MANIFEST_NAME else src.read(info)
+            out.writestr(info, data)
+    assert main(["audit", "verify", str(path), "--log-key", str(clean / "log.vkey")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lessee: error:") and "manifest" in err and "internal" not in err

@@ -414,6 +414,32 @@ def test_namespace_and_attribute_floods_are_refused_before_canonicalisation() ->
     assert rim.version == "545.00" and content
 
 
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        # AuthorityKeyIdentifier renamed SubjectKeyIdentifier: the extension appears twice
+        (bytes.fromhex("0603551d23"), bytes.fromhex("0603551d0e")),
+        (bytes.fromhex("a003020102"), bytes.fromhex("a003020103")),  # X.509 version 4
+    ],
+)
+def test_a_keyinfo_certificate_cryptography_cannot_decode_is_a_parse_error(
+    old: bytes, new: bytes
+) -> None:
+    """DuplicateExtension and InvalidVersion are not ValueErrors: a stapled RIM carrying such a
+    certificate raised them untyped through the broker's appraisal (INTERNAL, the nonce spent),
+    the RIM service fetch and the audit replay."""
+    import base64
+
+    src = VBIOS_PROD.read_bytes()
+    m = re.search(rb"<ds:X509Certificate>([^<]+)</ds:X509Certificate>", src)
+    assert m is not None
+    der = base64.b64decode(b"".join(m.group(1).split()))
+    assert der.count(old) >= 1
+    edited = base64.encodebytes(der.replace(old, new, 1))
+    with pytest.raises(RimParseError, match="malformed certificate"):
+        parse_rim(src[: m.start(1)] + edited + src[m.end(1) :])
+
+
 def test_xml_declaration_utf8_is_accepted() -> None:
     rim = parse_rim(b'<?xml version="1.0" encoding="UTF-8"?>\n' + driver_bytes())
     assert rim.version == "545.00"
