@@ -43,8 +43,10 @@ import json
 import logging
 import os
 import shutil
+import signal
 import stat
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -310,11 +312,29 @@ def run_demo(workdir: Path | None, out: TextIO) -> int:
         claim_workdir(root)
     layout = DemoLayout(root)
     rep = _Report(out)
+    previous = _interrupt_on_termination()
     try:
         return _run(layout, rep, keep)
     finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _interrupt_on_termination() -> dict[int, Any]:
+    """SIGTERM and SIGHUP (``timeout``, a closed terminal) stop the demo as Ctrl-C does, so the
+    ``finally`` blocks run: the broker stops and a temporary directory, keys included, is
+    removed (their default action ended the process and left it in /tmp). Only from the main
+    thread (signal handlers cannot be set elsewhere); returns the handlers to restore."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    wanted = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    return {signum: signal.signal(signum, interrupt) for signum in wanted}
 
 
 def _run(layout: DemoLayout, rep: _Report, keep: bool) -> int:
@@ -348,7 +368,6 @@ def _with_broker(
     keys: BrokerKeys,
     pki: EmulationPki,
 ) -> int:
-    from agent.cli.main import main as lessee_main
 
     fps = pki.root_fingerprints()
     rep.step("3. a small model, generated and sealed")
@@ -490,7 +509,7 @@ def _with_broker(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     rep.info(f"exported {size} entries to {layout.log_bundle}")
-    code = lessee_main(
+    code = _command(
         ["audit", "verify", str(layout.log_bundle), "--log-key", str(layout.broker / LOG_VKEY)]
     )
     rep.expect(code == 0, f"lessee audit verify exit code {code}")
@@ -498,7 +517,7 @@ def _with_broker(
         layout.broker / "verifier.pem",
         keys.result_key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo),
     )
-    code = lessee_main(
+    code = _command(
         [
             "audit", "replay", str(layout.log_bundle), "--log-key", str(layout.broker / LOG_VKEY),
             "--verifier-key", str(layout.broker / "verifier.pem"), "--quiet", "--workers", "1",
@@ -620,6 +639,18 @@ async def _replayed_request(port: int, verified: VerifiedKeyBundle) -> tuple[int
         finally:
             service_log.setLevel(level)
     return len(first), f"OK with {len(second)} records"
+
+
+def _command(argv: list[str]) -> int:
+    """``lessee ARGV`` in this process. The CLI answers Ctrl-C with exit code 130; here that
+    is the demo's own interrupt, raised on (it ran on into the next command, then said FAILED)."""
+    from agent.cli.main import EXIT_INTERRUPTED
+    from agent.cli.main import main as lessee_main
+
+    code = lessee_main(argv)
+    if code == EXIT_INTERRUPTED:
+        raise KeyboardInterrupt
+    return code
 
 
 def _refusal(

@@ -26,6 +26,8 @@ from attest.errors import InputError, LesseeError
 EXIT_OK = 0
 EXIT_REJECTED = 1
 EXIT_USAGE = 2
+#: Interrupted (Ctrl-C): 128 + SIGINT, as shells report it.
+EXIT_INTERRUPTED = 130
 
 #: group name -> (module, one-line help). Kept here so ``lessee --help`` imports nothing else.
 GROUPS: dict[str, tuple[str, str]] = {
@@ -85,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _main(argv)
     except KeyboardInterrupt:
         print("lessee: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def _main(argv: Sequence[str] | None) -> int:

@@ -470,3 +470,51 @@ def test_demo_refuses_a_symlink_in_place_of_a_reused_subdirectory(
     assert main(["demo", "--workdir", str(workdir)]) == 2
     assert "broker-state: not a directory" in capsys.readouterr().err
     assert not any(outside.iterdir())
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_a_demo_stopped_by_sigterm_or_sighup_removes_its_temporary_directory(
+    tmp_path: Path, signame: str
+) -> None:
+    """Only Ctrl-C ran the demo's cleanup: SIGTERM (``timeout``, a service stop) and SIGHUP (a
+    closed terminal) left its temporary directory in /tmp, data key, broker master key and
+    emulation private keys included. They now stop it as Ctrl-C does (exit 130)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-m", "agent.cli.main", "demo"],
+        cwd=Path(__file__).resolve().parents[2], env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if b"] 6." in line or b"] 7." in line:
+                proc.send_signal(getattr(signal, signame))
+                break
+        proc.communicate(timeout=60)
+        assert proc.returncode == 130
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith("lessee-demo-")] == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_an_interrupted_command_inside_the_demo_interrupts_the_demo(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The demo runs ``lessee audit`` in-process, which answers Ctrl-C with exit 130: the demo
+    took that as a failed step and ran on (replay, listing), then said FAILED (exit 1)."""
+    import agent.cli.main as cli_main
+    from agent.demo import _command
+
+    monkeypatch.setattr(cli_main, "main", lambda argv: cli_main.EXIT_INTERRUPTED)
+    with pytest.raises(KeyboardInterrupt):
+        _command(["audit", "verify", "x"])
+    monkeypatch.setattr(cli_main, "main", lambda argv: 1)
+    assert _command(["audit", "verify", "x"]) == 1
