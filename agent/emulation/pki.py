@@ -535,6 +535,34 @@ def _save_rsa(directory: Path, stem: str, issued: Issued[rsa.RSAPrivateKey]) -> 
     _write(directory / f"{stem}.pem", issued.pem, private=False)
 
 
+def _check_owner(path: Path, st: os.stat_result) -> None:
+    """Ours, and a directory nobody else can write: a PKI another user made (or can change) in
+    a shared directory would hand that user every key the emulated hardware signs with, and
+    roots a policy may pin."""
+    euid = os.geteuid() if hasattr(os, "geteuid") else None
+    if euid is not None and st.st_uid != euid:
+        raise EmulationPkiError(
+            f"{path} belongs to uid {st.st_uid}, not to this user (uid {euid}); an emulation PKI "
+            "must be your own"
+        )
+    if stat.S_ISDIR(st.st_mode) and st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise EmulationPkiError(f"{path} is writable by group/others (chmod go-w)")
+
+
+def check_pki_directory(directory: Path) -> None:
+    """The PKI directory and its subdirectories are this user's and not writable by others."""
+    for d in (directory, *(directory / sub for sub in ("gpu", "rim", "snp"))):
+        try:
+            st = d.lstat()
+        except FileNotFoundError:
+            continue  # what is missing is named by the read that needs it
+        except OSError as exc:
+            raise EmulationPkiError(f"{d}: {exc.strerror}") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise EmulationPkiError(f"{d} is not a directory (a symlink is refused)")
+        _check_owner(d, st)
+
+
 def _read(path: Path, *, private: bool = False) -> bytes:
     try:
         st = path.stat()
@@ -542,6 +570,7 @@ def _read(path: Path, *, private: bool = False) -> bytes:
         raise EmulationPkiError(f"emulation PKI file {path} is missing ({exc.strerror})") from None
     if not stat.S_ISREG(st.st_mode):
         raise EmulationPkiError(f"emulation PKI file {path} is not a regular file")
+    _check_owner(path, st)
     if private and st.st_mode & 0o077:
         raise EmulationPkiError(
             f"private key {path} is accessible to other users (mode {stat.S_IMODE(st.st_mode):o});"
@@ -791,6 +820,7 @@ class EmulationPki:
     def load(cls, directory: Path | str) -> EmulationPki:
         """Load an existing PKI; EmulationPkiError if anything is missing, unsafe or altered."""
         path = Path(directory)
+        check_pki_directory(path)
         try:
             # the strict reader: a manifest nested thousands deep is "not JSON", not a
             # RecursionError (so are bad UTF-8, huge integers and duplicate keys)

@@ -227,7 +227,14 @@ class EmulationRoots:
 
 def load_emulation_roots(pki_dir: Path) -> EmulationRoots:
     """Read only the three root certificates of an emulation PKI (never its private keys) and
-    check them against the fingerprints its ``manifest.json`` recorded at creation."""
+    check them against the fingerprints its ``manifest.json`` recorded at creation. The
+    directory must be this user's and not writable by others (``check_pki_directory``)."""
+    from agent.emulation.pki import EmulationPkiError, check_pki_directory
+
+    try:
+        check_pki_directory(pki_dir)
+    except EmulationPkiError as exc:
+        raise InputError(str(exc)) from None
     try:
         manifest = json.loads(
             read_bounded(pki_dir / "manifest.json", MAX_ROOT_PEM_BYTES, "manifest")

@@ -382,3 +382,35 @@ def test_default_directory_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert default_pki_dir() == tmp_path / "lessee" / "emulation"
     monkeypatch.delenv("XDG_DATA_HOME")
     assert default_pki_dir() == Path.home() / ".local" / "share" / "lessee" / "emulation"
+
+
+def test_a_pki_of_another_user_or_in_a_directory_others_can_write_is_refused(
+    tmp_path: Path,
+) -> None:
+    """The loader checked only the private keys' mode bits: a PKI another user made in a shared
+    directory (its keys then theirs) was loaded, by ``lessee agent --emulate`` and, for its
+    roots, by ``broker serve --trust-emulation``."""
+    import os
+
+    from agent.rpc.server import load_emulation_roots
+
+    d = tmp_path / "pki"
+    EmulationPki.create(d)
+    EmulationPki.load(d)
+    load_emulation_roots(d)
+    (d / "gpu").chmod(0o777)
+    with pytest.raises(EmulationPkiError, match="writable by group/others"):
+        EmulationPki.load(d)
+    with pytest.raises(InputError, match="writable by group/others"):
+        load_emulation_roots(d)
+    (d / "gpu").chmod(0o700)
+    if os.geteuid() != 0:
+        return  # only root can give files away; the mode checks above hold for every user
+    for p in (d / "snp" / "ark.key", d):
+        os.chown(p, 65534, 65534)
+        with pytest.raises(EmulationPkiError, match="belongs to uid 65534"):
+            EmulationPki.load(d)
+        os.chown(p, 0, 0)
+    os.chown(d / "rim" / "root.pem", 65534, 65534)
+    with pytest.raises(EmulationPkiError, match="belongs to uid 65534"):
+        EmulationPki.load(d)
