@@ -348,6 +348,24 @@ def test_source_refuses_unknown_provider(tmp_path: Path, monkeypatch: pytest.Mon
         TsmCpuSource(root).collect(REPORT_DATA)
 
 
+def _snp_guest(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    outblob: bytes | None = None,
+    attributes: dict[str, bytes] | None = None,
+) -> tuple[FakeTsm, Path]:
+    """A ``sev_guest`` entry with the real report (or ``outblob``) and no certificate table."""
+    return _fake(
+        tmp_path,
+        monkeypatch,
+        provider="sev_guest",
+        outblob=virtee_report() if outblob is None else outblob,
+        auxblob=None,
+        attributes=attributes,
+    )
+
+
 @pytest.mark.parametrize(("floor", "written"), [(None, None), (b"0\n", None), (b"2\n", b"2")])
 def test_the_report_is_requested_at_the_guests_own_vmpl(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, floor: bytes | None, written: bytes | None
@@ -355,13 +373,8 @@ def test_the_report_is_requested_at_the_guests_own_vmpl(
     """Under an SVSM the guest runs at VMPL ``privlevel_floor``; a new entry asks for VMPL 0,
     which the firmware refuses, so every request failed ("try again"). The floor is written to
     ``privlevel`` before ``inblob``; none (no SVSM, older kernel) or 0 writes nothing."""
-    fake, root = _fake(
-        tmp_path,
-        monkeypatch,
-        provider="sev_guest",
-        outblob=virtee_report(),
-        auxblob=None,
-        attributes={} if floor is None else {"privlevel_floor": floor},
+    fake, root = _snp_guest(
+        tmp_path, monkeypatch, attributes={} if floor is None else {"privlevel_floor": floor}
     )
     assert isinstance(TsmCpuSource(root).collect(REPORT_DATA), SnpEvidenceIn)
     assert fake.privlevel == written and fake.inblob == REPORT_DATA
@@ -371,14 +384,7 @@ def test_the_report_is_requested_at_the_guests_own_vmpl(
 def test_a_privlevel_floor_that_is_not_a_vmpl_is_a_hardware_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, floor: bytes
 ) -> None:
-    _, root = _fake(
-        tmp_path,
-        monkeypatch,
-        provider="sev_guest",
-        outblob=virtee_report(),
-        auxblob=None,
-        attributes={"privlevel_floor": floor},
-    )
+    _, root = _snp_guest(tmp_path, monkeypatch, attributes={"privlevel_floor": floor})
     with pytest.raises(HardwareUnavailableError, match="privlevel_floor"):
         TsmCpuSource(root).collect(REPORT_DATA)
     assert list(root.iterdir()) == []
@@ -390,12 +396,6 @@ def test_a_report_that_is_not_1184_bytes_is_refused_at_the_source(
 ) -> None:
     """Only the 256 KiB ceiling was checked: an empty or short outblob went to the broker,
     which spent the nonce on it (a TDX quote was already refused when empty)."""
-    _, root = _fake(
-        tmp_path,
-        monkeypatch,
-        provider="sev_guest",
-        outblob=(virtee_report() + bytes(1))[:size],
-        auxblob=None,
-    )
+    _, root = _snp_guest(tmp_path, monkeypatch, outblob=(virtee_report() + bytes(1))[:size])
     with pytest.raises(HardwareUnavailableError, match=f"{size}-byte SEV-SNP report"):
         TsmCpuSource(root).collect(REPORT_DATA)
