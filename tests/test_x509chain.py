@@ -460,3 +460,52 @@ def test_real_certificates_mark_only_understood_extensions_critical() -> None:
     assert len(certs) >= 80  # NVIDIA, AMD and Intel chains, RIM signers, roots
     critical = {e.oid for c in certs for e in c.extensions if e.critical}
     assert critical == UNDERSTOOD_CRITICAL_EXTENSIONS
+
+
+def _ca_with(*extensions: tuple[x509.ExtensionType, bool], ca: bool = False) -> x509.Certificate:
+    """The intermediate ``ca`` (same key and names) with only these extensions."""
+    return _cert("ca", _CA_KEY, issuer="root", signer=_ROOT_KEY, ca=ca, extra=extensions)
+
+
+_NO_CERT_SIGN = x509.KeyUsage(
+    digital_signature=True, content_commitment=False, key_encipherment=False,
+    data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
+    encipher_only=False, decipher_only=False,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("issuer", "reason"),
+    [
+        (_ca_with(), "not_ca"),  # no basicConstraints at all
+        (_ca_with((x509.BasicConstraints(ca=False, path_length=None), True)), "not_ca"),
+        (_ca_with((x509.BasicConstraints(ca=True, path_length=None), True), (_NO_CERT_SIGN, True)),
+         "not_ca"),
+    ],
+    ids=["no-basic-constraints", "ca-false", "no-keyCertSign"],
+)  # fmt: skip
+def test_an_issuer_that_may_not_sign_certificates_breaks_the_chain(
+    issuer: x509.Certificate, reason: str
+) -> None:
+    """Every link verifies (same key, same names); only the issuer's right to certify is
+    wrong. Mutation testing found no test failing with any of these checks removed."""
+    for verify in (verify_chain, ChainCache().verify):
+        with pytest.raises(ChainError) as e:
+            verify((_LEAF, issuer), root=_ROOT, at=_AT)
+        assert e.value.reason == reason
+
+
+def test_a_path_length_constraint_is_enforced() -> None:
+    """root -> ca (pathLen 0) -> sub-CA -> leaf: the CA may not have a CA below it."""
+    sub_key = _key(15)
+    ca0 = _cert("ca", _CA_KEY, issuer="root", signer=_ROOT_KEY, ca=False,
+                extra=((x509.BasicConstraints(ca=True, path_length=0), True),))  # fmt: skip
+    sub = _cert("sub", sub_key, issuer="ca", signer=_CA_KEY, ca=True)
+    leaf = _cert("leaf", _LEAF_KEY, issuer="sub", signer=sub_key, ca=False)
+    ca1 = _cert("ca", _CA_KEY, issuer="root", signer=_ROOT_KEY, ca=False,
+                extra=((x509.BasicConstraints(ca=True, path_length=1), True),))  # fmt: skip
+    verify_chain((leaf, sub, ca1), root=_ROOT, at=_AT)
+    for verify in (verify_chain, ChainCache().verify):
+        with pytest.raises(ChainError) as e:
+            verify((leaf, sub, ca0), root=_ROOT, at=_AT)
+        assert e.value.reason == "path_length"
