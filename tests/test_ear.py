@@ -113,6 +113,33 @@ def test_es256_tokens_are_issued_with_low_s() -> None:
         assert 0 < s <= order // 2
 
 
+def test_an_es256_signature_of_another_length_is_refused() -> None:
+    """r || 0x00 || s reads as the same (r, s) if lengths are not checked: a second spelling of
+    a genuine signature (and of the token, which the log holds byte for byte)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    head, payload, sig = issue_ear(_result(), key).split(".")
+    raw = base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4))
+    for longer in (raw[:32] + b"\x00" + raw[32:], b"\x00" + raw):
+        token = f"{head}.{payload}." + base64.urlsafe_b64encode(longer).rstrip(b"=").decode()
+        with pytest.raises(EarError) as err:
+            verify_ear(token, key.public_key(), at=NOW)
+        assert err.value.reason == "ear_signature"
+
+
+def test_the_lessee_profile_and_its_expiry_are_required() -> None:
+    """A token of another EAT profile is refused unless the caller asks otherwise, and a
+    lessee-profile token must carry ``exp`` (a result that never expires would release keys
+    forever)."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    other = issue_ear(_result(profile="tag:example.com,2025:other"), key)
+    with pytest.raises(EarError) as err:
+        verify_ear(other, key.public_key(), at=NOW)
+    assert err.value.reason == "ear_profile"
+    assert verify_ear(other, key.public_key(), at=NOW, require_lessee_profile=False)
+    with pytest.raises(ParseError, match="lacks 'exp'"):
+        verify_ear(issue_ear(_result(expires_at=None), key), key.public_key(), at=NOW)
+
+
 def test_expired_wrong_nonce_wrong_key_and_other_signer() -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     token = issue_ear(_result(), key)
