@@ -578,3 +578,43 @@ def test_broker_text_is_escaped_before_it_reaches_the_console() -> None:
     assert "\n" not in str(err) and "\x1b" not in str(err) and err.reason == "a\\nb"
     refused = AttestationRefusedError(Status.CONTRAINDICATED, (forged,), {})
     assert "\n" not in str(refused) and "\x1b" not in str(refused)
+
+
+def test_the_agents_attest_log_check_compares_result_nonce_and_binding_each(
+    harness: Harness,
+) -> None:
+    """Without the broker's key pinned (the result unverified), the log proof is what ties the
+    reply to this session: the proof must be of this session's attest entry. Each field is
+    made to differ alone (a proof of another session's entry differs in all three at once, so
+    mutation testing found a check of any one could be dropped unnoticed)."""
+    from attest.binding import SessionBinding
+
+    agent = harness.agent(pinned=False)
+    agent.log_key = harness.keys.log_signer.verifier()
+    first, second = agent.attest(MODEL), agent.attest(MODEL)
+    assert first.log_proof is not None and second.log_proof is not None
+
+    def reply(result: str) -> convert.AttestReply:
+        return convert.AttestReply(result, first.status, (), first.log_proof)
+
+    assert agent.check_result(first.session, reply(first.result)).log_verified
+    session = first.session
+    real_nonce, real_binding = session.nonce, session.binding
+    assert real_binding is not None
+    cases = (
+        ("result", lambda: None),
+        ("nonce", lambda: setattr(session, "nonce", bytes(len(real_nonce)))),
+        ("binding", lambda: setattr(
+            session, "binding", SessionBinding(bytes(64), real_binding.gpu_nonce)
+        )),
+    )  # fmt: skip
+    for what, change in cases:
+        change()
+        try:
+            with pytest.raises(VerificationError) as info:
+                agent.check_result(
+                    session, reply(second.result if what == "result" else first.result)
+                )
+            assert info.value.reason == "log_entry_mismatch", what
+        finally:
+            session.nonce, session.binding = real_nonce, real_binding
