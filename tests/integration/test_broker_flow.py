@@ -592,10 +592,11 @@ def test_the_agents_attest_log_check_compares_result_nonce_and_binding_each(
     agent = harness.agent(pinned=False)
     agent.log_key = harness.keys.log_signer.verifier()
     first, second = agent.attest(MODEL), agent.attest(MODEL)
-    assert first.log_proof is not None and second.log_proof is not None
+    proof = first.log_proof
+    assert proof is not None
 
     def reply(result: str) -> convert.AttestReply:
-        return convert.AttestReply(result, first.status, (), first.log_proof)
+        return convert.AttestReply(result, first.status, (), proof)
 
     assert agent.check_result(first.session, reply(first.result)).log_verified
     session = first.session
