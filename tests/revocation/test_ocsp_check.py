@@ -621,3 +621,58 @@ def test_hopper_chain_response_from_wrong_ca_is_invalid(cases: dict[str, bytes])
     c = check_ocsp_response(cases["good"], cert=chain[1], issuer=chain[2], at=TODAY)
     assert (c.status, c.ok) == ("invalid", False)
     assert c.subject == "GH100 A01 GSP BROM"
+
+
+def _with_single_extension(pki: TestPki, der: bytes, extension: bytes) -> bytes:
+    """``der`` re-signed by the issuer with ``extension`` as its one singleExtension."""
+    tbs = _children(_basic(der)[0])
+    (single,) = _children(tbs[2])
+    extended = b"".join(_children(single)) + _tlv(0xA1, _tlv(0x30, extension))
+    tbs[2] = _tlv(0x30, _tlv(0x30, extended))
+    return resign(der, pki.intermediate_key, tbs=_tlv(0x30, b"".join(tbs)))
+
+
+def test_a_critical_single_extension_not_understood_is_refused(pki: TestPki) -> None:
+    """As a critical response extension is: the answer may depend on what it says."""
+    unknown = _tlv(
+        0x30,
+        _tlv(0x06, bytes.fromhex("2b0601040183b24301"))  # 1.3.6.1.4.1.55555.1
+        + _tlv(0x01, b"\xff")  # critical
+        + _tlv(0x04, b"\x05\x00"),
+    )
+    der = _with_single_extension(pki, make_response(pki), unknown)
+    c = check_ocsp_response(der, cert=pki.leaf, issuer=pki.intermediate, at=NOW)
+    assert (c.status, c.code) == ("invalid", "unsupported_critical_extension")
+
+
+def test_next_update_before_this_update_is_malformed(pki: TestPki) -> None:
+    der = make_response(pki, next_update=THIS_UPDATE - timedelta(days=1))
+    c = check_ocsp_response(der, cert=pki.leaf, issuer=pki.intermediate, at=NOW)
+    assert (c.status, c.code) == ("invalid", "malformed") and "before thisUpdate" in c.detail
+
+
+def test_a_delegated_responder_whose_key_usage_forbids_signing_is_refused(pki: TestPki) -> None:
+    """Issued by the issuer, id-kp-OCSPSigning, valid: but its keyUsage (a CA's: keyCertSign,
+    no digitalSignature) does not allow it to sign responses. The included certificate lies
+    outside the signed data, so it is swapped in without re-signing."""
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    from tests.revocation.pki import _cert, _wrap_basic
+
+    der = make_response(pki, signer="responder")
+    no_signing = _cert(
+        subject=pki.responder.subject,
+        issuer=pki.intermediate.subject,
+        public_key=pki.responder_key.public_key(),
+        signing_key=pki.intermediate_key,
+        serial=pki.responder.serial_number + 1000,
+        ca=True,  # keyUsage keyCertSign and cRLSign only
+        eku=[ExtendedKeyUsageOID.OCSP_SIGNING],
+    )
+    parts = _basic(der)
+    swapped = _wrap_basic(
+        [*parts[:3], _tlv(0xA0, _tlv(0x30, no_signing.public_bytes(Encoding.DER)))]
+    )
+    assert check_ocsp_response(der, cert=pki.leaf, issuer=pki.intermediate, at=NOW).ok
+    c = check_ocsp_response(swapped, cert=pki.leaf, issuer=pki.intermediate, at=NOW)
+    assert (c.status, c.code) == ("invalid", "unauthorized_responder") and "keyUsage" in c.detail
