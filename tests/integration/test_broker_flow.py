@@ -18,7 +18,7 @@ from agent.agent import (
     verify_log_proof,
 )
 from agent.client import broker_ear_check
-from agent.emulation import EmulatedCpuSource, EmulatedSnp, non_cc_gpu_source
+from agent.emulation import EmulatedCpuSource, EmulatedSnp, EmulationPki, non_cc_gpu_source
 from agent.rpc import convert
 from agent.rpc.v1 import broker_pb2
 from attest.appraise.common import ENCLAVE_SUBMODULE
@@ -619,3 +619,44 @@ def test_the_agents_attest_log_check_compares_result_nonce_and_binding_each(
             assert info.value.reason == "log_entry_mismatch", what
         finally:
             session.nonce, session.binding = real_nonce, real_binding
+
+
+def test_the_agent_judges_the_worse_of_the_signed_and_the_plain_status(
+    harness: Harness, pki: EmulationPki
+) -> None:
+    """A relay may rewrite the reply's plain status; the signed result says otherwise. A
+    contraindicated result relabelled affirming must be refused (mutation testing found no
+    test failing when the agent took the plain status alone)."""
+    agent = harness.agent(gpu=non_cc_gpu_source(pki))
+    session = agent.start_session(MODEL)
+    refused = agent.send_evidence(session, agent.collect(session))
+    assert refused.status is Status.CONTRAINDICATED
+    relabelled = dataclasses.replace(refused, status=Status.AFFIRMING)
+    with pytest.raises(AttestationRefusedError):
+        agent.check_result(session, relabelled)
+
+
+def test_the_agent_checks_the_results_nonce_and_the_log_proof(harness: Harness) -> None:
+    """With the broker key pinned and no log key, the result's nonce alone ties it to the
+    session (the enclave key is the same here); with the log key, a proof that does not
+    verify is refused even though the entry it names is the genuine attest entry."""
+    agent = harness.agent()
+    attested = agent.attest(MODEL)
+    reply = convert.AttestReply(attested.result, attested.status, (), attested.log_proof)
+    session = attested.session
+    real_nonce = session.nonce
+    session.nonce = bytes(len(real_nonce))
+    agent.log_key = None
+    try:
+        with pytest.raises(VerificationError) as info:
+            agent.check_result(session, reply)
+        assert info.value.reason == "ear_nonce"
+    finally:
+        session.nonce = real_nonce
+        agent.log_key = harness.keys.log_signer.verifier()
+    assert agent.check_result(session, reply).log_verified
+    proof = attested.log_proof
+    assert proof is not None
+    bad = dataclasses.replace(proof, hashes=tuple(bytes(32) for _ in proof.hashes) or (bytes(32),))
+    with pytest.raises(VerificationError):
+        agent.check_result(session, dataclasses.replace(reply, log_proof=bad))
