@@ -27,7 +27,7 @@ from attest.bundle import DeviceEvidenceIn, EvidenceBundle
 from attest.ear import Status, verify_ear
 from attest.errors import VerificationError
 from attest.log.entry import decode_entry
-from sealing.hpke_suite import HpkeOpenError, SuiteId
+from sealing.hpke_suite import HpkeOpenError, SuiteId, generate_keypair
 from sealing.stream import KeyBundle
 from tests.integration.conftest import (
     DATA_KEY,
@@ -637,8 +637,8 @@ def test_the_agent_judges_the_worse_of_the_signed_and_the_plain_status(
 
 
 def test_the_agent_checks_the_results_nonce_and_the_log_proof(harness: Harness) -> None:
-    """With the broker key pinned and no log key, the result's nonce alone ties it to the
-    session (the enclave key is the same here); with the log key, a proof that does not
+    """With the broker key pinned and no log key, the result's nonce and enclave key tie it to
+    the session (each made to differ alone); with the log key, a proof that does not
     verify is refused even though the entry it names is the genuine attest entry."""
     agent = harness.agent()
     attested = agent.attest(MODEL)
@@ -653,6 +653,14 @@ def test_the_agent_checks_the_results_nonce_and_the_log_proof(harness: Harness) 
         assert info.value.reason == "ear_nonce"
     finally:
         session.nonce = real_nonce
+    real_key = session._key
+    session._key = generate_keypair()  # the same nonce, another enclave key
+    try:
+        with pytest.raises(VerificationError) as info:
+            agent.check_result(session, reply)
+        assert info.value.reason == "ear_key"
+    finally:
+        session._key = real_key
         agent.log_key = harness.keys.log_signer.verifier()
     assert agent.check_result(session, reply).log_verified
     proof = attested.log_proof
