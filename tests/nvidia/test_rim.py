@@ -523,7 +523,7 @@ def test_hardened_lxml_parser_does_not_resolve_external_entities(tmp_path: Path)
 # synthetic RIMs: NVIDIA's content re-signed by a test CA made here (keys live only in the test)
 
 
-def _test_pki(*, leaf_ca: bool = False, leaf_sign: bool = True):  # type: ignore[no-untyped-def]
+def _test_pki(*, leaf_ca: bool = False, leaf_sign: bool = True, leaf_p256: bool = False):  # type: ignore[no-untyped-def]
     from datetime import UTC, datetime
 
     from cryptography import x509
@@ -537,7 +537,7 @@ def _test_pki(*, leaf_ca: bool = False, leaf_sign: bool = True):  # type: ignore
     t0, t1 = datetime(2024, 1, 1, tzinfo=UTC), datetime(2030, 1, 1, tzinfo=UTC)
     root_key, leaf_key = (
         ec.generate_private_key(ec.SECP384R1()),
-        ec.generate_private_key(ec.SECP384R1()),
+        ec.generate_private_key(ec.SECP256R1() if leaf_p256 else ec.SECP384R1()),
     )
     root = (
         x509.CertificateBuilder()
@@ -623,6 +623,28 @@ def test_signer_must_be_an_end_entity_allowed_to_sign(leaf_ca: bool, leaf_sign: 
 
     root, leaf, key = _test_pki(leaf_ca=leaf_ca, leaf_sign=leaf_sign)
     rim = parse_rim(_resign(driver_bytes(), leaf, key, root))
+    with pytest.raises(RimVerificationError) as err:
+        verify_rim(rim, at=datetime(2025, 1, 1, tzinfo=UTC), root=root)
+    assert err.value.reason == "rim_signer"
+
+
+def test_a_rim_signer_key_other_than_p384_is_refused() -> None:
+    """NVIDIA's RIM signers are P-384 (the signature method is ECDSA-SHA384); a signer on
+    another curve under a trusted root is refused (mutation testing: no test failed without
+    the check)."""
+    import base64
+    from datetime import UTC, datetime
+
+    root, leaf, key = _test_pki(leaf_p256=True)
+    signed = _resign(driver_bytes(), leaf, key, root)
+    # P-256's r || s is 64 bytes; the parser takes only 96 (P-384's), and signxml splits a
+    # signature in halves, so each half zero-padded to 48 bytes still verifies under P-256.
+    m = re.search(rb"<ds:SignatureValue>([^<]+)</ds:SignatureValue>", signed)
+    assert m is not None
+    raw = base64.b64decode(b"".join(m.group(1).split()))
+    assert len(raw) == 64
+    padded = base64.b64encode(bytes(16) + raw[:32] + bytes(16) + raw[32:])
+    rim = parse_rim(signed[: m.start(1)] + padded + signed[m.end(1) :])
     with pytest.raises(RimVerificationError) as err:
         verify_rim(rim, at=datetime(2025, 1, 1, tzinfo=UTC), root=root)
     assert err.value.reason == "rim_signer"
