@@ -533,6 +533,12 @@ def test_the_agent_checks_that_its_release_is_logged_as_this_release(harness: Ha
         with pytest.raises(VerificationError, match=differs) as info:
             agent._check_release_logged(attested, forged, log_key)
         assert info.value.reason == "log_release_mismatch"
+    # A proof of the genuine release entry that does not verify (mutation testing: no test
+    # failed without the proof check).
+    proof = release.log_proof
+    bad = dataclasses.replace(proof, hashes=tuple(bytes(32) for _ in proof.hashes) or (bytes(32),))
+    with pytest.raises(VerificationError):
+        agent._check_release_logged(attested, dataclasses.replace(release, log_proof=bad), log_key)
     # The attest-side check too: a proof of the release entry (it carries the same result) is
     # not the attest entry of this session.
     reply = convert.AttestReply(attested.result, attested.status, (), release.log_proof)
