@@ -533,6 +533,27 @@ def test_the_agent_checks_that_its_release_is_logged_as_this_release(harness: Ha
         with pytest.raises(VerificationError, match=differs) as info:
             agent._check_release_logged(attested, forged, log_key)
         assert info.value.reason == "log_release_mismatch"
+    # Result, model and recipient key, each made to differ alone on our side (mutation
+    # testing: no test failed without any one of these comparisons).
+    other = agent.attest(MODEL)
+    session = attested.session
+    real_model, real_key = session.model_id, session._key
+    for differs, ours in (
+        ("result", dataclasses.replace(attested, result=other.result)),
+        ("model_id", attested),
+        ("recipient_key", attested),
+    ):
+        if differs == "model_id":
+            session.model_id = "another-model"
+        if differs == "recipient_key":
+            session._key = other.session._key
+        try:
+            with pytest.raises(VerificationError, match=differs) as info:
+                agent._check_release_logged(ours, release, log_key)
+            assert info.value.reason == "log_release_mismatch"
+            assert f"differs in: {differs})" in str(info.value)
+        finally:
+            session.model_id, session._key = real_model, real_key
     # A proof of the genuine release entry that does not verify (mutation testing: no test
     # failed without the proof check).
     proof = release.log_proof
