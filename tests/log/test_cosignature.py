@@ -113,3 +113,18 @@ def test_cosignature_wrong_length() -> None:
     bad = format_note(text, [NoteSignature(v.name, v.key_id, b"\x00" * 64)])
     with pytest.raises(NoteVerificationError):
         verify_note(bad, [v])
+
+
+def test_a_checkpoint_cosigned_by_a_witness_but_not_signed_by_the_log_is_refused() -> None:
+    """Only the witness's line left: the note verifies (with the witness key given), but
+    nothing the log signed is in it (mutation testing: no test failed without this check)."""
+    at = datetime(2026, 11, 28, tzinfo=UTC)
+    note = _cosigned(at)
+    text, signatures = note.split(b"\n\n", 1)
+    log_line = f"\u2014 {LOG_SIGNER.name} ".encode()
+    lines = [line for line in signatures.splitlines(keepends=True) if not line.startswith(log_line)]
+    assert len(lines) == 2  # the two witnesses' lines
+    witness_only = text + b"\n\n" + b"".join(lines)
+    with pytest.raises(NoteVerificationError) as exc:
+        verify_checkpoint(witness_only, LOG_SIGNER.verifier(), witnesses=[WITNESS.verifier()])
+    assert exc.value.reason == "no_trusted_signature"

@@ -215,3 +215,17 @@ def test_bounds_and_truncate() -> None:
     assert tree.root() == _mth([b"%d" % i for i in range(8)])
     with pytest.raises(InputError):
         tree.root(9)
+
+
+def test_out_of_range_index_and_reversed_sizes_are_refused_for_what_they_are() -> None:
+    """Checked before the proof is walked, with their own reasons (mutation testing: without
+    the checks no test failed; the walk alone must not be what refuses them)."""
+    tree = MerkleTree([bytes([i]) * 32 for i in range(8)])
+    proof = tree.inclusion_proof(7, 8)
+    for index in (8, 9):
+        with pytest.raises(ProofError) as err:
+            merkle.root_from_inclusion_proof(index, 8, tree.leaf(7), proof)
+        assert err.value.reason == "index_out_of_range"
+    with pytest.raises(ProofError) as err:
+        merkle.verify_consistency(8, 4, tree.consistency_proof(4, 8), tree.root(8), tree.root(4))
+    assert err.value.reason == "size_order"
