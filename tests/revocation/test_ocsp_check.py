@@ -657,7 +657,7 @@ def test_a_delegated_responder_whose_key_usage_forbids_signing_is_refused(pki: T
     outside the signed data, so it is swapped in without re-signing."""
     from cryptography.x509.oid import ExtendedKeyUsageOID
 
-    from tests.revocation.pki import _cert, _wrap_basic
+    from tests.revocation.pki import _cert
 
     der = make_response(pki, signer="responder")
     no_signing = _cert(
@@ -669,10 +669,44 @@ def test_a_delegated_responder_whose_key_usage_forbids_signing_is_refused(pki: T
         ca=True,  # keyUsage keyCertSign and cRLSign only
         eku=[ExtendedKeyUsageOID.OCSP_SIGNING],
     )
-    parts = _basic(der)
-    swapped = _wrap_basic(
-        [*parts[:3], _tlv(0xA0, _tlv(0x30, no_signing.public_bytes(Encoding.DER)))]
-    )
+    swapped = _with_responder(der, no_signing)
     assert check_ocsp_response(der, cert=pki.leaf, issuer=pki.intermediate, at=NOW).ok
     c = check_ocsp_response(swapped, cert=pki.leaf, issuer=pki.intermediate, at=NOW)
     assert (c.status, c.code) == ("invalid", "unauthorized_responder") and "keyUsage" in c.detail
+
+
+def _with_responder(der: bytes, responder: x509.Certificate) -> bytes:
+    """``der`` with its included responder certificate replaced (outside the signed data)."""
+    from tests.revocation.pki import _wrap_basic
+
+    parts = _basic(der)
+    return _wrap_basic([*parts[:3], _tlv(0xA0, _tlv(0x30, responder.public_bytes(Encoding.DER)))])
+
+
+def test_a_cached_verdict_is_not_served_before_its_responder_was_valid(pki: TestPki) -> None:
+    """The cache's window starts no earlier than the delegated responder's notBefore: asked
+    again for a time inside the response's own window but before the responder's validity, a
+    fresh check refuses, so the cache must too (mutation testing: no test failed when the
+    window ignored the responder)."""
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    from tests.revocation.pki import _cert
+
+    late = _cert(
+        subject=pki.responder.subject,
+        issuer=pki.intermediate.subject,
+        public_key=pki.responder_key.public_key(),
+        signing_key=pki.intermediate_key,
+        serial=pki.responder.serial_number + 2000,
+        ca=False,
+        eku=[ExtendedKeyUsageOID.OCSP_SIGNING],
+        not_before=THIS_UPDATE + timedelta(minutes=30),
+    )
+    der = _with_responder(make_response(pki, signer="responder"), late)
+    early = THIS_UPDATE + timedelta(minutes=10)
+    fresh = check_ocsp_response(der, cert=pki.leaf, issuer=pki.intermediate, at=early)
+    assert not fresh.ok
+    cache = OcspCache()
+    assert check_ocsp_response(der, cert=pki.leaf, issuer=pki.intermediate, at=NOW, cache=cache).ok
+    again = check_ocsp_response(der, cert=pki.leaf, issuer=pki.intermediate, at=early, cache=cache)
+    assert (again.status, again.code) == (fresh.status, fresh.code)
