@@ -261,13 +261,15 @@ def forge_attest(
     append: bool = True,
     result_id: str | None = None,
     without_enclave_submodule: bool = False,
+    logged_enclave_findings: list[dict[str, object]] | None = None,
 ) -> tuple[str, bytes, bytes]:
     """What a dishonest broker could log: an attest entry built like ``Broker.attest`` but with
     any nonce and result signer, a status that overrides every submodule (``claim_status``) or
     any other ``edit`` of the submodules, a result computed under ``claimed_policy_json`` while
     ``policy_json`` is logged, or (``append=False``) a signed result that is never logged.
     ``without_enclave_submodule``: the result as brokers before the ``enclave`` submodule signed
-    it (enclave-level findings only in the top-level claim)."""
+    it (enclave-level findings only in the top-level claim); ``logged_enclave_findings``
+    replaces that claim's findings."""
     b.clock.tick()
     at = b.clock()
     nonce = nonce if nonce is not None else hashlib.sha256(at.isoformat().encode()).digest()
@@ -299,7 +301,12 @@ def forge_attest(
         result_id=result_id
         or hashlib.sha256(b"jti" + nonce + at.isoformat().encode()).hexdigest()[:32],
         extra={"ear.lessee.model-id": MODEL}
-        | ({"ear.lessee.findings": [f.to_json() for f in findings]} if findings else {}),
+        | ({"ear.lessee.findings": [f.to_json() for f in findings]} if findings else {})
+        | (
+            {"ear.lessee.findings": logged_enclave_findings}
+            if logged_enclave_findings is not None
+            else {}
+        ),
     )
     token = issue_ear(result, signer)
     if not append:

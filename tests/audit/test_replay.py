@@ -645,6 +645,20 @@ def test_a_result_without_the_enclave_submodule_is_named_understated(fresh: Buil
     )
 
 
+def test_enclave_findings_of_a_result_without_the_enclave_submodule_are_compared(
+    fresh: Built,
+) -> None:
+    """Such a result carries its enclave-level findings only in the top-level claim: findings
+    dropped there (the device submodules untouched) are a verdict mismatch (mutation testing:
+    no test failed when the quick comparison looked at the submodules alone)."""
+    forge_attest(
+        fresh, bundle=_cpu_only(), without_enclave_submodule=True, logged_enclave_findings=[]
+    )
+    report = _replay(fresh)
+    assert ("verdict_mismatch", 0) in finding_codes(report)
+    assert report.entries[0].verdict_equal is False
+
+
 def test_a_result_with_the_enclave_submodule_replays_clean(fresh: Built) -> None:
     forge_attest(fresh, bundle=_cpu_only())
     report = _replay(fresh)
