@@ -266,3 +266,16 @@ def test_a_raising_progress_callback_waits_for_every_worker_before_the_wipe(
         assert out == bytes(len(out))
         time.sleep(0.5)  # a worker that outlived the call would have written by now
         assert out == bytes(len(out))
+
+
+def test_a_damaged_last_chunk_is_refused_when_the_file_is_opened() -> None:
+    """Opening authenticates the final chunk, so a reader that only ever touches the first
+    tensor still gets a file whose end is intact (mutation testing: no test failed without
+    the open-time check; the damage was caught only when the last chunk was read)."""
+    data = _plaintexts()["f45063.bin"]
+    sealed = bytearray(_sealed("f45063.bin", data))
+    with ThreadPoolExecutor(2) as pool:
+        assert _open("f45063.bin", bytes(sealed), pool).length == len(data)
+        sealed[-1] ^= 0x01  # the last chunk's tag
+        with pytest.raises(DecryptionError):
+            _open("f45063.bin", bytes(sealed), pool)
