@@ -655,24 +655,34 @@ def test_a_delegated_responder_whose_key_usage_forbids_signing_is_refused(pki: T
     """Issued by the issuer, id-kp-OCSPSigning, valid: but its keyUsage (a CA's: keyCertSign,
     no digitalSignature) does not allow it to sign responses. The included certificate lies
     outside the signed data, so it is swapped in without re-signing."""
-    from cryptography.x509.oid import ExtendedKeyUsageOID
-
-    from tests.revocation.pki import _cert
-
     der = make_response(pki, signer="responder")
-    no_signing = _cert(
-        subject=pki.responder.subject,
-        issuer=pki.intermediate.subject,
-        public_key=pki.responder_key.public_key(),
-        signing_key=pki.intermediate_key,
-        serial=pki.responder.serial_number + 1000,
-        ca=True,  # keyUsage keyCertSign and cRLSign only
-        eku=[ExtendedKeyUsageOID.OCSP_SIGNING],
-    )
+    no_signing = _responder_like(pki, 1000, ca=True)  # keyUsage keyCertSign and cRLSign only
     swapped = _with_responder(der, no_signing)
     assert check_ocsp_response(der, cert=pki.leaf, issuer=pki.intermediate, at=NOW).ok
     c = check_ocsp_response(swapped, cert=pki.leaf, issuer=pki.intermediate, at=NOW)
     assert (c.status, c.code) == ("invalid", "unauthorized_responder") and "keyUsage" in c.detail
+
+
+def _responder_like(
+    pki: TestPki, serial_offset: int, *, ca: bool = False, not_before: datetime | None = None
+) -> x509.Certificate:
+    """A certificate for the delegated responder's key and name, issued by the issuer with
+    id-kp-OCSPSigning, differing from the PKI's responder in ``ca`` (its keyUsage follows) or
+    ``not_before``."""
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    from tests.revocation.pki import _cert
+
+    return _cert(
+        subject=pki.responder.subject,
+        issuer=pki.intermediate.subject,
+        public_key=pki.responder_key.public_key(),
+        signing_key=pki.intermediate_key,
+        serial=pki.responder.serial_number + serial_offset,
+        ca=ca,
+        eku=[ExtendedKeyUsageOID.OCSP_SIGNING],
+        **({} if not_before is None else {"not_before": not_before}),
+    )
 
 
 def _with_responder(der: bytes, responder: x509.Certificate) -> bytes:
@@ -688,20 +698,7 @@ def test_a_cached_verdict_is_not_served_before_its_responder_was_valid(pki: Test
     again for a time inside the response's own window but before the responder's validity, a
     fresh check refuses, so the cache must too (mutation testing: no test failed when the
     window ignored the responder)."""
-    from cryptography.x509.oid import ExtendedKeyUsageOID
-
-    from tests.revocation.pki import _cert
-
-    late = _cert(
-        subject=pki.responder.subject,
-        issuer=pki.intermediate.subject,
-        public_key=pki.responder_key.public_key(),
-        signing_key=pki.intermediate_key,
-        serial=pki.responder.serial_number + 2000,
-        ca=False,
-        eku=[ExtendedKeyUsageOID.OCSP_SIGNING],
-        not_before=THIS_UPDATE + timedelta(minutes=30),
-    )
+    late = _responder_like(pki, 2000, not_before=THIS_UPDATE + timedelta(minutes=30))
     der = _with_responder(make_response(pki, signer="responder"), late)
     early = THIS_UPDATE + timedelta(minutes=10)
     fresh = check_ocsp_response(der, cert=pki.leaf, issuer=pki.intermediate, at=early)
